@@ -1,0 +1,88 @@
+//! A synthetic source of device-log events, deterministic for a given seed.
+//!
+//! This is the generator behind the demo job, the tests' known inputs and the benchmarks:
+//! events shaped like the device logs of the Mantis talks (which device, where, what was
+//! played, how the request went), about 100 bytes each once archived.
+
+use crate::{BatchBuilder, BatchBytes, BatchError};
+
+/// Device types, each with the share of its requests that fail (status 500).
+pub const DEVICE_TYPES: [(&str, f64); 6] =
+    [("tv", 0.02), ("phone", 0.05), ("tablet", 0.03), ("console", 0.10), ("set-top", 0.01), ("laptop", 0.04)];
+
+/// Countries events come from.
+pub const COUNTRIES: [&str; 5] = ["US", "BR", "DE", "IN", "JP"];
+
+/// Titles that get played.
+pub const TITLES: [&str; 8] =
+    ["Stranger Things", "The Crown", "Dark", "Narcos", "Ozark", "Squid Game", "Mindhunter", "Lupin"];
+
+/// Generates device-log events. Each event has the fields
+/// `device-type` (text), `device-id` (text), `country` (text), `title` (text),
+/// `status` (int: 200, or 500 at the device type's error rate), `latency-ms` (float) and
+/// `error` (bool: status is 500).
+#[derive(Debug, Clone)]
+pub struct DeviceLogs {
+    state: u64,
+    sequence: u64,
+}
+
+impl DeviceLogs {
+    /// A generator whose output is fixed by `seed`.
+    pub fn new(seed: u64) -> Self {
+        DeviceLogs { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, sequence: 0 }
+    }
+
+    /// xorshift64*: fast, good enough for shaping test data, no dependency.
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn pick<'t, T>(&mut self, items: &'t [T]) -> &'t T {
+        &items[(self.next_u64() % items.len() as u64) as usize]
+    }
+
+    /// Appends `count` events to `builder`, the first at `start_ms`, each `step_ms` apart.
+    pub fn fill(&mut self, builder: &mut BatchBuilder, count: usize, start_ms: i64, step_ms: i64) {
+        let mut id = String::with_capacity(12);
+        for i in 0..count {
+            let &(device, error_rate) = self.pick(&DEVICE_TYPES);
+            let country = *self.pick(&COUNTRIES);
+            let title = *self.pick(&TITLES);
+            let failed = self.next_f64() < error_rate;
+            let latency = 5.0 + self.next_f64() * 120.0;
+            id.clear();
+            use std::fmt::Write;
+            let _ = write!(id, "dev-{:06}", self.next_u64() % 1_000_000);
+            builder
+                .event(start_ms + i as i64 * step_ms)
+                .field("device-type", device)
+                .field("device-id", id.as_str())
+                .field("country", country)
+                .field("title", title)
+                .field("status", if failed { 500 } else { 200 })
+                .field("latency-ms", latency)
+                .field("error", failed);
+        }
+    }
+
+    /// One batch of `count` events, the first at `start_ms`, each `step_ms` apart.
+    pub fn batch(&mut self, count: usize, start_ms: i64, step_ms: i64) -> Result<BatchBytes, BatchError> {
+        let mut builder = BatchBuilder::with_capacity(count)
+            .source("synthetic:device-logs")
+            .sequence(self.sequence)
+            .created_at_ms(start_ms);
+        self.sequence += 1;
+        self.fill(&mut builder, count, start_ms, step_ms);
+        builder.finish()
+    }
+}

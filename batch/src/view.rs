@@ -1,0 +1,270 @@
+//! Reading batches in place.
+
+use std::sync::Arc;
+
+use rkyv::string::ArchivedString;
+use rkyv::vec::ArchivedVec;
+
+use crate::value::ArchivedValue;
+use crate::{BatchError, Event, ValueRef, wire};
+
+/// A batch read in place from bytes that passed validation.
+#[derive(Clone, Copy)]
+pub struct BatchView<'a> {
+    batch: &'a wire::ArchivedBatch,
+}
+
+impl std::fmt::Debug for BatchView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchView").field("source", &self.meta().source()).field("events", &self.len()).finish()
+    }
+}
+
+impl<'a> BatchView<'a> {
+    /// Checks that `bytes` hold a well-formed batch and returns a view of it.
+    ///
+    /// This is the entry point for untrusted bytes: anything truncated, corrupt or of another
+    /// type is refused with a [`BatchError`]; no input makes it panic.
+    pub fn validate(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        let batch = rkyv::access::<wire::ArchivedBatch, rkyv::rancor::Error>(bytes)
+            .map_err(|e| BatchError::Malformed { len: bytes.len(), detail: e.to_string() })?;
+        let names = batch.names.len();
+        for (event_index, event) in batch.events.iter().enumerate() {
+            for (field_index, field) in event.fields.iter().enumerate() {
+                let index = field.name.to_native();
+                if index as usize >= names {
+                    return Err(BatchError::UnknownName { event: event_index, field: field_index, index, names });
+                }
+            }
+        }
+        Ok(BatchView { batch })
+    }
+
+    /// A view of bytes without checking them.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must be exactly bytes that [`BatchView::validate`] accepted, or bytes written
+    /// by [`crate::BatchBuilder`]; otherwise reading the view is undefined behaviour.
+    pub unsafe fn new_unchecked(bytes: &'a [u8]) -> Self {
+        // SAFETY: the caller promises the bytes hold a valid archived batch.
+        let batch = unsafe { rkyv::access_unchecked::<wire::ArchivedBatch>(bytes) };
+        BatchView { batch }
+    }
+
+    /// How many events the batch holds.
+    pub fn len(&self) -> usize {
+        self.batch.events.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.batch.events.is_empty()
+    }
+
+    /// The batch's metadata.
+    pub fn meta(&self) -> BatchMeta<'a> {
+        BatchMeta { meta: &self.batch.meta }
+    }
+
+    /// The distinct field names used in the batch.
+    pub fn names(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
+        self.batch.names.iter().map(|n| n.as_str())
+    }
+
+    /// The events, in order.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'a>> + 'a {
+        let names = &self.batch.names;
+        self.batch.events.iter().map(move |event| EventRef { names, event })
+    }
+
+    /// The event at `index`.
+    pub fn event(&self, index: usize) -> Option<EventRef<'a>> {
+        self.batch.events.get(index).map(|event| EventRef { names: &self.batch.names, event })
+    }
+
+    /// Copies every event out into owned [`Event`]s.
+    pub fn to_events(&self) -> Vec<Event> {
+        self.events().map(|e| e.to_owned()).collect()
+    }
+}
+
+/// A batch's metadata, read in place.
+#[derive(Clone, Copy)]
+pub struct BatchMeta<'a> {
+    meta: &'a wire::ArchivedMeta,
+}
+
+impl std::fmt::Debug for BatchMeta<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchMeta")
+            .field("source", &self.source())
+            .field("sequence", &self.sequence())
+            .field("created_at_ms", &self.created_at_ms())
+            .finish()
+    }
+}
+
+impl<'a> BatchMeta<'a> {
+    /// Who produced the batch.
+    pub fn source(&self) -> &'a str {
+        self.meta.source.as_str()
+    }
+
+    /// The producer's sequence number for the batch.
+    pub fn sequence(&self) -> u64 {
+        self.meta.sequence.to_native()
+    }
+
+    /// When the batch was cut, in ms since the Unix epoch.
+    pub fn created_at_ms(&self) -> i64 {
+        self.meta.created_at_ms.to_native()
+    }
+}
+
+/// One event of a batch, read in place.
+#[derive(Clone, Copy)]
+pub struct EventRef<'a> {
+    names: &'a ArchivedVec<ArchivedString>,
+    event: &'a wire::ArchivedEvent,
+}
+
+impl std::fmt::Debug for EventRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        map.entry(&"@timestamp_ms", &self.timestamp_ms());
+        for (name, value) in self.fields() {
+            map.entry(&name, &value);
+        }
+        map.finish()
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// Event time in ms since the Unix epoch.
+    pub fn timestamp_ms(&self) -> i64 {
+        self.event.timestamp_ms.to_native()
+    }
+
+    /// How many fields the event has.
+    pub fn field_count(&self) -> usize {
+        self.event.fields.len()
+    }
+
+    /// The fields, in the order they were written.
+    pub fn fields(&self) -> Fields<'a> {
+        Fields { names: self.names, inner: self.event.fields.iter() }
+    }
+
+    /// The first field called `name`.
+    pub fn get(&self, name: &str) -> Option<ValueRef<'a>> {
+        self.fields().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The text field called `name`, if it exists and is text.
+    pub fn text(&self, name: &str) -> Option<&'a str> {
+        self.get(name).and_then(ValueRef::as_str)
+    }
+
+    /// The integer field called `name`, if it exists and is an integer.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.get(name).and_then(ValueRef::as_int)
+    }
+
+    /// The numeric field called `name` as a float (integers convert).
+    pub fn float(&self, name: &str) -> Option<f64> {
+        self.get(name).and_then(ValueRef::as_f64)
+    }
+
+    /// Copies the event out into an owned [`Event`].
+    pub fn to_owned(&self) -> Event {
+        Event {
+            timestamp_ms: self.timestamp_ms(),
+            fields: self.fields().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+        }
+    }
+}
+
+/// Iterator over an event's `(name, value)` fields.
+pub struct Fields<'a> {
+    names: &'a ArchivedVec<ArchivedString>,
+    inner: std::slice::Iter<'a, wire::ArchivedField>,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a str, ValueRef<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let field = self.inner.next()?;
+        // Validation guarantees the index is in range; `get` keeps this panic-free regardless.
+        let name = self.names.get(field.name.to_native() as usize).map_or("", |n| n.as_str());
+        Some((name, value_ref(&field.value)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Fields<'_> {}
+
+fn value_ref(value: &ArchivedValue) -> ValueRef<'_> {
+    match value {
+        ArchivedValue::Null => ValueRef::Null,
+        ArchivedValue::Bool(b) => ValueRef::Bool(*b),
+        ArchivedValue::Int(i) => ValueRef::Int(i.to_native()),
+        ArchivedValue::Float(f) => ValueRef::Float(f.to_native()),
+        ArchivedValue::Text(s) => ValueRef::Text(s.as_str()),
+        ArchivedValue::Bytes(b) => ValueRef::Bytes(b.as_slice()),
+    }
+}
+
+/// The bytes of a validated batch, shared: cloning is a reference-count increment.
+///
+/// This is how a batch travels inside the host: validated once where it entered, then read in
+/// place by every stage, router and subscriber that sees it.
+#[derive(Clone)]
+pub struct BatchBytes {
+    bytes: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for BatchBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchBytes").field("bytes", &self.bytes.len()).field("events", &self.view().len()).finish()
+    }
+}
+
+impl BatchBytes {
+    /// Validates untrusted bytes and takes ownership of them (no copy).
+    pub fn validate(bytes: Vec<u8>) -> Result<Self, BatchError> {
+        BatchView::validate(&bytes)?;
+        Ok(BatchBytes { bytes: Arc::new(bytes) })
+    }
+
+    /// Wraps bytes this crate's builder wrote.
+    pub(crate) fn from_trusted(bytes: Vec<u8>) -> Self {
+        BatchBytes { bytes: Arc::new(bytes) }
+    }
+
+    /// Reads the batch in place.
+    pub fn view(&self) -> BatchView<'_> {
+        // SAFETY: `bytes` was either accepted by `BatchView::validate` in `validate`, or written
+        // by `BatchBuilder` (`from_trusted`), and it is immutable behind the `Arc`.
+        unsafe { BatchView::new_unchecked(&self.bytes) }
+    }
+
+    /// The archived bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// How many events the batch holds.
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.view().is_empty()
+    }
+}

@@ -1,0 +1,108 @@
+//! Builds the `examples/` workspace for `wasm32-wasip2` and writes the paths of the resulting
+//! components into `$OUT_DIR/guests.rs`.
+//!
+//! The nested cargo gets its own target directory (beside the outer one, so that it survives
+//! `OUT_DIR` hash changes and CI's cached target directory keeps it), and none of the outer
+//! build's compiler flags, which are meant for the host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Example crates and the component file each produces.
+const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let repo = manifest_dir.parent().expect("guests/ sits in the repository root").to_path_buf();
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let examples = repo.join("examples");
+
+    for watched in ["examples", "sdk", "batch/src", "batch/Cargo.toml", "wit", "Cargo.toml", "rust-toolchain.toml"] {
+        println!("cargo:rerun-if-changed={}", repo.join(watched).display());
+    }
+
+    ensure_wasm_target();
+    let target_dir = guest_target_dir(&out_dir);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&examples)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+        "CARGO_PROFILE_RELEASE_INCREMENTAL",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the example stages: {e}"));
+    assert!(
+        status.success(),
+        "building the example stages failed ({status}); is the wasm32-wasip2 target installed? (`rustup target add wasm32-wasip2`)"
+    );
+
+    let wasm_dir = target_dir.join("wasm32-wasip2").join("release");
+    let mut code = String::from(
+        "/// Every example stage: `(crate name, path of its component)`.\npub const ALL: &[(&str, &str)] = &[\n",
+    );
+    let mut consts = String::new();
+    for name in EXAMPLES {
+        let path = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
+        assert!(path.exists(), "the example build did not produce {}", path.display());
+        code.push_str(&format!("    ({name:?}, {:?}),\n", path.display().to_string()));
+        consts.push_str(&format!(
+            "/// The `{name}` example component.\npub const {}: &str = {:?};\n",
+            name.replace('-', "_").to_uppercase(),
+            path.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
+    code.push_str(&consts);
+    code.push_str(&format!(
+        "/// The `examples/` directory (job specs live beside each example).\npub const EXAMPLES_DIR: &str = {:?};\n",
+        examples.display().to_string()
+    ));
+    code.push_str(&format!(
+        "/// The target directory the guest builds use (reused by tests that build a stage).\npub const GUEST_TARGET_DIR: &str = {:?};\n",
+        target_dir.display().to_string()
+    ));
+    std::fs::write(out_dir.join("guests.rs"), code).expect("write guests.rs");
+}
+
+/// `<target>/guests` when `OUT_DIR` is the usual `<target>/<profile>/build/<pkg>/out`,
+/// otherwise a directory inside `OUT_DIR`.
+fn guest_target_dir(out_dir: &Path) -> PathBuf {
+    let target =
+        out_dir.ancestors().nth(4).filter(|_| out_dir.ancestors().nth(2).is_some_and(|b| b.ends_with("build")));
+    match target {
+        Some(target) => target.join("guests"),
+        None => out_dir.join("guests"),
+    }
+}
+
+/// Installs the `wasm32-wasip2` standard library with rustup when the toolchain lacks it.
+/// `rust-toolchain.toml` lists the target, but rustup adds listed targets only when it
+/// installs a toolchain, not to one already present.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
+    let present = sysroot.is_some_and(|o| {
+        Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/wasm32-wasip2").exists()
+    });
+    if present {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (needed to build the example stages)");
+    let status = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    if !status.is_ok_and(|s| s.success()) {
+        panic!(
+            "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; install it and build again"
+        );
+    }
+}

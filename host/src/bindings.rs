@@ -1,0 +1,27 @@
+//! Host bindings generated from `wit/stage.wit`, one module per stage world. The `log`
+//! interface is generated once (in `raw`) and shared by `typed`.
+
+#[allow(missing_docs)]
+pub mod raw {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "squilla:stage/raw-stage",
+    });
+}
+
+#[allow(missing_docs)]
+pub mod typed {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "squilla:stage/typed-stage",
+        with: {
+            "squilla:stage/log": super::raw::squilla::stage::log,
+            "squilla:stage/types": super::raw::squilla::stage::types,
+        },
+    });
+}
+
+pub use raw::squilla::stage::log::Level;
+pub use raw::squilla::stage::types::{
+    Event as WitEvent, Field as WitField, StageError as WitStageError, Value as WitValue,
+};

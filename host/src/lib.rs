@@ -1,0 +1,31 @@
+//! The Squilla agent runtime: runs many tenants' stage components side by side, each in its
+//! own wasmtime sandbox.
+//!
+//! The key types:
+//!
+//! - [`Runtime`]: one per agent. Owns the wasmtime `Engine` (pooling allocator with
+//!   copy-on-write memory images where the pool can be reserved, epoch interruption driven by
+//!   a ticker thread, a capped wasm stack) and the `Linker` holding the few imports a stage
+//!   may use.
+//! - [`Artifact`]: a component compiled once per sha256, checked to export a stage world
+//!   (raw or typed, see `wit/stage.wit`) and to import nothing outside the allowlist, and
+//!   pre-linked so that each worker instantiates it cheaply.
+//! - [`StageInstance`]: one worker's sandbox: a `Store` with memory limits, a CPU deadline per
+//!   call, a bounded log, and the stage calls `init`, `process`, `tick`.
+//!
+//! Batches cross into the host as [`squilla_batch::BatchBytes`]: whatever a guest returns is
+//! validated once, here, before anything else reads it.
+
+mod artifact;
+mod bindings;
+mod engine;
+mod error;
+mod instance;
+mod logs;
+mod typed;
+
+pub use artifact::{Artifact, Flavour, Sha256};
+pub use engine::{Runtime, RuntimeConfig};
+pub use error::{ArtifactError, CallError, InstantiateError};
+pub use instance::{Limits, StageInstance};
+pub use logs::{LogLevel, LogLine, LogRing};

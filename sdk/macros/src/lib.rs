@@ -1,0 +1,83 @@
+//! The `#[stage]` attribute of `squilla-sdk`. Use it as `squilla_sdk::stage`; this crate is
+//! an implementation detail and its output refers to `::squilla_sdk` paths only.
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::spanned::Spanned;
+
+/// Exports a Rust type as the component's stage.
+///
+/// Put it on the `impl squilla_sdk::Stage for YourType` block. It keeps the block as it is and
+/// adds, when compiling for WebAssembly, the exports of the `raw-stage` world that drive
+/// `YourType`: one instance of it per worker, created by `Stage::init`.
+///
+/// A component exports exactly one stage: using the attribute twice in one crate fails to link
+/// with duplicate export names.
+#[proc_macro_attribute]
+pub fn stage(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(attr.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.into_compile_error().into(),
+    }
+}
+
+fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream> {
+    if !attr.is_empty() {
+        return Err(syn::Error::new(attr.span(), "`#[squilla_sdk::stage]` takes no arguments"));
+    }
+    let block: syn::ItemImpl = syn::parse2(item.clone()).map_err(|e| {
+        syn::Error::new(e.span(), "`#[squilla_sdk::stage]` goes on an `impl Stage for YourType { ... }` block")
+    })?;
+    let Some((_, trait_path, _)) = &block.trait_ else {
+        return Err(syn::Error::new(
+            block.self_ty.span(),
+            "`#[squilla_sdk::stage]` goes on `impl Stage for YourType`, not on an inherent impl",
+        ));
+    };
+    let is_stage = trait_path.segments.last().is_some_and(|s| s.ident == "Stage");
+    if !is_stage {
+        return Err(syn::Error::new(trait_path.span(), "`#[squilla_sdk::stage]` expects the `Stage` trait here"));
+    }
+    if !block.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            block.generics.span(),
+            "a stage type cannot be generic: the component needs one concrete type to export",
+        ));
+    }
+    let ty = &block.self_ty;
+    Ok(quote! {
+        #block
+
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            ::std::thread_local! {
+                static __SQUILLA_STAGE: ::squilla_sdk::__private::StateCell<#ty> =
+                    const { ::squilla_sdk::__private::StateCell::new() };
+            }
+
+            struct __SquillaExport;
+
+            impl ::squilla_sdk::__private::Guest for __SquillaExport {
+                fn init(params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+                    -> ::core::result::Result<(), ::std::string::String>
+                {
+                    ::squilla_sdk::__private::init(&__SQUILLA_STAGE, params)
+                }
+
+                fn process(batch: ::std::vec::Vec<u8>)
+                    -> ::core::result::Result<::std::vec::Vec<u8>, ::squilla_sdk::__private::WitStageError>
+                {
+                    ::squilla_sdk::__private::process(&__SQUILLA_STAGE, batch)
+                }
+
+                fn tick(now_ms: i64)
+                    -> ::core::result::Result<::std::vec::Vec<u8>, ::squilla_sdk::__private::WitStageError>
+                {
+                    ::squilla_sdk::__private::tick(&__SQUILLA_STAGE, now_ms)
+                }
+            }
+
+            ::squilla_sdk::__private::export!(__SquillaExport with_types_in ::squilla_sdk::__private::bindings);
+        };
+    })
+}

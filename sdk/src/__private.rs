@@ -1,0 +1,81 @@
+//! What `#[squilla_sdk::stage]` expands to calls into; not a public API.
+//!
+//! The bindings are generated from `wit/stage.wit` (world `raw-stage`). The glue keeps one
+//! stage value per instance in a thread-local (a component instance is single-threaded and
+//! never re-entered) and turns the raw bytes the host passes into a [`BatchView`].
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use squilla_batch::{BatchBuilder, BatchView};
+
+use crate::{Params, Stage, StageError};
+
+#[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "squilla:stage/raw-stage",
+        pub_export_macro: true,
+        default_bindings_module: "::squilla_sdk::__private::bindings",
+    });
+}
+
+pub use bindings::export;
+pub use bindings::exports::squilla::stage::raw_handler::Guest;
+pub use bindings::squilla::stage::types::StageError as WitStageError;
+
+/// The per-instance home of the stage value.
+pub struct StateCell<S>(RefCell<Option<S>>);
+
+impl<S> StateCell<S> {
+    /// Empty until `init`.
+    pub const fn new() -> Self {
+        StateCell(RefCell::new(None))
+    }
+}
+
+impl From<StageError> for WitStageError {
+    fn from(err: StageError) -> Self {
+        WitStageError { message: err.message, retryable: err.retryable }
+    }
+}
+
+fn not_initialised() -> WitStageError {
+    WitStageError { message: "stage called before a successful init".into(), retryable: false }
+}
+
+/// `init`: builds the stage value from the parameters.
+pub fn init<S: Stage>(cell: &'static LocalKey<StateCell<S>>, params: Vec<(String, String)>) -> Result<(), String> {
+    let stage = S::init(&Params::new(params)).map_err(|e| e.message)?;
+    cell.with(|c| *c.0.borrow_mut() = Some(stage));
+    Ok(())
+}
+
+/// `process`: reads the batch in place and returns the archived output.
+pub fn process<S: Stage>(cell: &'static LocalKey<StateCell<S>>, batch: Vec<u8>) -> Result<Vec<u8>, WitStageError> {
+    #[cfg(debug_assertions)]
+    BatchView::validate(&batch).map_err(StageError::from)?;
+    // SAFETY: the host validates every batch before passing it to a stage (see `raw-handler`
+    // in the WIT), and `batch` is owned here and not mutated while the view lives. A debug
+    // build of the stage checks it again above.
+    let input = unsafe { BatchView::new_unchecked(&batch) };
+    cell.with(|c| {
+        let mut state = c.0.borrow_mut();
+        let stage = state.as_mut().ok_or_else(not_initialised)?;
+        let mut output = BatchBuilder::with_capacity(input.len());
+        stage.process(input, &mut output)?;
+        Ok(output.into_vec().map_err(StageError::from)?)
+    })
+}
+
+/// `tick`: lets the stage emit what is due at `now_ms`.
+pub fn tick<S: Stage>(cell: &'static LocalKey<StateCell<S>>, now_ms: i64) -> Result<Vec<u8>, WitStageError> {
+    cell.with(|c| {
+        let mut state = c.0.borrow_mut();
+        let stage = state.as_mut().ok_or_else(not_initialised)?;
+        let mut output = BatchBuilder::new();
+        stage.tick(now_ms, &mut output)?;
+        Ok(output.into_vec().map_err(StageError::from)?)
+    })
+}
