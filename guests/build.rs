@@ -1,5 +1,5 @@
-//! Builds the `examples/` workspace for `wasm32-wasip2` and writes the paths of the resulting
-//! components into `$OUT_DIR/guests.rs`.
+//! Builds the `examples/` and `guests/programs/` workspaces for `wasm32-wasip2` and writes
+//! the paths of the resulting components into `$OUT_DIR/guests.rs`.
 //!
 //! The nested cargo gets its own target directory (beside the outer one, so that it survives
 //! `OUT_DIR` hash changes and CI's cached target directory keeps it), and none of the outer
@@ -8,8 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Example crates and the component file each produces.
+/// Example crates (`examples/`).
 const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter"];
+/// Test programs (`guests/programs/`).
+const PROGRAMS: &[&str] = &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -17,18 +19,49 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let examples = repo.join("examples");
 
-    for watched in ["examples", "sdk", "batch/src", "batch/Cargo.toml", "wit", "Cargo.toml", "rust-toolchain.toml"] {
+    for watched in [
+        "examples",
+        "guests/programs",
+        "sdk",
+        "batch/src",
+        "batch/Cargo.toml",
+        "wit",
+        "Cargo.toml",
+        "rust-toolchain.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", repo.join(watched).display());
     }
 
     ensure_wasm_target();
     let target_dir = guest_target_dir(&out_dir);
+    build_workspace(&examples, &target_dir);
+    build_workspace(&repo.join("guests/programs"), &target_dir);
+    let wasm_dir = target_dir.join("wasm32-wasip2").join("release");
+
+    let mut code = String::new();
+    code.push_str(&list("ALL", "Every example stage", EXAMPLES, &wasm_dir));
+    code.push_str("/// Guests that misbehave on purpose, for the host's isolation tests.\npub mod programs {\n");
+    code.push_str(&list("ALL", "Every test program", PROGRAMS, &wasm_dir));
+    code.push_str("}\n");
+    code.push_str(&format!(
+        "/// The `examples/` directory (job specs live beside each example).\npub const EXAMPLES_DIR: &str = {:?};\n",
+        examples.display().to_string()
+    ));
+    code.push_str(&format!(
+        "/// The target directory the guest builds use (reused by tests that build a stage).\npub const GUEST_TARGET_DIR: &str = {:?};\n",
+        target_dir.display().to_string()
+    ));
+    std::fs::write(out_dir.join("guests.rs"), code).expect("write guests.rs");
+}
+
+/// Builds one guest workspace for wasm32-wasip2 in release mode.
+fn build_workspace(dir: &Path, target_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&examples)
+    cmd.current_dir(dir)
         .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir);
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",
@@ -41,38 +74,27 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the example stages: {e}"));
-    assert!(
-        status.success(),
-        "building the example stages failed ({status}); is the wasm32-wasip2 target installed? (`rustup target add wasm32-wasip2`)"
-    );
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build {}: {e}", dir.display()));
+    assert!(status.success(), "building the guests in {} failed ({status})", dir.display());
+}
 
-    let wasm_dir = target_dir.join("wasm32-wasip2").join("release");
-    let mut code = String::from(
-        "/// Every example stage: `(crate name, path of its component)`.\npub const ALL: &[(&str, &str)] = &[\n",
-    );
+/// Rust source for a `&[(name, path)]` constant `name` plus one constant per crate.
+fn list(name: &str, doc: &str, crates: &[&str], wasm_dir: &Path) -> String {
+    let mut all =
+        format!("/// {doc}: `(crate name, path of its component)`.\npub const {name}: &[(&str, &str)] = &[\n");
     let mut consts = String::new();
-    for name in EXAMPLES {
-        let path = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
-        assert!(path.exists(), "the example build did not produce {}", path.display());
-        code.push_str(&format!("    ({name:?}, {:?}),\n", path.display().to_string()));
+    for krate in crates {
+        let path = wasm_dir.join(format!("{}.wasm", krate.replace('-', "_")));
+        assert!(path.exists(), "the guest build did not produce {}", path.display());
+        let path = path.display().to_string();
+        all.push_str(&format!("    ({krate:?}, {path:?}),\n"));
         consts.push_str(&format!(
-            "/// The `{name}` example component.\npub const {}: &str = {:?};\n",
-            name.replace('-', "_").to_uppercase(),
-            path.display().to_string()
+            "/// The `{krate}` component.\npub const {}: &str = {path:?};\n",
+            krate.replace('-', "_").to_uppercase()
         ));
     }
-    code.push_str("];\n");
-    code.push_str(&consts);
-    code.push_str(&format!(
-        "/// The `examples/` directory (job specs live beside each example).\npub const EXAMPLES_DIR: &str = {:?};\n",
-        examples.display().to_string()
-    ));
-    code.push_str(&format!(
-        "/// The target directory the guest builds use (reused by tests that build a stage).\npub const GUEST_TARGET_DIR: &str = {:?};\n",
-        target_dir.display().to_string()
-    ));
-    std::fs::write(out_dir.join("guests.rs"), code).expect("write guests.rs");
+    all.push_str("];\n");
+    all + &consts
 }
 
 /// `<target>/guests` when `OUT_DIR` is the usual `<target>/<profile>/build/<pkg>/out`,

@@ -96,7 +96,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         for i in 0..workers.len() {
             if workers[i].next_tick <= Instant::now() {
-                workers[i].next_tick += Duration::from_millis(workers[i].spec.tick_ms);
+                let period = Duration::from_millis(workers[i].spec.tick_ms);
+                workers[i].next_tick += period;
                 flow(&runtime, &mut workers, i, Input::Tick(now_ms()), &mut out)?;
             }
         }

@@ -16,10 +16,10 @@ pub const RAW_EXPORT: &str = "squilla:stage/raw-handler@0.1.0";
 pub const TYPED_EXPORT: &str = "squilla:stage/typed-handler@0.1.0";
 
 /// The interfaces a stage may import. A stage gets no capability through them: the WASI
-/// context it runs with has no files, no environment, no arguments, closed standard input and
+/// context it runs with has no environment, no arguments, an empty standard input and
 /// discarded standard output; they are here because language tool-chains link them into every
-/// component (Rust's `std` for `wasm32-wasip2`, CPython, StarlingMonkey). Clocks and random
-/// numbers are real. Anything else (sockets, HTTP, key-value stores…) is refused at load.
+/// component (Rust's `std` for `wasm32-wasip2` imports all of these but clocks). Clocks and
+/// random numbers are real. Anything else — files, sockets, HTTP — is refused at load.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "squilla:stage/log@",
     "squilla:stage/types@",
@@ -32,8 +32,6 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/stdout@",
     "wasi:cli/stderr@",
     "wasi:cli/terminal-",
-    "wasi:filesystem/types@",
-    "wasi:filesystem/preopens@",
 ];
 
 /// A component's sha256: the artifact's content address.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use squilla_batch::BatchBytes;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, WasmBacktrace};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::artifact::Pre;
@@ -228,10 +228,31 @@ impl StageInstance {
             if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                 CallError::Deadline { deadline_ms: self.deadline_ms }
             } else {
-                CallError::Trap { message: format!("{err:?}") }
+                CallError::Trap { message: trap_message(&err) }
             }
         })
     }
+}
+
+/// Frames of the guest backtrace kept in a trap message: enough to locate the fault, bounded
+/// because a stack overflow has thousands.
+const TRAP_FRAMES: usize = 8;
+
+/// The cause of a trap (e.g. `wasm trap: call stack exhausted`, or the memory limiter's
+/// message) followed by the innermost guest frames.
+fn trap_message(err: &wasmtime::Error) -> String {
+    let mut message = err.root_cause().to_string();
+    if let Some(backtrace) = err.downcast_ref::<WasmBacktrace>() {
+        let frames = backtrace.frames();
+        for frame in frames.iter().take(TRAP_FRAMES) {
+            let name = frame.func_name().unwrap_or("<unknown>");
+            message.push_str(&format!("\n  at {name} (function {})", frame.func_index()));
+        }
+        if frames.len() > TRAP_FRAMES {
+            message.push_str(&format!("\n  … {} more frames", frames.len() - TRAP_FRAMES));
+        }
+    }
+    message
 }
 
 fn stage_error(err: WitStageError) -> CallError {

@@ -10,47 +10,6 @@ fn compile_wat(wat: &str) -> Result<Artifact, ArtifactError> {
     Artifact::compile(runtime(), &wat::parse_str(wat).expect("test WAT parses"))
 }
 
-/// A raw-flavour stage written by hand: `process` returns three bytes that are not a batch,
-/// `tick` reports a retryable stage error.
-const MISBEHAVING_RAW_STAGE: &str = r#"
-(component
-  (core module $m
-    (memory (export "memory") 2)
-    (global $heap (mut i32) (i32.const 4096))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
-      (local $p i32)
-      (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
-      (global.set $heap (i32.add (local.get $p) (local.get 3)))
-      (local.get $p))
-    (func (export "init") (param i32 i32) (result i32)
-      (i32.store8 (i32.const 0) (i32.const 0))
-      (i32.const 0))
-    (func (export "process") (param i32 i32) (result i32)
-      (i32.store8 (i32.const 16) (i32.const 0))
-      (i32.store (i32.const 20) (i32.const 512))
-      (i32.store (i32.const 24) (i32.const 3))
-      (i32.const 16))
-    (func (export "tick") (param i64) (result i32)
-      (i32.store8 (i32.const 32) (i32.const 1))
-      (i32.store (i32.const 36) (i32.const 600))
-      (i32.store (i32.const 40) (i32.const 11))
-      (i32.store8 (i32.const 44) (i32.const 1))
-      (i32.const 32))
-    (data (i32.const 512) "\ff\ff\ff")
-    (data (i32.const 600) "tick failed"))
-  (core instance $i (instantiate $m))
-  (type $stage-error (record (field "message" string) (field "retryable" bool)))
-  (type $params (list (tuple string string)))
-  (func $init (param "params" $params) (result (result (error string)))
-    (canon lift (core func $i "init") (memory $i "memory") (realloc (func $i "realloc")) string-encoding=utf8))
-  (func $process (param "batch" (list u8)) (result (result (list u8) (error $stage-error)))
-    (canon lift (core func $i "process") (memory $i "memory") (realloc (func $i "realloc")) string-encoding=utf8))
-  (func $tick (param "now-ms" s64) (result (result (list u8) (error $stage-error)))
-    (canon lift (core func $i "tick") (memory $i "memory") (realloc (func $i "realloc")) string-encoding=utf8))
-  (instance $h (export "init" (func $init)) (export "process" (func $process)) (export "tick" (func $tick)))
-  (export "squilla:stage/raw-handler@0.1.0" (instance $h)))
-"#;
-
 #[test]
 fn a_component_without_a_stage_export_is_refused_naming_its_exports() {
     let err = compile_wat(
@@ -105,7 +64,8 @@ fn an_import_outside_the_allowlist_is_refused_by_name() {
 
 #[test]
 fn a_guest_returning_corrupt_bytes_gets_a_typed_error_and_stays_usable() {
-    let artifact = compile_wat(MISBEHAVING_RAW_STAGE).unwrap();
+    // `process` returns three bytes that are not a batch; `tick` returns a stage error.
+    let artifact = Artifact::compile(runtime(), &squilla_guests::read("corrupt-output")).unwrap();
     assert_eq!(artifact.flavour(), Flavour::Raw);
     let mut stage = artifact.instantiate(runtime(), &Limits::default(), &[]).unwrap();
     let input = batch(&[Event::new(1).with("a", 1i64)]);

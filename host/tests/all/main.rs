@@ -3,6 +3,7 @@
 
 mod contract;
 mod examples;
+mod isolation;
 mod newcomer;
 mod specs;
 

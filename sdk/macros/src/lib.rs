@@ -81,3 +81,48 @@ fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn
         };
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn error_of(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        super::expand(attr, item).expect_err("expansion should fail").to_string()
+    }
+
+    #[test]
+    fn misuse_is_reported_with_a_message_that_says_what_to_write() {
+        assert!(
+            error_of(
+                quote!(),
+                quote!(
+                    struct S;
+                )
+            )
+            .contains("goes on an `impl Stage for YourType { ... }` block")
+        );
+        assert!(error_of(quote!(), quote!(impl S { fn f() {} })).contains("not on an inherent impl"));
+        assert!(
+            error_of(quote!(), quote!(impl Clone for S { fn clone(&self) -> Self { S } }))
+                .contains("expects the `Stage` trait")
+        );
+        assert!(
+            error_of(
+                quote!(),
+                quote!(
+                    impl<T> Stage for S<T> {}
+                )
+            )
+            .contains("cannot be generic")
+        );
+        assert!(error_of(quote!(fast), quote!(impl Stage for S {})).contains("takes no arguments"));
+    }
+
+    #[test]
+    fn a_stage_impl_is_kept_and_exported_only_on_wasm() {
+        let out = super::expand(quote!(), quote!(impl squilla_sdk::Stage for S {})).unwrap().to_string();
+        assert!(out.starts_with("impl squilla_sdk :: Stage for S { }"), "{out}");
+        assert!(out.contains("# [cfg (target_family = \"wasm\")]"), "{out}");
+        assert!(out.contains("__private :: export !"), "{out}");
+    }
+}
