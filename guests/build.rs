@@ -11,7 +11,7 @@ use std::process::Command;
 /// Example crates (`examples/`).
 const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter"];
 /// Test programs (`guests/programs/`).
-const PROGRAMS: &[&str] = &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader"];
+const PROGRAMS: &[&str] = &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader", "slow"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -13,6 +13,11 @@
 //! - [`StageInstance`]: one worker's sandbox: a `Store` with memory limits, a CPU deadline per
 //!   call, a bounded log, and the stage calls `init`, `process`, `tick`.
 //!
+//! - [`Executor`]: the agent's fixed pool of threads (one per core) that runs every worker in
+//!   turns, and the clock behind stage ticks.
+//! - [`pipeline::Pipeline`]: one job's workers on this agent, the bounded queues between
+//!   them, routing, backpressure and metrics.
+//!
 //! Batches cross into the host as [`squilla_batch::BatchBytes`]: whatever a guest returns is
 //! validated once, here, before anything else reads it.
 
@@ -20,12 +25,15 @@ mod artifact;
 mod bindings;
 mod engine;
 mod error;
+mod executor;
 mod instance;
 mod logs;
+pub mod pipeline;
 mod typed;
 
 pub use artifact::{Artifact, Flavour, Sha256};
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::{ArtifactError, CallError, InstantiateError};
+pub use executor::Executor;
 pub use instance::{Limits, StageInstance};
 pub use logs::{LogLevel, LogLine, LogRing};

@@ -5,6 +5,7 @@ mod contract;
 mod examples;
 mod isolation;
 mod newcomer;
+mod pipeline;
 mod specs;
 
 use std::sync::OnceLock;

@@ -1,0 +1,106 @@
+//! A bounded, lock-free queue of batches with a backpressure policy and wake-ups.
+//!
+//! Every worker's input is an `Inbox`, and so is the job's sink. Producers never block on
+//! it: under `block` a full inbox refuses the batch and the producer keeps it as pending
+//! output, registers as a *waiter*, and stops taking input; the inbox's consumer wakes its
+//! waiters each time it takes a batch out. Under `drop-oldest` / `drop-newest` a full inbox
+//! makes room or refuses, and the drop is counted against the inbox's owner.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crossbeam_queue::ArrayQueue;
+use squilla_batch::BatchBytes;
+use squilla_types::Backpressure;
+
+use super::metrics::Counters;
+use super::worker::Worker;
+use crate::executor;
+
+/// What happened to an offered batch.
+pub(crate) enum Offer {
+    /// Queued (possibly after dropping the oldest queued batch, counted).
+    Queued,
+    /// Refused and dropped (`drop-newest`, counted).
+    Dropped,
+    /// Refused and handed back (`block`): the producer must keep it and wait.
+    Full(BatchBytes),
+}
+
+pub(crate) struct Inbox {
+    queue: ArrayQueue<BatchBytes>,
+    waiters: Mutex<Vec<Weak<Worker>>>,
+    has_waiters: AtomicBool,
+}
+
+impl Inbox {
+    pub fn new(capacity: usize) -> Self {
+        Inbox {
+            queue: ArrayQueue::new(capacity.max(1)),
+            waiters: Mutex::new(Vec::new()),
+            has_waiters: AtomicBool::new(false),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Offers `batch` under `policy`, counting drops in `counters`.
+    pub fn offer(&self, batch: BatchBytes, policy: Backpressure, counters: &Counters) -> Offer {
+        match policy {
+            Backpressure::Block => match self.queue.push(batch) {
+                Ok(()) => Offer::Queued,
+                Err(batch) => Offer::Full(batch),
+            },
+            Backpressure::DropOldest => {
+                if self.queue.force_push(batch).is_some() {
+                    Counters::add(&counters.dropped_oldest, 1);
+                }
+                Offer::Queued
+            }
+            Backpressure::DropNewest => match self.queue.push(batch) {
+                Ok(()) => Offer::Queued,
+                Err(_) => {
+                    Counters::add(&counters.dropped_newest, 1);
+                    Offer::Dropped
+                }
+            },
+        }
+    }
+
+    /// Takes the oldest batch, waking producers waiting for room.
+    pub fn pop(&self, exec: &executor::Shared) -> Option<BatchBytes> {
+        let batch = self.queue.pop()?;
+        self.wake(exec);
+        Some(batch)
+    }
+
+    /// Registers `worker` to be scheduled when a batch is taken out.
+    pub fn wait(&self, worker: &Arc<Worker>) {
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        if !waiters.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(worker))) {
+            waiters.push(Arc::downgrade(worker));
+        }
+        self.has_waiters.store(true, Ordering::SeqCst);
+    }
+
+    /// Schedules every waiting producer.
+    pub fn wake(&self, exec: &executor::Shared) {
+        if !self.has_waiters.load(Ordering::SeqCst) {
+            return;
+        }
+        let waiters = {
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            self.has_waiters.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *waiters)
+        };
+        for waiter in waiters.iter().filter_map(Weak::upgrade) {
+            waiter.unblock(exec);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-worker counters, updated with relaxed atomics on the hot path and read as snapshots.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Buckets of the processing-time histogram: bucket `i` counts calls that took less than
+/// `2^i` µs (the last bucket counts the rest), so 1 µs to ~16 s in 25 buckets.
+pub const HISTOGRAM_BUCKETS: usize = 25;
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub events_in: AtomicU64,
+    pub batches_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub batches_out: AtomicU64,
+    pub dropped_oldest: AtomicU64,
+    pub dropped_newest: AtomicU64,
+    pub dropped_failed: AtomicU64,
+    pub failed_calls: AtomicU64,
+    pub traps: AtomicU64,
+    pub instances: AtomicU64,
+    pub memory_bytes: AtomicU64,
+    pub histogram: [AtomicU64; HISTOGRAM_BUCKETS],
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn record_call(&self, took: Duration) {
+        let micros = took.as_micros() as u64;
+        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+        self.histogram[bucket.min(HISTOGRAM_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of one worker's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerMetrics {
+    /// The worker's stage.
+    pub stage: String,
+    /// Its index in the stage.
+    pub index: usize,
+    /// Events and batches it received (processed or not).
+    pub events_in: u64,
+    /// Batches it received.
+    pub batches_in: u64,
+    /// Events it emitted.
+    pub events_out: u64,
+    /// Batches it emitted.
+    pub batches_out: u64,
+    /// Batches dropped from its full input queue to make room (`drop-oldest`).
+    pub dropped_oldest: u64,
+    /// Batches refused by its full input queue (`drop-newest`).
+    pub dropped_newest: u64,
+    /// Batches dropped because the worker had failed.
+    pub dropped_failed: u64,
+    /// Calls that failed (traps, stage errors, invalid output).
+    pub failed_calls: u64,
+    /// Calls that trapped or passed the deadline (each discarded the instance).
+    pub traps: u64,
+    /// Instances created (1 plus one per trap replaced).
+    pub instances: u64,
+    /// Batches waiting in its input queue.
+    pub queue_depth: usize,
+    /// Linear memory of its current instance, in bytes.
+    pub memory_bytes: u64,
+    /// Processing-time histogram, see [`HISTOGRAM_BUCKETS`].
+    pub call_micros_log2: Vec<u64>,
+    /// Why the worker failed, if it did.
+    pub failed: Option<String>,
+}
+
+impl WorkerMetrics {
+    /// Every batch dropped on the way into this worker, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_oldest + self.dropped_newest + self.dropped_failed
+    }
+
+    /// The upper bound, in µs, under which `quantile` (0 to 1) of the calls finished.
+    pub fn call_micros_quantile(&self, quantile: f64) -> u64 {
+        let total: u64 = self.call_micros_log2.iter().sum();
+        let target = (total as f64 * quantile).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.call_micros_log2.iter().enumerate() {
+            seen += n;
+            if seen >= target && *n > 0 {
+                return 1 << i;
+            }
+        }
+        0
+    }
+}
+
+pub(crate) fn snapshot(counters: &Counters) -> WorkerMetrics {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    WorkerMetrics {
+        events_in: get(&counters.events_in),
+        batches_in: get(&counters.batches_in),
+        events_out: get(&counters.events_out),
+        batches_out: get(&counters.batches_out),
+        dropped_oldest: get(&counters.dropped_oldest),
+        dropped_newest: get(&counters.dropped_newest),
+        dropped_failed: get(&counters.dropped_failed),
+        failed_calls: get(&counters.failed_calls),
+        traps: get(&counters.traps),
+        instances: get(&counters.instances),
+        memory_bytes: get(&counters.memory_bytes),
+        call_micros_log2: counters.histogram.iter().map(get).collect(),
+        ..WorkerMetrics::default()
+    }
+}
