@@ -26,7 +26,14 @@ const LINEAR_NAMES: usize = 16;
 pub struct BatchBuilder {
     batch: wire::Batch,
     index: HashMap<String, u32>,
+    /// For [`BatchBuilder::push_ref`]: the name table of the batch events were last copied
+    /// from (by address, for identity only) and its names' indexes here.
+    remap_from: usize,
+    remap: Vec<u32>,
 }
+
+/// Marks a name of the source batch not yet mapped into this one.
+const UNMAPPED: u32 = u32::MAX;
 
 impl BatchBuilder {
     /// An empty batch with empty metadata.
@@ -34,10 +41,12 @@ impl BatchBuilder {
         Self::default()
     }
 
-    /// An empty batch with room for `events` events.
+    /// An empty batch with room for `events` events of about eight fields.
     pub fn with_capacity(events: usize) -> Self {
         let mut builder = Self::default();
         builder.batch.events.reserve(events);
+        builder.batch.fields.reserve(events * 8);
+        builder.batch.data.reserve(events * 48);
         builder
     }
 
@@ -71,15 +80,35 @@ impl BatchBuilder {
 
     /// Starts a new event at `timestamp_ms`; add its fields through the returned builder.
     pub fn event(&mut self, timestamp_ms: i64) -> EventBuilder<'_> {
-        self.batch.events.push(wire::Event { timestamp_ms, fields: Vec::new() });
+        let first_field = self.batch.fields.len() as u32;
+        self.batch.events.push(wire::Event { timestamp_ms, first_field, field_count: 0 });
         EventBuilder { builder: self }
     }
 
-    /// Appends a copy of an event read from another batch.
+    /// Appends a copy of an event read from another batch. Copying many events from one
+    /// batch maps each of its field names once.
     pub fn push_ref(&mut self, event: EventRef<'_>) {
+        let (names, table) = event.name_table();
+        if table != self.remap_from {
+            self.remap_from = table;
+            self.remap.clear();
+            self.remap.resize(names.len(), UNMAPPED);
+        }
         let mut out = self.event(event.timestamp_ms());
-        for (name, value) in event.fields() {
-            out.field(name, value);
+        for (index, value) in event.raw_fields() {
+            let builder = &mut *out.builder;
+            let name = match builder.remap.get(index as usize) {
+                Some(&mapped) if mapped != UNMAPPED => mapped,
+                _ => {
+                    let name = names.get(index as usize).map_or("", |n| n.as_str());
+                    let mapped = builder.intern(name);
+                    if let Some(slot) = builder.remap.get_mut(index as usize) {
+                        *slot = mapped;
+                    }
+                    mapped
+                }
+            };
+            out.push(name, value);
         }
     }
 
@@ -93,8 +122,8 @@ impl BatchBuilder {
 
     /// Archives the batch into bytes ready for any reader.
     pub fn into_vec(self) -> Result<Vec<u8>, BatchError> {
-        // Events of ~100 bytes are the common case; a good first guess saves regrowing.
-        let estimate = 64 + self.batch.events.len() * 128;
+        let b = &self.batch;
+        let estimate = 128 + b.events.len() * 16 + b.fields.len() * 24 + b.data.len() + b.names.len() * 16;
         rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&self.batch, Vec::with_capacity(estimate))
             .map_err(|e| BatchError::Encode { detail: e.to_string() })
     }
@@ -125,6 +154,13 @@ impl BatchBuilder {
         }
         i
     }
+
+    /// Stores bytes in the data area and returns their `(offset, len)`.
+    fn store(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let offset = self.batch.data.len() as u32;
+        self.batch.data.extend_from_slice(bytes);
+        (offset, bytes.len() as u32)
+    }
 }
 
 /// Adds fields to the event most recently started with [`BatchBuilder::event`].
@@ -137,16 +173,35 @@ impl EventBuilder<'_> {
     /// Adds a field. Any of `bool`, `i64`, `i32`, `u32`, `f64`, `&str`, `&[u8]`, a
     /// [`ValueRef`] or a `&Value` is accepted.
     pub fn field<'v>(&mut self, name: &str, value: impl Into<ValueRef<'v>>) -> &mut Self {
-        let value = value.into().to_owned();
         let name = self.builder.intern(name);
-        let event =
-            self.builder.batch.events.last_mut().expect("an EventBuilder exists only after an event was pushed");
-        event.fields.push(wire::Field { name, value });
+        self.push(name, value.into());
         self
     }
 
     /// Adds a null field.
     pub fn null(&mut self, name: &str) -> &mut Self {
         self.field(name, ValueRef::Null)
+    }
+
+    fn push(&mut self, name: u32, value: ValueRef<'_>) {
+        let value = match value {
+            ValueRef::Null => wire::Value::Null,
+            ValueRef::Bool(b) => wire::Value::Bool(b),
+            ValueRef::Int(i) => wire::Value::Int(i),
+            ValueRef::Float(f) => wire::Value::Float(f),
+            ValueRef::Text(t) => {
+                let (offset, len) = self.builder.store(t.as_bytes());
+                wire::Value::Text { offset, len }
+            }
+            ValueRef::Bytes(b) => {
+                let (offset, len) = self.builder.store(b);
+                wire::Value::Bytes { offset, len }
+            }
+        };
+        let batch = &mut self.builder.batch;
+        batch.fields.push(wire::Field { name, value });
+        if let Some(event) = batch.events.last_mut() {
+            event.field_count += 1;
+        }
     }
 }

@@ -17,16 +17,44 @@ pub enum BatchError {
         /// What the serializer reported.
         detail: String,
     },
-    /// A field refers to a name the batch's name table does not hold.
-    #[error("event {event}, field {field}: name index {index} is outside the name table ({names} names)")]
-    UnknownName {
+    /// An event's field range runs past the batch's fields.
+    #[error("event {event}: fields {first}..+{count} run past the {fields} fields of the batch")]
+    FieldRange {
         /// Position of the event in the batch.
         event: usize,
-        /// Position of the field in the event.
+        /// Its first field.
+        first: u32,
+        /// Its field count.
+        count: u32,
+        /// How many fields the batch has.
+        fields: usize,
+    },
+    /// A field refers to a name the batch's name table does not hold.
+    #[error("field {field}: name index {index} is outside the name table ({names} names)")]
+    UnknownName {
+        /// Position of the field in the batch's fields.
         field: usize,
         /// The name index the field holds.
         index: u32,
         /// How many names the batch has.
         names: usize,
+    },
+    /// A text or bytes value lies outside the batch's data area.
+    #[error("field {field}: value bytes {offset}..+{len} run past the {data}-byte data area")]
+    DataRange {
+        /// Position of the field in the batch's fields.
+        field: usize,
+        /// Where the value starts.
+        offset: u32,
+        /// Its length.
+        len: u32,
+        /// Size of the data area.
+        data: usize,
+    },
+    /// A text value is not UTF-8.
+    #[error("field {field}: text is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Position of the field in the batch's fields.
+        field: usize,
     },
 }

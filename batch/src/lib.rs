@@ -29,6 +29,8 @@ mod error;
 pub mod synth;
 mod value;
 mod view;
+// rkyv derives archived twins of these types, whose fields cannot carry docs.
+#[allow(missing_docs)]
 pub mod wire;
 
 pub use builder::{BatchBuilder, EventBuilder};

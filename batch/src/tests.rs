@@ -102,28 +102,75 @@ fn truncated_and_foreign_bytes_are_malformed() {
     assert!(err.to_string().starts_with("malformed batch"), "{err}");
 }
 
-#[test]
-fn a_field_naming_a_missing_name_is_refused() {
+fn wire_batch(fields: Vec<crate::wire::Field>, events: Vec<crate::wire::Event>, data: &[u8]) -> Vec<u8> {
     let batch = crate::wire::Batch {
         meta: Default::default(),
         names: vec!["only".into()],
-        events: vec![crate::wire::Event {
-            timestamp_ms: 1,
-            fields: vec![crate::wire::Field { name: 3, value: Value::Null }],
-        }],
+        events,
+        fields,
+        data: data.to_vec(),
     };
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap();
-    let err = BatchView::validate(&bytes).unwrap_err();
-    assert_eq!(err, BatchError::UnknownName { event: 0, field: 0, index: 3, names: 1 });
+    rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap().to_vec()
 }
 
 #[test]
-fn synthetic_events_are_about_100_bytes_and_deterministic() {
+fn references_outside_the_batch_are_refused() {
+    use crate::wire::{Event as E, Field as F, Value as V};
+    let one = |value| vec![F { name: 0, value }];
+    let event = vec![E { timestamp_ms: 1, first_field: 0, field_count: 1 }];
+    let cases = [
+        (
+            wire_batch(vec![F { name: 3, value: V::Null }], event.clone(), b""),
+            BatchError::UnknownName { field: 0, index: 3, names: 1 },
+        ),
+        (
+            wire_batch(one(V::Null), vec![E { timestamp_ms: 1, first_field: 1, field_count: 1 }], b""),
+            BatchError::FieldRange { event: 0, first: 1, count: 1, fields: 1 },
+        ),
+        (
+            wire_batch(one(V::Text { offset: 2, len: 5 }), event.clone(), b"abcd"),
+            BatchError::DataRange { field: 0, offset: 2, len: 5, data: 4 },
+        ),
+        (
+            wire_batch(one(V::Text { offset: 0, len: 2 }), event.clone(), b"\xff\xfe"),
+            BatchError::InvalidUtf8 { field: 0 },
+        ),
+    ];
+    for (bytes, expected) in cases {
+        assert_eq!(BatchView::validate(&bytes).unwrap_err(), expected);
+    }
+    // The same shapes with in-range references are accepted.
+    let ok = wire_batch(one(V::Bytes { offset: 0, len: 2 }), event, b"\xff\xfe");
+    assert_eq!(
+        BatchView::validate(&ok).unwrap().event(0).unwrap().get("only"),
+        Some(crate::ValueRef::Bytes(&[0xff, 0xfe]))
+    );
+}
+
+#[test]
+fn copying_events_between_batches_keeps_names_right() {
+    let mut a = BatchBuilder::new();
+    a.event(1).field("x", 1i64).field("y", "one");
+    a.event(2).field("y", "two").field("z", true);
+    let a = a.finish().unwrap();
+    let mut b = BatchBuilder::new();
+    b.event(0).field("z", false);
+    for e in a.view().events() {
+        b.push_ref(e);
+    }
+    let c = b.finish().unwrap();
+    let events = c.view().to_events();
+    assert_eq!(events[1], Event::new(1).with("x", 1i64).with("y", "one"));
+    assert_eq!(events[2], Event::new(2).with("y", "two").with("z", true));
+}
+
+#[test]
+fn synthetic_events_are_about_130_bytes_and_deterministic() {
     let a = crate::synth::DeviceLogs::new(1).batch(1000, 0, 1).unwrap();
     let b = crate::synth::DeviceLogs::new(1).batch(1000, 0, 1).unwrap();
     assert_eq!(a.as_bytes(), b.as_bytes());
     let per_event = a.as_bytes().len() / 1000;
-    assert!((80..=130).contains(&per_event), "{per_event} bytes per event");
+    assert!((100..=140).contains(&per_event), "{per_event} bytes per event");
     let errors = a.view().events().filter(|e| e.get("error") == Some(crate::ValueRef::Bool(true))).count();
     assert!(errors > 0 && errors < 200, "{errors} errors in 1000");
 }

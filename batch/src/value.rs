@@ -1,12 +1,10 @@
 //! Field values, borrowed and owned, and the owned event.
 
-use rkyv::{Archive, Deserialize, Serialize};
-
 /// An owned field value: the six types an event field can hold.
 ///
 /// Floats compare by bit pattern, so a `NaN` equals itself and a value always equals its
 /// round trip through a batch.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub enum Value {
     /// No value.
     Null,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use rkyv::string::ArchivedString;
 use rkyv::vec::ArchivedVec;
 
-use crate::value::ArchivedValue;
 use crate::{BatchError, Event, ValueRef, wire};
 
 /// A batch read in place from bytes that passed validation.
@@ -28,13 +27,28 @@ impl<'a> BatchView<'a> {
     pub fn validate(bytes: &'a [u8]) -> Result<Self, BatchError> {
         let batch = rkyv::access::<wire::ArchivedBatch, rkyv::rancor::Error>(bytes)
             .map_err(|e| BatchError::Malformed { len: bytes.len(), detail: e.to_string() })?;
-        let names = batch.names.len();
-        for (event_index, event) in batch.events.iter().enumerate() {
-            for (field_index, field) in event.fields.iter().enumerate() {
-                let index = field.name.to_native();
-                if index as usize >= names {
-                    return Err(BatchError::UnknownName { event: event_index, field: field_index, index, names });
-                }
+        let (names, fields, data) = (batch.names.len(), batch.fields.len(), batch.data.as_slice());
+        for (event, e) in batch.events.iter().enumerate() {
+            let (first, count) = (e.first_field.to_native(), e.field_count.to_native());
+            if u64::from(first) + u64::from(count) > fields as u64 {
+                return Err(BatchError::FieldRange { event, first, count, fields });
+            }
+        }
+        for (field, f) in batch.fields.iter().enumerate() {
+            let index = f.name.to_native();
+            if index as usize >= names {
+                return Err(BatchError::UnknownName { field, index, names });
+            }
+            let (offset, len, text) = match &f.value {
+                wire::ArchivedValue::Text { offset, len } => (offset.to_native(), len.to_native(), true),
+                wire::ArchivedValue::Bytes { offset, len } => (offset.to_native(), len.to_native(), false),
+                _ => continue,
+            };
+            let Some(slice) = data.get(offset as usize..offset as usize + len as usize) else {
+                return Err(BatchError::DataRange { field, offset, len, data: data.len() });
+            };
+            if text && std::str::from_utf8(slice).is_err() {
+                return Err(BatchError::InvalidUtf8 { field });
             }
         }
         Ok(BatchView { batch })
@@ -74,13 +88,13 @@ impl<'a> BatchView<'a> {
 
     /// The events, in order.
     pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'a>> + 'a {
-        let names = &self.batch.names;
-        self.batch.events.iter().map(move |event| EventRef { names, event })
+        let batch = self.batch;
+        batch.events.iter().map(move |event| EventRef { batch, event })
     }
 
     /// The event at `index`.
     pub fn event(&self, index: usize) -> Option<EventRef<'a>> {
-        self.batch.events.get(index).map(|event| EventRef { names: &self.batch.names, event })
+        self.batch.events.get(index).map(|event| EventRef { batch: self.batch, event })
     }
 
     /// Copies every event out into owned [`Event`]s.
@@ -125,7 +139,7 @@ impl<'a> BatchMeta<'a> {
 /// One event of a batch, read in place.
 #[derive(Clone, Copy)]
 pub struct EventRef<'a> {
-    names: &'a ArchivedVec<ArchivedString>,
+    batch: &'a wire::ArchivedBatch,
     event: &'a wire::ArchivedEvent,
 }
 
@@ -148,12 +162,30 @@ impl<'a> EventRef<'a> {
 
     /// How many fields the event has.
     pub fn field_count(&self) -> usize {
-        self.event.fields.len()
+        self.event.field_count.to_native() as usize
+    }
+
+    /// The event's slice of the batch's fields (empty if out of range, which validation
+    /// rules out).
+    fn field_slice(&self) -> &'a [wire::ArchivedField] {
+        let first = self.event.first_field.to_native() as usize;
+        self.batch.fields.get(first..first + self.field_count()).unwrap_or_default()
     }
 
     /// The fields, in the order they were written.
     pub fn fields(&self) -> Fields<'a> {
-        Fields { names: self.names, inner: self.event.fields.iter() }
+        Fields { names: &self.batch.names, data: self.batch.data.as_slice(), inner: self.field_slice().iter() }
+    }
+
+    /// The fields with their names as indexes into the batch's name table.
+    pub(crate) fn raw_fields(&self) -> impl Iterator<Item = (u32, ValueRef<'a>)> + 'a {
+        let data = self.batch.data.as_slice();
+        self.field_slice().iter().map(move |f| (f.name.to_native(), value_ref(&f.value, data)))
+    }
+
+    /// The batch's name table, and its address as an identity.
+    pub(crate) fn name_table(&self) -> (&'a ArchivedVec<ArchivedString>, usize) {
+        (&self.batch.names, &self.batch.names as *const _ as usize)
     }
 
     /// The first field called `name`.
@@ -188,6 +220,7 @@ impl<'a> EventRef<'a> {
 /// Iterator over an event's `(name, value)` fields.
 pub struct Fields<'a> {
     names: &'a ArchivedVec<ArchivedString>,
+    data: &'a [u8],
     inner: std::slice::Iter<'a, wire::ArchivedField>,
 }
 
@@ -198,7 +231,7 @@ impl<'a> Iterator for Fields<'a> {
         let field = self.inner.next()?;
         // Validation guarantees the index is in range; `get` keeps this panic-free regardless.
         let name = self.names.get(field.name.to_native() as usize).map_or("", |n| n.as_str());
-        Some((name, value_ref(&field.value)))
+        Some((name, value_ref(&field.value, self.data)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -208,14 +241,24 @@ impl<'a> Iterator for Fields<'a> {
 
 impl ExactSizeIterator for Fields<'_> {}
 
-fn value_ref(value: &ArchivedValue) -> ValueRef<'_> {
+/// Reads a value; text and bytes are sliced from the batch's data area.
+fn value_ref<'a>(value: &wire::ArchivedValue, data: &'a [u8]) -> ValueRef<'a> {
+    let slice = |offset: &rkyv::Archived<u32>, len: &rkyv::Archived<u32>| {
+        let start = offset.to_native() as usize;
+        data.get(start..start + len.to_native() as usize).unwrap_or_default()
+    };
     match value {
-        ArchivedValue::Null => ValueRef::Null,
-        ArchivedValue::Bool(b) => ValueRef::Bool(*b),
-        ArchivedValue::Int(i) => ValueRef::Int(i.to_native()),
-        ArchivedValue::Float(f) => ValueRef::Float(f.to_native()),
-        ArchivedValue::Text(s) => ValueRef::Text(s.as_str()),
-        ArchivedValue::Bytes(b) => ValueRef::Bytes(b.as_slice()),
+        wire::ArchivedValue::Null => ValueRef::Null,
+        wire::ArchivedValue::Bool(b) => ValueRef::Bool(*b),
+        wire::ArchivedValue::Int(i) => ValueRef::Int(i.to_native()),
+        wire::ArchivedValue::Float(f) => ValueRef::Float(f.to_native()),
+        // SAFETY: a view exists only over validated bytes (or bytes the caller of
+        // `BatchView::new_unchecked` vouched for), and validation checked that every text
+        // range is in bounds and UTF-8; `slice` yields that range.
+        wire::ArchivedValue::Text { offset, len } => {
+            ValueRef::Text(unsafe { std::str::from_utf8_unchecked(slice(offset, len)) })
+        }
+        wire::ArchivedValue::Bytes { offset, len } => ValueRef::Bytes(slice(offset, len)),
     }
 }
 
