@@ -42,6 +42,9 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Largest component accepted, in bytes (default 64 MiB).
     pub max_component_bytes: usize,
+    /// Interrupt calls that pass their deadline (default `true`). Off only to measure what
+    /// the check costs: without it an endless loop in a guest holds its thread forever.
+    pub epoch_interruption: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -53,6 +56,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(1),
             max_component_bytes: 64 << 20,
+            epoch_interruption: true,
         }
     }
 }
@@ -98,16 +102,18 @@ impl Runtime {
 
         let weak = engine.weak();
         let tick = config.epoch_tick;
-        std::thread::Builder::new()
-            .name("squilla-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(tick);
-                }
-            })
-            .map_err(|e| ArtifactError::Engine { detail: format!("cannot start the epoch ticker: {e}") })?;
+        if config.epoch_interruption {
+            std::thread::Builder::new()
+                .name("squilla-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(tick);
+                    }
+                })
+                .map_err(|e| ArtifactError::Engine { detail: format!("cannot start the epoch ticker: {e}") })?;
+        }
 
         Ok(Runtime { engine, linker, config, pooling })
     }
@@ -135,7 +141,7 @@ fn on_demand(config: &RuntimeConfig) -> Result<Engine, ArtifactError> {
 fn wasmtime_config(config: &RuntimeConfig, pooling: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
-    c.epoch_interruption(true);
+    c.epoch_interruption(config.epoch_interruption);
     c.max_wasm_stack(config.max_wasm_stack);
     c.memory_init_cow(true);
     c.parallel_compilation(true);

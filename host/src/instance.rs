@@ -101,6 +101,7 @@ pub struct StageInstance {
     handler: Handler,
     deadline_ticks: u64,
     deadline_ms: u64,
+    epochs: bool,
     poisoned: bool,
 }
 
@@ -128,10 +129,15 @@ impl Artifact {
         };
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        let epochs = runtime.config.epoch_interruption;
+        if epochs {
+            store.epoch_deadline_trap();
+        }
         let tick = runtime.config.epoch_tick.as_nanos().max(1);
         let deadline_ticks = limits.call_deadline.as_nanos().div_ceil(tick).max(1) as u64;
-        store.set_epoch_deadline(deadline_ticks);
+        if epochs {
+            store.set_epoch_deadline(deadline_ticks);
+        }
         let instantiate = |e: wasmtime::Error| InstantiateError::Instantiate { detail: format!("{e:#}") };
         let handler = match self.pre() {
             Pre::Raw(pre) => Handler::Raw(pre.instantiate(&mut store).map_err(instantiate)?),
@@ -142,6 +148,7 @@ impl Artifact {
             handler,
             deadline_ticks,
             deadline_ms: limits.call_deadline.as_millis() as u64,
+            epochs,
             poisoned: false,
         };
         let params = params.to_vec();
@@ -222,7 +229,9 @@ impl StageInstance {
         if self.poisoned {
             return Err(CallError::Poisoned);
         }
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        if self.epochs {
+            self.store.set_epoch_deadline(self.deadline_ticks);
+        }
         f(&mut self.store, &self.handler).map_err(|err| {
             self.poisoned = true;
             if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {

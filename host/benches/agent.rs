@@ -1,0 +1,306 @@
+//! The agent benchmark: prints one JSON document with
+//!
+//! - `throughput`: a 3-stage job (filter `status` exists → filter `status` ≥ 500 →
+//!   `device-errors`, key-hashed, 2 workers) fed pre-built batches of 1,024 synthetic events
+//!   as fast as it takes them, on the agent's thread pool; and the same three stages called
+//!   one after the other on one thread, as Wasm and as the same Rust compiled natively;
+//! - `latency`: source→sink p50/p99 through three pass-through stages at 10 % and 50 % of
+//!   the measured pass-through rate;
+//! - `instantiate`: p50/p99 of creating a worker (instance + `init`) from a cached artifact;
+//! - `idle_memory`: resident memory per idle worker with 1,000 workers of 100 jobs;
+//! - `epoch`: single-thread Wasm throughput with epoch interruption on and off.
+//!
+//! Run: `cargo bench --workspace --bench agent` (about a minute). Every loop is bounded.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use squilla_batch::synth::DeviceLogs;
+use squilla_batch::{BatchBuilder, BatchBytes};
+use squilla_host::pipeline::{Pipeline, PipelineConfig, StageConfig};
+use squilla_host::{Artifact, Executor, Limits, Runtime, RuntimeConfig, StageInstance};
+use squilla_sdk::{Params, Stage};
+use squilla_types::{Backpressure, Routing};
+
+const BATCH: usize = 1024;
+
+fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn stages() -> [(&'static str, Vec<(String, String)>); 3] {
+    [
+        ("filter", params(&[("field", "status"), ("op", "exists")])),
+        ("filter", params(&[("field", "status"), ("op", "ge"), ("value", "500")])),
+        ("device-errors", params(&[("window-ms", "30000")])),
+    ]
+}
+
+fn batches(n: usize) -> Vec<BatchBytes> {
+    let mut generator = DeviceLogs::new(42);
+    (0..n).map(|i| generator.batch(BATCH, i as i64, 0).unwrap()).collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// Events/s through the three stages called in sequence on this thread, in Wasm.
+fn wasm_direct(runtime: &Runtime, input: &[BatchBytes]) -> f64 {
+    let mut chain: Vec<StageInstance> = stages()
+        .iter()
+        .map(|(name, p)| {
+            let artifact = Artifact::compile(runtime, &squilla_guests::read(name)).unwrap();
+            artifact.instantiate(runtime, &Limits::default(), p).unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in input {
+        let mut b = batch.clone();
+        for stage in &mut chain {
+            b = stage.process(&b).unwrap();
+        }
+    }
+    (input.len() * BATCH) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The same, with the example crates compiled natively and called through the SDK trait.
+fn native_direct(input: &[BatchBytes]) -> f64 {
+    let [(_, p1), (_, p2), (_, p3)] = stages();
+    let mut f1 = filter::Filter::init(&Params::new(p1)).unwrap();
+    let mut f2 = filter::Filter::init(&Params::new(p2)).unwrap();
+    let mut de = device_errors::DeviceErrors::init(&Params::new(p3)).unwrap();
+    let started = Instant::now();
+    for batch in input {
+        let mut out1 = BatchBuilder::with_capacity(BATCH);
+        f1.process(batch.view(), &mut out1).unwrap();
+        let b1 = out1.finish().unwrap();
+        let mut out2 = BatchBuilder::with_capacity(BATCH);
+        f2.process(b1.view(), &mut out2).unwrap();
+        let b2 = out2.finish().unwrap();
+        let mut out3 = BatchBuilder::new();
+        de.process(b2.view(), &mut out3).unwrap();
+        std::hint::black_box(out3.finish().unwrap());
+    }
+    (input.len() * BATCH) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn stage_config(
+    runtime: &Runtime,
+    name: &str,
+    p: Vec<(String, String)>,
+    workers: usize,
+    routing: Routing,
+) -> StageConfig {
+    StageConfig {
+        name: name.into(),
+        artifact: Artifact::compile(runtime, &squilla_guests::read(name)).unwrap(),
+        params: p,
+        workers,
+        routing,
+        limits: Limits::default(),
+        tick: Duration::from_secs(1),
+    }
+}
+
+/// Events/s through the 3-stage job on the executor.
+fn pipeline_throughput(runtime: &Runtime, executor: &Executor, input: &[BatchBytes]) -> f64 {
+    let [(n1, p1), (n2, p2), (n3, p3)] = stages();
+    let config = PipelineConfig::new(
+        "bench",
+        vec![
+            stage_config(runtime, n1, p1, 2, Routing::RoundRobin),
+            stage_config(runtime, n2, p2, 2, Routing::RoundRobin),
+            stage_config(runtime, n3, p3, 2, Routing::KeyHash { fields: vec!["device-type".into()] }),
+        ],
+        Backpressure::Block,
+    );
+    let mut pipeline = Pipeline::start(runtime, executor, config).unwrap();
+    let started = Instant::now();
+    for batch in input {
+        pipeline.push(batch.clone());
+    }
+    assert!(pipeline.drain(Duration::from_secs(60)));
+    let rate = (input.len() * BATCH) as f64 / started.elapsed().as_secs_f64();
+    pipeline.stop(Duration::ZERO);
+    rate
+}
+
+/// Pass-through rate and latencies at `fractions` of it, through three keep-all stages.
+fn latency(runtime: &Runtime, executor: &Executor, fractions: &[f64]) -> serde_json::Value {
+    let keep = || params(&[("field", "device-type"), ("op", "exists")]);
+    let make = || {
+        let config = PipelineConfig::new(
+            "latency",
+            vec![
+                stage_config(runtime, "filter", keep(), 1, Routing::RoundRobin),
+                stage_config(runtime, "filter", keep(), 1, Routing::RoundRobin),
+                stage_config(runtime, "filter", keep(), 1, Routing::RoundRobin),
+            ],
+            Backpressure::Block,
+        );
+        Pipeline::start(runtime, executor, config).unwrap()
+    };
+    const SMALL: usize = 64;
+    let mut generator = DeviceLogs::new(9);
+    let probe = |generator: &mut DeviceLogs, k: i64| {
+        let mut builder = BatchBuilder::with_capacity(SMALL);
+        builder.event(0).field("device-type", "probe").field("probe", k);
+        generator.fill(&mut builder, SMALL - 1, 0, 0);
+        builder.finish().unwrap()
+    };
+    // Capacity: push as fast as possible, read concurrently.
+    let pipeline = make();
+    let input: Vec<BatchBytes> = (0..3000).map(|k| probe(&mut generator, k)).collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for b in &input {
+                pipeline.push(b.clone());
+            }
+        });
+        let mut got = 0;
+        while got < input.len() * SMALL && started.elapsed() < Duration::from_secs(30) {
+            if let Some(b) = pipeline.recv(Duration::from_millis(100)) {
+                got += b.len();
+            }
+        }
+    });
+    let capacity = (input.len() * SMALL) as f64 / started.elapsed().as_secs_f64();
+    drop(pipeline);
+
+    let mut results = serde_json::Map::new();
+    results.insert("passthrough_events_per_s".into(), json!(capacity.round()));
+    for &fraction in fractions {
+        let pipeline = make();
+        let rate = capacity * fraction;
+        let interval = Duration::from_secs_f64(SMALL as f64 / rate);
+        let count = ((2.0 / interval.as_secs_f64()) as usize).clamp(200, 5000);
+        let batches: Vec<BatchBytes> = (0..count).map(|k| probe(&mut generator, k as i64)).collect();
+        let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+            let pipeline = &pipeline;
+            let producer = s.spawn(move || {
+                let start = Instant::now();
+                let mut sent = Vec::with_capacity(count);
+                for (k, b) in batches.into_iter().enumerate() {
+                    let due = start + interval * k as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    sent.push(Instant::now());
+                    pipeline.push(b);
+                }
+                sent
+            });
+            let mut arrivals = Vec::with_capacity(count);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while arrivals.len() < count && Instant::now() < deadline {
+                if let Some(b) = pipeline.recv(Duration::from_millis(100)) {
+                    let now = Instant::now();
+                    for e in b.view().events() {
+                        if let Some(k) = e.int("probe") {
+                            arrivals.push((k as usize, now));
+                        }
+                    }
+                }
+            }
+            let sent = producer.join().unwrap();
+            arrivals.iter().map(|(k, at)| at.duration_since(sent[*k])).collect()
+        });
+        latencies.sort();
+        results.insert(
+            format!("at_{}pct", (fraction * 100.0) as u32),
+            json!({
+                "events_per_s": rate.round(),
+                "batches": latencies.len(),
+                "p50_us": percentile(&latencies, 0.5).round(),
+                "p99_us": percentile(&latencies, 0.99).round(),
+            }),
+        );
+    }
+    serde_json::Value::Object(results)
+}
+
+fn instantiate(runtime: &Runtime) -> serde_json::Value {
+    let artifact = Artifact::compile(runtime, &squilla_guests::read("filter")).unwrap();
+    let p = params(&[("field", "status"), ("op", "exists")]);
+    let mut times = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let started = Instant::now();
+        let instance = artifact.instantiate(runtime, &Limits::default(), &p).unwrap();
+        times.push(started.elapsed());
+        drop(instance);
+    }
+    times.sort();
+    json!({ "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99), "pooling": runtime.is_pooling() })
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn idle_memory(executor: &Executor) -> serde_json::Value {
+    let runtime = Runtime::new(RuntimeConfig { max_instances: 1100, ..Default::default() }).unwrap();
+    let artifact = Artifact::compile(&runtime, &squilla_guests::read("filter")).unwrap();
+    let before = rss_bytes();
+    let jobs: Vec<Pipeline> = (0..100)
+        .map(|t| {
+            let stage = StageConfig {
+                name: format!("tenant-{t}"),
+                artifact: artifact.clone(),
+                params: params(&[("field", "status"), ("op", "exists")]),
+                workers: 10,
+                routing: Routing::RoundRobin,
+                limits: Limits::default(),
+                tick: Duration::from_secs(60),
+            };
+            Pipeline::start(
+                &runtime,
+                executor,
+                PipelineConfig::new(format!("job-{t}"), vec![stage], Backpressure::Block),
+            )
+            .unwrap()
+        })
+        .collect();
+    let after = rss_bytes();
+    let workers: usize = jobs.iter().map(|j| j.workers(0)).sum();
+    let per_worker = (after.saturating_sub(before)) / workers as u64;
+    drop(jobs);
+    json!({ "workers": workers, "jobs": 100, "rss_delta_bytes": after - before, "per_worker_bytes": per_worker,
+            "per_worker_kib": per_worker as f64 / 1024.0, "pooling": runtime.is_pooling() })
+}
+
+fn main() {
+    let executor = Executor::new(0);
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let input = batches(2000);
+
+    let native = native_direct(&input);
+    let wasm = wasm_direct(&runtime, &input);
+    let pipeline = pipeline_throughput(&runtime, &executor, &input);
+    let no_epoch_runtime = Runtime::new(RuntimeConfig { epoch_interruption: false, ..Default::default() }).unwrap();
+    let wasm_no_epoch = wasm_direct(&no_epoch_runtime, &input);
+
+    let report = json!({
+        "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "pool_threads": executor.threads() },
+        "event_bytes": input[0].as_bytes().len() / BATCH,
+        "throughput": {
+            "pipeline_3_stage_wasm_events_per_s": pipeline.round(),
+            "direct_3_stage_wasm_one_thread_events_per_s": wasm.round(),
+            "direct_3_stage_native_one_thread_events_per_s": native.round(),
+            "native_over_wasm": native / wasm,
+        },
+        "latency": latency(&runtime, &executor, &[0.1, 0.5]),
+        "instantiate": instantiate(&runtime),
+        "idle_memory": idle_memory(&executor),
+        "epoch": {
+            "on_events_per_s": wasm.round(),
+            "off_events_per_s": wasm_no_epoch.round(),
+            "overhead_pct": (wasm_no_epoch / wasm - 1.0) * 100.0,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
