@@ -103,22 +103,29 @@ impl Artifact {
     /// over [`crate::RuntimeConfig::max_component_bytes`], does not export a stage interface
     /// with the contract's types, or imports something outside [`ALLOWED_IMPORTS`].
     pub fn compile(runtime: &Runtime, bytes: &[u8]) -> Result<Self, ArtifactError> {
-        let limit = runtime.config.max_component_bytes;
-        if bytes.len() > limit {
-            return Err(ArtifactError::TooLarge { len: bytes.len(), limit });
-        }
-        match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', _, _, 0, 0]) => return Err(ArtifactError::CoreModule),
-            Some([0, b'a', b's', b'm', ..]) => {}
-            _ => return Err(ArtifactError::NotWasm),
-        }
+        Self::check_header(runtime, bytes)?;
         let sha256 = Sha256::of(bytes);
         let component =
             Component::new(&runtime.engine, bytes).map_err(|e| ArtifactError::Invalid { detail: format!("{e:#}") })?;
         Self::from_component(runtime, sha256, bytes.len(), component)
     }
 
-    fn from_component(
+    /// Checks the header of `bytes` (wasm magic, component layer, size cap) without
+    /// compiling.
+    pub(crate) fn check_header(runtime: &Runtime, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let limit = runtime.config.max_component_bytes;
+        if bytes.len() > limit {
+            return Err(ArtifactError::TooLarge { len: bytes.len(), limit });
+        }
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', _, _, 0, 0]) => Err(ArtifactError::CoreModule),
+            Some([0, b'a', b's', b'm', ..]) => Ok(()),
+            _ => Err(ArtifactError::NotWasm),
+        }
+    }
+
+    /// Wraps a compiled component as an artifact, checking its imports and exports.
+    pub(crate) fn from_component(
         runtime: &Runtime,
         sha256: Sha256,
         size: usize,
@@ -170,6 +177,11 @@ impl Artifact {
     /// The interfaces it imports (all within [`ALLOWED_IMPORTS`]).
     pub fn imports(&self) -> &[String] {
         &self.inner.imports
+    }
+
+    /// Whether `self` and `other` share one compiled component (cheap clones of each other).
+    pub fn same(&self, other: &Artifact) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     pub(crate) fn pre(&self) -> &Pre {

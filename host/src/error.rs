@@ -28,6 +28,12 @@ pub enum ArtifactError {
         /// Wasmtime's explanation.
         detail: String,
     },
+    /// Compiling took longer than the cache's limit.
+    #[error("compiling the component took longer than {seconds} s")]
+    CompileTimeout {
+        /// The limit.
+        seconds: u64,
+    },
     /// It exports neither stage interface.
     #[error(
         "component does not export a Squilla stage: expected `squilla:stage/raw-handler@0.1.0` or \

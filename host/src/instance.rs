@@ -206,9 +206,15 @@ impl StageInstance {
         }
     }
 
-    /// The worker's log.
+    /// The lines the stage logged (since the last [`StageInstance::take_log`]).
     pub fn log(&self) -> &LogRing {
         &self.store.data().log
+    }
+
+    /// Moves the instance's log lines into `into`, e.g. a worker's log that outlives the
+    /// instance.
+    pub fn take_log(&mut self, into: &mut LogRing) {
+        into.absorb(&mut self.store.data_mut().log);
     }
 
     /// Linear memory the instance holds, in bytes.

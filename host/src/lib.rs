@@ -10,6 +10,8 @@
 //! - [`Artifact`]: a component compiled once per sha256, checked to export a stage world
 //!   (raw or typed, see `wit/stage.wit`) and to import nothing outside the allowlist, and
 //!   pre-linked so that each worker instantiates it cheaply.
+//! - [`ArtifactCache`]: artifacts by sha256, compiled once (on a thread of its own, within a
+//!   time limit) and optionally kept on disk, where only code this host wrote is ever loaded.
 //! - [`StageInstance`]: one worker's sandbox: a `Store` with memory limits, a CPU deadline per
 //!   call, a bounded log, and the stage calls `init`, `process`, `tick`.
 //!
@@ -23,6 +25,7 @@
 
 mod artifact;
 mod bindings;
+mod cache;
 mod engine;
 mod error;
 mod executor;
@@ -31,7 +34,8 @@ mod logs;
 pub mod pipeline;
 mod typed;
 
-pub use artifact::{Artifact, Flavour, Sha256};
+pub use artifact::{ALLOWED_IMPORTS, Artifact, Flavour, Sha256};
+pub use cache::{ArtifactCache, COMPILE_TIMEOUT, CacheStats, SharedCache};
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::{ArtifactError, CallError, InstantiateError};
 pub use executor::Executor;

@@ -78,6 +78,19 @@ impl LogRing {
         self.lines.iter()
     }
 
+    /// Moves every line of `other` into this ring (oldest first, dropping past capacity) and
+    /// adds up its drop count, leaving `other` empty.
+    pub fn absorb(&mut self, other: &mut LogRing) {
+        for line in other.lines.drain(..) {
+            if self.lines.len() == self.capacity {
+                self.lines.pop_front();
+                self.dropped += 1;
+            }
+            self.lines.push_back(line);
+        }
+        self.dropped += std::mem::take(&mut other.dropped);
+    }
+
     /// How many lines were dropped because the ring was full.
     pub fn dropped(&self) -> u64 {
         self.dropped

@@ -34,7 +34,7 @@ use self::inbox::{Inbox, Offer};
 use self::metrics::{Counters, WorkerMetrics};
 use self::worker::{Target, Worker};
 use crate::executor::{self, Executor};
-use crate::{Artifact, InstantiateError, Limits, Runtime};
+use crate::{Artifact, InstantiateError, Limits, LogLine, Runtime};
 
 pub use source::SyntheticSource;
 
@@ -372,6 +372,14 @@ impl Pipeline {
                 + self.shared.sink_counters.dropped_newest.load(Ordering::Relaxed),
             sink_depth: self.shared.sink.len(),
         }
+    }
+
+    /// The log of worker `index` of stage `stage` (lines kept across instances, oldest first)
+    /// and how many lines it dropped.
+    pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<LogLine>, u64)> {
+        let s = self.shared.stages.get(stage)?;
+        let workers = s.workers.read().expect("workers lock");
+        workers.get(index).map(|w| w.log())
     }
 
     /// Waits until every queue inside the pipeline is empty (the sink excepted), up to

@@ -20,7 +20,7 @@ use super::metrics::{self, Counters, WorkerMetrics};
 use super::{Shared as Pipeline, StageConfig};
 use crate::engine::now_ms;
 use crate::executor::{self, QUANTUM};
-use crate::{CallError, InstantiateError, StageInstance};
+use crate::{CallError, InstantiateError, LogLine, LogRing, StageInstance};
 
 /// Output that could not be delivered yet, and where it goes.
 pub(crate) struct Pending {
@@ -37,6 +37,7 @@ pub(crate) enum Target {
 
 struct State {
     instance: Option<StageInstance>,
+    log: LogRing,
     pending: VecDeque<Pending>,
     consecutive_traps: u32,
     failed: Option<String>,
@@ -78,7 +79,13 @@ impl Worker {
             has_pending: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             tick_due: AtomicI64::new(0),
-            state: Mutex::new(State { instance: None, pending: VecDeque::new(), consecutive_traps: 0, failed: None }),
+            state: Mutex::new(State {
+                instance: None,
+                log: LogRing::with_capacity(config.limits.log_lines),
+                pending: VecDeque::new(),
+                consecutive_traps: 0,
+                failed: None,
+            }),
             config,
         });
         Counters::add(&worker.counters.instances, 1);
@@ -207,6 +214,7 @@ impl Worker {
         let started = Instant::now();
         let result = f(instance);
         self.counters.record_call(started.elapsed());
+        instance.take_log(&mut state.log);
         self.counters.memory_bytes.store(instance.memory_bytes() as u64, Ordering::Relaxed);
         match result {
             Ok(output) => {
@@ -270,6 +278,13 @@ impl Worker {
         m.queue_depth = self.inbox.len();
         m.failed = self.state.lock().expect("worker lock").failed.clone();
         m
+    }
+
+    /// The worker's log: what its stage wrote, across instances, and how many lines were
+    /// dropped.
+    pub fn log(&self) -> (Vec<LogLine>, u64) {
+        let state = self.state.lock().expect("worker lock");
+        (state.log.lines().cloned().collect(), state.log.dropped())
     }
 
     /// Offers `batch` to this worker's inbox and schedules it.

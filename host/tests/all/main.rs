@@ -1,6 +1,7 @@
 //! The host's integration tests: one binary (one link step), a module per area. Every test
 //! runs real components in real wasmtime; the example stages are built by `squilla-guests`.
 
+mod cache;
 mod contract;
 mod examples;
 mod isolation;

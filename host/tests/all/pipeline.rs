@@ -220,26 +220,60 @@ fn drop_oldest_counts_its_drops_and_keeps_up() {
     assert_eq!(received + worker.dropped_oldest, 200, "every batch is either delivered or counted as dropped");
 }
 
-#[test]
-fn a_worker_that_keeps_trapping_fails_with_the_message_while_a_neighbour_runs() {
-    let mut spin = stage("spin", program("spin"), &[], 1, Routing::RoundRobin);
-    spin.limits.call_deadline = Duration::from_millis(50);
-    let mut bad = start(vec![spin], Backpressure::Block);
+/// Runs a neighbour job while `hostile` traps `traps` times in a row: the neighbour's output
+/// stays complete and in order, and the hostile worker ends failed with `reason`.
+fn contained_beside_a_neighbour(hostile: StageConfig, reason: &str) {
+    let mut bad = start(vec![hostile], Backpressure::Block);
     let mut good = start(vec![keep_all(1, Routing::RoundRobin)], Backpressure::Block);
     for i in 0..5 {
         bad.push(batch(&[Event::new(i).with("spin", true)]));
         good.push(batch(&[Event::new(i).with("device-type", "tv")]));
     }
-    let events = collect(&good, Duration::from_secs(5), |e| e.len() >= 5);
+    let events = collect(&good, Duration::from_secs(10), |e| e.len() >= 5);
     assert_eq!(events.iter().map(|e| e.timestamp_ms).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
-    assert!(bad.drain(Duration::from_secs(5)));
+    assert!(bad.drain(Duration::from_secs(10)));
     let worker = bad.metrics().stages[0][0].clone();
-    assert_eq!(worker.traps, 3);
-    assert_eq!(worker.dropped_failed, 2);
-    let reason = worker.failed.expect("the worker failed");
-    assert!(reason.starts_with("3 traps in a row; last: stage exceeded its 50 ms CPU deadline"), "{reason}");
+    assert_eq!((worker.traps, worker.dropped_failed), (3, 2), "{worker:?}");
+    let failed = worker.failed.expect("the worker failed");
+    assert!(failed.starts_with(&format!("3 traps in a row; last: {reason}")), "{failed}");
+    assert_eq!(good.metrics().stages[0][0].failed_calls, 0);
     bad.stop(Duration::ZERO);
     good.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn an_endless_loop_is_contained_beside_a_neighbour() {
+    let mut spin = stage("spin", program("spin"), &[], 1, Routing::RoundRobin);
+    spin.limits.call_deadline = Duration::from_millis(50);
+    contained_beside_a_neighbour(spin, "stage exceeded its 50 ms CPU deadline");
+}
+
+#[test]
+fn a_memory_bomb_is_contained_beside_a_neighbour() {
+    let mut bomb = stage("bomb", program("memory-bomb"), &[], 1, Routing::RoundRobin);
+    bomb.limits.memory_bytes = 16 << 20;
+    contained_beside_a_neighbour(bomb, "stage trapped: worker memory limit of 16 MiB exceeded");
+}
+
+#[test]
+fn deep_recursion_is_contained_beside_a_neighbour() {
+    let deep = stage("deep", program("deep-recursion"), &[], 1, Routing::RoundRobin);
+    contained_beside_a_neighbour(deep, "stage trapped: wasm trap: call stack exhausted");
+}
+
+#[test]
+fn a_workers_log_outlives_its_instances() {
+    let errors = stage("rate", example("device-errors"), &[], 1, Routing::RoundRobin);
+    let mut pipeline = start(vec![errors], Backpressure::Block);
+    pipeline.push(batch(&[Event::new(now_ms()).with("no-status", true)]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut lines = Vec::new();
+    while lines.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        lines = pipeline.log(0, 0).unwrap().0;
+    }
+    assert_eq!(lines[0].message, "skipped 1 events without `device-type` and `status`");
+    pipeline.stop(Duration::from_secs(1));
 }
 
 #[test]
