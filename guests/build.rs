@@ -37,9 +37,20 @@ fn main() {
     build_workspace(&examples, &target_dir);
     build_workspace(&repo.join("guests/programs"), &target_dir);
     let wasm_dir = target_dir.join("wasm32-wasip2").join("release");
+    let tools = target_dir.join("tools");
+    let python = build_python(&repo, &tools, &target_dir.join("python"));
+    let javascript = build_javascript(&repo, &tools, &target_dir.join("javascript"));
 
     let mut code = String::new();
     code.push_str(&list("ALL", "Every example stage", EXAMPLES, &wasm_dir));
+    code.push_str(&format!(
+        "/// The Python `sentiment` stage (examples/python/sentiment), typed flavour.\npub const SENTIMENT_PY: &str = {:?};\n",
+        python.display().to_string()
+    ));
+    code.push_str(&format!(
+        "/// The JavaScript `filter` stage (examples/js/filter), typed flavour.\npub const FILTER_JS: &str = {:?};\n",
+        javascript.display().to_string()
+    ));
     code.push_str("/// Guests that misbehave on purpose, for the host's isolation tests.\npub mod programs {\n");
     code.push_str(&list("ALL", "Every test program", PROGRAMS, &wasm_dir));
     code.push_str("}\n");
@@ -95,6 +106,120 @@ fn list(name: &str, doc: &str, crates: &[&str], wasm_dir: &Path) -> String {
     }
     all.push_str("];\n");
     all + &consts
+}
+
+/// The pinned tool versions (see docs/python.md and docs/javascript.md).
+const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// Whether `output` exists and is newer than every file in `inputs` (files or directories,
+/// searched one level deep).
+fn fresh(output: &Path, inputs: &[PathBuf]) -> bool {
+    let Ok(built) = std::fs::metadata(output).and_then(|m| m.modified()) else { return false };
+    let mut files = Vec::new();
+    for input in inputs {
+        match std::fs::read_dir(input) {
+            Ok(dir) => files.extend(dir.filter_map(|e| e.ok()).map(|e| e.path())),
+            Err(_) => files.push(input.clone()),
+        }
+    }
+    files.iter().all(|f| std::fs::metadata(f).and_then(|m| m.modified()).is_ok_and(|m| m <= built))
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(status.success(), "{what} failed ({status})");
+}
+
+/// Installs componentize-py (pinned) in a virtualenv under `tools` if it is not there, and
+/// builds the Python sentiment stage.
+fn build_python(repo: &Path, tools: &Path, out_dir: &Path) -> PathBuf {
+    let output = out_dir.join("sentiment.wasm");
+    let app = repo.join("examples/python/sentiment");
+    let venv = tools.join("py");
+    let cli = venv.join("bin/componentize-py");
+    let version =
+        Command::new(&cli).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let installed = version.is_some_and(|v| v.trim() == format!("componentize-py {COMPONENTIZE_PY}"));
+    if !installed {
+        println!("cargo:warning=installing componentize-py {COMPONENTIZE_PY} into {}", venv.display());
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "python3 -m venv");
+        run(
+            Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                &format!("componentize-py=={COMPONENTIZE_PY}"),
+            ]),
+            "pip install componentize-py",
+        );
+    }
+    if installed && fresh(&output, &[app.clone(), repo.join("wit")]) {
+        return output;
+    }
+    std::fs::create_dir_all(out_dir).expect("create the python output directory");
+    run(
+        Command::new(&cli)
+            .arg("-d")
+            .arg(repo.join("wit"))
+            .args(["-w", "squilla:stage/typed-stage", "componentize", "--stub-wasi", "-p"])
+            .arg(&app)
+            .arg("app")
+            .arg("-o")
+            .arg(&output),
+        "componentize-py",
+    );
+    output
+}
+
+/// Installs componentize-js (pinned by examples/js/package-lock.json) under `tools` if it is
+/// not there, and builds the JavaScript filter stage.
+fn build_javascript(repo: &Path, tools: &Path, out_dir: &Path) -> PathBuf {
+    let output = out_dir.join("filter.wasm");
+    let source = repo.join("examples/js/filter/filter.js");
+    let js_tools = tools.join("js");
+    let lock = repo.join("examples/js/package-lock.json");
+    let installed_lock = js_tools.join("package-lock.json");
+    let cli = js_tools.join("node_modules/@bytecodealliance/componentize-js/src/cli.js");
+    let installed = cli.exists() && std::fs::read(&installed_lock).ok() == std::fs::read(&lock).ok();
+    if !installed {
+        println!("cargo:warning=installing componentize-js into {}", js_tools.display());
+        std::fs::create_dir_all(&js_tools).expect("create the js tools directory");
+        std::fs::copy(repo.join("examples/js/package.json"), js_tools.join("package.json")).expect("copy package.json");
+        std::fs::copy(&lock, &installed_lock).expect("copy package-lock.json");
+        // `npm install` with the copied lock file installs the locked versions; `npm ci` would be
+        // the stricter choice, but npm 11 refuses lock files that omit other platforms' optional
+        // packages, which is every lock file made on one platform.
+        run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&js_tools), "npm install");
+    }
+    if installed && fresh(&output, &[source.clone(), repo.join("wit")]) {
+        return output;
+    }
+    std::fs::create_dir_all(out_dir).expect("create the javascript output directory");
+    run(
+        Command::new("node")
+            .arg(&cli)
+            .arg(&source)
+            .arg("--wit")
+            .arg(repo.join("wit"))
+            .args([
+                "-n",
+                "typed-stage",
+                "-d",
+                "stdio",
+                "-d",
+                "random",
+                "-d",
+                "clocks",
+                "-d",
+                "http",
+                "-d",
+                "fetch-event",
+            ])
+            .arg("-o")
+            .arg(&output),
+        "componentize-js",
+    );
+    output
 }
 
 /// `<target>/guests` when `OUT_DIR` is the usual `<target>/<profile>/build/<pkg>/out`,

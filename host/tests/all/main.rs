@@ -5,6 +5,7 @@ mod cache;
 mod contract;
 mod examples;
 mod isolation;
+mod languages;
 mod newcomer;
 mod pipeline;
 mod specs;
