@@ -52,8 +52,8 @@ fn measure(runtime: &Runtime, artifact: &Artifact, p: &[(String, String)], input
 
 fn main() {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let cache =
-        ArtifactCache::on_disk(&runtime, &std::path::Path::new(squilla_guests::GUEST_TARGET_DIR).join("cwasm")).unwrap();
+    let cache = ArtifactCache::on_disk(&runtime, &std::path::Path::new(squilla_guests::GUEST_TARGET_DIR).join("cwasm"))
+        .unwrap();
     let load = |path: &str| {
         let started = Instant::now();
         let artifact = cache.get_or_compile(&std::fs::read(path).unwrap()).unwrap();
