@@ -6,4 +6,6 @@
 //! — the master — performs the assignments; nothing here does I/O, so it is tested with
 //! in-memory fixtures and property tests.
 
+pub mod api;
 pub mod placement;
+pub mod store;

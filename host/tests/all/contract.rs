@@ -81,3 +81,31 @@ fn a_guest_returning_corrupt_bytes_gets_a_typed_error_and_stays_usable() {
     // Both failures leave the instance usable: it answers the next call.
     assert!(matches!(stage.process(&input), Err(CallError::InvalidOutput(_))));
 }
+
+#[test]
+fn inspection_agrees_with_compilation_without_compiling() {
+    use squilla_host::inspect;
+    let limit = runtime().config().max_component_bytes;
+    for (name, _) in squilla_guests::ALL {
+        let found = inspect(&squilla_guests::read(name), limit).unwrap();
+        assert_eq!(found.flavour, Flavour::Raw, "{name}");
+    }
+    let fs = inspect(&squilla_guests::read("fs-reader"), limit).unwrap_err();
+    assert!(
+        matches!(fs, ArtifactError::ForbiddenImport { ref import } if import.starts_with("wasi:filesystem/")),
+        "{fs:?}"
+    );
+    let hello = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f") (result i32) i32.const 1))
+            (core instance $i (instantiate $m))
+            (func $f (result u32) (canon lift (core func $i "f")))
+            (export "hello" (func $f)))"#,
+    )
+    .unwrap();
+    assert!(matches!(inspect(&hello, limit), Err(ArtifactError::NotAStage { exports }) if exports == ["hello"]));
+    let mut truncated = squilla_guests::read("filter");
+    truncated.truncate(1000);
+    assert!(matches!(inspect(&truncated, limit), Err(ArtifactError::Invalid { .. })));
+    assert!(matches!(inspect(&truncated, 10), Err(ArtifactError::TooLarge { .. })));
+}

@@ -1,0 +1,71 @@
+//! Checking an upload without compiling it.
+//!
+//! The master must answer an upload quickly and clearly (400 naming what is wrong) without
+//! running Cranelift on the request path: a Python component takes ~25 s to compile. So it
+//! validates the binary with wasmparser and reads the component's top-level imports and
+//! exports; agents compile (once per sha256) when they first run it, and check the export
+//! types then.
+
+use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+
+use crate::artifact::{ALLOWED_IMPORTS, RAW_EXPORT, TYPED_EXPORT};
+use crate::{ArtifactError, Flavour};
+
+/// What an upload is, as far as can be told without compiling it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Which stage flavour it exports.
+    pub flavour: Flavour,
+    /// Its top-level imports.
+    pub imports: Vec<String>,
+    /// Its top-level exports.
+    pub exports: Vec<String>,
+}
+
+/// Validates `bytes` as a component that exports a stage interface and imports only what
+/// stages may; at most `max_bytes` long.
+pub fn inspect(bytes: &[u8], max_bytes: usize) -> Result<Inspection, ArtifactError> {
+    if bytes.len() > max_bytes {
+        return Err(ArtifactError::TooLarge { len: bytes.len(), limit: max_bytes });
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 0, 0]) => return Err(ArtifactError::CoreModule),
+        Some([0, b'a', b's', b'm', ..]) => {}
+        _ => return Err(ArtifactError::NotWasm),
+    }
+    Validator::new_with_features(WasmFeatures::all())
+        .validate_all(bytes)
+        .map_err(|e| ArtifactError::Invalid { detail: e.to_string() })?;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| ArtifactError::Invalid { detail: e.to_string() })? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let import = import.map_err(|e| ArtifactError::Invalid { detail: e.to_string() })?;
+                    imports.push(import.name.name.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    let export = export.map_err(|e| ArtifactError::Invalid { detail: e.to_string() })?;
+                    exports.push(export.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(import) = imports.iter().find(|i| !ALLOWED_IMPORTS.iter().any(|a| i.starts_with(a))) {
+        return Err(ArtifactError::ForbiddenImport { import: import.clone() });
+    }
+    let flavour = if exports.iter().any(|e| e == RAW_EXPORT) {
+        Flavour::Raw
+    } else if exports.iter().any(|e| e == TYPED_EXPORT) {
+        Flavour::Typed
+    } else {
+        return Err(ArtifactError::NotAStage { exports });
+    };
+    Ok(Inspection { flavour, imports, exports })
+}

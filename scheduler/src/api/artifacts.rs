@@ -1,0 +1,193 @@
+//! `/api/v1/artifacts`: upload, list, get, download, delete.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+use crate::store::{ArtifactMeta, Put};
+
+/// Query of an upload: an optional tag.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    name: Option<String>,
+    version: Option<String>,
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 63
+        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 64
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'))
+}
+
+/// Reads the body up to `limit` bytes; past it, stops reading and answers 413.
+async fn read_capped(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "artifact_too_large",
+                    format!("an artifact is at most {limit} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(bytes)
+}
+
+/// `POST /api/v1/artifacts[?name=N&version=V]`: the body is the component.
+pub async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<UploadQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let (name, version) = match (query.name, query.version) {
+        (None, None) => (None, None),
+        (Some(n), Some(v)) if valid_name(&n) && valid_version(&v) => (Some(n), Some(v)),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a tag is a name (1 to 63 of a-z, 0-9, '-', starting with a letter) and a version (1 to 64 of letters, digits, '.', '-', '+', '_')",
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give both `name` and `version`, or neither",
+            ));
+        }
+    };
+    let bytes = read_capped(body, state.limits.max_artifact_bytes).await?;
+    let limit = state.limits.max_artifact_bytes;
+    let (bytes, inspection) = tokio::task::spawn_blocking(move || {
+        let inspection = squilla_host::inspect(&bytes, limit);
+        (bytes, inspection)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let inspection =
+        inspection.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_artifact", e.to_string()))?;
+    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let meta = ArtifactMeta {
+        sha256: sha256.clone(),
+        size: bytes.len() as u64,
+        flavour: match inspection.flavour {
+            squilla_host::Flavour::Raw => "raw".into(),
+            squilla_host::Flavour::Typed => "typed".into(),
+        },
+        name,
+        version,
+        created_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    };
+    let store = state.store.clone();
+    let quota = state.limits.artifact_bytes_per_tenant;
+    let result = tokio::task::spawn_blocking(move || -> Result<Result<Put, ApiError>, crate::store::StoreError> {
+        // A taken tag is the more specific answer, so it is checked before the quota.
+        if let (Some(name), Some(version)) = (&meta.name, &meta.version) {
+            if let Some(other) = store.tag(&tenant, name, version)?.filter(|other| *other != meta.sha256) {
+                return Ok(Ok(Put::TagTaken { sha256: other }));
+            }
+        }
+        if store.artifact(&tenant, &meta.sha256)?.is_none() {
+            let used = store.artifact_bytes_used(&tenant)?;
+            if used + meta.size > quota {
+                return Ok(Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "quota_exceeded",
+                    format!(
+                        "tenant `{tenant}` would hold {} bytes of artifacts, over its quota of {quota}",
+                        used + meta.size
+                    ),
+                )));
+            }
+        }
+        store.put_artifact(&tenant, meta, &bytes).map(Ok)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    match result? {
+        Put::Created(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
+        Put::Existing(meta) => Ok((StatusCode::OK, Json(meta)).into_response()),
+        Put::TagTaken { sha256: other } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tag_conflict",
+            format!("this tag already names artifact {other}; tags are immutable, upload under a new version"),
+        )),
+    }
+}
+
+/// `GET /api/v1/artifacts`: the tenant's artifacts.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<ArtifactMeta>>, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let store = state.store.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || store.artifacts(&tenant)).await.map_err(ApiError::internal)??))
+}
+
+/// `GET /api/v1/artifacts/{sha256}`.
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Json<ArtifactMeta>, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let store = state.store.clone();
+    let key = sha256.clone();
+    let meta =
+        tokio::task::spawn_blocking(move || store.artifact(&tenant, &key)).await.map_err(ApiError::internal)??;
+    meta.map(Json).ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))
+}
+
+/// `GET /api/v1/artifacts/{sha256}/wasm`: the component's bytes.
+pub async fn download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let store = state.store.clone();
+    let key = sha256.clone();
+    let bytes = tokio::task::spawn_blocking(move || store.artifact_bytes(&tenant, &key))
+        .await
+        .map_err(ApiError::internal)??;
+    let bytes = bytes.ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+}
+
+/// `DELETE /api/v1/artifacts/{sha256}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let store = state.store.clone();
+    let key = sha256.clone();
+    let existed = tokio::task::spawn_blocking(move || store.delete_artifact(&tenant, &key))
+        .await
+        .map_err(ApiError::internal)??;
+    if existed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found(format!("artifact {sha256}"))) }
+}

@@ -1,0 +1,111 @@
+//! Tenants and their bearer tokens.
+//!
+//! Tokens are kept only as sha256 hashes, and a presented token is compared against every
+//! tenant's hash in constant time, so neither the store nor the timing of a refusal tells
+//! anything about a valid token.
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+
+/// A tenant: its name and its token's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The tenant's name (owner of its objects).
+    pub name: String,
+    token_hash: [u8; 32],
+}
+
+/// Why a tokens file was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("tokens file, line {line}: {problem}")]
+pub struct TokensError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong there.
+    pub problem: String,
+}
+
+/// The known tenants.
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    tenants: Vec<Tenant>,
+}
+
+impl Tenants {
+    /// Tenants from `(name, token)` pairs.
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let tenants = pairs
+            .into_iter()
+            .map(|(name, token)| Tenant { name: name.to_owned(), token_hash: Sha256::digest(token.as_bytes()).into() })
+            .collect();
+        Tenants { tenants }
+    }
+
+    /// Parses a tokens file: one `tenant token` pair per line; `#` starts a comment. Tenant
+    /// names are 1 to 63 of `a-z`, `0-9`, `-`; tokens at least 16 characters.
+    pub fn parse(text: &str) -> Result<Self, TokensError> {
+        let mut pairs = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = |problem: &str| TokensError { line: i + 1, problem: problem.to_owned() };
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(token), None) = (words.next(), words.next(), words.next()) else {
+                return Err(err("expected `tenant token`"));
+            };
+            let valid_name = !name.is_empty()
+                && name.len() <= 63
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid_name {
+                return Err(err("a tenant name is 1 to 63 of a-z, 0-9 and '-'"));
+            }
+            if token.len() < 16 {
+                return Err(err("a token is at least 16 characters"));
+            }
+            if pairs.iter().any(|(n, _)| *n == name) {
+                return Err(err("tenant listed twice"));
+            }
+            pairs.push((name, token));
+        }
+        Ok(Tenants::new(pairs))
+    }
+
+    /// The tenant whose token the `Authorization: Bearer …` header carries.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Tenant, ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
+        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let mut found = None;
+        for tenant in &self.tenants {
+            if bool::from(tenant.token_hash.ct_eq(&hash)) {
+                found = Some(tenant);
+            }
+        }
+        found.ok_or_else(ApiError::unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_files_are_checked_line_by_line() {
+        let t = Tenants::parse("# tenants\nacme  0123456789abcdef0123\n\nglobex fedcba9876543210fedc # ops\n").unwrap();
+        assert_eq!(t.tenants.len(), 2);
+        assert_eq!(
+            Tenants::parse("acme short").unwrap_err(),
+            TokensError { line: 1, problem: "a token is at least 16 characters".into() }
+        );
+        assert_eq!(Tenants::parse("\nAcme 0123456789abcdef").unwrap_err().line, 2);
+        assert!(Tenants::parse("a 0123456789abcdef\na 0123456789abcdeg").is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The master's state in an embedded store: one redb file under the data directory.
+//!
+//! Every write is one transaction committed durably (fsync) before the API answers, so an
+//! acknowledged upload survives a crash. Keys put the tenant first, so that one tenant's
+//! objects are a contiguous range and another tenant's are never visible by mistake.
+//!
+//! Tables:
+//! - `artifacts`: `tenant/sha256` → [`ArtifactMeta`] as JSON;
+//! - `blobs`: `sha256` → component bytes (shared when two tenants upload the same bytes;
+//!   removed with the last tenant's artifact);
+//! - `tags`: `tenant/name@version` → `sha256`.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+
+/// An artifact as the API describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMeta {
+    /// Content address: hex sha256 of the component.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `raw` or `typed`.
+    pub flavour: String,
+    /// Tag name, if tagged.
+    pub name: Option<String>,
+    /// Tag version, if tagged.
+    pub version: Option<String>,
+    /// When it was first uploaded, ms since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// A store failure (I/O or corruption); the API answers 500 and logs it.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(err: E) -> Self {
+        StoreError(err.into().to_string())
+    }
+}
+
+/// What `put_artifact` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    /// A new artifact for this tenant.
+    Created(ArtifactMeta),
+    /// The tenant had it already (same bytes); nothing changed except a new tag, if given.
+    Existing(ArtifactMeta),
+    /// The tag names another artifact of this tenant.
+    TagTaken {
+        /// The artifact the tag names.
+        sha256: String,
+    },
+}
+
+/// The embedded store.
+pub struct Store {
+    db: Database,
+}
+
+fn key(tenant: &str, rest: &str) -> String {
+    format!("{tenant}/{rest}")
+}
+
+impl Store {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(ARTIFACTS)?;
+        txn.open_table(BLOBS)?;
+        txn.open_table(TAGS)?;
+        txn.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Stores an artifact for `tenant` (idempotent by content), tagging it if asked.
+    pub fn put_artifact(&self, tenant: &str, meta: ArtifactMeta, bytes: &[u8]) -> Result<Put, StoreError> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut artifacts = txn.open_table(ARTIFACTS)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut tags = txn.open_table(TAGS)?;
+            let tag = meta.name.as_ref().zip(meta.version.as_ref()).map(|(n, v)| key(tenant, &format!("{n}@{v}")));
+            if let Some(tag) = &tag {
+                if let Some(existing) = tags.get(tag.as_str())? {
+                    if existing.value() != meta.sha256 {
+                        return Ok(Put::TagTaken { sha256: existing.value().to_owned() });
+                    }
+                }
+            }
+            let artifact_key = key(tenant, &meta.sha256);
+            let previous = artifacts.get(artifact_key.as_str())?.map(|v| v.value().to_vec());
+            let result = match previous {
+                Some(json) => {
+                    let mut existing: ArtifactMeta =
+                        serde_json::from_slice(&json).map_err(|e| StoreError(e.to_string()))?;
+                    if existing.name.is_none() && meta.name.is_some() {
+                        existing.name = meta.name.clone();
+                        existing.version = meta.version.clone();
+                        let json = serde_json::to_vec(&existing).map_err(|e| StoreError(e.to_string()))?;
+                        artifacts.insert(artifact_key.as_str(), json.as_slice())?;
+                    }
+                    Put::Existing(existing)
+                }
+                None => {
+                    if blobs.get(meta.sha256.as_str())?.is_none() {
+                        blobs.insert(meta.sha256.as_str(), bytes)?;
+                    }
+                    let json = serde_json::to_vec(&meta).map_err(|e| StoreError(e.to_string()))?;
+                    artifacts.insert(artifact_key.as_str(), json.as_slice())?;
+                    Put::Created(meta.clone())
+                }
+            };
+            if let Some(tag) = &tag {
+                tags.insert(tag.as_str(), meta.sha256.as_str())?;
+            }
+            result
+        };
+        txn.commit()?;
+        Ok(result)
+    }
+
+    /// `tenant`'s artifacts, by sha256.
+    pub fn artifacts(&self, tenant: &str) -> Result<Vec<ArtifactMeta>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ARTIFACTS)?;
+        let prefix = key(tenant, "");
+        let mut out = Vec::new();
+        for entry in table.range(prefix.as_str()..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// One of `tenant`'s artifacts.
+    pub fn artifact(&self, tenant: &str, sha256: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ARTIFACTS)?;
+        let value = table.get(key(tenant, sha256).as_str())?;
+        value.map(|v| serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))).transpose()
+    }
+
+    /// The bytes of one of `tenant`'s artifacts.
+    pub fn artifact_bytes(&self, tenant: &str, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.artifact(tenant, sha256)?.is_none() {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        Ok(table.get(sha256)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Deletes one of `tenant`'s artifacts and its tags; the bytes go with the last tenant
+    /// holding them. Returns whether it existed.
+    pub fn delete_artifact(&self, tenant: &str, sha256: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let mut artifacts = txn.open_table(ARTIFACTS)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut tags = txn.open_table(TAGS)?;
+            let existed = artifacts.remove(key(tenant, sha256).as_str())?.is_some();
+            if existed {
+                let prefix = key(tenant, "");
+                let stale: Vec<String> = tags
+                    .range(prefix.as_str()..)?
+                    .filter_map(Result::ok)
+                    .take_while(|(k, _)| k.value().starts_with(&prefix))
+                    .filter(|(_, v)| v.value() == sha256)
+                    .map(|(k, _)| k.value().to_owned())
+                    .collect();
+                for tag in stale {
+                    tags.remove(tag.as_str())?;
+                }
+                let suffix = format!("/{sha256}");
+                let still_used = artifacts.iter()?.filter_map(Result::ok).any(|(k, _)| k.value().ends_with(&suffix));
+                if !still_used {
+                    blobs.remove(sha256)?;
+                }
+            }
+            existed
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// The sha256 that `tenant`'s tag `name@version` names, if any.
+    pub fn tag(&self, tenant: &str, name: &str, version: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TAGS)?;
+        Ok(table.get(key(tenant, &format!("{name}@{version}")).as_str())?.map(|v| v.value().to_owned()))
+    }
+
+    /// Total bytes of `tenant`'s artifacts (for the quota).
+    pub fn artifact_bytes_used(&self, tenant: &str) -> Result<u64, StoreError> {
+        Ok(self.artifacts(tenant)?.iter().map(|a| a.size).sum())
+    }
+}

@@ -1,0 +1,222 @@
+//! The master's API, called as a client would: handlers through `oneshot`, and once over a
+//! real loopback socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use squilla_scheduler::api::{ApiLimits, AppState, Tenants, router};
+use squilla_scheduler::store::Store;
+use tower::ServiceExt;
+
+const ACME: &str = "acme-token-0123456789";
+const GLOBEX: &str = "globex-token-9876543210";
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("squilla-api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn state(dir: &std::path::Path, limits: ApiLimits) -> AppState {
+    AppState {
+        tenants: Arc::new(Tenants::new([("acme", ACME), ("globex", GLOBEX)])),
+        store: Arc::new(Store::open(&dir.join("squilla.redb")).unwrap()),
+        limits,
+    }
+}
+
+async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value, Vec<u8>) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = router(state.clone()).oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, json, bytes)
+}
+
+fn filter() -> Vec<u8> {
+    squilla_guests::read("filter")
+}
+
+#[tokio::test]
+async fn health_and_the_openapi_document_are_served_and_every_route_is_documented() {
+    let dir = data_dir("openapi");
+    let s = state(&dir, ApiLimits::default());
+    let (status, body, _) = call(&s, "GET", "/healthz", None, vec![]).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (status, doc, _) = call(&s, "GET", "/api/v1/openapi.json", None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in ["/healthz", "/api/v1/artifacts", "/api/v1/artifacts/{sha256}", "/api/v1/artifacts/{sha256}/wasm"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not in the OpenAPI document");
+    }
+    let (status, body, _) = call(&s, "GET", "/api/v1/nothing-here", Some(ACME), vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+#[tokio::test]
+async fn no_token_or_a_wrong_token_is_unauthorized() {
+    let dir = data_dir("auth");
+    let s = state(&dir, ApiLimits::default());
+    for token in [None, Some("not-a-known-token-at-all"), Some("")] {
+        let (status, body, _) = call(&s, "GET", "/api/v1/artifacts", token, vec![]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let (status, _, _) = call(&s, "POST", "/api/v1/artifacts", None, filter()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(s.store.artifacts("acme").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn upload_is_idempotent_and_artifacts_can_be_listed_fetched_and_deleted() {
+    let dir = data_dir("lifecycle");
+    let s = state(&dir, ApiLimits::default());
+    let (status, meta, _) = call(&s, "POST", "/api/v1/artifacts?name=filter&version=0.1.0", Some(ACME), filter()).await;
+    assert_eq!(status, StatusCode::CREATED, "{meta}");
+    let sha = meta["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(sha.len(), 64);
+    assert_eq!(
+        (meta["flavour"].as_str(), meta["name"].as_str(), meta["size"].as_u64()),
+        (Some("raw"), Some("filter"), Some(filter().len() as u64))
+    );
+
+    let (status, again, _) =
+        call(&s, "POST", "/api/v1/artifacts?name=filter&version=0.1.0", Some(ACME), filter()).await;
+    assert_eq!((status, &again), (StatusCode::OK, &meta));
+
+    let (_, list, _) = call(&s, "GET", "/api/v1/artifacts", Some(ACME), vec![]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (status, got, _) = call(&s, "GET", &format!("/api/v1/artifacts/{sha}"), Some(ACME), vec![]).await;
+    assert_eq!((status, got), (StatusCode::OK, meta));
+    let (status, _, bytes) = call(&s, "GET", &format!("/api/v1/artifacts/{sha}/wasm"), Some(ACME), vec![]).await;
+    assert_eq!((status, bytes), (StatusCode::OK, filter()));
+
+    let (status, _, _) = call(&s, "DELETE", &format!("/api/v1/artifacts/{sha}"), Some(ACME), vec![]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body, _) = call(&s, "GET", &format!("/api/v1/artifacts/{sha}"), Some(ACME), vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    // The tag went with it: the same name@version can now name other bytes.
+    let (status, _, _) =
+        call(&s, "POST", "/api/v1/artifacts?name=filter&version=0.1.0", Some(ACME), squilla_guests::read("sentiment"))
+            .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn another_tenants_artifacts_answer_404() {
+    let dir = data_dir("tenants");
+    let s = state(&dir, ApiLimits::default());
+    let (_, meta, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), filter()).await;
+    let sha = meta["sha256"].as_str().unwrap();
+    for (method, uri) in [
+        ("GET", format!("/api/v1/artifacts/{sha}")),
+        ("GET", format!("/api/v1/artifacts/{sha}/wasm")),
+        ("DELETE", format!("/api/v1/artifacts/{sha}")),
+    ] {
+        let (status, body, _) = call(&s, method, &uri, Some(GLOBEX), vec![]).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{method} {uri}");
+    }
+    let (_, list, _) = call(&s, "GET", "/api/v1/artifacts", Some(GLOBEX), vec![]).await;
+    assert_eq!(list, serde_json::json!([]));
+    // Globex uploading the same bytes gets its own artifact; deleting it leaves Acme's.
+    let (status, _, _) = call(&s, "POST", "/api/v1/artifacts", Some(GLOBEX), filter()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, _) = call(&s, "DELETE", &format!("/api/v1/artifacts/{sha}"), Some(GLOBEX), vec![]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, bytes) = call(&s, "GET", &format!("/api/v1/artifacts/{sha}/wasm"), Some(ACME), vec![]).await;
+    assert_eq!((status, bytes), (StatusCode::OK, filter()));
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_a_reason_and_store_nothing() {
+    let dir = data_dir("bad");
+    let s = state(&dir, ApiLimits { max_artifact_bytes: 200_000, artifact_bytes_per_tenant: 150_000 });
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str, &str)> = vec![
+        ("", vec![0; 200_001], StatusCode::PAYLOAD_TOO_LARGE, "artifact_too_large", "at most 200000 bytes"),
+        ("", b"PK\x03\x04 a zip".to_vec(), StatusCode::BAD_REQUEST, "invalid_artifact", "not a WebAssembly binary"),
+        (
+            "",
+            wat::parse_str("(module)").unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_artifact",
+            "core WebAssembly module",
+        ),
+        (
+            "",
+            squilla_guests::read("fs-reader"),
+            StatusCode::BAD_REQUEST,
+            "invalid_artifact",
+            "imports `wasi:filesystem/",
+        ),
+        ("?name=Filter&version=1", filter(), StatusCode::BAD_REQUEST, "bad_request", "a tag is a name"),
+        ("?name=filter", filter(), StatusCode::BAD_REQUEST, "bad_request", "both `name` and `version`"),
+    ];
+    for (query, body, status, code, message) in cases {
+        let (got, json, _) = call(&s, "POST", &format!("/api/v1/artifacts{query}"), Some(ACME), body).await;
+        assert_eq!((got, json["code"].as_str()), (status, Some(code)), "{json}");
+        assert!(json["message"].as_str().unwrap().contains(message), "{json}");
+    }
+    assert!(s.store.artifacts("acme").unwrap().is_empty(), "nothing may be stored by a refused upload");
+
+    // Tags are immutable; quotas count bytes held.
+    let (status, _, _) = call(&s, "POST", "/api/v1/artifacts?name=f&version=1", Some(ACME), filter()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, json, _) =
+        call(&s, "POST", "/api/v1/artifacts?name=f&version=1", Some(ACME), squilla_guests::read("sentiment")).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::CONFLICT, Some("tag_conflict")));
+    let (status, json, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), squilla_guests::read("top-titles")).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::FORBIDDEN, Some("quota_exceeded")), "{json}");
+    assert_eq!(s.store.artifacts("acme").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn artifacts_survive_a_restart() {
+    let dir = data_dir("restart");
+    {
+        let s = state(&dir, ApiLimits::default());
+        let (status, _, _) = call(&s, "POST", "/api/v1/artifacts?name=filter&version=1", Some(ACME), filter()).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let s = state(&dir, ApiLimits::default());
+    let (_, list, _) = call(&s, "GET", "/api/v1/artifacts", Some(ACME), vec![]).await;
+    assert_eq!(list[0]["name"], "filter");
+}
+
+#[tokio::test]
+async fn an_oversized_upload_over_a_socket_is_cut_short_with_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = data_dir("socket");
+    let s = state(&dir, ApiLimits { max_artifact_bytes: 64 << 10, ..ApiLimits::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, router(s.clone())).into_future());
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let declared = 64u64 << 20; // claims 64 MiB, sends far less: the server must not wait for it
+    let head = format!(
+        "POST /api/v1/artifacts HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ACME}\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![0u8; 256 << 10]).await.unwrap();
+    let mut response = vec![0u8; 1024];
+    let n =
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("artifact_too_large"), "{text}");
+    assert!(s.store.artifacts("acme").unwrap().is_empty());
+    server.abort();
+}
