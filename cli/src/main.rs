@@ -1,10 +1,11 @@
 //! `squilla`: the command-line entry point.
 //!
-//! Today it has one subcommand, `run`, which runs a job spec in this process: a source, each
-//! stage as one sandboxed worker, and the sink printed to standard output as JSON lines. The
-//! master, the agent and `dev` build on the same runtime.
+//! Subcommands: `run` runs a job spec in this process (a source, each stage as one sandboxed
+//! worker, the sink printed to standard output as JSON lines); `master` serves the HTTP API
+//! with its embedded store. The agent and `dev` build on the same pieces.
 
 mod json;
+mod master;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a job spec in this process and print its output as JSON lines.
     Run(run::RunArgs),
+    /// Run the master: the HTTP API and its store (artifacts today; jobs are next).
+    Master(master::MasterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run::run(args),
+        Command::Master(args) => master::run(args),
     }
 }
