@@ -113,15 +113,7 @@ impl Artifact {
     /// Checks the header of `bytes` (wasm magic, component layer, size cap) without
     /// compiling.
     pub(crate) fn check_header(runtime: &Runtime, bytes: &[u8]) -> Result<(), ArtifactError> {
-        let limit = runtime.config.max_component_bytes;
-        if bytes.len() > limit {
-            return Err(ArtifactError::TooLarge { len: bytes.len(), limit });
-        }
-        match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', _, _, 0, 0]) => Err(ArtifactError::CoreModule),
-            Some([0, b'a', b's', b'm', ..]) => Ok(()),
-            _ => Err(ArtifactError::NotWasm),
-        }
+        check_header(bytes, runtime.config.max_component_bytes)
     }
 
     /// Wraps a compiled component as an artifact, checking its imports and exports.
@@ -133,17 +125,8 @@ impl Artifact {
     ) -> Result<Self, ArtifactError> {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&runtime.engine).map(|(name, _)| name.to_owned()).collect();
-        if let Some(import) = imports.iter().find(|i| !ALLOWED_IMPORTS.iter().any(|a| i.starts_with(a))) {
-            return Err(ArtifactError::ForbiddenImport { import: import.clone() });
-        }
         let exports: Vec<String> = ty.exports(&runtime.engine).map(|(name, _)| name.to_owned()).collect();
-        let flavour = if exports.iter().any(|e| e == RAW_EXPORT) {
-            Flavour::Raw
-        } else if exports.iter().any(|e| e == TYPED_EXPORT) {
-            Flavour::Typed
-        } else {
-            return Err(ArtifactError::NotAStage { exports });
-        };
+        let flavour = stage_flavour(&imports, exports)?;
         let instance_pre = runtime
             .linker
             .instantiate_pre(&component)
@@ -186,5 +169,32 @@ impl Artifact {
 
     pub(crate) fn pre(&self) -> &Pre {
         &self.inner.pre
+    }
+}
+
+/// Refuses what is over `limit` bytes, not WebAssembly, or a core module.
+pub(crate) fn check_header(bytes: &[u8], limit: usize) -> Result<(), ArtifactError> {
+    if bytes.len() > limit {
+        return Err(ArtifactError::TooLarge { len: bytes.len(), limit });
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 0, 0]) => Err(ArtifactError::CoreModule),
+        Some([0, b'a', b's', b'm', ..]) => Ok(()),
+        _ => Err(ArtifactError::NotWasm),
+    }
+}
+
+/// The stage flavour a component's top-level imports and exports make it, or why they make
+/// it no stage.
+pub(crate) fn stage_flavour(imports: &[String], exports: Vec<String>) -> Result<Flavour, ArtifactError> {
+    if let Some(import) = imports.iter().find(|i| !ALLOWED_IMPORTS.iter().any(|a| i.starts_with(a))) {
+        return Err(ArtifactError::ForbiddenImport { import: import.clone() });
+    }
+    if exports.iter().any(|e| e == RAW_EXPORT) {
+        Ok(Flavour::Raw)
+    } else if exports.iter().any(|e| e == TYPED_EXPORT) {
+        Ok(Flavour::Typed)
+    } else {
+        Err(ArtifactError::NotAStage { exports })
     }
 }

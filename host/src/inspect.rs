@@ -8,7 +8,7 @@
 
 use wasmparser::{Parser, Payload, Validator, WasmFeatures};
 
-use crate::artifact::{ALLOWED_IMPORTS, RAW_EXPORT, TYPED_EXPORT};
+use crate::artifact::{check_header, stage_flavour};
 use crate::{ArtifactError, Flavour};
 
 /// What an upload is, as far as can be told without compiling it.
@@ -25,14 +25,7 @@ pub struct Inspection {
 /// Validates `bytes` as a component that exports a stage interface and imports only what
 /// stages may; at most `max_bytes` long.
 pub fn inspect(bytes: &[u8], max_bytes: usize) -> Result<Inspection, ArtifactError> {
-    if bytes.len() > max_bytes {
-        return Err(ArtifactError::TooLarge { len: bytes.len(), limit: max_bytes });
-    }
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', _, _, 0, 0]) => return Err(ArtifactError::CoreModule),
-        Some([0, b'a', b's', b'm', ..]) => {}
-        _ => return Err(ArtifactError::NotWasm),
-    }
+    check_header(bytes, max_bytes)?;
     Validator::new_with_features(WasmFeatures::all())
         .validate_all(bytes)
         .map_err(|e| ArtifactError::Invalid { detail: e.to_string() })?;
@@ -57,15 +50,6 @@ pub fn inspect(bytes: &[u8], max_bytes: usize) -> Result<Inspection, ArtifactErr
             _ => {}
         }
     }
-    if let Some(import) = imports.iter().find(|i| !ALLOWED_IMPORTS.iter().any(|a| i.starts_with(a))) {
-        return Err(ArtifactError::ForbiddenImport { import: import.clone() });
-    }
-    let flavour = if exports.iter().any(|e| e == RAW_EXPORT) {
-        Flavour::Raw
-    } else if exports.iter().any(|e| e == TYPED_EXPORT) {
-        Flavour::Typed
-    } else {
-        return Err(ArtifactError::NotAStage { exports });
-    };
+    let flavour = stage_flavour(&imports, exports.clone())?;
     Ok(Inspection { flavour, imports, exports })
 }

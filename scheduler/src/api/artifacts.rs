@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::store::{ArtifactMeta, Put};
+use crate::store::{ArtifactMeta, Put, Store, StoreError};
 
 /// Query of an upload: an optional tag.
 #[derive(Debug, Deserialize)]
@@ -140,11 +140,19 @@ pub async fn upload(
     }
 }
 
+/// Runs `f` on the store on tokio's blocking pool.
+async fn with_store<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal)??)
+}
+
 /// `GET /api/v1/artifacts`: the tenant's artifacts.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<ArtifactMeta>>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let store = state.store.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || store.artifacts(&tenant)).await.map_err(ApiError::internal)??))
+    Ok(Json(with_store(&state, move |store| store.artifacts(&tenant)).await?))
 }
 
 /// `GET /api/v1/artifacts/{sha256}`.
@@ -154,10 +162,8 @@ pub async fn get(
     Path(sha256): Path<String>,
 ) -> Result<Json<ArtifactMeta>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let store = state.store.clone();
     let key = sha256.clone();
-    let meta =
-        tokio::task::spawn_blocking(move || store.artifact(&tenant, &key)).await.map_err(ApiError::internal)??;
+    let meta = with_store(&state, move |store| store.artifact(&tenant, &key)).await?;
     meta.map(Json).ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))
 }
 
@@ -168,11 +174,8 @@ pub async fn download(
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let store = state.store.clone();
     let key = sha256.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.artifact_bytes(&tenant, &key))
-        .await
-        .map_err(ApiError::internal)??;
+    let bytes = with_store(&state, move |store| store.artifact_bytes(&tenant, &key)).await?;
     let bytes = bytes.ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
@@ -184,10 +187,7 @@ pub async fn delete(
     Path(sha256): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let store = state.store.clone();
     let key = sha256.clone();
-    let existed = tokio::task::spawn_blocking(move || store.delete_artifact(&tenant, &key))
-        .await
-        .map_err(ApiError::internal)??;
+    let existed = with_store(&state, move |store| store.delete_artifact(&tenant, &key)).await?;
     if existed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found(format!("artifact {sha256}"))) }
 }
