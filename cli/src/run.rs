@@ -1,8 +1,9 @@
-//! `squilla run`: a job in one process, one worker per stage.
+//! `squilla run`: a job in one process, on the agent's real data plane.
 //!
-//! This is the quickest way to see a stage work: no master, no agent. Each stage runs as one
-//! sandboxed worker with the limits of its spec; routing and worker counts are the agent's
-//! business and are ignored here.
+//! The quickest way to see a job work: no master. The job's stages run with their worker
+//! counts, routing, limits and backpressure on this process's thread pool; the source is the
+//! spec's synthetic generator, or JSON lines on standard input for an `ingest` source; the
+//! sink is printed to standard output as JSON lines.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -10,12 +11,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use squilla_batch::{BatchBuilder, BatchBytes, synth::DeviceLogs};
-use squilla_host::{Artifact, Limits, Runtime, RuntimeConfig, StageInstance};
-use squilla_types::{ArtifactRef, JobSpec, SourceSpec, StageSpec};
+use squilla_batch::BatchBuilder;
+use squilla_host::pipeline::{Pipeline, PipelineConfig, SyntheticSource};
+use squilla_host::{Artifact, ArtifactCache, Executor, Runtime, RuntimeConfig};
+use squilla_types::{ArtifactRef, JobSpec, SourceSpec};
 
-/// How often the source cuts a batch.
-const BATCH_PERIOD: Duration = Duration::from_millis(100);
+/// Events per batch read from standard input.
+const INGEST_BATCH: usize = 1_000;
 
 /// Arguments of `squilla run`.
 #[derive(clap::Args)]
@@ -35,15 +37,6 @@ pub struct RunArgs {
     artifact_dirs: Vec<PathBuf>,
 }
 
-struct Worker {
-    spec: StageSpec,
-    artifact: Artifact,
-    limits: Limits,
-    params: Vec<(String, String)>,
-    instance: StageInstance,
-    next_tick: Instant,
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let json = std::fs::read_to_string(&args.spec).with_context(|| format!("cannot read {}", args.spec.display()))?;
     let spec = JobSpec::parse(&json).with_context(|| format!("{} is not a valid job spec", args.spec.display()))?;
@@ -51,19 +44,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut dirs = args.artifact_dirs.clone();
     if dirs.is_empty() {
         dirs.push(PathBuf::from(squilla_guests::FILTER).parent().context("example path has a parent")?.to_path_buf());
+        dirs.push(
+            PathBuf::from(squilla_guests::SENTIMENT_PY).parent().context("python path has a parent")?.to_path_buf(),
+        );
+        dirs.push(PathBuf::from(squilla_guests::FILTER_JS).parent().context("js path has a parent")?.to_path_buf());
     }
 
-    let runtime = Runtime::new(RuntimeConfig { max_instances: 64, ..Default::default() })?;
-    let mut workers = Vec::new();
+    let runtime = Runtime::new(RuntimeConfig { max_instances: 256, ..Default::default() })?;
+    let cache = ArtifactCache::on_disk(&runtime, &std::env::temp_dir().join("squilla-run-cache"))?;
+    let mut artifacts: BTreeMap<String, Artifact> = BTreeMap::new();
     for stage in &spec.stages {
         let path = resolve(&stage.artifact, &dirs)?;
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let artifact = Artifact::compile(&runtime, &bytes).with_context(|| format!("{}", path.display()))?;
-        let limits = Limits { memory_bytes: stage.resources.memory_mib as usize * 1024 * 1024, ..Limits::default() };
-        let params = spec.stage_params(stage, &overrides);
-        let instance = artifact
-            .instantiate(&runtime, &limits, &params)
-            .with_context(|| format!("stage `{}` did not start", stage.name))?;
+        let artifact = cache.get_or_compile(&bytes).with_context(|| format!("{}", path.display()))?;
         eprintln!(
             "stage {} ← {} ({} bytes, sha256 {})",
             stage.name,
@@ -71,134 +64,89 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             artifact.size_bytes(),
             artifact.sha256()
         );
-        let next_tick = Instant::now() + Duration::from_millis(stage.tick_ms);
-        workers.push(Worker { spec: stage.clone(), artifact, limits, params, instance, next_tick });
+        artifacts.insert(stage.artifact.to_string(), artifact);
     }
-
+    let config = PipelineConfig::from_spec(&spec, &overrides, |r| artifacts.get(&r.to_string()).cloned())?;
+    let executor = Executor::new(0);
+    let mut pipeline = Pipeline::start(&runtime, &executor, config)?;
     let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs(s));
-    let mut source = Source::new(&spec.source)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    loop {
-        let started = Instant::now();
-        if deadline.is_some_and(|d| started >= d) {
-            return Ok(());
+
+    match &spec.source {
+        SourceSpec::Synthetic { events_per_second, .. } => {
+            pipeline.start_synthetic(SyntheticSource {
+                seed: now_ms() as u64,
+                ..SyntheticSource::at_rate(*events_per_second)
+            });
+            print_until(&pipeline, deadline)?;
         }
-        match source.next_batch()? {
-            Some(batch) => flow(&runtime, &mut workers, 0, Input::Batch(batch), &mut out)?,
-            None => {
-                // Ingest input ended: give windows a last tick and stop.
-                for i in 0..workers.len() {
-                    flow(&runtime, &mut workers, i, Input::Tick(now_ms() + 3_600_000), &mut out)?;
+        SourceSpec::Ingest => {
+            eprintln!("reading events as JSON lines from standard input");
+            let stdin = std::io::stdin();
+            let mut lines = stdin.lock().lines();
+            let mut line_no = 0;
+            loop {
+                let mut builder = BatchBuilder::new().source("stdin");
+                for line in lines.by_ref().take(INGEST_BATCH) {
+                    line_no += 1;
+                    let line = line?;
+                    if !line.trim().is_empty() {
+                        crate::json::push_json_line(&mut builder, &line, now_ms())
+                            .with_context(|| format!("standard input, line {line_no}"))?;
+                    }
                 }
-                return Ok(());
+                if builder.is_empty() {
+                    break;
+                }
+                pipeline.push(builder.finish()?);
+                print_available(&pipeline)?;
             }
-        }
-        for i in 0..workers.len() {
-            if workers[i].next_tick <= Instant::now() {
-                let period = Duration::from_millis(workers[i].spec.tick_ms);
-                workers[i].next_tick += period;
-                flow(&runtime, &mut workers, i, Input::Tick(now_ms()), &mut out)?;
+            // The input has ended: tick every stage an hour ahead, in order, so that every
+            // window closes and its results flow out.
+            for stage in 0..pipeline.stages() {
+                pipeline.drain(Duration::from_secs(10));
+                pipeline.tick_stage(stage, now_ms() + 3_600_000);
             }
+            pipeline.drain(Duration::from_secs(10));
+            print_until(&pipeline, Some(Instant::now() + Duration::from_millis(300)))?;
         }
-        if source.is_timed() {
-            std::thread::sleep(BATCH_PERIOD.saturating_sub(started.elapsed()));
+        SourceSpec::Job { cluster, .. } => {
+            bail!("`squilla run` cannot subscribe to another job (`{cluster}`); that needs the master")
         }
     }
-}
-
-enum Input {
-    Batch(BatchBytes),
-    Tick(i64),
-}
-
-/// Feeds `input` to stage `first` and its output through the following stages to stdout.
-fn flow(
-    runtime: &Runtime,
-    workers: &mut [Worker],
-    first: usize,
-    input: Input,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let mut batch = None;
-    let mut input = Some(input);
-    for worker in &mut workers[first..] {
-        let result = match (input.take(), batch.take()) {
-            (Some(Input::Batch(b)), _) | (None, Some(b)) => worker.instance.process(&b),
-            (Some(Input::Tick(now)), _) => worker.instance.tick(now),
-            (None, None) => return Ok(()),
-        };
-        match result {
-            Ok(output) if output.is_empty() => return Ok(()),
-            Ok(output) => batch = Some(output),
-            Err(err) => {
-                eprintln!("stage {}: {err}", worker.spec.name);
-                if err.is_fatal() {
-                    worker.instance = worker.artifact.instantiate(runtime, &worker.limits, &worker.params)?;
-                    eprintln!("stage {}: replaced the instance", worker.spec.name);
-                }
-                return Ok(());
-            }
+    pipeline.stop(Duration::from_secs(1));
+    for (stage, workers) in pipeline.metrics().stages.iter().enumerate() {
+        for w in workers.iter().filter(|w| w.failed.is_some() || w.dropped() > 0 || w.failed_calls > 0) {
+            eprintln!(
+                "stage {stage} worker {}: {} failed calls, {} traps, {} dropped{}",
+                w.index,
+                w.failed_calls,
+                w.traps,
+                w.dropped(),
+                w.failed.as_deref().map(|f| format!(", failed: {f}")).unwrap_or_default()
+            );
         }
-    }
-    if let Some(batch) = batch {
-        for event in batch.view().events() {
-            writeln!(out, "{}", crate::json::to_json(&event))?;
-        }
-        out.flush()?;
     }
     Ok(())
 }
 
-enum Source {
-    Synthetic { generator: DeviceLogs, per_batch: usize },
-    Stdin { lines: std::io::Lines<std::io::StdinLock<'static>>, line_no: usize },
+/// Prints the sink's output until `deadline` (or forever).
+fn print_until(pipeline: &Pipeline, deadline: Option<Instant>) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        if let Some(batch) = pipeline.recv(Duration::from_millis(50)) {
+            for event in batch.view().events() {
+                writeln!(out, "{}", crate::json::to_json(&event))?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
-impl Source {
-    fn new(spec: &SourceSpec) -> anyhow::Result<Self> {
-        match spec {
-            SourceSpec::Synthetic { events_per_second, .. } => Ok(Source::Synthetic {
-                generator: DeviceLogs::new(now_ms() as u64),
-                per_batch: ((*events_per_second as f64 * BATCH_PERIOD.as_secs_f64()).round() as usize).max(1),
-            }),
-            SourceSpec::Ingest => {
-                eprintln!("reading events as JSON lines from standard input");
-                Ok(Source::Stdin { lines: std::io::stdin().lock().lines(), line_no: 0 })
-            }
-            SourceSpec::Job { cluster, .. } => {
-                bail!("`squilla run` cannot subscribe to another job (`{cluster}`); that needs the master")
-            }
-        }
-    }
-
-    fn is_timed(&self) -> bool {
-        matches!(self, Source::Synthetic { .. })
-    }
-
-    fn next_batch(&mut self) -> anyhow::Result<Option<BatchBytes>> {
-        match self {
-            Source::Synthetic { generator, per_batch } => {
-                // Spread the batch's timestamps over the period it stands for.
-                let period = BATCH_PERIOD.as_millis() as i64;
-                let step = period / *per_batch as i64;
-                Ok(Some(generator.batch(*per_batch, now_ms() - period, step)?))
-            }
-            Source::Stdin { lines, line_no } => {
-                let mut builder = BatchBuilder::new().source("stdin");
-                for line in lines.by_ref().take(1_000) {
-                    *line_no += 1;
-                    let line = line?;
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    crate::json::push_json_line(&mut builder, &line, now_ms())
-                        .with_context(|| format!("standard input, line {line_no}"))?;
-                }
-                if builder.is_empty() { Ok(None) } else { Ok(Some(builder.finish()?)) }
-            }
-        }
-    }
+/// Prints whatever output is ready, without waiting.
+fn print_available(pipeline: &Pipeline) -> anyhow::Result<()> {
+    print_until(pipeline, Some(Instant::now()))
 }
 
 fn parse_overrides(spec: &JobSpec, given: &[String]) -> anyhow::Result<BTreeMap<String, String>> {

@@ -382,6 +382,21 @@ impl Pipeline {
         workers.get(index).map(|w| w.log())
     }
 
+    /// Ticks every worker of stage `stage` at `now_ms` right away (stages tick on their own
+    /// timers otherwise). Used to flush windows when a finite input has ended.
+    pub fn tick_stage(&self, stage: usize, now_ms: i64) {
+        if let Some(s) = self.shared.stages.get(stage) {
+            for worker in s.workers.read().expect("workers lock").iter() {
+                worker.tick_now(&self.shared.exec, now_ms);
+            }
+        }
+    }
+
+    /// How many stages the pipeline has.
+    pub fn stages(&self) -> usize {
+        self.shared.stages.len()
+    }
+
     /// Waits until every queue inside the pipeline is empty (the sink excepted), up to
     /// `timeout`; returns whether it got there.
     pub fn drain(&self, timeout: Duration) -> bool {

@@ -122,6 +122,13 @@ impl Worker {
         exec.tick_at(next, Arc::downgrade(self));
     }
 
+    /// Makes a tick at `now_ms` due now, outside the stage's timer (e.g. to close windows at
+    /// the end of a finite input).
+    pub fn tick_now(self: &Arc<Self>, exec: &executor::Shared, now_ms: i64) {
+        self.tick_due.store(now_ms.max(1), Ordering::Relaxed);
+        exec.schedule(self);
+    }
+
     /// Stops ticks; the worker keeps draining what it holds.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
