@@ -4,6 +4,8 @@ use squilla_sdk::prelude::*;
 
 struct Deep;
 
+// Recursing without end is the point of this program.
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn descend(depth: u64, pad: [u64; 8]) -> u64 {
     let next = std::hint::black_box(pad);
