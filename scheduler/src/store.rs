@@ -8,7 +8,9 @@
 //! - `artifacts`: `tenant/sha256` → [`ArtifactMeta`] as JSON;
 //! - `blobs`: `sha256` → component bytes (shared when two tenants upload the same bytes;
 //!   removed with the last tenant's artifact);
-//! - `tags`: `tenant/name@version` → `sha256`.
+//! - `tags`: `tenant/name@version` → `sha256`;
+//! - `clusters`: `tenant/name/version` (version zero-padded, so versions sort) →
+//!   [`ClusterVersion`] as JSON.
 
 use std::path::Path;
 
@@ -18,6 +20,22 @@ use serde::{Deserialize, Serialize};
 const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
+
+/// A version of a job cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterVersion {
+    /// The cluster's name.
+    pub name: String,
+    /// Its version, counting from 1.
+    pub version: u32,
+    /// The spec of this version.
+    pub spec: squilla_types::JobSpec,
+    /// The artifacts its stages use, by sha256 (resolved when the version was created).
+    pub artifacts: Vec<String>,
+    /// When this version was created, ms since the Unix epoch.
+    pub created_at_ms: i64,
+}
 
 /// An artifact as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +79,22 @@ pub enum Put {
     },
 }
 
+/// What `delete_artifact` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delete {
+    /// Deleted.
+    Deleted,
+    /// The tenant has no such artifact.
+    Missing,
+    /// A cluster version uses it.
+    InUse {
+        /// The cluster.
+        cluster: String,
+        /// Its version.
+        version: u32,
+    },
+}
+
 /// The embedded store.
 pub struct Store {
     db: Database,
@@ -78,6 +112,7 @@ impl Store {
         txn.open_table(ARTIFACTS)?;
         txn.open_table(BLOBS)?;
         txn.open_table(TAGS)?;
+        txn.open_table(CLUSTERS)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -164,8 +199,11 @@ impl Store {
     }
 
     /// Deletes one of `tenant`'s artifacts and its tags; the bytes go with the last tenant
-    /// holding them. Returns whether it existed.
-    pub fn delete_artifact(&self, tenant: &str, sha256: &str) -> Result<bool, StoreError> {
+    /// holding them. Refused (with the cluster's name) while a cluster version uses it.
+    pub fn delete_artifact(&self, tenant: &str, sha256: &str) -> Result<Delete, StoreError> {
+        if let Some(user) = self.clusters(tenant)?.into_iter().find(|c| c.artifacts.iter().any(|a| a == sha256)) {
+            return Ok(Delete::InUse { cluster: user.name, version: user.version });
+        }
         let txn = self.db.begin_write()?;
         let existed = {
             let mut artifacts = txn.open_table(ARTIFACTS)?;
@@ -193,7 +231,7 @@ impl Store {
             existed
         };
         txn.commit()?;
-        Ok(existed)
+        Ok(if existed { Delete::Deleted } else { Delete::Missing })
     }
 
     /// The sha256 that `tenant`'s tag `name@version` names, if any.
@@ -201,6 +239,41 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TAGS)?;
         Ok(table.get(key(tenant, &format!("{name}@{version}")).as_str())?.map(|v| v.value().to_owned()))
+    }
+
+    /// Adds a new version of `tenant`'s cluster `cluster.name`, numbered after the latest.
+    pub fn put_cluster(&self, tenant: &str, mut cluster: ClusterVersion) -> Result<ClusterVersion, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(CLUSTERS)?;
+            let prefix = key(tenant, &format!("{}/", cluster.name));
+            let latest = table
+                .range(prefix.as_str()..)?
+                .filter_map(Result::ok)
+                .take_while(|(k, _)| k.value().starts_with(&prefix))
+                .count() as u32;
+            cluster.version = latest + 1;
+            let json = serde_json::to_vec(&cluster).map_err(|e| StoreError(e.to_string()))?;
+            table.insert(format!("{prefix}{:010}", cluster.version).as_str(), json.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(cluster)
+    }
+
+    /// Every version of `tenant`'s clusters, by name then version.
+    pub fn clusters(&self, tenant: &str) -> Result<Vec<ClusterVersion>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLUSTERS)?;
+        let prefix = key(tenant, "");
+        let mut out = Vec::new();
+        for entry in table.range(prefix.as_str()..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
+        }
+        Ok(out)
     }
 
     /// Total bytes of `tenant`'s artifacts (for the quota).

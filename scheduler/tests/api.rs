@@ -60,7 +60,15 @@ async fn health_and_the_openapi_document_are_served_and_every_route_is_documente
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (status, doc, _) = call(&s, "GET", "/api/v1/openapi.json", None, vec![]).await;
     assert_eq!(status, StatusCode::OK);
-    for path in ["/healthz", "/api/v1/artifacts", "/api/v1/artifacts/{sha256}", "/api/v1/artifacts/{sha256}/wasm"] {
+    for path in [
+        "/healthz",
+        "/api/v1/artifacts",
+        "/api/v1/artifacts/{sha256}",
+        "/api/v1/artifacts/{sha256}/wasm",
+        "/api/v1/clusters",
+        "/api/v1/clusters/{name}",
+        "/api/v1/clusters/{name}/versions/{version}",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not in the OpenAPI document");
     }
     let (status, body, _) = call(&s, "GET", "/api/v1/nothing-here", Some(ACME), vec![]).await;
@@ -219,4 +227,59 @@ async fn an_oversized_upload_over_a_socket_is_cut_short_with_413() {
     assert!(text.contains("artifact_too_large"), "{text}");
     assert!(s.store.artifacts("acme").unwrap().is_empty());
     server.abort();
+}
+
+fn spec(artifact: &str, workers: u32) -> Vec<u8> {
+    serde_json::json!({
+        "name": "errors",
+        "source": {"kind": "synthetic", "generator": "device-logs", "events-per-second": 100},
+        "stages": [{"name": "keep", "artifact": artifact, "workers": workers,
+                    "params": {"field": "status", "op": "ge", "value": 500}}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn clusters_are_versioned_templates_over_the_tenants_artifacts() {
+    let dir = data_dir("clusters");
+    let s = state(&dir, ApiLimits::default());
+    // A stage naming an artifact the tenant does not have is refused, naming the stage.
+    let (status, json, _) = call(&s, "POST", "/api/v1/clusters", Some(ACME), spec("filter@0.1.0", 1)).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_artifact")), "{json}");
+    assert!(json["message"].as_str().unwrap().starts_with("stages[0].artifact"), "{json}");
+
+    let (_, artifact, _) = call(&s, "POST", "/api/v1/artifacts?name=filter&version=0.1.0", Some(ACME), filter()).await;
+    let sha = artifact["sha256"].as_str().unwrap().to_owned();
+    let (status, v1, _) = call(&s, "POST", "/api/v1/clusters", Some(ACME), spec("filter@0.1.0", 1)).await;
+    assert_eq!((status, v1["version"].as_u64()), (StatusCode::CREATED, Some(1)), "{v1}");
+    assert_eq!(v1["artifacts"], serde_json::json!([sha]));
+    let (status, v2, _) = call(&s, "POST", "/api/v1/clusters", Some(ACME), spec(&format!("sha256:{sha}"), 3)).await;
+    assert_eq!((status, v2["version"].as_u64()), (StatusCode::CREATED, Some(2)));
+
+    let (_, latest, _) = call(&s, "GET", "/api/v1/clusters/errors", Some(ACME), vec![]).await;
+    assert_eq!(latest["spec"]["stages"][0]["workers"], 3);
+    let (_, first, _) = call(&s, "GET", "/api/v1/clusters/errors/versions/1", Some(ACME), vec![]).await;
+    assert_eq!(first["spec"]["stages"][0]["workers"], 1);
+    let (_, list, _) = call(&s, "GET", "/api/v1/clusters", Some(ACME), vec![]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["version"], 2);
+
+    // Another tenant sees none of it, and cannot use Acme's artifact.
+    let (status, _, _) = call(&s, "GET", "/api/v1/clusters/errors", Some(GLOBEX), vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, json, _) = call(&s, "POST", "/api/v1/clusters", Some(GLOBEX), spec(&format!("sha256:{sha}"), 1)).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_artifact")));
+
+    // An artifact in use cannot be deleted.
+    let (status, json, _) = call(&s, "DELETE", &format!("/api/v1/artifacts/{sha}"), Some(ACME), vec![]).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::CONFLICT, Some("artifact_in_use")), "{json}");
+
+    // An invalid spec is refused with the path of the problem, and stores nothing.
+    let bad = String::from_utf8(spec("filter@0.1.0", 0)).unwrap().into_bytes();
+    let (status, json, _) = call(&s, "POST", "/api/v1/clusters", Some(ACME), bad).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_spec")));
+    assert!(json["message"].as_str().unwrap().starts_with("stages[0].workers"), "{json}");
+    let (_, latest, _) = call(&s, "GET", "/api/v1/clusters/errors", Some(ACME), vec![]).await;
+    assert_eq!(latest["version"], 2);
 }

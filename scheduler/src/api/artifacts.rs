@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::store::{ArtifactMeta, Put, Store, StoreError};
+use crate::store::{ArtifactMeta, Delete, Put, Store, StoreError};
 
 /// Query of an upload: an optional tag.
 #[derive(Debug, Deserialize)]
@@ -141,7 +141,7 @@ pub async fn upload(
 }
 
 /// Runs `f` on the store on tokio's blocking pool.
-async fn with_store<T: Send + 'static>(
+pub(super) async fn with_store<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -188,6 +188,13 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let key = sha256.clone();
-    let existed = with_store(&state, move |store| store.delete_artifact(&tenant, &key)).await?;
-    if existed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found(format!("artifact {sha256}"))) }
+    match with_store(&state, move |store| store.delete_artifact(&tenant, &key)).await? {
+        Delete::Deleted => Ok(StatusCode::NO_CONTENT),
+        Delete::Missing => Err(ApiError::not_found(format!("artifact {sha256}"))),
+        Delete::InUse { cluster, version } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "artifact_in_use",
+            format!("artifact {sha256} is used by version {version} of job cluster `{cluster}`"),
+        )),
+    }
 }

@@ -7,6 +7,7 @@
 
 mod artifacts;
 mod auth;
+mod clusters;
 mod error;
 
 use std::sync::Arc;
@@ -61,6 +62,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/artifacts", get(artifacts::list).post(artifacts::upload))
         .route("/api/v1/artifacts/{sha256}", get(artifacts::get).delete(artifacts::delete))
         .route("/api/v1/artifacts/{sha256}/wasm", get(artifacts::download))
+        .route("/api/v1/clusters", get(clusters::list).post(clusters::create))
+        .route("/api/v1/clusters/{name}", get(clusters::get))
+        .route("/api/v1/clusters/{name}/versions/{version}", get(clusters::get_version))
         // Uploads enforce their own cap while streaming (413 `artifact_too_large`).
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::not_found("route") })

@@ -1,0 +1,111 @@
+//! `/api/v1/clusters`: job clusters, the versioned templates jobs are submitted from.
+//!
+//! Creating a cluster that exists adds a version; versions are immutable. A spec is checked
+//! in full before anything is stored: its own validity (`squilla_types::JobSpec::validate`,
+//! errors carry the path of the problem) and that every stage's artifact is one of the
+//! tenant's (by tag or sha256).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use squilla_types::{ArtifactRef, JobSpec};
+
+use super::artifacts::with_store;
+use super::{ApiError, AppState};
+use crate::store::ClusterVersion;
+
+/// Largest spec accepted, in bytes.
+const MAX_SPEC_BYTES: usize = 256 << 10;
+
+/// `POST /api/v1/clusters` with a job spec as the body: a new cluster, or a new version.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ClusterVersion>), ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    if body.len() > MAX_SPEC_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "spec_too_large",
+            format!("a job spec is at most {MAX_SPEC_BYTES} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", "a job spec is UTF-8 JSON"))?;
+    let spec =
+        JobSpec::parse(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string()))?;
+    let created = with_store(&state, move |store| -> Result<Result<ClusterVersion, ApiError>, _> {
+        let mut artifacts = Vec::new();
+        for (i, stage) in spec.stages.iter().enumerate() {
+            let sha = match &stage.artifact {
+                ArtifactRef::Tag { name, version } => store.tag(&tenant, name, version)?,
+                ArtifactRef::Sha256(sha) => store.artifact(&tenant, sha)?.map(|a| a.sha256),
+            };
+            match sha {
+                Some(sha) => artifacts.push(sha),
+                None => {
+                    return Ok(Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unknown_artifact",
+                        format!("stages[{i}].artifact: no artifact `{}`; upload it first", stage.artifact),
+                    )));
+                }
+            }
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let cluster = ClusterVersion { name: spec.name.clone(), version: 0, spec, artifacts, created_at_ms: now };
+        store.put_cluster(&tenant, cluster).map(Ok)
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /api/v1/clusters`: the latest version of each of the tenant's clusters.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<ClusterVersion>>, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let all = with_store(&state, move |store| store.clusters(&tenant)).await?;
+    let mut latest: Vec<ClusterVersion> = Vec::new();
+    for cluster in all {
+        match latest.last_mut() {
+            Some(last) if last.name == cluster.name => *last = cluster,
+            _ => latest.push(cluster),
+        }
+    }
+    Ok(Json(latest))
+}
+
+/// `GET /api/v1/clusters/{name}`: the latest version.
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ClusterVersion>, ApiError> {
+    versions(&state, &headers, &name)
+        .await?
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job cluster `{name}`")))
+}
+
+/// `GET /api/v1/clusters/{name}/versions/{version}`.
+pub async fn get_version(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, version)): Path<(String, u32)>,
+) -> Result<Json<ClusterVersion>, ApiError> {
+    versions(&state, &headers, &name)
+        .await?
+        .into_iter()
+        .find(|c| c.version == version)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("version {version} of job cluster `{name}`")))
+}
+
+async fn versions(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Vec<ClusterVersion>, ApiError> {
+    let tenant = state.tenants.authenticate(headers)?.name.clone();
+    let name = name.to_owned();
+    Ok(with_store(state, move |store| store.clusters(&tenant)).await?.into_iter().filter(|c| c.name == name).collect())
+}
