@@ -9,6 +9,14 @@ fn squilla() -> Command {
     cmd
 }
 
+/// Runs `squilla ARGS` with `input` on standard input.
+fn run_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child =
+        squilla().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn the_device_errors_demo_prints_error_rates() {
     let output = squilla().args(["run", "examples/device-errors/job.json", "--seconds", "3"]).output().unwrap();
@@ -26,16 +34,8 @@ fn the_device_errors_demo_prints_error_rates() {
 
 #[test]
 fn an_ingest_job_reads_json_lines_and_flushes_its_windows_at_the_end() {
-    let mut child = squilla()
-        .args(["run", "examples/sentiment/job.json", "--param", "keyword=crown"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let input = "{\"text\": \"I love The Crown\"}\n{\"text\": \"the crown is boring\"}\n\n{\"text\": \"crown\"}\n{\"text\": \"no\"}\n";
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = run_with_input(&["run", "examples/sentiment/job.json", "--param", "keyword=crown"], input.as_bytes());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let line: serde_json::Value = serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
     assert_eq!(
@@ -46,15 +46,8 @@ fn an_ingest_job_reads_json_lines_and_flushes_its_windows_at_the_end() {
 
 #[test]
 fn bad_input_is_refused_with_the_line_number_and_bad_parameters_by_name() {
-    let mut child = squilla()
-        .args(["run", "examples/sentiment/job.json", "--param", "keyword=crown"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"{\"text\": \"ok\"}\n{\"text\": [1]}\n").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let input = b"{\"text\": \"ok\"}\n{\"text\": [1]}\n";
+    let output = run_with_input(&["run", "examples/sentiment/job.json", "--param", "keyword=crown"], input);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

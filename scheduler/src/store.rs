@@ -164,10 +164,14 @@ impl Store {
         Ok(result)
     }
 
-    /// `tenant`'s artifacts, by sha256.
-    pub fn artifacts(&self, tenant: &str) -> Result<Vec<ArtifactMeta>, StoreError> {
+    /// Every JSON value of `table` whose key starts with `tenant/`, in key order.
+    fn tenant_values<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        tenant: &str,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(ARTIFACTS)?;
+        let table = txn.open_table(table)?;
         let prefix = key(tenant, "");
         let mut out = Vec::new();
         for entry in table.range(prefix.as_str()..)? {
@@ -178,6 +182,11 @@ impl Store {
             out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
         }
         Ok(out)
+    }
+
+    /// `tenant`'s artifacts, by sha256.
+    pub fn artifacts(&self, tenant: &str) -> Result<Vec<ArtifactMeta>, StoreError> {
+        self.tenant_values(ARTIFACTS, tenant)
     }
 
     /// One of `tenant`'s artifacts.
@@ -262,18 +271,7 @@ impl Store {
 
     /// Every version of `tenant`'s clusters, by name then version.
     pub fn clusters(&self, tenant: &str) -> Result<Vec<ClusterVersion>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CLUSTERS)?;
-        let prefix = key(tenant, "");
-        let mut out = Vec::new();
-        for entry in table.range(prefix.as_str()..)? {
-            let (k, v) = entry?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
-        }
-        Ok(out)
+        self.tenant_values(CLUSTERS, tenant)
     }
 
     /// Total bytes of `tenant`'s artifacts (for the quota).
