@@ -19,6 +19,8 @@
 //!   turns, and the clock behind stage ticks.
 //! - [`pipeline::Pipeline`]: one job's workers on this agent, the bounded queues between
 //!   them, routing, backpressure and metrics.
+//! - [`transport::Transport`]: batches to and from the workers of a job that run on other
+//!   agents, over TCP with credit-based flow control.
 //!
 //! Batches cross into the host as [`squilla_batch::BatchBytes`]: whatever a guest returns is
 //! validated once, here, before anything else reads it.
@@ -33,6 +35,7 @@ mod inspect;
 mod instance;
 mod logs;
 pub mod pipeline;
+pub mod transport;
 mod typed;
 
 pub use artifact::{ALLOWED_IMPORTS, Artifact, Flavour, Sha256};

@@ -15,7 +15,6 @@ use squilla_types::Backpressure;
 
 use super::metrics::Counters;
 use super::worker::Worker;
-use crate::executor;
 
 /// What happened to an offered batch.
 pub(crate) enum Offer {
@@ -74,9 +73,9 @@ impl Inbox {
     }
 
     /// Takes the oldest batch, waking producers waiting for room.
-    pub fn pop(&self, exec: &executor::Shared) -> Option<BatchBytes> {
+    pub fn pop(&self) -> Option<BatchBytes> {
         let batch = self.queue.pop()?;
-        self.wake(exec);
+        self.wake();
         Some(batch)
     }
 
@@ -89,8 +88,8 @@ impl Inbox {
         self.has_waiters.store(true, Ordering::SeqCst);
     }
 
-    /// Schedules every waiting producer.
-    pub fn wake(&self, exec: &executor::Shared) {
+    /// Schedules every waiting producer (on its own pipeline's executor).
+    pub fn wake(&self) {
         if !self.has_waiters.load(Ordering::SeqCst) {
             return;
         }
@@ -100,7 +99,7 @@ impl Inbox {
             std::mem::take(&mut *waiters)
         };
         for waiter in waiters.iter().filter_map(Weak::upgrade) {
-            waiter.unblock(exec);
+            waiter.unblock();
         }
     }
 }

@@ -9,140 +9,88 @@
 //!   [`Pipeline::start_synthetic`] attaches a generator), [`Pipeline::recv`] reads its sink,
 //!   [`Pipeline::scale`] changes a stage's worker count, [`Pipeline::metrics`] reports, and
 //!   [`Pipeline::stop`] ends it.
+//! - A stage's workers are *slots*: on an agent that runs only part of a job, some slots are
+//!   [`Outlet`]s towards the agents that run them ([`Pipeline::start_placed`],
+//!   [`Pipeline::place`]), and batches arriving from other agents come in through
+//!   [`PipelineHandle::deliver`]. Routing treats local and remote slots alike.
 //!
 //! Batches travel as [`BatchBytes`]: validated once where they entered, shared by reference
 //! count between stages. Every queue is bounded; what happens when one is full is the job's
 //! [`Backpressure`] choice, and every drop is counted on the worker whose queue was full (or
 //! on the sink).
 
+mod config;
 mod inbox;
 pub mod metrics;
+mod outlet;
 mod route;
 mod source;
 pub(crate) mod worker;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
-use squilla_types::{ArtifactRef, Backpressure, JobSpec, Routing};
+use squilla_types::Backpressure;
 
 use self::inbox::{Inbox, Offer};
 use self::metrics::{Counters, WorkerMetrics};
 use self::worker::{Target, Worker};
 use crate::executor::{self, Executor};
-use crate::{Artifact, InstantiateError, Limits, LogLine, Runtime};
+use crate::{LogLine, Runtime};
 
+pub use config::{PipelineConfig, PipelineError, StageConfig};
+pub use outlet::Outlet;
 pub use source::SyntheticSource;
 
-/// One stage of a pipeline.
+/// Where one worker slot of a stage runs, as [`Pipeline::place`] is told.
 #[derive(Debug, Clone)]
-pub struct StageConfig {
-    /// The stage's name (for metrics and logs).
-    pub name: String,
-    /// The compiled component.
-    pub artifact: Artifact,
-    /// The parameters its workers' `init` receives.
-    pub params: Vec<(String, String)>,
-    /// How many workers (at least 1).
-    pub workers: usize,
-    /// How input is spread over the workers.
-    pub routing: Routing,
-    /// Each worker's sandbox limits.
-    pub limits: Limits,
-    /// Period of the stage's `tick`.
-    pub tick: Duration,
-}
-
-/// What a pipeline runs. `queue_batches`, `sink_batches` and `max_consecutive_traps` have
-/// the defaults documented on them when built by [`PipelineConfig::new`].
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    /// The job's name.
-    pub name: String,
-    /// The stages, in order.
-    pub stages: Vec<StageConfig>,
-    /// What a full queue does.
-    pub backpressure: Backpressure,
-    /// Capacity of each worker's input queue, in batches (default 64).
-    pub queue_batches: usize,
-    /// Capacity of the sink, in batches (default 1024).
-    pub sink_batches: usize,
-    /// Traps in a row that fail a worker (default 3).
-    pub max_consecutive_traps: u32,
-}
-
-/// Why a job spec could not be turned into a pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// The spec names an artifact the caller could not provide.
-    #[error("stage `{stage}`: unknown artifact `{artifact}`")]
-    UnknownArtifact {
-        /// The stage.
-        stage: String,
-        /// The reference it holds.
-        artifact: String,
+pub enum SlotPlan {
+    /// On this agent. `number` names the incarnation: a different number than the running
+    /// worker's replaces it with a fresh one.
+    Local {
+        /// The worker number.
+        number: u64,
     },
-    /// A worker could not start.
-    #[error("stage `{stage}`: {source}")]
-    Start {
-        /// The stage.
-        stage: String,
-        /// Why.
-        source: InstantiateError,
-    },
-    /// A stage index out of range.
-    #[error("no stage {0}")]
-    NoSuchStage(usize),
+    /// On another agent, reached through this outlet.
+    Remote(Arc<Outlet>),
 }
 
-impl PipelineConfig {
-    /// A pipeline of `stages` with the default queue sizes and failure threshold.
-    pub fn new(name: impl Into<String>, stages: Vec<StageConfig>, backpressure: Backpressure) -> Self {
-        PipelineConfig {
-            name: name.into(),
-            stages,
-            backpressure,
-            queue_batches: 64,
-            sink_batches: 1024,
-            max_consecutive_traps: 3,
+/// A worker slot of a running stage.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Local(Arc<Worker>),
+    Remote(Arc<Outlet>),
+}
+
+impl Slot {
+    pub(crate) fn target(&self) -> Target {
+        match self {
+            Slot::Local(w) => Target::Worker(w.clone()),
+            Slot::Remote(o) => Target::Remote(o.clone()),
         }
     }
 
-    /// The pipeline a job spec describes, with `overrides` for its declared parameters and
-    /// `artifacts` to resolve each stage's artifact reference.
-    pub fn from_spec(
-        spec: &JobSpec,
-        overrides: &BTreeMap<String, String>,
-        mut artifacts: impl FnMut(&ArtifactRef) -> Option<Artifact>,
-    ) -> Result<Self, PipelineError> {
-        let mut stages = Vec::with_capacity(spec.stages.len());
-        for stage in &spec.stages {
-            let artifact = artifacts(&stage.artifact).ok_or_else(|| PipelineError::UnknownArtifact {
-                stage: stage.name.clone(),
-                artifact: stage.artifact.to_string(),
-            })?;
-            stages.push(StageConfig {
-                name: stage.name.clone(),
-                artifact,
-                params: spec.stage_params(stage, overrides),
-                workers: stage.workers as usize,
-                routing: stage.routing.clone(),
-                limits: Limits { memory_bytes: stage.resources.memory_mib as usize * 1024 * 1024, ..Limits::default() },
-                tick: Duration::from_millis(stage.tick_ms),
-            });
+    fn local(&self) -> Option<&Arc<Worker>> {
+        match self {
+            Slot::Local(w) => Some(w),
+            Slot::Remote(_) => None,
         }
-        Ok(PipelineConfig::new(spec.name.clone(), stages, spec.backpressure))
     }
 }
 
 pub(crate) struct StageShared {
     config: Arc<StageConfig>,
-    workers: RwLock<Vec<Arc<Worker>>>,
+    slots: RwLock<Vec<Slot>>,
     next: AtomicUsize,
+}
+
+impl StageShared {
+    fn locals(&self) -> Vec<Arc<Worker>> {
+        self.slots.read().expect("slots lock").iter().filter_map(Slot::local).cloned().collect()
+    }
 }
 
 pub(crate) struct Shared {
@@ -156,6 +104,7 @@ pub(crate) struct Shared {
     sink: Inbox,
     sink_counters: Counters,
     sink_ready: (Mutex<()>, Condvar),
+    misrouted: AtomicU64,
 }
 
 impl Shared {
@@ -164,10 +113,8 @@ impl Shared {
         match self.stages.get(stage) {
             None => out(Target::Sink, batch),
             Some(s) => {
-                let workers = s.workers.read().expect("workers lock");
-                route::split(&s.config.routing, &s.next, &workers, batch, &mut |w, b| {
-                    out(Target::Worker(w.clone()), b)
-                });
+                let slots = s.slots.read().expect("slots lock");
+                route::split(&s.config.routing, &s.next, &slots, batch, &mut |slot, b| out(slot.target(), b));
             }
         }
     }
@@ -176,6 +123,7 @@ impl Shared {
     pub(crate) fn offer(&self, target: &Target, batch: BatchBytes, exec: &executor::Shared) -> Option<BatchBytes> {
         match target {
             Target::Worker(worker) => worker.offer(batch, self, exec),
+            Target::Remote(outlet) => outlet.offer(batch, self.backpressure),
             Target::Sink => {
                 let result = match self.sink.offer(batch, self.backpressure, &self.sink_counters) {
                     Offer::Queued | Offer::Dropped => None,
@@ -191,6 +139,7 @@ impl Shared {
     pub(crate) fn inbox<'a>(&'a self, target: &'a Target) -> &'a Inbox {
         match target {
             Target::Worker(worker) => &worker.inbox,
+            Target::Remote(outlet) => &outlet.inbox,
             Target::Sink => &self.sink,
         }
     }
@@ -218,21 +167,69 @@ impl Shared {
     }
 }
 
+/// What [`PipelineHandle::deliver`] did with a batch.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Queued for the worker (or dropped by a `drop-*` policy, counted on the worker).
+    Accepted,
+    /// The worker's queue is full under `block`: keep the batch and offer it again later.
+    Full(BatchBytes),
+    /// No such local worker (the slot moved, or the job is gone): dropped and counted.
+    NotHere,
+}
+
+/// A weak handle on a running pipeline, for the transport to deliver batches that arrive
+/// from other agents.
+#[derive(Clone)]
+pub struct PipelineHandle(Weak<Shared>);
+
+impl std::fmt::Debug for PipelineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PipelineHandle")
+    }
+}
+
+impl PipelineHandle {
+    /// Offers a batch that arrived for worker `index` of stage `stage`.
+    pub fn deliver(&self, stage: usize, index: usize, batch: BatchBytes) -> Delivery {
+        let Some(shared) = self.0.upgrade() else { return Delivery::NotHere };
+        let worker = shared
+            .stages
+            .get(stage)
+            .and_then(|s| s.slots.read().expect("slots lock").get(index).and_then(Slot::local).cloned());
+        match worker {
+            Some(worker) if !shared.stopped.load(Ordering::Relaxed) => {
+                match shared.offer(&Target::Worker(worker), batch, &shared.exec) {
+                    None => Delivery::Accepted,
+                    Some(batch) => Delivery::Full(batch),
+                }
+            }
+            _ => {
+                shared.misrouted.fetch_add(1, Ordering::Relaxed);
+                Delivery::NotHere
+            }
+        }
+    }
+}
+
 /// Metrics of a whole pipeline.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineMetrics {
-    /// Per stage, per worker.
+    /// Per stage, per local worker.
     pub stages: Vec<Vec<WorkerMetrics>>,
     /// Batches dropped at the sink because nobody read them in time (`drop-*` policies).
     pub sink_dropped: u64,
     /// Batches waiting at the sink.
     pub sink_depth: usize,
+    /// Batches dropped on the way to other agents (full outlets under `drop-*`, broken
+    /// connections) or arriving for a worker no longer here.
+    pub remote_dropped: u64,
 }
 
 impl PipelineMetrics {
     /// Batches dropped anywhere in the pipeline.
     pub fn dropped(&self) -> u64 {
-        self.sink_dropped + self.stages.iter().flatten().map(WorkerMetrics::dropped).sum::<u64>()
+        self.sink_dropped + self.remote_dropped + self.stages.iter().flatten().map(WorkerMetrics::dropped).sum::<u64>()
     }
 }
 
@@ -249,12 +246,28 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Starts every worker of every stage (calling `init`), on `executor`'s threads.
+    /// Starts every worker of every stage here (calling `init`), on `executor`'s threads.
     pub fn start(runtime: &Runtime, executor: &Executor, config: PipelineConfig) -> Result<Self, PipelineError> {
+        let plan = config
+            .stages
+            .iter()
+            .map(|s| (0..s.workers.max(1)).map(|_| SlotPlan::Local { number: 0 }).collect())
+            .collect();
+        Self::start_placed(runtime, executor, config, plan)
+    }
+
+    /// Starts the part of a job that runs on this agent: `plan[stage][index]` says where each
+    /// worker slot runs (`config`'s worker counts are not used).
+    pub fn start_placed(
+        runtime: &Runtime,
+        executor: &Executor,
+        config: PipelineConfig,
+        plan: Vec<Vec<SlotPlan>>,
+    ) -> Result<Self, PipelineError> {
         let stages = config
             .stages
             .into_iter()
-            .map(|c| StageShared { config: Arc::new(c), workers: RwLock::new(Vec::new()), next: AtomicUsize::new(0) })
+            .map(|c| StageShared { config: Arc::new(c), slots: RwLock::new(Vec::new()), next: AtomicUsize::new(0) })
             .collect();
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
@@ -267,13 +280,18 @@ impl Pipeline {
             sink: Inbox::new(config.sink_batches),
             sink_counters: Counters::default(),
             sink_ready: (Mutex::new(()), Condvar::new()),
+            misrouted: AtomicU64::new(0),
         });
         let pipeline = Pipeline { shared, source: None };
-        for stage in 0..pipeline.shared.stages.len() {
-            let workers = pipeline.shared.stages[stage].config.workers.max(1);
-            pipeline.scale(stage, workers)?;
+        for (stage, plan) in plan.into_iter().enumerate() {
+            pipeline.place(stage, plan)?;
         }
         Ok(pipeline)
+    }
+
+    /// A handle for delivering batches from other agents.
+    pub fn handle(&self) -> PipelineHandle {
+        PipelineHandle(Arc::downgrade(&self.shared))
     }
 
     /// Feeds one batch to the first stage, honouring the backpressure policy (under `block`
@@ -294,18 +312,24 @@ impl Pipeline {
         self.source = Some((handle, stop));
     }
 
-    fn stop_source(&mut self) {
+    /// Detaches the source, if any.
+    pub fn stop_source(&mut self) {
         if let Some((handle, stop)) = self.source.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
     }
 
+    /// Whether a source is attached.
+    pub fn has_source(&self) -> bool {
+        self.source.is_some()
+    }
+
     /// The next output batch, waiting up to `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<BatchBytes> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(batch) = self.shared.sink.pop(&self.shared.exec) {
+            if let Some(batch) = self.shared.sink.pop() {
                 return Some(batch);
             }
             let now = Instant::now();
@@ -321,27 +345,48 @@ impl Pipeline {
         }
     }
 
-    /// Sets stage `stage` to `workers` workers (at least 1). New workers start with `init`;
-    /// removed ones stop ticking, and what they had queued is routed to the remaining ones.
-    /// Key-hash routing then maps keys over the new count: keyed state does not move.
+    /// Sets stage `stage` to `workers` workers here (at least 1). New workers start with
+    /// `init`; removed ones stop ticking, and what they had queued is routed to the remaining
+    /// ones. Key-hash routing then maps keys over the new count: keyed state does not move.
     pub fn scale(&self, stage: usize, workers: usize) -> Result<(), PipelineError> {
         let s = self.shared.stages.get(stage).ok_or(PipelineError::NoSuchStage(stage))?;
-        let workers = workers.max(1);
-        let current = s.workers.read().expect("workers lock").len();
-        let mut added = Vec::new();
-        for index in current..workers {
-            let worker = Worker::start(&self.shared, stage, index, s.config.clone(), self.shared.queue_batches)
-                .map_err(|source| PipelineError::Start { stage: s.config.name.clone(), source })?;
-            added.push(worker);
+        let mut plan: Vec<SlotPlan> = s
+            .slots
+            .read()
+            .expect("slots lock")
+            .iter()
+            .map(|slot| match slot {
+                Slot::Local(w) => SlotPlan::Local { number: w.number },
+                Slot::Remote(o) => SlotPlan::Remote(o.clone()),
+            })
+            .collect();
+        plan.resize_with(workers.max(1), || SlotPlan::Local { number: 0 });
+        self.place(stage, plan)
+    }
+
+    /// Sets where each worker slot of stage `stage` runs. Local slots whose number is
+    /// unchanged keep their worker (and its state); new local slots start a worker (`init`
+    /// errors surface here, before anything changes); local workers no longer in the plan
+    /// stop, and what they had queued is routed anew.
+    pub fn place(&self, stage: usize, plan: Vec<SlotPlan>) -> Result<(), PipelineError> {
+        let s = self.shared.stages.get(stage).ok_or(PipelineError::NoSuchStage(stage))?;
+        let current: Vec<Slot> = s.slots.read().expect("slots lock").clone();
+        let mut next = Vec::with_capacity(plan.len());
+        for (index, slot) in plan.into_iter().enumerate() {
+            next.push(match (slot, current.get(index)) {
+                (SlotPlan::Local { number }, Some(Slot::Local(w))) if w.number == number => Slot::Local(w.clone()),
+                (SlotPlan::Local { number }, _) => Slot::Local(
+                    Worker::start(&self.shared, stage, (index, number), s.config.clone(), self.shared.queue_batches)
+                        .map_err(|source| PipelineError::Start { stage: s.config.name.clone(), source })?,
+                ),
+                (SlotPlan::Remote(outlet), _) => Slot::Remote(outlet),
+            });
         }
-        let removed = {
-            let mut list = s.workers.write().expect("workers lock");
-            list.extend(added);
-            if workers < list.len() { list.split_off(workers) } else { Vec::new() }
-        };
-        for worker in removed {
+        let kept: Vec<*const Worker> = next.iter().filter_map(Slot::local).map(Arc::as_ptr).collect();
+        let old = std::mem::replace(&mut *s.slots.write().expect("slots lock"), next);
+        for worker in old.iter().filter_map(Slot::local).filter(|w| !kept.contains(&Arc::as_ptr(w))) {
             worker.retire();
-            while let Some(batch) = worker.inbox.pop(&self.shared.exec) {
+            while let Some(batch) = worker.inbox.pop() {
                 let mut parts = Vec::new();
                 self.shared.route(stage, batch, &mut |t, b| parts.push((t, b)));
                 for (target, batch) in parts {
@@ -354,39 +399,51 @@ impl Pipeline {
         Ok(())
     }
 
-    /// How many workers stage `stage` has.
+    /// How many worker slots stage `stage` has (here and elsewhere).
     pub fn workers(&self, stage: usize) -> usize {
-        self.shared.stages.get(stage).map_or(0, |s| s.workers.read().expect("workers lock").len())
+        self.shared.stages.get(stage).map_or(0, |s| s.slots.read().expect("slots lock").len())
     }
 
-    /// A snapshot of every worker's metrics and the sink's.
+    /// A snapshot of every local worker's metrics and the sink's.
     pub fn metrics(&self) -> PipelineMetrics {
+        let outlets: u64 = self
+            .shared
+            .stages
+            .iter()
+            .flat_map(|s| {
+                s.slots
+                    .read()
+                    .expect("slots lock")
+                    .iter()
+                    .map(|slot| match slot {
+                        Slot::Remote(o) => o.dropped(),
+                        Slot::Local(_) => 0,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .sum();
         PipelineMetrics {
-            stages: self
-                .shared
-                .stages
-                .iter()
-                .map(|s| s.workers.read().expect("workers lock").iter().map(|w| w.metrics()).collect())
-                .collect(),
+            stages: self.shared.stages.iter().map(|s| s.locals().iter().map(|w| w.metrics()).collect()).collect(),
             sink_dropped: self.shared.sink_counters.dropped_oldest.load(Ordering::Relaxed)
                 + self.shared.sink_counters.dropped_newest.load(Ordering::Relaxed),
             sink_depth: self.shared.sink.len(),
+            remote_dropped: outlets + self.shared.misrouted.load(Ordering::Relaxed),
         }
     }
 
-    /// The log of worker `index` of stage `stage` (lines kept across instances, oldest first)
-    /// and how many lines it dropped.
+    /// The log of local worker `index` of stage `stage` (lines kept across instances, oldest
+    /// first) and how many lines it dropped.
     pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<LogLine>, u64)> {
         let s = self.shared.stages.get(stage)?;
-        let workers = s.workers.read().expect("workers lock");
-        workers.get(index).map(|w| w.log())
+        let slots = s.slots.read().expect("slots lock");
+        slots.get(index).and_then(Slot::local).map(|w| w.log())
     }
 
-    /// Ticks every worker of stage `stage` at `now_ms` right away (stages tick on their own
-    /// timers otherwise). Used to flush windows when a finite input has ended.
+    /// Ticks every local worker of stage `stage` at `now_ms` right away (stages tick on their
+    /// own timers otherwise). Used to flush windows when a finite input has ended.
     pub fn tick_stage(&self, stage: usize, now_ms: i64) {
         if let Some(s) = self.shared.stages.get(stage) {
-            for worker in s.workers.read().expect("workers lock").iter() {
+            for worker in s.locals() {
                 worker.tick_now(&self.shared.exec, now_ms);
             }
         }
@@ -403,7 +460,10 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         loop {
             let idle = self.shared.stages.iter().all(|s| {
-                s.workers.read().expect("workers lock").iter().all(|w| w.inbox.is_empty() && !w.has_pending())
+                s.slots.read().expect("slots lock").iter().all(|slot| match slot {
+                    Slot::Local(w) => w.inbox.is_empty() && !w.has_pending(),
+                    Slot::Remote(o) => o.is_empty(),
+                })
             });
             if idle {
                 return true;
@@ -422,7 +482,7 @@ impl Pipeline {
         self.drain(timeout);
         self.shared.stopped.store(true, Ordering::SeqCst);
         for s in &self.shared.stages {
-            for worker in s.workers.read().expect("workers lock").iter() {
+            for worker in s.locals() {
                 worker.retire();
             }
         }
@@ -433,5 +493,10 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.stop_source();
         self.shared.stopped.store(true, Ordering::SeqCst);
+        for s in &self.shared.stages {
+            for worker in s.locals() {
+                worker.retire();
+            }
+        }
     }
 }

@@ -1,16 +1,15 @@
-//! Spreading a batch over the workers of a stage.
+//! Spreading a batch over the worker slots of a stage (local workers and remote ones alike).
 //!
 //! Round-robin and broadcast hand on the same shared bytes (a reference count, no copy).
 //! Key-hash must split a batch by key, so each part is archived anew: one copy per event,
 //! the price of sending every event of a key to the same worker.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use squilla_batch::{BatchBuilder, BatchBytes, EventRef, ValueRef};
 use squilla_types::Routing;
 
-use super::worker::Worker;
+use super::Slot;
 
 /// FNV-1a over the key fields' values: deterministic across processes and runs, so that a
 /// key maps to the same worker index everywhere.
@@ -40,9 +39,9 @@ pub(crate) fn key_hash(event: &EventRef<'_>, fields: &[String]) -> u64 {
 pub(crate) fn split(
     routing: &Routing,
     next: &AtomicUsize,
-    workers: &[Arc<Worker>],
+    workers: &[Slot],
     batch: BatchBytes,
-    out: &mut impl FnMut(&Arc<Worker>, BatchBytes),
+    out: &mut impl FnMut(&Slot, BatchBytes),
 ) {
     if workers.is_empty() {
         return;

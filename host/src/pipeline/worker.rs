@@ -32,6 +32,7 @@ pub(crate) struct Pending {
 #[derive(Clone)]
 pub(crate) enum Target {
     Worker(Arc<Worker>),
+    Remote(Arc<super::Outlet>),
     Sink,
 }
 
@@ -46,6 +47,8 @@ struct State {
 pub(crate) struct Worker {
     pub stage: usize,
     pub index: usize,
+    /// Which incarnation of the slot this is (the master's worker number; 0 when local-only).
+    pub number: u64,
     pub inbox: Inbox,
     pub counters: Counters,
     config: Arc<StageConfig>,
@@ -63,7 +66,7 @@ impl Worker {
     pub fn start(
         pipeline: &Arc<Pipeline>,
         stage: usize,
-        index: usize,
+        (index, number): (usize, u64),
         config: Arc<StageConfig>,
         queue_batches: usize,
     ) -> Result<Arc<Self>, InstantiateError> {
@@ -71,6 +74,7 @@ impl Worker {
         let worker = Arc::new(Worker {
             stage,
             index,
+            number,
             inbox: Inbox::new(queue_batches),
             counters: Counters::default(),
             pipeline: Arc::downgrade(pipeline),
@@ -100,10 +104,12 @@ impl Worker {
         !self.scheduled.swap(true, Ordering::AcqRel)
     }
 
-    /// Called by a downstream inbox that has room again.
-    pub fn unblock(self: &Arc<Self>, exec: &executor::Shared) {
+    /// Called by a downstream inbox (or outlet) that has room again.
+    pub fn unblock(self: &Arc<Self>) {
         self.blocked.store(false, Ordering::SeqCst);
-        exec.schedule(self);
+        if let Some(pipeline) = self.pipeline.upgrade() {
+            pipeline.exec.schedule(self);
+        }
     }
 
     /// Called by the clock when the stage timer fires.
@@ -163,7 +169,7 @@ impl Worker {
     fn turn(self: &Arc<Self>, state: &mut State, pipeline: &Pipeline, exec: &executor::Shared) {
         if state.failed.is_some() {
             self.tick_due.store(0, Ordering::Relaxed);
-            while self.inbox.pop(exec).is_some() {
+            while self.inbox.pop().is_some() {
                 Counters::add(&self.counters.dropped_failed, 1);
             }
             return;
@@ -179,7 +185,7 @@ impl Worker {
             }
         }
         for _ in 0..QUANTUM {
-            let Some(batch) = self.inbox.pop(exec) else { return };
+            let Some(batch) = self.inbox.pop() else { return };
             Counters::add(&self.counters.batches_in, 1);
             Counters::add(&self.counters.events_in, batch.len() as u64);
             if state.failed.is_some() {

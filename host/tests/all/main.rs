@@ -9,6 +9,7 @@ mod languages;
 mod newcomer;
 mod pipeline;
 mod specs;
+mod transport;
 
 use std::sync::OnceLock;
 

@@ -1,0 +1,72 @@
+//! An outlet: the bounded queue in front of a worker slot that runs on another agent.
+//!
+//! To the workers of the stage before, an outlet is one more inbox: they offer batches to it
+//! under the job's backpressure policy and, under `block`, wait on it until it has room. On
+//! the other side the transport takes batches out when the receiving agent has granted
+//! credit, so a slow receiver fills the outlet and slows (or, under `drop-*`, thins) the
+//! sender exactly as a slow local worker would.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use squilla_batch::BatchBytes;
+use squilla_types::Backpressure;
+
+use super::inbox::{Inbox, Offer};
+use super::metrics::Counters;
+
+/// The sending end of a remote worker slot.
+pub struct Outlet {
+    pub(crate) inbox: Inbox,
+    pub(crate) counters: Counters,
+    notify: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Outlet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outlet").field("queued", &self.inbox.len()).finish()
+    }
+}
+
+impl Outlet {
+    /// An outlet holding up to `capacity` batches; `notify` is called after every offer (the
+    /// transport uses it to wake its sender).
+    pub fn new(capacity: usize, notify: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Outlet { inbox: Inbox::new(capacity), counters: Counters::default(), notify: Box::new(notify) })
+    }
+
+    /// Takes the oldest batch, waking producers that wait for room.
+    pub fn take(&self) -> Option<BatchBytes> {
+        self.inbox.pop()
+    }
+
+    /// Whether nothing waits to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.inbox.is_empty()
+    }
+
+    /// Batches waiting to be sent.
+    pub fn len(&self) -> usize {
+        self.inbox.len()
+    }
+
+    /// Batches dropped here (full under `drop-*`, or lost with a broken connection).
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped_oldest.load(Ordering::Relaxed) + self.counters.dropped_newest.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` batches lost on the way (a connection that broke while they were in flight).
+    pub fn count_lost(&self, n: u64) {
+        Counters::add(&self.counters.dropped_newest, n);
+    }
+
+    /// Offers `batch` under `policy`; hands it back when full under `block`.
+    pub(crate) fn offer(&self, batch: BatchBytes, policy: Backpressure) -> Option<BatchBytes> {
+        let result = match self.inbox.offer(batch, policy, &self.counters) {
+            Offer::Queued | Offer::Dropped => None,
+            Offer::Full(batch) => Some(batch),
+        };
+        (self.notify)();
+        result
+    }
+}

@@ -1,0 +1,181 @@
+//! Batches between agents over TCP.
+//!
+//! Workers of consecutive stages that run on different agents exchange batches over one TCP
+//! connection per ordered agent pair (sender → receiver), in the length-delimited frames of
+//! [`frame`]. On the sending agent, each remote worker slot is an [`Outlet`] that the stage
+//! before offers batches to, as to any local inbox; one sender thread per peer takes them
+//! out and writes them. On the receiving agent, a reader thread per connection validates
+//! each batch once and delivers it to the worker's inbox.
+//!
+//! **Flow control is by credit**: a stream (one remote worker slot) may have at most
+//! [`TransportConfig::credit_batches`] batches on the wire that the receiver has not yet
+//! queued. A receiver whose worker is full (under `block`) keeps the batch aside and returns
+//! the credit only once it is queued, so the outlet on the sender fills and the job's
+//! backpressure policy applies there: `block` slows the upstream workers, `drop-*` drops
+//! (counted). A slow stream never stalls another on the same connection.
+//!
+//! **Reconnection**: a broken connection is re-dialled with backoff (50 ms doubling to 1 s);
+//! batches that were on the wire are lost and counted on their outlet (delivery is
+//! at-most-once). When the master moves a worker, the agents are given a new plan and the
+//! slot gets an outlet towards its new agent.
+//!
+//! The data port trusts its network: any process that can connect may deliver batches
+//! (each is validated, so none can harm the agent). Keep it on a private network.
+
+pub mod frame;
+mod recv;
+mod send;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::pipeline::{Outlet, PipelineHandle};
+
+/// Settings of the transport. `Default` gives the values documented on each field.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// This agent's id, sent in each connection's `hello`.
+    pub agent: String,
+    /// Capacity of each outlet, in batches (default 64).
+    pub outlet_batches: usize,
+    /// Batches a stream may have on the wire before the receiver queues them (default 16).
+    pub credit_batches: u32,
+    /// Largest frame accepted (default 64 MiB); a larger one closes the connection.
+    pub max_frame_bytes: usize,
+    /// Longest wait between reconnection attempts (default 1 s; the first is 50 ms).
+    pub max_backoff: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            agent: "agent".into(),
+            outlet_batches: 64,
+            credit_batches: 16,
+            max_frame_bytes: 64 << 20,
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of the transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Batches written to peers.
+    pub batches_sent: u64,
+    /// Bytes of batches written to peers.
+    pub bytes_sent: u64,
+    /// Batches received and delivered (or dropped by policy) here.
+    pub batches_received: u64,
+    /// Batches received that failed validation (dropped).
+    pub invalid: u64,
+    /// Batches received for a job or worker that is not here (dropped).
+    pub misrouted: u64,
+    /// Connections (re)established to peers.
+    pub connects: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    batches_received: AtomicU64,
+    invalid: AtomicU64,
+    misrouted: AtomicU64,
+    connects: AtomicU64,
+}
+
+struct Inner {
+    config: TransportConfig,
+    jobs: RwLock<HashMap<String, PipelineHandle>>,
+    peers: Mutex<HashMap<SocketAddr, Arc<send::Peer>>>,
+    counters: Counters,
+    stopped: AtomicBool,
+}
+
+/// The agent's end of the data network: a listener for peers' batches and a sender per peer.
+pub struct Transport {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("addr", &self.addr).finish()
+    }
+}
+
+impl Transport {
+    /// Listens on `addr` (port 0 picks one) and starts accepting peers.
+    pub fn bind(addr: SocketAddr, config: TransportConfig) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            config,
+            jobs: RwLock::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            stopped: AtomicBool::new(false),
+        });
+        let accept = inner.clone();
+        std::thread::Builder::new()
+            .name("squilla-accept".into())
+            .spawn(move || recv::accept(listener, accept))
+            .expect("spawn accept thread");
+        Ok(Transport { inner, addr })
+    }
+
+    /// Where peers connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Makes `job`'s local workers reachable from peers.
+    pub fn register(&self, job: &str, handle: PipelineHandle) {
+        self.inner.jobs.write().expect("jobs lock").insert(job.to_owned(), handle);
+    }
+
+    /// Stops delivering to `job` (batches for it are then dropped, counted as misrouted).
+    pub fn unregister(&self, job: &str) {
+        self.inner.jobs.write().expect("jobs lock").remove(job);
+    }
+
+    /// An outlet towards worker `index` of stage `stage` of `job` on the agent at `peer`.
+    /// The stream lives as long as the outlet does.
+    pub fn outlet(&self, peer: SocketAddr, job: &str, stage: u32, index: u32) -> Arc<Outlet> {
+        let peer = {
+            let mut peers = self.inner.peers.lock().expect("peers lock");
+            peers.entry(peer).or_insert_with(|| send::Peer::start(peer, self.inner.clone())).clone()
+        };
+        peer.open(job, stage, index, self.inner.config.outlet_batches)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransportStats {
+            batches_sent: get(&c.batches_sent),
+            bytes_sent: get(&c.bytes_sent),
+            batches_received: get(&c.batches_received),
+            invalid: get(&c.invalid),
+            misrouted: get(&c.misrouted),
+            connects: get(&c.connects),
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        for peer in self.inner.peers.lock().expect("peers lock").values() {
+            peer.wake();
+        }
+        // Unblock the accept loop.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+    }
+}

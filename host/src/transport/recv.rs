@@ -1,0 +1,174 @@
+//! The receiving side: a reader thread per connection, and a retry thread for batches whose
+//! worker was full.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use squilla_batch::BatchBytes;
+
+use super::Inner;
+use super::frame::{self, Frame};
+use crate::pipeline::Delivery;
+
+/// How often batches set aside (their worker full under `block`) are offered again.
+const RETRY: Duration = Duration::from_millis(1);
+
+pub(super) fn accept(listener: TcpListener, inner: Arc<Inner>) {
+    for conn in listener.incoming() {
+        if inner.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        let inner = inner.clone();
+        let _ = std::thread::Builder::new().name("squilla-recv".into()).spawn(move || {
+            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            if let Err(err) = Connection::serve(conn, inner) {
+                tracing::debug!(%peer, error = %err, "peer connection ended");
+            }
+        });
+    }
+}
+
+struct StreamIn {
+    job: String,
+    stage: usize,
+    index: usize,
+    /// Batches received but not yet queued (the worker was full), oldest first.
+    waiting: VecDeque<BatchBytes>,
+}
+
+struct Connection {
+    inner: Arc<Inner>,
+    streams: Mutex<HashMap<u32, StreamIn>>,
+    out: Mutex<BufWriter<TcpStream>>,
+    waiting: Condvar,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Connection {
+    fn serve(conn: TcpStream, inner: Arc<Inner>) -> std::io::Result<()> {
+        conn.set_nodelay(true)?;
+        let max = inner.config.max_frame_bytes;
+        let mut input = BufReader::with_capacity(256 << 10, conn.try_clone()?);
+        let me = Arc::new(Connection {
+            inner,
+            streams: Mutex::new(HashMap::new()),
+            out: Mutex::new(BufWriter::new(conn.try_clone()?)),
+            waiting: Condvar::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let retry = {
+            let me = me.clone();
+            std::thread::Builder::new().name("squilla-retry".into()).spawn(move || me.retry_loop())?
+        };
+        let result = (|| loop {
+            match frame::read(&mut input, max)? {
+                Frame::Hello { agent } => tracing::debug!(%agent, "peer said hello"),
+                Frame::Open { id, stage, index, job } => {
+                    let stream =
+                        StreamIn { job, stage: stage as usize, index: index as usize, waiting: VecDeque::new() };
+                    me.streams.lock().expect("streams lock").insert(id, stream);
+                }
+                Frame::Data { id, bytes } => me.receive(id, bytes)?,
+                Frame::Credit { .. } => {}
+            }
+        })();
+        me.closed.store(true, Ordering::SeqCst);
+        me.waiting.notify_all();
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        let _ = retry.join();
+        result
+    }
+
+    fn receive(&self, id: u32, bytes: Vec<u8>) -> std::io::Result<()> {
+        let counters = &self.inner.counters;
+        let batch = match BatchBytes::validate(bytes) {
+            Ok(batch) => Some(batch),
+            Err(err) => {
+                counters.invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, "invalid batch from a peer dropped");
+                None
+            }
+        };
+        let mut streams = self.streams.lock().expect("streams lock");
+        let Some(stream) = streams.get_mut(&id) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("data on unopened stream {id}")));
+        };
+        let Some(batch) = batch else { return self.credit(id, 1) };
+        if !stream.waiting.is_empty() {
+            stream.waiting.push_back(batch);
+            self.waiting.notify_all();
+            return Ok(());
+        }
+        match self.deliver(stream, batch) {
+            None => self.credit(id, 1),
+            Some(batch) => {
+                stream.waiting.push_back(batch);
+                self.waiting.notify_all();
+                Ok(())
+            }
+        }
+    }
+
+    /// Offers a batch to its worker; hands it back if the worker is full.
+    fn deliver(&self, stream: &StreamIn, batch: BatchBytes) -> Option<BatchBytes> {
+        let counters = &self.inner.counters;
+        let handle = self.inner.jobs.read().expect("jobs lock").get(&stream.job).cloned();
+        let delivery = match handle {
+            Some(handle) => handle.deliver(stream.stage, stream.index, batch),
+            None => Delivery::NotHere,
+        };
+        match delivery {
+            Delivery::Accepted => {
+                counters.batches_received.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Delivery::NotHere => {
+                counters.misrouted.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Delivery::Full(batch) => Some(batch),
+        }
+    }
+
+    fn credit(&self, id: u32, batches: u32) -> std::io::Result<()> {
+        let mut out = self.out.lock().expect("out lock");
+        frame::write(&mut *out, &Frame::Credit { id, batches })?;
+        out.flush()
+    }
+
+    /// Offers set-aside batches again, in order, returning credit for each one queued.
+    fn retry_loop(&self) {
+        let mut streams = self.streams.lock().expect("streams lock");
+        while !self.closed.load(Ordering::SeqCst) {
+            let mut credits = Vec::new();
+            for (id, stream) in streams.iter_mut() {
+                let mut queued = 0;
+                while let Some(batch) = stream.waiting.pop_front() {
+                    match self.deliver(stream, batch) {
+                        None => queued += 1,
+                        Some(batch) => {
+                            stream.waiting.push_front(batch);
+                            break;
+                        }
+                    }
+                }
+                if queued > 0 {
+                    credits.push((*id, queued));
+                }
+            }
+            let any_waiting = streams.values().any(|s| !s.waiting.is_empty());
+            for (id, n) in credits {
+                if self.credit(id, n).is_err() {
+                    return;
+                }
+            }
+            let wait = if any_waiting { RETRY } else { Duration::from_millis(100) };
+            streams = self.waiting.wait_timeout(streams, wait).expect("streams lock").0;
+        }
+    }
+}

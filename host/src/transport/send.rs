@@ -1,0 +1,201 @@
+//! The sending side: one thread per peer agent, writing its streams' batches as credit allows.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::Thread;
+use std::time::Duration;
+
+use super::Inner;
+use super::frame::{self, Frame};
+use crate::pipeline::Outlet;
+
+/// How long the sender sleeps when it has nothing to send (it is woken on every offer).
+const IDLE: Duration = Duration::from_millis(20);
+
+struct Stream {
+    id: u32,
+    job: String,
+    stage: u32,
+    index: u32,
+    outlet: Weak<Outlet>,
+    credit: AtomicU32,
+    /// Batches written since the last `open` whose credit has not come back.
+    in_flight: AtomicU32,
+}
+
+pub(super) struct Peer {
+    addr: SocketAddr,
+    streams: Arc<Mutex<Vec<Arc<Stream>>>>,
+    next_id: AtomicU32,
+    thread: Mutex<Option<Thread>>,
+    inner: Weak<Inner>,
+}
+
+impl Peer {
+    pub fn start(addr: SocketAddr, inner: Arc<Inner>) -> Arc<Peer> {
+        let peer = Arc::new(Peer {
+            addr,
+            streams: Arc::new(Mutex::new(Vec::new())),
+            next_id: AtomicU32::new(1),
+            thread: Mutex::new(None),
+            inner: Arc::downgrade(&inner),
+        });
+        let p = peer.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("squilla-send-{addr}"))
+            .spawn(move || p.run(inner))
+            .expect("spawn sender thread");
+        *peer.thread.lock().expect("thread lock") = Some(handle.thread().clone());
+        peer
+    }
+
+    pub fn wake(&self) {
+        if let Some(t) = &*self.thread.lock().expect("thread lock") {
+            t.unpark();
+        }
+    }
+
+    pub fn open(self: &Arc<Self>, job: &str, stage: u32, index: u32, capacity: usize) -> Arc<Outlet> {
+        let me = Arc::downgrade(self);
+        let outlet = Outlet::new(capacity, move || {
+            if let Some(peer) = me.upgrade() {
+                peer.wake();
+            }
+        });
+        let stream = Stream {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            job: job.to_owned(),
+            stage,
+            index,
+            outlet: Arc::downgrade(&outlet),
+            credit: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+        };
+        self.streams.lock().expect("streams lock").push(Arc::new(stream));
+        self.wake();
+        outlet
+    }
+
+    /// Dials, sends, and re-dials with backoff until the transport stops.
+    fn run(self: Arc<Self>, inner: Arc<Inner>) {
+        // Hold only a weak reference while idle, so that dropping the transport ends us.
+        let config = inner.config.clone();
+        drop(inner);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some(inner) = self.inner.upgrade() else { return };
+            if inner.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            match TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)) {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(50);
+                    inner.counters.connects.fetch_add(1, Ordering::Relaxed);
+                    if let Err(err) = self.session(conn, &inner, &config) {
+                        tracing::info!(peer = %self.addr, error = %err, "connection to peer ended; reconnecting");
+                    }
+                    self.lose_in_flight();
+                }
+                Err(err) => {
+                    tracing::debug!(peer = %self.addr, error = %err, "cannot reach peer; retrying");
+                    drop(inner);
+                    std::thread::park_timeout(backoff);
+                    backoff = (backoff * 2).min(config.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// Batches written on a connection that broke are gone: count them on their outlets.
+    fn lose_in_flight(&self) {
+        for stream in self.streams.lock().expect("streams lock").iter() {
+            let lost = stream.in_flight.swap(0, Ordering::Relaxed);
+            if let (Some(outlet), true) = (stream.outlet.upgrade(), lost > 0) {
+                outlet.count_lost(u64::from(lost));
+            }
+            stream.credit.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn session(&self, conn: TcpStream, inner: &Inner, config: &super::TransportConfig) -> std::io::Result<()> {
+        conn.set_nodelay(true)?;
+        let broken = Arc::new(AtomicBool::new(false));
+        // Credits come back on the same connection.
+        let reader = {
+            let (conn, broken) = (conn.try_clone()?, broken.clone());
+            let me = self.thread.lock().expect("thread lock").clone();
+            let peer_streams = self.streams.clone();
+            let max = config.max_frame_bytes;
+            std::thread::Builder::new().name(format!("squilla-credit-{}", self.addr)).spawn(move || {
+                let mut input = BufReader::new(conn);
+                while let Ok(Frame::Credit { id, batches }) = frame::read(&mut input, max) {
+                    if let Some(s) = peer_streams.lock().expect("streams lock").iter().find(|s| s.id == id) {
+                        s.credit.fetch_add(batches, Ordering::Relaxed);
+                        let _ = s
+                            .in_flight
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(batches)));
+                    }
+                    if let Some(t) = &me {
+                        t.unpark();
+                    }
+                }
+                broken.store(true, Ordering::SeqCst);
+                if let Some(t) = &me {
+                    t.unpark();
+                }
+            })?
+        };
+        let mut out = BufWriter::with_capacity(256 << 10, conn.try_clone()?);
+        frame::write(&mut out, &Frame::Hello { agent: config.agent.clone() })?;
+        let mut opened: Vec<u32> = Vec::new();
+        let result = (|| loop {
+            if broken.load(Ordering::SeqCst) {
+                break Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer closed the connection"));
+            }
+            if inner.stopped.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            let streams: Vec<Arc<Stream>> = {
+                let mut streams = self.streams.lock().expect("streams lock");
+                streams.retain(|s| s.outlet.strong_count() > 0);
+                streams.clone()
+            };
+            let mut sent = false;
+            for stream in &streams {
+                let Some(outlet) = stream.outlet.upgrade() else { continue };
+                if !opened.contains(&stream.id) {
+                    let open = Frame::Open {
+                        id: stream.id,
+                        stage: stream.stage,
+                        index: stream.index,
+                        job: stream.job.clone(),
+                    };
+                    frame::write(&mut out, &open)?;
+                    opened.push(stream.id);
+                    stream.credit.store(config.credit_batches, Ordering::Relaxed);
+                }
+                while stream.credit.load(Ordering::Relaxed) > 0 {
+                    let Some(batch) = outlet.take() else { break };
+                    stream.credit.fetch_sub(1, Ordering::Relaxed);
+                    stream.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let bytes = batch.as_bytes();
+                    frame::write_data_header(&mut out, stream.id, bytes.len())?;
+                    out.write_all(bytes)?;
+                    inner.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    inner.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    sent = true;
+                }
+            }
+            opened.retain(|id| streams.iter().any(|s| s.id == *id));
+            out.flush()?;
+            if !sent {
+                std::thread::park_timeout(IDLE);
+            }
+        })();
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        let _ = reader.join();
+        result
+    }
+}
