@@ -10,7 +10,9 @@
 //!   removed with the last tenant's artifact);
 //! - `tags`: `tenant/name@version` → `sha256`;
 //! - `clusters`: `tenant/name/version` (version zero-padded, so versions sort) →
-//!   [`ClusterVersion`] as JSON.
+//!   [`ClusterVersion`] as JSON;
+//! - `jobs`: `tenant/job-id` → [`crate::control::Job`] as JSON (workers, states, history);
+//! - `job-seq`: `tenant/cluster` → the last job number given out for that cluster.
 
 use std::path::Path;
 
@@ -21,6 +23,8 @@ const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts"
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
 const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const JOB_SEQ: TableDefinition<&str, u64> = TableDefinition::new("job-seq");
 
 /// A version of a job cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +117,8 @@ impl Store {
         txn.open_table(BLOBS)?;
         txn.open_table(TAGS)?;
         txn.open_table(CLUSTERS)?;
+        txn.open_table(JOBS)?;
+        txn.open_table(JOB_SEQ)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -277,5 +283,69 @@ impl Store {
     /// Total bytes of `tenant`'s artifacts (for the quota).
     pub fn artifact_bytes_used(&self, tenant: &str) -> Result<u64, StoreError> {
         Ok(self.artifacts(tenant)?.iter().map(|a| a.size).sum())
+    }
+
+    /// The next job number of `tenant`'s cluster `cluster` (1, 2, …; never reused).
+    pub fn next_job_number(&self, tenant: &str, cluster: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let n = {
+            let mut table = txn.open_table(JOB_SEQ)?;
+            let k = key(tenant, cluster);
+            let n = table.get(k.as_str())?.map_or(0, |v| v.value()) + 1;
+            table.insert(k.as_str(), n)?;
+            n
+        };
+        txn.commit()?;
+        Ok(n)
+    }
+
+    /// Writes jobs (new or changed) in one durable transaction.
+    pub fn put_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a crate::control::Job>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(JOBS)?;
+            for job in jobs {
+                let json = serde_json::to_vec(job).map_err(|e| StoreError(e.to_string()))?;
+                table.insert(key(&job.tenant, &job.id).as_str(), json.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every job of every tenant.
+    pub fn all_jobs(&self) -> Result<Vec<crate::control::Job>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// The latest version of every tenant's clusters, as `(tenant, cluster)`.
+    pub fn all_latest_clusters(&self) -> Result<Vec<(String, ClusterVersion)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLUSTERS)?;
+        let mut out: Vec<(String, ClusterVersion)> = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let tenant = k.value().split('/').next().unwrap_or_default().to_owned();
+            let cluster: ClusterVersion = serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
+            match out.last_mut() {
+                Some((t, last)) if *t == tenant && last.name == cluster.name => *last = cluster,
+                _ => out.push((tenant, cluster)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes stored under `sha256`, whoever uploaded them (for agents).
+    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        Ok(table.get(sha256)?.map(|v| v.value().to_vec()))
     }
 }

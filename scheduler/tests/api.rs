@@ -9,11 +9,13 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use squilla_scheduler::api::{ApiLimits, AppState, Tenants, router};
+use squilla_scheduler::control::{Control, ControlConfig};
 use squilla_scheduler::store::Store;
 use tower::ServiceExt;
 
 const ACME: &str = "acme-token-0123456789";
 const GLOBEX: &str = "globex-token-9876543210";
+const AGENT: &str = "agent-token-0123456789";
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("squilla-api-{name}-{}", std::process::id()));
@@ -23,11 +25,14 @@ fn data_dir(name: &str) -> PathBuf {
 }
 
 fn state(dir: &std::path::Path, limits: ApiLimits) -> AppState {
-    AppState {
-        tenants: Arc::new(Tenants::new([("acme", ACME), ("globex", GLOBEX)])),
-        store: Arc::new(Store::open(&dir.join("squilla.redb")).unwrap()),
-        limits,
-    }
+    state_with(dir, limits, ControlConfig::default())
+}
+
+fn state_with(dir: &std::path::Path, limits: ApiLimits, config: ControlConfig) -> AppState {
+    let store = Arc::new(Store::open(&dir.join("squilla.redb")).unwrap());
+    let control = Arc::new(Control::load(store.clone(), config).unwrap());
+    let tenants = Tenants::new([("acme", ACME), ("globex", GLOBEX)]);
+    AppState::new(tenants, store, limits, control, Some(AGENT.into())).unwrap()
 }
 
 async fn call(
@@ -283,3 +288,6 @@ async fn clusters_are_versioned_templates_over_the_tenants_artifacts() {
     let (_, latest, _) = call(&s, "GET", "/api/v1/clusters/errors", Some(ACME), vec![]).await;
     assert_eq!(latest["version"], 2);
 }
+
+#[path = "api/jobs.rs"]
+mod jobs;

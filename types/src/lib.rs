@@ -1,4 +1,5 @@
-//! Types shared by the master, the agent, the CLI and tenants' files: the job spec.
+//! Types shared by the master, the agent, the CLI and tenants' files: the job spec, and the
+//! control protocol between master and agents ([`control`]).
 //!
 //! A job spec (`job.json` beside each example; the body of "create a job cluster" in the API)
 //! describes a job cluster: its source, its stages in order, its declared parameters and its
@@ -6,9 +7,10 @@
 //! the executable form of that page: [`JobSpec::parse`] reads it and [`JobSpec::validate`]
 //! checks everything that can be checked without the master's state.
 
+pub mod control;
 mod spec;
 
 pub use spec::{
-    ArtifactRef, Backpressure, JobSpec, ParamType, ParamValue, ParameterSpec, Resources, Routing, SinkSpec, SourceSpec,
-    SpecError, StageSpec, limits,
+    ArtifactRef, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamType, ParamValue, ParameterSpec,
+    Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength, limits,
 };

@@ -18,6 +18,8 @@ pub mod limits {
     pub const PARAMS: usize = 64;
     /// Shortest and longest stage timer period, in ms.
     pub const TICK_MS: (u64, u64) = (10, 3_600_000);
+    /// Largest `sla.min-jobs` / `sla.max-jobs`.
+    pub const SLA_JOBS: u32 = 100;
 }
 
 /// A job cluster's spec.
@@ -42,6 +44,12 @@ pub struct JobSpec {
     /// What a full queue does (default `block`).
     #[serde(default)]
     pub backpressure: Backpressure,
+    /// How the scheduler picks agents for this job's workers (default bin-pack).
+    #[serde(default)]
+    pub fitness: Fitness,
+    /// How many jobs of this cluster should run at once.
+    #[serde(default)]
+    pub sla: Sla,
 }
 
 /// Where a job's events come from.
@@ -179,6 +187,9 @@ pub struct StageSpec {
     /// The period of the stage's `tick`, in ms (default 1000).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Where the stage's workers may go (default: anywhere).
+    #[serde(default)]
+    pub constraints: Constraints,
 }
 
 fn one() -> u32 {
@@ -203,6 +214,75 @@ pub enum Routing {
     },
     /// Every worker gets every batch.
     Broadcast,
+}
+
+/// How the scheduler chooses among agents that fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fitness {
+    /// Fill agents one after another: fewest agents used (default).
+    #[default]
+    BinPack,
+    /// Put each worker where the most room is left: even load.
+    Spread,
+}
+
+/// How strongly a placement constraint holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strength {
+    /// Not asked for (default).
+    #[default]
+    Off,
+    /// Preferred: honoured when some agent allows it.
+    Soft,
+    /// Required: a worker no agent allows stays unplaced, with the reason.
+    Hard,
+}
+
+/// A label an agent must or should carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LabelConstraint {
+    /// The label's name.
+    pub name: String,
+    /// The value it must have.
+    pub value: String,
+    /// `hard` (default) or `soft`.
+    #[serde(default = "hard")]
+    pub strength: Strength,
+}
+
+fn hard() -> Strength {
+    Strength::Hard
+}
+
+/// Where a stage's workers may go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Constraints {
+    /// At most one worker of the stage per agent.
+    #[serde(default)]
+    pub unique_agent: Strength,
+    /// The stage's workers spread evenly over zones.
+    #[serde(default)]
+    pub zone_balance: Strength,
+    /// Labels the agent must (hard) or should (soft) carry.
+    #[serde(default)]
+    pub labels: Vec<LabelConstraint>,
+}
+
+/// How many jobs of a cluster should run at once (Mantis's SLA).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Sla {
+    /// The master keeps at least this many jobs running, submitting with default
+    /// parameters as needed (default 0).
+    #[serde(default)]
+    pub min_jobs: u32,
+    /// Submissions beyond this many active jobs are refused (default 0: no limit).
+    #[serde(default)]
+    pub max_jobs: u32,
 }
 
 /// What one worker needs from its agent.
@@ -333,6 +413,12 @@ impl JobSpec {
                 return Err(err("source.cluster", "not a valid cluster name"));
             }
         }
+        if self.sla.max_jobs != 0 && self.sla.min_jobs > self.sla.max_jobs {
+            return Err(err("sla.min-jobs", "must not exceed sla.max-jobs"));
+        }
+        if self.sla.min_jobs > limits::SLA_JOBS || self.sla.max_jobs > limits::SLA_JOBS {
+            return Err(err("sla", format!("at most {} jobs", limits::SLA_JOBS)));
+        }
         if self.parameters.len() > limits::PARAMS {
             return Err(err("parameters", format!("at most {} parameters", limits::PARAMS)));
         }
@@ -388,6 +474,9 @@ impl JobSpec {
         let r = stage.resources;
         if r.cpu_millis == 0 || r.memory_mib == 0 {
             return Err(err(format!("{path}.resources"), "cpu-millis and memory-mib must be positive"));
+        }
+        if stage.constraints.labels.len() > limits::PARAMS {
+            return Err(err(format!("{path}.constraints.labels"), format!("at most {} labels", limits::PARAMS)));
         }
         if stage.params.len() > limits::PARAMS {
             return Err(err(format!("{path}.params"), format!("at most {} parameters", limits::PARAMS)));

@@ -93,6 +93,33 @@ impl Tenants {
     }
 }
 
+/// The shared token agents present to the master (and the master to agents), kept hashed.
+#[derive(Debug, Clone)]
+pub struct AgentToken {
+    hash: [u8; 32],
+}
+
+impl AgentToken {
+    /// The token `token` (at least 16 characters).
+    pub fn new(token: &str) -> Result<Self, TokensError> {
+        if token.trim().len() < 16 {
+            return Err(TokensError { line: 0, problem: "the agent token is at least 16 characters".into() });
+        }
+        Ok(AgentToken { hash: Sha256::digest(token.trim().as_bytes()).into() })
+    }
+
+    /// Checks the `Authorization: Bearer …` header, in constant time.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
+        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        if bool::from(self.hash.ct_eq(&hash)) { Ok(()) } else { Err(ApiError::unauthorized()) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

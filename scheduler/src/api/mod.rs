@@ -5,21 +5,25 @@
 //! a missing one does. Blocking work (the store, inspecting a component) runs on tokio's
 //! blocking pool, never on the async workers.
 
+mod agents;
 mod artifacts;
 mod auth;
 mod clusters;
 mod error;
+mod jobs;
+mod stream;
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 
-pub use auth::{Tenant, Tenants, TokensError};
+pub use auth::{AgentToken, Tenant, Tenants, TokensError};
 pub use error::ApiError;
 
+use crate::control::Control;
 use crate::store::Store;
 
 /// Limits of the API. `Default` gives the values documented on each field.
@@ -46,6 +50,54 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The limits in force.
     pub limits: ApiLimits,
+    /// Jobs, workers and agents.
+    pub control: Arc<Control>,
+    /// The token agents present (hashed); without one, agents are refused.
+    pub agent_token: Option<AgentToken>,
+    /// The same token, which the master presents to agents (sinks).
+    pub agent_token_plain: Option<String>,
+    /// The master's HTTP client (to agents).
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    /// The state of a master over `store`, with `agent_token` for agents (at least 16
+    /// characters).
+    pub fn new(
+        tenants: Tenants,
+        store: Arc<Store>,
+        limits: ApiLimits,
+        control: Arc<Control>,
+        agent_token: Option<String>,
+    ) -> Result<Self, TokensError> {
+        Ok(AppState {
+            tenants: Arc::new(tenants),
+            store,
+            limits,
+            control,
+            agent_token: agent_token.as_deref().map(AgentToken::new).transpose()?,
+            agent_token_plain: agent_token,
+            http: reqwest::Client::new(),
+        })
+    }
+}
+
+/// Runs the control loop's timer (every quarter of the heartbeat period) until the runtime
+/// shuts down.
+pub fn spawn_control_loop(control: Arc<Control>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = (control.config().heartbeat / 4).max(std::time::Duration::from_millis(50));
+        let mut timer = tokio::time::interval(period);
+        loop {
+            timer.tick().await;
+            let c = control.clone();
+            match tokio::task::spawn_blocking(move || c.tick()).await {
+                Ok(Err(err)) => tracing::error!(error = %err, "control loop: store failed"),
+                Err(err) => tracing::error!(error = %err, "control loop panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    })
 }
 
 /// The OpenAPI document, served at `/api/v1/openapi.json`.
@@ -65,6 +117,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/clusters", get(clusters::list).post(clusters::create))
         .route("/api/v1/clusters/{name}", get(clusters::get))
         .route("/api/v1/clusters/{name}/versions/{version}", get(clusters::get_version))
+        .route("/api/v1/clusters/{name}/jobs", post(jobs::submit))
+        .route("/api/v1/jobs", get(jobs::list))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/kill", post(jobs::kill))
+        .route("/api/v1/jobs/{id}/stages/{stage}/scale", post(jobs::scale))
+        .route("/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit", post(jobs::resubmit))
+        .route("/api/v1/jobs/{id}/status", get(stream::status))
+        .route("/api/v1/jobs/{id}/sink", get(stream::sink))
+        .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/agent/heartbeat", post(agents::heartbeat))
+        .route("/api/v1/agent/artifacts/{sha256}", get(agents::artifact))
         // Uploads enforce their own cap while streaming (413 `artifact_too_large`).
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::not_found("route") })

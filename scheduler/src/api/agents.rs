@@ -1,0 +1,81 @@
+//! `/api/v1/agent/*`: what agents call (with the agent token), and `GET /api/v1/agents`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use squilla_types::control::{Assignments, Capacity, Heartbeat};
+
+use super::{ApiError, AppState};
+
+fn agent_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &state.agent_token {
+        Some(token) => token.check(headers),
+        None => Err(ApiError::unauthorized()),
+    }
+}
+
+/// `POST /api/v1/agent/heartbeat`: an agent reports; the answer is its whole plan.
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Assignments>, ApiError> {
+    agent_auth(&state, &headers)?;
+    let beat: Heartbeat = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_heartbeat", e.to_string()))?;
+    let valid_id = !beat.agent.is_empty()
+        && beat.agent.len() <= 63
+        && beat.agent.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid_id {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_heartbeat", "agent: 1 to 63 of A-Z a-z 0-9 - _ ."));
+    }
+    let control = state.control.clone();
+    let answer = tokio::task::spawn_blocking(move || control.heartbeat(beat)).await.map_err(ApiError::internal)??;
+    Ok(Json(answer))
+}
+
+/// `GET /api/v1/agent/artifacts/{sha256}`: a component's bytes, for an agent to compile (it
+/// checks the sha256 itself).
+pub async fn artifact(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    agent_auth(&state, &headers)?;
+    let key = sha256.clone();
+    let bytes = super::artifacts::with_store(&state, move |store| store.blob(&key)).await?;
+    let bytes = bytes.ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes))
+}
+
+/// An agent as tenants see it.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    id: String,
+    zone: String,
+    capacity: Capacity,
+    workers: usize,
+    lost: bool,
+}
+
+/// `GET /api/v1/agents`: the agents the master knows (any tenant may look).
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<AgentView>>, ApiError> {
+    state.tenants.authenticate(&headers)?;
+    Ok(Json(
+        state
+            .control
+            .agents()
+            .into_iter()
+            .map(|(id, beat, lost)| AgentView {
+                id,
+                zone: beat.zone,
+                capacity: beat.capacity,
+                workers: beat.workers.len(),
+                lost,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,101 @@
+//! Agents' heartbeats: what they report, and the plan each is handed back.
+
+use std::time::Instant;
+
+use squilla_types::control::{Assignments, Heartbeat, JobAssignment, ReportedState, SlotAssignment};
+
+use super::model::{WorkerState, push_history};
+use super::{AgentEntry, ControlConfig, State, schedule};
+
+/// Records a heartbeat: the agent is alive (again), and its workers' reports update their
+/// slots. Reports about workers the master no longer assigns there are ignored: the agent
+/// stops those when it sees its new plan.
+pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig, now_ms: i64) -> Vec<String> {
+    let agent = beat.agent.clone();
+    match state.agents.get_mut(&agent) {
+        Some(entry) => {
+            if entry.lost {
+                tracing::info!(agent = %agent, "lost agent is back; it gets only new work");
+            }
+            entry.lost = false;
+            entry.last_seen = Instant::now();
+            entry.beat = beat.clone();
+        }
+        None => {
+            tracing::info!(agent = %agent, data = %beat.data, "agent registered");
+            state
+                .agents
+                .insert(agent.clone(), AgentEntry { beat: beat.clone(), last_seen: Instant::now(), lost: false });
+        }
+    }
+    let mut dirty = Vec::new();
+    for report in &beat.workers {
+        let Some(job) = state.jobs.get_mut(&report.job) else { continue };
+        if job.state.is_terminal() {
+            continue;
+        }
+        let (s, i) = (report.stage as usize, report.index as usize);
+        let Some(w) = job.stages.get_mut(s).and_then(|st| st.workers.get_mut(i)) else { continue };
+        if w.number != report.number || w.agent.as_deref() != Some(agent.as_str()) {
+            continue;
+        }
+        w.events_in = report.events_in;
+        w.events_out = report.events_out;
+        match report.state {
+            ReportedState::Running if w.state != WorkerState::Running => {
+                w.state = WorkerState::Running;
+                w.running_since_ms = Some(now_ms);
+                push_history(&mut w.history, WorkerState::Running, None);
+                job.refresh_state();
+                dirty.push(job.id.clone());
+            }
+            ReportedState::Running => {}
+            ReportedState::Failed => {
+                let reason = report.message.clone().unwrap_or_else(|| "failed".into());
+                tracing::warn!(job = %job.id, stage = s, index = i, %reason, "worker failed; replacing it");
+                schedule::replace(job, s, i, reason, true, config, now_ms);
+                dirty.push(job.id.clone());
+            }
+        }
+    }
+    dirty
+}
+
+/// Every active job with a worker on `agent`, with where all of its slots run.
+pub(crate) fn assignments(state: &State, agent: &str, config: &ControlConfig) -> Assignments {
+    let data = |id: &str| state.agents.get(id).filter(|e| !e.lost).map(|e| e.beat.data.clone());
+    let jobs = state
+        .jobs
+        .values()
+        .filter(|j| !j.state.is_terminal())
+        .filter(|j| j.workers().any(|(_, w)| w.agent.as_deref() == Some(agent)))
+        .map(|job| JobAssignment {
+            job: job.id.clone(),
+            tenant: job.tenant.clone(),
+            generation: job.generation,
+            spec: job.spec.clone(),
+            params: job.params.clone(),
+            artifacts: job.artifacts.clone(),
+            slots: job
+                .stages
+                .iter()
+                .map(|s| {
+                    s.workers
+                        .iter()
+                        .map(|w| SlotAssignment {
+                            agent: w.agent.clone(),
+                            data: w.agent.as_deref().and_then(data),
+                            number: w.number,
+                        })
+                        .collect()
+                })
+                .collect(),
+            source: job
+                .stages
+                .first()
+                .and_then(|s| s.workers.first())
+                .is_some_and(|w| w.agent.as_deref() == Some(agent)),
+        })
+        .collect();
+    Assignments { heartbeat_ms: config.heartbeat.as_millis() as u64, jobs }
+}

@@ -1,0 +1,476 @@
+//! The master's control loop: jobs, their workers, the agents, and placement between them.
+//!
+//! [`Control`] holds the live state (jobs and agents) behind one lock and writes every job
+//! change to the store before the change is acknowledged. The HTTP API calls it for tenant
+//! operations ([`Control::submit`], [`Control::kill`], [`Control::scale`],
+//! [`Control::resubmit`]) and for agents' heartbeats ([`Control::heartbeat`]); a timer calls
+//! [`Control::tick`], which declares silent agents lost, re-places their workers with
+//! backoff, places waiting workers, and keeps each cluster's SLA.
+//!
+//! On restart the jobs come back from the store with the agents their workers were on. No
+//! agent is declared lost during the first [`ControlConfig::agent_timeout`]: agents that
+//! still run the workers heartbeat in that time and are handed the same plan, so running
+//! workers are adopted, never duplicated.
+
+mod agents;
+pub mod model;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use squilla_types::control::Heartbeat;
+
+pub use model::{Job, JobState, Stage, Transition, Worker, WorkerState};
+
+use crate::store::{ClusterVersion, Store, StoreError};
+
+/// Per-tenant quotas on running work. `Default` gives the documented values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Workers of active jobs (default 100).
+    pub workers: u64,
+    /// Memory of active jobs' workers, MiB (default 16,384).
+    pub memory_mib: u64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota { workers: 100, memory_mib: 16_384 }
+    }
+}
+
+/// Timings and limits of the control loop. `Default` gives the documented values.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// How often agents heartbeat (default 1 s).
+    pub heartbeat: Duration,
+    /// Silence after which an agent is lost and its workers re-placed (default 5 s).
+    pub agent_timeout: Duration,
+    /// Failures in a row of one worker slot that fail its job (default 5).
+    pub max_worker_failures: u32,
+    /// First re-placement delay; doubles per attempt (default 250 ms).
+    pub backoff: Duration,
+    /// Longest re-placement delay (default 30 s).
+    pub max_backoff: Duration,
+    /// Running this long forgives a slot's earlier failures (default 30 s).
+    pub healthy_after: Duration,
+    /// Per-tenant quotas.
+    pub quota: Quota,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            heartbeat: Duration::from_secs(1),
+            agent_timeout: Duration::from_secs(5),
+            max_worker_failures: 5,
+            backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(30),
+            quota: Quota::default(),
+        }
+    }
+}
+
+/// Why a control operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such job (or another tenant's).
+    #[error("no job `{0}`")]
+    NoSuchJob(String),
+    /// A request that cannot be met as asked (the code names the problem).
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Over a quota.
+    #[error("{0}")]
+    Quota(String),
+    /// Over the cluster's SLA maximum.
+    #[error("{0}")]
+    Sla(String),
+    /// The job has ended.
+    #[error("job `{0}` has ended")]
+    Ended(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> ControlError {
+    ControlError::Invalid { code, message: message.into() }
+}
+
+pub(crate) struct AgentEntry {
+    pub beat: Heartbeat,
+    pub last_seen: Instant,
+    pub lost: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub agents: BTreeMap<String, AgentEntry>,
+    pub jobs: BTreeMap<String, Job>,
+    /// Bumped on every change, for status streams.
+    pub version: u64,
+}
+
+/// The master's live state and the operations on it.
+pub struct Control {
+    store: Arc<Store>,
+    config: ControlConfig,
+    state: Mutex<State>,
+    started: Instant,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// The control loop over `store`, with the jobs it holds.
+    pub fn load(store: Arc<Store>, config: ControlConfig) -> Result<Self, StoreError> {
+        let jobs = store.all_jobs()?.into_iter().map(|j| (j.id.clone(), j)).collect();
+        Ok(Control {
+            store,
+            config,
+            state: Mutex::new(State { jobs, ..State::default() }),
+            started: Instant::now(),
+            changed: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("control lock")
+    }
+
+    /// Stores `ids`' jobs durably and tells status streams.
+    fn commit(&self, state: &mut State, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.store.put_jobs(ids.iter().filter_map(|id| state.jobs.get(id)))?;
+        state.version += 1;
+        self.changed.send_replace(state.version);
+        Ok(())
+    }
+
+    /// A receiver that sees a new value after every change of any job.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Submits a job of `cluster` with parameter overrides `params`.
+    pub fn submit(
+        &self,
+        tenant: &str,
+        cluster: &ClusterVersion,
+        params: BTreeMap<String, String>,
+    ) -> Result<Job, ControlError> {
+        let spec = &cluster.spec;
+        for name in params.keys() {
+            if !spec.parameters.iter().any(|p| &p.name == name) {
+                let known: Vec<&str> = spec.parameters.iter().map(|p| p.name.as_str()).collect();
+                return Err(invalid(
+                    "unknown_parameter",
+                    format!("`{name}` is not a parameter of `{}` (declared: {})", cluster.name, known.join(", ")),
+                ));
+            }
+        }
+        for p in &spec.parameters {
+            match params.get(&p.name) {
+                Some(v) if !p.ty.accepts(v) => {
+                    return Err(invalid(
+                        "invalid_parameter",
+                        format!("parameter `{}`: `{v}` is not a valid {:?}", p.name, p.ty),
+                    ));
+                }
+                None if p.required && p.default.is_none() => {
+                    return Err(invalid("missing_parameter", format!("parameter `{}` is required", p.name)));
+                }
+                _ => {}
+            }
+            if let Some(v) = params.get(&p.name) {
+                if v.len() > squilla_types::limits::PARAM_VALUE_LEN {
+                    return Err(invalid("invalid_parameter", format!("parameter `{}` is too long", p.name)));
+                }
+            }
+        }
+        let mut state = self.lock();
+        let active = state
+            .jobs
+            .values()
+            .filter(|j| j.tenant == tenant && j.cluster == cluster.name && !j.state.is_terminal())
+            .count() as u32;
+        if spec.sla.max_jobs != 0 && active >= spec.sla.max_jobs {
+            return Err(ControlError::Sla(format!(
+                "cluster `{}` allows {} active job(s) (sla.max-jobs) and has {active}",
+                cluster.name, spec.sla.max_jobs
+            )));
+        }
+        let (workers, memory) = spec.stages.iter().fold((0u64, 0u64), |(w, m), s| {
+            (w + u64::from(s.workers), m + u64::from(s.workers) * u64::from(s.resources.memory_mib))
+        });
+        self.check_quota(&state, tenant, workers, memory)?;
+        let n = self.store.next_job_number(tenant, &cluster.name)?;
+        let mut job = Job {
+            id: format!("{}-{n}", cluster.name),
+            tenant: tenant.to_owned(),
+            cluster: cluster.name.clone(),
+            version: cluster.version,
+            spec: spec.clone(),
+            artifacts: cluster.artifacts.clone(),
+            params,
+            state: JobState::Accepted,
+            reason: None,
+            history: Vec::new(),
+            stages: Vec::new(),
+            generation: 1,
+            next_number: 1,
+            submitted_at_ms: model::now_ms(),
+        };
+        model::push_history(&mut job.history, JobState::Accepted, None);
+        for stage in &spec.stages {
+            let workers = (0..stage.workers).map(|i| job.new_worker(i, 0, 0, 0)).collect();
+            job.stages.push(Stage { name: stage.name.clone(), workers });
+        }
+        let id = job.id.clone();
+        state.jobs.insert(id.clone(), job);
+        let mut dirty = vec![id.clone()];
+        dirty.extend(schedule::place(&mut state, model::now_ms()));
+        dirty.sort();
+        dirty.dedup();
+        if let Err(err) = self.commit(&mut state, &dirty) {
+            state.jobs.remove(&id);
+            return Err(err.into());
+        }
+        Ok(state.jobs[&id].clone())
+    }
+
+    fn check_quota(&self, state: &State, tenant: &str, workers: u64, memory: u64) -> Result<(), ControlError> {
+        let (used_w, used_m) = state
+            .jobs
+            .values()
+            .filter(|j| j.tenant == tenant && !j.state.is_terminal())
+            .flat_map(|j| j.stages.iter().zip(&j.spec.stages))
+            .fold((0u64, 0u64), |(w, m), (stage, spec)| {
+                let n = stage.workers.len() as u64;
+                (w + n, m + n * u64::from(spec.resources.memory_mib))
+            });
+        let q = self.config.quota;
+        if used_w + workers > q.workers {
+            return Err(ControlError::Quota(format!(
+                "tenant `{tenant}` runs {used_w} worker(s); {workers} more would pass its quota of {}",
+                q.workers
+            )));
+        }
+        if used_m + memory > q.memory_mib {
+            return Err(ControlError::Quota(format!(
+                "tenant `{tenant}` uses {used_m} MiB; {memory} MiB more would pass its quota of {} MiB",
+                q.memory_mib
+            )));
+        }
+        Ok(())
+    }
+
+    /// `tenant`'s jobs, oldest first.
+    pub fn jobs(&self, tenant: &str) -> Vec<Job> {
+        let mut jobs: Vec<Job> = self.lock().jobs.values().filter(|j| j.tenant == tenant).cloned().collect();
+        jobs.sort_by_key(|j| (j.submitted_at_ms, j.id.clone()));
+        jobs
+    }
+
+    /// One of `tenant`'s jobs.
+    pub fn job(&self, tenant: &str, id: &str) -> Result<Job, ControlError> {
+        self.lock()
+            .jobs
+            .get(id)
+            .filter(|j| j.tenant == tenant)
+            .cloned()
+            .ok_or_else(|| ControlError::NoSuchJob(id.to_owned()))
+    }
+
+    fn mutate(
+        &self,
+        tenant: &str,
+        id: &str,
+        f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
+    ) -> Result<Job, ControlError> {
+        let mut state = self.lock();
+        let job =
+            state.jobs.get(id).filter(|j| j.tenant == tenant).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        if job.state.is_terminal() {
+            return Err(ControlError::Ended(id.to_owned()));
+        }
+        let before = job.clone();
+        f(state.jobs.get_mut(id).expect("checked"), &self.config)?;
+        let mut dirty = vec![id.to_owned()];
+        dirty.extend(schedule::place(&mut state, model::now_ms()));
+        dirty.sort();
+        dirty.dedup();
+        if let Err(err) = self.commit(&mut state, &dirty) {
+            state.jobs.insert(id.to_owned(), before);
+            return Err(err.into());
+        }
+        Ok(state.jobs[id].clone())
+    }
+
+    /// Kills a job: its workers stop at their agents' next heartbeat.
+    pub fn kill(&self, tenant: &str, id: &str) -> Result<Job, ControlError> {
+        self.mutate(tenant, id, |job, _| {
+            for stage in &mut job.stages {
+                for w in &mut stage.workers {
+                    w.state = WorkerState::Stopped;
+                    model::push_history(&mut w.history, WorkerState::Stopped, Some("job killed".into()));
+                }
+            }
+            job.generation += 1;
+            job.set_state(JobState::Killed, Some(format!("killed by `{tenant}`")));
+            Ok(())
+        })
+    }
+
+    /// Sets stage `stage` (its name or 0-based index) of a job to `workers` workers.
+    pub fn scale(&self, tenant: &str, id: &str, stage: &str, workers: u32) -> Result<Job, ControlError> {
+        if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
+            return Err(invalid("invalid_scale", format!("workers: between 1 and {}", squilla_types::limits::WORKERS)));
+        }
+        let state = self.lock();
+        let job =
+            state.jobs.get(id).filter(|j| j.tenant == tenant).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let s = stage_index(job, stage)?;
+        let current = job.stages[s].workers.len() as u64;
+        if u64::from(workers) > current {
+            let more = u64::from(workers) - current;
+            let memory = more * u64::from(job.spec.stages[s].resources.memory_mib);
+            self.check_quota(&state, tenant, more, memory)?;
+        }
+        drop(state);
+        self.mutate(tenant, id, |job, _| {
+            let list = &mut job.stages[s].workers;
+            let n = workers as usize;
+            let mut added = Vec::new();
+            if list.len() > n {
+                list.truncate(n);
+            } else {
+                for index in list.len()..n {
+                    added.push(index as u32);
+                }
+            }
+            for index in added {
+                let w = job.new_worker(index, 0, 0, 0);
+                job.stages[s].workers.push(w);
+            }
+            job.spec.stages[s].workers = workers;
+            job.generation += 1;
+            Ok(())
+        })
+    }
+
+    /// Replaces worker `index` of stage `stage` by a new incarnation, placed anew.
+    pub fn resubmit(&self, tenant: &str, id: &str, stage: &str, index: u32) -> Result<Job, ControlError> {
+        let stage = stage.to_owned();
+        self.mutate(tenant, id, move |job, config| {
+            let s = stage_index(job, &stage)?;
+            if index as usize >= job.stages[s].workers.len() {
+                return Err(invalid("no_such_worker", format!("stage `{stage}` has no worker {index}")));
+            }
+            schedule::replace(
+                job,
+                s,
+                index as usize,
+                "resubmitted by its tenant".into(),
+                false,
+                config,
+                model::now_ms(),
+            );
+            Ok(())
+        })
+    }
+
+    /// The sink addresses (`host:port` of agents' HTTP servers) of a job's last stage.
+    pub fn sink_agents(&self, tenant: &str, id: &str) -> Result<Vec<String>, ControlError> {
+        let state = self.lock();
+        let job =
+            state.jobs.get(id).filter(|j| j.tenant == tenant).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let mut out: Vec<String> = job
+            .stages
+            .last()
+            .into_iter()
+            .flat_map(|s| s.workers.iter())
+            .filter_map(|w| w.agent.as_ref())
+            .filter_map(|a| state.agents.get(a).filter(|e| !e.lost).map(|e| e.beat.http.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// An agent's heartbeat: records it and answers with its assignments.
+    pub fn heartbeat(&self, beat: Heartbeat) -> Result<squilla_types::control::Assignments, StoreError> {
+        let mut state = self.lock();
+        let dirty = agents::record(&mut state, beat.clone(), &self.config, model::now_ms());
+        self.commit(&mut state, &dirty)?;
+        Ok(agents::assignments(&state, &beat.agent, &self.config))
+    }
+
+    /// The live agents, as `(id, heartbeat, lost)`.
+    pub fn agents(&self) -> Vec<(String, Heartbeat, bool)> {
+        self.lock().agents.iter().map(|(id, e)| (id.clone(), e.beat.clone(), e.lost)).collect()
+    }
+
+    /// One round of the loop: lost agents, backoff expiries, placement, SLAs.
+    pub fn tick(&self) -> Result<(), StoreError> {
+        let clusters = self.store.all_latest_clusters()?;
+        let mut state = self.lock();
+        let now = model::now_ms();
+        let grace = self.started.elapsed() < self.config.agent_timeout;
+        let mut dirty = schedule::lose_agents(&mut state, &self.config, grace, now);
+        dirty.extend(schedule::forgive(&mut state, &self.config, now));
+        dirty.extend(schedule::place(&mut state, now));
+        dirty.sort();
+        dirty.dedup();
+        self.commit(&mut state, &dirty)?;
+        drop(state);
+        for (tenant, cluster) in clusters {
+            let min = cluster.spec.sla.min_jobs;
+            if min == 0 {
+                continue;
+            }
+            let active = self
+                .lock()
+                .jobs
+                .values()
+                .filter(|j| j.tenant == tenant && j.cluster == cluster.name && !j.state.is_terminal())
+                .count() as u32;
+            for _ in active..min {
+                if let Err(err) = self.submit(&tenant, &cluster, BTreeMap::new()) {
+                    tracing::warn!(%tenant, cluster = %cluster.name, error = %err, "cannot keep the cluster's sla.min-jobs");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stage_index(job: &Job, stage: &str) -> Result<usize, ControlError> {
+    job.stages
+        .iter()
+        .position(|s| s.name == stage)
+        .or_else(|| stage.parse::<usize>().ok().filter(|i| *i < job.stages.len()))
+        .ok_or_else(|| invalid("no_such_stage", format!("job `{}` has no stage `{stage}`", job.id)))
+}

@@ -1,0 +1,137 @@
+//! The control protocol between the master and its agents (JSON over HTTP).
+//!
+//! Agents drive it: every heartbeat (`POST /api/v1/agent/heartbeat`, authenticated with the
+//! agent token) carries the agent's capacity, attributes, usage and the state of every
+//! worker it runs, and the answer is the agent's whole desired state: every job with a
+//! worker on it, with the full map of where each of the job's worker slots runs. The agent
+//! reconciles to it: it starts what is new, re-plans what moved, and stops what is no longer
+//! listed. Because the answer is the whole state, a lost answer, a restarted master or a
+//! restarted agent all converge on the next heartbeat; nothing is ever applied twice.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::JobSpec;
+
+/// What an agent offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Capacity {
+    /// CPU, millicores.
+    pub cpu_millis: u64,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Network, Mbps.
+    pub network_mbps: u64,
+    /// Worker slots.
+    pub slots: u64,
+}
+
+/// A worker's state as its agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReportedState {
+    /// Started and processing.
+    Running,
+    /// Could not start, or failed (traps in a row); `message` says why.
+    Failed,
+}
+
+/// One worker in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WorkerReport {
+    /// Its job.
+    pub job: String,
+    /// Its stage (0-based).
+    pub stage: u32,
+    /// Its slot in the stage.
+    pub index: u32,
+    /// Its incarnation.
+    pub number: u64,
+    /// Its state.
+    pub state: ReportedState,
+    /// Why it failed.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Events it received.
+    #[serde(default)]
+    pub events_in: u64,
+    /// Events it emitted.
+    #[serde(default)]
+    pub events_out: u64,
+    /// Batches dropped on the way into it.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Its linear memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+/// Agent → master, every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Heartbeat {
+    /// The agent's id (unique among live agents; a restarted agent takes a new one).
+    pub agent: String,
+    /// Where the agent serves sinks (`host:port`).
+    pub http: String,
+    /// Where the agent takes batches from peers (`host:port`).
+    pub data: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// Its zone.
+    pub zone: String,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Every worker it runs.
+    #[serde(default)]
+    pub workers: Vec<WorkerReport>,
+}
+
+/// Where one worker slot runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SlotAssignment {
+    /// The agent running it; `None` while it waits for a place.
+    pub agent: Option<String>,
+    /// That agent's data address.
+    pub data: Option<String>,
+    /// The worker's incarnation.
+    pub number: u64,
+}
+
+/// One job, as an agent that runs part of it must know it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct JobAssignment {
+    /// The job's id.
+    pub job: String,
+    /// Its owner (for logs).
+    pub tenant: String,
+    /// Bumped on every change of the job's plan: an agent that has seen this generation has
+    /// nothing to do.
+    pub generation: u64,
+    /// The job cluster version's spec.
+    pub spec: JobSpec,
+    /// Parameter overrides of the submission.
+    pub params: BTreeMap<String, String>,
+    /// Each stage's artifact, by sha256 (fetch from `GET /api/v1/agent/artifacts/{sha256}`).
+    pub artifacts: Vec<String>,
+    /// `slots[stage][index]`: where every worker of the job runs.
+    pub slots: Vec<Vec<SlotAssignment>>,
+    /// Whether this agent runs the job's source (the agent of stage 0's slot 0).
+    pub source: bool,
+}
+
+/// Master → agent: the answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Assignments {
+    /// When to send the next heartbeat, ms.
+    pub heartbeat_ms: u64,
+    /// Every job with a worker on this agent.
+    pub jobs: Vec<JobAssignment>,
+}
