@@ -26,6 +26,8 @@
 
 mod builder;
 mod error;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod synth;
 mod value;
 mod view;

@@ -1,10 +1,19 @@
 //! `squilla`: the command-line entry point.
 //!
-//! Subcommands: `run` runs a job spec in this process (a source, each stage as one sandboxed
-//! worker, the sink printed to standard output as JSON lines); `master` serves the HTTP API
-//! with its embedded store. The agent and `dev` build on the same pieces.
+//! - `dev`: master and one agent in one process (and, given a job spec, the job running with
+//!   its output printed);
+//! - `master` / `agent`: the two halves, as separate processes on one machine or many;
+//! - `artifact`, `cluster`, `job`, `tail`: clients of the master's API;
+//! - `run`: a job spec in this process, without a master.
+//!
+//! Configuration: flags, then `SQUILLA_*` variables, then a config file (`--config FILE` or
+//! `SQUILLA_CONFIG`: `key = value` lines, where `key` is a variable's name without the
+//! prefix, in any case: `listen = "127.0.0.1:7070"` sets `SQUILLA_LISTEN`), then defaults.
 
-mod json;
+mod agent;
+mod client;
+mod config;
+mod dev;
 mod master;
 mod run;
 
@@ -14,25 +23,80 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// A config file of `key = value` lines (see `squilla --help` above).
+    #[arg(long, env = "SQUILLA_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a job spec in this process and print its output as JSON lines.
-    Run(run::RunArgs),
-    /// Run the master: the HTTP API and its store (artifacts today; jobs are next).
+    /// Master and one agent in one process; given a job spec, run it and print its output.
+    Dev(dev::DevArgs),
+    /// The master: HTTP API, store, scheduler.
     Master(master::MasterArgs),
+    /// An agent: hosts workers for a master.
+    Agent(agent::AgentArgs),
+    /// Upload and list artifacts.
+    Artifact {
+        #[command(subcommand)]
+        command: client::ArtifactCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Create and list job clusters.
+    Cluster {
+        #[command(subcommand)]
+        command: client::ClusterCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Submit, list, show, kill and scale jobs.
+    Job {
+        #[command(subcommand)]
+        command: client::JobCommand,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Print a job's output (its sink) as JSON lines.
+    Tail {
+        /// The job id, e.g. `device-errors-1`.
+        job: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Run a job spec in this process (no master) and print its output as JSON lines.
+    Run(run::RunArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SQUILLA_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    config::load_from_args()?;
     match Cli::parse().command {
-        Command::Run(args) => run::run(args),
+        Command::Dev(args) => dev::run(args),
         Command::Master(args) => master::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Artifact { command, connection } => client::artifact(connection, command),
+        Command::Cluster { command, connection } => client::cluster(connection, command),
+        Command::Job { command, connection } => client::job(connection, command),
+        Command::Tail { job, limit, connection } => client::tail(connection, job, limit),
+        Command::Run(args) => run::run(args),
     }
 }

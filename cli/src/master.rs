@@ -1,62 +1,98 @@
-//! `squilla master`: the HTTP API over the embedded store.
+//! `squilla master`: the HTTP API, the store and the control loop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use squilla_scheduler::api::{ApiLimits, AppState, Tenants, router};
+use squilla_scheduler::api::{ApiLimits, AppState, Tenants, router, spawn_control_loop};
+use squilla_scheduler::control::{Control, ControlConfig, Quota};
 use squilla_scheduler::store::Store;
 
-/// Arguments of `squilla master`.
-#[derive(clap::Args)]
+/// Arguments of `squilla master` (and the master half of `squilla dev`).
+#[derive(clap::Args, Clone)]
 pub struct MasterArgs {
     /// Address to listen on.
     #[arg(long, env = "SQUILLA_LISTEN", default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Directory for the store (`squilla.redb`); created if missing.
     #[arg(long, env = "SQUILLA_DATA_DIR", default_value = "squilla-data")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// Tokens file: one `tenant token` pair per line (tokens of 16 characters or more).
     #[arg(long, env = "SQUILLA_TOKENS")]
-    tokens: PathBuf,
+    pub tokens: Option<PathBuf>,
+    /// The token agents present (16 characters or more). Without one, no agent can join.
+    #[arg(long, env = "SQUILLA_AGENT_TOKEN")]
+    pub agent_token: Option<String>,
     /// Largest artifact accepted, in MiB.
     #[arg(long, env = "SQUILLA_MAX_ARTIFACT_MIB", default_value_t = 64)]
-    max_artifact_mib: usize,
+    pub max_artifact_mib: usize,
     /// Artifact MiB one tenant may hold.
     #[arg(long, env = "SQUILLA_TENANT_ARTIFACT_MIB", default_value_t = 1024)]
-    tenant_artifact_mib: u64,
+    pub tenant_artifact_mib: u64,
+    /// Workers one tenant may run (over its active jobs).
+    #[arg(long, env = "SQUILLA_TENANT_WORKERS", default_value_t = 100)]
+    pub tenant_workers: u64,
+    /// Worker memory one tenant may reserve, MiB.
+    #[arg(long, env = "SQUILLA_TENANT_MEMORY_MIB", default_value_t = 16_384)]
+    pub tenant_memory_mib: u64,
+    /// How often agents heartbeat, ms.
+    #[arg(long, env = "SQUILLA_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// Silence after which an agent is lost and its workers re-placed, ms.
+    #[arg(long, env = "SQUILLA_AGENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub agent_timeout_ms: u64,
+}
+
+/// A master serving on its own tasks.
+pub struct Running {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+}
+
+/// Opens the store, loads the jobs, and serves the API on the current runtime.
+pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let store = Arc::new(Store::open(&args.data_dir.join("squilla.redb"))?);
+    let config = ControlConfig {
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(10)),
+        agent_timeout: Duration::from_millis(args.agent_timeout_ms.max(20)),
+        quota: Quota { workers: args.tenant_workers, memory_mib: args.tenant_memory_mib },
+        ..ControlConfig::default()
+    };
+    let control = Arc::new(Control::load(store.clone(), config)?);
+    let limits = ApiLimits {
+        max_artifact_bytes: args.max_artifact_mib << 20,
+        artifact_bytes_per_tenant: args.tenant_artifact_mib << 20,
+    };
+    let state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    spawn_control_loop(control);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router(state)).await {
+            tracing::error!(error = %err, "master HTTP server ended");
+        }
+    });
+    Ok(Running { addr })
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(&args.tokens).with_context(|| format!("cannot read {}", args.tokens.display()))?;
-    let tenants = Tenants::parse(&text).with_context(|| format!("{}", args.tokens.display()))?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let store = Store::open(&args.data_dir.join("squilla.redb"))?;
-    let state = AppState {
-        tenants: Arc::new(tenants),
-        store: Arc::new(store),
-        limits: ApiLimits {
-            max_artifact_bytes: args.max_artifact_mib << 20,
-            artifact_bytes_per_tenant: args.tenant_artifact_mib << 20,
-        },
-    };
+    let path =
+        args.tokens.clone().context("--tokens (or SQUILLA_TOKENS) is required: a file of `tenant token` lines")?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tenants = Tenants::parse(&text).with_context(|| format!("{}", path.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        eprintln!(
-            "squilla master: API at http://{}/api/v1 (data in {})",
-            listener.local_addr()?,
-            args.data_dir.display()
-        );
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let running = start(&args, tenants).await?;
+        eprintln!("squilla master: API at http://{}/api/v1 (data in {})", running.addr, args.data_dir.display());
+        if args.agent_token.is_none() {
+            eprintln!("squilla master: no --agent-token given, so no agent can join");
+        }
+        let _ = tokio::signal::ctrl_c().await;
         anyhow::Ok(())
     })
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -41,14 +41,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let json = std::fs::read_to_string(&args.spec).with_context(|| format!("cannot read {}", args.spec.display()))?;
     let spec = JobSpec::parse(&json).with_context(|| format!("{} is not a valid job spec", args.spec.display()))?;
     let overrides = parse_overrides(&spec, &args.params)?;
-    let mut dirs = args.artifact_dirs.clone();
-    if dirs.is_empty() {
-        dirs.push(PathBuf::from(squilla_guests::FILTER).parent().context("example path has a parent")?.to_path_buf());
-        dirs.push(
-            PathBuf::from(squilla_guests::SENTIMENT_PY).parent().context("python path has a parent")?.to_path_buf(),
-        );
-        dirs.push(PathBuf::from(squilla_guests::FILTER_JS).parent().context("js path has a parent")?.to_path_buf());
-    }
+    let dirs = if args.artifact_dirs.is_empty() { example_dirs()? } else { args.artifact_dirs.clone() };
 
     let runtime = Runtime::new(RuntimeConfig { max_instances: 256, ..Default::default() })?;
     let cache = ArtifactCache::on_disk(&runtime, &std::env::temp_dir().join("squilla-run-cache"))?;
@@ -90,7 +83,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     line_no += 1;
                     let line = line?;
                     if !line.trim().is_empty() {
-                        crate::json::push_json_line(&mut builder, &line, now_ms())
+                        squilla_batch::json::push_json_line(&mut builder, &line, now_ms())
                             .with_context(|| format!("standard input, line {line_no}"))?;
                     }
                 }
@@ -136,7 +129,7 @@ fn print_until(pipeline: &Pipeline, deadline: Option<Instant>) -> anyhow::Result
     while deadline.is_none_or(|d| Instant::now() < d) {
         if let Some(batch) = pipeline.recv(Duration::from_millis(50)) {
             for event in batch.view().events() {
-                writeln!(out, "{}", crate::json::to_json(&event))?;
+                writeln!(out, "{}", squilla_batch::json::to_json(&event))?;
             }
             out.flush()?;
         }
@@ -170,7 +163,7 @@ fn parse_overrides(spec: &JobSpec, given: &[String]) -> anyhow::Result<BTreeMap<
     Ok(overrides)
 }
 
-fn resolve(artifact: &ArtifactRef, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve(artifact: &ArtifactRef, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
     let ArtifactRef::Tag { name, .. } = artifact else {
         bail!("`squilla run` finds artifacts by name; `{artifact}` needs the master's artifact store");
     };
@@ -179,6 +172,12 @@ fn resolve(artifact: &ArtifactRef, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> 
         .map(|d| d.join(&file))
         .find(|p| p.exists())
         .with_context(|| format!("no {file} for artifact `{artifact}` in {dirs:?}"))
+}
+
+/// Where the build put the example stages (Rust, Python, JavaScript).
+pub(crate) fn example_dirs() -> anyhow::Result<Vec<PathBuf>> {
+    let parent = |p: &str| PathBuf::from(p).parent().map(Path::to_path_buf).context("example path has a parent");
+    Ok(vec![parent(squilla_guests::FILTER)?, parent(squilla_guests::SENTIMENT_PY)?, parent(squilla_guests::FILTER_JS)?])
 }
 
 fn now_ms() -> i64 {

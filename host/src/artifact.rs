@@ -43,6 +43,18 @@ impl Sha256 {
     pub fn of(bytes: &[u8]) -> Self {
         Sha256(sha2::Sha256::digest(bytes).into())
     }
+
+    /// Parses 64 hex digits; `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Sha256(out))
+    }
 }
 
 impl std::fmt::Display for Sha256 {

@@ -73,6 +73,17 @@ async fn health_and_the_openapi_document_are_served_and_every_route_is_documente
         "/api/v1/clusters",
         "/api/v1/clusters/{name}",
         "/api/v1/clusters/{name}/versions/{version}",
+        "/api/v1/clusters/{name}/jobs",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/kill",
+        "/api/v1/jobs/{id}/stages/{stage}/scale",
+        "/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit",
+        "/api/v1/jobs/{id}/status",
+        "/api/v1/jobs/{id}/sink",
+        "/api/v1/agents",
+        "/api/v1/agent/heartbeat",
+        "/api/v1/agent/artifacts/{sha256}",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not in the OpenAPI document");
     }

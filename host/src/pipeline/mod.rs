@@ -144,6 +144,26 @@ impl Shared {
         }
     }
 
+    /// The next output batch, waiting up to `timeout`.
+    fn recv(&self, timeout: Duration) -> Option<BatchBytes> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(batch) = self.sink.pop() {
+                return Some(batch);
+            }
+            let now = Instant::now();
+            if now >= deadline || self.stopped.load(Ordering::Relaxed) {
+                return None;
+            }
+            let guard = self.sink_ready.0.lock().expect("sink lock");
+            if !self.sink.is_empty() {
+                continue;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(5));
+            let _unused = self.sink_ready.1.wait_timeout(guard, wait).expect("sink lock");
+        }
+    }
+
     /// Feeds a batch into the first stage; under `block` waits (polling) until it fits or the
     /// pipeline stops. Returns whether the pipeline took it.
     fn push(&self, batch: BatchBytes) -> bool {
@@ -190,6 +210,17 @@ impl std::fmt::Debug for PipelineHandle {
 }
 
 impl PipelineHandle {
+    /// The next output batch at this agent's sink, waiting up to `timeout`; `None` also once
+    /// the pipeline is gone.
+    pub fn recv(&self, timeout: Duration) -> Option<BatchBytes> {
+        self.0.upgrade()?.recv(timeout)
+    }
+
+    /// Whether the pipeline still runs.
+    pub fn is_alive(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| !s.stopped.load(Ordering::Relaxed))
+    }
+
     /// Offers a batch that arrived for worker `index` of stage `stage`.
     pub fn deliver(&self, stage: usize, index: usize, batch: BatchBytes) -> Delivery {
         let Some(shared) = self.0.upgrade() else { return Delivery::NotHere };
@@ -327,22 +358,7 @@ impl Pipeline {
 
     /// The next output batch, waiting up to `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<BatchBytes> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(batch) = self.shared.sink.pop() {
-                return Some(batch);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            let guard = self.shared.sink_ready.0.lock().expect("sink lock");
-            if !self.shared.sink.is_empty() {
-                continue;
-            }
-            let wait = (deadline - now).min(Duration::from_millis(5));
-            let _unused = self.shared.sink_ready.1.wait_timeout(guard, wait).expect("sink lock");
-        }
+        self.shared.recv(timeout)
     }
 
     /// Sets stage `stage` to `workers` workers here (at least 1). New workers start with

@@ -35,6 +35,12 @@ impl Outlet {
         Arc::new(Outlet { inbox: Inbox::new(capacity), counters: Counters::default(), notify: Box::new(notify) })
     }
 
+    /// An outlet nobody drains: the slot of a worker that waits for a place. Under `block` the
+    /// stage before waits for it; under `drop-*` what it would get is dropped, counted.
+    pub fn detached(capacity: usize) -> Arc<Self> {
+        Self::new(capacity, || {})
+    }
+
     /// Takes the oldest batch, waking producers that wait for room.
     pub fn take(&self) -> Option<BatchBytes> {
         self.inbox.pop()

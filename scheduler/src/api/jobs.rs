@@ -37,7 +37,7 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T,
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
 /// Body of a submission.
@@ -140,8 +140,11 @@ pub async fn scale(
 pub async fn resubmit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((id, stage, index)): Path<(String, String, u32)>,
+    Path((id, stage, index)): Path<(String, String, String)>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let index: u32 = index.parse().map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "no_such_worker", format!("`{index}` is not a worker index"))
+    })?;
     Ok(Json(blocking(&state, move |c| c.resubmit(&tenant, &id, &stage, index)).await?))
 }

@@ -89,7 +89,8 @@ pub async fn sink(
                 if !connected.lock().expect("connected lock").insert(agent.clone()) {
                     continue;
                 }
-                let mut url = format!("http://{agent}/jobs/{id}/sink");
+                let key = crate::control::model::job_key(&tenant, &id);
+                let mut url = format!("http://{agent}/jobs/{key}/sink");
                 if let Some(q) = &query {
                     url.push('?');
                     url.push_str(q);

@@ -47,14 +47,14 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
                 w.running_since_ms = Some(now_ms);
                 push_history(&mut w.history, WorkerState::Running, None);
                 job.refresh_state();
-                dirty.push(job.id.clone());
+                dirty.push(job.key());
             }
             ReportedState::Running => {}
             ReportedState::Failed => {
                 let reason = report.message.clone().unwrap_or_else(|| "failed".into());
                 tracing::warn!(job = %job.id, stage = s, index = i, %reason, "worker failed; replacing it");
                 schedule::replace(job, s, i, reason, true, config, now_ms);
-                dirty.push(job.id.clone());
+                dirty.push(job.key());
             }
         }
     }
@@ -70,7 +70,7 @@ pub(crate) fn assignments(state: &State, agent: &str, config: &ControlConfig) ->
         .filter(|j| !j.state.is_terminal())
         .filter(|j| j.workers().any(|(_, w)| w.agent.as_deref() == Some(agent)))
         .map(|job| JobAssignment {
-            job: job.id.clone(),
+            job: job.key(),
             tenant: job.tenant.clone(),
             generation: job.generation,
             spec: job.spec.clone(),

@@ -138,7 +138,7 @@ impl std::fmt::Debug for Control {
 impl Control {
     /// The control loop over `store`, with the jobs it holds.
     pub fn load(store: Arc<Store>, config: ControlConfig) -> Result<Self, StoreError> {
-        let jobs = store.all_jobs()?.into_iter().map(|j| (j.id.clone(), j)).collect();
+        let jobs = store.all_jobs()?.into_iter().map(|j| (j.key(), j)).collect();
         Ok(Control {
             store,
             config,
@@ -247,7 +247,7 @@ impl Control {
             let workers = (0..stage.workers).map(|i| job.new_worker(i, 0, 0, 0)).collect();
             job.stages.push(Stage { name: stage.name.clone(), workers });
         }
-        let id = job.id.clone();
+        let id = job.key();
         state.jobs.insert(id.clone(), job);
         let mut dirty = vec![id.clone()];
         dirty.extend(schedule::place(&mut state, model::now_ms()));
@@ -295,12 +295,7 @@ impl Control {
 
     /// One of `tenant`'s jobs.
     pub fn job(&self, tenant: &str, id: &str) -> Result<Job, ControlError> {
-        self.lock()
-            .jobs
-            .get(id)
-            .filter(|j| j.tenant == tenant)
-            .cloned()
-            .ok_or_else(|| ControlError::NoSuchJob(id.to_owned()))
+        self.lock().jobs.get(&model::job_key(tenant, id)).cloned().ok_or_else(|| ControlError::NoSuchJob(id.to_owned()))
     }
 
     fn mutate(
@@ -310,22 +305,22 @@ impl Control {
         f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
     ) -> Result<Job, ControlError> {
         let mut state = self.lock();
-        let job =
-            state.jobs.get(id).filter(|j| j.tenant == tenant).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let key = model::job_key(tenant, id);
+        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
         if job.state.is_terminal() {
             return Err(ControlError::Ended(id.to_owned()));
         }
         let before = job.clone();
-        f(state.jobs.get_mut(id).expect("checked"), &self.config)?;
-        let mut dirty = vec![id.to_owned()];
+        f(state.jobs.get_mut(&key).expect("checked"), &self.config)?;
+        let mut dirty = vec![key.clone()];
         dirty.extend(schedule::place(&mut state, model::now_ms()));
         dirty.sort();
         dirty.dedup();
         if let Err(err) = self.commit(&mut state, &dirty) {
-            state.jobs.insert(id.to_owned(), before);
+            state.jobs.insert(key, before);
             return Err(err.into());
         }
-        Ok(state.jobs[id].clone())
+        Ok(state.jobs[&key].clone())
     }
 
     /// Kills a job: its workers stop at their agents' next heartbeat.
@@ -345,12 +340,11 @@ impl Control {
 
     /// Sets stage `stage` (its name or 0-based index) of a job to `workers` workers.
     pub fn scale(&self, tenant: &str, id: &str, stage: &str, workers: u32) -> Result<Job, ControlError> {
+        let state = self.lock();
+        let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
         if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
             return Err(invalid("invalid_scale", format!("workers: between 1 and {}", squilla_types::limits::WORKERS)));
         }
-        let state = self.lock();
-        let job =
-            state.jobs.get(id).filter(|j| j.tenant == tenant).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
         let s = stage_index(job, stage)?;
         let current = job.stages[s].workers.len() as u64;
         if u64::from(workers) > current {
@@ -404,8 +398,7 @@ impl Control {
     /// The sink addresses (`host:port` of agents' HTTP servers) of a job's last stage.
     pub fn sink_agents(&self, tenant: &str, id: &str) -> Result<Vec<String>, ControlError> {
         let state = self.lock();
-        let job =
-            state.jobs.get(id).filter(|j| j.tenant == tenant).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
         let mut out: Vec<String> = job
             .stages
             .last()

@@ -149,7 +149,18 @@ pub struct Job {
     pub submitted_at_ms: i64,
 }
 
+/// The master-wide key of `tenant`'s job `id`: `tenant.id` (job ids are unique per tenant;
+/// `.` appears in neither part). Agents and the transport know jobs by this key.
+pub fn job_key(tenant: &str, id: &str) -> String {
+    format!("{tenant}.{id}")
+}
+
 impl Job {
+    /// The master-wide key, see [`job_key`].
+    pub fn key(&self) -> String {
+        job_key(&self.tenant, &self.id)
+    }
+
     /// Every worker, with its stage.
     pub fn workers(&self) -> impl Iterator<Item = (usize, &Worker)> {
         self.stages.iter().enumerate().flat_map(|(s, stage)| stage.workers.iter().map(move |w| (s, w)))

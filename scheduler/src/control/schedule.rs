@@ -31,7 +31,7 @@ fn strength(s: SpecStrength) -> Strength {
 }
 
 fn stage_key(job: &Job, stage: usize) -> StageKey {
-    StageKey { job: job.id.clone(), stage: job.stages[stage].name.clone() }
+    StageKey { job: job.key(), stage: job.stages[stage].name.clone() }
 }
 
 /// Places every worker that waits for a place and whose backoff has passed.
@@ -69,7 +69,7 @@ pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<String> {
                     None if w.not_before_ms <= now_ms => {
                         let spec = &job.spec.stages[s].constraints;
                         let key = WorkerKey { stage: stage_key(job, s), index: w.index };
-                        slots.insert(key.clone(), (job.id.clone(), s, i));
+                        slots.insert(key.clone(), (job.key(), s, i));
                         requests.entry(job.spec.fitness).or_default().push(Request {
                             key,
                             needs: needs(job, s),
@@ -194,7 +194,7 @@ pub(crate) fn lose_agents(state: &mut State, config: &ControlConfig, grace: bool
             }
         }
         if replaced {
-            dirty.push(job.id.clone());
+            dirty.push(job.key());
         }
     }
     dirty
@@ -214,7 +214,7 @@ pub(crate) fn forgive(state: &mut State, config: &ControlConfig, now_ms: i64) ->
             }
         }
         if changed {
-            dirty.push(job.id.clone());
+            dirty.push(job.key());
         }
     }
     dirty

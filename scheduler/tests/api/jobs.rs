@@ -106,6 +106,7 @@ async fn submissions_are_checked_against_parameters_quotas_and_the_sla() {
         |body: Value| call(&s, "POST", "/api/v1/clusters/errors/jobs", Some(ACME), body.to_string().into_bytes());
     let cases = [
         (json!({"params": {"nope": 1, "label": "x"}}), "unknown_parameter", "`nope`"),
+        (json!({"parms": {}}), "bad_request", "parms"),
         (json!({"params": {"threshold": "high", "label": "x"}}), "invalid_parameter", "threshold"),
         (json!({}), "missing_parameter", "`label`"),
     ];

@@ -1,0 +1,288 @@
+//! The client commands: `artifact push`, `cluster create`, `job submit|list|get|kill|scale`,
+//! `tail`. Each is one or two calls of the master's HTTP API; answers are printed as JSON,
+//! errors as `error: <code>: <message>` with a non-zero exit.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+
+/// Where the master is and who we are.
+#[derive(clap::Args, Clone)]
+pub struct Connection {
+    /// The master's URL.
+    #[arg(long, env = "SQUILLA_MASTER", default_value = "http://127.0.0.1:7070", global = true)]
+    pub master: String,
+    /// Your tenant token (default: the one `squilla dev` wrote to `<data dir>/dev.token`).
+    #[arg(long, env = "SQUILLA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The data directory `squilla dev` uses (only to find `dev.token`).
+    #[arg(long, env = "SQUILLA_DATA_DIR", default_value = "squilla-data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+impl Connection {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let path = self.data_dir.join("dev.token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .with_context(|| format!("no --token / SQUILLA_TOKEN, and no {} to fall back on", path.display()))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.master.trim_end_matches('/'))
+    }
+}
+
+/// `squilla artifact …`
+#[derive(clap::Subcommand)]
+pub enum ArtifactCommand {
+    /// Upload a component (`.wasm`), optionally tagged `--name N --version V`.
+    Push {
+        /// The component file.
+        file: PathBuf,
+        /// Tag name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Tag version.
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// List your artifacts.
+    List,
+}
+
+/// `squilla cluster …`
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Create a job cluster (or a new version of it) from a job spec file.
+    Create {
+        /// The job spec (JSON).
+        spec: PathBuf,
+    },
+    /// List your job clusters.
+    List,
+}
+
+/// `squilla job …`
+#[derive(clap::Subcommand)]
+pub enum JobCommand {
+    /// Submit a job of a cluster.
+    Submit {
+        /// The cluster.
+        cluster: String,
+        /// Override a declared parameter: `--param window-ms=10000` (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// List your jobs.
+    List,
+    /// Show one job with its workers and history.
+    Get {
+        /// The job id, e.g. `device-errors-1`.
+        job: String,
+    },
+    /// Kill a job.
+    Kill {
+        /// The job id.
+        job: String,
+    },
+    /// Set a stage's worker count.
+    Scale {
+        /// The job id.
+        job: String,
+        /// The stage (name or 0-based index).
+        stage: String,
+        /// Workers.
+        workers: u32,
+    },
+}
+
+/// A client of the master's API.
+pub struct Client {
+    connection: Connection,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(connection: Connection) -> anyhow::Result<Self> {
+        let token = connection.token()?;
+        Ok(Client { connection, token, http: reqwest::Client::new() })
+    }
+
+    /// Calls the API; the answer's JSON, or the API's error as an error.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut request = self.http.request(method, self.connection.url(path)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response =
+            request.send().await.with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
+        let status = response.status();
+        let json: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            bail!(
+                "{}: {} ({status})",
+                json["code"].as_str().unwrap_or("error"),
+                json["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(json)
+    }
+
+    pub async fn push(
+        &self,
+        file: &std::path::Path,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut path = "/api/v1/artifacts".to_owned();
+        if let (Some(n), Some(v)) = (name, version) {
+            path.push_str(&format!("?name={n}&version={v}"));
+        }
+        self.call(reqwest::Method::POST, &path, Some(bytes)).await
+    }
+
+    pub async fn create_cluster(&self, spec: &[u8]) -> anyhow::Result<serde_json::Value> {
+        self.call(reqwest::Method::POST, "/api/v1/clusters", Some(spec.to_vec())).await
+    }
+
+    pub async fn submit(&self, cluster: &str, params: &BTreeMap<String, String>) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({ "params": params }).to_string().into_bytes();
+        self.call(reqwest::Method::POST, &format!("/api/v1/clusters/{cluster}/jobs"), Some(body)).await
+    }
+
+    /// Prints the job's sink, one JSON event per line, until it ends (or `limit` events).
+    pub async fn tail(&self, job: &str, limit: Option<u64>, out: &mut impl Write) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(self.connection.url(&format!("/api/v1/jobs/{job}/sink")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let json: serde_json::Value = response.json().await.unwrap_or_default();
+            bail!(
+                "{}: {} ({status})",
+                json["code"].as_str().unwrap_or("error"),
+                json["message"].as_str().unwrap_or("")
+            );
+        }
+        let mut body = response.bytes_stream();
+        let (mut buffer, mut event, mut printed) = (String::new(), None::<String>, 0u64);
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let line = line.trim_end();
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = Some(name.trim().to_owned());
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    let data = data.trim_start();
+                    match event.as_deref() {
+                        None | Some("message") => {
+                            writeln!(out, "{data}")?;
+                            out.flush()?;
+                            printed += 1;
+                            if limit.is_some_and(|l| printed >= l) {
+                                return Ok(());
+                            }
+                        }
+                        Some(kind) => eprintln!("[{kind}] {data}"),
+                    }
+                } else if line.is_empty() {
+                    event = None;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print(json: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(json)?);
+    Ok(())
+}
+
+/// `key=value` pairs into a map.
+pub fn pairs(given: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    given
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("`{p}`: expected NAME=VALUE"))
+        })
+        .collect()
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+pub fn artifact(connection: Connection, command: ArtifactCommand) -> anyhow::Result<()> {
+    let client = Client::new(connection)?;
+    block_on(async {
+        let json = match command {
+            ArtifactCommand::Push { file, name, version } => {
+                client.push(&file, name.as_deref(), version.as_deref()).await?
+            }
+            ArtifactCommand::List => client.call(reqwest::Method::GET, "/api/v1/artifacts", None).await?,
+        };
+        print(&json)
+    })
+}
+
+pub fn cluster(connection: Connection, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = Client::new(connection)?;
+    block_on(async {
+        let json = match command {
+            ClusterCommand::Create { spec } => {
+                let bytes = std::fs::read(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
+                client.create_cluster(&bytes).await?
+            }
+            ClusterCommand::List => client.call(reqwest::Method::GET, "/api/v1/clusters", None).await?,
+        };
+        print(&json)
+    })
+}
+
+pub fn job(connection: Connection, command: JobCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let client = Client::new(connection)?;
+    block_on(async {
+        let json = match command {
+            JobCommand::Submit { cluster, params } => client.submit(&cluster, &pairs(&params)?).await?,
+            JobCommand::List => client.call(Method::GET, "/api/v1/jobs", None).await?,
+            JobCommand::Get { job } => client.call(Method::GET, &format!("/api/v1/jobs/{job}"), None).await?,
+            JobCommand::Kill { job } => client.call(Method::POST, &format!("/api/v1/jobs/{job}/kill"), None).await?,
+            JobCommand::Scale { job, stage, workers } => {
+                let body = serde_json::json!({ "workers": workers }).to_string().into_bytes();
+                client.call(Method::POST, &format!("/api/v1/jobs/{job}/stages/{stage}/scale"), Some(body)).await?
+            }
+        };
+        print(&json)
+    })
+}
+
+pub fn tail(connection: Connection, job: String, limit: Option<u64>) -> anyhow::Result<()> {
+    let client = Client::new(connection)?;
+    block_on(async {
+        let stdout = std::io::stdout();
+        client.tail(&job, limit, &mut stdout.lock()).await
+    })
+}

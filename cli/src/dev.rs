@@ -1,0 +1,145 @@
+//! `squilla dev`: the master and one agent in one process, and optionally a job to watch.
+//!
+//! Everything a newcomer needs on a laptop: the master (API, store under `--data-dir`), one
+//! agent joined to it over loopback (the same heartbeat, fetch and sink paths as a separate
+//! agent process), a tenant `dev` whose token is written to `<data dir>/dev.token` (client
+//! commands read it from there), and — given a job spec — its artifacts uploaded from the
+//! build, its cluster created, a job submitted, and the job's output printed as JSON lines.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use squilla_agent::{Agent, AgentConfig};
+use squilla_scheduler::api::Tenants;
+use squilla_types::{ArtifactRef, JobSpec};
+
+use crate::client::{Client, Connection};
+use crate::master::{self, MasterArgs};
+
+/// Arguments of `squilla dev`.
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// A job spec to run and watch, e.g. examples/device-errors/job.json.
+    job: Option<PathBuf>,
+    /// Override a declared job parameter: `--param window-ms=10000` (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// Stop after this many seconds (default: until interrupted).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Directory holding `<artifact-name>.wasm` files for the job's stages (repeatable;
+    /// default: where the build put the examples).
+    #[arg(long = "artifacts", value_name = "DIR")]
+    artifact_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    master: MasterArgs,
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The tenants of a dev master: the `--tokens` file if given, else `<data dir>/tokens`
+/// (created with one tenant, `dev`, on first use). The dev tenant's token goes to
+/// `<data dir>/dev.token`.
+fn tenants(args: &MasterArgs) -> anyhow::Result<Tenants> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let path = match &args.tokens {
+        Some(path) => path.clone(),
+        None => {
+            let path = args.data_dir.join("tokens");
+            if !path.exists() {
+                let token = random_hex(16)?;
+                std::fs::write(&path, format!("# tenant token\ndev {token}\n"))?;
+                std::fs::write(args.data_dir.join("dev.token"), format!("{token}\n"))?;
+            }
+            path
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Tenants::parse(&text).with_context(|| format!("{}", path.display()))?)
+}
+
+pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
+    let tenants = tenants(&args.master)?;
+    if args.master.agent_token.is_none() {
+        args.master.agent_token = Some(random_hex(16)?);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let running = master::start(&args.master, tenants).await?;
+        let url = format!("http://{}", running.addr);
+        let mut config = AgentConfig::new(&url, args.master.agent_token.clone().expect("set above"));
+        config.id = "dev-agent".into();
+        config.cache_dir = Some(args.master.data_dir.join("cache"));
+        let agent = Agent::start(config).await?;
+        let token_file = args.master.data_dir.join("dev.token");
+        eprintln!("squilla dev: API at {url}/api/v1 — tenant `dev`, token in {}", token_file.display());
+        eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_addr());
+        let connection = Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone() };
+        let work = async {
+            match &args.job {
+                Some(spec) => watch(&connection, spec, &args.params, &args.artifact_dirs).await,
+                None => {
+                    eprintln!("squilla dev: try `squilla cluster create SPEC` and `squilla job submit CLUSTER`");
+                    std::future::pending().await
+                }
+            }
+        };
+        let deadline = async {
+            match args.seconds {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = deadline => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        };
+        agent.shutdown().await;
+        result
+    })
+}
+
+/// Uploads the job's artifacts, creates its cluster, submits it, and prints its sink.
+async fn watch(connection: &Connection, spec_path: &Path, params: &[String], dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let client = Client::new(connection.clone())?;
+    let json = std::fs::read_to_string(spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
+    let mut spec = JobSpec::parse(&json).with_context(|| format!("{} is not a valid job spec", spec_path.display()))?;
+    let dirs = if dirs.is_empty() { crate::run::example_dirs()? } else { dirs.to_vec() };
+    for stage in &mut spec.stages {
+        if let ArtifactRef::Tag { name, version } = stage.artifact.clone() {
+            let file = crate::run::resolve(&stage.artifact, &dirs)?;
+            // Upload untagged and refer to the bytes by sha256, so that a rebuilt example
+            // never collides with an older upload's tag.
+            let meta = client.push(&file, None, None).await?;
+            let sha = meta["sha256"].as_str().context("the master answered without a sha256")?;
+            eprintln!("squilla dev: {name}@{version} ← {} (sha256 {sha})", file.display());
+            stage.artifact = ArtifactRef::Sha256(sha.to_owned());
+        }
+    }
+    let cluster = client.create_cluster(&serde_json::to_vec(&spec)?).await?;
+    let params: BTreeMap<String, String> = crate::client::pairs(params)?;
+    let job = client.submit(&spec.name, &params).await?;
+    let id = job["id"].as_str().context("the master answered without a job id")?.to_owned();
+    eprintln!(
+        "squilla dev: cluster `{}` version {}, job `{id}` submitted; its output follows (Ctrl-C stops)",
+        spec.name, cluster["version"]
+    );
+    let stdout = std::io::stdout();
+    loop {
+        client.tail(&id, None, &mut stdout.lock()).await?;
+        let state = client.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), None).await?;
+        if state["state"].as_str().is_some_and(|s| ["completed", "failed", "killed"].contains(&s)) {
+            eprintln!("squilla dev: job `{id}` ended: {} {}", state["state"], state["reason"]);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
