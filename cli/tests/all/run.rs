@@ -1,13 +1,9 @@
 //! `squilla run`, as a newcomer runs it from the README: a real process, real output.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn squilla() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squilla"));
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    cmd
-}
+use crate::squilla;
 
 /// Runs `squilla ARGS` with `input` on standard input.
 fn run_with_input(args: &[&str], input: &[u8]) -> std::process::Output {

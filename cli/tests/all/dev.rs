@@ -1,0 +1,28 @@
+//! `squilla dev` as the README runs it: one command, results stream in.
+
+use crate::{free_port, squilla, temp_dir};
+
+#[test]
+fn squilla_dev_runs_the_device_errors_example_and_prints_its_results() {
+    let dir = temp_dir("dev");
+    let port = free_port().to_string();
+    let output = squilla()
+        .args(["dev", "examples/device-errors/job.json", "--seconds", "8", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("job `device-errors-1` submitted"), "{stderr}");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 6, "a tick's worth of device types, got {lines:?}\n{stderr}");
+    for line in &lines {
+        let (requests, errors) = (line["requests"].as_i64().unwrap(), line["errors"].as_i64().unwrap());
+        assert!(requests >= errors && requests > 0);
+        assert!((line["error-rate"].as_f64().unwrap() - errors as f64 / requests as f64).abs() < 1e-9);
+    }
+    // The dev tenant's token is where the client commands look for it.
+    assert_eq!(std::fs::read_to_string(dir.join("data/dev.token")).unwrap().trim().len(), 32);
+}
