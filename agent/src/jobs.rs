@@ -188,7 +188,7 @@ impl Jobs {
             }
             if assignment.source != r.pipeline.has_source() {
                 if assignment.source {
-                    attach_source(&mut r.pipeline, &assignment);
+                    attach_source(&mut r.pipeline, &assignment, &self.fetcher);
                 } else {
                     r.pipeline.stop_source();
                 }
@@ -232,7 +232,7 @@ impl Jobs {
             }
         };
         if assignment.source {
-            attach_source(&mut pipeline, &assignment);
+            attach_source(&mut pipeline, &assignment, &self.fetcher);
         }
         self.transport.register(&id, pipeline.handle());
         let hub = SinkHub::start(&id, pipeline.handle());
@@ -251,17 +251,36 @@ impl Jobs {
         }
     }
 
+    /// Feeds an ingested batch to a job's first stage, waiting up to `wait` for room; false
+    /// when the job is not here or had no room in time.
+    pub fn ingest(&self, job: &str, batch: squilla_batch::BatchBytes, wait: Duration) -> bool {
+        let handle = self.running.lock().expect("jobs lock").get(job).map(|r| r.pipeline.handle());
+        handle.is_some_and(|h| h.push(batch, wait))
+    }
+
     /// Handles of the running pipelines (for tests and metrics).
     pub fn handles(&self) -> Vec<(String, PipelineHandle)> {
         self.running.lock().expect("jobs lock").iter().map(|(id, r)| (id.clone(), r.pipeline.handle())).collect()
     }
 }
 
-fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment) {
+fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &Fetcher) {
     match &assignment.spec.source {
         SourceSpec::Synthetic { events_per_second, .. } => {
             pipeline.start_synthetic(SyntheticSource::at_rate(*events_per_second));
         }
-        other => tracing::warn!(job = %assignment.job, source = ?other, "this source kind is not run by agents yet"),
+        // Ingested batches arrive through `Jobs::ingest`.
+        SourceSpec::Ingest => {}
+        SourceSpec::Job { cluster, query } => {
+            let upstream = crate::chain::Upstream {
+                fetcher: fetcher.clone(),
+                tenant: assignment.tenant.clone(),
+                cluster: cluster.clone(),
+                query: query.clone(),
+                client_id: assignment.job.clone(),
+            };
+            let handle = pipeline.handle();
+            pipeline.start_source(&assignment.job, move |stop| upstream.run(&handle, &stop));
+        }
     }
 }

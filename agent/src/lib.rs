@@ -13,6 +13,7 @@
 //!
 //! The agent's own endpoints take the same agent token the master does.
 
+pub mod chain;
 mod fetch;
 pub mod jobs;
 pub mod sink;
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -34,10 +36,13 @@ use squilla_host::transport::{Transport, TransportConfig};
 use squilla_host::{ArtifactCache, Executor, Runtime, RuntimeConfig};
 use squilla_types::control::{Assignments, Capacity, Heartbeat, JobAssignment};
 use subtle::ConstantTimeEq;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::fetch::Fetcher;
 use crate::jobs::Jobs;
+
+/// How long an ingested batch may wait for room in the job's first stage (under `block`).
+pub const INGEST_WAIT: Duration = Duration::from_secs(5);
 
 /// How an agent is set up. `AgentConfig::new` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -178,6 +183,7 @@ impl Agent {
         let app = Router::new()
             .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
             .route("/jobs/{id}/sink", get(sink))
+            .route("/jobs/{id}/ingest", axum::routing::post(ingest))
             .with_state(state);
         tasks.push(tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
@@ -274,32 +280,112 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({"code": code, "message": message}))).into_response()
 }
 
-/// `GET /jobs/{id}/sink`: this agent's part of a job's output, as server-sent events.
-async fn sink(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
-    if !presented.is_some_and(|h| bool::from(h.ct_eq(&state.token_hash))) {
+    presented.is_some_and(|h| bool::from(h.ct_eq(&state.token_hash)))
+}
+
+/// `POST /jobs/{id}/ingest` (from the master): one archived batch for the job's first stage.
+async fn ingest(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "the agent token is required");
     }
+    let batch = match squilla_batch::BatchBytes::validate(body.to_vec()) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_batch", &e.to_string()),
+    };
+    let jobs = state.jobs.clone();
+    let fed = tokio::task::spawn_blocking(move || jobs.ingest(&id, batch, INGEST_WAIT)).await;
+    match fed {
+        Ok(true) => axum::Json(serde_json::json!({"fed": true})).into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "the job had no room in time, or is not here"),
+    }
+}
+
+/// Query parameters of a sink subscription (see docs/api.md).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkParams {
+    /// Subscribers sharing a client id split the stream.
+    pub client_id: Option<String>,
+    /// At most this many events per second.
+    pub sample: Option<u32>,
+    /// A query (SQL subset, see `squilla_query`).
+    pub query: Option<String>,
+    /// Seconds between `ping` events (default 15).
+    pub ping: Option<u64>,
+}
+
+impl SinkParams {
+    /// Checks the parameters; the error is `(code, message, line, column)`.
+    pub fn options(&self) -> Result<sink::Options, (&'static str, String, u64, u64)> {
+        let query = match &self.query {
+            None => None,
+            Some(text) => Some(Arc::new(
+                squilla_query::Query::parse(text).map_err(|e| ("invalid_query", e.message, e.line, e.column))?,
+            )),
+        };
+        if self.sample == Some(0) {
+            return Err(("bad_request", "sample: at least 1 event per second".into(), 0, 0));
+        }
+        if self.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+            return Err(("bad_request", "clientId: 1 to 128 characters".into(), 0, 0));
+        }
+        Ok(sink::Options { client_id: self.client_id.clone(), sample_per_second: self.sample, query })
+    }
+}
+
+/// `GET /jobs/{id}/sink`: this agent's part of a job's output, as server-sent events.
+async fn sink(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<axum::extract::Query<SinkParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "the agent token is required");
+    }
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    let options = match params.options() {
+        Ok(o) => o,
+        Err((code, message, line, column)) => {
+            let body = serde_json::json!({"code": code, "message": message, "line": line, "column": column});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
     let Some(hub) = state.jobs.hub(&id) else {
         return error(StatusCode::NOT_FOUND, "not_found", &format!("job `{id}` not found on this agent"));
     };
-    let receiver = hub.subscribe();
+    let subscription = hub.subscribe(options);
     drop(hub);
-    let stream = futures_util::stream::unfold(receiver, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(json) => return Some((Ok::<_, std::convert::Infallible>(Event::default().data(&*json)), rx)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let meta = serde_json::json!({"dropped": n, "reason": "subscriber too slow"}).to_string();
-                    return Some((Ok(Event::default().event("meta").data(meta)), rx));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+    let ping = Duration::from_secs(params.ping.unwrap_or(15).clamp(1, 3600));
+    let stream = futures_util::stream::unfold((subscription, None::<Arc<str>>), |(mut sub, pending)| async move {
+        let json = match pending {
+            Some(json) => json,
+            None => sub.events.recv().await?,
+        };
+        let dropped = sub.member.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let meta = serde_json::json!({"dropped": dropped, "reason": "subscriber too slow"}).to_string();
+            return Some((
+                Ok::<_, std::convert::Infallible>(Event::default().event("meta").data(meta)),
+                (sub, Some(json)),
+            ));
         }
+        Some((Ok(Event::default().data(&*json)), (sub, None)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+    let keep_alive = KeepAlive::new().interval(ping).event(Event::default().event("ping").data("{}"));
+    Sse::new(stream).keep_alive(keep_alive).into_response()
 }

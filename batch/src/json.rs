@@ -20,8 +20,8 @@ pub enum JsonError {
     /// `timestamp-ms` is there but not an integer.
     #[error("`timestamp-ms` must be an integer")]
     Timestamp,
-    /// A field holds an array or an object.
-    #[error("field `{0}`: nested values are not supported")]
+    /// A field holds an array, or objects nest deeper than [`MAX_DEPTH`].
+    #[error("field `{0}`: arrays (and objects nested deeper than 8) are not supported")]
     Nested(String),
 }
 
@@ -43,9 +43,30 @@ pub fn to_json(event: &EventRef<'_>) -> Json {
     Json::Object(map)
 }
 
+/// How deep objects may nest in an event (`a.b.c…`).
+pub const MAX_DEPTH: usize = 8;
+
+/// Nested objects become dotted names (`{"user": {"id": 7}}` → `user.id`); arrays are refused.
+fn flatten<'a>(
+    map: &'a Map<String, Json>,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, &'a Json)>,
+) -> Result<(), JsonError> {
+    for (k, v) in map {
+        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            Json::Object(inner) if depth + 1 < MAX_DEPTH => flatten(inner, &name, depth + 1, out)?,
+            Json::Object(_) | Json::Array(_) => return Err(JsonError::Nested(name)),
+            _ => out.push((name, v)),
+        }
+    }
+    Ok(())
+}
+
 /// Checks one JSON line and appends it as an event to `builder`; `default_ts` is used when
-/// the line has no `timestamp-ms`. Nested objects and arrays are refused. On error nothing
-/// is appended.
+/// the line has no `timestamp-ms`. Nested objects become dotted field names; arrays are
+/// refused. On error nothing is appended.
 pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -> Result<(), JsonError> {
     let Json::Object(map) = serde_json::from_str::<Json>(line).map_err(|e| JsonError::Syntax(e.to_string()))? else {
         return Err(JsonError::NotAnObject);
@@ -54,11 +75,11 @@ pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -
         None => default_ts,
         Some(v) => v.as_i64().ok_or(JsonError::Timestamp)?,
     };
-    if let Some((name, _)) = map.iter().find(|(_, v)| matches!(v, Json::Array(_) | Json::Object(_))) {
-        return Err(JsonError::Nested(name.clone()));
-    }
+    let mut flat = Vec::with_capacity(map.len());
+    flatten(&map, "", 0, &mut flat)?;
     let mut event = builder.event(ts);
-    for (name, value) in map.iter().filter(|(k, _)| *k != TIMESTAMP) {
+    for (name, value) in flat.iter().filter(|(k, _)| k != TIMESTAMP) {
+        let name = name.as_str();
         match value {
             Json::Null => event.null(name),
             Json::Bool(b) => event.field(name, *b),

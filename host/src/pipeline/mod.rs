@@ -167,6 +167,11 @@ impl Shared {
     /// Feeds a batch into the first stage; under `block` waits (polling) until it fits or the
     /// pipeline stops. Returns whether the pipeline took it.
     fn push(&self, batch: BatchBytes) -> bool {
+        self.push_until(batch, None)
+    }
+
+    /// As [`Shared::push`], giving up (false) at `deadline`; parts already queued stay.
+    fn push_until(&self, batch: BatchBytes, deadline: Option<Instant>) -> bool {
         let mut parts = Vec::new();
         self.route(0, batch, &mut |target, batch| parts.push((target, batch)));
         for (target, mut batch) in parts {
@@ -176,7 +181,7 @@ impl Shared {
                     None => break,
                     Some(back) => batch = back,
                 }
-                if self.stopped.load(Ordering::Relaxed) {
+                if self.stopped.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                     return false;
                 }
                 std::thread::sleep(backoff);
@@ -214,6 +219,12 @@ impl PipelineHandle {
     /// the pipeline is gone.
     pub fn recv(&self, timeout: Duration) -> Option<BatchBytes> {
         self.0.upgrade()?.recv(timeout)
+    }
+
+    /// Feeds a batch to the first stage, waiting up to `timeout` for room under `block`;
+    /// false if it did not fit in time or the pipeline is gone.
+    pub fn push(&self, batch: BatchBytes, timeout: Duration) -> bool {
+        self.0.upgrade().is_some_and(|s| s.push_until(batch, Some(Instant::now() + timeout)))
     }
 
     /// Whether the pipeline still runs.
@@ -339,6 +350,19 @@ impl Pipeline {
         let handle = std::thread::Builder::new()
             .name("squilla-source".into())
             .spawn(move || source.run(&flag, |batch| shared.push(batch)))
+            .expect("spawn source thread");
+        self.source = Some((handle, stop));
+    }
+
+    /// Attaches a source of the caller's making on its own thread (replacing any previous
+    /// one): `run` feeds the pipeline (through a [`PipelineHandle`]) until its flag is set.
+    pub fn start_source(&mut self, name: &str, run: impl FnOnce(Arc<AtomicBool>) + Send + 'static) {
+        self.stop_source();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("squilla-source-{name}"))
+            .spawn(move || run(flag))
             .expect("spawn source thread");
         self.source = Some((handle, stop));
     }

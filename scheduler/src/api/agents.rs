@@ -79,3 +79,18 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
             .collect(),
     ))
 }
+
+/// `GET /api/v1/agent/subscribe/{tenant}/{cluster}`: the sink of `tenant`'s current job of
+/// `cluster`, for an agent whose job reads it as its source. The master follows the cluster:
+/// when its job is replaced (resubmitted) or its workers move, the stream continues from the
+/// new ones. Query parameters as for a tenant's sink subscription.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((tenant, cluster)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    agent_auth(&state, &headers)?;
+    super::stream::check_params(query.as_deref())?;
+    Ok(super::stream::proxy(state, tenant, super::stream::Follow::Cluster(cluster), query))
+}

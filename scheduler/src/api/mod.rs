@@ -10,6 +10,7 @@ mod artifacts;
 mod auth;
 mod clusters;
 mod error;
+mod ingest;
 mod jobs;
 mod stream;
 
@@ -125,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit", post(jobs::resubmit))
         .route("/api/v1/jobs/{id}/status", get(stream::status))
         .route("/api/v1/jobs/{id}/sink", get(stream::sink))
+        .route("/api/v1/jobs/{id}/ingest", post(ingest::ingest).layer(DefaultBodyLimit::max(ingest::MAX_INGEST_BYTES)))
+        .route("/api/v1/agent/subscribe/{tenant}/{cluster}", get(agents::subscribe))
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agent/heartbeat", post(agents::heartbeat))
         .route("/api/v1/agent/artifacts/{sha256}", get(agents::artifact))

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -61,6 +61,41 @@ pub async fn status(
     Ok(Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default()))
 }
 
+/// The parameters of a sink subscription, checked here so that a bad one answers 400 before
+/// any agent is asked (they are passed on to the agents as given).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkParams {
+    client_id: Option<String>,
+    sample: Option<u32>,
+    query: Option<String>,
+    ping: Option<u64>,
+}
+
+/// Checks a subscription's query string: 400 `bad_request`, or `invalid_query` with the
+/// position of the problem.
+pub(crate) fn check_params(raw: Option<&str>) -> Result<(), ApiError> {
+    let params: SinkParams = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("query string: {e}")))?;
+    if let Some(q) = &params.query {
+        squilla_query::Query::parse(q).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("{} (line {}, column {})", e.message, e.line, e.column),
+            )
+        })?;
+    }
+    if params.sample == Some(0) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "sample: at least 1 event per second"));
+    }
+    if params.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "clientId: 1 to 128 characters"));
+    }
+    let _ = params.ping;
+    Ok(())
+}
+
 /// `GET /api/v1/jobs/{id}/sink`.
 pub async fn sink(
     State(state): State<AppState>,
@@ -70,6 +105,22 @@ pub async fn sink(
 ) -> Result<Events, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     state.control.sink_agents(&tenant, &id)?;
+    check_params(query.as_deref())?;
+    Ok(proxy(state, tenant, Follow::Job(id), query))
+}
+
+/// What a proxied subscription follows.
+#[derive(Debug, Clone)]
+pub(crate) enum Follow {
+    /// One job.
+    Job(String),
+    /// Whatever job of the cluster is current (a job source follows its upstream cluster).
+    Cluster(String),
+}
+
+/// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
+/// where they are every second.
+pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Option<String>) -> Events {
     let (tx, rx) = mpsc::channel::<Event>(1024);
     let connected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = state.http.clone();
@@ -79,17 +130,25 @@ pub async fn sink(
             if tx.is_closed() {
                 return;
             }
-            let Ok(agents) = state.control.sink_agents(&tenant, &id) else { return };
-            let ended = state.control.job(&tenant, &id).map(|j| j.state.is_terminal()).unwrap_or(true);
-            if ended {
-                let _ = tx.send(Event::default().event("meta").data(r#"{"ended":true}"#)).await;
-                return;
+            let id = match &follow {
+                Follow::Job(id) => Some(id.clone()),
+                Follow::Cluster(cluster) => state.control.current_job(&tenant, cluster),
+            };
+            let agents = id.as_ref().map(|id| state.control.sink_agents(&tenant, id));
+            if let (Follow::Job(_), Some(Ok(_))) = (&follow, &agents) {
+                let ended = id
+                    .as_ref()
+                    .is_none_or(|id| state.control.job(&tenant, id).map(|j| j.state.is_terminal()).unwrap_or(true));
+                if ended {
+                    let _ = tx.send(Event::default().event("meta").data(r#"{"ended":true}"#)).await;
+                    return;
+                }
             }
-            for agent in agents {
-                if !connected.lock().expect("connected lock").insert(agent.clone()) {
+            for agent in agents.and_then(Result::ok).unwrap_or_default() {
+                let key = crate::control::model::job_key(&tenant, id.as_deref().unwrap_or_default());
+                if !connected.lock().expect("connected lock").insert(format!("{agent}/{key}")) {
                     continue;
                 }
-                let key = crate::control::model::job_key(&tenant, &id);
                 let mut url = format!("http://{agent}/jobs/{key}/sink");
                 if let Some(q) = &query {
                     url.push('?');
@@ -100,14 +159,14 @@ pub async fn sink(
                     if let Err(err) = relay(&client, &url, token.as_deref(), &tx).await {
                         tracing::debug!(%url, error = %err, "sink relay ended");
                     }
-                    connected.lock().expect("connected lock").remove(&agent);
+                    connected.lock().expect("connected lock").remove(&format!("{agent}/{key}"));
                 });
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
-    Ok(Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default()))
+    Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default())
 }
 
 /// Reads one agent's SSE sink and forwards its events until either side ends.

@@ -412,6 +412,31 @@ impl Control {
         Ok(out)
     }
 
+    /// The sink server of the agent that runs a job's source (stage 0's slot 0), with the
+    /// job's source spec.
+    pub fn source_agent(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(Option<String>, squilla_types::SourceSpec), ControlError> {
+        let state = self.lock();
+        let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let agent = job.stages.first().and_then(|s| s.workers.first()).and_then(|w| w.agent.as_ref());
+        let http = agent.and_then(|a| state.agents.get(a)).filter(|e| !e.lost).map(|e| e.beat.http.clone());
+        Ok((http, job.spec.source.clone()))
+    }
+
+    /// The id of `tenant`'s newest active job of `cluster`, if any.
+    pub fn current_job(&self, tenant: &str, cluster: &str) -> Option<String> {
+        let state = self.lock();
+        state
+            .jobs
+            .values()
+            .filter(|j| j.tenant == tenant && j.cluster == cluster && !j.state.is_terminal())
+            .max_by_key(|j| (j.submitted_at_ms, j.id.clone()))
+            .map(|j| j.id.clone())
+    }
+
     /// An agent's heartbeat: records it and answers with its assignments.
     pub fn heartbeat(&self, beat: Heartbeat) -> Result<squilla_types::control::Assignments, StoreError> {
         let mut state = self.lock();

@@ -1,0 +1,113 @@
+//! A job source: this job reads another job cluster's sink.
+//!
+//! The agent that runs the job's source subscribes, through the master, to the current job
+//! of the upstream cluster (`GET /api/v1/agent/subscribe/{tenant}/{cluster}`, with the job's
+//! query and the downstream job as `clientId`). The master follows the upstream across
+//! resubmits and re-placements; this side reconnects (after 500 ms) whenever the stream
+//! ends. Upstream events arrive as JSON and are archived into batches of at most
+//! [`CHAIN_BATCH`] events or [`CHAIN_LINGER`] of waiting, then fed under the job's
+//! backpressure policy.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use squilla_batch::BatchBuilder;
+use squilla_host::pipeline::PipelineHandle;
+
+use crate::fetch::Fetcher;
+
+/// Most events per batch from an upstream job.
+pub const CHAIN_BATCH: usize = 1024;
+/// Longest an upstream event waits for its batch.
+pub const CHAIN_LINGER: Duration = Duration::from_millis(20);
+
+/// Where a job source reads from.
+pub(crate) struct Upstream {
+    pub fetcher: Fetcher,
+    pub tenant: String,
+    pub cluster: String,
+    pub query: Option<String>,
+    pub client_id: String,
+}
+
+impl Upstream {
+    /// Reads the upstream and feeds `pipeline` until `stop` is set.
+    pub fn run(&self, pipeline: &PipelineHandle, stop: &AtomicBool) {
+        let runtime = self.fetcher.runtime.clone();
+        while !stop.load(Ordering::Relaxed) && pipeline.is_alive() {
+            if let Err(err) = runtime.block_on(self.session(pipeline, stop)) {
+                tracing::debug!(cluster = %self.cluster, error = %err, "upstream subscription ended; reconnecting");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    async fn session(&self, pipeline: &PipelineHandle, stop: &AtomicBool) -> Result<(), String> {
+        let base = self.fetcher.master.trim_end_matches('/');
+        let mut url = reqwest::Url::parse(&format!("{base}/api/v1/agent/subscribe/{}/{}", self.tenant, self.cluster))
+            .map_err(|e| e.to_string())?;
+        url.query_pairs_mut().append_pair("clientId", &self.client_id);
+        if let Some(q) = &self.query {
+            url.query_pairs_mut().append_pair("query", q);
+        }
+        let mut response = self
+            .fetcher
+            .client
+            .get(url)
+            .bearer_auth(&self.fetcher.token)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("the master answered {}", response.status()));
+        }
+        let (mut buffer, mut event_name) = (String::new(), None::<String>);
+        let mut builder = BatchBuilder::new().source("job");
+        let mut first_at = None::<Instant>;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let chunk = tokio::time::timeout(CHAIN_LINGER, response.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Ok(None)) => return Err("the stream ended".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => {}
+            }
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let line = line.trim_end();
+                if let Some(name) = line.strip_prefix("event:") {
+                    event_name = Some(name.trim().to_owned());
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    if event_name.is_none() {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64);
+                        if squilla_batch::json::push_json_line(&mut builder, data.trim(), now).is_ok() {
+                            first_at.get_or_insert_with(Instant::now);
+                        }
+                    }
+                } else if line.is_empty() {
+                    event_name = None;
+                }
+            }
+            let due = first_at.is_some_and(|t| t.elapsed() >= CHAIN_LINGER) || builder.len() >= CHAIN_BATCH;
+            if due && !builder.is_empty() {
+                let full = std::mem::replace(&mut builder, BatchBuilder::new().source("job"));
+                first_at = None;
+                if let Ok(batch) = full.finish() {
+                    let pipeline = pipeline.clone();
+                    // Waits for room under `block`; a stopped pipeline ends the session.
+                    while !pipeline.push(batch.clone(), Duration::from_millis(200)) {
+                        if stop.load(Ordering::Relaxed) || !pipeline.is_alive() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The cost of a subscription's query per event, read in place from a synthetic device-log
+//! batch: a filter, a filter with a regular expression, a projection, and a grouped
+//! aggregate. `cargo bench --workspace --bench query`.
+
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use squilla_batch::synth::DeviceLogs;
+use squilla_query::{Query, Runner};
+
+fn bench(c: &mut Criterion) {
+    let batch = DeviceLogs::new(1).batch(1024, 0, 0).unwrap();
+    let mut group = c.benchmark_group("query per event");
+    group.throughput(Throughput::Elements(1024));
+    for (name, sql) in [
+        ("filter", "SELECT * WHERE status >= 500"),
+        ("filter-regex", r#"SELECT * WHERE status >= 500 AND "device-type" ~ '^(tv|phone)$'"#),
+        ("filter-and-project", r#"SELECT "device-type" AS d, status WHERE status >= 500"#),
+        ("group-by", r#"SELECT "device-type", count(*), avg(status) GROUP BY "device-type", window(10000)"#),
+    ] {
+        let query = Arc::new(Query::parse(sql).unwrap());
+        group.bench_function(name, |b| {
+            let mut runner = Runner::new(query.clone(), 0, 1);
+            let mut out = Vec::with_capacity(1024);
+            b.iter(|| {
+                out.clear();
+                for event in batch.view().events() {
+                    runner.push(&event, &mut out);
+                }
+                out.len()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
