@@ -376,7 +376,7 @@ async fn sink(
             Some(json) => json,
             None => sub.events.recv().await?,
         };
-        let dropped = sub.member.dropped.swap(0, Ordering::Relaxed);
+        let dropped = sub.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let meta = serde_json::json!({"dropped": dropped, "reason": "subscriber too slow"}).to_string();
             return Some((

@@ -41,15 +41,15 @@ pub struct Options {
 pub struct Subscription {
     /// Events as JSON text.
     pub events: mpsc::Receiver<Arc<str>>,
-    /// The subscriber's counters.
-    pub member: Arc<Member>,
+    /// Events lost because its buffer was full, not yet announced. (The subscription holds
+    /// no sender: when the hub ends, `events` ends.)
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// A subscriber as the hub sees it.
-pub struct Member {
+struct Member {
     tx: mpsc::Sender<Arc<str>>,
-    /// Events lost because its buffer was full, not yet announced.
-    pub dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
 struct Group {
@@ -128,22 +128,23 @@ impl SinkHub {
     /// A new subscriber, from now on.
     pub fn subscribe(&self, options: Options) -> Subscription {
         let (tx, events) = mpsc::channel(SUBSCRIBER_BUFFER);
-        let member = Arc::new(Member { tx, dropped: AtomicU64::new(0) });
+        let dropped = Arc::new(AtomicU64::new(0));
+        let member = Arc::new(Member { tx, dropped: dropped.clone() });
         let mut groups = self.groups.lock().expect("groups lock");
         match groups.iter_mut().find(|g| g.same(&options)) {
-            Some(group) => group.members.push(member.clone()),
+            Some(group) => group.members.push(member),
             None => groups.push(Group {
                 client_id: options.client_id.clone(),
                 query_text: options.query.as_ref().map(|q| q.text().to_owned()),
                 sample: options.sample_per_second,
-                members: vec![member.clone()],
+                members: vec![member],
                 next: 0,
                 runner: options.query.map(|q| Runner::new(q, now_ms(), seed())),
                 tokens: options.sample_per_second.map_or(0.0, f64::from),
                 refilled: Instant::now(),
             }),
         }
-        Subscription { events, member }
+        Subscription { events, dropped }
     }
 
     fn run(&self, pipeline: PipelineHandle) {

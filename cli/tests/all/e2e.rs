@@ -10,16 +10,16 @@ use serde_json::{Value, json};
 
 use crate::{Proc, free_port, temp_dir};
 
-const TOKEN: &str = "acme-token-0123456789";
-const AGENT_TOKEN: &str = "agent-token-0123456789";
+pub(crate) const TOKEN: &str = "acme-token-0123456789";
+pub(crate) const AGENT_TOKEN: &str = "agent-token-0123456789";
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
         let response = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -32,15 +32,20 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn job(&self) -> Value {
-        self.call(reqwest::Method::GET, "/api/v1/jobs/errors-1", vec![]).await.1
+    pub async fn job_of(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), vec![]).await.1
     }
 
     /// Polls the job until `ok` holds, within `timeout`.
     async fn until(&self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        self.until_of("errors-1", what, timeout, ok).await
+    }
+
+    /// Polls job `id` until `ok` holds, within `timeout`.
+    pub async fn until_of(&self, id: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let job = self.job().await;
+            let job = self.job_of(id).await;
             if ok(&job) {
                 return job;
             }
@@ -104,7 +109,7 @@ fn check(events: &[Value]) {
     }
 }
 
-fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
+pub(crate) fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
     let listen = format!("127.0.0.1:{port}");
     let m = Proc::spawn(
         "master",
@@ -128,7 +133,7 @@ fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
     m
 }
 
-fn agent(id: &str, url: &str) -> Proc {
+pub(crate) fn agent(id: &str, url: &str) -> Proc {
     let a = Proc::spawn(id, &["agent", "--master", url, "--agent-token", AGENT_TOKEN, "--id", id, "--threads", "1"]);
     a.wait_for("sinks at", Duration::from_secs(20));
     a

@@ -4,6 +4,7 @@
 mod dev;
 mod e2e;
 mod run;
+mod streams;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -46,7 +47,7 @@ impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
         let mut child = squilla()
             .args(args)
-            .env("SQUILLA_LOG", "info")
+            .env("SQUILLA_LOG", std::env::var("TEST_SQUILLA_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

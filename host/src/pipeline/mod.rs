@@ -136,6 +136,16 @@ impl Shared {
         }
     }
 
+    /// Whether `target` is still one of stage `stage`'s slots (the master may have moved it).
+    pub(crate) fn is_current(&self, stage: usize, target: &Target) -> bool {
+        let Some(s) = self.stages.get(stage) else { return matches!(target, Target::Sink) };
+        s.slots.read().expect("slots lock").iter().any(|slot| match (slot, target) {
+            (Slot::Local(a), Target::Worker(b)) => Arc::ptr_eq(a, b),
+            (Slot::Remote(a), Target::Remote(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        })
+    }
+
     pub(crate) fn inbox<'a>(&'a self, target: &'a Target) -> &'a Inbox {
         match target {
             Target::Worker(worker) => &worker.inbox,
@@ -174,12 +184,17 @@ impl Shared {
     fn push_until(&self, batch: BatchBytes, deadline: Option<Instant>) -> bool {
         let mut parts = Vec::new();
         self.route(0, batch, &mut |target, batch| parts.push((target, batch)));
-        for (target, mut batch) in parts {
+        while let Some((target, mut batch)) = parts.pop() {
             let mut backoff = Duration::from_micros(10);
             loop {
                 match self.offer(&target, batch, &self.exec) {
                     None => break,
                     Some(back) => batch = back,
+                }
+                if !self.is_current(0, &target) {
+                    // The slot moved while we waited: route the batch anew.
+                    self.route(0, batch, &mut |target, batch| parts.push((target, batch)));
+                    break;
                 }
                 if self.stopped.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                     return false;
@@ -424,6 +439,12 @@ impl Pipeline {
         }
         let kept: Vec<*const Worker> = next.iter().filter_map(Slot::local).map(Arc::as_ptr).collect();
         let old = std::mem::replace(&mut *s.slots.write().expect("slots lock"), next);
+        // Workers of the stage before may wait on a slot that just moved: let them re-route.
+        if let Some(before) = stage.checked_sub(1).and_then(|b| self.shared.stages.get(b)) {
+            for worker in before.locals() {
+                worker.unblock();
+            }
+        }
         for worker in old.iter().filter_map(Slot::local).filter(|w| !kept.contains(&Arc::as_ptr(w))) {
             worker.retire();
             while let Some(batch) = worker.inbox.pop() {

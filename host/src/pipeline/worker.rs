@@ -269,6 +269,13 @@ impl Worker {
                 None => continue,
                 Some(batch) => batch,
             };
+            if !pipeline.is_current(self.stage + 1, &target) {
+                // The slot moved (the master re-placed its worker): route the batch anew.
+                pipeline.route(self.stage + 1, batch, &mut |target, batch| {
+                    state.pending.push_front(Pending { target, batch })
+                });
+                continue;
+            }
             // Register before retrying once, so that room made in between is not missed.
             self.blocked.store(true, Ordering::SeqCst);
             pipeline.inbox(&target).wait(self);
