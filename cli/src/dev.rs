@@ -22,8 +22,9 @@ use crate::master::{self, MasterArgs};
 /// Arguments of `squilla dev`.
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// A job spec to run and watch, e.g. examples/device-errors/job.json.
-    job: Option<PathBuf>,
+    /// Job specs to run, in order (e.g. examples/device-errors/job.json, or the three files
+    /// of examples/anomaly/); the last one's output is printed.
+    jobs: Vec<PathBuf>,
     /// Override a declared job parameter: `--param window-ms=10000` (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
@@ -83,8 +84,14 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_addr());
         let connection = Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone() };
         let work = async {
-            match &args.job {
-                Some(spec) => watch(&connection, spec, &args.params, &args.artifact_dirs).await,
+            match args.jobs.split_last() {
+                Some((last, upstream)) => {
+                    for spec in upstream {
+                        submit(&connection, spec, &[], &args.artifact_dirs).await?;
+                    }
+                    let id = submit(&connection, last, &args.params, &args.artifact_dirs).await?;
+                    tail(&connection, &id).await
+                }
                 None => {
                     eprintln!("squilla dev: try `squilla cluster create SPEC` and `squilla job submit CLUSTER`");
                     std::future::pending().await
@@ -107,8 +114,13 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Uploads the job's artifacts, creates its cluster, submits it, and prints its sink.
-async fn watch(connection: &Connection, spec_path: &Path, params: &[String], dirs: &[PathBuf]) -> anyhow::Result<()> {
+/// Uploads the job's artifacts, creates its cluster and submits it; returns the job's id.
+async fn submit(
+    connection: &Connection,
+    spec_path: &Path,
+    params: &[String],
+    dirs: &[PathBuf],
+) -> anyhow::Result<String> {
     let client = Client::new(connection.clone())?;
     let json = std::fs::read_to_string(spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
     let mut spec = JobSpec::parse(&json).with_context(|| format!("{} is not a valid job spec", spec_path.display()))?;
@@ -128,13 +140,17 @@ async fn watch(connection: &Connection, spec_path: &Path, params: &[String], dir
     let params: BTreeMap<String, String> = crate::client::pairs(params)?;
     let job = client.submit(&spec.name, &params).await?;
     let id = job["id"].as_str().context("the master answered without a job id")?.to_owned();
-    eprintln!(
-        "squilla dev: cluster `{}` version {}, job `{id}` submitted; its output follows (Ctrl-C stops)",
-        spec.name, cluster["version"]
-    );
+    eprintln!("squilla dev: cluster `{}` version {}, job `{id}` submitted", spec.name, cluster["version"]);
+    Ok(id)
+}
+
+/// Prints a job's sink until it ends.
+async fn tail(connection: &Connection, id: &str) -> anyhow::Result<()> {
+    let client = Client::new(connection.clone())?;
+    eprintln!("squilla dev: the output of `{id}` follows (Ctrl-C stops)");
     let stdout = std::io::stdout();
     loop {
-        client.tail(&id, None, &mut stdout.lock()).await?;
+        client.tail(id, None, &mut stdout.lock()).await?;
         let state = client.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), None).await?;
         if state["state"].as_str().is_some_and(|s| ["completed", "failed", "killed"].contains(&s)) {
             eprintln!("squilla dev: job `{id}` ended: {} {}", state["state"], state["reason"]);

@@ -26,3 +26,26 @@ fn squilla_dev_runs_the_device_errors_example_and_prints_its_results() {
     // The dev tenant's token is where the client commands look for it.
     assert_eq!(std::fs::read_to_string(dir.join("data/dev.token")).unwrap().trim().len(), 32);
 }
+
+#[test]
+fn the_anomaly_chain_runs_three_chained_jobs_and_prints_alerts() {
+    let dir = temp_dir("dev-anomaly");
+    let port = free_port().to_string();
+    let output = squilla()
+        .args(["dev", "examples/anomaly/1-device-logs.json", "examples/anomaly/2-error-share.json"])
+        .args(["examples/anomaly/3-error-alerts.json", "--param", "value=0.1", "--seconds", "15"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let alerts: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!alerts.is_empty(), "the synthetic consoles fail about 12 % of the time: {stderr}");
+    for alert in &alerts {
+        assert!(alert["error-rate"].as_f64().unwrap() >= 0.1, "{alert}");
+        assert!(alert["requests"].as_i64().unwrap() >= 100, "{alert}");
+    }
+}
