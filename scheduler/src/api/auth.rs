@@ -28,6 +28,16 @@ pub struct TokensError {
     pub problem: String,
 }
 
+/// The sha256 of the `Authorization: Bearer …` token; 401 without one.
+fn bearer_hash(headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Sha256::digest(token.trim().as_bytes()).into())
+}
+
 /// The known tenants.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
@@ -77,12 +87,7 @@ impl Tenants {
 
     /// The tenant whose token the `Authorization: Bearer …` header carries.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Tenant, ApiError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthorized)?;
-        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let hash = bearer_hash(headers)?;
         let mut found = None;
         for tenant in &self.tenants {
             if bool::from(tenant.token_hash.ct_eq(&hash)) {
@@ -110,12 +115,7 @@ impl AgentToken {
 
     /// Checks the `Authorization: Bearer …` header, in constant time.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthorized)?;
-        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let hash = bearer_hash(headers)?;
         if bool::from(self.hash.ct_eq(&hash)) { Ok(()) } else { Err(ApiError::unauthorized()) }
     }
 }

@@ -24,8 +24,8 @@ pub const INGEST_BATCH: usize = 1000;
 /// Bad lines named in a refusal.
 const NAMED_ERRORS: usize = 20;
 
-/// Archives `body` into batches, or names its bad lines.
-pub fn batches(body: &[u8], now_ms: i64) -> Result<(Vec<Vec<u8>>, usize), String> {
+/// Archives `body` into batches (with their event counts), or names its bad lines.
+pub fn batches(body: &[u8], now_ms: i64) -> Result<(Vec<(Vec<u8>, usize)>, usize), String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8 (byte {})", e.valid_up_to()))?;
     let lines: Vec<(usize, String)> = if text.trim_start().starts_with('[') {
         let array: Vec<serde_json::Value> =
@@ -43,7 +43,7 @@ pub fn batches(body: &[u8], now_ms: i64) -> Result<(Vec<Vec<u8>>, usize), String
         }
         if builder.len() == INGEST_BATCH {
             let full = std::mem::replace(&mut builder, BatchBuilder::new().source("ingest"));
-            out.push(full.finish().map_err(|e| e.to_string())?.as_bytes().to_vec());
+            out.push((full.finish().map_err(|e| e.to_string())?.as_bytes().to_vec(), INGEST_BATCH));
         }
     }
     if !errors.is_empty() {
@@ -56,7 +56,8 @@ pub fn batches(body: &[u8], now_ms: i64) -> Result<(Vec<Vec<u8>>, usize), String
         return Err(message);
     }
     if !builder.is_empty() {
-        out.push(builder.finish().map_err(|e| e.to_string())?.as_bytes().to_vec());
+        let n = builder.len();
+        out.push((builder.finish().map_err(|e| e.to_string())?.as_bytes().to_vec(), n));
     }
     Ok((out, lines.len()))
 }
@@ -90,8 +91,7 @@ pub async fn ingest(
     })?;
     let key = crate::control::model::job_key(&tenant, &id);
     let mut fed = 0usize;
-    for batch in batches {
-        let n = squilla_batch::BatchView::validate(&batch).map(|v| v.len()).unwrap_or(0);
+    for (batch, n) in batches {
         let mut request = state.http.post(format!("http://{agent}/jobs/{key}/ingest")).body(batch);
         if let Some(token) = &state.agent_token_plain {
             request = request.bearer_auth(token);
