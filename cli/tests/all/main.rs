@@ -5,6 +5,7 @@ mod dev;
 mod e2e;
 mod run;
 mod streams;
+mod websocket;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

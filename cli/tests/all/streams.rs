@@ -48,18 +48,18 @@ impl Sub {
     }
 }
 
-fn ids(events: &[Value]) -> BTreeSet<i64> {
+pub(crate) fn ids(events: &[Value]) -> BTreeSet<i64> {
     events.iter().map(|e| e["id"].as_i64().unwrap()).collect()
 }
 
-fn ndjson(range: std::ops::Range<i64>) -> Vec<u8> {
+pub(crate) fn ndjson(range: std::ops::Range<i64>) -> Vec<u8> {
     range
         .map(|i| json!({"id": i, "status": if i % 3 == 0 { 500 } else { 200 }}).to_string() + "\n")
         .collect::<String>()
         .into_bytes()
 }
 
-fn two_filters(name: &str, unique: &str) -> Vec<u8> {
+pub(crate) fn two_filters(name: &str, unique: &str) -> Vec<u8> {
     json!({
         "name": name,
         "source": {"kind": "ingest"},
@@ -74,7 +74,7 @@ fn two_filters(name: &str, unique: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn start(name: &str) -> (Api, Vec<crate::Proc>) {
+pub(crate) async fn start(name: &str) -> (Api, Vec<crate::Proc>) {
     let dir = temp_dir(name);
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, format!("acme {TOKEN}\n")).unwrap();
@@ -89,7 +89,7 @@ async fn start(name: &str) -> (Api, Vec<crate::Proc>) {
     (api, procs)
 }
 
-async fn submit(api: &Api, spec: Vec<u8>, cluster: &str) -> String {
+pub(crate) async fn submit(api: &Api, spec: Vec<u8>, cluster: &str) -> String {
     let (status, body) = api.call(reqwest::Method::POST, "/api/v1/clusters", spec).await;
     assert_eq!(status, 201, "{body}");
     let (status, job) = api.call(reqwest::Method::POST, &format!("/api/v1/clusters/{cluster}/jobs"), vec![]).await;

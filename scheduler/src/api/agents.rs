@@ -92,5 +92,6 @@ pub async fn subscribe(
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;
     super::stream::check_params(query.as_deref())?;
-    Ok(super::stream::proxy(state, tenant, super::stream::Follow::Cluster(cluster), query))
+    let events = super::stream::proxy(state, tenant, super::stream::Follow::Cluster(cluster), query);
+    Ok(super::stream::sse(events))
 }

@@ -13,6 +13,7 @@ mod error;
 mod ingest;
 mod jobs;
 mod stream;
+mod ws;
 
 use std::sync::Arc;
 

@@ -7,15 +7,20 @@
 //! event, merged from every agent that runs a worker of the job's last stage. The master
 //! follows the job: when workers move, it connects to their new agents within a second.
 //! Agents' `meta` events (such as drops of a slow subscriber) are passed through.
+//!
+//! The same URL answers a WebSocket upgrade with the same stream (see [`ws`](super::ws)):
+//! the proxy below yields [`SinkEvent`]s and each protocol frames them its own way.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -72,9 +77,16 @@ pub struct SinkParams {
     ping: Option<u64>,
 }
 
+impl SinkParams {
+    /// How long a subscriber may go without hearing anything (`ping` seconds, default 15).
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping.unwrap_or(15).clamp(1, 3600))
+    }
+}
+
 /// Checks a subscription's query string: 400 `bad_request`, or `invalid_query` with the
 /// position of the problem.
-pub(crate) fn check_params(raw: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
     let params: SinkParams = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("query string: {e}")))?;
     if let Some(q) = &params.query {
@@ -92,21 +104,48 @@ pub(crate) fn check_params(raw: Option<&str>) -> Result<(), ApiError> {
     if params.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "clientId: 1 to 128 characters"));
     }
-    let _ = params.ping;
-    Ok(())
+    Ok(params)
 }
 
-/// `GET /api/v1/jobs/{id}/sink`.
+/// `GET /api/v1/jobs/{id}/sink`: server-sent events, or a WebSocket when the request asks to
+/// upgrade.
 pub async fn sink(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Events, ApiError> {
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     state.control.sink_agents(&tenant, &id)?;
-    check_params(query.as_deref())?;
-    Ok(proxy(state, tenant, Follow::Job(id), query))
+    let params = check_params(query.as_deref())?;
+    let events = proxy(state, tenant, Follow::Job(id), query);
+    Ok(match upgrade {
+        Ok(upgrade) => super::ws::serve(upgrade, events, params.ping_interval()),
+        Err(_) => sse(events).into_response(),
+    })
+}
+
+/// One event of a proxied sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SinkEvent {
+    /// `None` for an output event; `meta` or `ping` otherwise.
+    pub name: Option<String>,
+    /// Its JSON text.
+    pub data: String,
+}
+
+/// Frames proxied sink events as server-sent events.
+pub(crate) fn sse(events: mpsc::Receiver<SinkEvent>) -> Events {
+    let stream = futures_util::stream::unfold(events, |mut rx| async move {
+        let e = rx.recv().await?;
+        let mut event = Event::default().data(e.data);
+        if let Some(name) = e.name {
+            event = event.event(name);
+        }
+        Some((Ok(event), rx))
+    });
+    Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default())
 }
 
 /// What a proxied subscription follows.
@@ -120,8 +159,13 @@ pub(crate) enum Follow {
 
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
 /// where they are every second.
-pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Option<String>) -> Events {
-    let (tx, rx) = mpsc::channel::<Event>(1024);
+pub(crate) fn proxy(
+    state: AppState,
+    tenant: String,
+    follow: Follow,
+    query: Option<String>,
+) -> mpsc::Receiver<SinkEvent> {
+    let (tx, rx) = mpsc::channel::<SinkEvent>(1024);
     let connected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = state.http.clone();
     let token = state.agent_token_plain.clone();
@@ -140,7 +184,8 @@ pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Opti
                     .as_ref()
                     .is_none_or(|id| state.control.job(&tenant, id).map(|j| j.state.is_terminal()).unwrap_or(true));
                 if ended {
-                    let _ = tx.send(Event::default().event("meta").data(r#"{"ended":true}"#)).await;
+                    let ended = SinkEvent { name: Some("meta".into()), data: r#"{"ended":true}"#.into() };
+                    let _ = tx.send(ended).await;
                     return;
                 }
             }
@@ -165,8 +210,7 @@ pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Opti
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
-    Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default())
+    rx
 }
 
 /// Reads one agent's SSE sink and forwards its events until either side ends.
@@ -174,7 +218,7 @@ async fn relay(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
-    tx: &mpsc::Sender<Event>,
+    tx: &mpsc::Sender<SinkEvent>,
 ) -> Result<(), String> {
     let mut request = client.get(url);
     if let Some(token) = token {
@@ -195,10 +239,7 @@ async fn relay(
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !data.is_empty() {
-                    let mut event = Event::default().data(std::mem::take(&mut data));
-                    if let Some(name) = name.take() {
-                        event = event.event(name);
-                    }
+                    let event = SinkEvent { name: name.take(), data: std::mem::take(&mut data) };
                     if tx.send(event).await.is_err() {
                         return Ok(());
                     }

@@ -1,0 +1,68 @@
+//! A job's sink as a WebSocket: the same stream as the server-sent events of
+//! `GET /api/v1/jobs/{id}/sink`, for clients that prefer WebSocket.
+//!
+//! Framing, one text message per event:
+//!
+//! - an output event is its JSON object, as is;
+//! - a `meta` event (drops of a slow subscriber, the end of the job) is the object
+//!   `{"$meta": {...}}` — its only key starts with `$`, so it cannot be mistaken for output
+//!   unless a stage emits such a field;
+//! - keep-alive is a WebSocket ping frame after `ping` seconds (default 15) without a message;
+//!   agents' `ping` events are not forwarded;
+//! - when the job ends the server sends `{"$meta":{"ended":true}}` and closes with code 1000.
+//!
+//! Messages from the client are read only to notice that it closed. A client that reads slower
+//! than the job produces loses events at the agents' per-subscriber buffers, as with SSE, and
+//! is told by a `$meta` message; it never slows the job.
+
+use std::time::Duration;
+
+use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::response::Response;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::stream::SinkEvent;
+
+/// Largest message a client may send (they are only read to notice a close).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Answers the upgrade and serves `events` on the socket until either side ends.
+pub(crate) fn serve(upgrade: WebSocketUpgrade, events: mpsc::Receiver<SinkEvent>, ping: Duration) -> Response {
+    upgrade.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| async move {
+        if let Err(err) = pump(socket, events, ping).await {
+            tracing::debug!(error = %err, "websocket sink ended");
+        }
+    })
+}
+
+async fn pump(mut socket: WebSocket, mut events: mpsc::Receiver<SinkEvent>, ping: Duration) -> Result<(), axum::Error> {
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else {
+                    let frame = CloseFrame { code: 1000, reason: "sink ended".into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return Ok(());
+                };
+                let text = match event.name.as_deref() {
+                    None => event.data,
+                    Some("meta") => format!("{{\"$meta\":{}}}", event.data),
+                    Some(_) => continue,
+                };
+                socket.send(Message::Text(text.into())).await?;
+                quiet_since = Instant::now();
+            }
+            message = socket.recv() => match message {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+            () = tokio::time::sleep_until(quiet_since + ping) => {
+                socket.send(Message::Ping(Default::default())).await?;
+                quiet_since = Instant::now();
+            }
+        }
+    }
+}
