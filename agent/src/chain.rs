@@ -62,38 +62,26 @@ impl Upstream {
         if !response.status().is_success() {
             return Err(format!("the master answered {}", response.status()));
         }
-        let (mut buffer, mut event_name) = (String::new(), None::<String>);
+        let mut parser = squilla_types::sse::Parser::new();
         let mut builder = BatchBuilder::new().source("job");
         let mut first_at = None::<Instant>;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let chunk = tokio::time::timeout(CHAIN_LINGER, response.chunk()).await;
-            match chunk {
-                Ok(Ok(Some(bytes))) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+            let bytes = match tokio::time::timeout(CHAIN_LINGER, response.chunk()).await {
+                Ok(Ok(Some(bytes))) => bytes,
                 Ok(Ok(None)) => return Err("the stream ended".into()),
                 Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => {}
-            }
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                let line = line.trim_end();
-                if let Some(name) = line.strip_prefix("event:") {
-                    event_name = Some(name.trim().to_owned());
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    if event_name.is_none() {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as i64);
-                        if squilla_batch::json::push_json_line(&mut builder, data.trim(), now).is_ok() {
-                            first_at.get_or_insert_with(Instant::now);
-                        }
-                    }
-                } else if line.is_empty() {
-                    event_name = None;
+                Err(_) => Default::default(),
+            };
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            parser.feed(&bytes, |event| {
+                if event.name.is_none() && squilla_batch::json::push_json_line(&mut builder, &event.data, now).is_ok() {
+                    first_at.get_or_insert_with(Instant::now);
                 }
-            }
+            });
             let due = first_at.is_some_and(|t| t.elapsed() >= CHAIN_LINGER) || builder.len() >= CHAIN_BATCH;
             if due && !builder.is_empty() {
                 let full = std::mem::replace(&mut builder, BatchBuilder::new().source("job"));

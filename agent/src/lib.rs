@@ -22,13 +22,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
@@ -371,21 +369,30 @@ async fn sink(
     let subscription = hub.subscribe(options);
     drop(hub);
     let ping = Duration::from_secs(params.ping.unwrap_or(15).clamp(1, 3600));
-    let stream = futures_util::stream::unfold((subscription, None::<Arc<str>>), |(mut sub, pending)| async move {
-        let json = match pending {
-            Some(json) => json,
-            None => sub.events.recv().await?,
+    // Chunks of frames as the hub rendered them; a `meta` frame first when some were lost;
+    // a `ping` frame after `ping` of silence.
+    let stream = futures_util::stream::unfold(subscription, move |mut sub| async move {
+        let chunk = match tokio::time::timeout(ping, sub.recv()).await {
+            Err(_) => {
+                let mut text = Vec::new();
+                squilla_types::sse::frame(&mut text, Some("ping"), "{}");
+                return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text)), sub));
+            }
+            Ok(chunk) => chunk?,
         };
-        let dropped = sub.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let meta = serde_json::json!({"dropped": dropped, "reason": "subscriber too slow"}).to_string();
-            return Some((
-                Ok::<_, std::convert::Infallible>(Event::default().event("meta").data(meta)),
-                (sub, Some(json)),
-            ));
+        let dropped = sub.take_dropped();
+        if dropped == 0 {
+            return Some((Ok(chunk.text), sub));
         }
-        Some((Ok(Event::default().data(&*json)), (sub, None)))
+        let mut text = Vec::with_capacity(chunk.text.len() + 64);
+        let meta = serde_json::json!({"dropped": dropped, "reason": "subscriber too slow"}).to_string();
+        squilla_types::sse::frame(&mut text, Some("meta"), &meta);
+        text.extend_from_slice(&chunk.text);
+        Some((Ok(axum::body::Bytes::from(text)), sub))
     });
-    let keep_alive = KeepAlive::new().interval(ping).event(Event::default().event("ping").data("{}"));
-    Sse::new(stream).keep_alive(keep_alive).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }

@@ -11,19 +11,25 @@
 //!   (see `squilla_query`) is evaluated on the event read in place, and only what passes is
 //!   turned into JSON; events without any query are turned into JSON once for all groups.
 //! - **Sampling.** `sample=N` lets a group receive at most N events per second.
-//! - **Bounded buffers.** Each subscriber has its own buffer of [`SUBSCRIBER_BUFFER`] events;
-//!   a subscriber that falls behind loses events — counted, and announced to it by a `meta`
-//!   event when it reads again — and never slows the job or other subscribers.
+//! - **Whole batches.** A batch is rendered once as server-sent-event frames
+//!   ([`squilla_types::sse`]) and handed to each subscriber as one [`Chunk`]: the cost per
+//!   subscriber is per batch, not per event, unless its group splits or samples the stream.
+//! - **Bounded buffers.** Each subscriber may have [`SUBSCRIBER_BUFFER`] events waiting; a
+//!   chunk that does not fit (unless the buffer is empty) is dropped whole for that
+//!   subscriber — counted, and announced to it by a `meta` event when it reads again — and
+//!   never slows the job or other subscribers.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use squilla_host::pipeline::PipelineHandle;
 use squilla_query::{Query, Runner};
+use squilla_types::sse;
 use tokio::sync::mpsc;
 
-/// Events one subscriber may have waiting before it loses the newest.
+/// Events one subscriber may have waiting before chunks for it are dropped.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// What a subscriber asks for.
@@ -37,26 +43,111 @@ pub struct Options {
     pub query: Option<Arc<Query>>,
 }
 
-/// One subscriber's end: its events, and what it lost.
+/// A run of events for one subscriber, framed as server-sent events.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// `data: {...}\n\n` frames.
+    pub text: Bytes,
+    /// How many events.
+    pub events: usize,
+}
+
+/// One subscriber's end: its chunks, and what it lost.
 pub struct Subscription {
-    /// Events as JSON text.
-    pub events: mpsc::Receiver<Arc<str>>,
-    /// Events lost because its buffer was full, not yet announced. (The subscription holds
-    /// no sender: when the hub ends, `events` ends.)
-    pub dropped: Arc<AtomicU64>,
+    chunks: mpsc::UnboundedReceiver<Chunk>,
+    counts: Arc<Counts>,
+}
+
+impl Subscription {
+    /// The next chunk; `None` when the hub has ended (the subscription holds no sender).
+    pub async fn recv(&mut self) -> Option<Chunk> {
+        let chunk = self.chunks.recv().await?;
+        self.counts.pending.fetch_sub(chunk.events, Ordering::Relaxed);
+        Some(chunk)
+    }
+
+    /// Events lost since last asked.
+    pub fn take_dropped(&self) -> u64 {
+        self.counts.dropped.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// A subscriber's buffer accounting, shared by the hub and the subscription.
+#[derive(Default)]
+struct Counts {
+    /// Events sent to it and not yet taken.
+    pending: AtomicUsize,
+    /// Events lost because its buffer was full, not yet announced.
+    dropped: AtomicU64,
 }
 
 /// A subscriber as the hub sees it.
 struct Member {
-    tx: mpsc::Sender<Arc<str>>,
-    dropped: Arc<AtomicU64>,
+    tx: mpsc::UnboundedSender<Chunk>,
+    counts: Arc<Counts>,
+}
+
+impl Member {
+    /// Hands `chunk` over if it fits the buffer (or the buffer is empty), else counts it lost.
+    fn offer(&self, chunk: Chunk) {
+        let pending = self.counts.pending.load(Ordering::Relaxed);
+        if pending > 0 && pending + chunk.events > SUBSCRIBER_BUFFER {
+            self.counts.dropped.fetch_add(chunk.events as u64, Ordering::Relaxed);
+            return;
+        }
+        self.counts.pending.fetch_add(chunk.events, Ordering::Relaxed);
+        if let Err(lost) = self.tx.send(chunk) {
+            self.counts.pending.fetch_sub(lost.0.events, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Frames being rendered, event by event.
+#[derive(Default)]
+struct Frames {
+    text: Vec<u8>,
+    /// Where each event's frame ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Frames {
+    fn push(&mut self, json: &str) {
+        sse::frame(&mut self.text, None, json);
+        self.ends.push(self.text.len());
+    }
+
+    /// Appends an event's frame, writing its JSON straight into the text.
+    fn push_event(&mut self, event: &squilla_batch::EventRef<'_>) {
+        self.text.extend_from_slice(b"data: ");
+        squilla_batch::json::write_json(event, &mut self.text);
+        self.text.extend_from_slice(b"\n\n");
+        self.ends.push(self.text.len());
+    }
+
+    fn freeze(self) -> Rendered {
+        Rendered { text: Bytes::from(self.text), ends: self.ends }
+    }
+}
+
+/// One batch (or one window's results) rendered as frames, shared by every group.
+#[derive(Default)]
+struct Rendered {
+    text: Bytes,
+    ends: Vec<usize>,
+}
+
+impl Rendered {
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
 }
 
 struct Group {
     client_id: Option<String>,
     query_text: Option<String>,
     sample: Option<u32>,
-    members: Vec<Arc<Member>>,
+    members: Vec<Member>,
     next: usize,
     runner: Option<Runner>,
     tokens: f64,
@@ -71,30 +162,58 @@ impl Group {
             && self.sample == options.sample_per_second
     }
 
-    /// Hands `json` to the next live member in turn (after the sample's rate limit).
-    fn deliver(&mut self, json: &Arc<str>) {
-        if let Some(rate) = self.sample {
-            let now = Instant::now();
-            self.tokens =
-                (self.tokens + now.duration_since(self.refilled).as_secs_f64() * f64::from(rate)).min(f64::from(rate));
-            self.refilled = now;
-            if self.tokens < 1.0 {
-                return;
-            }
-            self.tokens -= 1.0;
+    /// Whether the sample's rate limit lets one more event through now.
+    fn take_token(&mut self) -> bool {
+        let Some(rate) = self.sample else { return true };
+        let now = Instant::now();
+        let rate = f64::from(rate);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
         }
-        let n = self.members.len();
-        for k in 0..n {
-            let member = &self.members[(self.next + k) % n];
-            if member.tx.is_closed() {
-                continue;
-            }
-            self.next = (self.next + k + 1) % n;
-            if member.tx.try_send(json.clone()).is_err() {
-                member.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Hands `frames` to the members: whole to a lone member, else event by event in turn
+    /// (after the sample's rate limit).
+    fn deliver(&mut self, frames: &Rendered) {
+        if frames.ends.is_empty() {
             return;
         }
+        if self.sample.is_none() && self.members.len() == 1 {
+            self.members[0].offer(Chunk { text: frames.text.clone(), events: frames.ends.len() });
+            return;
+        }
+        let n = self.members.len();
+        let mut parts: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
+        for i in 0..frames.ends.len() {
+            if !self.take_token() {
+                continue;
+            }
+            let part = &mut parts[self.next];
+            part.0.extend_from_slice(frames.get(i));
+            part.1 += 1;
+            self.next = (self.next + 1) % n;
+        }
+        for (member, (text, events)) in self.members.iter().zip(parts) {
+            if events > 0 {
+                member.offer(Chunk { text: Bytes::from(text), events });
+            }
+        }
+    }
+
+    /// Renders the runner's outputs in `out` and delivers them.
+    fn deliver_results(&mut self, out: &mut Vec<serde_json::Map<String, serde_json::Value>>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut frames = Frames::default();
+        for map in out.drain(..) {
+            frames.push(&serde_json::Value::Object(map).to_string());
+        }
+        self.deliver(&frames.freeze());
     }
 }
 
@@ -127,9 +246,9 @@ impl SinkHub {
 
     /// A new subscriber, from now on.
     pub fn subscribe(&self, options: Options) -> Subscription {
-        let (tx, events) = mpsc::channel(SUBSCRIBER_BUFFER);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let member = Arc::new(Member { tx, dropped: dropped.clone() });
+        let (tx, chunks) = mpsc::unbounded_channel();
+        let counts = Arc::new(Counts::default());
+        let member = Member { tx, counts: counts.clone() };
         let mut groups = self.groups.lock().expect("groups lock");
         match groups.iter_mut().find(|g| g.same(&options)) {
             Some(group) => group.members.push(member),
@@ -144,7 +263,7 @@ impl SinkHub {
                 refilled: Instant::now(),
             }),
         }
-        Subscription { events, dropped }
+        Subscription { chunks, counts }
     }
 
     fn run(&self, pipeline: PipelineHandle) {
@@ -154,15 +273,14 @@ impl SinkHub {
             let mut groups = self.groups.lock().expect("groups lock");
             for g in groups.iter_mut() {
                 g.members.retain(|m| !m.tx.is_closed());
+                g.next = g.next.min(g.members.len().saturating_sub(1));
             }
             groups.retain(|g| !g.members.is_empty());
             let now = now_ms();
             for g in groups.iter_mut() {
                 if let Some(runner) = &mut g.runner {
                     runner.tick(now, &mut out);
-                    for map in out.drain(..) {
-                        g.deliver(&Arc::from(serde_json::Value::Object(map).to_string()));
-                    }
+                    g.deliver_results(&mut out);
                 }
             }
             let Some(batch) = batch else { continue };
@@ -170,22 +288,23 @@ impl SinkHub {
                 self.unheard.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 continue;
             }
-            // JSON of each event, made once and only if some group takes events unfiltered.
-            let plain: Vec<Arc<str>> = if groups.iter().any(|g| g.runner.is_none()) {
-                batch.view().events().map(|e| Arc::from(squilla_batch::json::to_json(&e).to_string())).collect()
-            } else {
-                Vec::new()
-            };
+            // The frames of each event, made once and only if some group takes events unfiltered.
+            let mut plain = Frames::default();
+            if groups.iter().any(|g| g.runner.is_none()) {
+                plain.text.reserve(batch.as_bytes().len() * 2);
+                for event in batch.view().events() {
+                    plain.push_event(&event);
+                }
+            }
+            let plain = plain.freeze();
             for g in groups.iter_mut() {
                 match &mut g.runner {
-                    None => plain.iter().for_each(|json| g.deliver(json)),
+                    None => g.deliver(&plain),
                     Some(runner) => {
                         for event in batch.view().events() {
                             runner.push(&event, &mut out);
                         }
-                        for map in out.drain(..) {
-                            g.deliver(&Arc::from(serde_json::Value::Object(map).to_string()));
-                        }
+                        g.deliver_results(&mut out);
                     }
                 }
             }

@@ -1,6 +1,8 @@
 //! Events to and from JSON: `{"timestamp-ms": 1700000000000, "field": value, …}` (feature
 //! `json`). Used wherever events meet people: sinks over SSE, ingest, `squilla run`.
 
+use std::io::Write;
+
 use serde_json::{Map, Number, Value as Json};
 
 use crate::{BatchBuilder, EventRef, ValueRef};
@@ -41,6 +43,56 @@ pub fn to_json(event: &EventRef<'_>) -> Json {
         map.entry(name).or_insert(value);
     }
     Json::Object(map)
+}
+
+/// Appends `event` as one JSON object to `out`, as [`to_json`] would make it but without
+/// building a `Value` first: the timestamp first, then the fields in order; of fields sharing
+/// a name (or named `timestamp-ms`) only the first counts. This is what sinks use: several
+/// times faster than `to_json(event).to_string()`.
+pub fn write_json(event: &EventRef<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(TIMESTAMP.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "{}", event.timestamp_ms());
+    let mut seen: Vec<&str> = Vec::with_capacity(event.field_count());
+    for (name, value) in event.fields() {
+        if name == TIMESTAMP || seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        out.push(b',');
+        string(out, name);
+        out.push(b':');
+        match value {
+            ValueRef::Null => out.extend_from_slice(b"null"),
+            ValueRef::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+            ValueRef::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            ValueRef::Float(f) => match Number::from_f64(f) {
+                Some(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                None => out.extend_from_slice(b"null"),
+            },
+            ValueRef::Text(t) => string(out, t),
+            bytes @ ValueRef::Bytes(_) => string(out, &bytes.to_string()),
+        }
+    }
+    out.push(b'}');
+}
+
+/// A JSON string literal, escaped as `serde_json` escapes it.
+fn string(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a `str` to a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
 }
 
 /// How deep objects may nest in an event (`a.b.c…`).
@@ -92,4 +144,42 @@ pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -
         };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::DeviceLogs;
+
+    fn both_ways(batch: &crate::BatchBytes) {
+        for event in batch.view().events() {
+            let mut out = Vec::new();
+            write_json(&event, &mut out);
+            let written: Json = serde_json::from_slice(&out).expect("valid JSON");
+            // Both read back by the same parser (floats then compare exactly).
+            let made: Json = serde_json::from_str(&to_json(&event).to_string()).unwrap();
+            assert_eq!(written, made, "{}", String::from_utf8_lossy(&out));
+        }
+    }
+
+    #[test]
+    fn write_json_makes_what_to_json_makes() {
+        both_ways(&DeviceLogs::new(3).batch(256, 1_700_000_000_000, 7).unwrap());
+        let mut builder = BatchBuilder::new();
+        builder
+            .event(-5)
+            .field("quote\"d", "back\\slash \u{1} tab\t é ✓")
+            .field("timestamp-ms", 99i64)
+            .field("dup", 1i64)
+            .field("dup", 2i64)
+            .field("nan", f64::NAN)
+            .field("inf", f64::INFINITY)
+            .field("float", 0.1f64)
+            .field("big", i64::MIN)
+            .field("yes", true)
+            .field("nothing", ValueRef::Null)
+            .field("raw", ValueRef::Bytes(&[0, 255, 16]));
+        builder.event(0);
+        both_ways(&builder.finish().unwrap());
+    }
 }

@@ -1,5 +1,6 @@
 //! Types shared by the master, the agent, the CLI and tenants' files: the job spec, and the
-//! control protocol between master and agents ([`control`]).
+//! control protocol between master and agents ([`control`]), and the framing of sink streams
+//! ([`sse`]).
 //!
 //! A job spec (`job.json` beside each example; the body of "create a job cluster" in the API)
 //! describes a job cluster: its source, its stages in order, its declared parameters and its
@@ -9,6 +10,7 @@
 
 pub mod control;
 mod spec;
+pub mod sse;
 
 pub use spec::{
     ArtifactRef, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamType, ParamValue, ParameterSpec,

@@ -8,50 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{Proc, free_port, temp_dir};
-
-pub(crate) const TOKEN: &str = "acme-token-0123456789";
-pub(crate) const AGENT_TOKEN: &str = "agent-token-0123456789";
-
-pub(crate) struct Api {
-    pub base: String,
-    pub http: reqwest::Client,
-}
+use crate::{Api, TOKEN, agent, free_port, master, temp_dir};
 
 impl Api {
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn job_of(&self, id: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), vec![]).await.1
-    }
-
     /// Polls the job until `ok` holds, within `timeout`.
     async fn until(&self, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
         self.until_of("errors-1", what, timeout, ok).await
-    }
-
-    /// Polls job `id` until `ok` holds, within `timeout`.
-    pub async fn until_of(&self, id: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let job = self.job_of(id).await;
-            if ok(&job) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; job is {job:#}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Reads `n` events from the job's SSE sink (within `timeout`).
@@ -107,36 +69,6 @@ fn check(events: &[Value]) {
         assert!(known.contains(e["device-type"].as_str().unwrap()), "{e}");
         assert_eq!(e["window-ms"], 30_000);
     }
-}
-
-pub(crate) fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
-    let listen = format!("127.0.0.1:{port}");
-    let m = Proc::spawn(
-        "master",
-        &[
-            "master",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--tokens",
-            tokens.to_str().unwrap(),
-            "--agent-token",
-            AGENT_TOKEN,
-            "--heartbeat-ms",
-            "200",
-            "--agent-timeout-ms",
-            "1500",
-        ],
-    );
-    m.wait_for("API at", Duration::from_secs(20));
-    m
-}
-
-pub(crate) fn agent(id: &str, url: &str) -> Proc {
-    let a = Proc::spawn(id, &["agent", "--master", url, "--agent-token", AGENT_TOKEN, "--id", id, "--threads", "1"]);
-    a.wait_for("sinks at", Duration::from_secs(20));
-    a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::e2e::{Api, TOKEN, agent, master};
-use crate::{free_port, temp_dir};
+use crate::{Api, TOKEN, agent, free_port, master, temp_dir};
 
 /// One open SSE subscription, read only when asked.
 struct Sub {

@@ -8,14 +8,18 @@
 //! follows the job: when workers move, it connects to their new agents within a second.
 //! Agents' `meta` events (such as drops of a slow subscriber) are passed through.
 //!
-//! The same URL answers a WebSocket upgrade with the same stream (see [`ws`](super::ws)):
-//! the proxy below yields [`SinkEvent`]s and each protocol frames them its own way.
+//! The master does not parse what it relays: agents send whole frames
+//! ([`squilla_types::sse`]), usually a batch's worth per read, and the proxy forwards every
+//! complete frame as it came, so that a stream costs the master a few copies per batch rather
+//! than work per event. The same URL answers a WebSocket upgrade with the same stream (see
+//! [`ws`](super::ws)), which does parse it, to send one message per event.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
@@ -122,30 +126,28 @@ pub async fn sink(
     let events = proxy(state, tenant, Follow::Job(id), query);
     Ok(match upgrade {
         Ok(upgrade) => super::ws::serve(upgrade, events, params.ping_interval()),
-        Err(_) => sse(events).into_response(),
+        Err(_) => sse(events),
     })
 }
 
-/// One event of a proxied sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SinkEvent {
-    /// `None` for an output event; `meta` or `ping` otherwise.
-    pub name: Option<String>,
-    /// Its JSON text.
-    pub data: String,
-}
+/// How long a server-sent event stream may be silent before the master sends a comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Frames proxied sink events as server-sent events.
-pub(crate) fn sse(events: mpsc::Receiver<SinkEvent>) -> Events {
-    let stream = futures_util::stream::unfold(events, |mut rx| async move {
-        let e = rx.recv().await?;
-        let mut event = Event::default().data(e.data);
-        if let Some(name) = e.name {
-            event = event.event(name);
-        }
-        Some((Ok(event), rx))
+/// Frames proxied sink chunks as a `text/event-stream` response, with a keep-alive comment
+/// after 15 s of silence.
+pub(crate) fn sse(chunks: mpsc::Receiver<Bytes>) -> Response {
+    let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
+        let chunk = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Ok(chunk) => chunk?,
+            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        Some((Ok::<_, Infallible>(chunk), rx))
     });
-    Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default())
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// What a proxied subscription follows.
@@ -157,15 +159,14 @@ pub(crate) enum Follow {
     Cluster(String),
 }
 
+/// Chunks of complete frames the master holds for one subscriber before it stops reading from
+/// the agents (each chunk is what one read from an agent brought, often a whole batch).
+pub(crate) const PROXY_CHUNKS: usize = 64;
+
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
-/// where they are every second.
-pub(crate) fn proxy(
-    state: AppState,
-    tenant: String,
-    follow: Follow,
-    query: Option<String>,
-) -> mpsc::Receiver<SinkEvent> {
-    let (tx, rx) = mpsc::channel::<SinkEvent>(1024);
+/// where they are every second. Yields chunks of complete frames.
+pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Option<String>) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel::<Bytes>(PROXY_CHUNKS);
     let connected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = state.http.clone();
     let token = state.agent_token_plain.clone();
@@ -184,8 +185,9 @@ pub(crate) fn proxy(
                     .as_ref()
                     .is_none_or(|id| state.control.job(&tenant, id).map(|j| j.state.is_terminal()).unwrap_or(true));
                 if ended {
-                    let ended = SinkEvent { name: Some("meta".into()), data: r#"{"ended":true}"#.into() };
-                    let _ = tx.send(ended).await;
+                    let mut ended = Vec::new();
+                    squilla_types::sse::frame(&mut ended, Some("meta"), r#"{"ended":true}"#);
+                    let _ = tx.send(Bytes::from(ended)).await;
                     return;
                 }
             }
@@ -213,12 +215,12 @@ pub(crate) fn proxy(
     rx
 }
 
-/// Reads one agent's SSE sink and forwards its events until either side ends.
+/// Reads one agent's SSE sink and forwards its complete frames until either side ends.
 async fn relay(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
-    tx: &mpsc::Sender<SinkEvent>,
+    tx: &mpsc::Sender<Bytes>,
 ) -> Result<(), String> {
     let mut request = client.get(url);
     if let Some(token) = token {
@@ -229,30 +231,23 @@ async fn relay(
         return Err(format!("agent answered {}", response.status()));
     }
     let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let (mut name, mut data) = (None::<String>, String::new());
+    let mut carry = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find('\n') {
-            let line: String = buffer.drain(..=end).collect();
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !data.is_empty() {
-                    let event = SinkEvent { name: name.take(), data: std::mem::take(&mut data) };
-                    if tx.send(event).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                name = None;
-            } else if let Some(v) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            } else if let Some(v) = line.strip_prefix("event:") {
-                name = Some(v.trim().to_owned());
+        // Usually a read ends on a frame's end: pass it on as it is.
+        let whole = if carry.is_empty() && chunk.ends_with(b"\n\n") {
+            chunk
+        } else {
+            carry.extend_from_slice(&chunk);
+            let end = squilla_types::sse::complete(&carry);
+            if end == 0 {
+                continue;
             }
+            let rest = carry.split_off(end);
+            Bytes::from(std::mem::replace(&mut carry, rest))
+        };
+        if tx.send(whole).await.is_err() {
+            return Ok(());
         }
     }
     Ok(())

@@ -20,16 +20,17 @@ use std::time::Duration;
 use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::stream::SinkEvent;
+use axum::body::Bytes;
 
 /// Largest message a client may send (they are only read to notice a close).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// Answers the upgrade and serves `events` on the socket until either side ends.
-pub(crate) fn serve(upgrade: WebSocketUpgrade, events: mpsc::Receiver<SinkEvent>, ping: Duration) -> Response {
+pub(crate) fn serve(upgrade: WebSocketUpgrade, events: mpsc::Receiver<Bytes>, ping: Duration) -> Response {
     upgrade.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| async move {
         if let Err(err) = pump(socket, events, ping).await {
             tracing::debug!(error = %err, "websocket sink ended");
@@ -37,22 +38,27 @@ pub(crate) fn serve(upgrade: WebSocketUpgrade, events: mpsc::Receiver<SinkEvent>
     })
 }
 
-async fn pump(mut socket: WebSocket, mut events: mpsc::Receiver<SinkEvent>, ping: Duration) -> Result<(), axum::Error> {
+async fn pump(mut socket: WebSocket, mut chunks: mpsc::Receiver<Bytes>, ping: Duration) -> Result<(), axum::Error> {
     let mut quiet_since = Instant::now();
+    let mut parser = squilla_types::sse::Parser::new();
+    let mut messages = Vec::new();
     loop {
         tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else {
+            chunk = chunks.recv() => {
+                let Some(chunk) = chunk else {
                     let frame = CloseFrame { code: 1000, reason: "sink ended".into() };
                     let _ = socket.send(Message::Close(Some(frame))).await;
                     return Ok(());
                 };
-                let text = match event.name.as_deref() {
-                    None => event.data,
-                    Some("meta") => format!("{{\"$meta\":{}}}", event.data),
-                    Some(_) => continue,
-                };
-                socket.send(Message::Text(text.into())).await?;
+                parser.feed(&chunk, |event| match event.name.as_deref() {
+                    None => messages.push(event.data),
+                    Some("meta") => messages.push(format!("{{\"$meta\":{}}}", event.data)),
+                    Some(_) => {}
+                });
+                for text in messages.drain(..) {
+                    socket.feed(Message::Text(text.into())).await?;
+                }
+                socket.flush().await?;
                 quiet_since = Instant::now();
             }
             message = socket.recv() => match message {

@@ -1,0 +1,202 @@
+//! Streams between real processes on loopback: a master and two agents (`squilla master`,
+//! `squilla agent`), as deployed. Prints JSON.
+//!
+//! - **TCP hop.** A two-stage job whose first stage is pinned (by label) to agent `a1` and
+//!   whose second to `a2`: the synthetic source and a keep-all `filter` run on a1, every batch
+//!   crosses to a2 over the agents' TCP transport, where a `filter` that keeps nothing reads
+//!   it in place. Events/s is the growth of the receiving worker's `events_in` (reported by
+//!   heartbeats) over the measured span. Backpressure `block`: nothing is dropped, the sender
+//!   slows to what the receiver takes.
+//! - **SSE fan-out.** A one-stage job on a2 whose output is read through the master's sink
+//!   (`GET /api/v1/jobs/{id}/sink`, the path a user takes) by 1 and by 100 subscribers in this
+//!   process, each counting its `data` events and the drops its `meta` events report.
+//!
+//! Run: `cargo bench --workspace --bench streams` (about 60 s; every loop is bounded in time).
+//! The machine's cores are shared by the three processes and the subscribers.
+
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use cluster::{Api, agent_with, free_port, master, temp_dir};
+use serde_json::{Value, json};
+
+const WARM_UP: Duration = Duration::from_secs(3);
+const MEASURE: Duration = Duration::from_secs(6);
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let dir = temp_dir("bench-streams");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("acme {}\n", cluster::TOKEN)).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _master = master(port, &dir.join("data"), &tokens);
+    let _a1 = agent_with("a1", &url, &["--label", "role=send"]);
+    let _a2 = agent_with("a2", &url, &["--label", "role=recv"]);
+    let api = Api { base: url, http: reqwest::Client::new() };
+    let (status, body) = api
+        .call(reqwest::Method::POST, "/api/v1/artifacts?name=filter&version=0.1.0", squilla_guests::read("filter"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // `SQUILLA_BENCH=hop` or `=sse` runs one part only.
+    let part = std::env::var("SQUILLA_BENCH").unwrap_or_default();
+    let mut report = json!({});
+    if part != "sse" {
+        report["tcp_hop"] = tcp_hop(&api).await;
+    }
+    if part != "hop" {
+        let mut runs = Vec::new();
+        // Saturating rates show what is delivered at most; 100 × 20,000 events/s what a
+        // sustained fan-out loses.
+        for (subscribers, rate) in [(1, 1_000_000), (100, 100_000), (100, 20_000)] {
+            runs.push(fan_out(&api, subscribers, rate).await);
+        }
+        report["sse"] = json!(runs);
+    }
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+fn pinned(role: &str) -> Value {
+    json!({"labels": [{"name": "role", "value": role}]})
+}
+
+async fn submit(api: &Api, spec: Value) -> String {
+    let name = spec["name"].as_str().unwrap().to_owned();
+    let (status, body) = api.call(reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, job) = api.call(reqwest::Method::POST, &format!("/api/v1/clusters/{name}/jobs"), vec![]).await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    api.until_of(&id, "running", Duration::from_secs(60), |j| j["state"] == "running").await;
+    id
+}
+
+async fn kill(api: &Api, id: &str) {
+    let (status, body) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/kill"), vec![]).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// `events_in` of worker 0 of `stage`, as last reported.
+async fn events_in(api: &Api, id: &str, stage: usize) -> u64 {
+    api.job_of(id).await["stages"][stage]["workers"][0]["events_in"].as_u64().unwrap_or(0)
+}
+
+async fn tcp_hop(api: &Api) -> Value {
+    let id = submit(
+        api,
+        json!({
+            "name": "hop",
+            "source": {"kind": "synthetic", "generator": "device-logs", "events-per-second": 10_000_000},
+            "backpressure": "block",
+            "stages": [
+                {"name": "send", "artifact": "filter@0.1.0", "constraints": pinned("send"),
+                 "params": {"field": "device-type", "op": "exists"}},
+                {"name": "recv", "artifact": "filter@0.1.0", "constraints": pinned("recv"),
+                 "params": {"field": "no-such-field", "op": "exists"}}
+            ]
+        }),
+    )
+    .await;
+    let job = api.job_of(&id).await;
+    let agents: Vec<&str> = (0..2).map(|s| job["stages"][s]["workers"][0]["agent"].as_str().unwrap()).collect();
+    assert_eq!(agents, ["a1", "a2"], "the stages sit on different agents");
+    tokio::time::sleep(WARM_UP).await;
+    eprintln!("bench: hop measuring");
+    let (t0, sent0, received0) = (Instant::now(), events_in(api, &id, 0).await, events_in(api, &id, 1).await);
+    tokio::time::sleep(MEASURE).await;
+    let (t1, sent1, received1) = (Instant::now(), events_in(api, &id, 0).await, events_in(api, &id, 1).await);
+    kill(api, &id).await;
+    let seconds = (t1 - t0).as_secs_f64();
+    let per_second = (received1 - received0) as f64 / seconds;
+    let batch = squilla_batch::synth::DeviceLogs::new(1).batch(1024, 0, 1).unwrap();
+    let event_bytes = batch.as_bytes().len() as f64 / 1024.0;
+    json!({
+        "events_per_second": per_second.round(),
+        "mb_per_second": (per_second * event_bytes / 1e6).round(),
+        "event_bytes": event_bytes.round(),
+        "sent_per_second": ((sent1 - sent0) as f64 / seconds).round(),
+        "seconds": seconds,
+    })
+}
+
+/// One subscriber's counts over the measured span.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    events: u64,
+    dropped: u64,
+}
+
+async fn fan_out(api: &Api, subscribers: usize, rate: u64) -> Value {
+    let name = format!("fan-{subscribers}-{rate}");
+    let id = submit(
+        api,
+        json!({
+            "name": name,
+            "source": {"kind": "synthetic", "generator": "device-logs", "events-per-second": rate},
+            "backpressure": "drop-oldest",
+            "stages": [{"name": "pass", "artifact": "filter@0.1.0", "constraints": pinned("recv"),
+                        "params": {"field": "device-type", "op": "exists"}}]
+        }),
+    )
+    .await;
+    let start = Instant::now();
+    let (measure_from, measure_to) = (start + WARM_UP, start + WARM_UP + MEASURE);
+    let tasks: Vec<_> = (0..subscribers)
+        .map(|_| {
+            let request = api.http.get(format!("{}/api/v1/jobs/{id}/sink", api.base)).bearer_auth(cluster::TOKEN);
+            tokio::spawn(subscribe(request, measure_from, measure_to))
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    kill(api, &id).await;
+    let seconds = MEASURE.as_secs_f64();
+    let total: u64 = counts.iter().map(|c| c.events).sum();
+    let per = |f: fn(&Counts) -> u64| counts.iter().map(f).collect::<Vec<_>>();
+    json!({
+        "subscribers": subscribers,
+        "offered_events_per_second": rate,
+        "delivered_events_per_second": (total as f64 / seconds).round(),
+        "per_subscriber_min": (per(|c| c.events).into_iter().min().unwrap_or(0) as f64 / seconds).round(),
+        "per_subscriber_max": (per(|c| c.events).into_iter().max().unwrap_or(0) as f64 / seconds).round(),
+        "dropped_per_second": (per(|c| c.dropped).into_iter().sum::<u64>() as f64 / seconds).round(),
+        "seconds": seconds,
+    })
+}
+
+/// Reads one SSE subscription until `to`, counting what arrives from `from` on.
+async fn subscribe(request: reqwest::RequestBuilder, from: Instant, to: Instant) -> Counts {
+    let mut response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut counts, mut carry, mut meta) = (Counts::default(), Vec::<u8>::new(), false);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(to.into(), response.chunk()).await {
+        let counting = Instant::now() >= from;
+        carry.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = carry[start..].iter().position(|&b| b == b'\n') {
+            let line = &carry[start..start + end];
+            start += end + 1;
+            if line.starts_with(b"event:") {
+                meta = true;
+            } else if let Some(data) = line.strip_prefix(b"data:") {
+                if std::mem::take(&mut meta) {
+                    let value: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+                    counts.dropped += if counting { value["dropped"].as_u64().unwrap_or(0) } else { 0 };
+                } else if counting {
+                    counts.events += 1;
+                }
+            }
+        }
+        carry.drain(..start);
+    }
+    counts
+}

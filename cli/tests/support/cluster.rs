@@ -1,0 +1,178 @@
+//! Shared by the `squilla` tests and the stream benchmark: `squilla` processes on loopback (a
+//! master, agents), and a small client for the master's API.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `squilla`, run from the repository's root.
+pub fn squilla() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squilla"));
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    cmd.env_remove("SQUILLA_CONFIG");
+    cmd
+}
+
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("squilla-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A port free right now on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process whose standard error is read line by line (and echoed, prefixed, to the
+/// test's own), killed when dropped.
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `squilla ARGS`, named `name` in the test's output.
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = squilla()
+            .args(args)
+            .env("SQUILLA_LOG", std::env::var("TEST_SQUILLA_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Proc { name: name.into(), child, lines }
+    }
+
+    /// The first line containing `needle`, within `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("{}: no line with `{needle}` in {timeout:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => panic!("{}: exited before printing `{needle}`", self.name),
+            }
+        }
+    }
+
+    /// Kills the process (SIGKILL: no chance to clean up, as in a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Tenant `acme`'s token.
+pub const TOKEN: &str = "acme-token-0123456789";
+/// The agents' shared token.
+pub const AGENT_TOKEN: &str = "agent-token-0123456789";
+
+/// The master's API, as tenant `acme`.
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The client.
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    /// `(status, JSON body or null)` of a request with the tenant's token.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The job as `GET /api/v1/jobs/{id}` answers.
+    pub async fn job_of(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), vec![]).await.1
+    }
+
+    /// Polls job `id` until `ok` holds, within `timeout`.
+    pub async fn until_of(&self, id: &str, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.job_of(id).await;
+            if ok(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}; job is {job:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A master on `port` with its data in `data` and tenants from `tokens`; 200 ms heartbeats,
+/// agents lost after 1.5 s.
+pub fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let m = Proc::spawn(
+        "master",
+        &[
+            "master",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--agent-token",
+            AGENT_TOKEN,
+            "--heartbeat-ms",
+            "200",
+            "--agent-timeout-ms",
+            "1500",
+        ],
+    );
+    m.wait_for("API at", Duration::from_secs(20));
+    m
+}
+
+/// An agent with one worker thread.
+pub fn agent(id: &str, url: &str) -> Proc {
+    agent_with(id, url, &["--threads", "1"])
+}
+
+/// An agent with more arguments (labels, threads).
+pub fn agent_with(id: &str, url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["agent", "--master", url, "--agent-token", AGENT_TOKEN, "--id", id];
+    args.extend_from_slice(extra);
+    let a = Proc::spawn(id, &args);
+    a.wait_for("sinks at", Duration::from_secs(20));
+    a
+}
