@@ -53,20 +53,23 @@ impl DeviceLogs {
 
     /// Appends `count` events to `builder`, the first at `start_ms`, each `step_ms` apart.
     pub fn fill(&mut self, builder: &mut BatchBuilder, count: usize, start_ms: i64, step_ms: i64) {
-        let mut id = String::with_capacity(12);
+        let mut id = *b"dev-000000";
         for i in 0..count {
             let &(device, error_rate) = self.pick(&DEVICE_TYPES);
             let country = *self.pick(&COUNTRIES);
             let title = *self.pick(&TITLES);
             let failed = self.next_f64() < error_rate;
             let latency = 5.0 + self.next_f64() * 120.0;
-            id.clear();
-            use std::fmt::Write;
-            let _ = write!(id, "dev-{:06}", self.next_u64() % 1_000_000);
+            let mut n = self.next_u64() % 1_000_000;
+            for digit in id[4..].iter_mut().rev() {
+                *digit = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+            let id = std::str::from_utf8(&id).expect("ASCII digits");
             builder
                 .event(start_ms + i as i64 * step_ms)
                 .field("device-type", device)
-                .field("device-id", id.as_str())
+                .field("device-id", id)
                 .field("country", country)
                 .field("title", title)
                 .field("status", if failed { 500 } else { 200 })

@@ -135,6 +135,11 @@ fn references_outside_the_batch_are_refused() {
             wire_batch(one(V::Text { offset: 0, len: 2 }), event.clone(), b"\xff\xfe"),
             BatchError::InvalidUtf8 { field: 0 },
         ),
+        (
+            // Half of a two-byte character, in a data area that is not all ASCII.
+            wire_batch(one(V::Text { offset: 1, len: 1 }), event.clone(), "aé".as_bytes()),
+            BatchError::InvalidUtf8 { field: 0 },
+        ),
     ];
     for (bytes, expected) in cases {
         assert_eq!(BatchView::validate(&bytes).unwrap_err(), expected);
