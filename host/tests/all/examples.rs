@@ -154,8 +154,44 @@ fn filter_keeps_events_matching_the_predicate() {
 }
 
 #[test]
+fn alert_raises_once_and_clears_below_the_lower_threshold() {
+    let mut stage = start("alert", &[("threshold", "0.1"), ("clear-below", "0.08")]);
+    let share = |ts: i64, key: &str, rate: f64| Event::new(ts).with("device-type", key).with("error-rate", rate);
+    let input = [
+        share(1, "tv", 0.05),
+        share(2, "tv", 0.12),   // raised
+        share(3, "tv", 0.11),   // still raised: nothing
+        share(4, "tv", 0.09),   // below the threshold but not below 0.08: nothing
+        share(5, "phone", 0.2), // another key, its own state: raised
+        share(6, "tv", 0.07),   // cleared
+        share(7, "tv", 0.1),    // raised again (at the threshold)
+        Event::new(8).with("device-type", "tv"),
+        Event::new(9).with("error-rate", 0.5),
+    ];
+    let out = stage.process(&batch(&input)).unwrap().view().to_events();
+    let seen: Vec<(i64, String, String)> = out
+        .iter()
+        .map(|e| {
+            let text = |name: &str| match e.get(name) {
+                Some(ValueRef::Text(t)) => t.to_owned(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (e.timestamp_ms, text("device-type"), text("alert"))
+        })
+        .collect();
+    let expected = [(2, "tv", "raised"), (5, "phone", "raised"), (6, "tv", "cleared"), (7, "tv", "raised")];
+    assert_eq!(seen, expected.map(|(t, k, a)| (t, k.to_owned(), a.to_owned())));
+    assert_eq!(out[2].get("raised-at-ms"), Some(ValueRef::Int(2)), "a clear says since when it was raised");
+    assert_eq!(out[0].get("error-rate"), Some(ValueRef::Float(0.12)));
+    assert_eq!(out[0].get("threshold"), Some(ValueRef::Float(0.1)));
+    assert_eq!(out[0].get("clear-below"), Some(ValueRef::Float(0.08)));
+}
+
+#[test]
 fn bad_parameters_fail_init_with_the_stages_message() {
-    let cases: [(&str, &[(&str, &str)], &str); 3] = [
+    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+        ("alert", &[], "missing required parameter `threshold`"),
+        ("alert", &[("threshold", "0.1"), ("clear-below", "0.2")], "must be a number no greater than `threshold`"),
         ("sentiment", &[], "missing required parameter `keyword`"),
         ("filter", &[("field", "a"), ("op", "like"), ("value", "x")], "parameter `op` = \"like\""),
         ("top-titles", &[("n", "many")], "parameter `n` = \"many\" is not a valid usize"),
