@@ -300,6 +300,16 @@ impl SinkHub {
             for g in groups.iter_mut() {
                 match &mut g.runner {
                     None => g.deliver(&plain),
+                    // A filter's matches are written straight from the batch, like plain events.
+                    Some(runner) if runner.query().selects_events() => {
+                        let mut frames = Frames::default();
+                        for event in batch.view().events() {
+                            if runner.matches(&event) {
+                                frames.push_event(&event);
+                            }
+                        }
+                        g.deliver(&frames.freeze());
+                    }
                     Some(runner) => {
                         for event in batch.view().events() {
                             runner.push(&event, &mut out);

@@ -193,7 +193,12 @@ impl<'a> EventRef<'a> {
 
     /// The first field called `name`.
     pub fn get(&self, name: &str) -> Option<ValueRef<'a>> {
-        self.fields().find(|(n, _)| *n == name).map(|(_, v)| v)
+        // Names are compared first; only the match's value is read.
+        let names = &self.batch.names;
+        let field = self.field_slice().iter().find(|f| {
+            names.get(f.name.to_native() as usize).is_some_and(|n| n.len() == name.len() && n.as_str() == name)
+        })?;
+        Some(value_ref(&field.value, self.batch.data.as_slice()))
     }
 
     /// The text field called `name`, if it exists and is text.

@@ -6,7 +6,9 @@
 //! object that is sent.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use hashbrown::{Equivalent, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, Number, Value as Json};
@@ -61,14 +63,69 @@ impl V<'_> {
     }
 }
 
-/// A group key part (hashable).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A group key part, owned: what the groups of an open window are stored under.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Null,
     Bool(bool),
     Int(i64),
     Float(u64),
-    Text(String),
+    Text(Box<str>),
+}
+
+/// A group's key. Hashed part by part exactly as [`Parts`] hashes, so that an event's key can
+/// be looked up from its values read in place, without making owned copies of its text.
+#[derive(Debug, PartialEq, Eq)]
+struct GroupKey(Vec<Key>);
+
+impl Hash for GroupKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for k in &self.0 {
+            match k {
+                Key::Null => hash_part(h, 0, &()),
+                Key::Bool(b) => hash_part(h, 1, b),
+                Key::Int(i) => hash_part(h, 2, i),
+                Key::Float(bits) => hash_part(h, 3, bits),
+                Key::Text(t) => hash_part(h, 4, &**t),
+            }
+        }
+    }
+}
+
+/// An event's group key as evaluated, borrowing its text from the batch.
+struct Parts<'v, 'a>(&'v [V<'a>]);
+
+impl Hash for Parts<'_, '_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for v in self.0 {
+            match v {
+                V::Null => hash_part(h, 0, &()),
+                V::Bool(b) => hash_part(h, 1, b),
+                V::Int(i) => hash_part(h, 2, i),
+                V::Float(f) => hash_part(h, 3, &f.to_bits()),
+                V::Text(t) => hash_part(h, 4, &**t),
+            }
+        }
+    }
+}
+
+fn hash_part<H: Hasher, T: Hash + ?Sized>(h: &mut H, tag: u8, value: &T) {
+    h.write_u8(tag);
+    value.hash(h);
+}
+
+impl Equivalent<GroupKey> for Parts<'_, '_> {
+    fn equivalent(&self, key: &GroupKey) -> bool {
+        self.0.len() == key.0.len()
+            && self.0.iter().zip(&key.0).all(|(v, k)| match (v, k) {
+                (V::Null, Key::Null) => true,
+                (V::Bool(a), Key::Bool(b)) => a == b,
+                (V::Int(a), Key::Int(b)) => a == b,
+                (V::Float(a), Key::Float(b)) => a.to_bits() == *b,
+                (V::Text(a), Key::Text(b)) => **a == **b,
+                _ => false,
+            })
+    }
 }
 
 impl Key {
@@ -78,7 +135,7 @@ impl Key {
             V::Bool(b) => Key::Bool(*b),
             V::Int(i) => Key::Int(*i),
             V::Float(f) => Key::Float(f.to_bits()),
-            V::Text(t) => Key::Text(t.to_string()),
+            V::Text(t) => Key::Text(Box::from(&**t)),
         }
     }
 
@@ -88,7 +145,7 @@ impl Key {
             Key::Bool(b) => Json::Bool(*b),
             Key::Int(i) => Json::from(*i),
             Key::Float(bits) => Number::from_f64(f64::from_bits(*bits)).map_or(Json::Null, Json::Number),
-            Key::Text(t) => Json::String(t.clone()),
+            Key::Text(t) => Json::String(t.to_string()),
         }
     }
 }
@@ -285,7 +342,7 @@ impl Acc {
 pub struct Runner {
     query: Arc<Query>,
     rng: u64,
-    groups: HashMap<Vec<Key>, Vec<Acc>>,
+    groups: HashMap<GroupKey, Vec<Acc>>,
     window_start: i64,
 }
 
@@ -293,6 +350,11 @@ impl Runner {
     /// A runner whose first window starts at `now_ms`; `seed` drives `sample`.
     pub fn new(query: Arc<Query>, now_ms: i64, seed: u64) -> Self {
         Runner { query, rng: seed | 1, groups: HashMap::new(), window_start: now_ms }
+    }
+
+    /// The query it runs.
+    pub fn query(&self) -> &Query {
+        &self.query
     }
 
     /// Whether the query passes `event` (its `WHERE`).
@@ -328,18 +390,21 @@ impl Runner {
             return;
         };
         let rng = &mut self.rng;
-        let key: Vec<Key> = self.query.keys.iter().map(|k| Key::of(&eval(k, event, rng))).collect();
+        let values: Vec<V<'_>> = self.query.keys.iter().map(|k| eval(k, event, rng)).collect();
         let query = &self.query;
-        let accs = self.groups.entry(key).or_insert_with(|| {
-            query
+        // Owned copies of the key are made only for a group's first event in the window.
+        if !self.groups.contains_key(&Parts(&values)) {
+            let accs = query
                 .items
                 .iter()
                 .filter_map(|i| match i {
                     Item::Named { expr: Expr::Agg(agg), .. } => Some(Acc::new(agg.kind)),
                     _ => None,
                 })
-                .collect()
-        });
+                .collect();
+            self.groups.insert(GroupKey(values.iter().map(Key::of).collect()), accs);
+        }
+        let accs = self.groups.get_mut(&Parts(&values)).expect("inserted above");
         let mut i = 0;
         for item in &query.items {
             if let Item::Named { expr: Expr::Agg(agg), .. } = item {
@@ -357,7 +422,7 @@ impl Runner {
         if now_ms < end {
             return;
         }
-        for (key, mut accs) in self.groups.drain() {
+        for (GroupKey(key), mut accs) in self.groups.drain() {
             let mut map = Map::new();
             map.insert(squilla_batch::json::TIMESTAMP.into(), end.into());
             map.insert("window-ms".into(), window.into());

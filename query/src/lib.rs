@@ -159,4 +159,11 @@ impl Query {
     pub fn window_ms(&self) -> Option<u64> {
         self.window_ms
     }
+
+    /// Whether the query only filters (`SELECT * [WHERE …]`, no grouping): its results are the
+    /// matching events as they are, so a caller may write them itself after
+    /// [`Runner::matches`](crate::Runner::matches).
+    pub fn selects_events(&self) -> bool {
+        self.window_ms.is_none() && matches!(self.items.as_slice(), [Item::All])
+    }
 }

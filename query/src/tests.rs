@@ -155,3 +155,16 @@ fn bad_queries_are_refused_with_a_position() {
         }
     }
 }
+
+#[test]
+fn only_star_queries_select_whole_events() {
+    for (sql, whole) in [
+        ("SELECT *", true),
+        ("SELECT * WHERE status >= 500", true),
+        ("SELECT *, status AS s", false),
+        ("SELECT status", false),
+        ("SELECT count(*) GROUP BY window(1000)", false),
+    ] {
+        assert_eq!(Query::parse(sql).unwrap().selects_events(), whole, "{sql}");
+    }
+}

@@ -78,6 +78,9 @@ async fn websocket_subscribers_get_the_sink_and_are_closed_when_the_job_ends() {
         connect(&api.base, &format!("{path}?query={}", query.replace(' ', "%20").replace('<', "%3C")), Some(TOKEN))
             .await
             .unwrap();
+    let mut tail = connect(&api.base, &format!("{path}?query=SELECT%20*%20WHERE%20id%20%3E%3D%202900"), Some(TOKEN))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await; // the master connects to both agents
     let (status, body) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), ndjson(0..3000)).await;
     assert_eq!(status, 200, "{body}");
@@ -91,11 +94,18 @@ async fn websocket_subscribers_get_the_sink_and_are_closed_when_the_job_ends() {
     assert_eq!(projected, (0..300).filter(|i| i % 3 == 0).collect(), "the query ran before sending");
     assert!(events.iter().all(|e| e.get("id").is_none() && e.get("status").is_none()), "projected: {events:?}");
 
+    let (events, _, _) = read(&mut tail, Duration::from_secs(30), |e| e.len() >= 33).await;
+    assert_eq!(ids(&events), (2900..3000).filter(|i| i % 3 == 0).collect(), "a filtering query");
+    for e in &events {
+        let keys: BTreeSet<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["timestamp-ms", "id", "status"]), "whole events: {e}");
+    }
+
     // A client's own messages are ignored; the job's end is announced, then the socket closes.
     some.send(Message::Text("hello".into())).await.unwrap();
     let (status, _) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/kill"), vec![]).await;
     assert_eq!(status, 200);
-    for socket in [&mut all, &mut some] {
+    for socket in [&mut all, &mut some, &mut tail] {
         let (events, metas, close) = read(socket, Duration::from_secs(15), |_| false).await;
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(metas, vec![serde_json::json!({"ended": true})]);
