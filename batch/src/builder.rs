@@ -30,6 +30,9 @@ pub struct BatchBuilder {
     /// from (by address, for identity only) and its names' indexes here.
     remap_from: usize,
     remap: Vec<u32>,
+    /// Whether the builder holds exactly a prefix of one batch's events (see
+    /// [`BatchBuilder::is_copy_of`]).
+    copied: Copied,
     /// The name most likely asked for next: the one after the last interned. Events of one
     /// batch usually repeat one schema in one order, so this makes interning one comparison.
     next_name: usize,
@@ -37,6 +40,19 @@ pub struct BatchBuilder {
 
 /// Marks a name of the source batch not yet mapped into this one.
 const UNMAPPED: u32 = u32::MAX;
+
+/// What a builder holds, as far as passing a batch through unchanged is concerned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Copied {
+    /// Nothing yet, default metadata.
+    #[default]
+    Nothing,
+    /// The first `events` events of the batch at address `batch`, copied in order with
+    /// [`BatchBuilder::push_ref`], and nothing else.
+    Prefix { batch: usize, events: usize },
+    /// Anything else.
+    Other,
+}
 
 impl BatchBuilder {
     /// An empty batch with empty metadata.
@@ -56,18 +72,21 @@ impl BatchBuilder {
     /// Sets who produced the batch.
     pub fn source(mut self, source: impl Into<String>) -> Self {
         self.batch.meta.source = source.into();
+        self.copied = Copied::Other;
         self
     }
 
     /// Sets the producer's sequence number for this batch.
     pub fn sequence(mut self, sequence: u64) -> Self {
         self.batch.meta.sequence = sequence;
+        self.copied = Copied::Other;
         self
     }
 
     /// Sets when the batch was cut (ms since the Unix epoch).
     pub fn created_at_ms(mut self, created_at_ms: i64) -> Self {
         self.batch.meta.created_at_ms = created_at_ms;
+        self.copied = Copied::Other;
         self
     }
 
@@ -83,6 +102,7 @@ impl BatchBuilder {
 
     /// Starts a new event at `timestamp_ms`; add its fields through the returned builder.
     pub fn event(&mut self, timestamp_ms: i64) -> EventBuilder<'_> {
+        self.copied = Copied::Other;
         let first_field = self.batch.fields.len() as u32;
         self.batch.events.push(wire::Event { timestamp_ms, first_field, field_count: 0 });
         EventBuilder { builder: self }
@@ -91,6 +111,27 @@ impl BatchBuilder {
     /// Appends a copy of an event read from another batch. Copying many events from one
     /// batch maps each of its field names once.
     pub fn push_ref(&mut self, event: EventRef<'_>) {
+        let (batch, index) = event.position();
+        let copied = match self.copied {
+            Copied::Nothing if index == 0 => Copied::Prefix { batch, events: 1 },
+            Copied::Prefix { batch: b, events } if b == batch && events == index => {
+                Copied::Prefix { batch, events: events + 1 }
+            }
+            _ => Copied::Other,
+        };
+        self.push_ref_fields(event);
+        self.copied = copied;
+    }
+
+    /// Whether the builder holds exactly all of `view`'s events, copied in order with
+    /// [`BatchBuilder::push_ref`], and nothing else (no other event, no metadata set): its
+    /// output would carry the same events as `view`. A stage's glue then returns the input
+    /// bytes as they are, sparing the archiving here and the validation in the host.
+    pub fn is_copy_of(&self, view: &crate::BatchView<'_>) -> bool {
+        matches!(self.copied, Copied::Prefix { batch, events } if batch == view.address() && events == view.len())
+    }
+
+    fn push_ref_fields(&mut self, event: EventRef<'_>) {
         let (names, table) = event.name_table();
         if table != self.remap_from {
             self.remap_from = table;

@@ -179,3 +179,31 @@ fn synthetic_events_are_about_130_bytes_and_deterministic() {
     let errors = a.view().events().filter(|e| e.get("error") == Some(crate::ValueRef::Bool(true))).count();
     assert!(errors > 0 && errors < 200, "{errors} errors in 1000");
 }
+
+#[test]
+fn a_builder_knows_when_it_holds_exactly_a_copy_of_a_batch() {
+    let bytes = crate::synth::DeviceLogs::new(1).batch(5, 0, 1).unwrap();
+    let other = crate::synth::DeviceLogs::new(2).batch(5, 0, 1).unwrap();
+    let view = bytes.view();
+    let copy = |pick: &dyn Fn(&mut BatchBuilder)| {
+        let mut b = BatchBuilder::new();
+        pick(&mut b);
+        b.is_copy_of(&view)
+    };
+    assert!(copy(&|b| view.events().for_each(|e| b.push_ref(e))), "all, in order");
+    assert!(!copy(&|b| view.events().take(4).for_each(|e| b.push_ref(e))), "a prefix");
+    assert!(!copy(&|b| view.events().skip(1).for_each(|e| b.push_ref(e))), "missing the first");
+    assert!(!copy(&|b| (0..5).rev().for_each(|i| b.push_ref(view.event(i).unwrap()))), "out of order");
+    assert!(!copy(&|b| view.events().chain(view.events().take(1)).for_each(|e| b.push_ref(e))), "one twice");
+    assert!(!copy(&|b| other.view().events().for_each(|e| b.push_ref(e))), "another batch");
+    assert!(
+        !copy(&|b| {
+            view.events().for_each(|e| b.push_ref(e));
+            b.event(9).field("x", 1i64);
+        }),
+        "and one more"
+    );
+    let mut b = BatchBuilder::new().source("me");
+    view.events().for_each(|e| b.push_ref(e));
+    assert!(!b.is_copy_of(&view), "its own metadata");
+}

@@ -74,6 +74,11 @@ impl<'a> BatchView<'a> {
         self.batch.events.len()
     }
 
+    /// The address of the archived batch: an identity while it lives.
+    pub(crate) fn address(&self) -> usize {
+        self.batch as *const wire::ArchivedBatch as usize
+    }
+
     /// Whether the batch holds no event.
     pub fn is_empty(&self) -> bool {
         self.batch.events.is_empty()
@@ -184,6 +189,13 @@ impl<'a> EventRef<'a> {
     pub(crate) fn raw_fields(&self) -> impl Iterator<Item = (u32, ValueRef<'a>)> + 'a {
         let data = self.batch.data.as_slice();
         self.field_slice().iter().map(move |f| (f.name.to_native(), value_ref(&f.value, data)))
+    }
+
+    /// The address of its batch (an identity while the batch lives) and its index there.
+    pub(crate) fn position(&self) -> (usize, usize) {
+        let base = self.batch.events.as_ptr() as usize;
+        let index = (self.event as *const wire::ArchivedEvent as usize - base) / size_of::<wire::ArchivedEvent>();
+        (self.batch as *const wire::ArchivedBatch as usize, index)
     }
 
     /// The batch's name table, and its address as an identity.
