@@ -177,7 +177,7 @@ impl BatchBuilder {
         self.into_vec().map(BatchBytes::from_trusted)
     }
 
-    fn intern(&mut self, name: &str) -> u32 {
+    pub(crate) fn intern(&mut self, name: &str) -> u32 {
         let i = self.lookup(name);
         self.next_name = i as usize + 1;
         i
@@ -237,7 +237,7 @@ impl EventBuilder<'_> {
         self.field(name, ValueRef::Null)
     }
 
-    fn push(&mut self, name: u32, value: ValueRef<'_>) {
+    pub(crate) fn push(&mut self, name: u32, value: ValueRef<'_>) {
         let value = match value {
             ValueRef::Null => wire::Value::Null,
             ValueRef::Bool(b) => wire::Value::Bool(b),

@@ -37,8 +37,11 @@ async fn run() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _master = master(port, &dir.join("data"), &tokens);
-    let _a1 = agent_with("a1", &url, &["--label", "role=send"]);
-    let _a2 = agent_with("a2", &url, &["--label", "role=recv"]);
+    // Worker threads per agent (default 1: the two agents then leave a core's worth of room
+    // for the source, the transport and the master on a 2-core machine).
+    let threads = std::env::var("SQUILLA_BENCH_THREADS").unwrap_or_else(|_| "1".into());
+    let _a1 = agent_with("a1", &url, &["--label", "role=send", "--threads", &threads]);
+    let _a2 = agent_with("a2", &url, &["--label", "role=recv", "--threads", &threads]);
     let api = Api { base: url, http: reqwest::Client::new() };
     let (status, body) = api
         .call(reqwest::Method::POST, "/api/v1/artifacts?name=filter&version=0.1.0", squilla_guests::read("filter"))
