@@ -55,12 +55,21 @@ pub fn write_json(event: &EventRef<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\":");
     // Writing to a `Vec` cannot fail.
     let _ = write!(out, "{}", event.timestamp_ms());
-    let mut seen: Vec<&str> = Vec::with_capacity(event.field_count());
+    // Names seen: a short list for the usual handful of fields, a set past that.
+    let mut seen: Vec<&str> = Vec::with_capacity(event.field_count().min(16));
+    let mut many: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (name, value) in event.fields() {
-        if name == TIMESTAMP || seen.contains(&name) {
+        if name == TIMESTAMP {
             continue;
         }
-        seen.push(name);
+        if seen.len() < 16 {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+        } else if seen.contains(&name) || !many.insert(name) {
+            continue;
+        }
         out.push(b',');
         string(out, name);
         out.push(b':');
@@ -180,6 +189,11 @@ mod tests {
             .field("nothing", ValueRef::Null)
             .field("raw", ValueRef::Bytes(&[0, 255, 16]));
         builder.event(0);
+        // Past 16 fields, duplicates are found in a set.
+        let mut wide = builder.event(1);
+        for i in 0..40i64 {
+            wide.field(&format!("f{}", i % 25), i);
+        }
         both_ways(&builder.finish().unwrap());
     }
 }

@@ -5,7 +5,8 @@
 //! for keep-alive. Agents render whole batches of frames at once; the master passes complete
 //! frames through without parsing them; readers that need events one by one (WebSocket
 //! subscribers, job sources) use [`Parser`], which takes the bytes as they arrive, in pieces
-//! of any size, and touches each byte a constant number of times.
+//! of any size, looks at each byte a constant number of times, and keeps at most
+//! [`MAX_LINE`] of an unfinished line.
 
 /// One event of a sink stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,15 +32,31 @@ pub fn frame(out: &mut Vec<u8>, name: Option<&str>, data: &str) {
 
 /// Where the complete frames of `bytes` end: the index just past the last blank line, or 0.
 pub fn complete(bytes: &[u8]) -> usize {
-    bytes.windows(2).rposition(|w| w == b"\n\n").map_or(0, |i| i + 2)
+    complete_from(bytes, 0)
 }
+
+/// As [`complete`], looking only at blank lines that end at or after `from + 2`: for a reader
+/// that appends to a buffer in which it found none before `from`, the search covers only what
+/// is new.
+pub fn complete_from(bytes: &[u8], from: usize) -> usize {
+    bytes.get(from..).and_then(|tail| tail.windows(2).rposition(|w| w == b"\n\n")).map_or(0, |i| from + i + 2)
+}
+
+/// Longest line (and longest event data) a [`Parser`] keeps; longer ones are skipped whole.
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// An incremental reader of a sink stream.
 #[derive(Debug, Default)]
 pub struct Parser {
     carry: Vec<u8>,
+    /// How much of `carry` is known to hold no newline.
+    scanned: usize,
+    /// Whether the rest of the current line is being skipped (it was too long).
+    skipping: bool,
     name: Option<String>,
     data: String,
+    /// Events skipped because a line or their data passed [`MAX_LINE`].
+    pub oversized: u64,
 }
 
 impl Parser {
@@ -49,13 +66,24 @@ impl Parser {
     }
 
     /// Reads `bytes` (continuing whatever came before) and hands every completed event to
-    /// `out`. Comments and unknown fields are skipped; a frame without `data` yields nothing.
+    /// `out`. Comments and unknown fields are skipped; a frame without `data` yields nothing;
+    /// an event with a line or data over [`MAX_LINE`] is skipped and counted in `oversized`.
     pub fn feed(&mut self, bytes: &[u8], mut out: impl FnMut(Event)) {
         self.carry.extend_from_slice(bytes);
         let mut start = 0;
-        while let Some(len) = self.carry[start..].iter().position(|&b| b == b'\n') {
-            let mut line = &self.carry[start..start + len];
-            start += len + 1;
+        loop {
+            let from = start.max(self.scanned);
+            let Some(len) = self.carry[from..].iter().position(|&b| b == b'\n') else {
+                self.scanned = self.carry.len();
+                break;
+            };
+            let end = from + len;
+            let mut line = &self.carry[start..end];
+            start = end + 1;
+            self.scanned = start;
+            if std::mem::take(&mut self.skipping) {
+                continue;
+            }
             if let Some(stripped) = line.strip_suffix(b"\r") {
                 line = stripped;
             }
@@ -69,11 +97,27 @@ impl Parser {
                     self.data.push('\n');
                 }
                 self.data.push_str(&String::from_utf8_lossy(v.strip_prefix(b" ").unwrap_or(v)));
+                if self.data.len() > MAX_LINE {
+                    self.drop_event();
+                }
             } else if let Some(v) = line.strip_prefix(b"event:") {
                 self.name = Some(String::from_utf8_lossy(v).trim().to_owned());
             }
         }
         self.carry.drain(..start);
+        self.scanned -= start;
+        if self.carry.len() > MAX_LINE {
+            self.carry.clear();
+            self.scanned = 0;
+            self.skipping = true;
+            self.drop_event();
+        }
+    }
+
+    fn drop_event(&mut self) {
+        self.data.clear();
+        self.name = None;
+        self.oversized += 1;
     }
 }
 
@@ -109,10 +153,29 @@ mod tests {
     }
 
     #[test]
+    fn a_line_over_the_limit_is_skipped_and_what_follows_is_read() {
+        let mut parser = Parser::new();
+        let mut events = Vec::new();
+        parser.feed(b"data: {\"a\":1}\n\ndata: ", |e| events.push(e));
+        let piece = vec![b'x'; 1024 * 1024];
+        for _ in 0..(MAX_LINE / piece.len() + 1) {
+            parser.feed(&piece, |e| events.push(e));
+        }
+        assert!(parser.carry.len() <= MAX_LINE, "the parser's memory stays bounded");
+        parser.feed(b"xx\n\ndata: {\"b\":2}\n\n", |e| events.push(e));
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, [r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!(parser.oversized, 1);
+    }
+
+    #[test]
     fn complete_finds_the_last_whole_frame() {
         assert_eq!(complete(b""), 0);
         assert_eq!(complete(b"data: {}\n"), 0);
         assert_eq!(complete(b"data: {}\n\ndata: {"), 10);
         assert_eq!(complete(b"data: {}\n\ndata: {}\n\n"), 20);
+        assert_eq!(complete_from(b"data: {}\n\ndata: {}\n\n", 11), 20);
+        assert_eq!(complete_from(b"data: {}\n\ndata: {", 11), 0);
+        assert_eq!(complete_from(b"ab", 5), 0);
     }
 }

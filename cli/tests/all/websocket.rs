@@ -72,6 +72,21 @@ async fn websocket_subscribers_get_the_sink_and_are_closed_when_the_job_ends() {
         other => panic!("no such job: {:?}", other.map(|_| ())),
     }
 
+    // An idle subscriber hears a ping frame every `ping` seconds (the agents' own pings, which
+    // arrive as often, do not count as hearing something).
+    let mut idle = connect(&api.base, &format!("{path}?ping=1"), Some(TOKEN)).await.unwrap();
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 3 && started.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(10), idle.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Text(text)))) => panic!("nothing was ingested yet: {text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pings, 3, "three pings within {:?}", started.elapsed());
+    drop(idle);
+
     let mut all = connect(&api.base, &path, Some(TOKEN)).await.unwrap();
     let query = "SELECT id AS n WHERE id < 300";
     let mut some =

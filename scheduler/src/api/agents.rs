@@ -91,7 +91,8 @@ pub async fn subscribe(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;
-    super::stream::check_params(query.as_deref())?;
-    let events = super::stream::proxy(state, tenant, super::stream::Follow::Cluster(cluster), query);
+    let params = super::stream::check_params(query.as_deref())?;
+    let follow = super::stream::Follow::Cluster(cluster);
+    let events = super::stream::proxy(state, tenant, follow, query, params.ping_interval());
     Ok(super::stream::sse(events))
 }

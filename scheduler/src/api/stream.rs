@@ -123,7 +123,7 @@ pub async fn sink(
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     state.control.sink_agents(&tenant, &id)?;
     let params = check_params(query.as_deref())?;
-    let events = proxy(state, tenant, Follow::Job(id), query);
+    let events = proxy(state, tenant, Follow::Job(id), query, params.ping_interval());
     Ok(match upgrade {
         Ok(upgrade) => super::ws::serve(upgrade, events, params.ping_interval()),
         Err(_) => sse(events),
@@ -163,15 +163,32 @@ pub(crate) enum Follow {
 /// the agents (each chunk is what one read from an agent brought, often a whole batch).
 pub(crate) const PROXY_CHUNKS: usize = 64;
 
+/// Largest frame (one event's JSON) the master relays; an agent sending a longer one is
+/// disconnected (and reconnected within a second).
+pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
-/// where they are every second. Yields chunks of complete frames.
-pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Option<String>) -> mpsc::Receiver<Bytes> {
+/// where they are every second. Yields chunks of complete frames. An agent connection that
+/// brings nothing for three `ping` intervals (agents ping every `ping` when idle) is dropped
+/// and made again.
+pub(crate) fn proxy(
+    state: AppState,
+    tenant: String,
+    follow: Follow,
+    query: Option<String>,
+    ping: Duration,
+) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel::<Bytes>(PROXY_CHUNKS);
     let connected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let client = state.http.clone();
     let token = state.agent_token_plain.clone();
+    let silence = ping * 3 + Duration::from_secs(5);
     tokio::spawn(async move {
+        let mut relays = tokio::task::JoinSet::new();
         loop {
+            // Finished relays leave the set; dropping the set (on return) aborts the others,
+            // so that nothing follows the end of the stream.
+            while relays.try_join_next().is_some() {}
             if tx.is_closed() {
                 return;
             }
@@ -185,6 +202,8 @@ pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Opti
                     .as_ref()
                     .is_none_or(|id| state.control.job(&tenant, id).map(|j| j.state.is_terminal()).unwrap_or(true));
                 if ended {
+                    relays.abort_all();
+                    while relays.join_next().await.is_some() {}
                     let mut ended = Vec::new();
                     squilla_types::sse::frame(&mut ended, Some("meta"), r#"{"ended":true}"#);
                     let _ = tx.send(Bytes::from(ended)).await;
@@ -202,8 +221,8 @@ pub(crate) fn proxy(state: AppState, tenant: String, follow: Follow, query: Opti
                     url.push_str(q);
                 }
                 let (tx, connected, client, token) = (tx.clone(), connected.clone(), client.clone(), token.clone());
-                tokio::spawn(async move {
-                    if let Err(err) = relay(&client, &url, token.as_deref(), &tx).await {
+                relays.spawn(async move {
+                    if let Err(err) = relay(&client, &url, token.as_deref(), &tx, silence).await {
                         tracing::debug!(%url, error = %err, "sink relay ended");
                     }
                     connected.lock().expect("connected lock").remove(&format!("{agent}/{key}"));
@@ -221,6 +240,7 @@ async fn relay(
     url: &str,
     token: Option<&str>,
     tx: &mpsc::Sender<Bytes>,
+    silence: Duration,
 ) -> Result<(), String> {
     let mut request = client.get(url);
     if let Some(token) = token {
@@ -232,15 +252,24 @@ async fn relay(
     }
     let mut body = response.bytes_stream();
     let mut carry = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
+    loop {
+        let chunk = match tokio::time::timeout(silence, body.next()).await {
+            Err(_) => return Err(format!("the agent sent nothing for {silence:?}")),
+            Ok(None) => return Ok(()),
+            Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
+        };
         // Usually a read ends on a frame's end: pass it on as it is.
         let whole = if carry.is_empty() && chunk.ends_with(b"\n\n") {
             chunk
         } else {
+            // No frame ended in `carry` before: look only where one can end now.
+            let from = carry.len().saturating_sub(1);
             carry.extend_from_slice(&chunk);
-            let end = squilla_types::sse::complete(&carry);
+            let end = squilla_types::sse::complete_from(&carry, from);
             if end == 0 {
+                if carry.len() > MAX_FRAME_BYTES {
+                    return Err(format!("a frame over {MAX_FRAME_BYTES} bytes"));
+                }
                 continue;
             }
             let rest = carry.split_off(end);
@@ -250,5 +279,4 @@ async fn relay(
             return Ok(());
         }
     }
-    Ok(())
 }

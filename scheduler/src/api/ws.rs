@@ -55,6 +55,10 @@ async fn pump(mut socket: WebSocket, mut chunks: mpsc::Receiver<Bytes>, ping: Du
                     Some("meta") => messages.push(format!("{{\"$meta\":{}}}", event.data)),
                     Some(_) => {}
                 });
+                // Agents' pings are not forwarded, and do not count as the client hearing something.
+                if messages.is_empty() {
+                    continue;
+                }
                 for text in messages.drain(..) {
                     socket.feed(Message::Text(text.into())).await?;
                 }
