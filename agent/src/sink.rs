@@ -29,8 +29,10 @@ use squilla_query::{Query, Runner};
 use squilla_types::sse;
 use tokio::sync::mpsc;
 
-/// Events one subscriber may have waiting before chunks for it are dropped.
-pub const SUBSCRIBER_BUFFER: usize = 1024;
+/// Events one subscriber may have waiting before chunks for it are dropped: four full
+/// batches, so that a reader that pauses briefly loses nothing. Chunks of plain output are
+/// shared by all subscribers, so this costs little memory per subscriber.
+pub const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// What a subscriber asks for.
 #[derive(Debug, Clone, Default)]
