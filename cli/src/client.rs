@@ -164,11 +164,23 @@ impl Client {
         self.call(reqwest::Method::POST, &format!("/api/v1/clusters/{cluster}/jobs"), Some(body)).await
     }
 
-    /// Prints the job's sink, one JSON event per line, until it ends (or `limit` events).
-    pub async fn tail(&self, job: &str, limit: Option<u64>, out: &mut impl Write) -> anyhow::Result<()> {
+    /// Prints the job's sink, one JSON event per line, until it ends (or `limit` events);
+    /// `meta` events go to standard error.
+    pub async fn tail(&self, job: &str, options: &TailOptions, out: &mut impl Write) -> anyhow::Result<()> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(q) = &options.query {
+            params.push(("query", q.clone()));
+        }
+        if let Some(c) = &options.client_id {
+            params.push(("clientId", c.clone()));
+        }
+        if let Some(n) = options.sample {
+            params.push(("sample", n.to_string()));
+        }
         let response = self
             .http
             .get(self.connection.url(&format!("/api/v1/jobs/{job}/sink")))
+            .query(&params)
             .bearer_auth(&self.token)
             .send()
             .await
@@ -183,31 +195,26 @@ impl Client {
             );
         }
         let mut body = response.bytes_stream();
-        let (mut buffer, mut event, mut printed) = (String::new(), None::<String>, 0u64);
+        let mut parser = squilla_types::sse::Parser::new();
+        let mut printed = 0u64;
+        let mut events = Vec::new();
         while let Some(chunk) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                let line = line.trim_end();
-                if let Some(name) = line.strip_prefix("event:") {
-                    event = Some(name.trim().to_owned());
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    let data = data.trim_start();
-                    match event.as_deref() {
-                        None | Some("message") => {
-                            writeln!(out, "{data}")?;
+            parser.feed(&chunk?, |e| events.push(e));
+            for event in events.drain(..) {
+                match event.name.as_deref() {
+                    None | Some("message") => {
+                        writeln!(out, "{}", event.data)?;
+                        printed += 1;
+                        if options.limit.is_some_and(|l| printed >= l) {
                             out.flush()?;
-                            printed += 1;
-                            if limit.is_some_and(|l| printed >= l) {
-                                return Ok(());
-                            }
+                            return Ok(());
                         }
-                        Some(kind) => eprintln!("[{kind}] {data}"),
                     }
-                } else if line.is_empty() {
-                    event = None;
+                    Some("ping") => {}
+                    Some(kind) => eprintln!("[{kind}] {}", event.data),
                 }
             }
+            out.flush()?;
         }
         Ok(())
     }
@@ -279,10 +286,27 @@ pub fn job(connection: Connection, command: JobCommand) -> anyhow::Result<()> {
     })
 }
 
-pub fn tail(connection: Connection, job: String, limit: Option<u64>) -> anyhow::Result<()> {
+/// What `squilla tail` asks of a sink (see the sink parameters in docs/api.md).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TailOptions {
+    /// Stop after this many events.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// An ad-hoc query run on the agents, e.g. `SELECT status WHERE status >= 500`.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// Subscribers sharing a client id split the stream between them.
+    #[arg(long = "client-id")]
+    pub client_id: Option<String>,
+    /// At most this many events per second.
+    #[arg(long)]
+    pub sample: Option<u32>,
+}
+
+pub fn tail(connection: Connection, job: String, options: TailOptions) -> anyhow::Result<()> {
     let client = Client::new(connection)?;
     block_on(async {
         let stdout = std::io::stdout();
-        client.tail(&job, limit, &mut stdout.lock()).await
+        client.tail(&job, &options, &mut stdout.lock()).await
     })
 }

@@ -150,7 +150,7 @@ async fn tail(connection: &Connection, id: &str) -> anyhow::Result<()> {
     eprintln!("squilla dev: the output of `{id}` follows (Ctrl-C stops)");
     let stdout = std::io::stdout();
     loop {
-        client.tail(id, None, &mut stdout.lock()).await?;
+        client.tail(id, &Default::default(), &mut stdout.lock()).await?;
         let state = client.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), None).await?;
         if state["state"].as_str().is_some_and(|s| ["completed", "failed", "killed"].contains(&s)) {
             eprintln!("squilla dev: job `{id}` ended: {} {}", state["state"], state["reason"]);

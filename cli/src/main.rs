@@ -63,9 +63,8 @@ enum Command {
     Tail {
         /// The job id, e.g. `device-errors-1`.
         job: String,
-        /// Stop after this many events.
-        #[arg(long)]
-        limit: Option<u64>,
+        #[command(flatten)]
+        options: client::TailOptions,
         #[command(flatten)]
         connection: client::Connection,
     },
@@ -97,7 +96,7 @@ fn run() -> anyhow::Result<()> {
         Command::Artifact { command, connection } => client::artifact(connection, command),
         Command::Cluster { command, connection } => client::cluster(connection, command),
         Command::Job { command, connection } => client::job(connection, command),
-        Command::Tail { job, limit, connection } => client::tail(connection, job, limit),
+        Command::Tail { job, options, connection } => client::tail(connection, job, options),
         Command::Run(args) => run::run(args),
     }
 }

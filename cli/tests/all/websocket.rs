@@ -96,9 +96,27 @@ async fn websocket_subscribers_get_the_sink_and_are_closed_when_the_job_ends() {
     let mut tail = connect(&api.base, &format!("{path}?query=SELECT%20*%20WHERE%20id%20%3E%3D%202900"), Some(TOKEN))
         .await
         .unwrap();
+    // `squilla tail` passes a query and a limit through.
+    let tail_cli = crate::squilla()
+        .args(["tail", &job, "--master", &api.base, "--token", TOKEN, "--limit", "5"])
+        .args(["--query", "SELECT id WHERE id >= 30 AND id < 60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await; // the master connects to both agents
     let (status, body) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), ndjson(0..3000)).await;
     assert_eq!(status, 200, "{body}");
+
+    let output = tokio::task::spawn_blocking(move || tail_cli.wait_with_output()).await.unwrap().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(printed.len(), 5, "--limit 5: {printed:?}");
+    for e in &printed {
+        let id = e["id"].as_i64().unwrap();
+        assert!((30..60).contains(&id) && id % 3 == 0 && e.get("status").is_none(), "{e}");
+    }
 
     let expected: BTreeSet<i64> = (0..3000).filter(|i| i % 3 == 0).collect();
     let (events, metas, _) = read(&mut all, Duration::from_secs(30), |e| e.len() >= expected.len()).await;
