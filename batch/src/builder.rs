@@ -22,7 +22,7 @@ const LINEAR_NAMES: usize = 16;
 /// let event = view.events().next().unwrap();
 /// assert_eq!(event.get("status").and_then(|v| v.as_int()), Some(500));
 /// ```
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct BatchBuilder {
     batch: wire::Batch,
     index: HashMap<String, u32>,
@@ -47,11 +47,32 @@ enum Copied {
     /// Nothing yet, default metadata.
     #[default]
     Nothing,
+    /// The first `events` events of the stage call's registered input (at address `batch`,
+    /// registration `generation`; see [`crate::live`]), to be copied when something needs
+    /// them — and never, if the stage passes its whole input through.
+    Deferred { batch: usize, generation: u64, events: usize },
     /// The first `events` events of the batch at address `batch`, copied in order with
     /// [`BatchBuilder::push_ref`], and nothing else.
     Prefix { batch: usize, events: usize },
     /// Anything else.
     Other,
+}
+
+impl Clone for BatchBuilder {
+    /// A copy; events whose copying was deferred are copied into it first (see
+    /// [`crate::live`]), so the clone stands on its own.
+    fn clone(&self) -> Self {
+        let mut clone = BatchBuilder {
+            batch: self.batch.clone(),
+            index: self.index.clone(),
+            remap_from: self.remap_from,
+            remap: self.remap.clone(),
+            copied: self.copied,
+            next_name: self.next_name,
+        };
+        clone.materialize();
+        clone
+    }
 }
 
 impl BatchBuilder {
@@ -71,6 +92,7 @@ impl BatchBuilder {
 
     /// Sets who produced the batch.
     pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.materialize();
         self.batch.meta.source = source.into();
         self.copied = Copied::Other;
         self
@@ -78,6 +100,7 @@ impl BatchBuilder {
 
     /// Sets the producer's sequence number for this batch.
     pub fn sequence(mut self, sequence: u64) -> Self {
+        self.materialize();
         self.batch.meta.sequence = sequence;
         self.copied = Copied::Other;
         self
@@ -85,6 +108,7 @@ impl BatchBuilder {
 
     /// Sets when the batch was cut (ms since the Unix epoch).
     pub fn created_at_ms(mut self, created_at_ms: i64) -> Self {
+        self.materialize();
         self.batch.meta.created_at_ms = created_at_ms;
         self.copied = Copied::Other;
         self
@@ -92,16 +116,20 @@ impl BatchBuilder {
 
     /// How many events the batch holds so far.
     pub fn len(&self) -> usize {
-        self.batch.events.len()
+        match self.copied {
+            Copied::Deferred { events, .. } => events,
+            _ => self.batch.events.len(),
+        }
     }
 
     /// Whether the batch holds no event yet.
     pub fn is_empty(&self) -> bool {
-        self.batch.events.is_empty()
+        self.len() == 0
     }
 
     /// Starts a new event at `timestamp_ms`; add its fields through the returned builder.
     pub fn event(&mut self, timestamp_ms: i64) -> EventBuilder<'_> {
+        self.materialize();
         self.copied = Copied::Other;
         let first_field = self.batch.fields.len() as u32;
         self.batch.events.push(wire::Event { timestamp_ms, first_field, field_count: 0 });
@@ -112,6 +140,22 @@ impl BatchBuilder {
     /// batch maps each of its field names once.
     pub fn push_ref(&mut self, event: EventRef<'_>) {
         let (batch, index) = event.position();
+        // Events of the stage call's input, in order from its first: only counted for now.
+        let live = crate::live::generation_of(batch);
+        match self.copied {
+            Copied::Nothing if index == 0 && live.is_some() => {
+                let generation = live.expect("checked");
+                self.copied = Copied::Deferred { batch, generation, events: 1 };
+                return;
+            }
+            Copied::Deferred { batch: b, generation, events }
+                if b == batch && events == index && live == Some(generation) =>
+            {
+                self.copied = Copied::Deferred { batch, generation, events: events + 1 };
+                return;
+            }
+            _ => self.materialize(),
+        }
         let copied = match self.copied {
             Copied::Nothing if index == 0 => Copied::Prefix { batch, events: 1 },
             Copied::Prefix { batch: b, events } if b == batch && events == index => {
@@ -128,7 +172,30 @@ impl BatchBuilder {
     /// output would carry the same events as `view`. A stage's glue then returns the input
     /// bytes as they are, sparing the archiving here and the validation in the host.
     pub fn is_copy_of(&self, view: &crate::BatchView<'_>) -> bool {
-        matches!(self.copied, Copied::Prefix { batch, events } if batch == view.address() && events == view.len())
+        match self.copied {
+            Copied::Prefix { batch, events } | Copied::Deferred { batch, events, .. } => {
+                batch == view.address() && events == view.len()
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes the copies [`Copied::Deferred`] stands for.
+    ///
+    /// # Panics
+    ///
+    /// If the stage call whose input they are has ended: the builder was kept (for instance
+    /// swapped into the stage's state) past the call that filled it.
+    fn materialize(&mut self) {
+        let Copied::Deferred { batch, generation, events } = self.copied else { return };
+        self.copied = Copied::Nothing;
+        let copied = crate::live::with_view(batch, generation, |view| {
+            for event in view.events().take(events) {
+                self.push_ref_fields(event);
+            }
+        });
+        assert!(copied.is_some(), "a BatchBuilder was used after the stage call whose input it copied had ended");
+        self.copied = Copied::Prefix { batch, events };
     }
 
     fn push_ref_fields(&mut self, event: EventRef<'_>) {
@@ -165,7 +232,8 @@ impl BatchBuilder {
     }
 
     /// Archives the batch into bytes ready for any reader.
-    pub fn into_vec(self) -> Result<Vec<u8>, BatchError> {
+    pub fn into_vec(mut self) -> Result<Vec<u8>, BatchError> {
+        self.materialize();
         let b = &self.batch;
         let estimate = 128 + b.events.len() * 16 + b.fields.len() * 24 + b.data.len() + b.names.len() * 16;
         rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&self.batch, Vec::with_capacity(estimate))

@@ -28,6 +28,8 @@ mod builder;
 mod error;
 #[cfg(feature = "json")]
 pub mod json;
+#[doc(hidden)]
+pub mod live;
 pub mod synth;
 mod value;
 mod view;

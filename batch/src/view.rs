@@ -74,6 +74,11 @@ impl<'a> BatchView<'a> {
         self.batch.events.len()
     }
 
+    /// A view of an archived batch already checked (see [`crate::live`]).
+    pub(crate) fn from_archived(batch: &'a wire::ArchivedBatch) -> Self {
+        BatchView { batch }
+    }
+
     /// The address of the archived batch: an identity while it lives.
     pub(crate) fn address(&self) -> usize {
         self.batch as *const wire::ArchivedBatch as usize

@@ -62,6 +62,9 @@ pub fn process<S: Stage>(cell: &'static LocalKey<StateCell<S>>, batch: Vec<u8>) 
         // `raw-handler` in the WIT), and `batch` is owned here and not mutated while the view
         // lives. A debug build of the stage checks it again above.
         let input = unsafe { BatchView::new_unchecked(&batch) };
+        // While registered, copies of the input's events in order are deferred: a stage that
+        // passes everything through costs no copy at all.
+        let _live = squilla_batch::live::LiveInput::register(&input);
         cell.with(|c| {
             let mut state = c.0.borrow_mut();
             let stage = state.as_mut().ok_or_else(not_initialised)?;
