@@ -210,42 +210,57 @@ fn a_builder_knows_when_it_holds_exactly_a_copy_of_a_batch() {
 
 #[test]
 fn copies_of_a_registered_input_are_deferred_and_made_when_needed() {
-    use crate::live::LiveInput;
+    use crate::live::with_input;
     let bytes = crate::synth::DeviceLogs::new(4).batch(6, 0, 1).unwrap();
     let view = bytes.view();
     let all = view.to_events();
 
-    // The whole input, in order: nothing is copied, and archiving (while registered) still
-    // gives the same events.
-    let live = LiveInput::register(&view);
-    let mut whole = BatchBuilder::new();
-    view.events().for_each(|e| whole.push_ref(e));
-    assert!(whole.is_copy_of(&view));
-    assert_eq!(whole.len(), 6);
-    let cloned = whole.clone();
-    assert_eq!(BatchBytes::validate(whole.into_vec().unwrap()).unwrap().view().to_events(), all);
+    let (kept_too_long, cloned) = with_input(&view, || {
+        // The whole input, in order: nothing is copied, and archiving (while registered) still
+        // gives the same events.
+        let mut whole = BatchBuilder::new();
+        view.events().for_each(|e| whole.push_ref(e));
+        assert!(whole.is_copy_of(&view));
+        assert_eq!(whole.len(), 6);
+        let cloned = whole.clone();
+        assert_eq!(BatchBytes::validate(whole.into_vec().unwrap()).unwrap().view().to_events(), all);
 
-    // A prefix, then a gap: the prefix is copied when the order breaks.
-    let mut gap = BatchBuilder::new();
-    for i in [0, 1, 2, 4] {
-        gap.push_ref(view.event(i).unwrap());
-    }
-    assert!(!gap.is_copy_of(&view));
-    let kept = [all[0].clone(), all[1].clone(), all[2].clone(), all[4].clone()];
-    assert_eq!(gap.finish().unwrap().view().to_events(), kept);
+        // A prefix, then a gap: the prefix is copied when the order breaks.
+        let mut gap = BatchBuilder::new();
+        for i in [0, 1, 2, 4] {
+            gap.push_ref(view.event(i).unwrap());
+        }
+        assert!(!gap.is_copy_of(&view));
+        let kept = [all[0].clone(), all[1].clone(), all[2].clone(), all[4].clone()];
+        assert_eq!(gap.finish().unwrap().view().to_events(), kept);
 
-    // A prefix, then an event of its own, then metadata.
-    let mut more = BatchBuilder::new();
-    more.push_ref(view.event(0).unwrap());
-    more.event(99).field("x", 1i64);
-    let more = more.source("me").finish().unwrap();
-    assert_eq!(more.view().to_events(), [all[0].clone(), crate::Event::new(99).with("x", 1i64)]);
+        // A prefix, then an event of its own, then metadata.
+        let mut more = BatchBuilder::new();
+        more.push_ref(view.event(0).unwrap());
+        more.event(99).field("x", 1i64);
+        let more = more.source("me").finish().unwrap();
+        assert_eq!(more.view().to_events(), [all[0].clone(), crate::Event::new(99).with("x", 1i64)]);
 
-    // A builder kept past the call that filled it refuses to read what is gone.
-    let mut kept_too_long = BatchBuilder::new();
-    view.events().for_each(|e| kept_too_long.push_ref(e));
-    drop(live);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || kept_too_long.into_vec()));
+        // Another thread has no registration: its copies are made at once.
+        let elsewhere = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut b = BatchBuilder::new();
+                view.events().for_each(|e| b.push_ref(e));
+                b
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(elsewhere.finish().unwrap().view().to_events(), all);
+
+        let mut kept_too_long = BatchBuilder::new();
+        view.events().for_each(|e| kept_too_long.push_ref(e));
+        (kept_too_long, cloned)
+    });
+    // A builder kept past the call that filled it refuses to read what may be gone, even
+    // when the same batch is registered again.
+    let outcome =
+        with_input(&view, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || kept_too_long.into_vec())));
     assert!(outcome.is_err(), "used after its input's call ended");
     // A clone made during the call stands on its own.
     assert_eq!(cloned.finish().unwrap().view().to_events(), all);

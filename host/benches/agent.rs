@@ -83,13 +83,14 @@ fn native_direct(input: &[BatchBytes]) -> f64 {
 
 fn native(stage: &mut impl squilla_sdk::Stage, batch: &BatchBytes) -> BatchBytes {
     let view = batch.view();
-    let _live = squilla_batch::live::LiveInput::register(&view);
-    let mut out = BatchBuilder::with_capacity(view.len());
-    stage.process(view, &mut out).unwrap();
-    if !view.is_empty() && out.is_copy_of(&view) {
-        return batch.clone();
-    }
-    out.finish().unwrap()
+    squilla_batch::live::with_input(&view, || {
+        let mut out = BatchBuilder::with_capacity(view.len());
+        stage.process(view, &mut out).unwrap();
+        if !view.is_empty() && out.is_copy_of(&view) {
+            return batch.clone();
+        }
+        out.finish().unwrap()
+    })
 }
 
 fn stage_config(

@@ -64,16 +64,17 @@ pub fn process<S: Stage>(cell: &'static LocalKey<StateCell<S>>, batch: Vec<u8>) 
         let input = unsafe { BatchView::new_unchecked(&batch) };
         // While registered, copies of the input's events in order are deferred: a stage that
         // passes everything through costs no copy at all.
-        let _live = squilla_batch::live::LiveInput::register(&input);
-        cell.with(|c| {
-            let mut state = c.0.borrow_mut();
-            let stage = state.as_mut().ok_or_else(not_initialised)?;
-            let mut output = BatchBuilder::with_capacity(input.len());
-            stage.process(input, &mut output)?;
-            if !input.is_empty() && output.is_copy_of(&input) {
-                return Ok(None);
-            }
-            Ok::<_, WitStageError>(Some(output.into_vec().map_err(StageError::from)?))
+        squilla_batch::live::with_input(&input, || {
+            cell.with(|c| {
+                let mut state = c.0.borrow_mut();
+                let stage = state.as_mut().ok_or_else(not_initialised)?;
+                let mut output = BatchBuilder::with_capacity(input.len());
+                stage.process(input, &mut output)?;
+                if !input.is_empty() && output.is_copy_of(&input) {
+                    return Ok(None);
+                }
+                Ok::<_, WitStageError>(Some(output.into_vec().map_err(StageError::from)?))
+            })
         })?
     };
     Ok(output.unwrap_or(batch))
