@@ -22,7 +22,7 @@ const LINEAR_NAMES: usize = 16;
 /// let event = view.events().next().unwrap();
 /// assert_eq!(event.get("status").and_then(|v| v.as_int()), Some(500));
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct BatchBuilder {
     batch: wire::Batch,
     index: HashMap<String, u32>,
@@ -30,8 +30,8 @@ pub struct BatchBuilder {
     /// from (by address, for identity only) and its names' indexes here.
     remap_from: usize,
     remap: Vec<u32>,
-    /// Whether the builder holds exactly a prefix of one batch's events (see
-    /// [`BatchBuilder::is_copy_of`]).
+    /// Whether the builder holds only (deferred) copies of a prefix of its stage call's input
+    /// (see [`BatchBuilder::is_copy_of`]).
     copied: Copied,
     /// The name most likely asked for next: the one after the last interned. Events of one
     /// batch usually repeat one schema in one order, so this makes interning one comparison.
@@ -42,37 +42,17 @@ pub struct BatchBuilder {
 const UNMAPPED: u32 = u32::MAX;
 
 /// What a builder holds, as far as passing a batch through unchanged is concerned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 enum Copied {
     /// Nothing yet, default metadata.
     #[default]
     Nothing,
-    /// The first `events` events of the stage call's registered input (at address `batch`,
-    /// registration `generation`; see [`crate::live`]), to be copied when something needs
-    /// them — and never, if the stage passes its whole input through.
-    Deferred { batch: usize, generation: u64, events: usize },
-    /// The first `events` events of the batch at address `batch`, copied in order with
-    /// [`BatchBuilder::push_ref`], and nothing else.
-    Prefix { batch: usize, events: usize },
-    /// Anything else.
+    /// The first `events` events of the registered stage input `batch` (see [`crate::live`]),
+    /// copied with [`BatchBuilder::push_ref`] in order, and nothing else; the copies are made
+    /// only when something needs them — never, if the stage passes its whole input through.
+    Deferred { batch: BatchBytes, events: usize },
+    /// Anything else (events copied or built, metadata set).
     Other,
-}
-
-impl Clone for BatchBuilder {
-    /// A copy; events whose copying was deferred are copied into it first (see
-    /// [`crate::live`]), so the clone stands on its own.
-    fn clone(&self) -> Self {
-        let mut clone = BatchBuilder {
-            batch: self.batch.clone(),
-            index: self.index.clone(),
-            remap_from: self.remap_from,
-            remap: self.remap.clone(),
-            copied: self.copied,
-            next_name: self.next_name,
-        };
-        clone.materialize();
-        clone
-    }
 }
 
 impl BatchBuilder {
@@ -116,8 +96,8 @@ impl BatchBuilder {
 
     /// How many events the batch holds so far.
     pub fn len(&self) -> usize {
-        match self.copied {
-            Copied::Deferred { events, .. } => events,
+        match &self.copied {
+            Copied::Deferred { events, .. } => *events,
             _ => self.batch.events.len(),
         }
     }
@@ -141,61 +121,48 @@ impl BatchBuilder {
     pub fn push_ref(&mut self, event: EventRef<'_>) {
         let (batch, index) = event.position();
         // Events of the stage call's input, in order from its first: only counted for now.
-        let live = crate::live::generation_of(batch);
-        match self.copied {
-            Copied::Nothing if index == 0 && live.is_some() => {
-                let generation = live.expect("checked");
-                self.copied = Copied::Deferred { batch, generation, events: 1 };
+        match &mut self.copied {
+            Copied::Nothing if index == 0 => {
+                if let Some(input) = crate::live::input_at(batch) {
+                    self.copied = Copied::Deferred { batch: input, events: 1 };
+                    return;
+                }
+            }
+            Copied::Deferred { batch: input, events } if input.view().address() == batch && *events == index => {
+                *events += 1;
                 return;
             }
-            Copied::Deferred { batch: b, generation, events }
-                if b == batch && events == index && live == Some(generation) =>
-            {
-                self.copied = Copied::Deferred { batch, generation, events: events + 1 };
-                return;
-            }
-            _ => self.materialize(),
+            _ => {}
         }
-        let copied = match self.copied {
-            Copied::Nothing if index == 0 => Copied::Prefix { batch, events: 1 },
-            Copied::Prefix { batch: b, events } if b == batch && events == index => {
-                Copied::Prefix { batch, events: events + 1 }
-            }
-            _ => Copied::Other,
-        };
+        self.materialize();
+        self.copied = Copied::Other;
         self.push_ref_fields(event);
-        self.copied = copied;
     }
 
     /// Whether the builder holds exactly all of `view`'s events, copied in order with
-    /// [`BatchBuilder::push_ref`], and nothing else (no other event, no metadata set): its
-    /// output would carry the same events as `view`. A stage's glue then returns the input
-    /// bytes as they are, sparing the archiving here and the validation in the host.
+    /// [`BatchBuilder::push_ref`] while `view` was the registered stage input, and nothing
+    /// else (no other event, no metadata set). A stage's glue then returns the input bytes as
+    /// they are, sparing the copies, the archiving here and the validation in the host.
     pub fn is_copy_of(&self, view: &crate::BatchView<'_>) -> bool {
-        match self.copied {
-            Copied::Prefix { batch, events } | Copied::Deferred { batch, events, .. } => {
-                batch == view.address() && events == view.len()
-            }
+        match &self.copied {
+            // The builder holds its own reference to those bytes: no other batch can be at
+            // their address while it does.
+            Copied::Deferred { batch, events } => batch.view().address() == view.address() && *events == view.len(),
             _ => false,
         }
     }
 
     /// Makes the copies [`Copied::Deferred`] stands for.
-    ///
-    /// # Panics
-    ///
-    /// If the stage call whose input they are has ended: the builder was kept (for instance
-    /// swapped into the stage's state) past the call that filled it.
     fn materialize(&mut self) {
-        let Copied::Deferred { batch, generation, events } = self.copied else { return };
-        self.copied = Copied::Nothing;
-        let copied = crate::live::with_view(batch, generation, |view| {
-            for event in view.events().take(events) {
-                self.push_ref_fields(event);
-            }
-        });
-        assert!(copied.is_some(), "a BatchBuilder was used after the stage call whose input it copied had ended");
-        self.copied = Copied::Prefix { batch, events };
+        if !matches!(self.copied, Copied::Deferred { .. }) {
+            return;
+        }
+        let Copied::Deferred { batch, events } = std::mem::replace(&mut self.copied, Copied::Other) else {
+            return;
+        };
+        for event in batch.view().events().take(events) {
+            self.push_ref_fields(event);
+        }
     }
 
     fn push_ref_fields(&mut self, event: EventRef<'_>) {

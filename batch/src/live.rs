@@ -2,57 +2,34 @@
 //! copying that batch's events in order can defer the copy — and skip it altogether when the
 //! stage turns out to pass its whole input through (see `BatchBuilder::is_copy_of`).
 //!
-//! Only the stage glue registers (`squilla-sdk`, with [`with_input`]): during the call the
-//! input's bytes are borrowed and unchanged, so a deferred copy can be made from them. Every
-//! registration has its own generation; a deferred copy made under another one (a builder
-//! kept past the call that made it) is refused with a panic, never read from freed memory.
+//! Only the stage glue registers (`squilla-sdk`, with [`with_input`]). A builder that defers
+//! copies keeps its own reference to the input's bytes, so the copies can be made whenever
+//! they are needed — even after the call, if the builder was kept — and no other batch can
+//! ever be mistaken for it. Nothing here is `unsafe`.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
 
-use crate::{BatchView, wire};
+use crate::BatchBytes;
 
 thread_local! {
-    /// The registered input: its archived batch's address and the registration's generation.
-    static CURRENT: Cell<Option<(usize, u64)>> = const { Cell::new(None) };
+    static CURRENT: RefCell<Option<BatchBytes>> = const { RefCell::new(None) };
 }
 
-/// Registrations are numbered across all threads, so that a builder moved to another thread
-/// can never mistake a registration there for its own.
-static GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// Runs `f` with `view`'s batch registered as the current stage call's input (on this thread),
-/// then restores whatever was registered before — also if `f` panics. The registration
-/// cannot outlive this call (there is no guard to leak), and `view`'s bytes are borrowed for
-/// all of it.
-pub fn with_input<R>(view: &BatchView<'_>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<(usize, u64)>);
+/// Runs `f` with `input` registered as the current stage call's input (on this thread), then
+/// restores whatever was registered before — also if `f` panics.
+pub fn with_input<R>(input: &BatchBytes, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<BatchBytes>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            CURRENT.with(|c| c.set(self.0));
+            let previous = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
         }
     }
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    let _restore = Restore(CURRENT.with(|c| c.replace(Some((view.address(), generation)))));
+    let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(input.clone())));
     f()
 }
 
-/// The generation under which the batch at `address` is the registered input, if it is.
-pub(crate) fn generation_of(address: usize) -> Option<u64> {
-    CURRENT.with(|c| c.get()).filter(|(a, _)| *a == address).map(|(_, g)| g)
-}
-
-/// Runs `f` on the registered input at `address`, if it is still registered under
-/// `generation`.
-pub(crate) fn with_view<R>(address: usize, generation: u64, f: impl FnOnce(BatchView<'_>) -> R) -> Option<R> {
-    if CURRENT.with(|c| c.get()) != Some((address, generation)) {
-        return None;
-    }
-    // SAFETY: generations are unique, so the batch at `address` is the one a `with_input` call
-    // on this thread registered, and that call has not returned (returning restores the
-    // previous registration); it borrows the bytes (validated, or written by this crate) for
-    // its whole duration, so they are alive and unchanged while `f` runs, and `f` cannot keep
-    // the view past its return.
-    let batch = unsafe { &*(address as *const wire::ArchivedBatch) };
-    Some(f(BatchView::from_archived(batch)))
+/// The registered input, if its archived batch is at `address`.
+pub(crate) fn input_at(address: usize) -> Option<BatchBytes> {
+    CURRENT.with(|c| c.borrow().as_ref().filter(|b| b.view().address() == address).cloned())
 }

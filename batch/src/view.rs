@@ -74,11 +74,6 @@ impl<'a> BatchView<'a> {
         self.batch.events.len()
     }
 
-    /// A view of an archived batch already checked (see [`crate::live`]).
-    pub(crate) fn from_archived(batch: &'a wire::ArchivedBatch) -> Self {
-        BatchView { batch }
-    }
-
     /// The address of the archived batch: an identity while it lives.
     pub(crate) fn address(&self) -> usize {
         self.batch as *const wire::ArchivedBatch as usize
@@ -307,6 +302,23 @@ impl BatchBytes {
     pub fn validate(bytes: Vec<u8>) -> Result<Self, BatchError> {
         BatchView::validate(&bytes)?;
         Ok(BatchBytes { bytes: Arc::new(bytes) })
+    }
+
+    /// Wraps bytes validated elsewhere — a stage's glue receives its input from the host,
+    /// which validated it — without checking them again.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must be bytes that [`BatchView::validate`] accepts; otherwise reading the batch
+    /// is undefined behaviour.
+    #[doc(hidden)]
+    pub unsafe fn from_validated(bytes: Vec<u8>) -> Self {
+        BatchBytes { bytes: Arc::new(bytes) }
+    }
+
+    /// The archived bytes, owned: without copying them unless the batch is shared.
+    pub fn into_vec(self) -> Vec<u8> {
+        Arc::try_unwrap(self.bytes).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// Wraps bytes this crate's builder wrote.

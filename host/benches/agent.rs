@@ -83,7 +83,7 @@ fn native_direct(input: &[BatchBytes]) -> f64 {
 
 fn native(stage: &mut impl squilla_sdk::Stage, batch: &BatchBytes) -> BatchBytes {
     let view = batch.view();
-    squilla_batch::live::with_input(&view, || {
+    squilla_batch::live::with_input(batch, || {
         let mut out = BatchBuilder::with_capacity(view.len());
         stage.process(view, &mut out).unwrap();
         if !view.is_empty() && out.is_copy_of(&view) {

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use squilla_batch::{BatchBuilder, BatchView};
+use squilla_batch::{BatchBuilder, BatchBytes};
 
 use crate::{Params, Stage, StageError};
 
@@ -53,31 +53,28 @@ pub fn init<S: Stage>(cell: &'static LocalKey<StateCell<S>>, params: Vec<(String
 }
 
 /// `process`: reads the batch in place and returns the archived output — the input bytes
-/// themselves when the stage copied every input event in order and nothing else.
+/// themselves when the stage copied every input event in order and nothing else (the copies
+/// are then never made; see `squilla_batch::live`).
 pub fn process<S: Stage>(cell: &'static LocalKey<StateCell<S>>, batch: Vec<u8>) -> Result<Vec<u8>, WitStageError> {
     #[cfg(debug_assertions)]
-    BatchView::validate(&batch).map_err(StageError::from)?;
-    let output = {
-        // SAFETY: the host validates every batch before passing it to a stage (see
-        // `raw-handler` in the WIT), and `batch` is owned here and not mutated while the view
-        // lives. A debug build of the stage checks it again above.
-        let input = unsafe { BatchView::new_unchecked(&batch) };
-        // While registered, copies of the input's events in order are deferred: a stage that
-        // passes everything through costs no copy at all.
-        squilla_batch::live::with_input(&input, || {
-            cell.with(|c| {
-                let mut state = c.0.borrow_mut();
-                let stage = state.as_mut().ok_or_else(not_initialised)?;
-                let mut output = BatchBuilder::with_capacity(input.len());
-                stage.process(input, &mut output)?;
-                if !input.is_empty() && output.is_copy_of(&input) {
-                    return Ok(None);
-                }
-                Ok::<_, WitStageError>(Some(output.into_vec().map_err(StageError::from)?))
-            })
-        })?
-    };
-    Ok(output.unwrap_or(batch))
+    squilla_batch::BatchView::validate(&batch).map_err(StageError::from)?;
+    // SAFETY: the host validates every batch before passing it to a stage (see `raw-handler`
+    // in the WIT). A debug build of the stage checks it again above.
+    let input = unsafe { BatchBytes::from_validated(batch) };
+    let output = squilla_batch::live::with_input(&input, || {
+        cell.with(|c| {
+            let mut state = c.0.borrow_mut();
+            let stage = state.as_mut().ok_or_else(not_initialised)?;
+            let view = input.view();
+            let mut output = BatchBuilder::with_capacity(view.len());
+            stage.process(view, &mut output)?;
+            if !view.is_empty() && output.is_copy_of(&view) {
+                return Ok(None);
+            }
+            Ok::<_, WitStageError>(Some(output.into_vec().map_err(StageError::from)?))
+        })
+    })?;
+    Ok(output.unwrap_or_else(|| input.into_vec()))
 }
 
 /// `tick`: lets the stage emit what is due at `now_ms`.
