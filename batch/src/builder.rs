@@ -175,10 +175,15 @@ impl BatchBuilder {
         let mut out = self.event(event.timestamp_ms());
         for (index, value) in event.raw_fields() {
             let builder = &mut *out.builder;
-            let name = match builder.remap.get(index as usize) {
-                Some(&mapped) if mapped != UNMAPPED => mapped,
-                _ => {
-                    let name = names.get(index as usize).map_or("", |n| n.as_str());
+            let name = names.get(index as usize).map_or("", |n| n.as_str());
+            // The cache is keyed by the name table's address, which another batch may reuse
+            // once the first is gone: a hit counts only if the names agree.
+            let cached = builder.remap.get(index as usize).copied().filter(|&mapped| {
+                mapped != UNMAPPED && builder.batch.names.get(mapped as usize).is_some_and(|n| n == name)
+            });
+            let name = match cached {
+                Some(mapped) => mapped,
+                None => {
                     let mapped = builder.intern(name);
                     if let Some(slot) = builder.remap.get_mut(index as usize) {
                         *slot = mapped;

@@ -284,3 +284,22 @@ fn copies_of_a_registered_input_are_deferred_and_made_when_needed() {
     let owned = bytes.into_vec();
     assert_eq!(owned.as_ptr(), address);
 }
+
+#[test]
+fn copying_from_a_batch_at_a_reused_address_maps_its_own_names() {
+    // Two batches with the same names in different orders, the second built in the first's
+    // freed memory as often as the allocator allows: every copy keeps its field names.
+    let mut out = BatchBuilder::new();
+    let mut expected = Vec::new();
+    for round in 0..50i64 {
+        let mut b = BatchBuilder::new();
+        let names = if round % 2 == 0 { ["a", "b"] } else { ["b", "a"] };
+        b.event(round).field(names[0], round).field(names[1], -round);
+        let bytes = b.into_vec().unwrap();
+        let batch = BatchBytes::validate(bytes).unwrap();
+        out.push_ref(batch.view().event(0).unwrap());
+        expected.push(Event::new(round).with(names[0], round).with(names[1], -round));
+        drop(batch);
+    }
+    assert_eq!(out.finish().unwrap().view().to_events(), expected);
+}
