@@ -113,16 +113,16 @@ struct Frames {
 }
 
 impl Frames {
-    fn push(&mut self, json: &str) {
-        sse::frame(&mut self.text, None, json);
+    /// Appends a query result's frame.
+    fn push_result(&mut self, result: serde_json::Map<String, serde_json::Value>) {
+        // Writing JSON to a `Vec` cannot fail.
+        sse::frame_with(&mut self.text, None, |out| drop(serde_json::to_writer(out, &result)));
         self.ends.push(self.text.len());
     }
 
     /// Appends an event's frame, writing its JSON straight into the text.
     fn push_event(&mut self, event: &squilla_batch::EventRef<'_>) {
-        self.text.extend_from_slice(b"data: ");
-        squilla_batch::json::write_json(event, &mut self.text);
-        self.text.extend_from_slice(b"\n\n");
+        sse::frame_with(&mut self.text, None, |out| squilla_batch::json::write_json(event, out));
         self.ends.push(self.text.len());
     }
 
@@ -213,7 +213,7 @@ impl Group {
         }
         let mut frames = Frames::default();
         for map in out.drain(..) {
-            frames.push(&serde_json::Value::Object(map).to_string());
+            frames.push_result(map);
         }
         self.deliver(&frames.freeze());
     }

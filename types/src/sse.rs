@@ -20,24 +20,25 @@ pub struct Event {
 /// Appends one frame to `out`. `data` must not contain a newline (JSON from `serde_json`
 /// never does).
 pub fn frame(out: &mut Vec<u8>, name: Option<&str>, data: &str) {
+    frame_with(out, name, |out| out.extend_from_slice(data.as_bytes()));
+}
+
+/// Appends one frame whose data `write` appends to `out` (on one line), so that JSON can be
+/// written straight into the stream.
+pub fn frame_with(out: &mut Vec<u8>, name: Option<&str>, write: impl FnOnce(&mut Vec<u8>)) {
     if let Some(name) = name {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.push(b'\n');
     }
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data.as_bytes());
+    write(out);
     out.extend_from_slice(b"\n\n");
 }
 
-/// Where the complete frames of `bytes` end: the index just past the last blank line, or 0.
-pub fn complete(bytes: &[u8]) -> usize {
-    complete_from(bytes, 0)
-}
-
-/// As [`complete`], looking only at blank lines that end at or after `from + 2`: for a reader
-/// that appends to a buffer in which it found none before `from`, the search covers only what
-/// is new.
+/// Where the complete frames of `bytes` end — the index just past the last blank line, or 0
+/// — looking only at blank lines that end at or after `from + 2`: for a reader that appends
+/// to a buffer in which it found none before `from`, the search covers only what is new.
 pub fn complete_from(bytes: &[u8], from: usize) -> usize {
     bytes.get(from..).and_then(|tail| tail.windows(2).rposition(|w| w == b"\n\n")).map_or(0, |i| from + i + 2)
 }
@@ -170,10 +171,10 @@ mod tests {
 
     #[test]
     fn complete_finds_the_last_whole_frame() {
-        assert_eq!(complete(b""), 0);
-        assert_eq!(complete(b"data: {}\n"), 0);
-        assert_eq!(complete(b"data: {}\n\ndata: {"), 10);
-        assert_eq!(complete(b"data: {}\n\ndata: {}\n\n"), 20);
+        assert_eq!(complete_from(b"", 0), 0);
+        assert_eq!(complete_from(b"data: {}\n", 0), 0);
+        assert_eq!(complete_from(b"data: {}\n\ndata: {", 0), 10);
+        assert_eq!(complete_from(b"data: {}\n\ndata: {}\n\n", 0), 20);
         assert_eq!(complete_from(b"data: {}\n\ndata: {}\n\n", 11), 20);
         assert_eq!(complete_from(b"data: {}\n\ndata: {", 11), 0);
         assert_eq!(complete_from(b"ab", 5), 0);

@@ -1,22 +1,32 @@
 //! `squilla dev` as the README runs it: one command, results stream in.
 
+use std::path::PathBuf;
+
 use crate::{free_port, squilla, temp_dir};
 
-#[test]
-fn squilla_dev_runs_the_device_errors_example_and_prints_its_results() {
-    let dir = temp_dir("dev");
+/// Runs `squilla dev ARGS` on a free port with its own data directory; returns the JSON
+/// lines it printed, its standard error and the data directory.
+fn dev(name: &str, args: &[&str]) -> (Vec<serde_json::Value>, String, PathBuf) {
+    let dir = temp_dir(name);
     let port = free_port().to_string();
     let output = squilla()
-        .args(["dev", "examples/device-errors/job.json", "--seconds", "8", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("dev")
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
+    let lines = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (lines, stderr, dir)
+}
+
+#[test]
+fn squilla_dev_runs_the_device_errors_example_and_prints_its_results() {
+    let (lines, stderr, dir) = dev("dev", &["examples/device-errors/job.json", "--seconds", "8"]);
     assert!(stderr.contains("job `device-errors-1` submitted"), "{stderr}");
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() >= 6, "a tick's worth of device types, got {lines:?}\n{stderr}");
     for line in &lines {
         let (requests, errors) = (line["requests"].as_i64().unwrap(), line["errors"].as_i64().unwrap());
@@ -29,21 +39,20 @@ fn squilla_dev_runs_the_device_errors_example_and_prints_its_results() {
 
 #[test]
 fn the_anomaly_chain_runs_three_chained_jobs_and_prints_alerts() {
-    let dir = temp_dir("dev-anomaly");
-    let port = free_port().to_string();
-    let output = squilla()
-        .args(["dev", "examples/anomaly/1-device-logs.json", "examples/anomaly/2-error-share.json"])
-        .args(["examples/anomaly/3-error-alerts.json", "--param", "threshold=0.08", "--param", "clear-below=0.06"])
-        .args(["--seconds", "15"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let alerts: Vec<serde_json::Value> =
-        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (alerts, stderr, _) = dev(
+        "dev-anomaly",
+        &[
+            "examples/anomaly/1-device-logs.json",
+            "examples/anomaly/2-error-share.json",
+            "examples/anomaly/3-error-alerts.json",
+            "--param",
+            "threshold=0.08",
+            "--param",
+            "clear-below=0.06",
+            "--seconds",
+            "15",
+        ],
+    );
     // Consoles fail 10 % of the time, phones 5 %, the others less: over windows of thousands
     // of requests only the consoles pass 0.08, and they stay well above 0.06, so the detector
     // raises exactly one alert and, for its hysteresis, never repeats or clears it.
