@@ -3,12 +3,17 @@
 //! The agent asks the master for the bytes of an artifact by its content address and checks
 //! that they hash to it: a master (or anything between) that sends other bytes is refused.
 //! Compiled artifacts are kept by the host's [`ArtifactCache`] (in memory, and on disk when
-//! the agent has a cache directory), so each sha256 is fetched and compiled once.
+//! the agent has a cache directory), so each sha256 is fetched and compiled once; a sha256
+//! that failed to compile is refused at once afterwards, without fetching it again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use squilla_host::{Artifact, ArtifactCache};
+
+/// How long fetching an artifact's bytes from the master may take.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Fetches and compiles artifacts.
 #[derive(Clone)]
@@ -20,25 +25,63 @@ pub struct Fetcher {
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
+/// Why an artifact is not available here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactFailure {
+    /// What went wrong.
+    pub message: String,
+    /// Whether it will fail the same way wherever it is tried (the bytes cannot be compiled).
+    pub fatal: bool,
+}
+
 impl Fetcher {
-    /// The compiled artifact with content address `sha256` (call from a blocking thread).
-    pub fn artifact(&self, sha256: &str) -> Result<Artifact, String> {
-        if let Some(artifact) = squilla_host::Sha256::from_hex(sha256).and_then(|key| self.cache.get(&key)) {
+    /// The compiled artifact with content address `sha256`, on behalf of `tenant` (call from
+    /// a thread that may block: it fetches, then compiles within the compile budget).
+    pub fn artifact(&self, tenant: &str, sha256: &str) -> Result<Artifact, ArtifactFailure> {
+        let retry = |message: String| ArtifactFailure { message, fatal: false };
+        let key = squilla_host::Sha256::from_hex(sha256)
+            .ok_or_else(|| ArtifactFailure { message: format!("`{sha256}` is not a sha256"), fatal: true })?;
+        if let Some(artifact) = self.cache.get(&key) {
             return Ok(artifact);
         }
-        let url = format!("{}/api/v1/agent/artifacts/{sha256}", self.master.trim_end_matches('/'));
-        let bytes = self.runtime.block_on(async {
-            let response = self.client.get(&url).bearer_auth(&self.token).send().await.map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("artifact {sha256}: the master answered {}", response.status()));
-            }
-            response.bytes().await.map_err(|e| e.to_string())
-        })?;
-        let actual = Sha256::digest(&bytes);
-        let actual: String = actual.iter().map(|b| format!("{b:02x}")).collect();
-        if actual != sha256 {
-            return Err(format!("artifact {sha256}: the bytes received hash to {actual}; refused"));
+        if let Some(err) = self.cache.failure(&key) {
+            return Err(ArtifactFailure { message: format!("artifact {sha256}: {err}"), fatal: true });
         }
-        self.cache.get_or_compile(&bytes).map_err(|e| format!("artifact {sha256}: {e}"))
+        let url = format!("{}/api/v1/agent/artifacts/{sha256}", self.master.trim_end_matches('/'));
+        let limit = self.cache.max_component_bytes();
+        let bytes = self.runtime.block_on(async {
+            let response = self
+                .client
+                .get(&url)
+                .bearer_auth(&self.token)
+                .timeout(FETCH_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| retry(format!("artifact {sha256}: cannot fetch it from the master: {e}")))?;
+            if !response.status().is_success() {
+                return Err(retry(format!("artifact {sha256}: the master answered {}", response.status())));
+            }
+            let mut body = response;
+            let mut bytes = Vec::new();
+            while let Some(chunk) =
+                body.chunk().await.map_err(|e| retry(format!("artifact {sha256}: reading it: {e}")))?
+            {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(ArtifactFailure {
+                        message: format!("artifact {sha256}: over the {limit}-byte limit of components"),
+                        fatal: true,
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        })?;
+        let actual: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if actual != sha256 {
+            return Err(retry(format!("artifact {sha256}: the bytes received hash to {actual}; refused")));
+        }
+        self.cache
+            .get_or_compile_for(tenant, &bytes)
+            .map_err(|e| ArtifactFailure { message: format!("artifact {sha256}: {e}"), fatal: e.is_permanent() })
     }
 }

@@ -1,286 +1,190 @@
 //! This agent's share of each job, reconciled to the master's plan.
 //!
 //! Every heartbeat's answer lists every job with a worker here and where all of its slots
-//! run. [`Jobs::apply`] makes the agent match it: a new job gets a pipeline (artifacts
-//! fetched and verified, compiled once per sha256); a job whose slots changed is re-planned
-//! stage by stage ([`Pipeline::place`] keeps unchanged workers and their state); a job no
-//! longer listed is stopped. [`Jobs::reports`] says how every local worker is doing, for the
-//! next heartbeat.
+//! run. [`Jobs::apply`] hands each job's thread ([`crate::job`]) its latest assignment, and
+//! tells the threads of jobs no longer listed to stop. It never waits on a job: each job's
+//! lifecycle (fetching and compiling artifacts, starting workers, re-planning, stopping) runs
+//! on the job's own thread, so a job stuck in any of these delays nobody else. Before it
+//! returns, `apply` fences what the plan took away — a replaced worker incarnation, a moved
+//! source, a removed job — so that nothing of it is emitted once the agent's lease is renewed.
+//! [`Jobs::reports`] says how every local worker is doing, for the next heartbeat, from what
+//! the job threads published: it takes no lock a guest call can hold.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use squilla_host::pipeline::{Outlet, Pipeline, PipelineConfig, PipelineHandle, SlotPlan, SyntheticSource};
-use squilla_host::transport::Transport;
-use squilla_host::{Artifact, Executor, Runtime};
-use squilla_types::control::{JobAssignment, ReportedState, SlotAssignment, WorkerReport};
-use squilla_types::{ArtifactRef, SourceSpec};
+use squilla_batch::BatchBytes;
+use squilla_host::pipeline::{FailureKind, PipelineHandle, Pushed};
+use squilla_types::control::{JobAssignment, ReportedState, WorkerReport};
 
-use crate::fetch::Fetcher;
+use crate::job::{Context, JobCell};
 use crate::sink::SinkHub;
-
-/// One job's part here.
-struct Running {
-    assignment: JobAssignment,
-    pipeline: Pipeline,
-    hub: Arc<SinkHub>,
-}
-
-/// Workers that could not start, by `(job, stage, index)`: their number and why. Reported
-/// until the master gives the slot a new number.
-type Failed = HashMap<(String, u32, u32), (u64, String)>;
 
 /// Every job this agent runs.
 pub struct Jobs {
-    agent: String,
-    runtime: Runtime,
-    executor: Arc<Executor>,
-    transport: Arc<Transport>,
-    fetcher: Fetcher,
-    running: Mutex<BTreeMap<String, Running>>,
-    failed: Mutex<Failed>,
+    ctx: Arc<Context>,
+    jobs: Mutex<BTreeMap<String, Arc<JobCell>>>,
+    /// Jobs told to stop whose threads may still be at it.
+    stopping: Mutex<Vec<Arc<JobCell>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What ingesting a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// The job's first stage took the batch; `dropped_events` of it were dropped by the job's
+    /// backpressure policy (or fenced).
+    Taken {
+        /// Events dropped on the way in.
+        dropped_events: u64,
+    },
+    /// The job is not here (it ended, or moved).
+    NotHere,
+    /// The job had no room in time (under `block`).
+    Full,
 }
 
 impl Jobs {
-    pub(crate) fn new(
-        agent: String,
-        runtime: Runtime,
-        executor: Arc<Executor>,
-        transport: Arc<Transport>,
-        fetcher: Fetcher,
-    ) -> Self {
-        Jobs {
-            agent,
-            runtime,
-            executor,
-            transport,
-            fetcher,
-            running: Mutex::new(BTreeMap::new()),
-            failed: Mutex::new(HashMap::new()),
-        }
+    pub(crate) fn new(ctx: Context) -> Self {
+        Jobs { ctx: Arc::new(ctx), jobs: Mutex::new(BTreeMap::new()), stopping: Mutex::new(Vec::new()) }
+    }
+
+    fn cell(&self, job: &str) -> Option<Arc<JobCell>> {
+        lock(&self.jobs).get(job).cloned()
     }
 
     /// The sink of a job running here.
     pub fn hub(&self, job: &str) -> Option<Arc<SinkHub>> {
-        self.running.lock().expect("jobs lock").get(job).map(|r| r.hub.clone())
+        self.cell(job)?.view().hub
     }
 
-    /// The state of every local worker.
-    pub fn reports(&self) -> Vec<WorkerReport> {
-        let mut out = Vec::new();
-        for (id, r) in self.running.lock().expect("jobs lock").iter() {
-            let metrics = r.pipeline.metrics();
-            for (s, workers) in metrics.stages.iter().enumerate() {
-                for w in workers {
-                    let Some(slot) = r.assignment.slots.get(s).and_then(|st| st.get(w.index)) else { continue };
-                    out.push(WorkerReport {
-                        job: id.clone(),
-                        stage: s as u32,
-                        index: w.index as u32,
-                        number: slot.number,
-                        state: if w.failed.is_some() { ReportedState::Failed } else { ReportedState::Running },
-                        message: w.failed.clone(),
-                        events_in: w.events_in,
-                        events_out: w.events_out,
-                        dropped: w.dropped(),
-                        memory_bytes: w.memory_bytes,
-                    });
+    /// Makes this agent run exactly `plan`: never waits for a job's thread.
+    pub fn apply(&self, plan: Vec<JobAssignment>) {
+        let mut jobs = lock(&self.jobs);
+        let gone: Vec<String> = jobs.keys().filter(|id| !plan.iter().any(|a| &a.job == *id)).cloned().collect();
+        for id in gone {
+            if let Some(cell) = jobs.remove(&id) {
+                cell.stop();
+                lock(&self.stopping).push(cell);
+            }
+        }
+        for assignment in plan {
+            match jobs.get(&assignment.job) {
+                Some(cell) => {
+                    cell.fence_replaced(&self.ctx.agent, &assignment);
+                    cell.assign(assignment);
+                }
+                None => {
+                    let id = assignment.job.clone();
+                    match JobCell::start(self.ctx.clone(), assignment) {
+                        Ok(cell) => {
+                            jobs.insert(id, cell);
+                        }
+                        Err(err) => tracing::error!(job = %id, error = %err, "cannot start a thread for the job"),
+                    }
                 }
             }
         }
-        for ((job, stage, index), (number, message)) in self.failed.lock().expect("failed lock").iter() {
-            out.push(WorkerReport {
-                job: job.clone(),
-                stage: *stage,
-                index: *index,
-                number: *number,
-                state: ReportedState::Failed,
-                message: Some(message.clone()),
-                events_in: 0,
-                events_out: 0,
-                dropped: 0,
-                memory_bytes: 0,
-            });
+    }
+
+    /// The state of every local worker, for the master.
+    pub fn reports(&self) -> Vec<WorkerReport> {
+        let cells: Vec<Arc<JobCell>> = lock(&self.jobs).values().cloned().collect();
+        let mut out = Vec::new();
+        for cell in cells {
+            let view = cell.view();
+            if let (Some(applied), Some(metrics)) = (&view.applied, view.handle.as_ref().and_then(|h| h.metrics())) {
+                for (s, workers) in metrics.stages.iter().enumerate() {
+                    for w in workers {
+                        let Some(slot) = applied.slots.get(s).and_then(|st| st.get(w.index)) else { continue };
+                        let failures = FailureKind::ALL
+                            .iter()
+                            .zip(w.failures)
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| (k.name().to_owned(), n))
+                            .collect();
+                        out.push(WorkerReport {
+                            job: applied.job.clone(),
+                            stage: s as u32,
+                            index: w.index as u32,
+                            number: slot.number,
+                            state: if w.failed.is_some() { ReportedState::Failed } else { ReportedState::Running },
+                            message: w.failed.clone(),
+                            fatal: false,
+                            events_in: w.events_in,
+                            events_out: w.events_out,
+                            dropped: w.dropped(),
+                            memory_bytes: w.memory_bytes,
+                            failed_calls: w.failed_calls,
+                            failures,
+                            last_failure: w.last_failure.as_ref().map(|(k, m)| format!("{}: {m}", k.name())),
+                        });
+                    }
+                }
+            }
+            let job = view.applied.as_ref().map_or_else(String::new, |a| a.job.clone());
+            for ((stage, index), failure) in &view.failed {
+                out.push(WorkerReport {
+                    job: if job.is_empty() { cell_key(&cell) } else { job.clone() },
+                    stage: *stage,
+                    index: *index,
+                    number: failure.number,
+                    state: ReportedState::Failed,
+                    message: Some(failure.message.clone()),
+                    fatal: failure.fatal,
+                    ..WorkerReport::default()
+                });
+            }
         }
         out
     }
 
-    /// Makes this agent run exactly `plan`.
-    pub fn apply(&self, plan: Vec<JobAssignment>) {
-        let wanted: Vec<String> = plan.iter().map(|a| a.job.clone()).collect();
-        let gone: Vec<(String, Running)> = {
-            let mut running = self.running.lock().expect("jobs lock");
-            let ids: Vec<String> = running.keys().filter(|id| !wanted.contains(id)).cloned().collect();
-            ids.into_iter().filter_map(|id| running.remove(&id).map(|r| (id, r))).collect()
-        };
-        for (id, mut r) in gone {
-            tracing::info!(job = %id, "job no longer here; stopping its workers");
-            self.transport.unregister(&id);
-            r.pipeline.stop(Duration::from_millis(200));
-            r.hub.close();
+    /// Stops everything (agent shutdown), waiting up to `timeout` for the job threads.
+    pub fn stop_all(&self, timeout: Duration) {
+        let all = std::mem::take(&mut *lock(&self.jobs));
+        for cell in all.into_values() {
+            cell.stop();
+            lock(&self.stopping).push(cell);
         }
-        self.failed.lock().expect("failed lock").retain(|(job, s, i), (number, _)| {
-            plan.iter().any(|a| {
-                &a.job == job
-                    && a.slots
-                        .get(*s as usize)
-                        .and_then(|st| st.get(*i as usize))
-                        .is_some_and(|slot| slot.number == *number)
-            })
-        });
-        for assignment in plan {
-            if let Err(message) = self.apply_job(assignment.clone()) {
-                tracing::warn!(job = %assignment.job, %message, "cannot run the job's workers here");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            lock(&self.stopping).retain(|c| !c.is_done());
+            if lock(&self.stopping).is_empty() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    fn plan_of(&self, job: &str, stage: usize, slots: &[SlotAssignment]) -> Vec<SlotPlan> {
-        let failed = self.failed.lock().expect("failed lock");
-        slots
-            .iter()
-            .enumerate()
-            .map(|(index, slot)| {
-                let here = slot.agent.as_deref() == Some(self.agent.as_str());
-                let failed_here = failed
-                    .get(&(job.to_owned(), stage as u32, index as u32))
-                    .is_some_and(|(number, _)| *number == slot.number);
-                match (here && !failed_here, slot.data.as_deref().and_then(|d| d.parse::<SocketAddr>().ok())) {
-                    (true, _) => SlotPlan::Local { number: slot.number },
-                    (false, Some(addr)) if !here => {
-                        SlotPlan::Remote(self.transport.outlet(addr, job, stage as u32, index as u32))
-                    }
-                    _ => SlotPlan::Remote(Outlet::detached(64)),
-                }
-            })
-            .collect()
-    }
-
-    /// Marks the local workers of `stage` of `assignment` as failed to start.
-    fn fail_stage(&self, assignment: &JobAssignment, stage: usize, message: &str) {
-        let mut failed = self.failed.lock().expect("failed lock");
-        for (index, slot) in assignment.slots.get(stage).into_iter().flatten().enumerate() {
-            if slot.agent.as_deref() == Some(self.agent.as_str()) {
-                failed.insert((assignment.job.clone(), stage as u32, index as u32), (slot.number, message.to_owned()));
-            }
+    /// Feeds an ingested batch to a job's first stage, waiting up to `wait` for room.
+    pub fn ingest(&self, job: &str, batch: BatchBytes, wait: Duration) -> Ingested {
+        let Some(handle) = self.cell(job).and_then(|c| c.view().handle) else { return Ingested::NotHere };
+        if !handle.is_alive() {
+            return Ingested::NotHere;
         }
-    }
-
-    fn apply_job(&self, assignment: JobAssignment) -> Result<(), String> {
-        let id = assignment.job.clone();
-        let mut running = self.running.lock().expect("jobs lock");
-        if let Some(r) = running.get_mut(&id) {
-            if r.assignment == assignment {
-                return Ok(());
-            }
-            for (stage, slots) in assignment.slots.iter().enumerate() {
-                if r.assignment.slots.get(stage) == Some(slots) {
-                    continue;
-                }
-                let plan = self.plan_of(&id, stage, slots);
-                if let Err(err) = r.pipeline.place(stage, plan) {
-                    self.fail_stage(&assignment, stage, &err.to_string());
-                    let plan = self.plan_of(&id, stage, slots);
-                    r.pipeline.place(stage, plan).map_err(|e| e.to_string())?;
-                }
-            }
-            if assignment.source != r.pipeline.has_source() {
-                if assignment.source {
-                    attach_source(&mut r.pipeline, &assignment, &self.fetcher);
-                } else {
-                    r.pipeline.stop_source();
-                }
-            }
-            r.assignment = assignment;
-            return Ok(());
+        match handle.push_counted(batch, wait) {
+            Pushed { taken: true, dropped_events } => Ingested::Taken { dropped_events },
+            Pushed { taken: false, .. } if handle.is_alive() => Ingested::Full,
+            Pushed { .. } => Ingested::NotHere,
         }
-        drop(running);
-
-        // A job new here: its artifacts first (fetched, verified, compiled once).
-        let mut by_ref: HashMap<ArtifactRef, Artifact> = HashMap::new();
-        for (stage, sha) in assignment.spec.stages.iter().zip(&assignment.artifacts) {
-            match self.fetcher.artifact(sha) {
-                Ok(artifact) => {
-                    by_ref.insert(stage.artifact.clone(), artifact);
-                }
-                Err(err) => {
-                    let s = assignment.spec.stages.iter().position(|x| x.name == stage.name).unwrap_or(0);
-                    self.fail_stage(&assignment, s, &err);
-                    return Err(err);
-                }
-            }
-        }
-        let config = PipelineConfig::from_spec(&assignment.spec, &assignment.params, |r| by_ref.get(r).cloned())
-            .map_err(|e| e.to_string())?;
-        let start = |jobs: &Self| {
-            let plan = assignment.slots.iter().enumerate().map(|(s, slots)| jobs.plan_of(&id, s, slots)).collect();
-            Pipeline::start_placed(&jobs.runtime, &jobs.executor, config.clone(), plan)
-        };
-        let mut pipeline = match start(self) {
-            Ok(p) => p,
-            Err(err) => {
-                let stage = match &err {
-                    squilla_host::pipeline::PipelineError::Start { stage, .. } => {
-                        assignment.spec.stages.iter().position(|s| &s.name == stage).unwrap_or(0)
-                    }
-                    _ => 0,
-                };
-                self.fail_stage(&assignment, stage, &err.to_string());
-                start(self).map_err(|e| e.to_string())?
-            }
-        };
-        if assignment.source {
-            attach_source(&mut pipeline, &assignment, &self.fetcher);
-        }
-        self.transport.register(&id, pipeline.handle());
-        let hub = SinkHub::start(&id, pipeline.handle());
-        tracing::info!(job = %id, tenant = %assignment.tenant, "job started here");
-        self.running.lock().expect("jobs lock").insert(id, Running { assignment, pipeline, hub });
-        Ok(())
-    }
-
-    /// Stops everything (agent shutdown).
-    pub fn stop_all(&self) {
-        let all = std::mem::take(&mut *self.running.lock().expect("jobs lock"));
-        for (id, mut r) in all {
-            self.transport.unregister(&id);
-            r.pipeline.stop(Duration::from_millis(200));
-            r.hub.close();
-        }
-    }
-
-    /// Feeds an ingested batch to a job's first stage, waiting up to `wait` for room; false
-    /// when the job is not here or had no room in time.
-    pub fn ingest(&self, job: &str, batch: squilla_batch::BatchBytes, wait: Duration) -> bool {
-        let handle = self.running.lock().expect("jobs lock").get(job).map(|r| r.pipeline.handle());
-        handle.is_some_and(|h| h.push(batch, wait))
     }
 
     /// Handles of the running pipelines (for tests and metrics).
     pub fn handles(&self) -> Vec<(String, PipelineHandle)> {
-        self.running.lock().expect("jobs lock").iter().map(|(id, r)| (id.clone(), r.pipeline.handle())).collect()
+        let cells: Vec<(String, Arc<JobCell>)> = lock(&self.jobs).iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+        cells.into_iter().filter_map(|(id, c)| c.view().handle.map(|h| (id, h))).collect()
+    }
+
+    /// Batches fenced on this agent since it started (its lease had run out).
+    pub fn fenced(&self) -> u64 {
+        self.ctx.lease.fenced()
     }
 }
 
-fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &Fetcher) {
-    match &assignment.spec.source {
-        SourceSpec::Synthetic { events_per_second, .. } => {
-            pipeline.start_synthetic(SyntheticSource::at_rate(*events_per_second));
-        }
-        // Ingested batches arrive through `Jobs::ingest`.
-        SourceSpec::Ingest => {}
-        SourceSpec::Job { cluster, query } => {
-            let upstream = crate::chain::Upstream {
-                fetcher: fetcher.clone(),
-                tenant: assignment.tenant.clone(),
-                cluster: cluster.clone(),
-                query: query.clone(),
-                client_id: assignment.job.clone(),
-            };
-            let handle = pipeline.handle();
-            pipeline.start_source(&assignment.job, move |stop| upstream.run(&handle, &stop));
-        }
-    }
+fn cell_key(cell: &JobCell) -> String {
+    cell.key().to_owned()
 }

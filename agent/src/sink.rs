@@ -14,25 +14,57 @@
 //! - **Whole batches.** A batch is rendered once as server-sent-event frames
 //!   ([`squilla_types::sse`]) and handed to each subscriber as one [`Chunk`]: the cost per
 //!   subscriber is per batch, not per event, unless its group splits or samples the stream.
-//! - **Bounded buffers.** Each subscriber may have [`SUBSCRIBER_BUFFER`] events waiting; a
-//!   chunk that does not fit (unless the buffer is empty) is dropped whole for that
-//!   subscriber — counted, and announced to it by a `meta` event when it reads again — and
-//!   never slows the job or other subscribers.
+//! - **Bounded buffers, in events and bytes.** Each subscriber may have
+//!   [`SinkLimits::subscriber_events`] events and [`SinkLimits::subscriber_bytes`] bytes
+//!   waiting; a chunk that does not fit is dropped whole for that subscriber — counted, and
+//!   announced to it by a `meta` event when it reads again — and never slows the job or other
+//!   subscribers. What all subscribers of one tenant, and of the whole agent, hold is bounded
+//!   too ([`SinkLimits::budgets`]): a chunk that would pass either ends that subscription with
+//!   an `error` event (`subscriber_memory`) and frees what it held.
+//! - **Bounded query state.** A `GROUP BY` query's open window may hold
+//!   [`SinkLimits::query_state_bytes`], counted against the tenant's and the agent's budgets
+//!   as well; past it the group's subscriptions end with an `error` event
+//!   (`query_state_limit`), never the agent.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use squilla_host::pipeline::PipelineHandle;
+use squilla_net::budget::{Budget, Budgets, Level};
+use squilla_net::queue::{self, Offered, StreamEnd};
 use squilla_query::{Query, Runner};
 use squilla_types::sse;
-use tokio::sync::mpsc;
 
-/// Events one subscriber may have waiting before chunks for it are dropped: four full
-/// batches, so that a reader that pauses briefly loses nothing. Chunks of plain output are
-/// shared by all subscribers, so this costs little memory per subscriber.
+/// Default events one subscriber may have waiting before chunks for it are dropped: four full
+/// batches, so that a reader that pauses briefly loses nothing.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// Memory limits of sinks. `Default` gives the documented values.
+#[derive(Debug, Clone)]
+pub struct SinkLimits {
+    /// Events one subscriber may have waiting (default [`SUBSCRIBER_BUFFER`]).
+    pub subscriber_events: usize,
+    /// Bytes one subscriber may have waiting (default 16 MiB).
+    pub subscriber_bytes: usize,
+    /// Bytes one running query's open window may hold (default 64 MiB).
+    pub query_state_bytes: usize,
+    /// What all subscribers and queries of one tenant, and of the whole agent, may hold
+    /// (default 256 MiB per tenant, 1 GiB in all).
+    pub budgets: Arc<Budgets>,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        SinkLimits {
+            subscriber_events: SUBSCRIBER_BUFFER,
+            subscriber_bytes: 16 << 20,
+            query_state_bytes: 64 << 20,
+            budgets: Arc::new(Budgets::new(1 << 30, 256 << 20)),
+        }
+    }
+}
 
 /// What a subscriber asks for.
 #[derive(Debug, Clone, Default)]
@@ -54,52 +86,32 @@ pub struct Chunk {
     pub events: usize,
 }
 
+/// What a subscriber reads next.
+pub type Item = queue::Item;
+
 /// One subscriber's end: its chunks, and what it lost.
 pub struct Subscription {
-    chunks: mpsc::UnboundedReceiver<Chunk>,
-    counts: Arc<Counts>,
+    chunks: queue::Receiver,
 }
 
 impl Subscription {
-    /// The next chunk; `None` when the hub has ended (the subscription holds no sender).
-    pub async fn recv(&mut self) -> Option<Chunk> {
-        let chunk = self.chunks.recv().await?;
-        self.counts.pending.fetch_sub(chunk.events, Ordering::Relaxed);
-        Some(chunk)
+    /// The next chunk (with how many events were lost before it), or the error that ended the
+    /// stream; `None` once the hub has ended.
+    pub async fn recv(&mut self) -> Option<Item> {
+        self.chunks.recv().await
     }
-
-    /// Events lost since last asked.
-    pub fn take_dropped(&self) -> u64 {
-        self.counts.dropped.swap(0, Ordering::Relaxed)
-    }
-}
-
-/// A subscriber's buffer accounting, shared by the hub and the subscription.
-#[derive(Default)]
-struct Counts {
-    /// Events sent to it and not yet taken.
-    pending: AtomicUsize,
-    /// Events lost because its buffer was full, not yet announced.
-    dropped: AtomicU64,
 }
 
 /// A subscriber as the hub sees it.
 struct Member {
-    tx: mpsc::UnboundedSender<Chunk>,
-    counts: Arc<Counts>,
+    tx: queue::Sender,
 }
 
 impl Member {
-    /// Hands `chunk` over if it fits the buffer (or the buffer is empty), else counts it lost.
+    /// Hands `chunk` over if it fits the subscriber's buffer, else counts it lost.
     fn offer(&self, chunk: Chunk) {
-        let pending = self.counts.pending.load(Ordering::Relaxed);
-        if pending > 0 && pending + chunk.events > SUBSCRIBER_BUFFER {
-            self.counts.dropped.fetch_add(chunk.events as u64, Ordering::Relaxed);
-            return;
-        }
-        self.counts.pending.fetch_add(chunk.events, Ordering::Relaxed);
-        if let Err(lost) = self.tx.send(chunk) {
-            self.counts.pending.fetch_sub(lost.0.events, Ordering::Relaxed);
+        if self.tx.offer(chunk.text, chunk.events) == Offered::Closed {
+            // The subscriber left or was ended; the hub forgets it on its next pass.
         }
     }
 }
@@ -152,13 +164,18 @@ struct Group {
     members: Vec<Member>,
     next: usize,
     runner: Option<Runner>,
+    /// The query state's budget (under the tenant's) and what is reserved of it.
+    state_budget: Arc<Budget>,
+    state_reserved: usize,
     tokens: f64,
     refilled: Instant,
 }
 
 impl Group {
     fn same(&self, options: &Options) -> bool {
-        self.client_id.is_some()
+        // A group whose members all left (or were ended) takes no new ones: it is gone next pass.
+        !self.members.is_empty()
+            && self.client_id.is_some()
             && self.client_id == options.client_id
             && self.query_text.as_deref() == options.query.as_ref().map(|q| q.text())
             && self.sample == options.sample_per_second
@@ -206,6 +223,39 @@ impl Group {
         }
     }
 
+    /// Matches what the budget holds for the query state to what the runner holds; ends the
+    /// group's subscriptions with `query_state_limit` if the tenant or agent cannot hold it.
+    fn account_state(&mut self) -> bool {
+        let now = self.runner.as_ref().map_or(0, Runner::state_bytes);
+        if now < self.state_reserved {
+            self.state_budget.release(self.state_reserved - now);
+            self.state_reserved = now;
+        } else if now > self.state_reserved {
+            match self.state_budget.try_reserve(now - self.state_reserved) {
+                Ok(()) => self.state_reserved = now,
+                Err(e) => {
+                    self.end(StreamEnd {
+                        code: "query_state_limit",
+                        message: format!(
+                            "the query's window state would pass the {} limit of {} bytes",
+                            e.level.name(),
+                            e.limit
+                        ),
+                    });
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Ends every member's stream with `end`.
+    fn end(&mut self, end: StreamEnd) {
+        for m in self.members.drain(..) {
+            m.tx.end(end.clone());
+        }
+    }
+
     /// Renders the runner's outputs in `out` and delivers them.
     fn deliver_results(&mut self, out: &mut Vec<serde_json::Map<String, serde_json::Value>>) {
         if out.is_empty() {
@@ -219,8 +269,16 @@ impl Group {
     }
 }
 
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.state_budget.release(self.state_reserved);
+    }
+}
+
 /// The fan-out of one job's sink.
 pub struct SinkHub {
+    limits: SinkLimits,
+    tenant: Arc<Budget>,
     groups: Mutex<Vec<Group>>,
     closed: AtomicBool,
     /// Events that reached the sink while nobody listened.
@@ -230,28 +288,40 @@ pub struct SinkHub {
 }
 
 impl SinkHub {
-    /// Starts the thread that drains `pipeline`'s sink.
-    pub fn start(job: &str, pipeline: PipelineHandle) -> Arc<SinkHub> {
+    /// Starts the thread that drains `pipeline`'s sink, for a job of `tenant`.
+    pub fn start(
+        job: &str,
+        tenant: &str,
+        pipeline: PipelineHandle,
+        limits: SinkLimits,
+    ) -> std::io::Result<Arc<SinkHub>> {
         let hub = Arc::new(SinkHub {
+            tenant: limits.budgets.tenant(tenant),
+            limits,
             groups: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             unheard: AtomicU64::new(0),
             published: AtomicU64::new(0),
         });
         let h = hub.clone();
-        std::thread::Builder::new()
-            .name(format!("squilla-sink-{job}"))
-            .spawn(move || h.run(pipeline))
-            .expect("spawn sink thread");
-        hub
+        std::thread::Builder::new().name(format!("squilla-sink-{job}")).spawn(move || h.run(pipeline))?;
+        Ok(hub)
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, Vec<Group>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A new subscriber, from now on.
     pub fn subscribe(&self, options: Options) -> Subscription {
-        let (tx, chunks) = mpsc::unbounded_channel();
-        let counts = Arc::new(Counts::default());
-        let member = Member { tx, counts: counts.clone() };
-        let mut groups = self.groups.lock().expect("groups lock");
+        let budget = self.tenant.child(Level::Subscriber, self.limits.subscriber_bytes);
+        let (tx, chunks) = queue::channel(budget, self.limits.subscriber_events);
+        let member = Member { tx };
+        let mut groups = self.groups();
+        if self.closed.load(Ordering::Relaxed) {
+            member.tx.finish();
+            return Subscription { chunks };
+        }
         match groups.iter_mut().find(|g| g.same(&options)) {
             Some(group) => group.members.push(member),
             None => groups.push(Group {
@@ -260,19 +330,23 @@ impl SinkHub {
                 sample: options.sample_per_second,
                 members: vec![member],
                 next: 0,
-                runner: options.query.map(|q| Runner::new(q, now_ms(), seed())),
+                runner: options
+                    .query
+                    .map(|q| Runner::new(q, now_ms(), seed()).with_state_limit(self.limits.query_state_bytes)),
+                state_budget: self.tenant.child(Level::Subscriber, usize::MAX),
+                state_reserved: 0,
                 tokens: options.sample_per_second.map_or(0.0, f64::from),
                 refilled: Instant::now(),
             }),
         }
-        Subscription { chunks, counts }
+        Subscription { chunks }
     }
 
     fn run(&self, pipeline: PipelineHandle) {
         let mut out = Vec::new();
         while !self.closed.load(Ordering::Relaxed) && pipeline.is_alive() {
             let batch = pipeline.recv(Duration::from_millis(100));
-            let mut groups = self.groups.lock().expect("groups lock");
+            let mut groups = self.groups();
             for g in groups.iter_mut() {
                 g.members.retain(|m| !m.tx.is_closed());
                 g.next = g.next.min(g.members.len().saturating_sub(1));
@@ -283,6 +357,7 @@ impl SinkHub {
                 if let Some(runner) = &mut g.runner {
                     runner.tick(now, &mut out);
                     g.deliver_results(&mut out);
+                    g.account_state();
                 }
             }
             let Some(batch) = batch else { continue };
@@ -313,22 +388,41 @@ impl SinkHub {
                         g.deliver(&frames.freeze());
                     }
                     Some(runner) => {
+                        let mut limit = None;
                         for event in batch.view().events() {
-                            runner.push(&event, &mut out);
+                            if let Err(e) = runner.push(&event, &mut out) {
+                                limit = Some(e);
+                                break;
+                            }
                         }
                         g.deliver_results(&mut out);
+                        if let Some(e) = limit {
+                            g.end(StreamEnd { code: "query_state_limit", message: e.to_string() });
+                        } else {
+                            g.account_state();
+                        }
                     }
                 }
             }
             self.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
-        // Dropping the groups closes every subscriber's stream.
-        self.groups.lock().expect("groups lock").clear();
+        // Every subscriber reads what it has, then the end of its stream.
+        for g in self.groups().drain(..) {
+            for m in &g.members {
+                m.tx.finish();
+            }
+        }
     }
 
     /// Ends the hub (its job stopped here); subscribers see the end of their stream.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes held for this hub's tenant's streams on this agent (subscriber buffers and
+    /// query state, of every job of the tenant here).
+    pub fn tenant_bytes(&self) -> usize {
+        self.tenant.used()
     }
 
     /// Whether the hub has ended.

@@ -3,8 +3,47 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use squilla_agent::{Agent, AgentConfig};
+use squilla_host::{CompileConfig, CompileIsolation};
+
+/// The hidden subcommand an agent runs to compile a component in a child process.
+pub const COMPILE_WORKER: &str = "compile-worker";
+
+/// How compiles are bounded (shared by `squilla agent` and `squilla dev`).
+#[derive(clap::Args, Clone)]
+pub struct CompileArgs {
+    /// CPU seconds one compile may use before it is stopped.
+    #[arg(long, env = "SQUILLA_COMPILE_CPU_SECS", default_value_t = 120)]
+    pub compile_cpu_secs: u64,
+    /// Wall-clock seconds one compile may take before it is stopped.
+    #[arg(long, env = "SQUILLA_COMPILE_WALL_SECS", default_value_t = 180)]
+    pub compile_wall_secs: u64,
+    /// Memory (address space) one compile may use, MiB.
+    #[arg(long, env = "SQUILLA_COMPILE_MEMORY_MIB", default_value_t = 4096)]
+    pub compile_memory_mib: u64,
+    /// Compiles at once on the agent (0: one per two cores).
+    #[arg(long, env = "SQUILLA_COMPILE_CONCURRENCY", default_value_t = 0)]
+    pub compile_concurrency: usize,
+}
+
+impl CompileArgs {
+    /// The compile settings: in a child process of this binary, within the budget.
+    pub fn config(&self) -> anyhow::Result<CompileConfig> {
+        let defaults = CompileConfig::default();
+        let program = std::env::current_exe().context("cannot find the squilla binary to run compile workers")?;
+        Ok(CompileConfig {
+            isolation: CompileIsolation::Process { program, args: vec![COMPILE_WORKER.into()] },
+            cpu: Duration::from_secs(self.compile_cpu_secs.max(1)),
+            wall: Duration::from_secs(self.compile_wall_secs.max(1)),
+            memory_bytes: self.compile_memory_mib.max(64) << 20,
+            concurrency: if self.compile_concurrency == 0 { defaults.concurrency } else { self.compile_concurrency },
+            per_tenant: defaults.per_tenant,
+        })
+    }
+}
 
 /// Arguments of `squilla agent`.
 #[derive(clap::Args, Clone)]
@@ -51,6 +90,8 @@ pub struct AgentArgs {
     /// Worker threads (0: one per core).
     #[arg(long, env = "SQUILLA_AGENT_THREADS", default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 impl AgentArgs {
@@ -76,6 +117,7 @@ impl AgentArgs {
         }
         config.cache_dir = self.cache_dir.clone();
         config.threads = self.threads;
+        config.compile = self.compile.config()?;
         Ok(config)
     }
 }

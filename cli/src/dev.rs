@@ -37,6 +37,8 @@ pub struct DevArgs {
     artifact_dirs: Vec<PathBuf>,
     #[command(flatten)]
     master: MasterArgs,
+    #[command(flatten)]
+    compile: crate::agent::CompileArgs,
 }
 
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
@@ -78,6 +80,7 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         let mut config = AgentConfig::new(&url, args.master.agent_token.clone().expect("set above"));
         config.id = "dev-agent".into();
         config.cache_dir = Some(args.master.data_dir.join("cache"));
+        config.compile = args.compile.config()?;
         let agent = Agent::start(config).await?;
         let token_file = args.master.data_dir.join("dev.token");
         eprintln!("squilla dev: API at {url}/api/v1 — tenant `dev`, token in {}", token_file.display());

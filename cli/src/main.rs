@@ -6,6 +6,9 @@
 //! - `artifact`, `cluster`, `job`, `tail`: clients of the master's API;
 //! - `run`: a job spec in this process, without a master.
 //!
+//! `squilla compile-worker …` is internal: an agent starts it to compile one component within
+//! the compile budget (see `squilla_host::compile`); it is not for people to run.
+//!
 //! Configuration: flags, then `SQUILLA_*` variables, then a config file (`--config FILE` or
 //! `SQUILLA_CONFIG`: `key = value` lines, where `key` is a variable's name without the
 //! prefix, in any case: `listen = "127.0.0.1:7070"` sets `SQUILLA_LISTEN`), then defaults.
@@ -73,6 +76,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(agent::COMPILE_WORKER) {
+        let code = squilla_host::compile::run_worker(&args[2..]);
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -65,6 +65,7 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     let limits = ApiLimits {
         max_artifact_bytes: args.max_artifact_mib << 20,
         artifact_bytes_per_tenant: args.tenant_artifact_mib << 20,
+        ..ApiLimits::default()
     };
     let state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -72,11 +73,13 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     spawn_control_loop(control);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router(state)).await {
-            tracing::error!(error = %err, "master HTTP server ended");
-        }
-    });
+    let stats = Arc::new(squilla_net::server::ServerStats::default());
+    tokio::spawn(squilla_net::server::serve(
+        listener,
+        router(state),
+        squilla_net::server::ServerLimits::default(),
+        stats,
+    ));
     Ok(Running { addr })
 }
 

@@ -69,7 +69,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             pipeline.start_synthetic(SyntheticSource {
                 seed: now_ms() as u64,
                 ..SyntheticSource::at_rate(*events_per_second)
-            });
+            })?;
             print_until(&pipeline, deadline)?;
         }
         SourceSpec::Ingest => {

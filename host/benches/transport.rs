@@ -36,7 +36,7 @@ fn main() {
     let on_b =
         Pipeline::start_placed(&runtime, &executor, config.clone(), vec![vec![SlotPlan::Local { number: 1 }]]).unwrap();
     b.register("hop", on_b.handle());
-    let outlet = a.outlet(b.local_addr(), "hop", 0, 0);
+    let outlet = a.outlet(b.local_addr(), "hop", 0, 0).unwrap();
     let on_a = Pipeline::start_placed(&runtime, &executor, config, vec![vec![SlotPlan::Remote(outlet)]]).unwrap();
 
     let mut generator = DeviceLogs::new(7);

@@ -2,8 +2,10 @@
 //! disk across restarts.
 //!
 //! Compiling a component is the expensive step (milliseconds for a Rust stage, ~25 s for a
-//! Python or JavaScript one), so it happens once per content hash, on a thread of its own with
-//! a time limit, never on a caller's hot path twice.
+//! Python or JavaScript one), so it happens once per content hash — callers asking for bytes
+//! that are being compiled wait for that compile — within the budget and admission rules of
+//! [`CompileConfig`] (see [`crate::compile`]), never on a caller's hot path twice. A failure is
+//! remembered by sha256 and answered at once afterwards.
 //!
 //! Loading compiled code from disk is `unsafe` in wasmtime for a good reason: those bytes
 //! become machine code. So the disk cache only ever loads code this host produced: every
@@ -15,13 +17,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use hmac::{Hmac, Mac};
 use wasmtime::component::Component;
 
 use crate::artifact::Sha256;
+use crate::compile::{self, CompileConfig, Slots};
 use crate::error::ArtifactError;
 use crate::{Artifact, Runtime};
 
@@ -30,8 +32,11 @@ type HmacSha256 = Hmac<sha2::Sha256>;
 /// Bytes of the HMAC at the start of every cache file.
 const TAG_BYTES: usize = 32;
 
-/// Default limit on one compilation (a Python component takes ~25 s on two cores).
-pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Failures remembered by sha256; past this many, the oldest half is forgotten.
+const REMEMBERED_FAILURES: usize = 4096;
+
+/// Callers waiting for one compile: the result, once there is one.
+type InFlight = Arc<(Mutex<Option<Result<Artifact, ArtifactError>>>, Condvar)>;
 
 /// What the cache has done, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +49,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Disk files ignored because they did not verify.
     pub rejected: u64,
+    /// Requests refused at once because the same bytes had failed before.
+    pub refused: u64,
 }
 
 /// Compiled artifacts by sha256.
@@ -51,12 +58,21 @@ pub struct ArtifactCache {
     runtime: Runtime,
     dir: Option<PathBuf>,
     key: [u8; 32],
-    compile_timeout: Duration,
+    compile: CompileConfig,
+    slots: Slots,
     artifacts: Mutex<HashMap<Sha256, Artifact>>,
+    failures: Mutex<HashMap<Sha256, (u64, ArtifactError)>>,
+    in_flight: Mutex<HashMap<Sha256, InFlight>>,
     compiled: AtomicU64,
     loaded: AtomicU64,
     hits: AtomicU64,
     rejected: AtomicU64,
+    refused: AtomicU64,
+    failure_seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for ArtifactCache {
@@ -84,51 +100,126 @@ impl ArtifactCache {
             runtime: runtime.clone(),
             dir,
             key,
-            compile_timeout: COMPILE_TIMEOUT,
+            compile: CompileConfig::default(),
+            slots: Slots::default(),
             artifacts: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failure_seq: AtomicU64::new(0),
         }
     }
 
-    /// Sets the limit on one compilation (default [`COMPILE_TIMEOUT`]).
-    pub fn with_compile_timeout(mut self, timeout: Duration) -> Self {
-        self.compile_timeout = timeout;
+    /// Sets how compilations are run and bounded (default [`CompileConfig::default`]).
+    pub fn with_compile_config(mut self, config: CompileConfig) -> Self {
+        self.compile = config;
         self
+    }
+
+    /// The largest component this cache compiles, bytes.
+    pub fn max_component_bytes(&self) -> usize {
+        self.runtime.config().max_component_bytes
+    }
+
+    /// The compile settings in force.
+    pub fn compile_config(&self) -> &CompileConfig {
+        &self.compile
     }
 
     /// The artifact already known by `sha256`, if any.
     pub fn get(&self, sha256: &Sha256) -> Option<Artifact> {
-        self.artifacts.lock().expect("cache lock").get(sha256).cloned()
+        lock(&self.artifacts).get(sha256).cloned()
     }
 
-    /// The artifact for `bytes`: from memory, else from a verified disk file, else compiled
-    /// (on its own thread, within the time limit) and written to disk.
+    /// Why `sha256` failed to compile before, if it did.
+    pub fn failure(&self, sha256: &Sha256) -> Option<ArtifactError> {
+        lock(&self.failures).get(sha256).map(|(_, e)| e.clone())
+    }
+
+    /// [`ArtifactCache::get_or_compile_for`] on behalf of no tenant in particular.
     pub fn get_or_compile(&self, bytes: &[u8]) -> Result<Artifact, ArtifactError> {
+        self.get_or_compile_for("", bytes)
+    }
+
+    /// The artifact for `bytes`, on behalf of `tenant`: from memory, else refused at once if
+    /// the same bytes failed before, else from a verified disk file, else compiled (within the
+    /// budget, once a slot is free for the tenant) and written to disk. Callers asking for
+    /// bytes that are being compiled wait for that compile.
+    pub fn get_or_compile_for(&self, tenant: &str, bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         Artifact::check_header(&self.runtime, bytes)?;
         let sha256 = Sha256::of(bytes);
         if let Some(artifact) = self.get(&sha256) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(artifact);
         }
+        if let Some(err) = self.failure(&sha256) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
+        let (cell, leader) = {
+            let mut in_flight = lock(&self.in_flight);
+            match in_flight.get(&sha256) {
+                Some(cell) => (cell.clone(), false),
+                None => {
+                    let cell: InFlight = Arc::default();
+                    in_flight.insert(sha256, cell.clone());
+                    (cell, true)
+                }
+            }
+        };
+        if !leader {
+            let mut result = lock(&cell.0);
+            while result.is_none() {
+                result = cell.1.wait(result).unwrap_or_else(PoisonError::into_inner);
+            }
+            return result.clone().unwrap_or_else(|| Err(ArtifactError::engine("compile result missing")));
+        }
+        let result = self.load_or_compile(tenant, sha256, bytes);
+        match &result {
+            Ok(artifact) => {
+                lock(&self.artifacts).entry(sha256).or_insert_with(|| artifact.clone());
+            }
+            Err(err) if err.is_permanent() => self.remember(sha256, err.clone()),
+            Err(_) => {}
+        }
+        *lock(&cell.0) = Some(result.clone());
+        cell.1.notify_all();
+        lock(&self.in_flight).remove(&sha256);
+        result
+    }
+
+    fn load_or_compile(&self, tenant: &str, sha256: Sha256, bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         let component = match self.load(&sha256) {
             Some(component) => {
                 self.loaded.fetch_add(1, Ordering::Relaxed);
                 component
             }
             None => {
-                let component = self.compile(bytes)?;
+                let slot = self.slots.acquire(tenant, &self.compile);
+                let component = compile::compile(&self.runtime, &self.compile, bytes);
+                drop(slot);
+                let component = component?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
                 self.store(&sha256, &component);
                 component
             }
         };
-        let artifact = Artifact::from_component(&self.runtime, sha256, bytes.len(), component)?;
-        let mut artifacts = self.artifacts.lock().expect("cache lock");
-        // Two callers may have raced to compile the same bytes; keep the first.
-        Ok(artifacts.entry(sha256).or_insert(artifact).clone())
+        Artifact::from_component(&self.runtime, sha256, bytes.len(), component)
+    }
+
+    fn remember(&self, sha256: Sha256, err: ArtifactError) {
+        let mut failures = lock(&self.failures);
+        if failures.len() >= REMEMBERED_FAILURES {
+            let mut ages: Vec<u64> = failures.values().map(|(seq, _)| *seq).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            failures.retain(|_, (seq, _)| *seq > cut);
+        }
+        failures.insert(sha256, (self.failure_seq.fetch_add(1, Ordering::Relaxed), err));
     }
 
     /// Counts of what the cache has done.
@@ -138,24 +229,7 @@ impl ArtifactCache {
             loaded: self.loaded.load(Ordering::Relaxed),
             hits: self.hits.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
-        }
-    }
-
-    fn compile(&self, bytes: &[u8]) -> Result<Component, ArtifactError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let engine = self.runtime.engine.clone();
-        let owned = bytes.to_vec();
-        std::thread::Builder::new()
-            .name("squilla-compile".into())
-            .spawn(move || {
-                let _ = tx.send(Component::new(&engine, &owned));
-            })
-            .map_err(ArtifactError::engine)?;
-        match rx.recv_timeout(self.compile_timeout) {
-            Ok(result) => result.map_err(|e| ArtifactError::Invalid { detail: format!("{e:#}") }),
-            // The compile thread cannot be cancelled; it finishes in the background and its
-            // result is dropped.
-            Err(_) => Err(ArtifactError::CompileTimeout { seconds: self.compile_timeout.as_secs() }),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 

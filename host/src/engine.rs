@@ -134,6 +134,14 @@ impl Runtime {
     }
 }
 
+/// An engine for compiling only (a compile worker), configured as a [`Runtime`] with
+/// `config` is, so that what it compiles loads there; a pooling one reserves room for one
+/// instance only.
+pub(crate) fn compile_engine(config: &RuntimeConfig, pooling: bool) -> Result<Engine, ArtifactError> {
+    let config = RuntimeConfig { max_instances: 1, ..config.clone() };
+    Engine::new(&wasmtime_config(&config, pooling)).map_err(ArtifactError::engine)
+}
+
 fn on_demand(config: &RuntimeConfig) -> Result<Engine, ArtifactError> {
     Engine::new(&wasmtime_config(config, false)).map_err(ArtifactError::engine)
 }

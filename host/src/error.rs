@@ -4,7 +4,7 @@
 use squilla_batch::BatchError;
 
 /// Why a component was not accepted as a stage artifact.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ArtifactError {
     /// The bytes are not WebAssembly at all.
     #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic)")]
@@ -28,11 +28,13 @@ pub enum ArtifactError {
         /// Wasmtime's explanation.
         detail: String,
     },
-    /// Compiling took longer than the cache's limit.
-    #[error("compiling the component took longer than {seconds} s")]
-    CompileTimeout {
-        /// The limit.
-        seconds: u64,
+    /// Compiling it went over a budget (see `CompileConfig`); it was stopped.
+    #[error("compiling the component went over its {budget} budget of {limit} and was stopped")]
+    CompileBudget {
+        /// Which budget: `CPU time`, `wall-clock time`, `memory` or `compiled size`.
+        budget: &'static str,
+        /// The budget, with its unit.
+        limit: String,
     },
     /// It exports neither stage interface.
     #[error(
@@ -69,6 +71,12 @@ pub enum ArtifactError {
 impl ArtifactError {
     pub(crate) fn engine(err: impl std::fmt::Display) -> Self {
         ArtifactError::Engine { detail: format!("{err:#}") }
+    }
+
+    /// Whether the same bytes would fail again wherever they are compiled (everything but a
+    /// failure of this host's engine or system).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, ArtifactError::Engine { .. })
     }
 }
 

@@ -24,6 +24,11 @@ use crate::pipeline::worker::Worker;
 /// Batches a worker processes per turn before it yields its thread.
 pub const QUANTUM: usize = 8;
 
+/// Time a worker may keep a pool thread in one turn: it starts no new call after this, so a
+/// slow stage holds a thread for at most one call (itself bounded by the call deadline) past
+/// it, and the other workers on the agent get their turns.
+pub const TURN_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
+
 struct Timer {
     due: Instant,
     seq: u64,

@@ -28,21 +28,25 @@
 mod artifact;
 mod bindings;
 mod cache;
+pub mod compile;
 mod engine;
 mod error;
 mod executor;
 mod inspect;
 mod instance;
+mod lease;
 mod logs;
 pub mod pipeline;
 pub mod transport;
 mod typed;
 
 pub use artifact::{ALLOWED_IMPORTS, Artifact, Flavour, Sha256};
-pub use cache::{ArtifactCache, COMPILE_TIMEOUT, CacheStats, SharedCache};
+pub use cache::{ArtifactCache, CacheStats, SharedCache};
+pub use compile::{CompileConfig, CompileIsolation};
 pub use engine::{Runtime, RuntimeConfig};
 pub use error::{ArtifactError, CallError, InstantiateError};
 pub use executor::Executor;
 pub use inspect::{Inspection, inspect};
 pub use instance::{Limits, StageInstance};
+pub use lease::Lease;
 pub use logs::{LogLevel, LogLine, LogRing};

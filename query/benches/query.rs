@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
                             squilla_batch::json::write_json(&event, &mut json);
                         }
                     } else {
-                        runner.push(&event, &mut out);
+                        runner.push(&event, &mut out).unwrap();
                     }
                 }
                 out.len() + json.len()

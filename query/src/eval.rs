@@ -19,6 +19,9 @@ use crate::{AggKind, Cmp, Expr, Item, Lit, Query};
 /// Values a `percentile` keeps per group and window; beyond, a uniform sample of that size.
 pub const PERCENTILE_SAMPLES: usize = 10_000;
 
+/// Default limit on what one running query's open window holds, bytes (64 MiB).
+pub const DEFAULT_STATE_BYTES: usize = 64 << 20;
+
 /// A value while evaluating.
 #[derive(Debug, Clone, PartialEq)]
 enum V<'a> {
@@ -261,7 +264,12 @@ impl Acc {
         }
     }
 
-    fn add(&mut self, v: Option<V<'_>>, rng: &mut u64) {
+    /// Adds a value; returns by how many bytes the accumulator grew (or shrank).
+    fn add(&mut self, v: Option<V<'_>>, rng: &mut u64) -> isize {
+        let text = |m: &Option<V<'_>>| match m {
+            Some(V::Text(t)) => t.len() as isize,
+            _ => 0,
+        };
         match (self, v) {
             (Acc::Count(n), None) => *n += 1,
             (_, Some(V::Null)) => {}
@@ -274,12 +282,16 @@ impl Acc {
             }
             (Acc::Min(m), Some(v)) => {
                 if m.as_ref().is_none_or(|m| compare(Cmp::Lt, &v, m)) {
+                    let before = text(m);
                     *m = Some(v.owned());
+                    return text(m) - before;
                 }
             }
             (Acc::Max(m), Some(v)) => {
                 if m.as_ref().is_none_or(|m| compare(Cmp::Gt, &v, m)) {
+                    let before = text(m);
                     *m = Some(v.owned());
+                    return text(m) - before;
                 }
             }
             (Acc::Avg(s, n), Some(v)) => {
@@ -293,6 +305,7 @@ impl Acc {
                     *seen += 1;
                     if values.len() < PERCENTILE_SAMPLES {
                         values.push(x);
+                        return std::mem::size_of::<f64>() as isize;
                     } else {
                         // Reservoir sampling: every value seen has the same chance to be kept.
                         let j = (next_random(rng) * *seen as f64) as usize;
@@ -304,6 +317,7 @@ impl Acc {
             }
             (_, None) => {}
         }
+        0
     }
 
     fn finish(&mut self) -> Json {
@@ -337,6 +351,24 @@ impl Acc {
     }
 }
 
+/// Bytes counted for each group of an open window beyond its key's text: the table entry,
+/// the key's parts and the accumulators.
+const GROUP_OVERHEAD: usize = 96;
+/// Bytes counted per key part and per accumulator.
+const PART_BYTES: usize = 24;
+
+/// An aggregating query's open window would hold more than its state limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the query's window state would pass its limit of {limit} bytes ({groups} groups so far); group by fewer distinct keys or use a shorter window"
+)]
+pub struct StateLimit {
+    /// The limit, bytes.
+    pub limit: usize,
+    /// Groups in the open window when it was reached.
+    pub groups: usize,
+}
+
 /// One subscription's query, running.
 #[derive(Debug)]
 pub struct Runner {
@@ -344,12 +376,35 @@ pub struct Runner {
     rng: u64,
     groups: HashMap<GroupKey, Vec<Acc>>,
     window_start: i64,
+    /// What the open window holds, bytes (an estimate that never undercounts by much).
+    state_bytes: usize,
+    max_state_bytes: usize,
 }
 
 impl Runner {
-    /// A runner whose first window starts at `now_ms`; `seed` drives `sample`.
+    /// A runner whose first window starts at `now_ms`; `seed` drives `sample`. Its open
+    /// window may hold up to [`DEFAULT_STATE_BYTES`] (see [`Runner::with_state_limit`]).
     pub fn new(query: Arc<Query>, now_ms: i64, seed: u64) -> Self {
-        Runner { query, rng: seed | 1, groups: HashMap::new(), window_start: now_ms }
+        Runner {
+            query,
+            rng: seed | 1,
+            groups: HashMap::new(),
+            window_start: now_ms,
+            state_bytes: 0,
+            max_state_bytes: DEFAULT_STATE_BYTES,
+        }
+    }
+
+    /// Sets how many bytes the open window may hold (groups, their keys and accumulators);
+    /// [`Runner::push`] refuses an event that would pass it.
+    pub fn with_state_limit(mut self, max_state_bytes: usize) -> Self {
+        self.max_state_bytes = max_state_bytes;
+        self
+    }
+
+    /// What the open window holds now, bytes (estimated from its groups, keys and values).
+    pub fn state_bytes(&self) -> usize {
+        self.state_bytes
     }
 
     /// The query it runs.
@@ -366,10 +421,11 @@ impl Runner {
     }
 
     /// Feeds one event: a non-aggregating query appends its result to `out`; an aggregating
-    /// one folds it into its window (see [`Runner::tick`]).
-    pub fn push(&mut self, event: &EventRef<'_>, out: &mut Vec<Map<String, Json>>) {
+    /// one folds it into its window (see [`Runner::tick`]). Refuses (and does not count) an
+    /// event whose new group would take the window past its state limit.
+    pub fn push(&mut self, event: &EventRef<'_>, out: &mut Vec<Map<String, Json>>) -> Result<(), StateLimit> {
         if !self.matches(event) {
-            return;
+            return Ok(());
         }
         let Some(_) = self.query.window_ms else {
             let mut map = Map::new();
@@ -387,14 +443,14 @@ impl Runner {
                 }
             }
             out.push(map);
-            return;
+            return Ok(());
         };
         let rng = &mut self.rng;
         let values: Vec<V<'_>> = self.query.keys.iter().map(|k| eval(k, event, rng)).collect();
         let query = &self.query;
         // Owned copies of the key are made only for a group's first event in the window.
         if !self.groups.contains_key(&Parts(&values)) {
-            let accs = query
+            let accs: Vec<Acc> = query
                 .items
                 .iter()
                 .filter_map(|i| match i {
@@ -402,17 +458,29 @@ impl Runner {
                     _ => None,
                 })
                 .collect();
+            let key_text: usize = values.iter().map(|v| if let V::Text(t) = v { t.len() } else { 0 }).sum();
+            let cost = GROUP_OVERHEAD + key_text + (values.len() + accs.len()) * PART_BYTES;
+            if self.state_bytes + cost > self.max_state_bytes {
+                return Err(StateLimit { limit: self.max_state_bytes, groups: self.groups.len() });
+            }
+            self.state_bytes += cost;
             self.groups.insert(GroupKey(values.iter().map(Key::of).collect()), accs);
         }
-        let accs = self.groups.get_mut(&Parts(&values)).expect("inserted above");
+        let Some(accs) = self.groups.get_mut(&Parts(&values)) else { return Ok(()) };
         let mut i = 0;
+        let mut grown = 0isize;
         for item in &query.items {
             if let Item::Named { expr: Expr::Agg(agg), .. } = item {
                 let v = agg.arg.as_ref().map(|a| eval(a, event, rng));
-                accs[i].add(v, rng);
+                grown += accs[i].add(v, rng);
                 i += 1;
             }
         }
+        self.state_bytes = self.state_bytes.saturating_add_signed(grown);
+        if self.state_bytes > self.max_state_bytes {
+            return Err(StateLimit { limit: self.max_state_bytes, groups: self.groups.len() });
+        }
+        Ok(())
     }
 
     /// Closes the window if `now_ms` is past its end, appending one result per group.
@@ -435,13 +503,15 @@ impl Runner {
                         i += 1;
                     }
                     e => {
-                        let k = self.query.keys.iter().position(|k| k == e).expect("checked at compile time");
-                        map.insert(name.clone(), key[k].json());
+                        // The compiler accepts only keys here; anything else has no value.
+                        let value = self.query.keys.iter().position(|k| k == e).and_then(|k| key.get(k));
+                        map.insert(name.clone(), value.map_or(Json::Null, Key::json));
                     }
                 }
             }
             out.push(map);
         }
+        self.state_bytes = 0;
         // Windows are aligned to the first one; skip any that passed with no tick.
         let passed = (now_ms - self.window_start) / window as i64;
         self.window_start += passed * window as i64;

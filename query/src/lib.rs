@@ -34,7 +34,7 @@ mod eval;
 mod tests;
 
 pub use compile::{DEFAULT_WINDOW_MS, MAX_QUERY_BYTES, WINDOW_MS};
-pub use eval::{PERCENTILE_SAMPLES, Runner};
+pub use eval::{DEFAULT_STATE_BYTES, PERCENTILE_SAMPLES, Runner, StateLimit};
 
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

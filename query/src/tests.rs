@@ -35,7 +35,7 @@ fn run(sql: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let batch = events();
     for event in batch.view().events() {
-        runner.push(&event, &mut out);
+        runner.push(&event, &mut out).unwrap();
     }
     runner.tick(query.window_ms().unwrap_or(0) as i64, &mut out);
     out.into_iter().map(Value::Object).collect()
@@ -107,7 +107,7 @@ fn a_window_emits_only_once_it_has_passed() {
     let mut runner = Runner::new(query, 0, 1);
     let mut out = Vec::new();
     for event in events().view().events() {
-        runner.push(&event, &mut out);
+        runner.push(&event, &mut out).unwrap();
     }
     runner.tick(999, &mut out);
     assert!(out.is_empty());
@@ -167,4 +167,25 @@ fn only_star_queries_select_whole_events() {
     ] {
         assert_eq!(Query::parse(sql).unwrap().selects_events(), whole, "{sql}");
     }
+}
+
+#[test]
+fn a_window_with_too_many_groups_is_refused_not_grown() {
+    let query = Arc::new(Query::parse(r#"SELECT "user.id", count(*) GROUP BY "user.id", window(3600000)"#).unwrap());
+    let mut runner = Runner::new(query.clone(), 0, 1).with_state_limit(400);
+    let mut out = Vec::new();
+    let batch = events();
+    let mut refused = None;
+    for (i, event) in batch.view().events().enumerate() {
+        if let Err(limit) = runner.push(&event, &mut out) {
+            refused = Some((i, limit));
+            break;
+        }
+    }
+    let (at, limit) = refused.expect("a unique key per event passes 400 bytes of state");
+    assert!(at > 0 && limit.limit == 400 && limit.groups == at, "{at} {limit:?}");
+    assert!(runner.state_bytes() <= 400);
+    runner.tick(3_600_000, &mut out);
+    assert_eq!(out.len(), at, "every group counted so far is reported");
+    assert_eq!(runner.state_bytes(), 0, "a closed window holds nothing");
 }

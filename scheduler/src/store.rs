@@ -72,6 +72,13 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
 /// What `put_artifact` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
+    /// Storing it would take the tenant past its artifact quota; nothing was stored.
+    OverQuota {
+        /// Bytes the tenant would hold.
+        would_hold: u64,
+        /// Its quota.
+        quota: u64,
+    },
     /// A new artifact for this tenant.
     Created(ArtifactMeta),
     /// The tenant had it already (same bytes); nothing changed except a new tag, if given.
@@ -99,6 +106,15 @@ pub enum Delete {
     },
 }
 
+/// A stage's artifact reference that names none of the tenant's artifacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownArtifact {
+    /// The stage's index.
+    pub stage: usize,
+    /// The reference, as written.
+    pub reference: String,
+}
+
 /// The embedded store.
 pub struct Store {
     db: Database,
@@ -123,8 +139,11 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Stores an artifact for `tenant` (idempotent by content), tagging it if asked.
-    pub fn put_artifact(&self, tenant: &str, meta: ArtifactMeta, bytes: &[u8]) -> Result<Put, StoreError> {
+    /// Stores an artifact for `tenant` (idempotent by content), tagging it if asked, unless
+    /// its tag names another artifact or a new artifact would take the tenant's artifacts
+    /// past `quota` bytes. Checks and write are one transaction: concurrent uploads cannot
+    /// pass the quota together, nor take one tag twice.
+    pub fn put_artifact(&self, tenant: &str, meta: ArtifactMeta, bytes: &[u8], quota: u64) -> Result<Put, StoreError> {
         let txn = self.db.begin_write()?;
         let result = {
             let mut artifacts = txn.open_table(ARTIFACTS)?;
@@ -140,6 +159,22 @@ impl Store {
             }
             let artifact_key = key(tenant, &meta.sha256);
             let previous = artifacts.get(artifact_key.as_str())?.map(|v| v.value().to_vec());
+            if previous.is_none() {
+                let prefix = key(tenant, "");
+                let mut used = 0u64;
+                for entry in artifacts.range(prefix.as_str()..)? {
+                    let (k, v) = entry?;
+                    if !k.value().starts_with(&prefix) {
+                        break;
+                    }
+                    let held: ArtifactMeta =
+                        serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
+                    used += held.size;
+                }
+                if used + meta.size > quota {
+                    return Ok(Put::OverQuota { would_hold: used + meta.size, quota });
+                }
+            }
             let result = match previous {
                 Some(json) => {
                     let mut existing: ArtifactMeta =
@@ -215,12 +250,24 @@ impl Store {
 
     /// Deletes one of `tenant`'s artifacts and its tags; the bytes go with the last tenant
     /// holding them. Refused (with the cluster's name) while a cluster version uses it.
+    /// The check and the delete are one transaction with cluster creation's resolution of
+    /// artifacts, so a cluster version can never point at a deleted artifact.
     pub fn delete_artifact(&self, tenant: &str, sha256: &str) -> Result<Delete, StoreError> {
-        if let Some(user) = self.clusters(tenant)?.into_iter().find(|c| c.artifacts.iter().any(|a| a == sha256)) {
-            return Ok(Delete::InUse { cluster: user.name, version: user.version });
-        }
         let txn = self.db.begin_write()?;
         let existed = {
+            let clusters = txn.open_table(CLUSTERS)?;
+            let prefix = key(tenant, "");
+            for entry in clusters.range(prefix.as_str()..)? {
+                let (k, v) = entry?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let c: ClusterVersion = serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
+                if c.artifacts.iter().any(|a| a == sha256) {
+                    return Ok(Delete::InUse { cluster: c.name, version: c.version });
+                }
+            }
+            drop(clusters);
             let mut artifacts = txn.open_table(ARTIFACTS)?;
             let mut blobs = txn.open_table(BLOBS)?;
             let mut tags = txn.open_table(TAGS)?;
@@ -256,9 +303,37 @@ impl Store {
         Ok(table.get(key(tenant, &format!("{name}@{version}")).as_str())?.map(|v| v.value().to_owned()))
     }
 
-    /// Adds a new version of `tenant`'s cluster `cluster.name`, numbered after the latest.
-    pub fn put_cluster(&self, tenant: &str, mut cluster: ClusterVersion) -> Result<ClusterVersion, StoreError> {
+    /// Adds a new version of `tenant`'s cluster `spec.name`, numbered after the latest, with
+    /// each stage's artifact resolved (by tag or sha256) among the tenant's artifacts in the
+    /// same transaction: an artifact deleted concurrently is either resolved before its
+    /// deletion (which then refuses, the artifact being in use) or not found.
+    pub fn put_cluster(
+        &self,
+        tenant: &str,
+        spec: squilla_types::JobSpec,
+        created_at_ms: i64,
+    ) -> Result<Result<ClusterVersion, UnknownArtifact>, StoreError> {
         let txn = self.db.begin_write()?;
+        let mut artifacts = Vec::with_capacity(spec.stages.len());
+        {
+            let metas = txn.open_table(ARTIFACTS)?;
+            let tags = txn.open_table(TAGS)?;
+            for (stage, s) in spec.stages.iter().enumerate() {
+                let sha = match &s.artifact {
+                    squilla_types::ArtifactRef::Tag { name, version } => {
+                        tags.get(key(tenant, &format!("{name}@{version}")).as_str())?.map(|v| v.value().to_owned())
+                    }
+                    squilla_types::ArtifactRef::Sha256(sha) => {
+                        metas.get(key(tenant, sha).as_str())?.map(|_| sha.clone())
+                    }
+                };
+                match sha {
+                    Some(sha) => artifacts.push(sha),
+                    None => return Ok(Err(UnknownArtifact { stage, reference: s.artifact.to_string() })),
+                }
+            }
+        }
+        let mut cluster = ClusterVersion { name: spec.name.clone(), version: 0, spec, artifacts, created_at_ms };
         {
             let mut table = txn.open_table(CLUSTERS)?;
             let prefix = key(tenant, &format!("{}/", cluster.name));
@@ -272,7 +347,7 @@ impl Store {
             table.insert(format!("{prefix}{:010}", cluster.version).as_str(), json.as_slice())?;
         }
         txn.commit()?;
-        Ok(cluster)
+        Ok(Ok(cluster))
     }
 
     /// Every version of `tenant`'s clusters, by name then version.

@@ -168,7 +168,10 @@ async fn another_tenants_artifacts_answer_404() {
 #[tokio::test]
 async fn bad_uploads_are_refused_with_a_reason_and_store_nothing() {
     let dir = data_dir("bad");
-    let s = state(&dir, ApiLimits { max_artifact_bytes: 200_000, artifact_bytes_per_tenant: 150_000 });
+    let s = state(
+        &dir,
+        ApiLimits { max_artifact_bytes: 200_000, artifact_bytes_per_tenant: 150_000, ..ApiLimits::default() },
+    );
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str, &str)> = vec![
         ("", vec![0; 200_001], StatusCode::PAYLOAD_TOO_LARGE, "artifact_too_large", "at most 200000 bytes"),
         ("", b"PK\x03\x04 a zip".to_vec(), StatusCode::BAD_REQUEST, "invalid_artifact", "not a WebAssembly binary"),

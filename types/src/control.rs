@@ -55,6 +55,10 @@ pub struct WorkerReport {
     /// Why it failed.
     #[serde(default)]
     pub message: Option<String>,
+    /// Whether the failure will recur wherever the worker runs (its artifact cannot be
+    /// compiled, for example): the master fails the job at once instead of retrying.
+    #[serde(default)]
+    pub fatal: bool,
     /// Events it received.
     #[serde(default)]
     pub events_in: u64,
@@ -67,6 +71,36 @@ pub struct WorkerReport {
     /// Its linear memory, bytes.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// Calls into the stage that failed.
+    #[serde(default)]
+    pub failed_calls: u64,
+    /// Failed calls by kind (`trap`, `deadline`, `stage-error`, `invalid-output`, `init`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<String, u64>,
+    /// The last failure, `kind: message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
+impl Default for WorkerReport {
+    fn default() -> Self {
+        WorkerReport {
+            job: String::new(),
+            stage: 0,
+            index: 0,
+            number: 0,
+            state: ReportedState::Running,
+            message: None,
+            fatal: false,
+            events_in: 0,
+            events_out: 0,
+            dropped: 0,
+            memory_bytes: 0,
+            failed_calls: 0,
+            failures: BTreeMap::new(),
+            last_failure: None,
+        }
+    }
 }
 
 /// Agent → master, every heartbeat.
@@ -134,4 +168,9 @@ pub struct Assignments {
     pub heartbeat_ms: u64,
     /// Every job with a worker on this agent.
     pub jobs: Vec<JobAssignment>,
+    /// How long, from when the agent sent its heartbeat, it may keep emitting without hearing
+    /// from the master again, ms (0: without limit). Shorter than the master's agent timeout,
+    /// so that an agent the master has given up on has stopped emitting by then.
+    #[serde(default)]
+    pub lease_ms: u64,
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use squilla_types::{ArtifactRef, Backpressure, JobSpec, Routing};
 
-use crate::{Artifact, InstantiateError, Limits};
+use std::sync::Arc;
+
+use crate::{Artifact, InstantiateError, Lease, Limits};
 
 /// One stage of a pipeline.
 #[derive(Debug, Clone)]
@@ -26,8 +28,8 @@ pub struct StageConfig {
     pub tick: Duration,
 }
 
-/// What a pipeline runs. `queue_batches`, `sink_batches` and `max_consecutive_traps` have
-/// the defaults documented on them when built by [`PipelineConfig::new`].
+/// What a pipeline runs. `queue_batches`, `sink_batches`, `max_consecutive_failures` and
+/// `lease` have the defaults documented on them when built by [`PipelineConfig::new`].
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// The job's name.
@@ -40,8 +42,13 @@ pub struct PipelineConfig {
     pub queue_batches: usize,
     /// Capacity of the sink, in batches (default 1024).
     pub sink_batches: usize,
-    /// Traps in a row that fail a worker (default 3).
-    pub max_consecutive_traps: u32,
+    /// Failed calls in a row that fail a worker (default 5): traps, passed deadlines, stage
+    /// errors and invalid output all count; only a successful `process` call (never a
+    /// successful `tick`) starts the count again.
+    pub max_consecutive_failures: u32,
+    /// The agent's lease: while it has run out nothing leaves the pipeline (default: a lease
+    /// that never runs out; an agent passes the one its master renews).
+    pub lease: Arc<Lease>,
 }
 
 /// Why a job spec could not be turned into a pipeline.
@@ -66,6 +73,9 @@ pub enum PipelineError {
     /// A stage index out of range.
     #[error("no stage {0}")]
     NoSuchStage(usize),
+    /// A thread for the pipeline could not be started (the system is out of threads).
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl PipelineConfig {
@@ -77,7 +87,8 @@ impl PipelineConfig {
             backpressure,
             queue_batches: 64,
             sink_batches: 1024,
-            max_consecutive_traps: 3,
+            max_consecutive_failures: 5,
+            lease: Lease::unlimited(),
         }
     }
 

@@ -18,10 +18,17 @@ use super::worker::Worker;
 
 /// What happened to an offered batch.
 pub(crate) enum Offer {
-    /// Queued (possibly after dropping the oldest queued batch, counted).
-    Queued,
-    /// Refused and dropped (`drop-newest`, counted).
-    Dropped,
+    /// Queued, after dropping the oldest queued batch of `evicted` events (`drop-oldest`,
+    /// counted) when the inbox was full.
+    Queued {
+        /// Events of the batch dropped to make room (0: none was).
+        evicted: usize,
+    },
+    /// Refused and dropped (`drop-newest`, counted): it held `events` events.
+    Dropped {
+        /// Events of the refused batch.
+        events: usize,
+    },
     /// Refused and handed back (`block`): the producer must keep it and wait.
     Full(BatchBytes),
 }
@@ -53,20 +60,21 @@ impl Inbox {
     pub fn offer(&self, batch: BatchBytes, policy: Backpressure, counters: &Counters) -> Offer {
         match policy {
             Backpressure::Block => match self.queue.push(batch) {
-                Ok(()) => Offer::Queued,
+                Ok(()) => Offer::Queued { evicted: 0 },
                 Err(batch) => Offer::Full(batch),
             },
-            Backpressure::DropOldest => {
-                if self.queue.force_push(batch).is_some() {
+            Backpressure::DropOldest => match self.queue.force_push(batch) {
+                Some(old) => {
                     Counters::add(&counters.dropped_oldest, 1);
+                    Offer::Queued { evicted: old.len() }
                 }
-                Offer::Queued
-            }
+                None => Offer::Queued { evicted: 0 },
+            },
             Backpressure::DropNewest => match self.queue.push(batch) {
-                Ok(()) => Offer::Queued,
-                Err(_) => {
+                Ok(()) => Offer::Queued { evicted: 0 },
+                Err(batch) => {
                     Counters::add(&counters.dropped_newest, 1);
-                    Offer::Dropped
+                    Offer::Dropped { events: batch.len() }
                 }
             },
         }

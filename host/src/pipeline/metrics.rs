@@ -7,6 +7,48 @@ use std::time::Duration;
 /// `2^i` µs (the last bucket counts the rest), so 1 µs to ~16 s in 25 buckets.
 pub const HISTOGRAM_BUCKETS: usize = 25;
 
+/// Why a call into a stage failed, as counted per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// The guest trapped (the instance was discarded).
+    Trap,
+    /// The call passed its CPU deadline and was interrupted (the instance was discarded).
+    Deadline,
+    /// The stage returned an error for the call.
+    StageError,
+    /// The stage returned bytes that are not a valid batch.
+    InvalidOutput,
+    /// A fresh instance could not be created or its `init` failed.
+    Init,
+}
+
+impl FailureKind {
+    /// Every kind, in the order of [`WorkerMetrics::failures`].
+    pub const ALL: [FailureKind; 5] = [
+        FailureKind::Trap,
+        FailureKind::Deadline,
+        FailureKind::StageError,
+        FailureKind::InvalidOutput,
+        FailureKind::Init,
+    ];
+
+    /// The kind's stable name, as the API shows it (`trap`, `deadline`, `stage-error`,
+    /// `invalid-output`, `init`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Deadline => "deadline",
+            FailureKind::StageError => "stage-error",
+            FailureKind::InvalidOutput => "invalid-output",
+            FailureKind::Init => "init",
+        }
+    }
+
+    fn index(self) -> usize {
+        FailureKind::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub events_in: AtomicU64,
@@ -16,7 +58,9 @@ pub(crate) struct Counters {
     pub dropped_oldest: AtomicU64,
     pub dropped_newest: AtomicU64,
     pub dropped_failed: AtomicU64,
+    pub dropped_retired: AtomicU64,
     pub failed_calls: AtomicU64,
+    pub failures: [AtomicU64; 5],
     pub traps: AtomicU64,
     pub instances: AtomicU64,
     pub memory_bytes: AtomicU64,
@@ -26,6 +70,15 @@ pub(crate) struct Counters {
 impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one failed call of `kind`.
+    pub fn count_failure(&self, kind: FailureKind) {
+        Self::add(&self.failed_calls, 1);
+        Self::add(&self.failures[kind.index()], 1);
+        if matches!(kind, FailureKind::Trap | FailureKind::Deadline) {
+            Self::add(&self.traps, 1);
+        }
     }
 
     pub fn record_call(&self, took: Duration) {
@@ -56,8 +109,16 @@ pub struct WorkerMetrics {
     pub dropped_newest: u64,
     /// Batches dropped because the worker had failed.
     pub dropped_failed: u64,
-    /// Calls that failed (traps, stage errors, invalid output).
+    /// Output batches dropped because the worker had been replaced or removed before they
+    /// could be delivered.
+    pub dropped_retired: u64,
+    /// Calls that failed (traps, passed deadlines, stage errors, invalid output, failed
+    /// re-instantiation).
     pub failed_calls: u64,
+    /// Failed calls by [`FailureKind`], in the order of [`FailureKind::ALL`].
+    pub failures: [u64; 5],
+    /// The last failure: its kind and message.
+    pub last_failure: Option<(FailureKind, String)>,
     /// Calls that trapped or passed the deadline (each discarded the instance).
     pub traps: u64,
     /// Instances created (1 plus one per trap replaced).
@@ -75,7 +136,7 @@ pub struct WorkerMetrics {
 impl WorkerMetrics {
     /// Every batch dropped on the way into this worker, whatever the reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_oldest + self.dropped_newest + self.dropped_failed
+        self.dropped_oldest + self.dropped_newest + self.dropped_failed + self.dropped_retired
     }
 
     /// The upper bound, in µs, under which `quantile` (0 to 1) of the calls finished.
@@ -103,7 +164,9 @@ pub(crate) fn snapshot(counters: &Counters) -> WorkerMetrics {
         dropped_oldest: get(&counters.dropped_oldest),
         dropped_newest: get(&counters.dropped_newest),
         dropped_failed: get(&counters.dropped_failed),
+        dropped_retired: get(&counters.dropped_retired),
         failed_calls: get(&counters.failed_calls),
+        failures: std::array::from_fn(|i| get(&counters.failures[i])),
         traps: get(&counters.traps),
         instances: get(&counters.instances),
         memory_bytes: get(&counters.memory_bytes),

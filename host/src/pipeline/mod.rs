@@ -28,7 +28,7 @@ mod source;
 pub(crate) mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,10 +38,12 @@ use squilla_types::Backpressure;
 use self::inbox::{Inbox, Offer};
 use self::metrics::{Counters, WorkerMetrics};
 use self::worker::{Target, Worker};
+use crate::Lease;
 use crate::executor::{self, Executor};
 use crate::{LogLine, Runtime};
 
 pub use config::{PipelineConfig, PipelineError, StageConfig};
+pub use metrics::FailureKind;
 pub use outlet::Outlet;
 pub use source::SyntheticSource;
 
@@ -89,22 +91,37 @@ pub(crate) struct StageShared {
 
 impl StageShared {
     fn locals(&self) -> Vec<Arc<Worker>> {
-        self.slots.read().expect("slots lock").iter().filter_map(Slot::local).cloned().collect()
+        self.slots.read().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Slot::local).cloned().collect()
     }
 }
 
 pub(crate) struct Shared {
+    name: String,
     pub runtime: Runtime,
     pub exec: Arc<executor::Shared>,
     pub backpressure: Backpressure,
-    pub max_consecutive_traps: u32,
+    pub max_consecutive_failures: u32,
     pub stopped: AtomicBool,
+    lease: Arc<Lease>,
     queue_batches: usize,
     stages: Vec<StageShared>,
     sink: Inbox,
     sink_counters: Counters,
     sink_ready: (Mutex<()>, Condvar),
     misrouted: AtomicU64,
+    fenced: AtomicU64,
+    /// Set when the owner fenced this pipeline (its job is gone from the plan).
+    self_fenced: AtomicBool,
+}
+
+/// What a push into the first stage did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Whether every part of the batch was taken (queued, or dropped by a `drop-*` policy).
+    pub taken: bool,
+    /// Events dropped on the way in: refused or evicted by a `drop-*` policy, or fenced
+    /// because the agent's lease had run out.
+    pub dropped_events: u64,
 }
 
 impl Shared {
@@ -113,23 +130,43 @@ impl Shared {
         match self.stages.get(stage) {
             None => out(Target::Sink, batch),
             Some(s) => {
-                let slots = s.slots.read().expect("slots lock");
+                let slots = s.slots.read().unwrap_or_else(PoisonError::into_inner);
                 route::split(&s.config.routing, &s.next, &slots, batch, &mut |slot, b| out(slot.target(), b));
             }
         }
     }
 
+    /// Whether nothing may leave now (the lease ran out, or the owner fenced the pipeline);
+    /// if so, one batch is counted as fenced.
+    fn fenced(&self) -> bool {
+        if !self.self_fenced.load(Ordering::Relaxed) && self.lease.is_valid() {
+            return false;
+        }
+        self.lease.count_fenced(1);
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// Offers `batch` to `target`; hands it back if the target is full under `block`.
     pub(crate) fn offer(&self, target: &Target, batch: BatchBytes, exec: &executor::Shared) -> Option<BatchBytes> {
+        match self.offer_counted(target, batch, exec) {
+            Offer::Full(batch) => Some(batch),
+            Offer::Queued { .. } | Offer::Dropped { .. } => None,
+        }
+    }
+
+    /// Offers `batch` to `target`, saying what was dropped. While the lease has run out,
+    /// nothing leaves: the batch is dropped (as `Dropped`) and counted as fenced.
+    fn offer_counted(&self, target: &Target, batch: BatchBytes, exec: &executor::Shared) -> Offer {
+        if self.fenced() {
+            return Offer::Dropped { events: batch.len() };
+        }
         match target {
             Target::Worker(worker) => worker.offer(batch, self, exec),
             Target::Remote(outlet) => outlet.offer(batch, self.backpressure),
             Target::Sink => {
-                let result = match self.sink.offer(batch, self.backpressure, &self.sink_counters) {
-                    Offer::Queued | Offer::Dropped => None,
-                    Offer::Full(batch) => Some(batch),
-                };
-                let _guard = self.sink_ready.0.lock().expect("sink lock");
+                let result = self.sink.offer(batch, self.backpressure, &self.sink_counters);
+                let _guard = self.sink_ready.0.lock().unwrap_or_else(PoisonError::into_inner);
                 self.sink_ready.1.notify_all();
                 result
             }
@@ -139,7 +176,7 @@ impl Shared {
     /// Whether `target` is still one of stage `stage`'s slots (the master may have moved it).
     pub(crate) fn is_current(&self, stage: usize, target: &Target) -> bool {
         let Some(s) = self.stages.get(stage) else { return matches!(target, Target::Sink) };
-        s.slots.read().expect("slots lock").iter().any(|slot| match (slot, target) {
+        s.slots.read().unwrap_or_else(PoisonError::into_inner).iter().any(|slot| match (slot, target) {
             (Slot::Local(a), Target::Worker(b)) => Arc::ptr_eq(a, b),
             (Slot::Remote(a), Target::Remote(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -154,56 +191,86 @@ impl Shared {
         }
     }
 
-    /// The next output batch, waiting up to `timeout`.
+    /// The next output batch, waiting up to `timeout`. Batches that reached the sink before
+    /// the lease ran out are not handed out while it has: they are dropped, counted.
     fn recv(&self, timeout: Duration) -> Option<BatchBytes> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(batch) = self.sink.pop() {
+                if self.fenced() {
+                    continue;
+                }
                 return Some(batch);
             }
             let now = Instant::now();
             if now >= deadline || self.stopped.load(Ordering::Relaxed) {
                 return None;
             }
-            let guard = self.sink_ready.0.lock().expect("sink lock");
+            let guard = self.sink_ready.0.lock().unwrap_or_else(PoisonError::into_inner);
             if !self.sink.is_empty() {
                 continue;
             }
             let wait = (deadline - now).min(Duration::from_millis(5));
-            let _unused = self.sink_ready.1.wait_timeout(guard, wait).expect("sink lock");
+            let _unused = self.sink_ready.1.wait_timeout(guard, wait).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// Feeds a batch into the first stage; under `block` waits (polling) until it fits or the
-    /// pipeline stops. Returns whether the pipeline took it.
-    fn push(&self, batch: BatchBytes) -> bool {
-        self.push_until(batch, None)
-    }
-
-    /// As [`Shared::push`], giving up (false) at `deadline`; parts already queued stay.
-    fn push_until(&self, batch: BatchBytes, deadline: Option<Instant>) -> bool {
+    /// Feeds a batch into the first stage; under `block` waits (polling) until it fits, the
+    /// pipeline stops, `cancel` is set, or `deadline` passes (parts already queued stay).
+    fn push(&self, batch: BatchBytes, deadline: Option<Instant>, cancel: Option<&AtomicBool>) -> Pushed {
+        let mut outcome = Pushed { taken: true, dropped_events: 0 };
         let mut parts = Vec::new();
         self.route(0, batch, &mut |target, batch| parts.push((target, batch)));
         while let Some((target, mut batch)) = parts.pop() {
             let mut backoff = Duration::from_micros(10);
             loop {
-                match self.offer(&target, batch, &self.exec) {
-                    None => break,
-                    Some(back) => batch = back,
+                match self.offer_counted(&target, batch, &self.exec) {
+                    Offer::Queued { evicted } => {
+                        outcome.dropped_events += evicted as u64;
+                        break;
+                    }
+                    Offer::Dropped { events } => {
+                        outcome.dropped_events += events as u64;
+                        break;
+                    }
+                    Offer::Full(back) => batch = back,
                 }
                 if !self.is_current(0, &target) {
                     // The slot moved while we waited: route the batch anew.
                     self.route(0, batch, &mut |target, batch| parts.push((target, batch)));
                     break;
                 }
-                if self.stopped.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return false;
+                let cancelled = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+                if cancelled || self.stopped.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    outcome.taken = false;
+                    return outcome;
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(1));
             }
         }
-        true
+        outcome
+    }
+}
+
+impl Shared {
+    fn metrics(&self) -> PipelineMetrics {
+        let mut outlets = 0;
+        for s in &self.stages {
+            for slot in s.slots.read().unwrap_or_else(PoisonError::into_inner).iter() {
+                if let Slot::Remote(o) = slot {
+                    outlets += o.dropped();
+                }
+            }
+        }
+        PipelineMetrics {
+            stages: self.stages.iter().map(|s| s.locals().iter().map(|w| w.metrics()).collect()).collect(),
+            sink_dropped: self.sink_counters.dropped_oldest.load(Ordering::Relaxed)
+                + self.sink_counters.dropped_newest.load(Ordering::Relaxed),
+            sink_depth: self.sink.len(),
+            remote_dropped: outlets + self.misrouted.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -239,7 +306,47 @@ impl PipelineHandle {
     /// Feeds a batch to the first stage, waiting up to `timeout` for room under `block`;
     /// false if it did not fit in time or the pipeline is gone.
     pub fn push(&self, batch: BatchBytes, timeout: Duration) -> bool {
-        self.0.upgrade().is_some_and(|s| s.push_until(batch, Some(Instant::now() + timeout)))
+        self.push_counted(batch, timeout).taken
+    }
+
+    /// As [`PipelineHandle::push`], saying how many events were dropped on the way in.
+    pub fn push_counted(&self, batch: BatchBytes, timeout: Duration) -> Pushed {
+        match self.0.upgrade() {
+            Some(s) => s.push(batch, Some(Instant::now() + timeout), None),
+            None => Pushed::default(),
+        }
+    }
+
+    /// A snapshot of every local worker's metrics (see [`Pipeline::metrics`]); `None` once
+    /// the pipeline is gone.
+    pub fn metrics(&self) -> Option<PipelineMetrics> {
+        Some(self.0.upgrade()?.metrics())
+    }
+
+    /// Fences the whole pipeline at once: nothing leaves it from now on (batches are dropped,
+    /// counted as fenced), while its owner stops it. Takes no lock a guest call can hold.
+    pub fn fence(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.self_fenced.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Retires local worker `index` of stage `stage` at once unless it is incarnation
+    /// `keep`: it makes no further call and what it still held is dropped (counted). Used
+    /// when the master has replaced that incarnation, before the new plan is applied.
+    pub fn retire_unless(&self, stage: usize, index: usize, keep: Option<u64>) {
+        let Some(shared) = self.0.upgrade() else { return };
+        let Some(s) = shared.stages.get(stage) else { return };
+        if let Some(Slot::Local(w)) = s.slots.read().unwrap_or_else(PoisonError::into_inner).get(index) {
+            if keep != Some(w.number) {
+                w.retire();
+            }
+        }
+    }
+
+    /// Whether `self` and `other` are handles on the same pipeline.
+    pub fn same(&self, other: &PipelineHandle) -> bool {
+        Weak::ptr_eq(&self.0, &other.0)
     }
 
     /// Whether the pipeline still runs.
@@ -250,10 +357,9 @@ impl PipelineHandle {
     /// Offers a batch that arrived for worker `index` of stage `stage`.
     pub fn deliver(&self, stage: usize, index: usize, batch: BatchBytes) -> Delivery {
         let Some(shared) = self.0.upgrade() else { return Delivery::NotHere };
-        let worker = shared
-            .stages
-            .get(stage)
-            .and_then(|s| s.slots.read().expect("slots lock").get(index).and_then(Slot::local).cloned());
+        let worker = shared.stages.get(stage).and_then(|s| {
+            s.slots.read().unwrap_or_else(PoisonError::into_inner).get(index).and_then(Slot::local).cloned()
+        });
         match worker {
             Some(worker) if !shared.stopped.load(Ordering::Relaxed) => {
                 match shared.offer(&Target::Worker(worker), batch, &shared.exec) {
@@ -281,14 +387,22 @@ pub struct PipelineMetrics {
     /// Batches dropped on the way to other agents (full outlets under `drop-*`, broken
     /// connections) or arriving for a worker no longer here.
     pub remote_dropped: u64,
+    /// Batches dropped because the agent's lease had run out (see [`crate::Lease`]).
+    pub fenced: u64,
 }
 
 impl PipelineMetrics {
     /// Batches dropped anywhere in the pipeline.
     pub fn dropped(&self) -> u64 {
-        self.sink_dropped + self.remote_dropped + self.stages.iter().flatten().map(WorkerMetrics::dropped).sum::<u64>()
+        self.sink_dropped
+            + self.remote_dropped
+            + self.fenced
+            + self.stages.iter().flatten().map(WorkerMetrics::dropped).sum::<u64>()
     }
 }
+
+/// How long stopping a source waits for its thread to notice before leaving it behind.
+pub const SOURCE_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// A running job on this agent.
 pub struct Pipeline {
@@ -327,17 +441,21 @@ impl Pipeline {
             .map(|c| StageShared { config: Arc::new(c), slots: RwLock::new(Vec::new()), next: AtomicUsize::new(0) })
             .collect();
         let shared = Arc::new(Shared {
+            name: config.name.clone(),
             runtime: runtime.clone(),
             exec: executor.handle(),
             backpressure: config.backpressure,
-            max_consecutive_traps: config.max_consecutive_traps.max(1),
+            max_consecutive_failures: config.max_consecutive_failures.max(1),
             stopped: AtomicBool::new(false),
+            lease: config.lease.clone(),
             queue_batches: config.queue_batches,
             stages,
             sink: Inbox::new(config.sink_batches),
             sink_counters: Counters::default(),
             sink_ready: (Mutex::new(()), Condvar::new()),
             misrouted: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            self_fenced: AtomicBool::new(false),
         });
         let pipeline = Pipeline { shared, source: None };
         for (stage, plan) in plan.into_iter().enumerate() {
@@ -354,40 +472,61 @@ impl Pipeline {
     /// Feeds one batch to the first stage, honouring the backpressure policy (under `block`
     /// this waits for room). Returns false if the pipeline has stopped.
     pub fn push(&self, batch: BatchBytes) -> bool {
-        self.shared.push(batch)
+        self.shared.push(batch, None, None).taken
     }
 
     /// Attaches a synthetic source on its own thread (replacing any previous one).
-    pub fn start_synthetic(&mut self, source: SyntheticSource) {
-        self.stop_source();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared, flag) = (self.shared.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("squilla-source".into())
-            .spawn(move || source.run(&flag, |batch| shared.push(batch)))
-            .expect("spawn source thread");
-        self.source = Some((handle, stop));
+    pub fn start_synthetic(&mut self, source: SyntheticSource) -> Result<(), PipelineError> {
+        let shared = self.shared.clone();
+        self.start_source("synthetic", move |flag| {
+            source.run(&flag, |batch| shared.push(batch, None, Some(&flag)).taken);
+        })
     }
 
     /// Attaches a source of the caller's making on its own thread (replacing any previous
-    /// one): `run` feeds the pipeline (through a [`PipelineHandle`]) until its flag is set.
-    pub fn start_source(&mut self, name: &str, run: impl FnOnce(Arc<AtomicBool>) + Send + 'static) {
+    /// one): `run` feeds the pipeline (through a [`PipelineHandle`]) until its flag is set,
+    /// and must look at the flag at least every [`SOURCE_STOP_WAIT`].
+    pub fn start_source(
+        &mut self,
+        name: &str,
+        run: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    ) -> Result<(), PipelineError> {
         self.stop_source();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name(format!("squilla-source-{name}"))
             .spawn(move || run(flag))
-            .expect("spawn source thread");
+            .map_err(PipelineError::Thread)?;
         self.source = Some((handle, stop));
+        Ok(())
     }
 
-    /// Detaches the source, if any.
+    /// Detaches the source, if any: sets its flag and waits up to [`SOURCE_STOP_WAIT`] for
+    /// its thread to end. A thread that does not is left to end by itself (it holds only a
+    /// handle on the pipeline, which refuses its batches once stopped), so stopping a job
+    /// never waits on it without a bound.
     pub fn stop_source(&mut self) {
         if let Some((handle, stop)) = self.source.take() {
-            stop.store(true, Ordering::Relaxed);
-            let _ = handle.join();
+            stop.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + SOURCE_STOP_WAIT;
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::warn!(
+                    job = %self.shared.name,
+                    "the source did not stop within {SOURCE_STOP_WAIT:?}; leaving its thread to end by itself"
+                );
+            }
         }
+    }
+
+    /// The attached source's stop flag: setting it stops the source soon, without waiting.
+    pub fn source_flag(&self) -> Option<Arc<AtomicBool>> {
+        self.source.as_ref().map(|(_, flag)| flag.clone())
     }
 
     /// Whether a source is attached.
@@ -408,7 +547,7 @@ impl Pipeline {
         let mut plan: Vec<SlotPlan> = s
             .slots
             .read()
-            .expect("slots lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|slot| match slot {
                 Slot::Local(w) => SlotPlan::Local { number: w.number },
@@ -425,7 +564,7 @@ impl Pipeline {
     /// stop, and what they had queued is routed anew.
     pub fn place(&self, stage: usize, plan: Vec<SlotPlan>) -> Result<(), PipelineError> {
         let s = self.shared.stages.get(stage).ok_or(PipelineError::NoSuchStage(stage))?;
-        let current: Vec<Slot> = s.slots.read().expect("slots lock").clone();
+        let current: Vec<Slot> = s.slots.read().unwrap_or_else(PoisonError::into_inner).clone();
         let mut next = Vec::with_capacity(plan.len());
         for (index, slot) in plan.into_iter().enumerate() {
             next.push(match (slot, current.get(index)) {
@@ -438,7 +577,7 @@ impl Pipeline {
             });
         }
         let kept: Vec<*const Worker> = next.iter().filter_map(Slot::local).map(Arc::as_ptr).collect();
-        let old = std::mem::replace(&mut *s.slots.write().expect("slots lock"), next);
+        let old = std::mem::replace(&mut *s.slots.write().unwrap_or_else(PoisonError::into_inner), next);
         // Workers of the stage before may wait on a slot that just moved: let them re-route.
         if let Some(before) = stage.checked_sub(1).and_then(|b| self.shared.stages.get(b)) {
             for worker in before.locals() {
@@ -462,41 +601,20 @@ impl Pipeline {
 
     /// How many worker slots stage `stage` has (here and elsewhere).
     pub fn workers(&self, stage: usize) -> usize {
-        self.shared.stages.get(stage).map_or(0, |s| s.slots.read().expect("slots lock").len())
+        self.shared.stages.get(stage).map_or(0, |s| s.slots.read().unwrap_or_else(PoisonError::into_inner).len())
     }
 
-    /// A snapshot of every local worker's metrics and the sink's.
+    /// A snapshot of every local worker's metrics and the sink's. Never waits for a guest
+    /// call.
     pub fn metrics(&self) -> PipelineMetrics {
-        let outlets: u64 = self
-            .shared
-            .stages
-            .iter()
-            .flat_map(|s| {
-                s.slots
-                    .read()
-                    .expect("slots lock")
-                    .iter()
-                    .map(|slot| match slot {
-                        Slot::Remote(o) => o.dropped(),
-                        Slot::Local(_) => 0,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .sum();
-        PipelineMetrics {
-            stages: self.shared.stages.iter().map(|s| s.locals().iter().map(|w| w.metrics()).collect()).collect(),
-            sink_dropped: self.shared.sink_counters.dropped_oldest.load(Ordering::Relaxed)
-                + self.shared.sink_counters.dropped_newest.load(Ordering::Relaxed),
-            sink_depth: self.shared.sink.len(),
-            remote_dropped: outlets + self.shared.misrouted.load(Ordering::Relaxed),
-        }
+        self.shared.metrics()
     }
 
     /// The log of local worker `index` of stage `stage` (lines kept across instances, oldest
     /// first) and how many lines it dropped.
     pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<LogLine>, u64)> {
         let s = self.shared.stages.get(stage)?;
-        let slots = s.slots.read().expect("slots lock");
+        let slots = s.slots.read().unwrap_or_else(PoisonError::into_inner);
         slots.get(index).and_then(Slot::local).map(|w| w.log())
     }
 
@@ -521,7 +639,7 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         loop {
             let idle = self.shared.stages.iter().all(|s| {
-                s.slots.read().expect("slots lock").iter().all(|slot| match slot {
+                s.slots.read().unwrap_or_else(PoisonError::into_inner).iter().all(|slot| match slot {
                     Slot::Local(w) => w.inbox.is_empty() && !w.has_pending(),
                     Slot::Remote(o) => o.is_empty(),
                 })

@@ -66,12 +66,9 @@ impl Outlet {
         Counters::add(&self.counters.dropped_newest, n);
     }
 
-    /// Offers `batch` under `policy`; hands it back when full under `block`.
-    pub(crate) fn offer(&self, batch: BatchBytes, policy: Backpressure) -> Option<BatchBytes> {
-        let result = match self.inbox.offer(batch, policy, &self.counters) {
-            Offer::Queued | Offer::Dropped => None,
-            Offer::Full(batch) => Some(batch),
-        };
+    /// Offers `batch` under `policy`.
+    pub(crate) fn offer(&self, batch: BatchBytes, policy: Backpressure) -> Offer {
+        let result = self.inbox.offer(batch, policy, &self.counters);
         (self.notify)();
         result
     }

@@ -1,25 +1,30 @@
 //! One worker: a stage instance, its inbox, its output awaiting room downstream, and the
 //! failure policy.
 //!
-//! Failure policy: a trap (or a passed deadline) discards the instance and counts the batch
-//! as failed; the next batch meets a fresh instance. After
-//! [`super::PipelineConfig::max_consecutive_traps`] traps in a row the worker is *failed*
-//! with the last trap's message: it stops calling the stage and counts what reaches it as
-//! dropped, and whoever owns the pipeline (the master) decides what happens next. A stage
-//! error or an invalid output counts as a failed call but keeps the instance.
+//! Failure policy: every failed call counts, by [`FailureKind`]: a trap or a passed deadline
+//! (which also discard the instance — the next call meets a fresh one), a stage error, an
+//! invalid output, or a fresh instance that cannot be made. After
+//! [`super::PipelineConfig::max_consecutive_failures`] failures in a row the worker is
+//! *failed* with the last one's message: it stops calling the stage and counts what reaches
+//! it as dropped, and whoever owns the pipeline (the master) decides what happens next. Only a
+//! successful `process` call starts the count again: a stage whose every batch passes its
+//! deadline is failed even if its ticks succeed in between.
+//!
+//! Status (metrics, the failure, the log) is kept apart from the instance: reading it never
+//! waits for a guest call, so a heartbeat is never held up by tenant code.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
 
 use super::inbox::{Inbox, Offer};
-use super::metrics::{self, Counters, WorkerMetrics};
+use super::metrics::{self, Counters, FailureKind, WorkerMetrics};
 use super::{Shared as Pipeline, StageConfig};
 use crate::engine::now_ms;
-use crate::executor::{self, QUANTUM};
+use crate::executor::{self, QUANTUM, TURN_BUDGET};
 use crate::{CallError, InstantiateError, LogLine, LogRing, StageInstance};
 
 /// Output that could not be delivered yet, and where it goes.
@@ -36,12 +41,18 @@ pub(crate) enum Target {
     Sink,
 }
 
+/// What a turn works on; locked for the length of a guest call.
 struct State {
     instance: Option<StageInstance>,
-    log: LogRing,
     pending: VecDeque<Pending>,
-    consecutive_traps: u32,
+    consecutive_failures: u32,
+}
+
+/// What the worker tells about itself; locked only briefly, never across a guest call.
+struct Status {
     failed: Option<String>,
+    last_failure: Option<(FailureKind, String)>,
+    log: LogRing,
 }
 
 pub(crate) struct Worker {
@@ -57,8 +68,14 @@ pub(crate) struct Worker {
     blocked: AtomicBool,
     has_pending: AtomicBool,
     retired: AtomicBool,
+    failed: AtomicBool,
     tick_due: AtomicI64,
     state: Mutex<State>,
+    status: Mutex<Status>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Worker {
@@ -82,19 +99,21 @@ impl Worker {
             blocked: AtomicBool::new(false),
             has_pending: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             tick_due: AtomicI64::new(0),
-            state: Mutex::new(State {
-                instance: None,
-                log: LogRing::with_capacity(config.limits.log_lines),
-                pending: VecDeque::new(),
-                consecutive_traps: 0,
+            state: Mutex::new(State { instance: None, pending: VecDeque::new(), consecutive_failures: 0 }),
+            status: Mutex::new(Status {
                 failed: None,
+                last_failure: None,
+                log: LogRing::with_capacity(config.limits.log_lines),
             }),
             config,
         });
         Counters::add(&worker.counters.instances, 1);
         worker.counters.memory_bytes.store(instance.memory_bytes() as u64, Ordering::Relaxed);
-        worker.state.lock().expect("worker lock").instance = Some(instance);
+        let mut instance = instance;
+        instance.take_log(&mut lock(&worker.status).log);
+        lock(&worker.state).instance = Some(instance);
         pipeline.exec.tick_at(Instant::now() + worker.config.tick, Arc::downgrade(&worker));
         Ok(worker)
     }
@@ -135,9 +154,15 @@ impl Worker {
         exec.schedule(self);
     }
 
-    /// Stops ticks; the worker keeps draining what it holds.
+    /// Stops the worker: no more ticks and no more calls into the stage; output it already
+    /// made is still delivered, and its inbox is for the owner to route anew.
     pub fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the worker has been retired.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     pub fn has_pending(&self) -> bool {
@@ -145,7 +170,8 @@ impl Worker {
     }
 
     fn has_work(&self) -> bool {
-        !self.blocked.load(Ordering::SeqCst)
+        !self.is_retired()
+            && !self.blocked.load(Ordering::SeqCst)
             && (self.has_pending() || !self.inbox.is_empty() || self.tick_due.load(Ordering::Relaxed) != 0)
     }
 
@@ -156,7 +182,7 @@ impl Worker {
             return;
         };
         if !pipeline.stopped.load(Ordering::Relaxed) {
-            let mut state = self.state.lock().expect("worker lock");
+            let mut state = lock(&self.state);
             self.turn(&mut state, &pipeline, exec);
             self.has_pending.store(!state.pending.is_empty(), Ordering::SeqCst);
         }
@@ -166,33 +192,48 @@ impl Worker {
         }
     }
 
+    /// One turn: deliver held output, a due tick, then input batches until [`QUANTUM`]
+    /// batches or [`TURN_BUDGET`] of time, whichever comes first, so that a slow stage holds
+    /// a pool thread for at most one call past the budget.
     fn turn(self: &Arc<Self>, state: &mut State, pipeline: &Pipeline, exec: &executor::Shared) {
-        if state.failed.is_some() {
+        if self.failed.load(Ordering::Relaxed) {
             self.tick_due.store(0, Ordering::Relaxed);
             while self.inbox.pop().is_some() {
                 Counters::add(&self.counters.dropped_failed, 1);
             }
             return;
         }
+        if self.is_retired() {
+            // A retired incarnation emits nothing more (the master may have replaced it).
+            let held = state.pending.len() as u64;
+            state.pending.clear();
+            Counters::add(&self.counters.dropped_retired, held);
+            self.tick_due.store(0, Ordering::Relaxed);
+            return;
+        }
         if !self.flush(state, pipeline, exec) {
             return;
         }
+        let started = Instant::now();
         let now = self.tick_due.swap(0, Ordering::Relaxed);
         if now != 0 {
-            self.call(state, pipeline, |instance| instance.tick(now));
+            self.call(state, pipeline, false, |instance| instance.tick(now));
             if !self.flush(state, pipeline, exec) {
                 return;
             }
         }
         for _ in 0..QUANTUM {
+            if self.is_retired() || started.elapsed() >= TURN_BUDGET {
+                return;
+            }
             let Some(batch) = self.inbox.pop() else { return };
             Counters::add(&self.counters.batches_in, 1);
             Counters::add(&self.counters.events_in, batch.len() as u64);
-            if state.failed.is_some() {
+            if self.failed.load(Ordering::Relaxed) {
                 Counters::add(&self.counters.dropped_failed, 1);
                 continue;
             }
-            self.call(state, pipeline, |instance| instance.process(&batch));
+            self.call(state, pipeline, true, |instance| instance.process(&batch));
             if !self.flush(state, pipeline, exec) {
                 return;
             }
@@ -200,14 +241,16 @@ impl Worker {
     }
 
     /// Runs one call on the instance (creating one if the last trapped), applies the failure
-    /// policy, and queues the output for delivery.
+    /// policy, and queues the output for delivery. `process` says whether this is a
+    /// `process` call (whose success starts the failure count again).
     fn call(
         &self,
         state: &mut State,
         pipeline: &Pipeline,
+        process: bool,
         f: impl FnOnce(&mut StageInstance) -> Result<BatchBytes, CallError>,
     ) {
-        if state.failed.is_some() {
+        if self.failed.load(Ordering::Relaxed) {
             return;
         }
         if state.instance.is_none() {
@@ -216,22 +259,27 @@ impl Worker {
                     Counters::add(&self.counters.instances, 1);
                     state.instance = Some(instance);
                 }
-                Err(InstantiateError::Trap(err)) => return self.trapped(state, pipeline, err.to_string()),
                 Err(err) => {
-                    state.failed = Some(err.to_string());
-                    return;
+                    let kind = match err {
+                        InstantiateError::Trap(CallError::Deadline { .. }) => FailureKind::Deadline,
+                        InstantiateError::Trap(_) => FailureKind::Trap,
+                        _ => FailureKind::Init,
+                    };
+                    return self.failure(state, pipeline, kind, err.to_string());
                 }
             }
         }
-        let instance = state.instance.as_mut().expect("created above");
+        let Some(instance) = state.instance.as_mut() else { return };
         let started = Instant::now();
         let result = f(instance);
         self.counters.record_call(started.elapsed());
-        instance.take_log(&mut state.log);
+        instance.take_log(&mut lock(&self.status).log);
         self.counters.memory_bytes.store(instance.memory_bytes() as u64, Ordering::Relaxed);
         match result {
             Ok(output) => {
-                state.consecutive_traps = 0;
+                if process {
+                    state.consecutive_failures = 0;
+                }
                 if !output.is_empty() {
                     Counters::add(&self.counters.batches_out, 1);
                     Counters::add(&self.counters.events_out, output.len() as u64);
@@ -240,25 +288,41 @@ impl Worker {
                     });
                 }
             }
-            Err(err) if err.is_fatal() => {
-                state.instance = None;
-                self.trapped(state, pipeline, err.to_string());
-            }
             Err(err) => {
-                Counters::add(&self.counters.failed_calls, 1);
-                tracing::debug!(stage = %self.config.name, worker = self.index, error = %err, "stage call failed");
+                let kind = match &err {
+                    CallError::Trap { .. } | CallError::Poisoned => FailureKind::Trap,
+                    CallError::Deadline { .. } => FailureKind::Deadline,
+                    CallError::Stage { .. } => FailureKind::StageError,
+                    CallError::InvalidOutput(_) => FailureKind::InvalidOutput,
+                };
+                if err.is_fatal() {
+                    state.instance = None;
+                }
+                self.failure(state, pipeline, kind, err.to_string());
             }
         }
     }
 
-    fn trapped(&self, state: &mut State, pipeline: &Pipeline, message: String) {
-        Counters::add(&self.counters.failed_calls, 1);
-        Counters::add(&self.counters.traps, 1);
-        state.consecutive_traps += 1;
-        tracing::warn!(stage = %self.config.name, worker = self.index, %message, "stage trapped; instance discarded");
-        if state.consecutive_traps >= pipeline.max_consecutive_traps {
-            state.failed = Some(format!("{} traps in a row; last: {message}", state.consecutive_traps));
+    /// Counts a failed call and fails the worker once the policy says so.
+    fn failure(&self, state: &mut State, pipeline: &Pipeline, kind: FailureKind, message: String) {
+        self.counters.count_failure(kind);
+        state.consecutive_failures += 1;
+        let level_warn = matches!(kind, FailureKind::Trap | FailureKind::Deadline | FailureKind::Init);
+        if level_warn {
+            tracing::warn!(stage = %self.config.name, worker = self.index, kind = kind.name(), %message, "stage call failed");
+        } else {
+            tracing::debug!(stage = %self.config.name, worker = self.index, kind = kind.name(), %message, "stage call failed");
         }
+        let mut status = lock(&self.status);
+        if state.consecutive_failures >= pipeline.max_consecutive_failures {
+            status.failed = Some(format!(
+                "{} failed calls in a row; last ({}): {message}",
+                state.consecutive_failures,
+                kind.name()
+            ));
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        status.last_failure = Some((kind, message));
     }
 
     /// Delivers pending output in order; false (and registered as a waiter) if a target is
@@ -290,34 +354,28 @@ impl Worker {
         true
     }
 
-    /// A snapshot of the worker's metrics.
+    /// A snapshot of the worker's metrics. Never waits for a guest call.
     pub fn metrics(&self) -> WorkerMetrics {
         let mut m = metrics::snapshot(&self.counters);
         m.stage = self.config.name.clone();
         m.index = self.index;
         m.queue_depth = self.inbox.len();
-        m.failed = self.state.lock().expect("worker lock").failed.clone();
+        let status = lock(&self.status);
+        m.failed = status.failed.clone();
+        m.last_failure = status.last_failure.clone();
         m
     }
 
     /// The worker's log: what its stage wrote, across instances, and how many lines were
-    /// dropped.
+    /// dropped. Never waits for a guest call.
     pub fn log(&self) -> (Vec<LogLine>, u64) {
-        let state = self.state.lock().expect("worker lock");
-        (state.log.lines().cloned().collect(), state.log.dropped())
+        let status = lock(&self.status);
+        (status.log.lines().cloned().collect(), status.log.dropped())
     }
 
     /// Offers `batch` to this worker's inbox and schedules it.
-    pub fn offer(
-        self: &Arc<Self>,
-        batch: BatchBytes,
-        pipeline: &Pipeline,
-        exec: &executor::Shared,
-    ) -> Option<BatchBytes> {
-        let result = match self.inbox.offer(batch, pipeline.backpressure, &self.counters) {
-            Offer::Queued | Offer::Dropped => None,
-            Offer::Full(batch) => Some(batch),
-        };
+    pub fn offer(self: &Arc<Self>, batch: BatchBytes, pipeline: &Pipeline, exec: &executor::Shared) -> Offer {
+        let result = self.inbox.offer(batch, pipeline.backpressure, &self.counters);
         exec.schedule(self);
         result
     }

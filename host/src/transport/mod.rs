@@ -19,6 +19,11 @@
 //! at-most-once). When the master moves a worker, the agents are given a new plan and the
 //! slot gets an outlet towards its new agent.
 //!
+//! **Fencing**: nothing is sent while the agent's [`Lease`] has run out (batches taken off
+//! outlets are dropped, counted), and a batch that arrives from an agent that, by this agent's
+//! latest plan, runs no worker feeding that stage ([`Transport::allow_senders`]) is dropped
+//! and counted: the output of a worker incarnation the master has replaced goes nowhere.
+//!
 //! The data port trusts its network: any process that can connect may deliver batches
 //! (each is validated, so none can harm the agent). Keep it on a private network.
 
@@ -30,9 +35,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use crate::Lease;
 use crate::pipeline::{Outlet, PipelineHandle};
 
 /// Settings of the transport. `Default` gives the values documented on each field.
@@ -48,6 +54,8 @@ pub struct TransportConfig {
     pub max_frame_bytes: usize,
     /// Longest wait between reconnection attempts (default 1 s; the first is 50 ms).
     pub max_backoff: Duration,
+    /// The agent's lease: nothing is sent while it has run out (default: never runs out).
+    pub lease: Arc<Lease>,
 }
 
 impl Default for TransportConfig {
@@ -58,6 +66,7 @@ impl Default for TransportConfig {
             credit_batches: 16,
             max_frame_bytes: 64 << 20,
             max_backoff: Duration::from_secs(1),
+            lease: Lease::unlimited(),
         }
     }
 }
@@ -75,6 +84,9 @@ pub struct TransportStats {
     pub invalid: u64,
     /// Batches received for a job or worker that is not here (dropped).
     pub misrouted: u64,
+    /// Batches not sent because the lease had run out, or received from an agent that runs
+    /// no worker feeding their stage any more (dropped).
+    pub fenced: u64,
     /// Connections (re)established to peers.
     pub connects: u64,
 }
@@ -86,12 +98,15 @@ struct Counters {
     batches_received: AtomicU64,
     invalid: AtomicU64,
     misrouted: AtomicU64,
+    fenced: AtomicU64,
     connects: AtomicU64,
 }
 
 struct Inner {
     config: TransportConfig,
     jobs: RwLock<HashMap<String, PipelineHandle>>,
+    /// Per job, per stage: the agents allowed to send to that stage's workers here.
+    senders: RwLock<HashMap<String, Vec<Vec<String>>>>,
     peers: Mutex<HashMap<SocketAddr, Arc<send::Peer>>>,
     counters: Counters,
     stopped: AtomicBool,
@@ -117,15 +132,13 @@ impl Transport {
         let inner = Arc::new(Inner {
             config,
             jobs: RwLock::new(HashMap::new()),
+            senders: RwLock::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stopped: AtomicBool::new(false),
         });
         let accept = inner.clone();
-        std::thread::Builder::new()
-            .name("squilla-accept".into())
-            .spawn(move || recv::accept(listener, accept))
-            .expect("spawn accept thread");
+        std::thread::Builder::new().name("squilla-accept".into()).spawn(move || recv::accept(listener, accept))?;
         Ok(Transport { inner, addr })
     }
 
@@ -136,22 +149,43 @@ impl Transport {
 
     /// Makes `job`'s local workers reachable from peers.
     pub fn register(&self, job: &str, handle: PipelineHandle) {
-        self.inner.jobs.write().expect("jobs lock").insert(job.to_owned(), handle);
+        write(&self.inner.jobs).insert(job.to_owned(), handle);
     }
 
-    /// Stops delivering to `job` (batches for it are then dropped, counted as misrouted).
-    pub fn unregister(&self, job: &str) {
-        self.inner.jobs.write().expect("jobs lock").remove(job);
+    /// Stops delivering to `job` if `handle` is what is registered for it (a newer pipeline
+    /// of the same job keeps its registration); batches for it are then dropped, counted as
+    /// misrouted.
+    pub fn unregister(&self, job: &str, handle: &PipelineHandle) {
+        let mut jobs = write(&self.inner.jobs);
+        if jobs.get(job).is_some_and(|h| h.same(handle)) {
+            jobs.remove(job);
+            write(&self.inner.senders).remove(job);
+        }
+    }
+
+    /// Says which agents may send to each stage of `job` here (`per_stage[s]`: the agents
+    /// running the workers, or the source, that feed stage `s`). Batches from any other agent
+    /// are dropped and counted as fenced. Without a call, any sender is accepted.
+    pub fn allow_senders(&self, job: &str, per_stage: Vec<Vec<String>>) {
+        write(&self.inner.senders).insert(job.to_owned(), per_stage);
     }
 
     /// An outlet towards worker `index` of stage `stage` of `job` on the agent at `peer`.
-    /// The stream lives as long as the outlet does.
-    pub fn outlet(&self, peer: SocketAddr, job: &str, stage: u32, index: u32) -> Arc<Outlet> {
+    /// The stream lives as long as the outlet does. Fails only if no thread can be started
+    /// for a new peer.
+    pub fn outlet(&self, peer: SocketAddr, job: &str, stage: u32, index: u32) -> io::Result<Arc<Outlet>> {
         let peer = {
-            let mut peers = self.inner.peers.lock().expect("peers lock");
-            peers.entry(peer).or_insert_with(|| send::Peer::start(peer, self.inner.clone())).clone()
+            let mut peers = self.inner.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            match peers.get(&peer) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = send::Peer::start(peer, self.inner.clone())?;
+                    peers.insert(peer, p.clone());
+                    p
+                }
+            }
         };
-        peer.open(job, stage, index, self.inner.config.outlet_batches)
+        Ok(peer.open(job, stage, index, self.inner.config.outlet_batches))
     }
 
     /// A snapshot of the counters.
@@ -164,15 +198,24 @@ impl Transport {
             batches_received: get(&c.batches_received),
             invalid: get(&c.invalid),
             misrouted: get(&c.misrouted),
+            fenced: get(&c.fenced),
             connects: get(&c.connects),
         }
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Drop for Transport {
     fn drop(&mut self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
-        for peer in self.inner.peers.lock().expect("peers lock").values() {
+        for peer in self.inner.peers.lock().unwrap_or_else(PoisonError::into_inner).values() {
             peer.wake();
         }
         // Unblock the accept loop.

@@ -11,6 +11,10 @@ use std::time::Duration;
 use squilla_batch::BatchBytes;
 
 use super::Inner;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 use super::frame::{self, Frame};
 use crate::pipeline::Delivery;
 
@@ -43,6 +47,8 @@ struct StreamIn {
 
 struct Connection {
     inner: Arc<Inner>,
+    /// The sending agent, as its `hello` named it.
+    peer: Mutex<Option<String>>,
     streams: Mutex<HashMap<u32, StreamIn>>,
     out: Mutex<BufWriter<TcpStream>>,
     waiting: Condvar,
@@ -56,6 +62,7 @@ impl Connection {
         let mut input = BufReader::with_capacity(256 << 10, conn.try_clone()?);
         let me = Arc::new(Connection {
             inner,
+            peer: Mutex::new(None),
             streams: Mutex::new(HashMap::new()),
             out: Mutex::new(BufWriter::new(conn.try_clone()?)),
             waiting: Condvar::new(),
@@ -67,11 +74,14 @@ impl Connection {
         };
         let result = (|| loop {
             match frame::read(&mut input, max)? {
-                Frame::Hello { agent } => tracing::debug!(%agent, "peer said hello"),
+                Frame::Hello { agent } => {
+                    tracing::debug!(%agent, "peer said hello");
+                    *lock(&me.peer) = Some(agent);
+                }
                 Frame::Open { id, stage, index, job } => {
                     let stream =
                         StreamIn { job, stage: stage as usize, index: index as usize, waiting: VecDeque::new() };
-                    me.streams.lock().expect("streams lock").insert(id, stream);
+                    me.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, stream);
                 }
                 Frame::Data { id, bytes } => me.receive(id, bytes)?,
                 Frame::Credit { .. } => {}
@@ -94,7 +104,7 @@ impl Connection {
                 None
             }
         };
-        let mut streams = self.streams.lock().expect("streams lock");
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(stream) = streams.get_mut(&id) else {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("data on unopened stream {id}")));
         };
@@ -114,10 +124,23 @@ impl Connection {
         }
     }
 
+    /// Whether this connection's agent may feed `stream`'s stage (see
+    /// [`super::Transport::allow_senders`]).
+    fn allowed(&self, stream: &StreamIn) -> bool {
+        let senders = super::read(&self.inner.senders);
+        let Some(stages) = senders.get(&stream.job) else { return true };
+        let peer = lock(&self.peer);
+        stages.get(stream.stage).is_some_and(|agents| peer.as_ref().is_some_and(|p| agents.contains(p)))
+    }
+
     /// Offers a batch to its worker; hands it back if the worker is full.
     fn deliver(&self, stream: &StreamIn, batch: BatchBytes) -> Option<BatchBytes> {
         let counters = &self.inner.counters;
-        let handle = self.inner.jobs.read().expect("jobs lock").get(&stream.job).cloned();
+        if !self.allowed(stream) {
+            counters.fenced.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let handle = super::read(&self.inner.jobs).get(&stream.job).cloned();
         let delivery = match handle {
             Some(handle) => handle.deliver(stream.stage, stream.index, batch),
             None => Delivery::NotHere,
@@ -136,14 +159,14 @@ impl Connection {
     }
 
     fn credit(&self, id: u32, batches: u32) -> std::io::Result<()> {
-        let mut out = self.out.lock().expect("out lock");
+        let mut out = lock(&self.out);
         frame::write(&mut *out, &Frame::Credit { id, batches })?;
         out.flush()
     }
 
     /// Offers set-aside batches again, in order, returning credit for each one queued.
     fn retry_loop(&self) {
-        let mut streams = self.streams.lock().expect("streams lock");
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while !self.closed.load(Ordering::SeqCst) {
             let mut credits = Vec::new();
             for (id, stream) in streams.iter_mut() {
@@ -168,7 +191,7 @@ impl Connection {
                 }
             }
             let wait = if any_waiting { RETRY } else { Duration::from_millis(100) };
-            streams = self.waiting.wait_timeout(streams, wait).expect("streams lock").0;
+            streams = self.waiting.wait_timeout(streams, wait).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
     }
 }

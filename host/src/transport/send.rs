@@ -8,6 +8,10 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use super::Inner;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 use super::frame::{self, Frame};
 use crate::pipeline::Outlet;
 
@@ -34,7 +38,7 @@ pub(super) struct Peer {
 }
 
 impl Peer {
-    pub fn start(addr: SocketAddr, inner: Arc<Inner>) -> Arc<Peer> {
+    pub fn start(addr: SocketAddr, inner: Arc<Inner>) -> std::io::Result<Arc<Peer>> {
         let peer = Arc::new(Peer {
             addr,
             streams: Arc::new(Mutex::new(Vec::new())),
@@ -43,16 +47,13 @@ impl Peer {
             inner: Arc::downgrade(&inner),
         });
         let p = peer.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("squilla-send-{addr}"))
-            .spawn(move || p.run(inner))
-            .expect("spawn sender thread");
-        *peer.thread.lock().expect("thread lock") = Some(handle.thread().clone());
-        peer
+        let handle = std::thread::Builder::new().name(format!("squilla-send-{addr}")).spawn(move || p.run(inner))?;
+        *lock(&peer.thread) = Some(handle.thread().clone());
+        Ok(peer)
     }
 
     pub fn wake(&self) {
-        if let Some(t) = &*self.thread.lock().expect("thread lock") {
+        if let Some(t) = &*lock(&self.thread) {
             t.unpark();
         }
     }
@@ -73,7 +74,7 @@ impl Peer {
             credit: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
         };
-        self.streams.lock().expect("streams lock").push(Arc::new(stream));
+        lock(&self.streams).push(Arc::new(stream));
         self.wake();
         outlet
     }
@@ -110,7 +111,7 @@ impl Peer {
 
     /// Batches written on a connection that broke are gone: count them on their outlets.
     fn lose_in_flight(&self) {
-        for stream in self.streams.lock().expect("streams lock").iter() {
+        for stream in lock(&self.streams).iter() {
             let lost = stream.in_flight.swap(0, Ordering::Relaxed);
             if let (Some(outlet), true) = (stream.outlet.upgrade(), lost > 0) {
                 outlet.count_lost(u64::from(lost));
@@ -125,13 +126,13 @@ impl Peer {
         // Credits come back on the same connection.
         let reader = {
             let (conn, broken) = (conn.try_clone()?, broken.clone());
-            let me = self.thread.lock().expect("thread lock").clone();
+            let me = lock(&self.thread).clone();
             let peer_streams = self.streams.clone();
             let max = config.max_frame_bytes;
             std::thread::Builder::new().name(format!("squilla-credit-{}", self.addr)).spawn(move || {
                 let mut input = BufReader::new(conn);
                 while let Ok(Frame::Credit { id, batches }) = frame::read(&mut input, max) {
-                    if let Some(s) = peer_streams.lock().expect("streams lock").iter().find(|s| s.id == id) {
+                    if let Some(s) = lock(&peer_streams).iter().find(|s| s.id == id) {
                         s.credit.fetch_add(batches, Ordering::Relaxed);
                         let _ = s
                             .in_flight
@@ -158,7 +159,7 @@ impl Peer {
                 break Ok(());
             }
             let streams: Vec<Arc<Stream>> = {
-                let mut streams = self.streams.lock().expect("streams lock");
+                let mut streams = lock(&self.streams);
                 streams.retain(|s| s.outlet.strong_count() > 0);
                 streams.clone()
             };
@@ -178,6 +179,12 @@ impl Peer {
                 }
                 while stream.credit.load(Ordering::Relaxed) > 0 {
                     let Some(batch) = outlet.take() else { break };
+                    if !config.lease.is_valid() {
+                        // The lease ran out: what was queued must not leave (see the module docs).
+                        config.lease.count_fenced(1);
+                        inner.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     stream.credit.fetch_sub(1, Ordering::Relaxed);
                     stream.in_flight.fetch_add(1, Ordering::Relaxed);
                     let bytes = batch.as_bytes();

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use squilla_host::{ArtifactCache, ArtifactError, CacheStats, Limits};
+use squilla_host::{ArtifactCache, ArtifactError, CacheStats, CompileConfig, Limits};
 
 use crate::runtime;
 
@@ -65,8 +65,15 @@ fn compiled_code_survives_a_restart_and_only_verified_files_load() {
 }
 
 #[test]
-fn a_compile_over_the_time_limit_is_refused() {
-    let cache = ArtifactCache::in_memory(runtime()).with_compile_timeout(std::time::Duration::ZERO);
-    let err = cache.get_or_compile(&squilla_guests::read("sentiment")).unwrap_err();
-    assert!(matches!(err, ArtifactError::CompileTimeout { seconds: 0 }), "{err:?}");
+fn a_compile_over_the_time_limit_is_refused_and_remembered() {
+    let config = CompileConfig { wall: std::time::Duration::ZERO, ..CompileConfig::default() };
+    let cache = ArtifactCache::in_memory(runtime()).with_compile_config(config);
+    let bytes = squilla_guests::read("sentiment");
+    let err = cache.get_or_compile(&bytes).unwrap_err();
+    assert!(matches!(err, ArtifactError::CompileBudget { budget: "wall-clock time", .. }), "{err:?}");
+    // The same bytes are refused at once afterwards, without compiling again.
+    let again = cache.get_or_compile(&bytes).unwrap_err();
+    assert_eq!(again.to_string(), err.to_string());
+    assert_eq!(cache.stats(), CacheStats { refused: 1, ..CacheStats::default() });
+    assert!(cache.failure(&squilla_host::Sha256::of(&bytes)).is_some());
 }

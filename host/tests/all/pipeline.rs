@@ -301,7 +301,7 @@ fn a_synthetic_source_feeds_a_job_at_its_rate() {
     let mut pipeline = start(vec![keep_all(2, Routing::RoundRobin)], Backpressure::Block);
     let mut source = squilla_host::pipeline::SyntheticSource::at_rate(20_000);
     source.limit = Some(5_000);
-    pipeline.start_synthetic(source);
+    pipeline.start_synthetic(source).unwrap();
     let started = Instant::now();
     let events = collect(&pipeline, Duration::from_secs(5), |e| e.len() >= 5_000);
     assert_eq!(events.len(), 5_000);

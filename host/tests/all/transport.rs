@@ -45,7 +45,7 @@ fn local(n: usize) -> Vec<SlotPlan> {
 }
 
 fn remote(t: &Transport, peer: &Transport, job: &str, stage: u32, n: u32) -> Vec<SlotPlan> {
-    (0..n).map(|i| SlotPlan::Remote(t.outlet(peer.local_addr(), job, stage, i))).collect()
+    (0..n).map(|i| SlotPlan::Remote(t.outlet(peer.local_addr(), job, stage, i).unwrap())).collect()
 }
 
 fn now_ms() -> i64 {
@@ -134,7 +134,7 @@ fn a_moved_worker_gets_its_batches_on_its_new_agent() {
 
     // The master moves stage 1's worker from B to A (agent B is going away).
     on_b.stop(Duration::from_secs(1));
-    b.unregister(job);
+    b.unregister(job, &on_b.handle());
     on_a.place(1, vec![SlotPlan::Local { number: 2 }]).unwrap();
     send(2);
     let moved = on_a.recv(Duration::from_secs(10)).expect("output on a after the move");

@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -30,27 +29,6 @@ fn valid_version(version: &str) -> bool {
     !version.is_empty()
         && version.len() <= 64
         && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'))
-}
-
-/// Reads the body up to `limit` bytes; past it, stops reading and answers 413.
-async fn read_capped(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = body;
-    let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            if bytes.len() + data.len() > limit {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "artifact_too_large",
-                    format!("an artifact is at most {limit} bytes"),
-                ));
-            }
-            bytes.extend_from_slice(data);
-        }
-    }
-    Ok(bytes)
 }
 
 /// `POST /api/v1/artifacts[?name=N&version=V]`: the body is the component.
@@ -79,8 +57,24 @@ pub async fn upload(
             ));
         }
     };
-    let bytes = read_capped(body, state.limits.max_artifact_bytes).await?;
     let limit = state.limits.max_artifact_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "artifact_too_large",
+            format!("an artifact is at most {limit} bytes"),
+        )
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = match squilla_net::limits::read_capped(body, squilla_net::limits::BodyLimit::bytes(limit)).await {
+        Ok(bytes) => bytes,
+        Err(squilla_net::limits::BodyError::TooLarge { .. }) => return Err(too_large()),
+        Err(e) => return Ok(e.response()),
+    };
     let (bytes, inspection) = tokio::task::spawn_blocking(move || {
         let inspection = squilla_host::inspect(&bytes, limit);
         (bytes, inspection)
@@ -103,33 +97,17 @@ pub async fn upload(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     };
-    let store = state.store.clone();
     let quota = state.limits.artifact_bytes_per_tenant;
-    let result = tokio::task::spawn_blocking(move || -> Result<Result<Put, ApiError>, crate::store::StoreError> {
-        // A taken tag is the more specific answer, so it is checked before the quota.
-        if let (Some(name), Some(version)) = (&meta.name, &meta.version) {
-            if let Some(other) = store.tag(&tenant, name, version)?.filter(|other| *other != meta.sha256) {
-                return Ok(Ok(Put::TagTaken { sha256: other }));
-            }
-        }
-        if store.artifact(&tenant, &meta.sha256)?.is_none() {
-            let used = store.artifact_bytes_used(&tenant)?;
-            if used + meta.size > quota {
-                return Ok(Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "quota_exceeded",
-                    format!(
-                        "tenant `{tenant}` would hold {} bytes of artifacts, over its quota of {quota}",
-                        used + meta.size
-                    ),
-                )));
-            }
-        }
-        store.put_artifact(&tenant, meta, &bytes).map(Ok)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    match result? {
+    let who = tenant.clone();
+    // The tag, the quota and the write are one transaction (see `Store::put_artifact`); a
+    // taken tag is the more specific answer, so it is checked first.
+    let result = with_store(&state, move |store| store.put_artifact(&tenant, meta, &bytes, quota)).await?;
+    match result {
+        Put::OverQuota { would_hold, quota } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!("tenant `{who}` would hold {would_hold} bytes of artifacts, over its quota of {quota}"),
+        )),
         Put::Created(meta) => Ok((StatusCode::CREATED, Json(meta)).into_response()),
         Put::Existing(meta) => Ok((StatusCode::OK, Json(meta)).into_response()),
         Put::TagTaken { sha256: other } => Err(ApiError::new(

@@ -9,14 +9,11 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use squilla_types::{ArtifactRef, JobSpec};
+use squilla_types::JobSpec;
 
 use super::artifacts::with_store;
 use super::{ApiError, AppState};
 use crate::store::ClusterVersion;
-
-/// Largest spec accepted, in bytes.
-const MAX_SPEC_BYTES: usize = 256 << 10;
 
 /// `POST /api/v1/clusters` with a job spec as the body: a new cluster, or a new version.
 pub async fn create(
@@ -25,41 +22,19 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ClusterVersion>), ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    if body.len() > MAX_SPEC_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "spec_too_large",
-            format!("a job spec is at most {MAX_SPEC_BYTES} bytes"),
-        ));
-    }
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", "a job spec is UTF-8 JSON"))?;
     let spec =
         JobSpec::parse(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string()))?;
-    let created = with_store(&state, move |store| -> Result<Result<ClusterVersion, ApiError>, _> {
-        let mut artifacts = Vec::new();
-        for (i, stage) in spec.stages.iter().enumerate() {
-            let sha = match &stage.artifact {
-                ArtifactRef::Tag { name, version } => store.tag(&tenant, name, version)?,
-                ArtifactRef::Sha256(sha) => store.artifact(&tenant, sha)?.map(|a| a.sha256),
-            };
-            match sha {
-                Some(sha) => artifacts.push(sha),
-                None => {
-                    return Ok(Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "unknown_artifact",
-                        format!("stages[{i}].artifact: no artifact `{}`; upload it first", stage.artifact),
-                    )));
-                }
-            }
-        }
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let cluster = ClusterVersion { name: spec.name.clone(), version: 0, spec, artifacts, created_at_ms: now };
-        store.put_cluster(&tenant, cluster).map(Ok)
-    })
-    .await??;
+    let now = crate::control::model::now_ms();
+    let created = with_store(&state, move |store| store.put_cluster(&tenant, spec, now)).await?;
+    let created = created.map_err(|unknown| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_artifact",
+            format!("stages[{}].artifact: no artifact `{}`; upload it first", unknown.stage, unknown.reference),
+        )
+    })?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

@@ -10,6 +10,7 @@ mod artifacts;
 mod auth;
 mod clusters;
 mod error;
+pub mod guard;
 mod ingest;
 mod jobs;
 mod stream;
@@ -17,10 +18,15 @@ mod ws;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodRouter, get, post};
+use squilla_net::budget::Budgets;
+use squilla_net::limits::{BodyLimit, buffer_body};
+use squilla_net::rate::{Rate, RateLimiter};
 
 pub use auth::{AgentToken, Tenant, Tenants, TokensError};
 pub use error::ApiError;
@@ -35,12 +41,43 @@ pub struct ApiLimits {
     pub max_artifact_bytes: usize,
     /// Artifact bytes one tenant may hold (default 1 GiB).
     pub artifact_bytes_per_tenant: u64,
+    /// Requests per second from one client address, and its burst (default 500/s, 1,000).
+    pub client_rate: Rate,
+    /// Requests per second of one tenant, and its burst (default 200/s, 400).
+    pub tenant_rate: Rate,
+    /// Bytes one stream subscriber may have waiting at the master (default 16 MiB).
+    pub subscriber_bytes: usize,
+    /// Bytes all of one tenant's subscribers may have waiting at the master (default 256 MiB).
+    pub tenant_stream_bytes: usize,
+    /// Bytes all subscribers may have waiting at the master (default 1 GiB).
+    pub total_stream_bytes: usize,
+    /// Longest wait for an agent's answer to an ingest request (default 8 s: the agent's own
+    /// 5 s wait for room, and a margin).
+    pub agent_timeout: Duration,
 }
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        ApiLimits { max_artifact_bytes: 64 << 20, artifact_bytes_per_tenant: 1 << 30 }
+        ApiLimits {
+            max_artifact_bytes: 64 << 20,
+            artifact_bytes_per_tenant: 1 << 30,
+            client_rate: Rate { per_second: 500.0, burst: 1000.0 },
+            tenant_rate: Rate { per_second: 200.0, burst: 400.0 },
+            subscriber_bytes: 16 << 20,
+            tenant_stream_bytes: 256 << 20,
+            total_stream_bytes: 1 << 30,
+            agent_timeout: Duration::from_secs(8),
+        }
     }
+}
+
+/// Request rate limiters.
+#[derive(Debug)]
+pub struct Rates {
+    /// By client address.
+    pub per_client: RateLimiter,
+    /// By tenant.
+    pub per_tenant: RateLimiter,
 }
 
 /// What every handler shares.
@@ -58,8 +95,12 @@ pub struct AppState {
     pub agent_token: Option<AgentToken>,
     /// The same token, which the master presents to agents (sinks).
     pub agent_token_plain: Option<String>,
-    /// The master's HTTP client (to agents).
+    /// The master's HTTP client (to agents): connect timeout 2 s; each call sets its own.
     pub http: reqwest::Client,
+    /// Request rates.
+    pub rates: Arc<Rates>,
+    /// Memory held for stream subscribers, per tenant and in total.
+    pub streams: Arc<Budgets>,
 }
 
 impl AppState {
@@ -72,14 +113,23 @@ impl AppState {
         control: Arc<Control>,
         agent_token: Option<String>,
     ) -> Result<Self, TokensError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| TokensError { line: 0, problem: format!("http client: {e}") })?;
         Ok(AppState {
             tenants: Arc::new(tenants),
             store,
+            rates: Arc::new(Rates {
+                per_client: RateLimiter::new(limits.client_rate),
+                per_tenant: RateLimiter::new(limits.tenant_rate),
+            }),
+            streams: Arc::new(Budgets::new(limits.total_stream_bytes, limits.tenant_stream_bytes)),
             limits,
             control,
             agent_token: agent_token.as_deref().map(AgentToken::new).transpose()?,
             agent_token_plain: agent_token,
-            http: reqwest::Client::new(),
+            http,
         })
     }
 }
@@ -105,35 +155,62 @@ pub fn spawn_control_loop(control: Arc<Control>) -> tokio::task::JoinHandle<()> 
 /// The OpenAPI document, served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The API's routes.
+/// Body caps of the routes that take a body (see docs/api.md).
+pub mod body_limits {
+    use squilla_net::limits::BodyLimit;
+
+    /// A job spec: 256 KiB (413 `spec_too_large`).
+    pub const SPEC: BodyLimit = BodyLimit::bytes(256 << 10).code("spec_too_large");
+    /// A submission, scale or other small JSON request: 64 KiB (413 `body_too_large`).
+    pub const SMALL: BodyLimit = BodyLimit::bytes(64 << 10);
+    /// A heartbeat (an agent's capacity and every worker's state): 8 MiB.
+    pub const HEARTBEAT: BodyLimit = BodyLimit::bytes(8 << 20);
+    /// An ingest request: 16 MiB (413 `ingest_too_large`).
+    pub const INGEST: BodyLimit = BodyLimit::bytes(super::ingest::MAX_INGEST_BYTES).code("ingest_too_large");
+}
+
+/// `route` with its body read first, under `limit` (after the guards).
+fn capped(route: MethodRouter<AppState>, limit: BodyLimit) -> MethodRouter<AppState> {
+    route.layer(from_fn_with_state(limit, buffer_body))
+}
+
+/// The API's routes. Every tenant route is guarded by [`guard::tenant`] and every agent route
+/// by [`guard::agent`], before any body is read.
 pub fn router(state: AppState) -> Router {
+    let tenant_routes = Router::new()
+        .route("/api/v1/artifacts", get(artifacts::list).post(artifacts::upload))
+        .route("/api/v1/artifacts/{sha256}", get(artifacts::get).delete(artifacts::delete))
+        .route("/api/v1/artifacts/{sha256}/wasm", get(artifacts::download))
+        .route("/api/v1/clusters", get(clusters::list).merge(capped(post(clusters::create), body_limits::SPEC)))
+        .route("/api/v1/clusters/{name}", get(clusters::get))
+        .route("/api/v1/clusters/{name}/versions/{version}", get(clusters::get_version))
+        .route("/api/v1/clusters/{name}/jobs", capped(post(jobs::submit), body_limits::SMALL))
+        .route("/api/v1/jobs", get(jobs::list))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/kill", capped(post(jobs::kill), body_limits::SMALL))
+        .route("/api/v1/jobs/{id}/stages/{stage}/scale", capped(post(jobs::scale), body_limits::SMALL))
+        .route(
+            "/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit",
+            capped(post(jobs::resubmit), body_limits::SMALL),
+        )
+        .route("/api/v1/jobs/{id}/status", get(stream::status))
+        .route("/api/v1/jobs/{id}/sink", get(stream::sink))
+        .route("/api/v1/jobs/{id}/ingest", capped(post(ingest::ingest), body_limits::INGEST))
+        .route("/api/v1/agents", get(agents::list))
+        .route_layer(from_fn_with_state(state.clone(), guard::tenant));
+    let agent_routes = Router::new()
+        .route("/api/v1/agent/subscribe/{tenant}/{cluster}", get(agents::subscribe))
+        .route("/api/v1/agent/heartbeat", capped(post(agents::heartbeat), body_limits::HEARTBEAT))
+        .route("/api/v1/agent/artifacts/{sha256}", get(agents::artifact))
+        .route_layer(from_fn_with_state(state.clone(), guard::agent));
     Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route(
             "/api/v1/openapi.json",
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
-        .route("/api/v1/artifacts", get(artifacts::list).post(artifacts::upload))
-        .route("/api/v1/artifacts/{sha256}", get(artifacts::get).delete(artifacts::delete))
-        .route("/api/v1/artifacts/{sha256}/wasm", get(artifacts::download))
-        .route("/api/v1/clusters", get(clusters::list).post(clusters::create))
-        .route("/api/v1/clusters/{name}", get(clusters::get))
-        .route("/api/v1/clusters/{name}/versions/{version}", get(clusters::get_version))
-        .route("/api/v1/clusters/{name}/jobs", post(jobs::submit))
-        .route("/api/v1/jobs", get(jobs::list))
-        .route("/api/v1/jobs/{id}", get(jobs::get))
-        .route("/api/v1/jobs/{id}/kill", post(jobs::kill))
-        .route("/api/v1/jobs/{id}/stages/{stage}/scale", post(jobs::scale))
-        .route("/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit", post(jobs::resubmit))
-        .route("/api/v1/jobs/{id}/status", get(stream::status))
-        .route("/api/v1/jobs/{id}/sink", get(stream::sink))
-        .route("/api/v1/jobs/{id}/ingest", post(ingest::ingest).layer(DefaultBodyLimit::max(ingest::MAX_INGEST_BYTES)))
-        .route("/api/v1/agent/subscribe/{tenant}/{cluster}", get(agents::subscribe))
-        .route("/api/v1/agents", get(agents::list))
-        .route("/api/v1/agent/heartbeat", post(agents::heartbeat))
-        .route("/api/v1/agent/artifacts/{sha256}", get(agents::artifact))
-        // Uploads enforce their own cap while streaming (413 `artifact_too_large`).
-        .layer(DefaultBodyLimit::disable())
+        .merge(tenant_routes)
+        .merge(agent_routes)
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

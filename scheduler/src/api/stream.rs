@@ -13,10 +13,19 @@
 //! complete frame as it came, so that a stream costs the master a few copies per batch rather
 //! than work per event. The same URL answers a WebSocket upgrade with the same stream (see
 //! [`ws`](super::ws)), which does parse it, to send one message per event.
+//!
+//! What the master holds for a subscriber is bounded in bytes ([`squilla_net::queue`]): per
+//! subscriber (a slow one loses chunks, and is told in a `meta` event), per tenant and in all
+//! (past either, the subscription ends with an `error` event `subscriber_memory`). A relay
+//! never waits for a subscriber, so a slow subscriber never slows an agent's stream.
+//!
+//! Only agents that run the job's last stage now are relayed: once the master moves a worker
+//! away from an agent (or loses the agent), the relay from it is dropped within a second, so
+//! output of a replaced worker incarnation never reaches a subscriber. An `error` event from an
+//! agent (its own limits ended the subscription) ends the whole stream.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -26,7 +35,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use squilla_net::budget::Level;
+use squilla_net::queue::{self, Item, Offered, StreamEnd};
 
 use super::{ApiError, AppState};
 
@@ -84,7 +94,7 @@ pub struct SinkParams {
 impl SinkParams {
     /// How long a subscriber may go without hearing anything (`ping` seconds, default 15).
     pub(crate) fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping.unwrap_or(15).clamp(1, 3600))
+        Duration::from_secs(self.ping.unwrap_or(15).clamp(1, MAX_PING_SECS))
     }
 }
 
@@ -133,15 +143,43 @@ pub async fn sink(
 /// How long a server-sent event stream may be silent before the master sends a comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The longest ping interval a subscriber may ask for, seconds (servers close connections
+/// idle for longer than their idle timeout); a longer one is taken as this.
+pub const MAX_PING_SECS: u64 = 60;
+
+/// The frames that tell a subscriber it lost `dropped` events at the master.
+fn dropped_frame(out: &mut Vec<u8>, dropped: u64) {
+    let meta = serde_json::json!({"dropped": dropped, "reason": "subscriber too slow"}).to_string();
+    squilla_types::sse::frame(out, Some("meta"), &meta);
+}
+
+/// The frame of an error that ended a stream.
+pub(crate) fn error_frame(end: &StreamEnd) -> Bytes {
+    let mut out = Vec::new();
+    let body = serde_json::json!({"code": end.code, "message": end.message}).to_string();
+    squilla_types::sse::frame(&mut out, Some("error"), &body);
+    Bytes::from(out)
+}
+
 /// Frames proxied sink chunks as a `text/event-stream` response, with a keep-alive comment
-/// after 15 s of silence.
-pub(crate) fn sse(chunks: mpsc::Receiver<Bytes>) -> Response {
-    let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
-        let chunk = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
-            Ok(chunk) => chunk?,
-            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+/// after 15 s of silence; a stream ended by a limit ends with an `error` event.
+pub(crate) fn sse(chunks: queue::Receiver) -> Response {
+    let stream = futures_util::stream::unfold(Some(chunks), |rx| async move {
+        let mut rx = rx?;
+        let item = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Ok(item) => item?,
+            Err(_) => return Some((Ok::<_, Infallible>(Bytes::from_static(b": keep-alive\n\n")), Some(rx))),
         };
-        Some((Ok::<_, Infallible>(chunk), rx))
+        match item {
+            Item::Chunk { bytes, dropped: 0 } => Some((Ok(bytes), Some(rx))),
+            Item::Chunk { bytes, dropped } => {
+                let mut out = Vec::with_capacity(bytes.len() + 64);
+                dropped_frame(&mut out, dropped);
+                out.extend_from_slice(&bytes);
+                Some((Ok(Bytes::from(out)), Some(rx)))
+            }
+            Item::End(end) => Some((Ok(error_frame(&end)), None)),
+        }
     });
     (
         [(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")],
@@ -159,37 +197,62 @@ pub(crate) enum Follow {
     Cluster(String),
 }
 
-/// Chunks of complete frames the master holds for one subscriber before it stops reading from
-/// the agents (each chunk is what one read from an agent brought, often a whole batch).
-pub(crate) const PROXY_CHUNKS: usize = 64;
+/// Events a subscriber may have waiting at the master (on top of its byte share).
+pub(crate) const PROXY_EVENTS: usize = 16_384;
 
 /// Largest frame (one event's JSON) the master relays; an agent sending a longer one is
 /// disconnected (and reconnected within a second).
 pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// How a relay ended.
+enum RelayEnd {
+    /// The agent's stream ended or broke (the proxy connects again if the agent still runs
+    /// the job).
+    Agent(String),
+    /// The subscriber is gone, or a limit ended its stream.
+    Subscriber,
+    /// The agent ended the subscription with an `error` event, passed on: the stream is over.
+    Error,
+}
+
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
-/// where they are every second. Yields chunks of complete frames. An agent connection that
-/// brings nothing for three `ping` intervals (agents ping every `ping` when idle) is dropped
-/// and made again.
+/// where they are every second. Yields chunks of complete frames into a byte-bounded queue.
+/// An agent connection that brings nothing for three `ping` intervals (agents ping every
+/// `ping` when idle) is dropped and made again.
 pub(crate) fn proxy(
     state: AppState,
     tenant: String,
     follow: Follow,
     query: Option<String>,
     ping: Duration,
-) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel::<Bytes>(PROXY_CHUNKS);
-    let connected: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+) -> queue::Receiver {
+    let budget = state.streams.tenant(&tenant).child(Level::Subscriber, state.limits.subscriber_bytes);
+    let (tx, rx) = queue::channel(budget, PROXY_EVENTS);
     let client = state.http.clone();
     let token = state.agent_token_plain.clone();
     let silence = ping * 3 + Duration::from_secs(5);
     tokio::spawn(async move {
-        let mut relays = tokio::task::JoinSet::new();
+        // Relays by `agent/job-key`: dropping one aborts it.
+        let mut relays: BTreeMap<String, tokio::task::JoinHandle<RelayEnd>> = BTreeMap::new();
+        let abort_all = |relays: &mut BTreeMap<String, tokio::task::JoinHandle<RelayEnd>>| {
+            for (_, relay) in std::mem::take(relays) {
+                relay.abort();
+            }
+        };
         loop {
-            // Finished relays leave the set; dropping the set (on return) aborts the others,
-            // so that nothing follows the end of the stream.
-            while relays.try_join_next().is_some() {}
-            if tx.is_closed() {
+            let mut over = false;
+            relays.retain(|_, relay| {
+                if !relay.is_finished() {
+                    return true;
+                }
+                if let Some(Ok(RelayEnd::Error | RelayEnd::Subscriber)) = relay_result(relay) {
+                    over = true;
+                }
+                false
+            });
+            if over || tx.is_closed() {
+                abort_all(&mut relays);
+                tx.finish();
                 return;
             }
             let id = match &follow {
@@ -202,17 +265,31 @@ pub(crate) fn proxy(
                     .as_ref()
                     .is_none_or(|id| state.control.job(&tenant, id).map(|j| j.state.is_terminal()).unwrap_or(true));
                 if ended {
-                    relays.abort_all();
-                    while relays.join_next().await.is_some() {}
+                    abort_all(&mut relays);
                     let mut ended = Vec::new();
                     squilla_types::sse::frame(&mut ended, Some("meta"), r#"{"ended":true}"#);
-                    let _ = tx.send(Bytes::from(ended)).await;
+                    tx.offer(Bytes::from(ended), 1);
+                    tx.finish();
                     return;
                 }
             }
-            for agent in agents.and_then(Result::ok).unwrap_or_default() {
-                let key = crate::control::model::job_key(&tenant, id.as_deref().unwrap_or_default());
-                if !connected.lock().expect("connected lock").insert(format!("{agent}/{key}")) {
+            let key = crate::control::model::job_key(&tenant, id.as_deref().unwrap_or_default());
+            let wanted: Vec<(String, String)> = agents
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|agent| (format!("{agent}/{key}"), agent))
+                .collect();
+            // Fencing: a relay from an agent that no longer runs the job's last stage ends now.
+            relays.retain(|name, relay| {
+                let keep = wanted.iter().any(|(n, _)| n == name);
+                if !keep {
+                    relay.abort();
+                }
+                keep
+            });
+            for (name, agent) in wanted {
+                if relays.contains_key(&name) {
                     continue;
                 }
                 let mut url = format!("http://{agent}/jobs/{key}/sink");
@@ -220,13 +297,15 @@ pub(crate) fn proxy(
                     url.push('?');
                     url.push_str(q);
                 }
-                let (tx, connected, client, token) = (tx.clone(), connected.clone(), client.clone(), token.clone());
-                relays.spawn(async move {
-                    if let Err(err) = relay(&client, &url, token.as_deref(), &tx, silence).await {
+                let (tx, client, token) = (tx.clone(), client.clone(), token.clone());
+                let relay = tokio::spawn(async move {
+                    let end = relay(&client, &url, token.as_deref(), &tx, silence).await;
+                    if let RelayEnd::Agent(err) = &end {
                         tracing::debug!(%url, error = %err, "sink relay ended");
                     }
-                    connected.lock().expect("connected lock").remove(&format!("{agent}/{key}"));
+                    end
                 });
+                relays.insert(name, relay);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -234,29 +313,49 @@ pub(crate) fn proxy(
     rx
 }
 
+/// The result of a finished relay, without waiting.
+fn relay_result(relay: &mut tokio::task::JoinHandle<RelayEnd>) -> Option<Result<RelayEnd, tokio::task::JoinError>> {
+    futures_util::FutureExt::now_or_never(relay)
+}
+
+/// Whether `chunk` holds an `error` event (an agent ended the subscription).
+fn has_error_event(chunk: &[u8]) -> bool {
+    chunk.starts_with(b"event: error\n") || chunk.windows(14).any(|w| w == b"\nevent: error\n")
+}
+
+/// Events (frames) in a chunk of complete frames.
+fn frames_in(chunk: &[u8]) -> usize {
+    chunk.windows(2).filter(|w| w == b"\n\n").count().max(1)
+}
+
 /// Reads one agent's SSE sink and forwards its complete frames until either side ends.
 async fn relay(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &queue::Sender,
     silence: Duration,
-) -> Result<(), String> {
+) -> RelayEnd {
     let mut request = client.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| e.to_string())?;
+    let response = match tokio::time::timeout(Duration::from_secs(5), request.send()).await {
+        Err(_) => return RelayEnd::Agent("the agent did not answer in 5 s".into()),
+        Ok(Err(e)) => return RelayEnd::Agent(e.to_string()),
+        Ok(Ok(r)) => r,
+    };
     if !response.status().is_success() {
-        return Err(format!("agent answered {}", response.status()));
+        return RelayEnd::Agent(format!("agent answered {}", response.status()));
     }
     let mut body = response.bytes_stream();
     let mut carry = Vec::new();
     loop {
         let chunk = match tokio::time::timeout(silence, body.next()).await {
-            Err(_) => return Err(format!("the agent sent nothing for {silence:?}")),
-            Ok(None) => return Ok(()),
-            Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
+            Err(_) => return RelayEnd::Agent(format!("the agent sent nothing for {silence:?}")),
+            Ok(None) => return RelayEnd::Agent("the agent ended the stream".into()),
+            Ok(Some(Err(e))) => return RelayEnd::Agent(e.to_string()),
+            Ok(Some(Ok(chunk))) => chunk,
         };
         // Usually a read ends on a frame's end: pass it on as it is.
         let whole = if carry.is_empty() && chunk.ends_with(b"\n\n") {
@@ -268,15 +367,20 @@ async fn relay(
             let end = squilla_types::sse::complete_from(&carry, from);
             if end == 0 {
                 if carry.len() > MAX_FRAME_BYTES {
-                    return Err(format!("a frame over {MAX_FRAME_BYTES} bytes"));
+                    return RelayEnd::Agent(format!("a frame over {MAX_FRAME_BYTES} bytes"));
                 }
                 continue;
             }
             let rest = carry.split_off(end);
             Bytes::from(std::mem::replace(&mut carry, rest))
         };
-        if tx.send(whole).await.is_err() {
-            return Ok(());
+        let error = has_error_event(&whole);
+        let events = frames_in(&whole);
+        if tx.offer(whole, events) == Offered::Closed {
+            return RelayEnd::Subscriber;
+        }
+        if error {
+            return RelayEnd::Error;
         }
     }
 }

@@ -21,16 +21,14 @@ use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use squilla_net::queue::{self, Item};
 use tokio::time::Instant;
-
-use axum::body::Bytes;
 
 /// Largest message a client may send (they are only read to notice a close).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// Answers the upgrade and serves `events` on the socket until either side ends.
-pub(crate) fn serve(upgrade: WebSocketUpgrade, events: mpsc::Receiver<Bytes>, ping: Duration) -> Response {
+pub(crate) fn serve(upgrade: WebSocketUpgrade, events: queue::Receiver, ping: Duration) -> Response {
     upgrade.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| async move {
         if let Err(err) = pump(socket, events, ping).await {
             tracing::debug!(error = %err, "websocket sink ended");
@@ -38,21 +36,36 @@ pub(crate) fn serve(upgrade: WebSocketUpgrade, events: mpsc::Receiver<Bytes>, pi
     })
 }
 
-async fn pump(mut socket: WebSocket, mut chunks: mpsc::Receiver<Bytes>, ping: Duration) -> Result<(), axum::Error> {
+async fn pump(mut socket: WebSocket, mut chunks: queue::Receiver, ping: Duration) -> Result<(), axum::Error> {
     let mut quiet_since = Instant::now();
     let mut parser = squilla_types::sse::Parser::new();
     let mut messages = Vec::new();
     loop {
         tokio::select! {
             chunk = chunks.recv() => {
-                let Some(chunk) = chunk else {
-                    let frame = CloseFrame { code: 1000, reason: "sink ended".into() };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
-                    return Ok(());
+                let (chunk, dropped) = match chunk {
+                    None => {
+                        let frame = CloseFrame { code: 1000, reason: "sink ended".into() };
+                        let _ = socket.send(Message::Close(Some(frame))).await;
+                        return Ok(());
+                    }
+                    Some(Item::End(end)) => {
+                        // A limit ended the stream: say which, then close as a policy violation.
+                        let body = serde_json::json!({"$meta": {"error": {"code": end.code, "message": end.message}}});
+                        let _ = socket.send(Message::Text(body.to_string().into())).await;
+                        let frame = CloseFrame { code: 1008, reason: end.code.into() };
+                        let _ = socket.send(Message::Close(Some(frame))).await;
+                        return Ok(());
+                    }
+                    Some(Item::Chunk { bytes, dropped }) => (bytes, dropped),
                 };
+                if dropped > 0 {
+                    messages.push(format!("{{\"$meta\":{{\"dropped\":{dropped},\"reason\":\"subscriber too slow\"}}}}"));
+                }
                 parser.feed(&chunk, |event| match event.name.as_deref() {
                     None => messages.push(event.data),
                     Some("meta") => messages.push(format!("{{\"$meta\":{}}}", event.data)),
+                    Some("error") => messages.push(format!("{{\"$meta\":{{\"error\":{}}}}}", event.data)),
                     Some(_) => {}
                 });
                 // Agents' pings are not forwarded, and do not count as the client hearing something.

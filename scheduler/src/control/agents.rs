@@ -7,6 +7,11 @@ use squilla_types::control::{Assignments, Heartbeat, JobAssignment, ReportedStat
 use super::model::{WorkerState, push_history};
 use super::{AgentEntry, ControlConfig, State, schedule};
 
+/// The history state of an entry about failed calls (the worker keeps running).
+const FAILING: &str = "failing";
+/// At most one `failing` history entry per worker per this many ms.
+const FAILING_EVERY_MS: i64 = 10_000;
+
 /// Records a heartbeat: the agent is alive (again), and its workers' reports update their
 /// slots. Reports about workers the master no longer assigns there are ignored: the agent
 /// stops those when it sees its new plan.
@@ -35,12 +40,41 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
             continue;
         }
         let (s, i) = (report.stage as usize, report.index as usize);
+        let job_key = job.key();
         let Some(w) = job.stages.get_mut(s).and_then(|st| st.workers.get_mut(i)) else { continue };
         if w.number != report.number || w.agent.as_deref() != Some(agent.as_str()) {
             continue;
         }
         w.events_in = report.events_in;
         w.events_out = report.events_out;
+        w.dropped = report.dropped;
+        if report.failed_calls > w.failed_calls {
+            // Failed calls go into the history, at most one entry per interval, with the count
+            // by kind and the last message.
+            let recent = w
+                .history
+                .iter()
+                .rev()
+                .find(|t| t.state == FAILING)
+                .is_some_and(|t| now_ms - t.at_ms < FAILING_EVERY_MS);
+            if !recent {
+                let kinds: Vec<String> = report.failures.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                let reason = format!(
+                    "{} failed call(s) ({}); last: {}",
+                    report.failed_calls,
+                    kinds.join(", "),
+                    report.last_failure.as_deref().unwrap_or("unknown")
+                );
+                w.history.push(super::model::Transition { at_ms: now_ms, state: FAILING.into(), reason: Some(reason) });
+                if w.history.len() > super::model::HISTORY {
+                    w.history.remove(0);
+                }
+                dirty.push(job_key);
+            }
+            w.failed_calls = report.failed_calls;
+            w.call_failures = report.failures.clone();
+            w.last_failure = report.last_failure.clone();
+        }
         match report.state {
             ReportedState::Running if w.state != WorkerState::Running => {
                 w.state = WorkerState::Running;
@@ -50,6 +84,13 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
                 dirty.push(job.key());
             }
             ReportedState::Running => {}
+            ReportedState::Failed if report.fatal => {
+                // It would fail the same way anywhere (its artifact cannot be compiled): no retry.
+                let reason = report.message.clone().unwrap_or_else(|| "failed".into());
+                tracing::warn!(job = %job.id, stage = s, index = i, %reason, "worker cannot run anywhere; failing the job");
+                schedule::fail_job(job, s, i, reason);
+                dirty.push(job.key());
+            }
             ReportedState::Failed => {
                 let reason = report.message.clone().unwrap_or_else(|| "failed".into());
                 tracing::warn!(job = %job.id, stage = s, index = i, %reason, "worker failed; replacing it");
@@ -97,5 +138,8 @@ pub(crate) fn assignments(state: &State, agent: &str, config: &ControlConfig) ->
                 .is_some_and(|w| w.agent.as_deref() == Some(agent)),
         })
         .collect();
-    Assignments { heartbeat_ms: config.heartbeat.as_millis() as u64, jobs }
+    // The lease ends a tenth of the timeout before the master could declare the agent lost
+    // (counted from the heartbeat's send time on the agent, from its receipt here).
+    let lease_ms = (config.agent_timeout.as_millis() as u64).saturating_mul(9) / 10;
+    Assignments { heartbeat_ms: config.heartbeat.as_millis() as u64, jobs, lease_ms }
 }

@@ -154,7 +154,7 @@ impl Control {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("control lock")
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stores `ids`' jobs durably and tells status streams.
@@ -257,7 +257,7 @@ impl Control {
             state.jobs.remove(&id);
             return Err(err.into());
         }
-        Ok(state.jobs[&id].clone())
+        state.jobs.get(&id).cloned().ok_or(ControlError::NoSuchJob(id))
     }
 
     fn check_quota(&self, state: &State, tenant: &str, workers: u64, memory: u64) -> Result<(), ControlError> {
@@ -310,17 +310,33 @@ impl Control {
         if job.state.is_terminal() {
             return Err(ControlError::Ended(id.to_owned()));
         }
+        self.change(&mut state, &key, f)
+    }
+
+    /// Applies `f` to job `key` (which exists), places, and commits; on any failure the job
+    /// is as it was.
+    fn change(
+        &self,
+        state: &mut State,
+        key: &str,
+        f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
+    ) -> Result<Job, ControlError> {
+        let Some(job) = state.jobs.get_mut(key) else { return Err(ControlError::NoSuchJob(key.to_owned())) };
         let before = job.clone();
-        f(state.jobs.get_mut(&key).expect("checked"), &self.config)?;
+        if let Err(e) = f(job, &self.config) {
+            state.jobs.insert(key.to_owned(), before);
+            return Err(e);
+        }
+        let key = key.to_owned();
         let mut dirty = vec![key.clone()];
-        dirty.extend(schedule::place(&mut state, model::now_ms()));
+        dirty.extend(schedule::place(state, model::now_ms()));
         dirty.sort();
         dirty.dedup();
-        if let Err(err) = self.commit(&mut state, &dirty) {
+        if let Err(err) = self.commit(state, &dirty) {
             state.jobs.insert(key, before);
             return Err(err.into());
         }
-        Ok(state.jobs[&key].clone())
+        state.jobs.get(&key).cloned().ok_or(ControlError::NoSuchJob(key))
     }
 
     /// Kills a job: its workers stop at their agents' next heartbeat.
@@ -338,12 +354,18 @@ impl Control {
         })
     }
 
-    /// Sets stage `stage` (its name or 0-based index) of a job to `workers` workers.
+    /// Sets stage `stage` (its name or 0-based index) of a job to `workers` workers. The
+    /// quota check and the change happen under one hold of the state, so concurrent scales
+    /// and submissions cannot pass the quota together.
     pub fn scale(&self, tenant: &str, id: &str, stage: &str, workers: u32) -> Result<Job, ControlError> {
-        let state = self.lock();
-        let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
         if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
             return Err(invalid("invalid_scale", format!("workers: between 1 and {}", squilla_types::limits::WORKERS)));
+        }
+        let mut state = self.lock();
+        let key = model::job_key(tenant, id);
+        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        if job.state.is_terminal() {
+            return Err(ControlError::Ended(id.to_owned()));
         }
         let s = stage_index(job, stage)?;
         let current = job.stages[s].workers.len() as u64;
@@ -352,8 +374,7 @@ impl Control {
             let memory = more * u64::from(job.spec.stages[s].resources.memory_mib);
             self.check_quota(&state, tenant, more, memory)?;
         }
-        drop(state);
-        self.mutate(tenant, id, |job, _| {
+        self.change(&mut state, &key, |job, _| {
             let list = &mut job.stages[s].workers;
             let n = workers as usize;
             let mut added = Vec::new();
@@ -412,18 +433,20 @@ impl Control {
         Ok(out)
     }
 
-    /// The sink server of the agent that runs a job's source (stage 0's slot 0), with the
-    /// job's source spec.
+    /// The sink server of the agent that runs a job's source (stage 0's slot 0), the job's
+    /// source spec, and whether that agent has been heard from within two heartbeat periods.
     pub fn source_agent(
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<(Option<String>, squilla_types::SourceSpec), ControlError> {
+    ) -> Result<(Option<String>, squilla_types::SourceSpec, bool), ControlError> {
         let state = self.lock();
         let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
         let agent = job.stages.first().and_then(|s| s.workers.first()).and_then(|w| w.agent.as_ref());
-        let http = agent.and_then(|a| state.agents.get(a)).filter(|e| !e.lost).map(|e| e.beat.http.clone());
-        Ok((http, job.spec.source.clone()))
+        let entry = agent.and_then(|a| state.agents.get(a)).filter(|e| !e.lost);
+        let fresh =
+            entry.is_some_and(|e| e.last_seen.elapsed() <= self.config.heartbeat * 2 + Duration::from_millis(500));
+        Ok((entry.map(|e| e.beat.http.clone()), job.spec.source.clone(), fresh))
     }
 
     /// The id of `tenant`'s newest active job of `cluster`, if any.

@@ -102,6 +102,19 @@ pub struct Worker {
     /// Last reported counters.
     #[serde(default)]
     pub events_out: u64,
+    /// Batches dropped on the way into it (by the backpressure policy, or because it had
+    /// failed or been replaced), as last reported.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Calls into its stage that failed, as last reported.
+    #[serde(default)]
+    pub failed_calls: u64,
+    /// Failed calls by kind (`trap`, `deadline`, `stage-error`, `invalid-output`, `init`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub call_failures: BTreeMap<String, u64>,
+    /// The last failed call, `kind: message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
     /// Its history.
     pub history: Vec<Transition>,
 }
@@ -193,6 +206,10 @@ impl Job {
             running_since_ms: None,
             events_in: 0,
             events_out: 0,
+            dropped: 0,
+            failed_calls: 0,
+            call_failures: BTreeMap::new(),
+            last_failure: None,
             history,
         }
     }

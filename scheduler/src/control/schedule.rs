@@ -165,6 +165,17 @@ pub(crate) fn replace(
     }
 }
 
+/// Fails `job` at once because worker `i` of stage `s` cannot run anywhere (`reason`).
+pub(crate) fn fail_job(job: &mut Job, s: usize, i: usize, reason: String) {
+    let stage = job.stages[s].name.clone();
+    let index = job.stages[s].workers[i].index;
+    for w in job.stages.iter_mut().flat_map(|st| st.workers.iter_mut()) {
+        w.state = WorkerState::Stopped;
+    }
+    job.generation += 1;
+    job.set_state(JobState::Failed, Some(format!("stage `{stage}` worker {index} cannot run: {reason}")));
+}
+
 /// Declares agents silent for longer than the timeout lost (not during the grace period after
 /// a restart), and replaces their workers.
 pub(crate) fn lose_agents(state: &mut State, config: &ControlConfig, grace: bool, now_ms: i64) -> Vec<String> {

@@ -1,0 +1,193 @@
+//! The agent's HTTP server: job sinks for the master (and gateways), ingest, health.
+//!
+//! Every route under `/jobs/` takes the agent token, checked before any body is read; the
+//! ingest body is read under a byte cap and a read timeout before the handler sees it. The
+//! server itself bounds connections and header and idle times ([`squilla_net::server`]).
+//!
+//! - `GET /jobs/{id}/sink`: this agent's part of a job's output as server-sent events:
+//!   `data` frames, `meta` frames (events lost by a slow reader), `ping` frames after `ping`
+//!   seconds of silence, and an `error` frame (`{"code", "message"}`) when a limit ended the
+//!   stream.
+//! - `POST /jobs/{id}/ingest`: one archived batch for the job's first stage; answers
+//!   `{"fed": true, "dropped": N}`, 404 `not_here` when the job does not run here (it ended or
+//!   moved), 503 `backpressure` when it had no room in [`INGEST_WAIT`].
+//! - `GET /healthz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use squilla_net::auth::{TokenHash, bearer};
+use squilla_net::error::error_response;
+use squilla_net::limits::{BodyLimit, buffer_body};
+use squilla_net::queue::Item;
+use squilla_types::sse;
+
+use crate::jobs::{Ingested, Jobs};
+use crate::sink;
+
+/// How long an ingested batch may wait for room in the job's first stage (under `block`).
+pub const INGEST_WAIT: Duration = Duration::from_secs(5);
+
+/// Largest ingest body (one archived batch), bytes.
+pub const INGEST_MAX_BYTES: usize = 16 << 20;
+
+/// Longest interval between `ping` frames a subscriber may ask for, seconds (the server closes
+/// connections idle for longer than its idle timeout).
+pub const MAX_PING_SECS: u64 = 60;
+
+#[derive(Clone)]
+struct HttpState {
+    jobs: Arc<Jobs>,
+    token: TokenHash,
+}
+
+/// The agent's routes.
+pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
+    let state = HttpState { jobs, token: TokenHash::of(token) };
+    let jobs_routes = Router::new()
+        .route("/jobs/{id}/sink", get(sink))
+        .route(
+            "/jobs/{id}/ingest",
+            post(ingest).layer(axum::middleware::from_fn_with_state(
+                BodyLimit::bytes(INGEST_MAX_BYTES).code("ingest_too_large"),
+                buffer_body,
+            )),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .merge(jobs_routes)
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "route not found") })
+        .with_state(state)
+}
+
+/// Middleware: the agent token, before anything else of the request is read.
+async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    match bearer(request.headers()) {
+        Some(hash) if hash.matches(&state.token) => next.run(request).await,
+        _ => error_response(StatusCode::UNAUTHORIZED, "unauthorized", "the agent token is required"),
+    }
+}
+
+/// `POST /jobs/{id}/ingest` (from the master): one archived batch for the job's first stage.
+async fn ingest(State(state): State<HttpState>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    let batch = match squilla_batch::BatchBytes::validate(body.to_vec()) {
+        Ok(b) => b,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_batch", &e.to_string()),
+    };
+    let jobs = state.jobs.clone();
+    let fed = tokio::task::spawn_blocking(move || jobs.ingest(&id, batch, INGEST_WAIT)).await;
+    match fed {
+        Ok(Ingested::Taken { dropped_events }) => {
+            axum::Json(serde_json::json!({"fed": true, "dropped": dropped_events})).into_response()
+        }
+        Ok(Ingested::NotHere) => error_response(StatusCode::NOT_FOUND, "not_here", "the job does not run here"),
+        Ok(Ingested::Full) | Err(_) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "the job had no room in time")
+        }
+    }
+}
+
+/// Query parameters of a sink subscription (see docs/api.md).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkParams {
+    /// Subscribers sharing a client id split the stream.
+    pub client_id: Option<String>,
+    /// At most this many events per second.
+    pub sample: Option<u32>,
+    /// A query (SQL subset, see `squilla_query`).
+    pub query: Option<String>,
+    /// Seconds between `ping` events (default 15, at most [`MAX_PING_SECS`]).
+    pub ping: Option<u64>,
+}
+
+impl SinkParams {
+    /// Checks the parameters; the error is `(code, message, line, column)`.
+    pub fn options(&self) -> Result<sink::Options, (&'static str, String, u64, u64)> {
+        let query = match &self.query {
+            None => None,
+            Some(text) => Some(Arc::new(
+                squilla_query::Query::parse(text).map_err(|e| ("invalid_query", e.message, e.line, e.column))?,
+            )),
+        };
+        if self.sample == Some(0) {
+            return Err(("bad_request", "sample: at least 1 event per second".into(), 0, 0));
+        }
+        if self.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+            return Err(("bad_request", "clientId: 1 to 128 characters".into(), 0, 0));
+        }
+        Ok(sink::Options { client_id: self.client_id.clone(), sample_per_second: self.sample, query })
+    }
+
+    /// The interval between pings.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping.unwrap_or(15).clamp(1, MAX_PING_SECS))
+    }
+}
+
+/// `GET /jobs/{id}/sink`: this agent's part of a job's output, as server-sent events.
+async fn sink(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    params: Result<axum::extract::Query<SinkParams>, axum::extract::rejection::QueryRejection>,
+    _headers: HeaderMap,
+) -> Response {
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    let options = match params.options() {
+        Ok(o) => o,
+        Err((code, message, line, column)) => {
+            let body = serde_json::json!({"code": code, "message": message, "line": line, "column": column});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    let Some(hub) = state.jobs.hub(&id) else {
+        return error_response(StatusCode::NOT_FOUND, "not_found", &format!("job `{id}` not found on this agent"));
+    };
+    let subscription = hub.subscribe(options);
+    drop(hub);
+    let ping = params.ping_interval();
+    // Chunks of frames as the hub rendered them; a `meta` frame first when some were lost;
+    // a `ping` frame after `ping` of silence; an `error` frame, last, when a limit ended it.
+    let stream = futures_util::stream::unfold(Some(subscription), move |sub| async move {
+        let mut sub = sub?;
+        let item = match tokio::time::timeout(ping, sub.recv()).await {
+            Err(_) => {
+                let mut text = Vec::new();
+                sse::frame(&mut text, Some("ping"), "{}");
+                return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text)), Some(sub)));
+            }
+            Ok(item) => item?,
+        };
+        match item {
+            Item::Chunk { bytes, dropped: 0 } => Some((Ok(bytes), Some(sub))),
+            Item::Chunk { bytes, dropped } => {
+                let mut text = Vec::with_capacity(bytes.len() + 64);
+                let meta = serde_json::json!({"dropped": dropped, "reason": "subscriber too slow"}).to_string();
+                sse::frame(&mut text, Some("meta"), &meta);
+                text.extend_from_slice(&bytes);
+                Some((Ok(axum::body::Bytes::from(text)), Some(sub)))
+            }
+            Item::End(end) => {
+                let mut text = Vec::new();
+                let body = serde_json::json!({"code": end.code, "message": end.message}).to_string();
+                sse::frame(&mut text, Some("error"), &body);
+                Some((Ok(axum::body::Bytes::from(text)), None))
+            }
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream"), (axum::http::header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}

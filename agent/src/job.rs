@@ -1,0 +1,403 @@
+//! One job's part on this agent, run by a thread of its own.
+//!
+//! Everything that can take long for a job — fetching and compiling its artifacts, starting
+//! its workers (each `init` is tenant code), re-planning its stages, stopping it — happens on
+//! the job's own thread, so one job stuck in any of these never delays another job or the
+//! agent's heartbeats. The dispatcher ([`crate::jobs::Jobs`]) only hands the thread the latest
+//! assignment (or tells it to stop) and reads the job's [`View`], which the thread publishes
+//! after every change and which holds no lock a guest call can hold.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use squilla_host::pipeline::{
+    Outlet, Pipeline, PipelineConfig, PipelineError, PipelineHandle, SlotPlan, SyntheticSource,
+};
+use squilla_host::{Artifact, Lease};
+use squilla_types::control::{JobAssignment, SlotAssignment};
+use squilla_types::{ArtifactRef, SourceSpec};
+
+use crate::fetch::{ArtifactFailure, Fetcher};
+use crate::sink::{SinkHub, SinkLimits};
+
+/// How long stopping a job lets in-flight batches drain before its workers stop.
+pub const STOP_DRAIN: Duration = Duration::from_millis(200);
+
+/// What the agent shares with every job thread.
+pub(crate) struct Context {
+    pub agent: String,
+    pub runtime: squilla_host::Runtime,
+    pub executor: Arc<squilla_host::Executor>,
+    pub transport: Arc<squilla_host::transport::Transport>,
+    pub fetcher: Fetcher,
+    pub lease: Arc<Lease>,
+    pub sink_limits: SinkLimits,
+}
+
+/// A worker slot that could not start here: its number, why, and whether the failure will
+/// recur wherever it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StartFailure {
+    pub number: u64,
+    pub message: String,
+    pub fatal: bool,
+}
+
+/// What the rest of the agent may read about a job, published by its thread.
+#[derive(Default, Clone)]
+pub(crate) struct View {
+    /// The assignment the pipeline matches (`None` until it has started).
+    pub applied: Option<JobAssignment>,
+    /// The running pipeline.
+    pub handle: Option<PipelineHandle>,
+    /// Its sink.
+    pub hub: Option<Arc<SinkHub>>,
+    /// The source's stop flag, so that the dispatcher can stop the source at once.
+    pub source_stop: Option<Arc<AtomicBool>>,
+    /// Local slots that could not start, by `(stage, index)`.
+    pub failed: BTreeMap<(u32, u32), StartFailure>,
+}
+
+/// What the dispatcher wants of a job.
+#[derive(Clone)]
+enum Desired {
+    Run(Box<JobAssignment>),
+    Stop,
+}
+
+/// One job: what is wanted of it, and what it is.
+pub(crate) struct JobCell {
+    key: String,
+    done: AtomicBool,
+    desired: Mutex<(u64, Desired)>,
+    changed: Condvar,
+    view: RwLock<View>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl JobCell {
+    /// Starts the thread of a job first assigned `assignment`.
+    pub fn start(ctx: Arc<Context>, assignment: JobAssignment) -> Result<Arc<JobCell>, std::io::Error> {
+        let cell = Arc::new(JobCell {
+            key: assignment.job.clone(),
+            done: AtomicBool::new(false),
+            desired: Mutex::new((1, Desired::Run(Box::new(assignment)))),
+            changed: Condvar::new(),
+            view: RwLock::new(View::default()),
+        });
+        let c = cell.clone();
+        std::thread::Builder::new().name(format!("squilla-job-{}", cell.key)).spawn(move || c.run(&ctx))?;
+        Ok(cell)
+    }
+
+    /// The job's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the thread has stopped the job and ended.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// The latest published view.
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut View)) {
+        f(&mut self.view.write().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Hands the thread a new assignment (it applies only the latest one).
+    pub fn assign(&self, assignment: JobAssignment) {
+        let mut desired = lock(&self.desired);
+        if matches!(&desired.1, Desired::Run(a) if **a == assignment) {
+            return;
+        }
+        desired.0 += 1;
+        desired.1 = Desired::Run(Box::new(assignment));
+        self.changed.notify_all();
+    }
+
+    /// Tells the thread to stop the job. Fences the job's pipeline and stops its source at
+    /// once, so nothing more leaves it even before the thread gets to it.
+    pub fn stop(&self) {
+        let view = self.view();
+        if let Some(handle) = &view.handle {
+            handle.fence();
+        }
+        if let Some(flag) = &view.source_stop {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let mut desired = lock(&self.desired);
+        desired.0 += 1;
+        desired.1 = Desired::Stop;
+        self.changed.notify_all();
+    }
+
+    /// Retires at once every local worker that `assignment` no longer keeps here (a replaced
+    /// incarnation must not emit while the thread is busy), and stops the source if it moved.
+    pub fn fence_replaced(&self, agent: &str, assignment: &JobAssignment) {
+        let view = self.view();
+        let (Some(handle), Some(applied)) = (&view.handle, &view.applied) else { return };
+        for (s, slots) in applied.slots.iter().enumerate() {
+            for (i, slot) in slots.iter().enumerate() {
+                if slot.agent.as_deref() != Some(agent) {
+                    continue;
+                }
+                let keep = assignment
+                    .slots
+                    .get(s)
+                    .and_then(|st| st.get(i))
+                    .filter(|n| n.agent.as_deref() == Some(agent))
+                    .map(|n| n.number);
+                if keep != Some(slot.number) {
+                    handle.retire_unless(s, i, keep);
+                }
+            }
+        }
+        if applied.source && !assignment.source {
+            if let Some(flag) = &view.source_stop {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn run(&self, ctx: &Context) {
+        let mut job = Running::default();
+        let mut seen = 0;
+        loop {
+            let desired = {
+                let mut desired = lock(&self.desired);
+                while desired.0 == seen {
+                    desired = self.changed.wait(desired).unwrap_or_else(PoisonError::into_inner);
+                }
+                seen = desired.0;
+                desired.1.clone()
+            };
+            match desired {
+                Desired::Stop => {
+                    job.stop(ctx, &self.key);
+                    self.publish(|v| *v = View::default());
+                    self.done.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Desired::Run(assignment) => job.apply(ctx, self, *assignment),
+            }
+        }
+    }
+}
+
+/// The job as its thread holds it.
+#[derive(Default)]
+struct Running {
+    pipeline: Option<Pipeline>,
+    hub: Option<Arc<SinkHub>>,
+    applied: Option<JobAssignment>,
+    failed: BTreeMap<(u32, u32), StartFailure>,
+}
+
+impl Running {
+    fn stop(&mut self, ctx: &Context, key: &str) {
+        if let Some(mut pipeline) = self.pipeline.take() {
+            tracing::info!(job = %key, "job no longer here; stopping its workers");
+            pipeline.handle().fence();
+            ctx.transport.unregister(key, &pipeline.handle());
+            pipeline.stop(STOP_DRAIN);
+        }
+        if let Some(hub) = self.hub.take() {
+            hub.close();
+        }
+    }
+
+    /// Forgets start failures of slots the master has since given a new number.
+    fn forget_failures(&mut self, assignment: &JobAssignment) {
+        self.failed.retain(|(s, i), f| {
+            assignment
+                .slots
+                .get(*s as usize)
+                .and_then(|st| st.get(*i as usize))
+                .is_some_and(|slot| slot.number == f.number)
+        });
+    }
+
+    fn fail_stage(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize, message: &str, fatal: bool) {
+        for (index, slot) in assignment.slots.get(stage).into_iter().flatten().enumerate() {
+            if slot.agent.as_deref() == Some(ctx.agent.as_str()) {
+                let failure = StartFailure { number: slot.number, message: message.to_owned(), fatal };
+                self.failed.insert((stage as u32, index as u32), failure);
+            }
+        }
+    }
+
+    fn plan_of(
+        &self,
+        ctx: &Context,
+        job: &str,
+        stage: usize,
+        slots: &[SlotAssignment],
+    ) -> Result<Vec<SlotPlan>, PipelineError> {
+        slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let here = slot.agent.as_deref() == Some(ctx.agent.as_str());
+                let failed_here =
+                    self.failed.get(&(stage as u32, index as u32)).is_some_and(|f| f.number == slot.number);
+                Ok(match (here && !failed_here, slot.data.as_deref().and_then(|d| d.parse::<SocketAddr>().ok())) {
+                    (true, _) => SlotPlan::Local { number: slot.number },
+                    (false, Some(addr)) if !here => SlotPlan::Remote(
+                        ctx.transport.outlet(addr, job, stage as u32, index as u32).map_err(PipelineError::Thread)?,
+                    ),
+                    _ => SlotPlan::Remote(Outlet::detached(64)),
+                })
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, ctx: &Context, cell: &JobCell, assignment: JobAssignment) {
+        self.forget_failures(&assignment);
+        let result = if self.pipeline.is_some() { self.replan(ctx, &assignment) } else { self.start(ctx, &assignment) };
+        if let Err(message) = result {
+            tracing::warn!(job = %assignment.job, %message, "cannot run the job's workers here");
+        }
+        allow_senders(ctx, &assignment);
+        let handle = self.pipeline.as_ref().map(Pipeline::handle);
+        let source_stop = self.pipeline.as_ref().and_then(Pipeline::source_flag);
+        let (hub, failed) = (self.hub.clone(), self.failed.clone());
+        let applied = self.pipeline.as_ref().map(|_| assignment.clone());
+        self.applied = applied.clone();
+        cell.publish(|v| {
+            v.applied = applied;
+            v.handle = handle;
+            v.hub = hub;
+            v.source_stop = source_stop;
+            v.failed = failed;
+        });
+    }
+
+    /// A job new here: its artifacts (fetched, verified, compiled once), then its pipeline.
+    fn start(&mut self, ctx: &Context, assignment: &JobAssignment) -> Result<(), String> {
+        let id = &assignment.job;
+        let mut by_ref: HashMap<ArtifactRef, Artifact> = HashMap::new();
+        for (s, (stage, sha)) in assignment.spec.stages.iter().zip(&assignment.artifacts).enumerate() {
+            match ctx.fetcher.artifact(&assignment.tenant, sha) {
+                Ok(artifact) => {
+                    by_ref.insert(stage.artifact.clone(), artifact);
+                }
+                Err(ArtifactFailure { message, fatal }) => {
+                    self.fail_stage(ctx, assignment, s, &message, fatal);
+                    return Err(message);
+                }
+            }
+        }
+        let mut config = PipelineConfig::from_spec(&assignment.spec, &assignment.params, |r| by_ref.get(r).cloned())
+            .map_err(|e| e.to_string())?;
+        config.name = id.clone();
+        config.lease = ctx.lease.clone();
+        let plan = |me: &Self| -> Result<Vec<Vec<SlotPlan>>, PipelineError> {
+            assignment.slots.iter().enumerate().map(|(s, slots)| me.plan_of(ctx, id, s, slots)).collect()
+        };
+        let started = plan(self).and_then(|p| Pipeline::start_placed(&ctx.runtime, &ctx.executor, config.clone(), p));
+        let mut pipeline = match started {
+            Ok(p) => p,
+            Err(err) => {
+                let stage = match &err {
+                    PipelineError::Start { stage, .. } => {
+                        assignment.spec.stages.iter().position(|s| &s.name == stage).unwrap_or(0)
+                    }
+                    _ => 0,
+                };
+                self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
+                plan(self)
+                    .and_then(|p| Pipeline::start_placed(&ctx.runtime, &ctx.executor, config, p))
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        if assignment.source {
+            attach_source(&mut pipeline, assignment, &ctx.fetcher).map_err(|e| e.to_string())?;
+        }
+        ctx.transport.register(id, pipeline.handle());
+        let hub = SinkHub::start(id, &assignment.tenant, pipeline.handle(), ctx.sink_limits.clone())
+            .map_err(|e| format!("cannot start the sink: {e}"))?;
+        tracing::info!(job = %id, tenant = %assignment.tenant, "job started here");
+        self.pipeline = Some(pipeline);
+        self.hub = Some(hub);
+        Ok(())
+    }
+
+    /// A job already here whose plan changed: re-plan the stages that changed (unchanged
+    /// workers keep their state), and attach or detach the source.
+    fn replan(&mut self, ctx: &Context, assignment: &JobAssignment) -> Result<(), String> {
+        let previous = self.applied.clone();
+        for (stage, slots) in assignment.slots.iter().enumerate() {
+            if previous.as_ref().and_then(|p| p.slots.get(stage)) == Some(slots) {
+                continue;
+            }
+            let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
+            let Some(pipeline) = &self.pipeline else { return Ok(()) };
+            if let Err(err) = pipeline.place(stage, plan) {
+                self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
+                let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
+                if let Some(pipeline) = &self.pipeline {
+                    pipeline.place(stage, plan).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        let Some(pipeline) = &mut self.pipeline else { return Ok(()) };
+        if assignment.source != pipeline.has_source() {
+            if assignment.source {
+                attach_source(pipeline, assignment, &ctx.fetcher).map_err(|e| e.to_string())?;
+            } else {
+                pipeline.stop_source();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tells the transport which agents may feed each stage of the job here: the agents of the
+/// stage before's workers, or, for the first stage, the agent that runs the source.
+fn allow_senders(ctx: &Context, assignment: &JobAssignment) {
+    let source = assignment.slots.first().and_then(|s| s.first()).and_then(|w| w.agent.clone());
+    let per_stage = (0..assignment.slots.len())
+        .map(|s| match s.checked_sub(1) {
+            None => source.iter().cloned().collect(),
+            Some(before) => {
+                let mut agents: Vec<String> = assignment.slots[before].iter().filter_map(|w| w.agent.clone()).collect();
+                agents.sort();
+                agents.dedup();
+                agents
+            }
+        })
+        .collect();
+    ctx.transport.allow_senders(&assignment.job, per_stage);
+}
+
+fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &Fetcher) -> Result<(), PipelineError> {
+    match &assignment.spec.source {
+        SourceSpec::Synthetic { events_per_second, .. } => {
+            pipeline.start_synthetic(SyntheticSource::at_rate(*events_per_second))
+        }
+        // Ingested batches arrive through `Jobs::ingest`.
+        SourceSpec::Ingest => Ok(()),
+        SourceSpec::Job { cluster, query } => {
+            let upstream = crate::chain::Upstream {
+                fetcher: fetcher.clone(),
+                tenant: assignment.tenant.clone(),
+                cluster: cluster.clone(),
+                query: query.clone(),
+                client_id: assignment.job.clone(),
+            };
+            let handle = pipeline.handle();
+            pipeline.start_source(&assignment.job, move |stop| upstream.run(&handle, &stop))
+        }
+    }
+}

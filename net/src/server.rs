@@ -1,0 +1,225 @@
+//! Serving an axum router with limits on connections and timeouts, for the master and agents.
+//!
+//! `axum::serve` accepts every connection and waits on a silent one forever. [`serve`] is
+//! the same loop with the limits a shared server needs, each applied before any request is
+//! read ([`ServerLimits`] documents the defaults):
+//!
+//! - at most `max_connections` connections in all and `max_connections_per_ip` from one
+//!   address: past either, a new connection is closed at once (and counted);
+//! - request headers must arrive within `header_read_timeout` and fit `max_header_bytes`
+//!   (431 past it);
+//! - a connection on which nothing is read or written for `idle_timeout` is closed (streams
+//!   send pings well within it).
+//!
+//! Every request carries the client's address as a [`ClientAddr`] extension, for per-client
+//! rate limits.
+//!
+//! Request bodies are limited per route by the routers themselves (byte caps and a body read
+//! timeout, see [`crate::limits`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+/// Limits of a server. `Default` gives the documented values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Open connections in all (default 4,096).
+    pub max_connections: usize,
+    /// Open connections from one IP address (default 512).
+    pub max_connections_per_ip: usize,
+    /// Time to receive a request's headers (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Largest request head, start line and headers (default 64 KiB).
+    pub max_header_bytes: usize,
+    /// A connection with nothing read or written for this long is closed (default 120 s).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 4096,
+            max_connections_per_ip: 512,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// What a server has refused, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections closed at once because a connection limit was reached.
+    pub refused: AtomicU64,
+    /// Connections closed because nothing moved for the idle timeout.
+    pub idle_closed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place in the counts, given back when it closes.
+struct Admitted {
+    counts: Arc<Mutex<Counts>>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.total -= 1;
+        if let Some(n) = counts.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` under `limits` until the task is dropped.
+pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, stats: Arc<ServerStats>) {
+    let counts: Arc<Mutex<Counts>> = Arc::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admitted = {
+            let mut c = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let from_ip = c.by_ip.get(&peer.ip()).copied().unwrap_or(0);
+            if c.total >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+                None
+            } else {
+                c.total += 1;
+                *c.by_ip.entry(peer.ip()).or_default() += 1;
+                Some(Admitted { counts: counts.clone(), ip: peer.ip() })
+            }
+        };
+        let Some(admitted) = admitted else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(Idle::new(stream, limits.idle_timeout, stats.clone()));
+        let service = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ClientAddr(peer));
+                    request
+                })
+                .service(app.clone()),
+        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes);
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            if let Err(err) = builder.serve_connection(io, service).with_upgrades().await {
+                tracing::debug!(%peer, error = %err, "connection ended");
+            }
+        });
+    }
+}
+
+/// A TCP stream that fails with `TimedOut` once nothing has been read or written on it for
+/// its idle timeout.
+struct Idle {
+    inner: TcpStream,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    stats: Arc<ServerStats>,
+}
+
+impl Idle {
+    fn new(inner: TcpStream, timeout: Duration, stats: Arc<ServerStats>) -> Self {
+        Idle { inner, timeout, timer: Box::pin(tokio::time::sleep(timeout)), stats }
+    }
+
+    fn touch(&mut self) {
+        self.timer.as_mut().reset(Instant::now() + self.timeout);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long")
+}
+
+impl AsyncRead for Idle {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Idle {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.touch();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+use std::future::Future;

@@ -1,0 +1,68 @@
+//! What runs before any handler: who is calling, how often, and how much body they may send.
+//!
+//! The order is the point (limits before work): a request is counted against its client
+//! address's rate, then authenticated from its headers alone (a tenant's bearer token, or the
+//! agent token for `/api/v1/agent/*`), then counted against its tenant's rate — and only then
+//! is its body read, under the route's byte cap and read timeout
+//! ([`squilla_net::limits::buffer_body`]). A client without a valid token never gets a byte
+//! of its body read.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use squilla_net::server::ClientAddr;
+
+use super::{ApiError, AppState};
+
+fn too_many(wait: Duration, whom: &str) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests from this {whom}; retry in {} ms", wait.as_millis().max(1)),
+    )
+    .into_response();
+    let secs = wait.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&secs) {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn client_rate(state: &AppState, request: &Request) -> Result<(), Response> {
+    let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>() else { return Ok(()) };
+    state.rates.per_client.check(&addr.ip().to_string()).map_err(|wait| too_many(wait, "address"))
+}
+
+/// Middleware for tenant routes: client rate, tenant token, tenant rate.
+pub async fn tenant(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(refusal) = client_rate(&state, &request) {
+        return refusal;
+    }
+    let tenant = match state.tenants.authenticate(request.headers()) {
+        Ok(t) => t.name.clone(),
+        Err(e) => return e.into_response(),
+    };
+    if let Err(wait) = state.rates.per_tenant.check(&tenant) {
+        return too_many(wait, "tenant");
+    }
+    next.run(request).await
+}
+
+/// Middleware for agent routes: client rate, agent token.
+pub async fn agent(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(refusal) = client_rate(&state, &request) {
+        return refusal;
+    }
+    let authorized = match &state.agent_token {
+        Some(token) => token.check(request.headers()).is_ok(),
+        None => false,
+    };
+    if !authorized {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(request).await
+}
