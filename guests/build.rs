@@ -11,7 +11,12 @@ use std::process::Command;
 /// Example crates (`examples/`).
 const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter", "alert"];
 /// Test programs (`guests/programs/`).
-const PROGRAMS: &[&str] = &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader", "slow"];
+const PROGRAMS: &[&str] = &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader", "slow", "hostile"];
+
+/// The compile bomb: the `hostile` component with an extra core module of this many functions,
+/// each a block nested this deep. Valid, exporting the stage contract, and slow to compile.
+const BOMB_FUNCTIONS: usize = 48;
+const BOMB_DEPTH: usize = 60_000;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -51,8 +56,13 @@ fn main() {
         "/// The JavaScript `filter` stage (examples/js/filter), typed flavour.\npub const FILTER_JS: &str = {:?};\n",
         javascript.display().to_string()
     ));
+    let bomb = compile_bomb(&wasm_dir.join("hostile.wasm"), &target_dir.join("compile-bomb.wasm"));
     code.push_str("/// Guests that misbehave on purpose, for the host's isolation tests.\npub mod programs {\n");
     code.push_str(&list("ALL", "Every test program", PROGRAMS, &wasm_dir));
+    code.push_str(&format!(
+        "/// The compile bomb: a valid stage (the `hostile` component) carrying an extra core module of {BOMB_FUNCTIONS} functions of blocks nested {BOMB_DEPTH} deep, which takes Cranelift long to compile.\npub const COMPILE_BOMB: &str = {:?};\n",
+        bomb.display().to_string()
+    ));
     code.push_str("}\n");
     code.push_str(&format!(
         "/// The `examples/` directory (job specs live beside each example).\npub const EXAMPLES_DIR: &str = {:?};\n",
@@ -63,6 +73,49 @@ fn main() {
         target_dir.display().to_string()
     ));
     std::fs::write(out_dir.join("guests.rs"), code).expect("write guests.rs");
+}
+
+/// Writes `component` with an extra core module section appended (see [`BOMB_FUNCTIONS`]) to
+/// `out`. A core module that nothing instantiates is still valid, and still compiled.
+fn compile_bomb(component: &Path, out: &Path) -> PathBuf {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut module); // one type: [] -> []
+    let mut funcs = Vec::new();
+    leb(BOMB_FUNCTIONS, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, BOMB_FUNCTIONS));
+    section(3, &funcs, &mut module);
+    let mut body = vec![0u8]; // no locals
+    for _ in 0..BOMB_DEPTH {
+        body.extend_from_slice(&[0x02, 0x40]); // block (empty type)
+    }
+    body.extend(std::iter::repeat_n(0x0bu8, BOMB_DEPTH + 1)); // the blocks' ends, then the function's
+    let mut code = Vec::new();
+    leb(BOMB_FUNCTIONS, &mut code);
+    for _ in 0..BOMB_FUNCTIONS {
+        leb(body.len(), &mut code);
+        code.extend_from_slice(&body);
+    }
+    section(10, &code, &mut module);
+    let mut bytes = std::fs::read(component).expect("read the hostile component");
+    section(1, &module, &mut bytes); // a component's core module section
+    std::fs::write(out, &bytes).expect("write the compile bomb");
+    out.to_path_buf()
 }
 
 /// Builds one guest workspace for wasm32-wasip2 in release mode.

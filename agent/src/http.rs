@@ -64,6 +64,8 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .merge(jobs_routes)
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "route not found") })
+        // The ingest body is capped by its own middleware.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 

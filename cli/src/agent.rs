@@ -24,7 +24,7 @@ pub struct CompileArgs {
     /// Memory (address space) one compile may use, MiB.
     #[arg(long, env = "SQUILLA_COMPILE_MEMORY_MIB", default_value_t = 4096)]
     pub compile_memory_mib: u64,
-    /// Compiles at once on the agent (0: one per two cores).
+    /// Compiles at once on the agent (0: one per two cores, at least 2).
     #[arg(long, env = "SQUILLA_COMPILE_CONCURRENCY", default_value_t = 0)]
     pub compile_concurrency: usize,
 }
@@ -92,6 +92,18 @@ pub struct AgentArgs {
     pub threads: usize,
     #[command(flatten)]
     pub compile: CompileArgs,
+    /// Bytes one sink subscriber may have waiting on this agent, MiB.
+    #[arg(long, env = "SQUILLA_SINK_SUBSCRIBER_MIB", default_value_t = 16)]
+    pub sink_subscriber_mib: usize,
+    /// Bytes all of one tenant's sink subscribers and queries may hold on this agent, MiB.
+    #[arg(long, env = "SQUILLA_SINK_TENANT_MIB", default_value_t = 256)]
+    pub sink_tenant_mib: usize,
+    /// Bytes all sink subscribers and queries may hold on this agent, MiB.
+    #[arg(long, env = "SQUILLA_SINK_TOTAL_MIB", default_value_t = 1024)]
+    pub sink_total_mib: usize,
+    /// Bytes one running query's open window may hold, MiB.
+    #[arg(long, env = "SQUILLA_QUERY_STATE_MIB", default_value_t = 64)]
+    pub query_state_mib: usize,
 }
 
 impl AgentArgs {
@@ -118,6 +130,15 @@ impl AgentArgs {
         config.cache_dir = self.cache_dir.clone();
         config.threads = self.threads;
         config.compile = self.compile.config()?;
+        config.sinks = squilla_agent::sink::SinkLimits {
+            subscriber_events: squilla_agent::sink::SUBSCRIBER_BUFFER,
+            subscriber_bytes: self.sink_subscriber_mib.max(1) << 20,
+            query_state_bytes: self.query_state_mib.max(1) << 20,
+            budgets: std::sync::Arc::new(squilla_net::budget::Budgets::new(
+                self.sink_total_mib.max(1) << 20,
+                self.sink_tenant_mib.max(1) << 20,
+            )),
+        };
         Ok(config)
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use squilla_net::rate::Rate;
+use squilla_net::server::ServerLimits;
 use squilla_scheduler::api::{ApiLimits, AppState, Tenants, router, spawn_control_loop};
 use squilla_scheduler::control::{Control, ControlConfig, Quota};
 use squilla_scheduler::store::Store;
@@ -43,6 +45,24 @@ pub struct MasterArgs {
     /// Silence after which an agent is lost and its workers re-placed, ms.
     #[arg(long, env = "SQUILLA_AGENT_TIMEOUT_MS", default_value_t = 5000)]
     pub agent_timeout_ms: u64,
+    /// Requests per second one tenant may make (burst: twice as many).
+    #[arg(long, env = "SQUILLA_TENANT_RPS", default_value_t = 200)]
+    pub tenant_rps: u32,
+    /// Requests per second one client address may make (burst: twice as many).
+    #[arg(long, env = "SQUILLA_CLIENT_RPS", default_value_t = 500)]
+    pub client_rps: u32,
+    /// Bytes one stream subscriber may have waiting at the master, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_SUBSCRIBER_MIB", default_value_t = 16)]
+    pub stream_subscriber_mib: usize,
+    /// Bytes all of one tenant's stream subscribers may have waiting at the master, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_TENANT_MIB", default_value_t = 256)]
+    pub stream_tenant_mib: usize,
+    /// Bytes all stream subscribers may have waiting at the master, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
+    pub stream_total_mib: usize,
+    /// Open connections one client address may have.
+    #[arg(long, env = "SQUILLA_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
 }
 
 /// A master serving on its own tasks.
@@ -65,6 +85,11 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     let limits = ApiLimits {
         max_artifact_bytes: args.max_artifact_mib << 20,
         artifact_bytes_per_tenant: args.tenant_artifact_mib << 20,
+        tenant_rate: Rate { per_second: f64::from(args.tenant_rps), burst: 2.0 * f64::from(args.tenant_rps) },
+        client_rate: Rate { per_second: f64::from(args.client_rps), burst: 2.0 * f64::from(args.client_rps) },
+        subscriber_bytes: args.stream_subscriber_mib.max(1) << 20,
+        tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
+        total_stream_bytes: args.stream_total_mib.max(1) << 20,
         ..ApiLimits::default()
     };
     let state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;
@@ -74,12 +99,8 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     let addr = listener.local_addr()?;
     spawn_control_loop(control);
     let stats = Arc::new(squilla_net::server::ServerStats::default());
-    tokio::spawn(squilla_net::server::serve(
-        listener,
-        router(state),
-        squilla_net::server::ServerLimits::default(),
-        stats,
-    ));
+    let server = ServerLimits { max_connections_per_ip: args.max_connections_per_ip, ..ServerLimits::default() };
+    tokio::spawn(squilla_net::server::serve(listener, router(state), server, stats));
     Ok(Running { addr })
 }
 

@@ -200,6 +200,7 @@ impl ArtifactCache {
             }
             None => {
                 let slot = self.slots.acquire(tenant, &self.compile);
+                tracing::info!(%sha256, %tenant, bytes = bytes.len(), "compiling a component");
                 let component = compile::compile(&self.runtime, &self.compile, bytes);
                 drop(slot);
                 let component = component?;

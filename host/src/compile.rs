@@ -62,7 +62,8 @@ pub struct CompileConfig {
     /// Address space of a compiling child process, bytes (default 4 GiB). Child processes
     /// only.
     pub memory_bytes: u64,
-    /// Compiles that may run at once on the agent (default: one per two cores, at least 1).
+    /// Compiles that may run at once on the agent (default: one per two cores, at least 2, so
+    /// that one tenant's slow compile never holds every slot).
     pub concurrency: usize,
     /// Compiles that may run at once for one tenant (default 1).
     pub per_tenant: usize,
@@ -76,7 +77,7 @@ impl Default for CompileConfig {
             cpu: Duration::from_secs(120),
             wall: Duration::from_secs(180),
             memory_bytes: 4 << 30,
-            concurrency: (cores / 2).max(1),
+            concurrency: (cores / 2).max(2),
             per_tenant: 1,
         }
     }
@@ -172,7 +173,9 @@ fn compile_in_child(
         .args(["--epoch-interruption", if rc.epoch_interruption { "1" } else { "0" }])
         .args(["--max-wasm-stack", &rc.max_wasm_stack.to_string()])
         .args(["--max-memory-bytes", &rc.max_memory_bytes.to_string()])
-        .args(["--pooling", if runtime.is_pooling() { "1" } else { "0" }])
+        // Compiled code does not depend on how instances are allocated, and a pooling engine
+        // reserves more address space than a compile's budget: the worker's engine is on-demand.
+        .args(["--pooling", "0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -2,13 +2,14 @@
 //!
 //! The master must answer an upload quickly and clearly (400 naming what is wrong) without
 //! running Cranelift on the request path: a Python component takes ~25 s to compile. So it
-//! validates the binary with wasmparser and reads the component's top-level imports and
-//! exports; agents compile (once per sha256) when they first run it, and check the export
-//! types then.
+//! validates the binary with wasmparser, reads the component's top-level imports and
+//! exports, and checks that the stage interface it exports has the contract's function types
+//! ([`crate::contract`]); agents compile (once per sha256, within the compile budget) when
+//! they first run it.
 
 use wasmparser::{Parser, Payload, Validator, WasmFeatures};
 
-use crate::artifact::{check_header, stage_flavour};
+use crate::artifact::{RAW_EXPORT, TYPED_EXPORT, check_header, stage_flavour};
 use crate::{ArtifactError, Flavour};
 
 /// What an upload is, as far as can be told without compiling it.
@@ -26,7 +27,7 @@ pub struct Inspection {
 /// stages may; at most `max_bytes` long.
 pub fn inspect(bytes: &[u8], max_bytes: usize) -> Result<Inspection, ArtifactError> {
     check_header(bytes, max_bytes)?;
-    Validator::new_with_features(WasmFeatures::all())
+    let types = Validator::new_with_features(WasmFeatures::all())
         .validate_all(bytes)
         .map_err(|e| ArtifactError::Invalid { detail: e.to_string() })?;
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
@@ -51,5 +52,11 @@ pub fn inspect(bytes: &[u8], max_bytes: usize) -> Result<Inspection, ArtifactErr
         }
     }
     let flavour = stage_flavour(&imports, exports.clone())?;
+    let interface = match flavour {
+        Flavour::Raw => RAW_EXPORT,
+        Flavour::Typed => TYPED_EXPORT,
+    };
+    crate::contract::check_exports(&types.as_ref(), interface, flavour)
+        .map_err(|detail| ArtifactError::WrongSignature { interface: interface.to_owned(), detail })?;
     Ok(Inspection { flavour, imports, exports })
 }

@@ -29,6 +29,7 @@ mod artifact;
 mod bindings;
 mod cache;
 pub mod compile;
+mod contract;
 mod engine;
 mod error;
 mod executor;

@@ -118,3 +118,40 @@ pub async fn buffer_body(State(limit): State<BodyLimit>, request: Request, next:
         Err(e) => e.response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_is_read_up_to_its_cap_and_a_stalled_one_times_out() {
+        let ok = read_capped(Body::from("hello"), BodyLimit::bytes(5)).await;
+        assert_eq!(ok.unwrap(), b"hello");
+        let over = read_capped(Body::from("hello!"), BodyLimit::bytes(5).code("x_too_large")).await;
+        assert_eq!(over.unwrap_err(), BodyError::TooLarge { limit: 5, code: "x_too_large" });
+        let stalled = Body::from_stream(futures_stall());
+        let limit = BodyLimit { read_timeout: Duration::from_millis(100), ..BodyLimit::bytes(1 << 20) };
+        let started = std::time::Instant::now();
+        assert_eq!(read_capped(stalled, limit).await.unwrap_err(), BodyError::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A body stream that sends one chunk and then never another.
+    fn futures_stall() -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        struct Stall(bool);
+        impl futures_core::Stream for Stall {
+            type Item = Result<Bytes, std::io::Error>;
+            fn poll_next(
+                mut self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Self::Item>> {
+                if self.0 {
+                    return std::task::Poll::Pending;
+                }
+                self.0 = true;
+                std::task::Poll::Ready(Some(Ok(Bytes::from_static(b"partial"))))
+            }
+        }
+        Stall(false)
+    }
+}

@@ -28,7 +28,8 @@ pub struct StreamEnd {
 /// What a subscriber reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    /// The next chunk; `dropped` chunks' worth of events were lost before it.
+    /// The next chunk; `dropped` events were lost just before it (a chunk may be empty when
+    /// it only tells of losses at the end).
     Chunk {
         /// The bytes.
         bytes: Bytes,
@@ -41,8 +42,10 @@ pub enum Item {
 
 #[derive(Debug, Default)]
 struct State {
-    chunks: VecDeque<(Bytes, usize)>,
+    /// Queued chunks: bytes, events, and events lost just before this chunk.
+    chunks: VecDeque<(Bytes, usize, u64)>,
     events: usize,
+    /// Events lost since the last queued chunk.
     dropped: u64,
     end: Option<StreamEnd>,
     finished: bool,
@@ -90,7 +93,7 @@ impl Shared {
 
     /// Empties the queue, giving its bytes back.
     fn clear(&self, state: &mut State) {
-        let held: usize = state.chunks.drain(..).map(|(b, _)| b.len()).sum();
+        let held: usize = state.chunks.drain(..).map(|(b, _, _)| b.len()).sum();
         state.events = 0;
         self.budget.release(held);
     }
@@ -130,7 +133,8 @@ impl Sender {
                 return Offered::Closed;
             }
         }
-        state.chunks.push_back((bytes, events));
+        let dropped = std::mem::take(&mut state.dropped);
+        state.chunks.push_back((bytes, events, dropped));
         state.events += events;
         drop(state);
         shared.notify.notify_one();
@@ -169,10 +173,9 @@ impl Receiver {
             let notified = self.0.notify.notified();
             {
                 let mut state = self.0.lock();
-                if let Some((bytes, events)) = state.chunks.pop_front() {
+                if let Some((bytes, events, dropped)) = state.chunks.pop_front() {
                     state.events -= events;
                     self.0.budget.release(bytes.len());
-                    let dropped = std::mem::take(&mut state.dropped);
                     return Some(Item::Chunk { bytes, dropped });
                 }
                 if let Some(end) = state.end.take() {
@@ -180,7 +183,9 @@ impl Receiver {
                     return Some(Item::End(end));
                 }
                 if state.finished {
-                    return None;
+                    // Losses after the last chunk are still told, once.
+                    let dropped = std::mem::take(&mut state.dropped);
+                    return (dropped > 0).then_some(Item::Chunk { bytes: Bytes::new(), dropped });
                 }
             }
             notified.await;
@@ -189,7 +194,7 @@ impl Receiver {
 
     /// Bytes waiting now.
     pub fn queued_bytes(&self) -> usize {
-        self.0.lock().chunks.iter().map(|(b, _)| b.len()).sum()
+        self.0.lock().chunks.iter().map(|(b, _, _)| b.len()).sum()
     }
 }
 

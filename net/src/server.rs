@@ -223,3 +223,88 @@ impl AsyncWrite for Idle {
 }
 
 use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start(limits: ServerLimits) -> (std::net::SocketAddr, Arc<ServerStats>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(
+                |axum::extract::Extension(ClientAddr(peer)): axum::extract::Extension<ClientAddr>| async move {
+                    peer.ip().to_string()
+                },
+            ),
+        );
+        let stats = Arc::new(ServerStats::default());
+        tokio::spawn(serve(listener, app, limits, stats.clone()));
+        (addr, stats)
+    }
+
+    /// Sends one request on `stream` and returns the response's head and body text.
+    async fn get(stream: &mut TcpStream) -> String {
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Whether the server closed `stream` (a read returns end of file or an error) within 5 s.
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_per_address_limit_are_closed_at_once() {
+        let limits = ServerLimits { max_connections_per_ip: 2, ..ServerLimits::default() };
+        let (addr, stats) = start(limits).await;
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut a).await.ends_with("127.0.0.1"), "requests see the client's address");
+        assert!(get(&mut b).await.starts_with("HTTP/1.1 200"));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut c).await);
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut d = TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut d).await.starts_with("HTTP/1.1 200"), "a freed place is taken again");
+    }
+
+    #[tokio::test]
+    async fn slow_headers_and_idle_connections_are_closed() {
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(600),
+            ..ServerLimits::default()
+        };
+        let (addr, stats) = start(limits).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(closed(&mut slow).await);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut idle).await.starts_with("HTTP/1.1 200"));
+        assert!(closed(&mut idle).await, "a kept-alive connection with nothing to do is closed");
+        assert!(stats.idle_closed.load(Ordering::Relaxed) + 1 >= 1);
+    }
+
+    #[tokio::test]
+    async fn oversized_headers_are_refused() {
+        let limits = ServerLimits { max_header_bytes: 8192, ..ServerLimits::default() };
+        let (addr, _) = start(limits).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(16 << 10));
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+}

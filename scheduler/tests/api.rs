@@ -305,3 +305,6 @@ async fn clusters_are_versioned_templates_over_the_tenants_artifacts() {
 
 #[path = "api/jobs.rs"]
 mod jobs;
+
+#[path = "api/isolation.rs"]
+mod isolation;

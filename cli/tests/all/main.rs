@@ -3,6 +3,7 @@
 
 mod dev;
 mod e2e;
+mod isolation;
 mod run;
 mod streams;
 mod websocket;

@@ -77,6 +77,11 @@ impl Proc {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process (SIGKILL: no chance to clean up, as in a crash).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

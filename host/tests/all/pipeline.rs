@@ -220,22 +220,23 @@ fn drop_oldest_counts_its_drops_and_keeps_up() {
     assert_eq!(received + worker.dropped_oldest, 200, "every batch is either delivered or counted as dropped");
 }
 
-/// Runs a neighbour job while `hostile` traps `traps` times in a row: the neighbour's output
-/// stays complete and in order, and the hostile worker ends failed with `reason`.
+/// Runs a neighbour job while `hostile` traps on every batch: the neighbour's output stays
+/// complete and in order, and the hostile worker ends failed after 5 failures in a row (the
+/// default policy) with `reason`; what reaches it after that is dropped, counted.
 fn contained_beside_a_neighbour(hostile: StageConfig, reason: &str) {
     let mut bad = start(vec![hostile], Backpressure::Block);
     let mut good = start(vec![keep_all(1, Routing::RoundRobin)], Backpressure::Block);
-    for i in 0..5 {
+    for i in 0..7 {
         bad.push(batch(&[Event::new(i).with("spin", true)]));
         good.push(batch(&[Event::new(i).with("device-type", "tv")]));
     }
-    let events = collect(&good, Duration::from_secs(10), |e| e.len() >= 5);
-    assert_eq!(events.iter().map(|e| e.timestamp_ms).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    let events = collect(&good, Duration::from_secs(10), |e| e.len() >= 7);
+    assert_eq!(events.iter().map(|e| e.timestamp_ms).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5, 6]);
     assert!(bad.drain(Duration::from_secs(10)));
     let worker = bad.metrics().stages[0][0].clone();
-    assert_eq!((worker.traps, worker.dropped_failed), (3, 2), "{worker:?}");
+    assert_eq!((worker.traps, worker.dropped_failed), (5, 2), "{worker:?}");
     let failed = worker.failed.expect("the worker failed");
-    assert!(failed.starts_with(&format!("3 traps in a row; last: {reason}")), "{failed}");
+    assert!(failed.starts_with("5 failed calls in a row; last (") && failed.contains(reason), "{failed}");
     assert_eq!(good.metrics().stages[0][0].failed_calls, 0);
     bad.stop(Duration::ZERO);
     good.stop(Duration::from_secs(1));

@@ -212,5 +212,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tenant_routes)
         .merge(agent_routes)
         .fallback(|| async { ApiError::not_found("route") })
+        // Bodies are capped per route, by `capped` and by the upload's own streaming cap.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
