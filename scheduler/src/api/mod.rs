@@ -11,7 +11,7 @@ mod auth;
 mod clusters;
 mod error;
 pub mod guard;
-mod ingest;
+pub mod ingest;
 mod jobs;
 mod stream;
 mod ws;
