@@ -43,7 +43,8 @@ pub struct AgentConfig {
     /// Memory limits of sink subscriptions (default [`SinkLimits::default`]).
     pub sinks: SinkLimits,
     /// Connection limits and timeouts of the agent's HTTP server (default
-    /// [`ServerLimits::default`]).
+    /// [`ServerLimits::default`] without a lower limit per client address: the agent's clients
+    /// are the master and gateways, each speaking for many tenants).
     pub server: ServerLimits,
 }
 
@@ -66,7 +67,12 @@ impl AgentConfig {
             threads: 0,
             compile: CompileConfig::default(),
             sinks: SinkLimits::default(),
-            server: ServerLimits::default(),
+            // Its clients are the master and gateways, a few addresses each carrying many
+            // tenants' streams: no limit per address below the total.
+            server: ServerLimits {
+                max_connections_per_ip: ServerLimits::default().max_connections,
+                ..ServerLimits::default()
+            },
         }
     }
 }

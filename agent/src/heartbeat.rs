@@ -33,8 +33,9 @@ pub(crate) async fn run(
     let mut period = Duration::from_secs(1);
     let mut failing = false;
     loop {
-        let j = jobs.clone();
-        beat.workers = tokio::task::spawn_blocking(move || j.reports()).await.unwrap_or_default();
+        // Reports and plans take only brief locks, never one a guest call holds: they run here,
+        // on the heartbeat's own task, so that no pool other tasks can fill delays them.
+        beat.workers = jobs.reports();
         let sent = Instant::now();
         let answer = async {
             let response = client
@@ -58,12 +59,7 @@ pub(crate) async fn run(
                     failing = false;
                 }
                 period = Duration::from_millis(answer.heartbeat_ms.clamp(50, 60_000));
-                let j = jobs.clone();
-                let plan = answer.jobs;
-                if let Err(err) = tokio::task::spawn_blocking(move || j.apply(plan)).await {
-                    tracing::error!(error = %err, "applying the plan panicked");
-                    continue;
-                }
+                jobs.apply(answer.jobs);
                 let length = if answer.lease_ms == 0 { UNLIMITED } else { Duration::from_millis(answer.lease_ms) };
                 lease.renew(sent, length);
             }

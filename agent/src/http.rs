@@ -41,15 +41,24 @@ pub const INGEST_MAX_BYTES: usize = 16 << 20;
 /// connections idle for longer than its idle timeout).
 pub const MAX_PING_SECS: u64 = 60;
 
+/// Ingest requests an agent serves at once: each may hold a thread for up to
+/// [`INGEST_WAIT`]; past this many the agent answers 503 `backpressure` at once.
+pub const MAX_CONCURRENT_INGESTS: usize = 64;
+
 #[derive(Clone)]
 struct HttpState {
     jobs: Arc<Jobs>,
     token: TokenHash,
+    ingests: Arc<tokio::sync::Semaphore>,
 }
 
 /// The agent's routes.
 pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
-    let state = HttpState { jobs, token: TokenHash::of(token) };
+    let state = HttpState {
+        jobs,
+        token: TokenHash::of(token),
+        ingests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_INGESTS)),
+    };
     let jobs_routes = Router::new()
         .route("/jobs/{id}/sink", get(sink))
         .route(
@@ -83,8 +92,15 @@ async fn ingest(State(state): State<HttpState>, Path(id): Path<String>, body: ax
         Ok(b) => b,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_batch", &e.to_string()),
     };
+    let Ok(permit) = state.ingests.clone().try_acquire_owned() else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "too many ingests in progress here");
+    };
     let jobs = state.jobs.clone();
-    let fed = tokio::task::spawn_blocking(move || jobs.ingest(&id, batch, INGEST_WAIT)).await;
+    let fed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        jobs.ingest(&id, batch, INGEST_WAIT)
+    })
+    .await;
     match fed {
         Ok(Ingested::Taken { dropped_events }) => {
             axum::Json(serde_json::json!({"fed": true, "dropped": dropped_events})).into_response()

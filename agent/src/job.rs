@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use squilla_host::pipeline::{
-    Outlet, Pipeline, PipelineConfig, PipelineError, PipelineHandle, SlotPlan, SyntheticSource,
+    Outlet, Pipeline, PipelineConfig, PipelineError, PipelineHandle, SlotPlan, SyntheticSource, Wanted,
 };
 use squilla_host::{Artifact, Lease};
 use squilla_types::control::{JobAssignment, SlotAssignment};
@@ -71,10 +71,13 @@ enum Desired {
 /// One job: what is wanted of it, and what it is.
 pub(crate) struct JobCell {
     key: String,
+    ctx: Arc<Context>,
     done: AtomicBool,
     desired: Mutex<(u64, Desired)>,
     changed: Condvar,
     view: RwLock<View>,
+    /// What the plan wants emitted, set at once by the dispatcher (see [`Wanted`]).
+    wanted: Arc<Wanted>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,11 +89,14 @@ impl JobCell {
     pub fn start(ctx: Arc<Context>, assignment: JobAssignment) -> Result<Arc<JobCell>, std::io::Error> {
         let cell = Arc::new(JobCell {
             key: assignment.job.clone(),
+            ctx: ctx.clone(),
             done: AtomicBool::new(false),
-            desired: Mutex::new((1, Desired::Run(Box::new(assignment)))),
+            desired: Mutex::new((0, Desired::Stop)),
             changed: Condvar::new(),
             view: RwLock::new(View::default()),
+            wanted: Arc::new(Wanted::everything()),
         });
+        cell.assign(assignment);
         let c = cell.clone();
         std::thread::Builder::new().name(format!("squilla-job-{}", cell.key)).spawn(move || c.run(&ctx))?;
         Ok(cell)
@@ -99,6 +105,11 @@ impl JobCell {
     /// The job's key.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Whether the plan has this agent run the job's source (where ingest goes).
+    pub fn takes_ingest(&self) -> bool {
+        self.wanted.source()
     }
 
     /// Whether the thread has stopped the job and ended.
@@ -115,8 +126,23 @@ impl JobCell {
         f(&mut self.view.write().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Hands the thread a new assignment (it applies only the latest one).
+    /// Hands the thread a new assignment (it applies only the latest one). Before that, and
+    /// at once, what the assignment no longer wants here stops emitting (a replaced worker
+    /// incarnation, a source that moved) and the transport learns which agents may now feed
+    /// each stage: the job thread may be busy for a while, and the agent's lease is renewed
+    /// as soon as this returns.
     pub fn assign(&self, assignment: JobAssignment) {
+        let agent = self.ctx.agent.as_str();
+        let mut local = std::collections::HashMap::new();
+        for (s, slots) in assignment.slots.iter().enumerate() {
+            for (i, slot) in slots.iter().enumerate() {
+                if slot.agent.as_deref() == Some(agent) {
+                    local.insert((s, i), slot.number);
+                }
+            }
+        }
+        self.wanted.set(local, assignment.source);
+        allow_senders(&self.ctx, &assignment);
         let mut desired = lock(&self.desired);
         if matches!(&desired.1, Desired::Run(a) if **a == assignment) {
             return;
@@ -126,14 +152,11 @@ impl JobCell {
         self.changed.notify_all();
     }
 
-    /// Tells the thread to stop the job. Fences the job's pipeline and stops its source at
-    /// once, so nothing more leaves it even before the thread gets to it.
+    /// Tells the thread to stop the job. Nothing more leaves the job from now on (its
+    /// pipeline, or the one its thread may be starting, is fenced) and its source stops soon.
     pub fn stop(&self) {
-        let view = self.view();
-        if let Some(handle) = &view.handle {
-            handle.fence();
-        }
-        if let Some(flag) = &view.source_stop {
+        self.wanted.stop();
+        if let Some(flag) = &self.view().source_stop {
             flag.store(true, Ordering::SeqCst);
         }
         let mut desired = lock(&self.desired);
@@ -142,36 +165,8 @@ impl JobCell {
         self.changed.notify_all();
     }
 
-    /// Retires at once every local worker that `assignment` no longer keeps here (a replaced
-    /// incarnation must not emit while the thread is busy), and stops the source if it moved.
-    pub fn fence_replaced(&self, agent: &str, assignment: &JobAssignment) {
-        let view = self.view();
-        let (Some(handle), Some(applied)) = (&view.handle, &view.applied) else { return };
-        for (s, slots) in applied.slots.iter().enumerate() {
-            for (i, slot) in slots.iter().enumerate() {
-                if slot.agent.as_deref() != Some(agent) {
-                    continue;
-                }
-                let keep = assignment
-                    .slots
-                    .get(s)
-                    .and_then(|st| st.get(i))
-                    .filter(|n| n.agent.as_deref() == Some(agent))
-                    .map(|n| n.number);
-                if keep != Some(slot.number) {
-                    handle.retire_unless(s, i, keep);
-                }
-            }
-        }
-        if applied.source && !assignment.source {
-            if let Some(flag) = &view.source_stop {
-                flag.store(true, Ordering::SeqCst);
-            }
-        }
-    }
-
     fn run(&self, ctx: &Context) {
-        let mut job = Running::default();
+        let mut job = Running { wanted: self.wanted.clone(), ..Running::default() };
         let mut seen = 0;
         loop {
             let desired = {
@@ -198,6 +193,7 @@ impl JobCell {
 /// The job as its thread holds it.
 #[derive(Default)]
 struct Running {
+    wanted: Arc<Wanted>,
     pipeline: Option<Pipeline>,
     hub: Option<Arc<SinkHub>>,
     applied: Option<JobAssignment>,
@@ -208,7 +204,6 @@ impl Running {
     fn stop(&mut self, ctx: &Context, key: &str) {
         if let Some(mut pipeline) = self.pipeline.take() {
             tracing::info!(job = %key, "job no longer here; stopping its workers");
-            pipeline.handle().fence();
             ctx.transport.unregister(key, &pipeline.handle());
             pipeline.stop(STOP_DRAIN);
         }
@@ -267,8 +262,15 @@ impl Running {
         let result = if self.pipeline.is_some() { self.replan(ctx, &assignment) } else { self.start(ctx, &assignment) };
         if let Err(message) = result {
             tracing::warn!(job = %assignment.job, %message, "cannot run the job's workers here");
+            if self.pipeline.is_none() {
+                // Whatever failed, the master must hear of it and place the workers anew.
+                for s in 0..assignment.slots.len() {
+                    if !self.failed.keys().any(|(stage, _)| *stage as usize == s) {
+                        self.fail_stage(ctx, &assignment, s, &message, false);
+                    }
+                }
+            }
         }
-        allow_senders(ctx, &assignment);
         let handle = self.pipeline.as_ref().map(Pipeline::handle);
         let source_stop = self.pipeline.as_ref().and_then(Pipeline::source_flag);
         let (hub, failed) = (self.hub.clone(), self.failed.clone());
@@ -302,6 +304,7 @@ impl Running {
             .map_err(|e| e.to_string())?;
         config.name = id.clone();
         config.lease = ctx.lease.clone();
+        config.wanted = self.wanted.clone();
         let plan = |me: &Self| -> Result<Vec<Vec<SlotPlan>>, PipelineError> {
             assignment.slots.iter().enumerate().map(|(s, slots)| me.plan_of(ctx, id, s, slots)).collect()
         };
@@ -321,6 +324,11 @@ impl Running {
                     .map_err(|e| e.to_string())?
             }
         };
+        if self.wanted.is_stopped() {
+            // Stopped while it started: it never joins the transport nor gets a source.
+            self.pipeline = Some(pipeline);
+            return Ok(());
+        }
         if assignment.source {
             attach_source(&mut pipeline, assignment, &ctx.fetcher).map_err(|e| e.to_string())?;
         }

@@ -64,6 +64,7 @@ impl Jobs {
 
     /// Makes this agent run exactly `plan`: never waits for a job's thread.
     pub fn apply(&self, plan: Vec<JobAssignment>) {
+        lock(&self.stopping).retain(|c| !c.is_done());
         let mut jobs = lock(&self.jobs);
         let gone: Vec<String> = jobs.keys().filter(|id| !plan.iter().any(|a| &a.job == *id)).cloned().collect();
         for id in gone {
@@ -74,10 +75,7 @@ impl Jobs {
         }
         for assignment in plan {
             match jobs.get(&assignment.job) {
-                Some(cell) => {
-                    cell.fence_replaced(&self.ctx.agent, &assignment);
-                    cell.assign(assignment);
-                }
+                Some(cell) => cell.assign(assignment),
                 None => {
                     let id = assignment.job.clone();
                     match JobCell::start(self.ctx.clone(), assignment) {
@@ -162,7 +160,11 @@ impl Jobs {
 
     /// Feeds an ingested batch to a job's first stage, waiting up to `wait` for room.
     pub fn ingest(&self, job: &str, batch: BatchBytes, wait: Duration) -> Ingested {
-        let Some(handle) = self.cell(job).and_then(|c| c.view().handle) else { return Ingested::NotHere };
+        let Some(cell) = self.cell(job) else { return Ingested::NotHere };
+        if !cell.takes_ingest() {
+            return Ingested::NotHere;
+        }
+        let Some(handle) = cell.view().handle else { return Ingested::NotHere };
         if !handle.is_alive() {
             return Ingested::NotHere;
         }

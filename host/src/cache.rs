@@ -172,9 +172,19 @@ impl ArtifactCache {
             }
         };
         if !leader {
+            // The same bytes are being compiled (for this or another tenant): wait for that
+            // result, but no longer than a compile may take plus its wait for a slot.
+            let limit = self.compile.wall.saturating_mul(2) + std::time::Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + limit;
             let mut result = lock(&cell.0);
             while result.is_none() {
-                result = cell.1.wait(result).unwrap_or_else(PoisonError::into_inner);
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(ArtifactError::Engine {
+                        detail: format!("waited {limit:?} for another compile of the same bytes"),
+                    });
+                }
+                result = cell.1.wait_timeout(result, left).unwrap_or_else(PoisonError::into_inner).0;
             }
             return result.clone().unwrap_or_else(|| Err(ArtifactError::engine("compile result missing")));
         }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
-use crate::error::ArtifactError;
+use crate::error::{ArtifactError, WALL_CLOCK};
 use crate::{Runtime, RuntimeConfig};
 
 /// Where a compilation runs.
@@ -147,7 +147,7 @@ fn compile_on_thread(runtime: &Runtime, config: &CompileConfig, bytes: &[u8]) ->
     match rx.recv_timeout(config.wall) {
         Ok(result) => result.map_err(|e| ArtifactError::Invalid { detail: format!("{e:#}") }),
         // A thread cannot be cancelled; it finishes in the background and its result is dropped.
-        Err(_) => Err(ArtifactError::CompileBudget { budget: "wall-clock time", limit: secs(config.wall) }),
+        Err(_) => Err(ArtifactError::CompileBudget { budget: WALL_CLOCK, limit: secs(config.wall) }),
     }
 }
 
@@ -233,7 +233,7 @@ fn compile_in_child(
     let output = reader.join().unwrap_or_default();
     let message = errors.join().unwrap_or_default();
     let Some(status) = status else {
-        return Err(ArtifactError::CompileBudget { budget: "wall-clock time", limit: secs(config.wall) });
+        return Err(ArtifactError::CompileBudget { budget: WALL_CLOCK, limit: secs(config.wall) });
     };
     if !status.success() {
         return Err(child_failure(status, message.trim(), config));
@@ -255,8 +255,14 @@ fn child_failure(status: std::process::ExitStatus, message: &str, config: &Compi
     {
         use std::os::unix::process::ExitStatusExt;
         match status.signal() {
-            Some(libc::SIGXCPU) | Some(libc::SIGKILL) => {
+            // SIGXCPU at the soft limit; SIGKILL at the hard one a second later.
+            Some(libc::SIGXCPU) => {
                 return ArtifactError::CompileBudget { budget: "CPU time", limit: secs(config.cpu) };
+            }
+            // Killed from outside (the kernel's out-of-memory killer, an operator): not the
+            // component's fault for sure, so not remembered.
+            Some(libc::SIGKILL) => {
+                return ArtifactError::Engine { detail: "the compile worker was killed".into() };
             }
             Some(libc::SIGABRT) | Some(libc::SIGSEGV) | Some(libc::SIGBUS) => {
                 return ArtifactError::CompileBudget {

@@ -68,15 +68,24 @@ pub enum ArtifactError {
     },
 }
 
+/// The name of the wall-clock compile budget (see [`ArtifactError::CompileBudget`]).
+pub(crate) const WALL_CLOCK: &str = "wall-clock time";
+
 impl ArtifactError {
     pub(crate) fn engine(err: impl std::fmt::Display) -> Self {
         ArtifactError::Engine { detail: format!("{err:#}") }
     }
 
-    /// Whether the same bytes would fail again wherever they are compiled (everything but a
-    /// failure of this host's engine or system).
+    /// Whether the same bytes would fail again wherever and whenever they are compiled: they
+    /// are not a valid stage, or compiling them takes more CPU time or memory than the budget.
+    /// A wall-clock overrun (the agent may have been busy) and a failure of this host's engine
+    /// or system are not.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, ArtifactError::Engine { .. })
+        match self {
+            ArtifactError::Engine { .. } => false,
+            ArtifactError::CompileBudget { budget, .. } => *budget != WALL_CLOCK,
+            _ => true,
+        }
     }
 }
 

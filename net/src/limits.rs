@@ -7,6 +7,7 @@
 //! that read a streamed body themselves. Put these after authentication: a request without
 //! credentials is refused before any of its body is read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -16,7 +17,28 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::BodyExt;
 
+use crate::budget::Budget;
 use crate::error::error_response;
+
+/// The memory budget a request's body is read into (its tenant's share of what all requests
+/// being read may hold), put in the request's extensions by authentication.
+#[derive(Debug, Clone)]
+pub struct BodyBudget(pub Arc<Budget>);
+
+/// Bytes of a body held in a budget; given back when dropped.
+#[derive(Debug, Default)]
+pub struct Held {
+    budget: Option<Arc<Budget>>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.release(self.bytes);
+        }
+    }
+}
 
 /// Default time for each part of a request body to arrive.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +78,11 @@ pub enum BodyError {
     },
     /// A part did not arrive in time.
     Timeout,
+    /// The bodies being read for the tenant (or in all) hold their share of memory.
+    Busy {
+        /// `tenant` or `process`.
+        level: &'static str,
+    },
     /// The connection failed while reading.
     Broken(String),
 }
@@ -69,6 +96,11 @@ impl BodyError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 code,
                 &format!("the request body is over this route's limit of {limit} bytes"),
+            ),
+            BodyError::Busy { level } => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                &format!("the request bodies being read hold the {level}'s share of memory; retry shortly"),
             ),
             BodyError::Timeout => error_response(
                 StatusCode::REQUEST_TIMEOUT,
@@ -87,19 +119,29 @@ pub fn declared_length(request: &Request) -> Option<u64> {
     request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Reads `body` up to `limit.max_bytes`, each part within `limit.read_timeout`.
-pub async fn read_capped(body: Body, limit: BodyLimit) -> Result<Vec<u8>, BodyError> {
+/// Reads `body` up to `limit.max_bytes`, each part within `limit.read_timeout`, holding what
+/// it read in `budget` (if any) until the returned [`Held`] is dropped.
+pub async fn read_capped(
+    body: Body,
+    limit: BodyLimit,
+    budget: Option<&BodyBudget>,
+) -> Result<(Vec<u8>, Held), BodyError> {
     let mut body = body;
     let mut bytes = Vec::new();
+    let mut held = Held { budget: budget.map(|b| b.0.clone()), bytes: 0 };
     loop {
         let frame = match tokio::time::timeout(limit.read_timeout, body.frame()).await {
             Err(_) => return Err(BodyError::Timeout),
-            Ok(None) => return Ok(bytes),
+            Ok(None) => return Ok((bytes, held)),
             Ok(Some(frame)) => frame.map_err(|e| BodyError::Broken(e.to_string()))?,
         };
         if let Some(data) = frame.data_ref() {
             if bytes.len() + data.len() > limit.max_bytes {
                 return Err(BodyError::TooLarge { limit: limit.max_bytes, code: limit.code });
+            }
+            if let Some(budget) = &held.budget {
+                budget.try_reserve(data.len()).map_err(|e| BodyError::Busy { level: e.level.name() })?;
+                held.bytes += data.len();
             }
             bytes.extend_from_slice(data);
         }
@@ -112,9 +154,14 @@ pub async fn buffer_body(State(limit): State<BodyLimit>, request: Request, next:
     if declared_length(&request).is_some_and(|n| n > limit.max_bytes as u64) {
         return BodyError::TooLarge { limit: limit.max_bytes, code: limit.code }.response();
     }
+    let budget = request.extensions().get::<BodyBudget>().cloned();
     let (parts, body) = request.into_parts();
-    match read_capped(body, limit).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(Bytes::from(bytes)))).await,
+    match read_capped(body, limit, budget.as_ref()).await {
+        Ok((bytes, held)) => {
+            let response = next.run(Request::from_parts(parts, Body::from(Bytes::from(bytes)))).await;
+            drop(held);
+            response
+        }
         Err(e) => e.response(),
     }
 }
@@ -125,14 +172,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_read_up_to_its_cap_and_a_stalled_one_times_out() {
-        let ok = read_capped(Body::from("hello"), BodyLimit::bytes(5)).await;
-        assert_eq!(ok.unwrap(), b"hello");
-        let over = read_capped(Body::from("hello!"), BodyLimit::bytes(5).code("x_too_large")).await;
+        let ok = read_capped(Body::from("hello"), BodyLimit::bytes(5), None).await;
+        assert_eq!(ok.unwrap().0, b"hello");
+        let over = read_capped(Body::from("hello!"), BodyLimit::bytes(5).code("x_too_large"), None).await;
         assert_eq!(over.unwrap_err(), BodyError::TooLarge { limit: 5, code: "x_too_large" });
+        // What is read is held in the budget while the caller keeps it, and no longer.
+        let budgets = crate::budget::Budgets::new(100, 8);
+        let budget = BodyBudget(budgets.tenant("t"));
+        let (_, held) = read_capped(Body::from("hello"), BodyLimit::bytes(64), Some(&budget)).await.unwrap();
+        assert_eq!(budgets.total().used(), 5);
+        let busy = read_capped(Body::from("world"), BodyLimit::bytes(64), Some(&budget)).await;
+        assert_eq!(busy.unwrap_err(), BodyError::Busy { level: "tenant" });
+        drop(held);
+        assert_eq!(budgets.total().used(), 0);
         let stalled = Body::from_stream(futures_stall());
         let limit = BodyLimit { read_timeout: Duration::from_millis(100), ..BodyLimit::bytes(1 << 20) };
         let started = std::time::Instant::now();
-        assert_eq!(read_capped(stalled, limit).await.unwrap_err(), BodyError::Timeout);
+        assert_eq!(read_capped(stalled, limit, None).await.unwrap_err(), BodyError::Timeout);
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 

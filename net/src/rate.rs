@@ -20,6 +20,21 @@ pub struct Rate {
     pub burst: f64,
 }
 
+/// The key of a client address: the address itself for IPv4, its /64 network for IPv6 (one
+/// host commonly holds a whole /64).
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// Token buckets by key.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -41,11 +56,16 @@ impl RateLimiter {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
+            // Forget keys whose buckets have refilled (idle clients: forgetting them changes
+            // nothing); if that is not enough, the least recently seen half.
             let full = self.rate.burst;
             let rate = self.rate.per_second;
             buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < full);
             if buckets.len() >= MAX_KEYS {
-                buckets.clear();
+                let mut seen: Vec<Instant> = buckets.values().map(|(_, at)| *at).collect();
+                seen.sort_unstable();
+                let cut = seen[seen.len() / 2];
+                buckets.retain(|_, (_, at)| *at > cut);
             }
         }
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.rate.burst, now));

@@ -507,7 +507,7 @@ async fn failures_are_counted_by_kind_and_fail_the_worker_whatever_ticks_do() {
     let (_, body) = acme.call(reqwest::Method::POST, "/api/v1/clusters/lossy/jobs", vec![]).await;
     let lossy = body["id"].as_str().unwrap().to_owned();
     acme.until(&lossy, "running", Duration::from_secs(30), |j| j["state"] == "running").await;
-    let many = "{\"n\": 1}\n".repeat(150_000).into_bytes();
+    let many = "{\"n\": 1}\n".repeat(99_000).into_bytes();
     let (status, body) = acme.call(reqwest::Method::POST, &format!("/api/v1/jobs/{lossy}/ingest"), many).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["dropped"].as_u64().unwrap() > 0, "a job that drops says so: {body}");

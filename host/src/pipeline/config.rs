@@ -42,13 +42,16 @@ pub struct PipelineConfig {
     pub queue_batches: usize,
     /// Capacity of the sink, in batches (default 1024).
     pub sink_batches: usize,
-    /// Failed calls in a row that fail a worker (default 5): traps, passed deadlines, stage
-    /// errors and invalid output all count; only a successful `process` call (never a
-    /// successful `tick`) starts the count again.
+    /// Failed calls in a row that fail a worker (default 5): traps, passed deadlines, invalid
+    /// output and failed re-instantiations count (stage errors are counted apart, and do not);
+    /// only a successful `process` call (never a successful `tick`) starts the count again.
     pub max_consecutive_failures: u32,
     /// The agent's lease: while it has run out nothing leaves the pipeline (default: a lease
     /// that never runs out; an agent passes the one its master renews).
     pub lease: Arc<Lease>,
+    /// What the owner still wants emitted (default: everything; an agent passes the table
+    /// its dispatcher keeps, see [`super::Wanted`]).
+    pub wanted: Arc<super::Wanted>,
 }
 
 /// Why a job spec could not be turned into a pipeline.
@@ -89,6 +92,7 @@ impl PipelineConfig {
             sink_batches: 1024,
             max_consecutive_failures: 5,
             lease: Lease::unlimited(),
+            wanted: Arc::new(super::Wanted::everything()),
         }
     }
 

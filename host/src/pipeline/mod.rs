@@ -25,6 +25,7 @@ pub mod metrics;
 mod outlet;
 mod route;
 mod source;
+mod wanted;
 pub(crate) mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +47,7 @@ pub use config::{PipelineConfig, PipelineError, StageConfig};
 pub use metrics::FailureKind;
 pub use outlet::Outlet;
 pub use source::SyntheticSource;
+pub use wanted::Wanted;
 
 /// Where one worker slot of a stage runs, as [`Pipeline::place`] is told.
 #[derive(Debug, Clone)]
@@ -110,8 +112,8 @@ pub(crate) struct Shared {
     sink_ready: (Mutex<()>, Condvar),
     misrouted: AtomicU64,
     fenced: AtomicU64,
-    /// Set when the owner fenced this pipeline (its job is gone from the plan).
-    self_fenced: AtomicBool,
+    /// What the owner still wants emitted.
+    pub(crate) wanted: Arc<Wanted>,
 }
 
 /// What a push into the first stage did.
@@ -139,7 +141,11 @@ impl Shared {
     /// Whether nothing may leave now (the lease ran out, or the owner fenced the pipeline);
     /// if so, one batch is counted as fenced.
     fn fenced(&self) -> bool {
-        if !self.self_fenced.load(Ordering::Relaxed) && self.lease.is_valid() {
+        if self.wanted.is_stopped() {
+            self.fenced.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if self.lease.is_valid() {
             return false;
         }
         self.lease.count_fenced(1);
@@ -219,6 +225,10 @@ impl Shared {
     /// pipeline stops, `cancel` is set, or `deadline` passes (parts already queued stay).
     fn push(&self, batch: BatchBytes, deadline: Option<Instant>, cancel: Option<&AtomicBool>) -> Pushed {
         let mut outcome = Pushed { taken: true, dropped_events: 0 };
+        if !self.wanted.source() {
+            // A source the owner no longer wants here (it moved, or the job stopped) feeds nothing.
+            return Pushed { taken: false, dropped_events: batch.len() as u64 };
+        }
         let mut parts = Vec::new();
         self.route(0, batch, &mut |target, batch| parts.push((target, batch)));
         while let Some((target, mut batch)) = parts.pop() {
@@ -321,27 +331,6 @@ impl PipelineHandle {
     /// the pipeline is gone.
     pub fn metrics(&self) -> Option<PipelineMetrics> {
         Some(self.0.upgrade()?.metrics())
-    }
-
-    /// Fences the whole pipeline at once: nothing leaves it from now on (batches are dropped,
-    /// counted as fenced), while its owner stops it. Takes no lock a guest call can hold.
-    pub fn fence(&self) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.self_fenced.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Retires local worker `index` of stage `stage` at once unless it is incarnation
-    /// `keep`: it makes no further call and what it still held is dropped (counted). Used
-    /// when the master has replaced that incarnation, before the new plan is applied.
-    pub fn retire_unless(&self, stage: usize, index: usize, keep: Option<u64>) {
-        let Some(shared) = self.0.upgrade() else { return };
-        let Some(s) = shared.stages.get(stage) else { return };
-        if let Some(Slot::Local(w)) = s.slots.read().unwrap_or_else(PoisonError::into_inner).get(index) {
-            if keep != Some(w.number) {
-                w.retire();
-            }
-        }
     }
 
     /// Whether `self` and `other` are handles on the same pipeline.
@@ -455,7 +444,7 @@ impl Pipeline {
             sink_ready: (Mutex::new(()), Condvar::new()),
             misrouted: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
-            self_fenced: AtomicBool::new(false),
+            wanted: config.wanted.clone(),
         });
         let pipeline = Pipeline { shared, source: None };
         for (stage, plan) in plan.into_iter().enumerate() {

@@ -1,11 +1,12 @@
 //! One worker: a stage instance, its inbox, its output awaiting room downstream, and the
 //! failure policy.
 //!
-//! Failure policy: every failed call counts, by [`FailureKind`]: a trap or a passed deadline
-//! (which also discard the instance — the next call meets a fresh one), a stage error, an
-//! invalid output, or a fresh instance that cannot be made. After
-//! [`super::PipelineConfig::max_consecutive_failures`] failures in a row the worker is
-//! *failed* with the last one's message: it stops calling the stage and counts what reaches
+//! Failure policy: every failed call is counted, by [`FailureKind`]: a trap or a passed
+//! deadline (which also discard the instance — the next call meets a fresh one), a stage
+//! error, an invalid output, or a fresh instance that cannot be made. After
+//! [`super::PipelineConfig::max_consecutive_failures`] failures in a row — stage errors, the
+//! stage's own answer about a call, are not part of the count — the worker is *failed* with
+//! the last one's message: it stops calling the stage and counts what reaches
 //! it as dropped, and whoever owns the pipeline (the master) decides what happens next. Only a
 //! successful `process` call starts the count again: a stage whose every batch passes its
 //! deadline is failed even if its ticks succeed in between.
@@ -154,8 +155,8 @@ impl Worker {
         exec.schedule(self);
     }
 
-    /// Stops the worker: no more ticks and no more calls into the stage; output it already
-    /// made is still delivered, and its inbox is for the owner to route anew.
+    /// Stops the worker: no more ticks and no more calls into the stage; output it still held
+    /// is dropped (counted), and its inbox is for the owner to route anew.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
     }
@@ -203,11 +204,9 @@ impl Worker {
             }
             return;
         }
-        if self.is_retired() {
-            // A retired incarnation emits nothing more (the master may have replaced it).
-            let held = state.pending.len() as u64;
-            state.pending.clear();
-            Counters::add(&self.counters.dropped_retired, held);
+        if self.is_retired() || !pipeline.wanted.worker(self.stage, self.index, self.number) {
+            // A retired or unwanted incarnation emits nothing more (the master replaced it).
+            self.drop_pending(state);
             self.tick_due.store(0, Ordering::Relaxed);
             return;
         }
@@ -303,10 +302,14 @@ impl Worker {
         }
     }
 
-    /// Counts a failed call and fails the worker once the policy says so.
+    /// Counts a failed call and fails the worker once the policy says so. A stage error is
+    /// the stage's own, deliberate answer about one call: it is counted and shown, but does not
+    /// count towards failing the worker.
     fn failure(&self, state: &mut State, pipeline: &Pipeline, kind: FailureKind, message: String) {
         self.counters.count_failure(kind);
-        state.consecutive_failures += 1;
+        if kind != FailureKind::StageError {
+            state.consecutive_failures += 1;
+        }
         let level_warn = matches!(kind, FailureKind::Trap | FailureKind::Deadline | FailureKind::Init);
         if level_warn {
             tracing::warn!(stage = %self.config.name, worker = self.index, kind = kind.name(), %message, "stage call failed");
@@ -325,9 +328,20 @@ impl Worker {
         status.last_failure = Some((kind, message));
     }
 
+    fn drop_pending(&self, state: &mut State) {
+        let held = state.pending.len() as u64;
+        state.pending.clear();
+        Counters::add(&self.counters.dropped_retired, held);
+    }
+
     /// Delivers pending output in order; false (and registered as a waiter) if a target is
-    /// full under `block`.
+    /// full under `block`. Output of an incarnation that is retired or no longer wanted — also
+    /// of a call that was running when it stopped being wanted — is dropped instead.
     fn flush(self: &Arc<Self>, state: &mut State, pipeline: &Pipeline, exec: &executor::Shared) -> bool {
+        if self.is_retired() || !pipeline.wanted.worker(self.stage, self.index, self.number) {
+            self.drop_pending(state);
+            return true;
+        }
         while let Some(Pending { target, batch }) = state.pending.pop_front() {
             let batch = match pipeline.offer(&target, batch, exec) {
                 None => continue,

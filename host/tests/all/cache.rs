@@ -65,15 +65,27 @@ fn compiled_code_survives_a_restart_and_only_verified_files_load() {
 }
 
 #[test]
-fn a_compile_over_the_time_limit_is_refused_and_remembered() {
+fn a_compile_over_the_time_limit_is_refused_but_not_remembered() {
+    // The agent may have been busy: a wall-clock overrun says nothing for sure of the bytes.
     let config = CompileConfig { wall: std::time::Duration::ZERO, ..CompileConfig::default() };
     let cache = ArtifactCache::in_memory(runtime()).with_compile_config(config);
     let bytes = squilla_guests::read("sentiment");
     let err = cache.get_or_compile(&bytes).unwrap_err();
     assert!(matches!(err, ArtifactError::CompileBudget { budget: "wall-clock time", .. }), "{err:?}");
-    // The same bytes are refused at once afterwards, without compiling again.
-    let again = cache.get_or_compile(&bytes).unwrap_err();
+    assert!(!err.is_permanent());
+    assert!(cache.failure(&squilla_host::Sha256::of(&bytes)).is_none());
+    assert!(cache.get_or_compile(&bytes).is_err());
+    assert_eq!(cache.stats().refused, 0, "tried again, not refused from memory");
+}
+
+#[test]
+fn a_component_that_cannot_be_a_stage_is_remembered_and_refused_at_once() {
+    let forbidden = squilla_guests::read("fs-reader");
+    let cache = ArtifactCache::in_memory(runtime());
+    let err = cache.get_or_compile(&forbidden).unwrap_err();
+    assert!(matches!(err, ArtifactError::ForbiddenImport { .. }) && err.is_permanent(), "{err:?}");
+    let again = cache.get_or_compile(&forbidden).unwrap_err();
     assert_eq!(again.to_string(), err.to_string());
-    assert_eq!(cache.stats(), CacheStats { refused: 1, ..CacheStats::default() });
-    assert!(cache.failure(&squilla_host::Sha256::of(&bytes)).is_some());
+    assert_eq!(cache.stats(), CacheStats { compiled: 1, refused: 1, ..CacheStats::default() });
+    assert!(cache.failure(&squilla_host::Sha256::of(&forbidden)).is_some());
 }

@@ -327,3 +327,23 @@ fn stage_metrics_count_batches_and_call_times() {
     assert!(w.call_micros_quantile(0.5) > 0);
     pipeline.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn an_incarnation_no_longer_wanted_emits_nothing_not_even_its_running_call() {
+    let wanted = Arc::new(squilla_host::pipeline::Wanted::everything());
+    let slow = stage("slow", program("slow"), &[("delay-us", "300000")], 1, Routing::RoundRobin);
+    let config =
+        PipelineConfig { wanted: wanted.clone(), ..PipelineConfig::new("fenced", vec![slow], Backpressure::Block) };
+    let pipeline = Pipeline::start(runtime(), executor(), config).unwrap();
+    pipeline.push(batch(&[Event::new(1).with("device-type", "tv")]));
+    assert!(pipeline.recv(Duration::from_secs(5)).is_some(), "a wanted worker emits");
+    pipeline.push(batch(&[Event::new(2).with("device-type", "tv")]));
+    // The call is running (300 ms) when the owner learns that the master replaced the worker.
+    std::thread::sleep(Duration::from_millis(100));
+    wanted.set(HashMap::new(), true);
+    assert!(pipeline.recv(Duration::from_secs(1)).is_none(), "output of the replaced incarnation was emitted");
+    assert!(pipeline.metrics().stages[0][0].dropped_retired >= 1);
+    // A stopped pipeline takes nothing from its source either.
+    wanted.stop();
+    assert!(!pipeline.push(batch(&[Event::new(3)])));
+}

@@ -93,6 +93,7 @@ pub async fn subscribe(
     agent_auth(&state, &headers)?;
     let params = super::stream::check_params(query.as_deref())?;
     let follow = super::stream::Follow::Cluster(cluster);
-    let events = super::stream::proxy(state, tenant, follow, query, params.ping_interval());
+    let place = super::stream::subscribe(&state, &tenant)?;
+    let events = super::stream::proxy(state, tenant, follow, query, params.ping_interval(), place);
     Ok(super::stream::sse(events))
 }

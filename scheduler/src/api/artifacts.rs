@@ -36,6 +36,7 @@ pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<UploadQuery>,
+    budget: Option<axum::Extension<squilla_net::limits::BodyBudget>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
@@ -70,8 +71,9 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = match squilla_net::limits::read_capped(body, squilla_net::limits::BodyLimit::bytes(limit)).await {
-        Ok(bytes) => bytes,
+    let limit_of = squilla_net::limits::BodyLimit::bytes(limit);
+    let (bytes, _held) = match squilla_net::limits::read_capped(body, limit_of, budget.as_ref().map(|b| &b.0)).await {
+        Ok(read) => read,
         Err(squilla_net::limits::BodyError::TooLarge { .. }) => return Err(too_large()),
         Err(e) => return Ok(e.response()),
     };

@@ -14,6 +14,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use squilla_net::limits::BodyBudget;
 use squilla_net::server::ClientAddr;
 
 use super::{ApiError, AppState};
@@ -34,11 +35,16 @@ fn too_many(wait: Duration, whom: &str) -> Response {
 
 fn client_rate(state: &AppState, request: &Request) -> Result<(), Response> {
     let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>() else { return Ok(()) };
-    state.rates.per_client.check(&addr.ip().to_string()).map_err(|wait| too_many(wait, "address"))
+    let key = squilla_net::rate::client_key(addr.ip());
+    state.rates.per_client.check(&key).map_err(|wait| too_many(wait, "address"))
 }
 
-/// Middleware for tenant routes: client rate, tenant token, tenant rate.
-pub async fn tenant(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The budget of request bodies of agents (all agents share it).
+const AGENTS: &str = "\0agents";
+
+/// Middleware for tenant routes: client rate, tenant token, tenant rate; the request's body
+/// will be read into the tenant's share of memory for bodies.
+pub async fn tenant(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if let Err(refusal) = client_rate(&state, &request) {
         return refusal;
     }
@@ -49,20 +55,23 @@ pub async fn tenant(State(state): State<AppState>, request: Request, next: Next)
     if let Err(wait) = state.rates.per_tenant.check(&tenant) {
         return too_many(wait, "tenant");
     }
+    request.extensions_mut().insert(BodyBudget(state.bodies.tenant(&tenant)));
     next.run(request).await
 }
 
-/// Middleware for agent routes: client rate, agent token.
-pub async fn agent(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Err(refusal) = client_rate(&state, &request) {
-        return refusal;
-    }
+/// Middleware for agent routes: the agent token; only a request without it counts against
+/// its client address's rate (agents behind one address are never slowed by others there).
+pub async fn agent(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let authorized = match &state.agent_token {
         Some(token) => token.check(request.headers()).is_ok(),
         None => false,
     };
     if !authorized {
+        if let Err(refusal) = client_rate(&state, &request) {
+            return refusal;
+        }
         return ApiError::unauthorized().into_response();
     }
+    request.extensions_mut().insert(BodyBudget(state.bodies.tenant(AGENTS)));
     next.run(request).await
 }

@@ -36,6 +36,10 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 /// Bad lines named in a refusal.
 const NAMED_ERRORS: usize = 20;
 
+/// Most events in one request (a body of tiny events is refused rather than parsed into
+/// millions of values).
+pub const MAX_INGEST_EVENTS: usize = 100_000;
+
 /// Why a body cannot be ingested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestError {
@@ -48,6 +52,8 @@ pub enum IngestError {
         /// Its size, bytes.
         bytes: usize,
     },
+    /// More than [`MAX_INGEST_EVENTS`] events (413 `too_many_events`).
+    TooMany,
 }
 
 impl From<IngestError> for ApiError {
@@ -59,7 +65,116 @@ impl From<IngestError> for ApiError {
                 "event_too_large",
                 format!("line {line} is an event of {bytes} bytes; an event is at most {MAX_EVENT_BYTES} bytes"),
             ),
+            IngestError::TooMany => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_events",
+                format!("a request holds at most {MAX_INGEST_EVENTS} events; send the rest in another"),
+            ),
         }
+    }
+}
+
+/// Turns events (JSON texts, numbered from 1) into batches as they come, keeping only the
+/// first bad lines' messages: memory stays proportional to the batches made.
+struct Batcher {
+    now_ms: i64,
+    builder: BatchBuilder,
+    bytes: usize,
+    out: Vec<(Vec<u8>, usize)>,
+    errors: Vec<String>,
+    bad: usize,
+    events: usize,
+}
+
+impl Batcher {
+    fn new(now_ms: i64) -> Self {
+        Batcher {
+            now_ms,
+            builder: BatchBuilder::new().source("ingest"),
+            bytes: 0,
+            out: Vec::new(),
+            errors: Vec::new(),
+            bad: 0,
+            events: 0,
+        }
+    }
+
+    fn cut(&mut self) -> Result<(), IngestError> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.builder, BatchBuilder::new().source("ingest"));
+        let n = full.len();
+        let batch = full.finish().map_err(|e| IngestError::Invalid(e.to_string()))?;
+        self.out.push((batch.as_bytes().to_vec(), n));
+        self.bytes = 0;
+        Ok(())
+    }
+
+    fn push(&mut self, line: usize, text: &str) -> Result<(), IngestError> {
+        self.events += 1;
+        if self.events > MAX_INGEST_EVENTS {
+            return Err(IngestError::TooMany);
+        }
+        if text.len() > MAX_EVENT_BYTES {
+            return Err(IngestError::TooLarge { line, bytes: text.len() });
+        }
+        if self.bytes + text.len() > INGEST_BATCH_BYTES {
+            self.cut()?;
+        }
+        match squilla_batch::json::push_json_line(&mut self.builder, text, self.now_ms) {
+            Ok(()) => self.bytes += text.len(),
+            Err(e) => {
+                self.bad += 1;
+                if self.errors.len() < NAMED_ERRORS {
+                    self.errors.push(format!("line {line}: {e}"));
+                }
+            }
+        }
+        if self.builder.len() == INGEST_BATCH {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Vec<(Vec<u8>, usize)>, usize), IngestError> {
+        if self.bad > 0 {
+            let more = self.bad - self.errors.len();
+            let mut message = format!("{} bad line(s), nothing ingested: {}", self.bad, self.errors.join("; "));
+            if more > 0 {
+                message.push_str(&format!("; and {more} more"));
+            }
+            return Err(IngestError::Invalid(message));
+        }
+        self.cut()?;
+        Ok((self.out, self.events))
+    }
+}
+
+/// Visits a JSON array element by element (each borrowed from the body as it is), feeding a
+/// [`Batcher`]; stops at the first hard error, which it leaves in `stopped`.
+struct ArrayVisitor<'b> {
+    batcher: &'b mut Batcher,
+    stopped: &'b mut Option<IngestError>,
+}
+
+impl<'de> serde::de::Visitor<'de> for ArrayVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            index += 1;
+            if let Err(e) = self.batcher.push(index, raw.get()) {
+                *self.stopped = Some(e);
+                return Err(serde::de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -67,52 +182,27 @@ impl From<IngestError> for ApiError {
 pub fn batches(body: &[u8], now_ms: i64) -> Result<(Vec<(Vec<u8>, usize)>, usize), IngestError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| IngestError::Invalid(format!("the body is not UTF-8 (byte {})", e.valid_up_to())))?;
-    let lines: Vec<(usize, String)> = if text.trim_start().starts_with('[') {
-        let array: Vec<serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| IngestError::Invalid(format!("line {}: {e}", e.line())))?;
-        array.into_iter().enumerate().map(|(i, v)| (i + 1, v.to_string())).collect()
+    let mut batcher = Batcher::new(now_ms);
+    if text.trim_start().starts_with('[') {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut stopped = None;
+        let visited = serde::Deserializer::deserialize_seq(
+            &mut de,
+            ArrayVisitor { batcher: &mut batcher, stopped: &mut stopped },
+        )
+        .and_then(|()| de.end());
+        if let Some(e) = stopped {
+            return Err(e);
+        }
+        visited.map_err(|e| IngestError::Invalid(format!("line {}: {e}", e.line())))?;
     } else {
-        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l.to_owned())).collect()
-    };
-    if let Some((line, text)) = lines.iter().find(|(_, l)| l.len() > MAX_EVENT_BYTES) {
-        return Err(IngestError::TooLarge { line: *line, bytes: text.len() });
-    }
-    let mut errors = Vec::new();
-    let mut out = Vec::new();
-    let mut builder = BatchBuilder::new().source("ingest");
-    let mut bytes = 0usize;
-    let finish = |builder: BatchBuilder| -> Result<(Vec<u8>, usize), IngestError> {
-        let n = builder.len();
-        let batch = builder.finish().map_err(|e| IngestError::Invalid(e.to_string()))?;
-        Ok((batch.as_bytes().to_vec(), n))
-    };
-    for (line, text) in &lines {
-        if !builder.is_empty() && bytes + text.len() > INGEST_BATCH_BYTES {
-            out.push(finish(std::mem::replace(&mut builder, BatchBuilder::new().source("ingest")))?);
-            bytes = 0;
-        }
-        match squilla_batch::json::push_json_line(&mut builder, text, now_ms) {
-            Ok(()) => bytes += text.len(),
-            Err(e) => errors.push(format!("line {line}: {e}")),
-        }
-        if builder.len() == INGEST_BATCH {
-            out.push(finish(std::mem::replace(&mut builder, BatchBuilder::new().source("ingest")))?);
-            bytes = 0;
+        for (i, line) in text.lines().enumerate() {
+            if !line.trim().is_empty() {
+                batcher.push(i + 1, line)?;
+            }
         }
     }
-    if !errors.is_empty() {
-        let more = errors.len().saturating_sub(NAMED_ERRORS);
-        errors.truncate(NAMED_ERRORS);
-        let mut message = format!("{} bad line(s), nothing ingested: {}", errors.len() + more, errors.join("; "));
-        if more > 0 {
-            message.push_str(&format!("; and {more} more"));
-        }
-        return Err(IngestError::Invalid(message));
-    }
-    if !builder.is_empty() {
-        out.push(finish(builder)?);
-    }
-    Ok((out, lines.len()))
+    batcher.finish()
 }
 
 /// `POST /api/v1/jobs/{id}/ingest`.

@@ -54,6 +54,14 @@ pub struct ApiLimits {
     /// Longest wait for an agent's answer to an ingest request (default 8 s: the agent's own
     /// 5 s wait for room, and a margin).
     pub agent_timeout: Duration,
+    /// Bytes of request bodies being read for one tenant at once (default 192 MiB); past it,
+    /// 503 `busy`.
+    pub tenant_body_bytes: usize,
+    /// Bytes of request bodies being read at once in all (default 768 MiB).
+    pub total_body_bytes: usize,
+    /// Sink subscriptions (SSE or WebSocket, and job sources reading a cluster) one tenant may
+    /// hold open at once (default 64); past it, 429 `too_many_subscriptions`.
+    pub subscriptions_per_tenant: usize,
 }
 
 impl Default for ApiLimits {
@@ -67,6 +75,9 @@ impl Default for ApiLimits {
             tenant_stream_bytes: 256 << 20,
             total_stream_bytes: 1 << 30,
             agent_timeout: Duration::from_secs(8),
+            tenant_body_bytes: 192 << 20,
+            total_body_bytes: 768 << 20,
+            subscriptions_per_tenant: 64,
         }
     }
 }
@@ -101,6 +112,10 @@ pub struct AppState {
     pub rates: Arc<Rates>,
     /// Memory held for stream subscribers, per tenant and in total.
     pub streams: Arc<Budgets>,
+    /// Memory held by request bodies being read, per tenant and in total.
+    pub bodies: Arc<Budgets>,
+    /// Open sink subscriptions by tenant.
+    pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 impl AppState {
@@ -125,6 +140,8 @@ impl AppState {
                 per_tenant: RateLimiter::new(limits.tenant_rate),
             }),
             streams: Arc::new(Budgets::new(limits.total_stream_bytes, limits.tenant_stream_bytes)),
+            bodies: Arc::new(Budgets::new(limits.total_body_bytes, limits.tenant_body_bytes)),
+            subscriptions: Arc::default(),
             limits,
             control,
             agent_token: agent_token.as_deref().map(AgentToken::new).transpose()?,

@@ -133,7 +133,8 @@ pub async fn sink(
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     state.control.sink_agents(&tenant, &id)?;
     let params = check_params(query.as_deref())?;
-    let events = proxy(state, tenant, Follow::Job(id), query, params.ping_interval());
+    let place = subscribe(&state, &tenant)?;
+    let events = proxy(state, tenant, Follow::Job(id), query, params.ping_interval(), place);
     Ok(match upgrade {
         Ok(upgrade) => super::ws::serve(upgrade, events, params.ping_interval()),
         Err(_) => sse(events),
@@ -215,6 +216,39 @@ enum RelayEnd {
     Error,
 }
 
+/// A tenant's place among its open subscriptions, given back when the proxy ends.
+pub(crate) struct Subscribed {
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Takes one of `tenant`'s subscription places: 429 `too_many_subscriptions` past the limit.
+pub(crate) fn subscribe(state: &AppState, tenant: &str) -> Result<Subscribed, ApiError> {
+    let mut counts = state.subscriptions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = counts.entry(tenant.to_owned()).or_default();
+    if *n >= state.limits.subscriptions_per_tenant {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_subscriptions",
+            format!("tenant `{tenant}` has {n} subscriptions open, its limit; close one first"),
+        ));
+    }
+    *n += 1;
+    Ok(Subscribed { counts: state.subscriptions.clone(), tenant: tenant.to_owned() })
+}
+
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
 /// where they are every second. Yields chunks of complete frames into a byte-bounded queue.
 /// An agent connection that brings nothing for three `ping` intervals (agents ping every
@@ -225,13 +259,18 @@ pub(crate) fn proxy(
     follow: Follow,
     query: Option<String>,
     ping: Duration,
+    place: Subscribed,
 ) -> queue::Receiver {
     let budget = state.streams.tenant(&tenant).child(Level::Subscriber, state.limits.subscriber_bytes);
+    // A frame larger than the subscriber's whole share could never be delivered: relays drop
+    // an agent that sends one rather than hold it.
+    let max_frame = MAX_FRAME_BYTES.min(state.limits.subscriber_bytes);
     let (tx, rx) = queue::channel(budget, PROXY_EVENTS);
     let client = state.http.clone();
     let token = state.agent_token_plain.clone();
     let silence = ping * 3 + Duration::from_secs(5);
     tokio::spawn(async move {
+        let _place = place;
         // Relays by `agent/job-key`: dropping one aborts it.
         let mut relays: BTreeMap<String, tokio::task::JoinHandle<RelayEnd>> = BTreeMap::new();
         let abort_all = |relays: &mut BTreeMap<String, tokio::task::JoinHandle<RelayEnd>>| {
@@ -299,7 +338,7 @@ pub(crate) fn proxy(
                 }
                 let (tx, client, token) = (tx.clone(), client.clone(), token.clone());
                 let relay = tokio::spawn(async move {
-                    let end = relay(&client, &url, token.as_deref(), &tx, silence).await;
+                    let end = relay(&client, &url, token.as_deref(), &tx, silence, max_frame).await;
                     if let RelayEnd::Agent(err) = &end {
                         tracing::debug!(%url, error = %err, "sink relay ended");
                     }
@@ -335,6 +374,7 @@ async fn relay(
     token: Option<&str>,
     tx: &queue::Sender,
     silence: Duration,
+    max_frame: usize,
 ) -> RelayEnd {
     let mut request = client.get(url);
     if let Some(token) = token {
@@ -366,8 +406,8 @@ async fn relay(
             carry.extend_from_slice(&chunk);
             let end = squilla_types::sse::complete_from(&carry, from);
             if end == 0 {
-                if carry.len() > MAX_FRAME_BYTES {
-                    return RelayEnd::Agent(format!("a frame over {MAX_FRAME_BYTES} bytes"));
+                if carry.len() > max_frame {
+                    return RelayEnd::Agent(format!("a frame over {max_frame} bytes"));
                 }
                 continue;
             }

@@ -399,3 +399,63 @@ async fn ingest_refusals_name_what_happened_promptly() {
     let (status, body, _) = ingest(b"{\"status\": 200}\n".to_vec(), "feed-1").await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("job_ended")), "{body}");
 }
+
+#[tokio::test]
+async fn a_body_of_countless_tiny_events_is_refused_without_parsing_it_all() {
+    let dir = data_dir("iso-tiny-events");
+    let s = state(&dir, ApiLimits::default());
+    let (_, meta, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), filter()).await;
+    call(&s, "POST", "/api/v1/clusters", Some(ACME), ingest_spec(meta["sha256"].as_str().unwrap())).await;
+    call(&s, "POST", "/api/v1/clusters/feed/jobs", Some(ACME), vec![]).await;
+    // 8 million array elements in 16 MiB: refused at the 100,001st, whatever the form.
+    let mut array = b"[".to_vec();
+    array.extend(b"{},".repeat((16 << 20) / 3 - 1));
+    array.extend(b"{}]");
+    let started = Instant::now();
+    let (status, body, _) = call(&s, "POST", "/api/v1/jobs/feed-1/ingest", Some(ACME), array).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_many_events")), "{body}");
+    let lines = b"{}\n".repeat(200_000);
+    let (status, body, _) = call(&s, "POST", "/api/v1/jobs/feed-1/ingest", Some(ACME), lines).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_many_events")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Bad lines are named (the first 20) and counted, not collected.
+    let bad = b"x\n".repeat(50_000);
+    let (status, body, _) = call(&s, "POST", "/api/v1/jobs/feed-1/ingest", Some(ACME), bad).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_events")), "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("50000 bad line(s)"), "{body}");
+    assert!(body["message"].as_str().unwrap().ends_with("and 49980 more"), "{body}");
+}
+
+#[tokio::test]
+async fn a_tenant_holds_a_bounded_number_of_subscriptions() {
+    let dir = data_dir("iso-subscriptions");
+    let s = state(&dir, ApiLimits { subscriptions_per_tenant: 3, ..ApiLimits::default() });
+    let (_, meta, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), filter()).await;
+    call(&s, "POST", "/api/v1/clusters", Some(ACME), spec_by_sha(meta["sha256"].as_str().unwrap())).await;
+    call(&s, "POST", "/api/v1/clusters/errors/jobs", Some(ACME), vec![]).await;
+    let open = || {
+        let request = Request::get("/api/v1/jobs/errors-1/sink").header("authorization", format!("Bearer {ACME}"));
+        router(s.clone()).oneshot(request.body(Body::empty()).unwrap())
+    };
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let response = open().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = serde_json::from_slice(&refused.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["code"], "too_many_subscriptions");
+    // Closing one frees its place (the master notices within a second).
+    streams.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = open().await.unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was never freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
