@@ -109,8 +109,8 @@ pub struct WorkerMetrics {
     pub dropped_newest: u64,
     /// Batches dropped because the worker had failed.
     pub dropped_failed: u64,
-    /// Output batches dropped because the worker had been replaced or removed before they
-    /// could be delivered.
+    /// Output batches dropped because the worker's incarnation was no longer wanted (the
+    /// master had replaced it) before they could be delivered.
     pub dropped_retired: u64,
     /// Calls that failed (traps, passed deadlines, stage errors, invalid output, failed
     /// re-instantiation).

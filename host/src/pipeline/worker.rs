@@ -155,8 +155,9 @@ impl Worker {
         exec.schedule(self);
     }
 
-    /// Stops the worker: no more ticks and no more calls into the stage; output it still held
-    /// is dropped (counted), and its inbox is for the owner to route anew.
+    /// Stops the worker (a scale-down, or a local replacement): no more ticks and no more calls
+    /// into the stage; output it already made is still delivered (unless its incarnation is
+    /// no longer wanted, see [`super::Wanted`]), and its inbox is for the owner to route anew.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
     }
@@ -171,9 +172,9 @@ impl Worker {
     }
 
     fn has_work(&self) -> bool {
-        !self.is_retired()
-            && !self.blocked.load(Ordering::SeqCst)
-            && (self.has_pending() || !self.inbox.is_empty() || self.tick_due.load(Ordering::Relaxed) != 0)
+        !self.blocked.load(Ordering::SeqCst)
+            && (self.has_pending()
+                || (!self.is_retired() && (!self.inbox.is_empty() || self.tick_due.load(Ordering::Relaxed) != 0)))
     }
 
     /// One turn on a pool thread.
@@ -204,13 +205,13 @@ impl Worker {
             }
             return;
         }
-        if self.is_retired() || !pipeline.wanted.worker(self.stage, self.index, self.number) {
-            // A retired or unwanted incarnation emits nothing more (the master replaced it).
+        if !pipeline.wanted.worker(self.stage, self.index, self.number) {
+            // An unwanted incarnation emits nothing more (the master replaced it).
             self.drop_pending(state);
             self.tick_due.store(0, Ordering::Relaxed);
             return;
         }
-        if !self.flush(state, pipeline, exec) {
+        if !self.flush(state, pipeline, exec) || self.is_retired() {
             return;
         }
         let started = Instant::now();
@@ -335,10 +336,10 @@ impl Worker {
     }
 
     /// Delivers pending output in order; false (and registered as a waiter) if a target is
-    /// full under `block`. Output of an incarnation that is retired or no longer wanted — also
-    /// of a call that was running when it stopped being wanted — is dropped instead.
+    /// full under `block`. Output of an incarnation no longer wanted — also of a call that was
+    /// running when it stopped being wanted — is dropped instead.
     fn flush(self: &Arc<Self>, state: &mut State, pipeline: &Pipeline, exec: &executor::Shared) -> bool {
-        if self.is_retired() || !pipeline.wanted.worker(self.stage, self.index, self.number) {
+        if !pipeline.wanted.worker(self.stage, self.index, self.number) {
             self.drop_pending(state);
             return true;
         }
