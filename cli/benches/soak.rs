@@ -4,7 +4,7 @@
 //! (30 minutes; `SOAK_SECS=N` for another length). Prints a JSON report.
 //!
 //! - Processes: `squilla master` and two `squilla agent`s (one worker thread each), as
-//!   deployed, with 200 ms heartbeats.
+//!   deployed, with the default heartbeats (1 s) and agent timeout (5 s).
 //! - 5 tenants, 20 jobs: per tenant one **witness** (ingest source, `block`, a keep-all
 //!   `filter`), two **churn** jobs (synthetic device logs into `filter` or `device-errors`) and
 //!   one **hostile** job (a stage that traps, spins, is slow, bombs its memory or returns
@@ -97,6 +97,7 @@ struct Witness {
     received: AtomicU64,
     out_of_order: AtomicU64,
     dropped_reported: AtomicU64,
+    retries: AtomicU64,
 }
 
 async fn read_witness(client: Arc<Client>, tenant: &'static str, id: String, witness: Arc<Witness>) {
@@ -131,14 +132,24 @@ async fn feed_witness(client: Arc<Client>, tenant: &'static str, id: String, wit
         tick.tick().await;
         let body: String =
             (seq..seq + per_tick).map(|s| format!("{{\"seq\": {s}, \"tenant\": \"{tenant}\"}}\n")).collect();
-        let (status, answer) =
-            client.call(tenant, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/ingest"), body.into_bytes()).await;
-        if status == 200 && answer["dropped"].as_u64() == Some(0) {
-            seq += per_tick;
-            witness.fed.store(seq, Ordering::Relaxed);
-        } else {
-            eprintln!("soak: witness {tenant}/{id}: ingest answered {status} {answer}");
-            return;
+        // A producer retries what the platform asks it to retry (`503`), as the docs say.
+        let mut tries = 0;
+        loop {
+            let (status, answer) = client
+                .call(tenant, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/ingest"), body.clone().into_bytes())
+                .await;
+            if status == 200 && answer["dropped"].as_u64() == Some(0) {
+                seq += per_tick;
+                witness.fed.store(seq, Ordering::Relaxed);
+                break;
+            }
+            tries += 1;
+            witness.retries.fetch_add(1, Ordering::Relaxed);
+            if status != 503 || tries > 50 {
+                eprintln!("soak: witness {tenant}/{id}: ingest answered {status} {answer}; giving up");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -171,9 +182,9 @@ async fn run() {
             "--agent-token",
             AGENT_TOKEN,
             "--heartbeat-ms",
-            "200",
+            "1000",
             "--agent-timeout-ms",
-            "1500",
+            "5000",
         ],
     );
     let agents: Vec<Process> = ["a1", "a2"]
@@ -325,7 +336,8 @@ async fn run() {
             let (fed, received) = (w.fed.load(Ordering::Relaxed), w.received.load(Ordering::Relaxed));
             json!({"tenant": tenant, "job": id, "fed": fed, "received": received, "lost": fed.saturating_sub(received),
                    "out_of_order": w.out_of_order.load(Ordering::Relaxed),
-                   "dropped_reported": w.dropped_reported.load(Ordering::Relaxed)})
+                   "dropped_reported": w.dropped_reported.load(Ordering::Relaxed),
+                   "ingest_retries": w.retries.load(Ordering::Relaxed)})
         })
         .collect();
     let report = json!({

@@ -104,8 +104,8 @@ fn worker_history(job: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// A master for tenants `acme` and `globex` with 200 ms heartbeats, agents lost after 1.5 s,
-/// and `extra` arguments.
+/// A master for tenants `acme` and `globex` with 200 ms heartbeats, agents lost after 3 s
+/// (a lease of 2.7 s), and `extra` arguments.
 fn master(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, format!("acme {TOKEN}\nglobex {GLOBEX}\n")).unwrap();
@@ -124,7 +124,7 @@ fn master(dir: &Path, port: u16, extra: &[&str]) -> Proc {
         "--heartbeat-ms",
         "200",
         "--agent-timeout-ms",
-        "1500",
+        "3000",
     ];
     args.extend_from_slice(extra);
     let m = Proc::spawn("master", &args);

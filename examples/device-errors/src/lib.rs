@@ -22,6 +22,7 @@ pub struct DeviceErrors {
     window_ms: i64,
     window: RollingWindow<Ratio>,
     skipped: u64,
+    late_reported: u64,
 }
 
 /// The group key and status of one event, from its fields or its raw log line.
@@ -55,6 +56,7 @@ impl Stage for DeviceErrors {
             window_ms,
             window: RollingWindow::new(window_ms, params.get_or("bucket-ms", 1_000)?),
             skipped: 0,
+            late_reported: 0,
         })
     }
 
@@ -85,6 +87,16 @@ impl Stage for DeviceErrors {
         if self.skipped > 0 {
             squilla_sdk::log::warn(format!("skipped {} events without `{}` and `status`", self.skipped, self.key));
             self.skipped = 0;
+        }
+        // Events older than the window cannot count: say so, so that a producer can see it.
+        let late = self.window.late();
+        if late > self.late_reported {
+            squilla_sdk::log::warn(format!(
+                "dropped {} event(s) older than the {} ms window",
+                late - self.late_reported,
+                self.window_ms
+            ));
+            self.late_reported = late;
         }
         Ok(())
     }

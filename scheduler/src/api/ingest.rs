@@ -11,7 +11,7 @@
 //!
 //! Refusals name what to do: 409 `job_ended` (never retry), 409 `not_ingest`, 503
 //! `not_running` (the source is being placed), 503 `agent_unavailable` (the source's agent
-//! is silent or did not answer in time), 503 `backpressure` (the job had no room within the
+//! has been silent for longer than its lease, or did not answer in time), 503 `backpressure` (the job had no room within the
 //! agent's 5 s; batches already fed stay fed — the message says how many events).
 
 use std::time::Duration;

@@ -434,7 +434,8 @@ impl Control {
     }
 
     /// The sink server of the agent that runs a job's source (stage 0's slot 0), the job's
-    /// source spec, and whether that agent has been heard from within two heartbeat periods.
+    /// source spec, and whether that agent's lease still holds (it was heard from within nine
+    /// tenths of the agent timeout: an agent whose lease ran out emits nothing).
     pub fn source_agent(
         &self,
         tenant: &str,

@@ -169,6 +169,7 @@ pub(crate) fn replace(
 pub(crate) fn fail_job(job: &mut Job, s: usize, i: usize, reason: String) {
     let stage = job.stages[s].name.clone();
     let index = job.stages[s].workers[i].index;
+    push_history(&mut job.stages[s].workers[i].history, WorkerState::Stopped, Some(reason.clone()));
     for w in job.stages.iter_mut().flat_map(|st| st.workers.iter_mut()) {
         w.state = WorkerState::Stopped;
     }

@@ -352,7 +352,11 @@ fn beat(agent: &str, http: &str) -> Vec<u8> {
 #[tokio::test]
 async fn ingest_refusals_name_what_happened_promptly() {
     let dir = data_dir("iso-ingest");
-    let config = ControlConfig { heartbeat: Duration::from_millis(100), ..ControlConfig::default() };
+    let config = ControlConfig {
+        heartbeat: Duration::from_millis(100),
+        agent_timeout: Duration::from_millis(600),
+        ..ControlConfig::default()
+    };
     let s = state_with(&dir, ApiLimits::default(), config);
     let (_, meta, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), filter()).await;
     let sha = meta["sha256"].as_str().unwrap().to_owned();
@@ -458,4 +462,28 @@ async fn a_tenant_holds_a_bounded_number_of_subscriptions() {
         assert!(Instant::now() < deadline, "the place was never freed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_never_pass_the_clusters_sla() {
+    let dir = data_dir("iso-sla");
+    let s = state(&dir, ApiLimits::default());
+    let (_, meta, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), filter()).await;
+    let mut spec: Value = serde_json::from_slice(&spec_by_sha(meta["sha256"].as_str().unwrap())).unwrap();
+    spec["sla"] = json!({"max-jobs": 2});
+    let (status, body, _) = call(&s, "POST", "/api/v1/clusters", Some(ACME), spec.to_string().into_bytes()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let submissions = (0..10).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { call(&s, "POST", "/api/v1/clusters/errors/jobs", Some(ACME), vec![]).await })
+    });
+    let mut created = 0;
+    for submission in submissions {
+        let (status, body, _) = submission.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            _ => assert_eq!(body["code"], "sla_max_jobs", "{status}: {body}"),
+        }
+    }
+    assert_eq!(created, 2);
 }
