@@ -11,13 +11,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use squilla_batch::BatchBuilder;
+use squilla_batch::json::JsonBatcher;
 use squilla_host::pipeline::PipelineHandle;
 
 use crate::fetch::Fetcher;
 
 /// Most events per batch from an upstream job.
 pub const CHAIN_BATCH: usize = 1024;
+/// Most bytes of JSON per batch from an upstream job.
+pub const CHAIN_BATCH_BYTES: usize = 4 << 20;
 /// Longest an upstream event waits for its batch.
 pub const CHAIN_LINGER: Duration = Duration::from_millis(20);
 
@@ -63,8 +65,9 @@ impl Upstream {
             return Err(format!("the master answered {}", response.status()));
         }
         let mut parser = squilla_types::sse::Parser::new();
-        let mut builder = BatchBuilder::new().source("job");
+        let mut batcher = JsonBatcher::new("job", CHAIN_BATCH, CHAIN_BATCH_BYTES);
         let mut first_at = None::<Instant>;
+        let mut ready = Vec::new();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -75,24 +78,26 @@ impl Upstream {
                 Ok(Err(e)) => return Err(e.to_string()),
                 Err(_) => Default::default(),
             };
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let now = squilla_types::time::now_ms();
             parser.feed(&bytes, |event| {
-                if event.name.is_none() && squilla_batch::json::push_json_line(&mut builder, &event.data, now).is_ok() {
-                    first_at.get_or_insert_with(Instant::now);
+                // An upstream event that is not one (it cannot be, unless a stage emits odd
+                // JSON) is skipped.
+                if event.name.is_none() {
+                    if let Ok(closed) = batcher.push(&event.data, now) {
+                        first_at.get_or_insert_with(Instant::now);
+                        ready.extend(closed);
+                    }
                 }
             });
-            let due = first_at.is_some_and(|t| t.elapsed() >= CHAIN_LINGER) || builder.len() >= CHAIN_BATCH;
-            if due && !builder.is_empty() {
-                let full = std::mem::replace(&mut builder, BatchBuilder::new().source("job"));
+            if first_at.is_some_and(|t| t.elapsed() >= CHAIN_LINGER) {
+                ready.extend(batcher.take().ok().flatten());
                 first_at = None;
-                if let Ok(batch) = full.finish() {
-                    let pipeline = pipeline.clone();
-                    // Waits for room under `block`; a stopped pipeline ends the session.
-                    while !pipeline.push(batch.clone(), Duration::from_millis(200)) {
-                        if stop.load(Ordering::Relaxed) || !pipeline.is_alive() {
-                            return Ok(());
-                        }
+            }
+            for batch in ready.drain(..) {
+                // Waits for room under `block`; a stopped pipeline ends the session.
+                while !pipeline.push(batch.clone(), Duration::from_millis(200)) {
+                    if stop.load(Ordering::Relaxed) || !pipeline.is_alive() {
+                        return Ok(());
                     }
                 }
             }

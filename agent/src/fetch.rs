@@ -39,8 +39,8 @@ impl Fetcher {
     /// a thread that may block: it fetches, then compiles within the compile budget).
     pub fn artifact(&self, tenant: &str, sha256: &str) -> Result<Artifact, ArtifactFailure> {
         let retry = |message: String| ArtifactFailure { message, fatal: false };
-        let key = squilla_host::Sha256::from_hex(sha256)
-            .ok_or_else(|| ArtifactFailure { message: format!("`{sha256}` is not a sha256"), fatal: true })?;
+        let key: squilla_host::Sha256 =
+            sha256.parse().map_err(|e| ArtifactFailure { message: format!("{e}"), fatal: true })?;
         if let Some(artifact) = self.cache.get(&key) {
             return Ok(artifact);
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,7 @@ use squilla_net::auth::{TokenHash, bearer};
 use squilla_net::error::error_response;
 use squilla_net::limits::{BodyLimit, buffer_body};
 use squilla_net::queue::Item;
+use squilla_types::sink::SinkParams;
 use squilla_types::sse;
 
 use crate::jobs::{Ingested, Jobs};
@@ -36,10 +37,6 @@ pub const INGEST_WAIT: Duration = Duration::from_secs(5);
 
 /// Largest ingest body (one archived batch), bytes.
 pub const INGEST_MAX_BYTES: usize = 16 << 20;
-
-/// Longest interval between `ping` frames a subscriber may ask for, seconds (the server closes
-/// connections idle for longer than its idle timeout).
-pub const MAX_PING_SECS: u64 = 60;
 
 /// Ingest requests an agent serves at once: each may hold a thread for up to
 /// [`INGEST_WAIT`]; past this many the agent answers 503 `backpressure` at once.
@@ -112,61 +109,33 @@ async fn ingest(State(state): State<HttpState>, Path(id): Path<String>, body: ax
     }
 }
 
-/// Query parameters of a sink subscription (see docs/api.md).
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SinkParams {
-    /// Subscribers sharing a client id split the stream.
-    pub client_id: Option<String>,
-    /// At most this many events per second.
-    pub sample: Option<u32>,
-    /// A query (SQL subset, see `squilla_query`).
-    pub query: Option<String>,
-    /// Seconds between `ping` events (default 15, at most [`MAX_PING_SECS`]).
-    pub ping: Option<u64>,
-}
-
-impl SinkParams {
-    /// Checks the parameters; the error is `(code, message, line, column)`.
-    pub fn options(&self) -> Result<sink::Options, (&'static str, String, u64, u64)> {
-        let query = match &self.query {
-            None => None,
-            Some(text) => Some(Arc::new(
-                squilla_query::Query::parse(text).map_err(|e| ("invalid_query", e.message, e.line, e.column))?,
-            )),
-        };
-        if self.sample == Some(0) {
-            return Err(("bad_request", "sample: at least 1 event per second".into(), 0, 0));
-        }
-        if self.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
-            return Err(("bad_request", "clientId: 1 to 128 characters".into(), 0, 0));
-        }
-        Ok(sink::Options { client_id: self.client_id.clone(), sample_per_second: self.sample, query })
-    }
-
-    /// The interval between pings.
-    pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping.unwrap_or(15).clamp(1, MAX_PING_SECS))
-    }
+/// The subscription a sink request asks for, or the 400 that refuses it (with the query's
+/// position when its text is the problem).
+fn options(params: &SinkParams) -> Result<sink::Options, Response> {
+    let query = match &params.query {
+        None => None,
+        Some(text) => Some(Arc::new(squilla_query::Query::parse(text).map_err(|e| {
+            let body =
+                serde_json::json!({"code": "invalid_query", "message": e.message, "line": e.line, "column": e.column});
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        })?)),
+    };
+    Ok(sink::Options { client_id: params.client_id.clone(), sample_per_second: params.sample, query })
 }
 
 /// `GET /jobs/{id}/sink`: this agent's part of a job's output, as server-sent events.
 async fn sink(
     State(state): State<HttpState>,
     Path(id): Path<String>,
-    params: Result<axum::extract::Query<SinkParams>, axum::extract::rejection::QueryRejection>,
-    _headers: HeaderMap,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
-    let params = match params {
-        Ok(axum::extract::Query(p)) => p,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    let params = match SinkParams::parse(raw.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
-    let options = match params.options() {
+    let options = match options(&params) {
         Ok(o) => o,
-        Err((code, message, line, column)) => {
-            let body = serde_json::json!({"code": code, "message": message, "line": line, "column": column});
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-        }
+        Err(refusal) => return refusal,
     };
     let Some(hub) = state.jobs.hub(&id) else {
         return error_response(StatusCode::NOT_FOUND, "not_found", &format!("job `{id}` not found on this agent"));

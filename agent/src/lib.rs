@@ -31,7 +31,7 @@ use squilla_types::control::Heartbeat;
 
 pub use config::AgentConfig;
 pub use fetch::FETCH_TIMEOUT;
-pub use http::{INGEST_WAIT, SinkParams};
+pub use http::INGEST_WAIT;
 
 use crate::fetch::Fetcher;
 use crate::job::Context;

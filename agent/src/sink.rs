@@ -36,6 +36,7 @@ use squilla_net::budget::{Budget, Budgets, Level};
 use squilla_net::queue::{self, Offered, StreamEnd};
 use squilla_query::{Query, Runner};
 use squilla_types::sse;
+use squilla_types::time::now_ms;
 
 /// Default events one subscriber may have waiting before chunks for it are dropped: four full
 /// batches, so that a reader that pauses briefly loses nothing.
@@ -429,10 +430,6 @@ impl SinkHub {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn seed() -> u64 {

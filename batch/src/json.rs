@@ -1,11 +1,12 @@
 //! Events to and from JSON: `{"timestamp-ms": 1700000000000, "field": value, …}` (feature
-//! `json`). Used wherever events meet people: sinks over SSE, ingest, `squilla run`.
+//! `json`). Used wherever events meet people: sinks over SSE, ingest, `squilla run`; JSON
+//! texts become batches in one place, [`JsonBatcher`].
 
 use std::io::Write;
 
 use serde_json::{Map, Number, Value as Json};
 
-use crate::{BatchBuilder, EventRef, ValueRef};
+use crate::{BatchBuilder, BatchBytes, BatchError, EventRef, ValueRef};
 
 /// The key that holds an event's timestamp in JSON.
 pub const TIMESTAMP: &str = "timestamp-ms";
@@ -153,6 +154,79 @@ pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -
         };
     }
     Ok(())
+}
+
+/// Events from JSON texts into batches: the one place JSON lines become batches (HTTP ingest,
+/// `squilla run`'s standard input, and a job source reading an upstream job's sink).
+///
+/// A batch closes at `max_events` events, or before an event that would take its JSON past
+/// `max_bytes` (so a batch's size follows its input's), or when the caller takes it early
+/// ([`JsonBatcher::take`], e.g. after a linger time). Each text is parsed by
+/// [`push_json_line`]; a text that is not an event is refused with its [`JsonError`] and
+/// leaves the batch as it was, for the caller to decide (name it, skip it, stop).
+#[derive(Debug)]
+pub struct JsonBatcher {
+    source: &'static str,
+    max_events: usize,
+    max_bytes: usize,
+    builder: BatchBuilder,
+    bytes: usize,
+}
+
+impl JsonBatcher {
+    /// Batches of at most `max_events` events and `max_bytes` bytes of JSON, whose metadata
+    /// names `source`.
+    pub fn new(source: &'static str, max_events: usize, max_bytes: usize) -> Self {
+        JsonBatcher {
+            source,
+            max_events: max_events.max(1),
+            max_bytes,
+            builder: BatchBuilder::new().source(source),
+            bytes: 0,
+        }
+    }
+
+    /// Adds one event from its JSON `text` (`default_ts`: its time if it has no
+    /// `timestamp-ms`); returns the batch it closed, if adding it closed one.
+    pub fn push(&mut self, text: &str, default_ts: i64) -> Result<Option<BatchBytes>, JsonPushError> {
+        let full = self.builder.len() >= self.max_events
+            || (!self.builder.is_empty() && self.bytes + text.len() > self.max_bytes);
+        let closed = if full { self.take()? } else { None };
+        push_json_line(&mut self.builder, text, default_ts)?;
+        self.bytes += text.len();
+        Ok(closed)
+    }
+
+    /// Events in the open batch.
+    pub fn len(&self) -> usize {
+        self.builder.len()
+    }
+
+    /// Whether the open batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.builder.is_empty()
+    }
+
+    /// Closes the open batch now, if it holds any event.
+    pub fn take(&mut self) -> Result<Option<BatchBytes>, BatchError> {
+        if self.builder.is_empty() {
+            return Ok(None);
+        }
+        let full = std::mem::replace(&mut self.builder, BatchBuilder::new().source(self.source));
+        self.bytes = 0;
+        full.finish().map(Some)
+    }
+}
+
+/// Why [`JsonBatcher::push`] refused an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonPushError {
+    /// The text is not an event.
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    /// The batch it closed could not be archived.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use squilla_batch::BatchBuilder;
 use squilla_host::pipeline::{Pipeline, PipelineConfig, SyntheticSource};
 use squilla_host::{Artifact, ArtifactCache, Executor, Runtime, RuntimeConfig};
 use squilla_types::{ArtifactRef, JobSpec, SourceSpec};
@@ -76,22 +75,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("reading events as JSON lines from standard input");
             let stdin = std::io::stdin();
             let mut lines = stdin.lock().lines();
+            let mut batcher = squilla_batch::json::JsonBatcher::new("stdin", INGEST_BATCH, usize::MAX);
             let mut line_no = 0;
             loop {
-                let mut builder = BatchBuilder::new().source("stdin");
-                for line in lines.by_ref().take(INGEST_BATCH) {
-                    line_no += 1;
-                    let line = line?;
-                    if !line.trim().is_empty() {
-                        squilla_batch::json::push_json_line(&mut builder, &line, now_ms())
-                            .with_context(|| format!("standard input, line {line_no}"))?;
+                let line = lines.next().transpose()?;
+                line_no += 1;
+                let closed = match &line {
+                    Some(line) if line.trim().is_empty() => None,
+                    Some(line) => {
+                        batcher.push(line, now_ms()).with_context(|| format!("standard input, line {line_no}"))?
                     }
+                    None => batcher.take()?,
+                };
+                if let Some(batch) = closed {
+                    pipeline.push(batch);
+                    print_available(&pipeline)?;
                 }
-                if builder.is_empty() {
+                if line.is_none() {
                     break;
                 }
-                pipeline.push(builder.finish()?);
-                print_available(&pipeline)?;
             }
             // The input has ended: tick every stage an hour ahead, in order, so that every
             // window closes and its results flow out.
@@ -146,20 +148,9 @@ fn parse_overrides(spec: &JobSpec, given: &[String]) -> anyhow::Result<BTreeMap<
     let mut overrides = BTreeMap::new();
     for pair in given {
         let (name, value) = pair.split_once('=').with_context(|| format!("`{pair}`: a parameter is NAME=VALUE"))?;
-        let Some(declared) = spec.parameters.iter().find(|p| p.name == name) else {
-            let known: Vec<_> = spec.parameters.iter().map(|p| p.name.as_str()).collect();
-            bail!("`{name}` is not a parameter of job `{}` (it has: {})", spec.name, known.join(", "));
-        };
-        if !declared.ty.accepts(value) {
-            bail!("parameter `{name}`: `{value}` is not a valid {:?}", declared.ty);
-        }
         overrides.insert(name.to_owned(), value.to_owned());
     }
-    for p in &spec.parameters {
-        if p.required && p.default.is_none() && !overrides.contains_key(&p.name) {
-            bail!("parameter `{}` is required: pass --param {}=VALUE", p.name, p.name);
-        }
-    }
+    spec.check_params(&overrides)?;
     Ok(overrides)
 }
 
@@ -180,6 +171,4 @@ pub(crate) fn example_dirs() -> anyhow::Result<Vec<PathBuf>> {
     Ok(vec![parent(squilla_guests::FILTER)?, parent(squilla_guests::SENTIMENT_PY)?, parent(squilla_guests::FILTER_JS)?])
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use squilla_types::time::now_ms;

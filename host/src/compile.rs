@@ -145,7 +145,7 @@ fn compile_on_thread(runtime: &Runtime, config: &CompileConfig, bytes: &[u8]) ->
         })
         .map_err(ArtifactError::engine)?;
     match rx.recv_timeout(config.wall) {
-        Ok(result) => result.map_err(|e| ArtifactError::Invalid { detail: format!("{e:#}") }),
+        Ok(result) => result.map_err(ArtifactError::invalid),
         // A thread cannot be cancelled; it finishes in the background and its result is dropped.
         Err(_) => Err(ArtifactError::CompileBudget { budget: WALL_CLOCK, limit: secs(config.wall) }),
     }
@@ -274,7 +274,7 @@ fn child_failure(status: std::process::ExitStatus, message: &str, config: &Compi
         }
     }
     match status.code() {
-        Some(EXIT_INVALID) => ArtifactError::Invalid { detail: message.to_owned() },
+        Some(EXIT_INVALID) => ArtifactError::invalid(message),
         Some(EXIT_MEMORY) => {
             ArtifactError::CompileBudget { budget: "memory", limit: format!("{} MiB", config.memory_bytes >> 20) }
         }

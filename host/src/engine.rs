@@ -15,7 +15,7 @@
 //! - **Synchronous calls.** Workers run on the agent's own thread pool; a guest call never
 //!   needs to yield to an async runtime.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -175,7 +175,4 @@ fn wasmtime_config(config: &RuntimeConfig, pooling: bool) -> Config {
     c
 }
 
-/// Wall-clock time in ms since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use squilla_types::time::now_ms;

@@ -2,32 +2,14 @@
 //! or one call into it.
 
 use squilla_batch::BatchError;
+use squilla_component::ComponentError;
 
 /// Why a component was not accepted as a stage artifact.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ArtifactError {
-    /// The bytes are not WebAssembly at all.
-    #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic)")]
-    NotWasm,
-    /// The bytes are a core module, not a component.
-    #[error(
-        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 or run `wasm-tools component new`"
-    )]
-    CoreModule,
-    /// Over the size cap.
-    #[error("component is {len} bytes, over the {limit}-byte limit")]
-    TooLarge {
-        /// Size offered.
-        len: usize,
-        /// The cap ([`crate::RuntimeConfig::max_component_bytes`]).
-        limit: usize,
-    },
-    /// Wasmtime could not validate or compile it.
-    #[error("invalid component: {detail}")]
-    Invalid {
-        /// Wasmtime's explanation.
-        detail: String,
-    },
+    /// The bytes are not a stage component (see `squilla_component`).
+    #[error(transparent)]
+    Component(#[from] ComponentError),
     /// Compiling it went over a budget (see `CompileConfig`); it was stopped.
     #[error("compiling the component went over its {budget} budget of {limit} and was stopped")]
     CompileBudget {
@@ -36,31 +18,7 @@ pub enum ArtifactError {
         /// The budget, with its unit.
         limit: String,
     },
-    /// It exports neither stage interface.
-    #[error(
-        "component does not export a Squilla stage: expected `squilla:stage/raw-handler@0.1.0` or \
-         `squilla:stage/typed-handler@0.1.0`, found exports [{}]",
-        exports.join(", ")
-    )]
-    NotAStage {
-        /// What it exports instead.
-        exports: Vec<String>,
-    },
-    /// It exports a stage interface whose functions do not have the contract's types.
-    #[error("component exports `{interface}` but does not match it: {detail}")]
-    WrongSignature {
-        /// The stage interface it claims.
-        interface: String,
-        /// What did not match.
-        detail: String,
-    },
-    /// It imports something a stage may not use.
-    #[error("component imports `{import}`, which stages may not use")]
-    ForbiddenImport {
-        /// The import's name.
-        import: String,
-    },
-    /// The engine itself could not be set up.
+    /// The engine itself could not be set up, or the system failed it.
     #[error("wasm engine: {detail}")]
     Engine {
         /// What failed.
@@ -76,6 +34,11 @@ impl ArtifactError {
         ArtifactError::Engine { detail: format!("{err:#}") }
     }
 
+    /// The compiler's refusal of the bytes.
+    pub(crate) fn invalid(err: impl std::fmt::Display) -> Self {
+        ArtifactError::Component(ComponentError::Invalid { detail: format!("{err:#}") })
+    }
+
     /// Whether the same bytes would fail again wherever and whenever they are compiled: they
     /// are not a valid stage, or compiling them takes more CPU time or memory than the budget.
     /// A wall-clock overrun (the agent may have been busy) and a failure of this host's engine
@@ -84,7 +47,7 @@ impl ArtifactError {
         match self {
             ArtifactError::Engine { .. } => false,
             ArtifactError::CompileBudget { budget, .. } => *budget != WALL_CLOCK,
-            _ => true,
+            ArtifactError::Component(_) => true,
         }
     }
 }

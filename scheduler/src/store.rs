@@ -106,6 +106,19 @@ pub enum Delete {
     },
 }
 
+/// A job as the store keeps it: its key in the control state, its tenant and id, its JSON.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The job's master-wide key.
+    pub key: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its id.
+    pub id: String,
+    /// The job, as JSON.
+    pub json: Vec<u8>,
+}
+
 /// A stage's artifact reference that names none of the tenant's artifacts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownArtifact {
@@ -374,14 +387,17 @@ impl Store {
         Ok(n)
     }
 
-    /// Writes jobs (new or changed) in one durable transaction.
-    pub fn put_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a crate::control::Job>) -> Result<(), StoreError> {
+    /// Writes jobs (new or changed, already serialized) in one durable transaction; nothing
+    /// for none.
+    pub fn put_job_records(&self, records: &[JobRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(JOBS)?;
-            for job in jobs {
-                let json = serde_json::to_vec(job).map_err(|e| StoreError(e.to_string()))?;
-                table.insert(key(&job.tenant, &job.id).as_str(), json.as_slice())?;
+            for record in records {
+                table.insert(key(&record.tenant, &record.id).as_str(), record.json.as_slice())?;
             }
         }
         txn.commit()?;

@@ -9,10 +9,13 @@
 //! checks everything that can be checked without the master's state.
 
 pub mod control;
+pub mod ids;
+pub mod sink;
 mod spec;
 pub mod sse;
+pub mod time;
 
 pub use spec::{
-    ArtifactRef, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamType, ParamValue, ParameterSpec,
-    Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength, limits,
+    ArtifactRef, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamError, ParamType, ParamValue,
+    ParameterSpec, Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength, limits,
 };

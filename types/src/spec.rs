@@ -510,6 +510,81 @@ impl JobSpec {
     }
 }
 
+/// Why a job's parameter values were refused (the code is the API's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// A value for a parameter the spec does not declare (`unknown_parameter`).
+    #[error("`{name}` is not a parameter of `{job}` (declared: {declared})")]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The spec's name.
+        job: String,
+        /// The declared names, comma-separated.
+        declared: String,
+    },
+    /// A value that does not fit the parameter's type, or is too long (`invalid_parameter`).
+    #[error("parameter `{name}`: `{value}` is not a valid {ty:?}")]
+    Invalid {
+        /// The parameter.
+        name: String,
+        /// The value given (cut at 100 characters).
+        value: String,
+        /// Its declared type.
+        ty: ParamType,
+    },
+    /// A required parameter without a default and without a value (`missing_parameter`).
+    #[error("parameter `{name}` is required")]
+    Missing {
+        /// The parameter.
+        name: String,
+    },
+}
+
+impl ParamError {
+    /// The API's code for it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ParamError::Unknown { .. } => "unknown_parameter",
+            ParamError::Invalid { .. } => "invalid_parameter",
+            ParamError::Missing { .. } => "missing_parameter",
+        }
+    }
+}
+
+impl JobSpec {
+    /// Checks the values `given` for the spec's declared parameters: every name declared,
+    /// every value of its type and at most [`limits::PARAM_VALUE_LEN`] bytes, every required
+    /// parameter without a default given. Returns them as they are, for
+    /// [`JobSpec::stage_params`]. The one check of parameters, for the master's submissions
+    /// and `squilla run` alike.
+    pub fn check_params(&self, given: &BTreeMap<String, String>) -> Result<(), ParamError> {
+        for (name, value) in given {
+            let Some(declared) = self.parameters.iter().find(|p| &p.name == name) else {
+                let declared: Vec<&str> = self.parameters.iter().map(|p| p.name.as_str()).collect();
+                return Err(ParamError::Unknown {
+                    name: name.clone(),
+                    job: self.name.clone(),
+                    declared: declared.join(", "),
+                });
+            };
+            if !declared.ty.accepts(value) || value.len() > limits::PARAM_VALUE_LEN {
+                return Err(ParamError::Invalid {
+                    name: name.clone(),
+                    value: value.chars().take(100).collect(),
+                    ty: declared.ty,
+                });
+            }
+        }
+        for p in &self.parameters {
+            if p.required && p.default.is_none() && !given.contains_key(&p.name) {
+                return Err(ParamError::Missing { name: p.name.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn check_value(path: &str, value: &str) -> Result<(), SpecError> {
     if value.len() > limits::PARAM_VALUE_LEN {
         return Err(err(path, format!("a parameter value is at most {} bytes", limits::PARAM_VALUE_LEN)));

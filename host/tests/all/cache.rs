@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use squilla_host::ComponentError;
 use squilla_host::{ArtifactCache, ArtifactError, CacheStats, CompileConfig, Limits};
 
 use crate::runtime;
@@ -21,7 +22,7 @@ fn the_same_bytes_compile_once() {
     assert!(a.same(&b));
     assert_eq!(cache.stats(), CacheStats { compiled: 1, hits: 1, ..CacheStats::default() });
     assert!(cache.get(&a.sha256()).is_some_and(|c| c.same(&a)));
-    assert!(matches!(cache.get_or_compile(b"not wasm"), Err(ArtifactError::NotWasm)));
+    assert!(matches!(cache.get_or_compile(b"not wasm"), Err(ArtifactError::Component(ComponentError::NotWasm))));
 }
 
 #[test]
@@ -83,7 +84,10 @@ fn a_component_that_cannot_be_a_stage_is_remembered_and_refused_at_once() {
     let forbidden = squilla_guests::read("fs-reader");
     let cache = ArtifactCache::in_memory(runtime());
     let err = cache.get_or_compile(&forbidden).unwrap_err();
-    assert!(matches!(err, ArtifactError::ForbiddenImport { .. }) && err.is_permanent(), "{err:?}");
+    assert!(
+        matches!(err, ArtifactError::Component(ComponentError::ForbiddenImport { .. })) && err.is_permanent(),
+        "{err:?}"
+    );
     let again = cache.get_or_compile(&forbidden).unwrap_err();
     assert_eq!(again.to_string(), err.to_string());
     assert_eq!(cache.stats(), CacheStats { compiled: 1, refused: 1, ..CacheStats::default() });

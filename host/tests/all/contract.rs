@@ -2,6 +2,7 @@
 //! contract at run time.
 
 use squilla_batch::{BatchError, Event};
+use squilla_host::ComponentError;
 use squilla_host::{Artifact, ArtifactError, CallError, Flavour, Limits};
 
 use crate::{batch, runtime};
@@ -20,7 +21,10 @@ fn a_component_without_a_stage_export_is_refused_naming_its_exports() {
             (export "hello" (func $f)))"#,
     )
     .unwrap_err();
-    assert!(matches!(&err, ArtifactError::NotAStage { exports } if exports == &["hello"]), "{err:?}");
+    assert!(
+        matches!(&err, ArtifactError::Component(ComponentError::NotAStage { exports }) if exports == &["hello"]),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("squilla:stage/raw-handler@0.1.0"), "{err}");
 }
 
@@ -36,7 +40,7 @@ fn a_stage_export_with_the_wrong_types_is_refused() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, ArtifactError::WrongSignature { interface, .. } if interface == "squilla:stage/raw-handler@0.1.0"),
+        matches!(&err, ArtifactError::Component(ComponentError::WrongSignature { interface, .. }) if interface == "squilla:stage/raw-handler@0.1.0"),
         "{err:?}"
     );
 }
@@ -44,22 +48,31 @@ fn a_stage_export_with_the_wrong_types_is_refused() {
 #[test]
 fn core_modules_garbage_and_oversized_input_are_refused() {
     let core = wat::parse_str("(module)").unwrap();
-    assert!(matches!(Artifact::compile(runtime(), &core), Err(ArtifactError::CoreModule)));
-    assert!(matches!(Artifact::compile(runtime(), b"PK\x03\x04 a zip file"), Err(ArtifactError::NotWasm)));
+    assert!(matches!(Artifact::compile(runtime(), &core), Err(ArtifactError::Component(ComponentError::CoreModule))));
+    assert!(matches!(
+        Artifact::compile(runtime(), b"PK\x03\x04 a zip file"),
+        Err(ArtifactError::Component(ComponentError::NotWasm))
+    ));
     let mut truncated = squilla_guests::read("filter");
     truncated.truncate(truncated.len() / 2);
-    assert!(matches!(Artifact::compile(runtime(), &truncated), Err(ArtifactError::Invalid { .. })));
+    assert!(matches!(
+        Artifact::compile(runtime(), &truncated),
+        Err(ArtifactError::Component(ComponentError::Invalid { .. }))
+    ));
     let limit = runtime().config().max_component_bytes;
     let huge = vec![0u8; limit + 1];
     assert!(
-        matches!(Artifact::compile(runtime(), &huge), Err(ArtifactError::TooLarge { len, .. }) if len == limit + 1)
+        matches!(Artifact::compile(runtime(), &huge), Err(ArtifactError::Component(ComponentError::TooLarge { len, .. })) if len == limit + 1)
     );
 }
 
 #[test]
 fn an_import_outside_the_allowlist_is_refused_by_name() {
     let err = compile_wat(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#).unwrap_err();
-    assert!(matches!(&err, ArtifactError::ForbiddenImport { import } if import == "wasi:sockets/tcp@0.2.0"), "{err:?}");
+    assert!(
+        matches!(&err, ArtifactError::Component(ComponentError::ForbiddenImport { import }) if import == "wasi:sockets/tcp@0.2.0"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -84,7 +97,7 @@ fn a_guest_returning_corrupt_bytes_gets_a_typed_error_and_stays_usable() {
 
 #[test]
 fn inspection_agrees_with_compilation_without_compiling() {
-    use squilla_host::inspect;
+    use squilla_component::inspect;
     let limit = runtime().config().max_component_bytes;
     for (name, _) in squilla_guests::ALL {
         let found = inspect(&squilla_guests::read(name), limit).unwrap();
@@ -92,7 +105,7 @@ fn inspection_agrees_with_compilation_without_compiling() {
     }
     let fs = inspect(&squilla_guests::read("fs-reader"), limit).unwrap_err();
     assert!(
-        matches!(fs, ArtifactError::ForbiddenImport { ref import } if import.starts_with("wasi:filesystem/")),
+        matches!(fs, ComponentError::ForbiddenImport { ref import } if import.starts_with("wasi:filesystem/")),
         "{fs:?}"
     );
     let hello = wat::parse_str(
@@ -103,9 +116,9 @@ fn inspection_agrees_with_compilation_without_compiling() {
             (export "hello" (func $f)))"#,
     )
     .unwrap();
-    assert!(matches!(inspect(&hello, limit), Err(ArtifactError::NotAStage { exports }) if exports == ["hello"]));
+    assert!(matches!(inspect(&hello, limit), Err(ComponentError::NotAStage { exports }) if exports == ["hello"]));
     let mut truncated = squilla_guests::read("filter");
     truncated.truncate(1000);
-    assert!(matches!(inspect(&truncated, limit), Err(ArtifactError::Invalid { .. })));
-    assert!(matches!(inspect(&truncated, 10), Err(ArtifactError::TooLarge { .. })));
+    assert!(matches!(inspect(&truncated, limit), Err(ComponentError::Invalid { .. })));
+    assert!(matches!(inspect(&truncated, 10), Err(ComponentError::TooLarge { .. })));
 }

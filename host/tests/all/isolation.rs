@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use squilla_batch::Event;
+use squilla_host::ComponentError;
 use squilla_host::{Artifact, ArtifactError, CallError, Limits, StageInstance};
 
 use crate::{batch, runtime, start};
@@ -65,7 +66,9 @@ fn deep_recursion_traps_without_killing_the_process() {
 fn a_component_importing_the_filesystem_is_refused_at_load() {
     let err = Artifact::compile(runtime(), &squilla_guests::read("fs-reader")).unwrap_err();
     match err {
-        ArtifactError::ForbiddenImport { import } => assert!(import.starts_with("wasi:filesystem/"), "{import}"),
+        ArtifactError::Component(ComponentError::ForbiddenImport { import }) => {
+            assert!(import.starts_with("wasi:filesystem/"), "{import}")
+        }
         other => panic!("expected a forbidden import, got {other:?}"),
     }
 }

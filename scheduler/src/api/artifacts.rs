@@ -78,7 +78,7 @@ pub async fn upload(
         Err(e) => return Ok(e.response()),
     };
     let (bytes, inspection) = tokio::task::spawn_blocking(move || {
-        let inspection = squilla_host::inspect(&bytes, limit);
+        let inspection = squilla_component::inspect(&bytes, limit);
         (bytes, inspection)
     })
     .await
@@ -89,15 +89,10 @@ pub async fn upload(
     let meta = ArtifactMeta {
         sha256: sha256.clone(),
         size: bytes.len() as u64,
-        flavour: match inspection.flavour {
-            squilla_host::Flavour::Raw => "raw".into(),
-            squilla_host::Flavour::Typed => "typed".into(),
-        },
+        flavour: inspection.flavour.name().into(),
         name,
         version,
-        created_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        created_at_ms: squilla_types::time::now_ms(),
     };
     let quota = state.limits.artifact_bytes_per_tenant;
     let who = tenant.clone();

@@ -5,8 +5,7 @@
 //! anything about a valid token.
 
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use squilla_net::auth::{TokenHash, bearer};
 
 use super::ApiError;
 
@@ -15,7 +14,7 @@ use super::ApiError;
 pub struct Tenant {
     /// The tenant's name (owner of its objects).
     pub name: String,
-    token_hash: [u8; 32],
+    token_hash: TokenHash,
 }
 
 /// Why a tokens file was refused.
@@ -28,14 +27,9 @@ pub struct TokensError {
     pub problem: String,
 }
 
-/// The sha256 of the `Authorization: Bearer …` token; 401 without one.
-fn bearer_hash(headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(ApiError::unauthorized)?;
-    Ok(Sha256::digest(token.trim().as_bytes()).into())
+/// The hash of the `Authorization: Bearer …` token; 401 without one.
+fn bearer_hash(headers: &HeaderMap) -> Result<TokenHash, ApiError> {
+    bearer(headers).ok_or_else(ApiError::unauthorized)
 }
 
 /// The known tenants.
@@ -49,7 +43,7 @@ impl Tenants {
     pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let tenants = pairs
             .into_iter()
-            .map(|(name, token)| Tenant { name: name.to_owned(), token_hash: Sha256::digest(token.as_bytes()).into() })
+            .map(|(name, token)| Tenant { name: name.to_owned(), token_hash: TokenHash::of(token) })
             .collect();
         Tenants { tenants }
     }
@@ -90,7 +84,7 @@ impl Tenants {
         let hash = bearer_hash(headers)?;
         let mut found = None;
         for tenant in &self.tenants {
-            if bool::from(tenant.token_hash.ct_eq(&hash)) {
+            if tenant.token_hash.matches(&hash) {
                 found = Some(tenant);
             }
         }
@@ -101,7 +95,7 @@ impl Tenants {
 /// The shared token agents present to the master (and the master to agents), kept hashed.
 #[derive(Debug, Clone)]
 pub struct AgentToken {
-    hash: [u8; 32],
+    hash: TokenHash,
 }
 
 impl AgentToken {
@@ -110,13 +104,13 @@ impl AgentToken {
         if token.trim().len() < 16 {
             return Err(TokensError { line: 0, problem: "the agent token is at least 16 characters".into() });
         }
-        Ok(AgentToken { hash: Sha256::digest(token.trim().as_bytes()).into() })
+        Ok(AgentToken { hash: TokenHash::of(token) })
     }
 
     /// Checks the `Authorization: Bearer …` header, in constant time.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let hash = bearer_hash(headers)?;
-        if bool::from(self.hash.ct_eq(&hash)) { Ok(()) } else { Err(ApiError::unauthorized()) }
+        if self.hash.matches(&hash) { Ok(()) } else { Err(ApiError::unauthorized()) }
     }
 }
 

@@ -1,10 +1,9 @@
-//! The API's one error type: a status, a stable `code` and a message for the client; the
-//! full detail of internal failures goes to the log, not to the client.
+//! The API's one error type: a status, a stable `code` and a message for the client (the body
+//! every Squilla server answers with, `squilla_net::error`); the full detail of internal
+//! failures goes to the log, not to the client.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 /// An API error, answered as `{"code": "...", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,12 +14,6 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
 }
 
 impl ApiError {
@@ -48,7 +41,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(Body { code: self.code, message: &self.message })).into_response()
+        squilla_net::error::error_response(self.status, self.code, &self.message)
     }
 }
 

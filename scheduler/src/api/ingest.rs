@@ -20,7 +20,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use squilla_batch::BatchBuilder;
+use squilla_batch::json::{JsonBatcher, JsonPushError};
 use squilla_types::SourceSpec;
 
 use super::{ApiError, AppState};
@@ -78,8 +78,7 @@ impl From<IngestError> for ApiError {
 /// first bad lines' messages: memory stays proportional to the batches made.
 struct Batcher {
     now_ms: i64,
-    builder: BatchBuilder,
-    bytes: usize,
+    batcher: JsonBatcher,
     out: Vec<(Vec<u8>, usize)>,
     errors: Vec<String>,
     bad: usize,
@@ -90,8 +89,7 @@ impl Batcher {
     fn new(now_ms: i64) -> Self {
         Batcher {
             now_ms,
-            builder: BatchBuilder::new().source("ingest"),
-            bytes: 0,
+            batcher: JsonBatcher::new("ingest", INGEST_BATCH, INGEST_BATCH_BYTES),
             out: Vec::new(),
             errors: Vec::new(),
             bad: 0,
@@ -99,16 +97,11 @@ impl Batcher {
         }
     }
 
-    fn cut(&mut self) -> Result<(), IngestError> {
-        if self.builder.is_empty() {
-            return Ok(());
+    fn keep(&mut self, batch: Option<squilla_batch::BatchBytes>) {
+        if let Some(batch) = batch {
+            let n = batch.len();
+            self.out.push((batch.as_bytes().to_vec(), n));
         }
-        let full = std::mem::replace(&mut self.builder, BatchBuilder::new().source("ingest"));
-        let n = full.len();
-        let batch = full.finish().map_err(|e| IngestError::Invalid(e.to_string()))?;
-        self.out.push((batch.as_bytes().to_vec(), n));
-        self.bytes = 0;
-        Ok(())
     }
 
     fn push(&mut self, line: usize, text: &str) -> Result<(), IngestError> {
@@ -119,20 +112,15 @@ impl Batcher {
         if text.len() > MAX_EVENT_BYTES {
             return Err(IngestError::TooLarge { line, bytes: text.len() });
         }
-        if self.bytes + text.len() > INGEST_BATCH_BYTES {
-            self.cut()?;
-        }
-        match squilla_batch::json::push_json_line(&mut self.builder, text, self.now_ms) {
-            Ok(()) => self.bytes += text.len(),
-            Err(e) => {
+        match self.batcher.push(text, self.now_ms) {
+            Ok(closed) => self.keep(closed),
+            Err(JsonPushError::Json(e)) => {
                 self.bad += 1;
                 if self.errors.len() < NAMED_ERRORS {
                     self.errors.push(format!("line {line}: {e}"));
                 }
             }
-        }
-        if self.builder.len() == INGEST_BATCH {
-            self.cut()?;
+            Err(JsonPushError::Batch(e)) => return Err(IngestError::Invalid(e.to_string())),
         }
         Ok(())
     }
@@ -146,7 +134,8 @@ impl Batcher {
             }
             return Err(IngestError::Invalid(message));
         }
-        self.cut()?;
+        let last = self.batcher.take().map_err(|e| IngestError::Invalid(e.to_string()))?;
+        self.keep(last);
         Ok((self.out, self.events))
     }
 }

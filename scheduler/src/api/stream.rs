@@ -38,6 +38,8 @@ use futures_util::{Stream, StreamExt};
 use squilla_net::budget::Level;
 use squilla_net::queue::{self, Item, Offered, StreamEnd};
 
+use squilla_types::sink::SinkParams;
+
 use super::{ApiError, AppState};
 
 type Events = Sse<axum::response::sse::KeepAliveStream<BoxedEvents>>;
@@ -80,29 +82,12 @@ pub async fn status(
     Ok(Sse::new(Box::pin(stream) as BoxedEvents).keep_alive(KeepAlive::default()))
 }
 
-/// The parameters of a sink subscription, checked here so that a bad one answers 400 before
-/// any agent is asked (they are passed on to the agents as given).
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SinkParams {
-    client_id: Option<String>,
-    sample: Option<u32>,
-    query: Option<String>,
-    ping: Option<u64>,
-}
-
-impl SinkParams {
-    /// How long a subscriber may go without hearing anything (`ping` seconds, default 15).
-    pub(crate) fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping.unwrap_or(15).clamp(1, MAX_PING_SECS))
-    }
-}
-
-/// Checks a subscription's query string: 400 `bad_request`, or `invalid_query` with the
-/// position of the problem.
+/// Checks a subscription's query string (`squilla_types::sink`) and its query's text: 400
+/// `bad_request`, or `invalid_query` with the position of the problem, before any agent is
+/// asked.
 pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
-    let params: SinkParams = serde_urlencoded::from_str(raw.unwrap_or(""))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("query string: {e}")))?;
+    let params =
+        SinkParams::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     if let Some(q) = &params.query {
         squilla_query::Query::parse(q).map_err(|e| {
             ApiError::new(
@@ -111,12 +96,6 @@ pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
                 format!("{} (line {}, column {})", e.message, e.line, e.column),
             )
         })?;
-    }
-    if params.sample == Some(0) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "sample: at least 1 event per second"));
-    }
-    if params.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "clientId: 1 to 128 characters"));
     }
     Ok(params)
 }
@@ -143,10 +122,6 @@ pub async fn sink(
 
 /// How long a server-sent event stream may be silent before the master sends a comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// The longest ping interval a subscriber may ask for, seconds (servers close connections
-/// idle for longer than their idle timeout); a longer one is taken as this.
-pub const MAX_PING_SECS: u64 = 60;
 
 /// The frames that tell a subscriber it lost `dropped` events at the master.
 fn dropped_frame(out: &mut Vec<u8>, dropped: u64) {

@@ -1,7 +1,11 @@
 //! The master's control loop: jobs, their workers, the agents, and placement between them.
 //!
-//! [`Control`] holds the live state (jobs and agents) behind one lock and writes every job
-//! change to the store before the change is acknowledged. The HTTP API calls it for tenant
+//! [`Control`] holds the live state (jobs and agents) behind one lock, held only for work in
+//! memory — never across a store commit, so that reads (and the async tasks that make them)
+//! never wait for a disk. Writes are serialized by a second lock: a write changes the state,
+//! lets go of it, stores what changed durably (an fsync), and only then answers; if the store
+//! fails, the change is put back. Changes that agents' heartbeats make (a worker now runs) are
+//! kept in memory at once and stored by the next round of the loop. The HTTP API calls it for tenant
 //! operations ([`Control::submit`], [`Control::kill`], [`Control::scale`],
 //! [`Control::resubmit`]) and for agents' heartbeats ([`Control::heartbeat`]); a timer calls
 //! [`Control::tick`], which declares silent agents lost, re-places their workers with
@@ -24,7 +28,7 @@ use squilla_types::control::Heartbeat;
 
 pub use model::{Job, JobState, Stage, Transition, Worker, WorkerState};
 
-use crate::store::{ClusterVersion, Store, StoreError};
+use crate::store::{ClusterVersion, JobRecord, Store, StoreError};
 
 /// Per-tenant quotas on running work. `Default` gives the documented values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +122,8 @@ pub(crate) struct State {
     pub jobs: BTreeMap<String, Job>,
     /// Bumped on every change, for status streams.
     pub version: u64,
+    /// Jobs changed in memory and not yet stored (heartbeats' changes, failed writes).
+    pub unsaved: std::collections::BTreeSet<String>,
 }
 
 /// The master's live state and the operations on it.
@@ -125,8 +131,16 @@ pub struct Control {
     store: Arc<Store>,
     config: ControlConfig,
     state: Mutex<State>,
+    /// Serializes writes: held across a store commit (never the state lock).
+    writer: Mutex<()>,
     started: Instant,
     changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// What a write changed: the jobs to store, and how to put back the one it was for.
+struct Changed {
+    dirty: Vec<String>,
+    undo: Option<(String, Option<Job>)>,
 }
 
 impl std::fmt::Debug for Control {
@@ -143,6 +157,7 @@ impl Control {
             store,
             config,
             state: Mutex::new(State { jobs, ..State::default() }),
+            writer: Mutex::new(()),
             started: Instant::now(),
             changed: tokio::sync::watch::channel(0).0,
         })
@@ -157,15 +172,43 @@ impl Control {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores `ids`' jobs durably and tells status streams.
-    fn commit(&self, state: &mut State, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.store.put_jobs(ids.iter().filter_map(|id| state.jobs.get(id)))?;
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells status streams that jobs changed.
+    fn notify(&self, state: &mut State) {
         state.version += 1;
         self.changed.send_replace(state.version);
-        Ok(())
+    }
+
+    /// A write: `f` changes the state (under its lock) and says what changed; then, without
+    /// the state lock, what changed is stored durably; if that fails the change is put back.
+    /// The caller holds the writer lock.
+    fn write<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, Changed), ControlError>) -> Result<T, ControlError> {
+        let (out, records, mut changed) = {
+            let mut state = self.lock();
+            let (out, mut changed) = f(&mut state)?;
+            changed.dirty.sort();
+            changed.dirty.dedup();
+            let records = records(&state, &changed.dirty);
+            (out, records, changed)
+        };
+        if let Err(err) = self.store.put_job_records(&records) {
+            let mut state = self.lock();
+            if let Some((key, before)) = changed.undo {
+                match before {
+                    Some(job) => state.jobs.insert(key.clone(), job),
+                    None => state.jobs.remove(&key),
+                };
+                changed.dirty.retain(|k| *k != key);
+            }
+            // Other jobs the write placed keep their places; the loop stores them later.
+            state.unsaved.extend(changed.dirty);
+            return Err(err.into());
+        }
+        self.notify(&mut self.lock());
+        Ok(out)
     }
 
     /// A receiver that sees a new value after every change of any job.
@@ -181,35 +224,55 @@ impl Control {
         params: BTreeMap<String, String>,
     ) -> Result<Job, ControlError> {
         let spec = &cluster.spec;
-        for name in params.keys() {
-            if !spec.parameters.iter().any(|p| &p.name == name) {
-                let known: Vec<&str> = spec.parameters.iter().map(|p| p.name.as_str()).collect();
-                return Err(invalid(
-                    "unknown_parameter",
-                    format!("`{name}` is not a parameter of `{}` (declared: {})", cluster.name, known.join(", ")),
-                ));
+        spec.check_params(&params).map_err(|e| invalid(e.code(), e.to_string()))?;
+        let (workers, memory) = spec.stages.iter().fold((0u64, 0u64), |(w, m), s| {
+            (w + u64::from(s.workers), m + u64::from(s.workers) * u64::from(s.resources.memory_mib))
+        });
+        let _writer = self.writer();
+        // The SLA and the quota hold until this write ends: only writers change what they count.
+        self.check_submission(&self.lock(), tenant, cluster, workers, memory)?;
+        let n = self.store.next_job_number(tenant, &cluster.name)?;
+        self.write(|state| {
+            let mut job = Job {
+                id: format!("{}-{n}", cluster.name),
+                tenant: tenant.to_owned(),
+                cluster: cluster.name.clone(),
+                version: cluster.version,
+                spec: spec.clone(),
+                artifacts: cluster.artifacts.clone(),
+                params,
+                state: JobState::Accepted,
+                reason: None,
+                history: Vec::new(),
+                stages: Vec::new(),
+                generation: 1,
+                next_number: 1,
+                submitted_at_ms: model::now_ms(),
+            };
+            model::push_history(&mut job.history, JobState::Accepted, None);
+            for stage in &spec.stages {
+                let workers = (0..stage.workers).map(|i| job.new_worker(i, 0, 0, 0)).collect();
+                job.stages.push(Stage { name: stage.name.clone(), workers });
             }
-        }
-        for p in &spec.parameters {
-            match params.get(&p.name) {
-                Some(v) if !p.ty.accepts(v) => {
-                    return Err(invalid(
-                        "invalid_parameter",
-                        format!("parameter `{}`: `{v}` is not a valid {:?}", p.name, p.ty),
-                    ));
-                }
-                None if p.required && p.default.is_none() => {
-                    return Err(invalid("missing_parameter", format!("parameter `{}` is required", p.name)));
-                }
-                _ => {}
-            }
-            if let Some(v) = params.get(&p.name) {
-                if v.len() > squilla_types::limits::PARAM_VALUE_LEN {
-                    return Err(invalid("invalid_parameter", format!("parameter `{}` is too long", p.name)));
-                }
-            }
-        }
-        let mut state = self.lock();
+            let id = job.key();
+            state.jobs.insert(id.clone(), job);
+            let mut dirty = vec![id.clone()];
+            dirty.extend(schedule::place(state, model::now_ms()));
+            let job = state.jobs.get(&id).cloned().ok_or_else(|| ControlError::NoSuchJob(id.clone()))?;
+            Ok((job, Changed { dirty, undo: Some((id, None)) }))
+        })
+    }
+
+    /// Refuses a submission over the cluster's SLA or the tenant's quota.
+    fn check_submission(
+        &self,
+        state: &State,
+        tenant: &str,
+        cluster: &ClusterVersion,
+        workers: u64,
+        memory: u64,
+    ) -> Result<(), ControlError> {
+        let spec = &cluster.spec;
         let active = state
             .jobs
             .values()
@@ -221,43 +284,7 @@ impl Control {
                 cluster.name, spec.sla.max_jobs
             )));
         }
-        let (workers, memory) = spec.stages.iter().fold((0u64, 0u64), |(w, m), s| {
-            (w + u64::from(s.workers), m + u64::from(s.workers) * u64::from(s.resources.memory_mib))
-        });
-        self.check_quota(&state, tenant, workers, memory)?;
-        let n = self.store.next_job_number(tenant, &cluster.name)?;
-        let mut job = Job {
-            id: format!("{}-{n}", cluster.name),
-            tenant: tenant.to_owned(),
-            cluster: cluster.name.clone(),
-            version: cluster.version,
-            spec: spec.clone(),
-            artifacts: cluster.artifacts.clone(),
-            params,
-            state: JobState::Accepted,
-            reason: None,
-            history: Vec::new(),
-            stages: Vec::new(),
-            generation: 1,
-            next_number: 1,
-            submitted_at_ms: model::now_ms(),
-        };
-        model::push_history(&mut job.history, JobState::Accepted, None);
-        for stage in &spec.stages {
-            let workers = (0..stage.workers).map(|i| job.new_worker(i, 0, 0, 0)).collect();
-            job.stages.push(Stage { name: stage.name.clone(), workers });
-        }
-        let id = job.key();
-        state.jobs.insert(id.clone(), job);
-        let mut dirty = vec![id.clone()];
-        dirty.extend(schedule::place(&mut state, model::now_ms()));
-        dirty.sort();
-        dirty.dedup();
-        if let Err(err) = self.commit(&mut state, &dirty) {
-            state.jobs.remove(&id);
-            return Err(err.into());
-        }
-        state.jobs.get(&id).cloned().ok_or(ControlError::NoSuchJob(id))
+        self.check_quota(state, tenant, workers, memory)
     }
 
     fn check_quota(&self, state: &State, tenant: &str, workers: u64, memory: u64) -> Result<(), ControlError> {
@@ -304,39 +331,33 @@ impl Control {
         id: &str,
         f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
     ) -> Result<Job, ControlError> {
-        let mut state = self.lock();
+        let _writer = self.writer();
         let key = model::job_key(tenant, id);
-        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
-        if job.state.is_terminal() {
-            return Err(ControlError::Ended(id.to_owned()));
-        }
-        self.change(&mut state, &key, f)
+        self.write(|state| self.change(state, &key, f))
     }
 
-    /// Applies `f` to job `key` (which exists), places, and commits; on any failure the job
-    /// is as it was.
+    /// Applies `f` to job `key` if it exists and has not ended, then places; on `f`'s
+    /// failure the job is as it was.
     fn change(
         &self,
         state: &mut State,
         key: &str,
         f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
-    ) -> Result<Job, ControlError> {
-        let Some(job) = state.jobs.get_mut(key) else { return Err(ControlError::NoSuchJob(key.to_owned())) };
+    ) -> Result<(Job, Changed), ControlError> {
+        let id = || key.split_once('.').map_or(key, |(_, id)| id).to_owned();
+        let Some(job) = state.jobs.get_mut(key) else { return Err(ControlError::NoSuchJob(id())) };
+        if job.state.is_terminal() {
+            return Err(ControlError::Ended(id()));
+        }
         let before = job.clone();
         if let Err(e) = f(job, &self.config) {
             state.jobs.insert(key.to_owned(), before);
             return Err(e);
         }
-        let key = key.to_owned();
-        let mut dirty = vec![key.clone()];
+        let mut dirty = vec![key.to_owned()];
         dirty.extend(schedule::place(state, model::now_ms()));
-        dirty.sort();
-        dirty.dedup();
-        if let Err(err) = self.commit(state, &dirty) {
-            state.jobs.insert(key, before);
-            return Err(err.into());
-        }
-        state.jobs.get(&key).cloned().ok_or(ControlError::NoSuchJob(key))
+        let job = state.jobs.get(key).cloned().ok_or_else(|| ControlError::NoSuchJob(id()))?;
+        Ok((job, Changed { dirty, undo: Some((key.to_owned(), Some(before))) }))
     }
 
     /// Kills a job: its workers stop at their agents' next heartbeat.
@@ -355,43 +376,45 @@ impl Control {
     }
 
     /// Sets stage `stage` (its name or 0-based index) of a job to `workers` workers. The
-    /// quota check and the change happen under one hold of the state, so concurrent scales
-    /// and submissions cannot pass the quota together.
+    /// quota check and the change are one write, so concurrent scales and submissions cannot
+    /// pass the quota together.
     pub fn scale(&self, tenant: &str, id: &str, stage: &str, workers: u32) -> Result<Job, ControlError> {
         if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
             return Err(invalid("invalid_scale", format!("workers: between 1 and {}", squilla_types::limits::WORKERS)));
         }
-        let mut state = self.lock();
+        let _writer = self.writer();
         let key = model::job_key(tenant, id);
-        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
-        if job.state.is_terminal() {
-            return Err(ControlError::Ended(id.to_owned()));
-        }
-        let s = stage_index(job, stage)?;
-        let current = job.stages[s].workers.len() as u64;
-        if u64::from(workers) > current {
-            let more = u64::from(workers) - current;
-            let memory = more * u64::from(job.spec.stages[s].resources.memory_mib);
-            self.check_quota(&state, tenant, more, memory)?;
-        }
-        self.change(&mut state, &key, |job, _| {
-            let list = &mut job.stages[s].workers;
-            let n = workers as usize;
-            let mut added = Vec::new();
-            if list.len() > n {
-                list.truncate(n);
-            } else {
-                for index in list.len()..n {
-                    added.push(index as u32);
+        self.write(|state| {
+            let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+            if job.state.is_terminal() {
+                return Err(ControlError::Ended(id.to_owned()));
+            }
+            let s = stage_index(job, stage)?;
+            let current = job.stages[s].workers.len() as u64;
+            if u64::from(workers) > current {
+                let more = u64::from(workers) - current;
+                let memory = more * u64::from(job.spec.stages[s].resources.memory_mib);
+                self.check_quota(state, tenant, more, memory)?;
+            }
+            self.change(state, &key, |job, _| {
+                let list = &mut job.stages[s].workers;
+                let n = workers as usize;
+                let mut added = Vec::new();
+                if list.len() > n {
+                    list.truncate(n);
+                } else {
+                    for index in list.len()..n {
+                        added.push(index as u32);
+                    }
                 }
-            }
-            for index in added {
-                let w = job.new_worker(index, 0, 0, 0);
-                job.stages[s].workers.push(w);
-            }
-            job.spec.stages[s].workers = workers;
-            job.generation += 1;
-            Ok(())
+                for index in added {
+                    let w = job.new_worker(index, 0, 0, 0);
+                    job.stages[s].workers.push(w);
+                }
+                job.spec.stages[s].workers = workers;
+                job.generation += 1;
+                Ok(())
+            })
         })
     }
 
@@ -462,10 +485,15 @@ impl Control {
     }
 
     /// An agent's heartbeat: records it and answers with its assignments.
+    /// What it changes is kept in memory at once (and stored by the next round of the loop):
+    /// a heartbeat never waits for the store.
     pub fn heartbeat(&self, beat: Heartbeat) -> Result<squilla_types::control::Assignments, StoreError> {
         let mut state = self.lock();
         let dirty = agents::record(&mut state, beat.clone(), &self.config, model::now_ms());
-        self.commit(&mut state, &dirty)?;
+        if !dirty.is_empty() {
+            state.unsaved.extend(dirty);
+            self.notify(&mut state);
+        }
         Ok(agents::assignments(&state, &beat.agent, &self.config))
     }
 
@@ -474,19 +502,33 @@ impl Control {
         self.lock().agents.iter().map(|(id, e)| (id.clone(), e.beat.clone(), e.lost)).collect()
     }
 
-    /// One round of the loop: lost agents, backoff expiries, placement, SLAs.
+    /// One round of the loop: lost agents, backoff expiries, placement, SLAs; and what
+    /// heartbeats changed is stored.
     pub fn tick(&self) -> Result<(), StoreError> {
         let clusters = self.store.all_latest_clusters()?;
-        let mut state = self.lock();
-        let now = model::now_ms();
-        let grace = self.started.elapsed() < self.config.agent_timeout;
-        let mut dirty = schedule::lose_agents(&mut state, &self.config, grace, now);
-        dirty.extend(schedule::forgive(&mut state, &self.config, now));
-        dirty.extend(schedule::place(&mut state, now));
-        dirty.sort();
-        dirty.dedup();
-        self.commit(&mut state, &dirty)?;
-        drop(state);
+        {
+            let _writer = self.writer();
+            let records = {
+                let mut state = self.lock();
+                let now = model::now_ms();
+                let grace = self.started.elapsed() < self.config.agent_timeout;
+                let mut dirty = schedule::lose_agents(&mut state, &self.config, grace, now);
+                dirty.extend(schedule::forgive(&mut state, &self.config, now));
+                dirty.extend(schedule::place(&mut state, now));
+                dirty.extend(std::mem::take(&mut state.unsaved));
+                dirty.sort();
+                dirty.dedup();
+                if !dirty.is_empty() {
+                    self.notify(&mut state);
+                }
+                records(&state, &dirty)
+            };
+            if let Err(err) = self.store.put_job_records(&records) {
+                let mut state = self.lock();
+                state.unsaved.extend(records.into_iter().map(|r| r.key));
+                return Err(err);
+            }
+        }
         for (tenant, cluster) in clusters {
             let min = cluster.spec.sla.min_jobs;
             if min == 0 {
@@ -507,6 +549,17 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// What the store keeps of `keys`' jobs (those still there), serialized now.
+fn records(state: &State, keys: &[String]) -> Vec<JobRecord> {
+    keys.iter()
+        .filter_map(|key| state.jobs.get(key).map(|job| (key, job)))
+        .filter_map(|(key, job)| {
+            let json = serde_json::to_vec(job).ok()?;
+            Some(JobRecord { key: key.clone(), tenant: job.tenant.clone(), id: job.id.clone(), json })
+        })
+        .collect()
 }
 
 fn stage_index(job: &Job, stage: &str) -> Result<usize, ControlError> {

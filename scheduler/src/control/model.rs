@@ -234,7 +234,4 @@ impl Job {
     }
 }
 
-/// Now, ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use squilla_types::time::now_ms;

@@ -193,6 +193,8 @@ async fn workers_are_placed_on_agents_adopted_and_re_placed_when_an_agent_is_los
     let (_, job, _) = call(&s, "GET", "/api/v1/jobs/errors-1", Some(ACME), vec![]).await;
     assert_eq!(job["state"], "running", "{job}");
 
+    // What heartbeats change is stored by the loop's next round (a quarter heartbeat later).
+    s.control.tick().unwrap();
     // The master restarts: the job comes back; agents that still run the workers are handed
     // the same workers (same numbers): adopted, not duplicated.
     drop(s);
