@@ -232,8 +232,10 @@ fn build_javascript(repo: &Path, tools: &Path, out_dir: &Path) -> PathBuf {
     let js_tools = tools.join("js");
     let lock = repo.join("examples/js/package-lock.json");
     let installed_lock = js_tools.join("package-lock.json");
+    // npm rewrites the lock file it installs from; what was installed is remembered apart.
+    let installed_from = js_tools.join("installed-from.lock");
     let cli = js_tools.join("node_modules/@bytecodealliance/componentize-js/src/cli.js");
-    let installed = cli.exists() && std::fs::read(&installed_lock).ok() == std::fs::read(&lock).ok();
+    let installed = cli.exists() && std::fs::read(&installed_from).ok() == std::fs::read(&lock).ok();
     if !installed {
         println!("cargo:warning=installing componentize-js into {}", js_tools.display());
         std::fs::create_dir_all(&js_tools).expect("create the js tools directory");
@@ -243,6 +245,7 @@ fn build_javascript(repo: &Path, tools: &Path, out_dir: &Path) -> PathBuf {
         // the stricter choice, but npm 11 refuses lock files that omit other platforms' optional
         // packages, which is every lock file made on one platform.
         run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&js_tools), "npm install");
+        std::fs::copy(&lock, &installed_from).expect("remember the installed lock file");
     }
     if installed && fresh(&output, &[source.clone(), repo.join("wit")]) {
         return output;

@@ -26,7 +26,7 @@ pub const CHAIN_LINGER: Duration = Duration::from_millis(20);
 /// Where a job source reads from.
 pub(crate) struct Upstream {
     pub fetcher: Fetcher,
-    pub tenant: String,
+    pub tenant: squilla_types::ids::TenantId,
     pub cluster: String,
     pub query: Option<String>,
     pub client_id: String,

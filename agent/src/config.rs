@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use squilla_host::CompileConfig;
 use squilla_net::server::ServerLimits;
 use squilla_types::control::Capacity;
+use squilla_types::ids::AgentId;
 
 use crate::sink::SinkLimits;
 
@@ -18,7 +19,7 @@ pub struct AgentConfig {
     /// The agent token (shared with the master).
     pub token: String,
     /// This agent's id (default `agent-<pid>-<random>`): unique among live agents.
-    pub id: String,
+    pub id: AgentId,
     /// Where the sink server listens (default `127.0.0.1:0`: any free port).
     pub http_listen: SocketAddr,
     /// Where peers' batches arrive (default `127.0.0.1:0`).
@@ -56,7 +57,7 @@ impl AgentConfig {
         AgentConfig {
             master: master.into(),
             token: token.into(),
-            id: format!("agent-{}-{:x}", std::process::id(), nonce & 0xffff),
+            id: AgentId::numbered(std::process::id(), nonce & 0xffff),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,

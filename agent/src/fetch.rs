@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use squilla_host::{Artifact, ArtifactCache};
+use squilla_types::ids::{Sha256, TenantId};
 
 /// How long fetching an artifact's bytes from the master may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,10 +37,10 @@ pub struct ArtifactFailure {
 impl Fetcher {
     /// The compiled artifact with content address `sha256`, on behalf of `tenant` (call from
     /// a thread that may block: it fetches, then compiles within the compile budget).
-    pub fn artifact(&self, tenant: &str, sha256: &str) -> Result<Artifact, ArtifactFailure> {
+    pub fn artifact(&self, tenant: &TenantId, key: &Sha256) -> Result<Artifact, ArtifactFailure> {
         let retry = |message: String| ArtifactFailure { message, fatal: false };
-        let key: squilla_host::Sha256 =
-            sha256.parse().map_err(|e| ArtifactFailure { message: format!("{e}"), fatal: true })?;
+        let sha256 = key.to_string();
+        let key = *key;
         if let Some(artifact) = self.cache.get(&key) {
             return Ok(artifact);
         }
@@ -76,12 +76,12 @@ impl Fetcher {
             }
             Ok(bytes)
         })?;
-        let actual: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        if actual != sha256 {
+        let actual = Sha256::of(&bytes);
+        if actual != key {
             return Err(retry(format!("artifact {sha256}: the bytes received hash to {actual}; refused")));
         }
         self.cache
-            .get_or_compile_for(tenant, &bytes)
+            .get_or_compile_for(tenant.as_str(), &bytes)
             .map_err(|e| ArtifactFailure { message: format!("artifact {sha256}: {e}"), fatal: e.is_permanent() })
     }
 }

@@ -26,6 +26,7 @@ use squilla_net::auth::{TokenHash, bearer};
 use squilla_net::error::error_response;
 use squilla_net::limits::{BodyLimit, buffer_body};
 use squilla_net::queue::Item;
+use squilla_types::ids::JobKey;
 use squilla_types::sink::SinkParams;
 use squilla_types::sse;
 
@@ -85,6 +86,9 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 
 /// `POST /jobs/{id}/ingest` (from the master): one archived batch for the job's first stage.
 async fn ingest(State(state): State<HttpState>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    let Ok(id) = id.parse::<JobKey>() else {
+        return error_response(StatusCode::NOT_FOUND, "not_here", "the job does not run here");
+    };
     let batch = match squilla_batch::BatchBytes::validate(body.to_vec()) {
         Ok(b) => b,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_batch", &e.to_string()),
@@ -137,7 +141,8 @@ async fn sink(
         Ok(o) => o,
         Err(refusal) => return refusal,
     };
-    let Some(hub) = state.jobs.hub(&id) else {
+    let hub = id.parse::<JobKey>().ok().and_then(|key| state.jobs.hub(&key));
+    let Some(hub) = hub else {
         return error_response(StatusCode::NOT_FOUND, "not_found", &format!("job `{id}` not found on this agent"));
     };
     let subscription = hub.subscribe(options);
@@ -177,4 +182,97 @@ async fn sink(
         axum::body::Body::from_stream(stream),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use crate::jobs::Jobs;
+
+    const TOKEN: &str = "agent-token-0123456789";
+
+    fn jobs() -> Arc<Jobs> {
+        let runtime = squilla_host::Runtime::new(squilla_host::RuntimeConfig::default()).unwrap();
+        let cache = squilla_host::ArtifactCache::in_memory(&runtime);
+        let lease = squilla_host::Lease::expired();
+        let transport = squilla_host::transport::Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            squilla_host::transport::TransportConfig { lease: lease.clone(), ..Default::default() },
+        )
+        .unwrap();
+        let fetcher = crate::fetch::Fetcher {
+            master: "http://127.0.0.1:9".into(),
+            token: TOKEN.into(),
+            client: reqwest::Client::new(),
+            cache: Arc::new(cache),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        Arc::new(Jobs::new(crate::job::Context {
+            agent: "a1".parse().unwrap(),
+            runtime,
+            executor: squilla_host::Executor::new(1),
+            transport: Arc::new(transport),
+            fetcher,
+            lease,
+            sink_limits: crate::sink::SinkLimits::default(),
+        }))
+    }
+
+    async fn call(
+        jobs: &Arc<Jobs>,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response =
+            super::router(jobs.clone(), TOKEN).oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        (status, String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_route_answers_as_documented() {
+        let jobs = jobs();
+        let (status, body) = call(&jobs, "GET", "/healthz", None, vec![]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+        for (method, uri) in [("GET", "/jobs/acme.errors-1/sink"), ("POST", "/jobs/acme.errors-1/ingest")] {
+            for token in [None, Some("agent-token-wrong-0000")] {
+                let (status, body) = call(&jobs, method, uri, token, vec![]).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+                assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+            }
+        }
+        let (status, body) = call(&jobs, "GET", "/jobs/acme.errors-1/sink", Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = call(&jobs, "GET", "/jobs/acme.errors-1/sink?sample=0", Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) =
+            call(&jobs, "GET", "/jobs/acme.errors-1/sink?query=SELECT%20nope(", Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains(r#""code":"invalid_query""#) && body.contains(r#""line""#), "{body}");
+        let (status, body) =
+            call(&jobs, "POST", "/jobs/acme.errors-1/ingest", Some(TOKEN), b"not a batch".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("invalid_batch"), "{body}");
+        let batch = squilla_batch::synth::DeviceLogs::new(1).batch(3, 0, 1).unwrap().as_bytes().to_vec();
+        let (status, body) = call(&jobs, "POST", "/jobs/acme.errors-1/ingest", Some(TOKEN), batch).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("not_here"), "{body}");
+        let (status, body) = call(&jobs, "POST", "/jobs/acme.errors-1/ingest", Some(TOKEN), vec![0; 17 << 20]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("ingest_too_large"), "{body}");
+        let (status, _) = call(&jobs, "GET", "/nothing", Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 }

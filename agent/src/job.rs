@@ -18,9 +18,11 @@ use squilla_host::pipeline::{
 };
 use squilla_host::{Artifact, Lease};
 use squilla_types::control::{JobAssignment, SlotAssignment};
+use squilla_types::ids::{AgentId, JobKey, WorkerNumber};
 use squilla_types::{ArtifactRef, SourceSpec};
 
 use crate::fetch::{ArtifactFailure, Fetcher};
+use crate::reconcile::{self, JobAction};
 use crate::sink::{SinkHub, SinkLimits};
 
 /// How long stopping a job lets in-flight batches drain before its workers stop.
@@ -28,7 +30,7 @@ pub const STOP_DRAIN: Duration = Duration::from_millis(200);
 
 /// What the agent shares with every job thread.
 pub(crate) struct Context {
-    pub agent: String,
+    pub agent: AgentId,
     pub runtime: squilla_host::Runtime,
     pub executor: Arc<squilla_host::Executor>,
     pub transport: Arc<squilla_host::transport::Transport>,
@@ -41,7 +43,7 @@ pub(crate) struct Context {
 /// recur wherever it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StartFailure {
-    pub number: u64,
+    pub number: WorkerNumber,
     pub message: String,
     pub fatal: bool,
 }
@@ -70,7 +72,7 @@ enum Desired {
 
 /// One job: what is wanted of it, and what it is.
 pub(crate) struct JobCell {
-    key: String,
+    key: JobKey,
     ctx: Arc<Context>,
     done: AtomicBool,
     desired: Mutex<(u64, Desired)>,
@@ -103,7 +105,7 @@ impl JobCell {
     }
 
     /// The job's key.
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &JobKey {
         &self.key
     }
 
@@ -132,12 +134,12 @@ impl JobCell {
     /// each stage: the job thread may be busy for a while, and the agent's lease is renewed
     /// as soon as this returns.
     pub fn assign(&self, assignment: JobAssignment) {
-        let agent = self.ctx.agent.as_str();
+        let agent = &self.ctx.agent;
         let mut local = std::collections::HashMap::new();
         for (s, slots) in assignment.slots.iter().enumerate() {
             for (i, slot) in slots.iter().enumerate() {
-                if slot.agent.as_deref() == Some(agent) {
-                    local.insert((s, i), slot.number);
+                if slot.agent.as_ref() == Some(agent) {
+                    local.insert((s, i), slot.number.0);
                 }
             }
         }
@@ -201,10 +203,10 @@ struct Running {
 }
 
 impl Running {
-    fn stop(&mut self, ctx: &Context, key: &str) {
+    fn stop(&mut self, ctx: &Context, key: &JobKey) {
         if let Some(mut pipeline) = self.pipeline.take() {
             tracing::info!(job = %key, "job no longer here; stopping its workers");
-            ctx.transport.unregister(key, &pipeline.handle());
+            ctx.transport.unregister(&key.to_string(), &pipeline.handle());
             pipeline.stop(STOP_DRAIN);
         }
         if let Some(hub) = self.hub.take() {
@@ -225,7 +227,7 @@ impl Running {
 
     fn fail_stage(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize, message: &str, fatal: bool) {
         for (index, slot) in assignment.slots.get(stage).into_iter().flatten().enumerate() {
-            if slot.agent.as_deref() == Some(ctx.agent.as_str()) {
+            if slot.agent.as_ref() == Some(&ctx.agent) {
                 let failure = StartFailure { number: slot.number, message: message.to_owned(), fatal };
                 self.failed.insert((stage as u32, index as u32), failure);
             }
@@ -235,7 +237,7 @@ impl Running {
     fn plan_of(
         &self,
         ctx: &Context,
-        job: &str,
+        job: &JobKey,
         stage: usize,
         slots: &[SlotAssignment],
     ) -> Result<Vec<SlotPlan>, PipelineError> {
@@ -243,13 +245,15 @@ impl Running {
             .iter()
             .enumerate()
             .map(|(index, slot)| {
-                let here = slot.agent.as_deref() == Some(ctx.agent.as_str());
+                let here = slot.agent.as_ref() == Some(&ctx.agent);
                 let failed_here =
                     self.failed.get(&(stage as u32, index as u32)).is_some_and(|f| f.number == slot.number);
                 Ok(match (here && !failed_here, slot.data.as_deref().and_then(|d| d.parse::<SocketAddr>().ok())) {
-                    (true, _) => SlotPlan::Local { number: slot.number },
+                    (true, _) => SlotPlan::Local { number: slot.number.0 },
                     (false, Some(addr)) if !here => SlotPlan::Remote(
-                        ctx.transport.outlet(addr, job, stage as u32, index as u32).map_err(PipelineError::Thread)?,
+                        ctx.transport
+                            .outlet(addr, &job.to_string(), stage as u32, index as u32)
+                            .map_err(PipelineError::Thread)?,
                     ),
                     _ => SlotPlan::Remote(Outlet::detached(64)),
                 })
@@ -257,16 +261,35 @@ impl Running {
             .collect()
     }
 
+    /// Carries out what [`reconcile::job`] says takes the job to `assignment`, then publishes
+    /// the result.
     fn apply(&mut self, ctx: &Context, cell: &JobCell, assignment: JobAssignment) {
         self.forget_failures(&assignment);
-        let result = if self.pipeline.is_some() { self.replan(ctx, &assignment) } else { self.start(ctx, &assignment) };
-        if let Err(message) = result {
-            tracing::warn!(job = %assignment.job, %message, "cannot run the job's workers here");
-            if self.pipeline.is_none() {
-                // Whatever failed, the master must hear of it and place the workers anew.
-                for s in 0..assignment.slots.len() {
-                    if !self.failed.keys().any(|(stage, _)| *stage as usize == s) {
-                        self.fail_stage(ctx, &assignment, s, &message, false);
+        let applied = self.applied.as_ref().filter(|_| self.pipeline.is_some());
+        let source_attached = self.pipeline.as_ref().is_some_and(Pipeline::has_source);
+        for action in reconcile::job(applied, source_attached, &assignment) {
+            let result = match action {
+                JobAction::Start => self.start(ctx, &assignment),
+                JobAction::Place { stage } => self.place(ctx, &assignment, stage),
+                JobAction::AttachSource => match &mut self.pipeline {
+                    Some(pipeline) => attach_source(pipeline, &assignment, &ctx.fetcher).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                },
+                JobAction::DetachSource => {
+                    if let Some(pipeline) = &mut self.pipeline {
+                        pipeline.stop_source();
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(message) = result {
+                tracing::warn!(job = %assignment.job, %message, "cannot run the job's workers here");
+                if self.pipeline.is_none() {
+                    // Whatever failed, the master must hear of it and place the workers anew.
+                    for s in 0..assignment.slots.len() {
+                        if !self.failed.keys().any(|(stage, _)| *stage as usize == s) {
+                            self.fail_stage(ctx, &assignment, s, &message, false);
+                        }
                     }
                 }
             }
@@ -302,7 +325,7 @@ impl Running {
         }
         let mut config = PipelineConfig::from_spec(&assignment.spec, &assignment.params, |r| by_ref.get(r).cloned())
             .map_err(|e| e.to_string())?;
-        config.name = id.clone();
+        config.name = id.to_string();
         config.lease = ctx.lease.clone();
         config.wanted = self.wanted.clone();
         let plan = |me: &Self| -> Result<Vec<Vec<SlotPlan>>, PipelineError> {
@@ -332,39 +355,27 @@ impl Running {
         if assignment.source {
             attach_source(&mut pipeline, assignment, &ctx.fetcher).map_err(|e| e.to_string())?;
         }
-        ctx.transport.register(id, pipeline.handle());
-        let hub = SinkHub::start(id, &assignment.tenant, pipeline.handle(), ctx.sink_limits.clone())
-            .map_err(|e| format!("cannot start the sink: {e}"))?;
+        ctx.transport.register(&id.to_string(), pipeline.handle());
+        let hub =
+            SinkHub::start(&id.to_string(), assignment.tenant.as_str(), pipeline.handle(), ctx.sink_limits.clone())
+                .map_err(|e| format!("cannot start the sink: {e}"))?;
         tracing::info!(job = %id, tenant = %assignment.tenant, "job started here");
         self.pipeline = Some(pipeline);
         self.hub = Some(hub);
         Ok(())
     }
 
-    /// A job already here whose plan changed: re-plan the stages that changed (unchanged
-    /// workers keep their state), and attach or detach the source.
-    fn replan(&mut self, ctx: &Context, assignment: &JobAssignment) -> Result<(), String> {
-        let previous = self.applied.clone();
-        for (stage, slots) in assignment.slots.iter().enumerate() {
-            if previous.as_ref().and_then(|p| p.slots.get(stage)) == Some(slots) {
-                continue;
-            }
+    /// Re-plans stage `stage` of a job already here (unchanged workers keep their state); a
+    /// worker whose `init` fails is marked failed and its slot left empty here.
+    fn place(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize) -> Result<(), String> {
+        let Some(slots) = assignment.slots.get(stage) else { return Ok(()) };
+        let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
+        let Some(pipeline) = &self.pipeline else { return Ok(()) };
+        if let Err(err) = pipeline.place(stage, plan) {
+            self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
             let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
-            let Some(pipeline) = &self.pipeline else { return Ok(()) };
-            if let Err(err) = pipeline.place(stage, plan) {
-                self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
-                let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
-                if let Some(pipeline) = &self.pipeline {
-                    pipeline.place(stage, plan).map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        let Some(pipeline) = &mut self.pipeline else { return Ok(()) };
-        if assignment.source != pipeline.has_source() {
-            if assignment.source {
-                attach_source(pipeline, assignment, &ctx.fetcher).map_err(|e| e.to_string())?;
-            } else {
-                pipeline.stop_source();
+            if let Some(pipeline) = &self.pipeline {
+                pipeline.place(stage, plan).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
@@ -374,19 +385,20 @@ impl Running {
 /// Tells the transport which agents may feed each stage of the job here: the agents of the
 /// stage before's workers, or, for the first stage, the agent that runs the source.
 fn allow_senders(ctx: &Context, assignment: &JobAssignment) {
-    let source = assignment.slots.first().and_then(|s| s.first()).and_then(|w| w.agent.clone());
+    let source = assignment.slots.first().and_then(|s| s.first()).and_then(|w| w.agent.as_ref()).map(|a| a.to_string());
     let per_stage = (0..assignment.slots.len())
         .map(|s| match s.checked_sub(1) {
             None => source.iter().cloned().collect(),
             Some(before) => {
-                let mut agents: Vec<String> = assignment.slots[before].iter().filter_map(|w| w.agent.clone()).collect();
+                let mut agents: Vec<String> =
+                    assignment.slots[before].iter().filter_map(|w| w.agent.as_ref()).map(|a| a.to_string()).collect();
                 agents.sort();
                 agents.dedup();
                 agents
             }
         })
         .collect();
-    ctx.transport.allow_senders(&assignment.job, per_stage);
+    ctx.transport.allow_senders(&assignment.job.to_string(), per_stage);
 }
 
 fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &Fetcher) -> Result<(), PipelineError> {
@@ -402,10 +414,10 @@ fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &
                 tenant: assignment.tenant.clone(),
                 cluster: cluster.clone(),
                 query: query.clone(),
-                client_id: assignment.job.clone(),
+                client_id: assignment.job.to_string(),
             };
             let handle = pipeline.handle();
-            pipeline.start_source(&assignment.job, move |stop| upstream.run(&handle, &stop))
+            pipeline.start_source(&assignment.job.to_string(), move |stop| upstream.run(&handle, &stop))
         }
     }
 }

@@ -10,21 +10,23 @@
 //! [`Jobs::reports`] says how every local worker is doing, for the next heartbeat, from what
 //! the job threads published: it takes no lock a guest call can hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
 use squilla_host::pipeline::{FailureKind, PipelineHandle, Pushed};
 use squilla_types::control::{JobAssignment, ReportedState, WorkerReport};
+use squilla_types::ids::JobKey;
 
 use crate::job::{Context, JobCell};
+use crate::reconcile::{self, JobsAction};
 use crate::sink::SinkHub;
 
 /// Every job this agent runs.
 pub struct Jobs {
     ctx: Arc<Context>,
-    jobs: Mutex<BTreeMap<String, Arc<JobCell>>>,
+    jobs: Mutex<BTreeMap<JobKey, Arc<JobCell>>>,
     /// Jobs told to stop whose threads may still be at it.
     stopping: Mutex<Vec<Arc<JobCell>>>,
 }
@@ -53,35 +55,41 @@ impl Jobs {
         Jobs { ctx: Arc::new(ctx), jobs: Mutex::new(BTreeMap::new()), stopping: Mutex::new(Vec::new()) }
     }
 
-    fn cell(&self, job: &str) -> Option<Arc<JobCell>> {
+    fn cell(&self, job: &JobKey) -> Option<Arc<JobCell>> {
         lock(&self.jobs).get(job).cloned()
     }
 
     /// The sink of a job running here.
-    pub fn hub(&self, job: &str) -> Option<Arc<SinkHub>> {
+    pub fn hub(&self, job: &JobKey) -> Option<Arc<SinkHub>> {
         self.cell(job)?.view().hub
     }
 
-    /// Makes this agent run exactly `plan`: never waits for a job's thread.
+    /// Makes this agent run exactly `plan` (the actions of [`reconcile::jobs`]): never waits
+    /// for a job's thread.
     pub fn apply(&self, plan: Vec<JobAssignment>) {
         lock(&self.stopping).retain(|c| !c.is_done());
         let mut jobs = lock(&self.jobs);
-        let gone: Vec<String> = jobs.keys().filter(|id| !plan.iter().any(|a| &a.job == *id)).cloned().collect();
-        for id in gone {
-            if let Some(cell) = jobs.remove(&id) {
-                cell.stop();
-                lock(&self.stopping).push(cell);
-            }
-        }
-        for assignment in plan {
-            match jobs.get(&assignment.job) {
-                Some(cell) => cell.assign(assignment),
-                None => {
+        let running: BTreeSet<JobKey> = jobs.keys().cloned().collect();
+        for action in reconcile::jobs(&running, &plan) {
+            match action {
+                JobsAction::Stop(id) => {
+                    if let Some(cell) = jobs.remove(&id) {
+                        cell.stop();
+                        lock(&self.stopping).push(cell);
+                    }
+                }
+                JobsAction::Assign(assignment) => {
+                    if let Some(cell) = jobs.get(&assignment.job) {
+                        cell.assign(assignment);
+                    }
+                }
+                JobsAction::Start(assignment) => {
                     let id = assignment.job.clone();
                     match JobCell::start(self.ctx.clone(), assignment) {
                         Ok(cell) => {
                             jobs.insert(id, cell);
                         }
+                        // Nothing was started; the next plan tries again.
                         Err(err) => tracing::error!(job = %id, error = %err, "cannot start a thread for the job"),
                     }
                 }
@@ -124,17 +132,12 @@ impl Jobs {
                     }
                 }
             }
-            let job = view.applied.as_ref().map_or_else(String::new, |a| a.job.clone());
             for ((stage, index), failure) in &view.failed {
                 out.push(WorkerReport {
-                    job: if job.is_empty() { cell_key(&cell) } else { job.clone() },
-                    stage: *stage,
-                    index: *index,
-                    number: failure.number,
                     state: ReportedState::Failed,
                     message: Some(failure.message.clone()),
                     fatal: failure.fatal,
-                    ..WorkerReport::default()
+                    ..WorkerReport::new(cell.key().clone(), *stage, *index, failure.number)
                 });
             }
         }
@@ -159,7 +162,7 @@ impl Jobs {
     }
 
     /// Feeds an ingested batch to a job's first stage, waiting up to `wait` for room.
-    pub fn ingest(&self, job: &str, batch: BatchBytes, wait: Duration) -> Ingested {
+    pub fn ingest(&self, job: &JobKey, batch: BatchBytes, wait: Duration) -> Ingested {
         let Some(cell) = self.cell(job) else { return Ingested::NotHere };
         if !cell.takes_ingest() {
             return Ingested::NotHere;
@@ -176,8 +179,8 @@ impl Jobs {
     }
 
     /// Handles of the running pipelines (for tests and metrics).
-    pub fn handles(&self) -> Vec<(String, PipelineHandle)> {
-        let cells: Vec<(String, Arc<JobCell>)> = lock(&self.jobs).iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+    pub fn handles(&self) -> Vec<(JobKey, PipelineHandle)> {
+        let cells: Vec<(JobKey, Arc<JobCell>)> = lock(&self.jobs).iter().map(|(k, c)| (k.clone(), c.clone())).collect();
         cells.into_iter().filter_map(|(id, c)| c.view().handle.map(|h| (id, h))).collect()
     }
 
@@ -185,8 +188,4 @@ impl Jobs {
     pub fn fenced(&self) -> u64 {
         self.ctx.lease.fenced()
     }
-}
-
-fn cell_key(cell: &JobCell) -> String {
-    cell.key().to_owned()
 }

@@ -18,6 +18,7 @@ mod heartbeat;
 pub mod http;
 mod job;
 pub mod jobs;
+pub mod reconcile;
 pub mod sink;
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +29,7 @@ use squilla_host::transport::{Transport, TransportConfig};
 use squilla_host::{ArtifactCache, Executor, Lease, Runtime, RuntimeConfig};
 use squilla_net::server::ServerStats;
 use squilla_types::control::Heartbeat;
+use squilla_types::ids::AgentId;
 
 pub use config::AgentConfig;
 pub use fetch::FETCH_TIMEOUT;
@@ -55,7 +57,7 @@ pub enum AgentError {
 
 /// A running agent.
 pub struct Agent {
-    id: String,
+    id: AgentId,
     http: SocketAddr,
     data: SocketAddr,
     jobs: Arc<Jobs>,
@@ -81,7 +83,7 @@ impl Agent {
         let executor = Executor::new(config.threads);
         let lease = Lease::expired();
         let transport_config =
-            TransportConfig { agent: config.id.clone(), lease: lease.clone(), ..TransportConfig::default() };
+            TransportConfig { agent: config.id.to_string(), lease: lease.clone(), ..TransportConfig::default() };
         let transport = Transport::bind(config.data_listen, transport_config)
             .map_err(|source| AgentError::Listen { addr: config.data_listen, source })?;
         let listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -137,7 +139,7 @@ impl Agent {
     }
 
     /// The agent's id.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &AgentId {
         &self.id
     }
 

@@ -128,6 +128,8 @@ async fn feed_witness(client: Arc<Client>, tenant: &'static str, id: String, wit
     let mut seq = 0u64;
     let per_tick = WITNESS_RATE / 10;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // A producer that fell behind does not make up for it in a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while Instant::now() < until {
         tick.tick().await;
         let body: String =
@@ -145,7 +147,7 @@ async fn feed_witness(client: Arc<Client>, tenant: &'static str, id: String, wit
             }
             tries += 1;
             witness.retries.fetch_add(1, Ordering::Relaxed);
-            if status != 503 || tries > 50 {
+            if !(status == 503 || status == 429) || tries > 100 {
                 eprintln!("soak: witness {tenant}/{id}: ingest answered {status} {answer}; giving up");
                 return;
             }

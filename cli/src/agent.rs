@@ -56,7 +56,7 @@ pub struct AgentArgs {
     pub agent_token: String,
     /// This agent's id (default: `agent-<pid>-<random>`).
     #[arg(long, env = "SQUILLA_AGENT_ID")]
-    pub id: Option<String>,
+    pub id: Option<squilla_types::ids::AgentId>,
     /// Where the sink server listens.
     #[arg(long, env = "SQUILLA_AGENT_HTTP", default_value = "127.0.0.1:0")]
     pub http: SocketAddr,

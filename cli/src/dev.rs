@@ -78,7 +78,7 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         let running = master::start(&args.master, tenants).await?;
         let url = format!("http://{}", running.addr);
         let mut config = AgentConfig::new(&url, args.master.agent_token.clone().expect("set above"));
-        config.id = "dev-agent".into();
+        config.id = "dev-agent".parse()?;
         config.cache_dir = Some(args.master.data_dir.join("cache"));
         config.compile = args.compile.config()?;
         let agent = Agent::start(config).await?;

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use squilla_types::ids::{ClusterName, JobKey, Sha256, TenantId};
 
 const ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("artifacts");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
@@ -30,13 +31,13 @@ const JOB_SEQ: TableDefinition<&str, u64> = TableDefinition::new("job-seq");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterVersion {
     /// The cluster's name.
-    pub name: String,
+    pub name: ClusterName,
     /// Its version, counting from 1.
     pub version: u32,
     /// The spec of this version.
     pub spec: squilla_types::JobSpec,
     /// The artifacts its stages use, by sha256 (resolved when the version was created).
-    pub artifacts: Vec<String>,
+    pub artifacts: Vec<Sha256>,
     /// When this version was created, ms since the Unix epoch.
     pub created_at_ms: i64,
 }
@@ -45,7 +46,7 @@ pub struct ClusterVersion {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactMeta {
     /// Content address: hex sha256 of the component.
-    pub sha256: String,
+    pub sha256: Sha256,
     /// Size in bytes.
     pub size: u64,
     /// `raw` or `typed`.
@@ -100,21 +101,17 @@ pub enum Delete {
     /// A cluster version uses it.
     InUse {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// Its version.
         version: u32,
     },
 }
 
-/// A job as the store keeps it: its key in the control state, its tenant and id, its JSON.
+/// A job as the store keeps it: its key, its JSON.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
-    /// The job's master-wide key.
-    pub key: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// Its id.
-    pub id: String,
+    /// The job's key (also its key in the store).
+    pub key: JobKey,
     /// The job, as JSON.
     pub json: Vec<u8>,
 }
@@ -146,8 +143,25 @@ impl Store {
         txn.open_table(BLOBS)?;
         txn.open_table(TAGS)?;
         txn.open_table(CLUSTERS)?;
-        txn.open_table(JOBS)?;
         txn.open_table(JOB_SEQ)?;
+        {
+            // Jobs were once keyed `tenant/job`; they are keyed by their `JobKey` now.
+            let mut jobs = txn.open_table(JOBS)?;
+            let old: Vec<(String, Vec<u8>)> = jobs
+                .iter()?
+                .filter_map(Result::ok)
+                .filter(|(k, _)| k.value().contains('/'))
+                .map(|(k, v)| (k.value().to_owned(), v.value().to_vec()))
+                .collect();
+            for (old_key, json) in old {
+                let job: crate::control::Job = serde_json::from_slice(&json).map_err(|e| StoreError(e.to_string()))?;
+                let new_key = job.key().to_string();
+                if jobs.get(new_key.as_str())?.is_none() {
+                    jobs.insert(new_key.as_str(), json.as_slice())?;
+                }
+                jobs.remove(old_key.as_str())?;
+            }
+        }
         txn.commit()?;
         Ok(Store { db })
     }
@@ -156,7 +170,15 @@ impl Store {
     /// its tag names another artifact or a new artifact would take the tenant's artifacts
     /// past `quota` bytes. Checks and write are one transaction: concurrent uploads cannot
     /// pass the quota together, nor take one tag twice.
-    pub fn put_artifact(&self, tenant: &str, meta: ArtifactMeta, bytes: &[u8], quota: u64) -> Result<Put, StoreError> {
+    pub fn put_artifact(
+        &self,
+        tenant: &TenantId,
+        meta: ArtifactMeta,
+        bytes: &[u8],
+        quota: u64,
+    ) -> Result<Put, StoreError> {
+        let tenant = tenant.as_str();
+        let sha = meta.sha256.to_string();
         let txn = self.db.begin_write()?;
         let result = {
             let mut artifacts = txn.open_table(ARTIFACTS)?;
@@ -165,12 +187,12 @@ impl Store {
             let tag = meta.name.as_ref().zip(meta.version.as_ref()).map(|(n, v)| key(tenant, &format!("{n}@{v}")));
             if let Some(tag) = &tag {
                 if let Some(existing) = tags.get(tag.as_str())? {
-                    if existing.value() != meta.sha256 {
+                    if existing.value() != sha {
                         return Ok(Put::TagTaken { sha256: existing.value().to_owned() });
                     }
                 }
             }
-            let artifact_key = key(tenant, &meta.sha256);
+            let artifact_key = key(tenant, &sha);
             let previous = artifacts.get(artifact_key.as_str())?.map(|v| v.value().to_vec());
             if previous.is_none() {
                 let prefix = key(tenant, "");
@@ -201,8 +223,8 @@ impl Store {
                     Put::Existing(existing)
                 }
                 None => {
-                    if blobs.get(meta.sha256.as_str())?.is_none() {
-                        blobs.insert(meta.sha256.as_str(), bytes)?;
+                    if blobs.get(sha.as_str())?.is_none() {
+                        blobs.insert(sha.as_str(), bytes)?;
                     }
                     let json = serde_json::to_vec(&meta).map_err(|e| StoreError(e.to_string()))?;
                     artifacts.insert(artifact_key.as_str(), json.as_slice())?;
@@ -210,7 +232,7 @@ impl Store {
                 }
             };
             if let Some(tag) = &tag {
-                tags.insert(tag.as_str(), meta.sha256.as_str())?;
+                tags.insert(tag.as_str(), sha.as_str())?;
             }
             result
         };
@@ -239,33 +261,34 @@ impl Store {
     }
 
     /// `tenant`'s artifacts, by sha256.
-    pub fn artifacts(&self, tenant: &str) -> Result<Vec<ArtifactMeta>, StoreError> {
-        self.tenant_values(ARTIFACTS, tenant)
+    pub fn artifacts(&self, tenant: &TenantId) -> Result<Vec<ArtifactMeta>, StoreError> {
+        self.tenant_values(ARTIFACTS, tenant.as_str())
     }
 
     /// One of `tenant`'s artifacts.
-    pub fn artifact(&self, tenant: &str, sha256: &str) -> Result<Option<ArtifactMeta>, StoreError> {
+    pub fn artifact(&self, tenant: &TenantId, sha256: &Sha256) -> Result<Option<ArtifactMeta>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ARTIFACTS)?;
-        let value = table.get(key(tenant, sha256).as_str())?;
+        let value = table.get(key(tenant.as_str(), &sha256.to_string()).as_str())?;
         value.map(|v| serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))).transpose()
     }
 
     /// The bytes of one of `tenant`'s artifacts.
-    pub fn artifact_bytes(&self, tenant: &str, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn artifact_bytes(&self, tenant: &TenantId, sha256: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
         if self.artifact(tenant, sha256)?.is_none() {
             return Ok(None);
         }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(BLOBS)?;
-        Ok(table.get(sha256)?.map(|v| v.value().to_vec()))
+        self.blob(sha256)
     }
 
     /// Deletes one of `tenant`'s artifacts and its tags; the bytes go with the last tenant
     /// holding them. Refused (with the cluster's name) while a cluster version uses it.
     /// The check and the delete are one transaction with cluster creation's resolution of
     /// artifacts, so a cluster version can never point at a deleted artifact.
-    pub fn delete_artifact(&self, tenant: &str, sha256: &str) -> Result<Delete, StoreError> {
+    pub fn delete_artifact(&self, tenant: &TenantId, sha256: &Sha256) -> Result<Delete, StoreError> {
+        let tenant = tenant.as_str();
+        let sha = sha256.to_string();
+        let sha256 = sha.as_str();
         let txn = self.db.begin_write()?;
         let existed = {
             let clusters = txn.open_table(CLUSTERS)?;
@@ -276,7 +299,7 @@ impl Store {
                     break;
                 }
                 let c: ClusterVersion = serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
-                if c.artifacts.iter().any(|a| a == sha256) {
+                if c.artifacts.iter().any(|a| a.to_string() == sha256) {
                     return Ok(Delete::InUse { cluster: c.name, version: c.version });
                 }
             }
@@ -310,10 +333,11 @@ impl Store {
     }
 
     /// The sha256 that `tenant`'s tag `name@version` names, if any.
-    pub fn tag(&self, tenant: &str, name: &str, version: &str) -> Result<Option<String>, StoreError> {
+    pub fn tag(&self, tenant: &TenantId, name: &str, version: &str) -> Result<Option<Sha256>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TAGS)?;
-        Ok(table.get(key(tenant, &format!("{name}@{version}")).as_str())?.map(|v| v.value().to_owned()))
+        let sha = table.get(key(tenant.as_str(), &format!("{name}@{version}")).as_str())?;
+        sha.map(|v| v.value().parse().map_err(|e: squilla_types::ids::IdError| StoreError(e.to_string()))).transpose()
     }
 
     /// Adds a new version of `tenant`'s cluster `spec.name`, numbered after the latest, with
@@ -322,10 +346,13 @@ impl Store {
     /// deletion (which then refuses, the artifact being in use) or not found.
     pub fn put_cluster(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         spec: squilla_types::JobSpec,
         created_at_ms: i64,
     ) -> Result<Result<ClusterVersion, UnknownArtifact>, StoreError> {
+        let tenant = tenant.as_str();
+        let name: ClusterName =
+            spec.name.parse().map_err(|e: squilla_types::ids::IdError| StoreError(e.to_string()))?;
         let txn = self.db.begin_write()?;
         let mut artifacts = Vec::with_capacity(spec.stages.len());
         {
@@ -340,13 +367,13 @@ impl Store {
                         metas.get(key(tenant, sha).as_str())?.map(|_| sha.clone())
                     }
                 };
-                match sha {
+                match sha.and_then(|sha| sha.parse::<Sha256>().ok()) {
                     Some(sha) => artifacts.push(sha),
                     None => return Ok(Err(UnknownArtifact { stage, reference: s.artifact.to_string() })),
                 }
             }
         }
-        let mut cluster = ClusterVersion { name: spec.name.clone(), version: 0, spec, artifacts, created_at_ms };
+        let mut cluster = ClusterVersion { name, version: 0, spec, artifacts, created_at_ms };
         {
             let mut table = txn.open_table(CLUSTERS)?;
             let prefix = key(tenant, &format!("{}/", cluster.name));
@@ -364,21 +391,21 @@ impl Store {
     }
 
     /// Every version of `tenant`'s clusters, by name then version.
-    pub fn clusters(&self, tenant: &str) -> Result<Vec<ClusterVersion>, StoreError> {
-        self.tenant_values(CLUSTERS, tenant)
+    pub fn clusters(&self, tenant: &TenantId) -> Result<Vec<ClusterVersion>, StoreError> {
+        self.tenant_values(CLUSTERS, tenant.as_str())
     }
 
     /// Total bytes of `tenant`'s artifacts (for the quota).
-    pub fn artifact_bytes_used(&self, tenant: &str) -> Result<u64, StoreError> {
+    pub fn artifact_bytes_used(&self, tenant: &TenantId) -> Result<u64, StoreError> {
         Ok(self.artifacts(tenant)?.iter().map(|a| a.size).sum())
     }
 
     /// The next job number of `tenant`'s cluster `cluster` (1, 2, …; never reused).
-    pub fn next_job_number(&self, tenant: &str, cluster: &str) -> Result<u64, StoreError> {
+    pub fn next_job_number(&self, tenant: &TenantId, cluster: &ClusterName) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
         let n = {
             let mut table = txn.open_table(JOB_SEQ)?;
-            let k = key(tenant, cluster);
+            let k = key(tenant.as_str(), cluster.as_str());
             let n = table.get(k.as_str())?.map_or(0, |v| v.value()) + 1;
             table.insert(k.as_str(), n)?;
             n
@@ -397,7 +424,7 @@ impl Store {
         {
             let mut table = txn.open_table(JOBS)?;
             for record in records {
-                table.insert(key(&record.tenant, &record.id).as_str(), record.json.as_slice())?;
+                table.insert(record.key.to_string().as_str(), record.json.as_slice())?;
             }
         }
         txn.commit()?;
@@ -417,13 +444,19 @@ impl Store {
     }
 
     /// The latest version of every tenant's clusters, as `(tenant, cluster)`.
-    pub fn all_latest_clusters(&self) -> Result<Vec<(String, ClusterVersion)>, StoreError> {
+    pub fn all_latest_clusters(&self) -> Result<Vec<(TenantId, ClusterVersion)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(CLUSTERS)?;
-        let mut out: Vec<(String, ClusterVersion)> = Vec::new();
+        let mut out: Vec<(TenantId, ClusterVersion)> = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
-            let tenant = k.value().split('/').next().unwrap_or_default().to_owned();
+            let tenant: TenantId = k
+                .value()
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e: squilla_types::ids::IdError| StoreError(e.to_string()))?;
             let cluster: ClusterVersion = serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
             match out.last_mut() {
                 Some((t, last)) if *t == tenant && last.name == cluster.name => *last = cluster,
@@ -434,9 +467,9 @@ impl Store {
     }
 
     /// The bytes stored under `sha256`, whoever uploaded them (for agents).
-    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn blob(&self, sha256: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
-        Ok(table.get(sha256)?.map(|v| v.value().to_vec()))
+        Ok(table.get(sha256.to_string().as_str())?.map(|v| v.value().to_vec()))
     }
 }

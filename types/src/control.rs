@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::JobSpec;
+use crate::ids::{AgentId, JobKey, Sha256, TenantId, WorkerNumber};
 
 /// What an agent offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +44,13 @@ pub enum ReportedState {
 #[serde(rename_all = "kebab-case")]
 pub struct WorkerReport {
     /// Its job.
-    pub job: String,
+    pub job: JobKey,
     /// Its stage (0-based).
     pub stage: u32,
     /// Its slot in the stage.
     pub index: u32,
     /// Its incarnation.
-    pub number: u64,
+    pub number: WorkerNumber,
     /// Its state.
     pub state: ReportedState,
     /// Why it failed.
@@ -82,13 +83,15 @@ pub struct WorkerReport {
     pub last_failure: Option<String>,
 }
 
-impl Default for WorkerReport {
-    fn default() -> Self {
+impl WorkerReport {
+    /// A report of worker `(stage, index)`, incarnation `number`, of `job`, running, with no
+    /// counts yet.
+    pub fn new(job: JobKey, stage: u32, index: u32, number: WorkerNumber) -> Self {
         WorkerReport {
-            job: String::new(),
-            stage: 0,
-            index: 0,
-            number: 0,
+            job,
+            stage,
+            index,
+            number,
             state: ReportedState::Running,
             message: None,
             fatal: false,
@@ -108,7 +111,7 @@ impl Default for WorkerReport {
 #[serde(rename_all = "kebab-case")]
 pub struct Heartbeat {
     /// The agent's id (unique among live agents; a restarted agent takes a new one).
-    pub agent: String,
+    pub agent: AgentId,
     /// Where the agent serves sinks (`host:port`).
     pub http: String,
     /// Where the agent takes batches from peers (`host:port`).
@@ -130,30 +133,27 @@ pub struct Heartbeat {
 #[serde(rename_all = "kebab-case")]
 pub struct SlotAssignment {
     /// The agent running it; `None` while it waits for a place.
-    pub agent: Option<String>,
+    pub agent: Option<AgentId>,
     /// That agent's data address.
     pub data: Option<String>,
     /// The worker's incarnation.
-    pub number: u64,
+    pub number: WorkerNumber,
 }
 
 /// One job, as an agent that runs part of it must know it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct JobAssignment {
-    /// The job's id.
-    pub job: String,
-    /// Its owner (for logs).
-    pub tenant: String,
-    /// Bumped on every change of the job's plan: an agent that has seen this generation has
-    /// nothing to do.
-    pub generation: u64,
+    /// The job.
+    pub job: JobKey,
+    /// Its owner (for logs, and the memory budgets of its streams).
+    pub tenant: TenantId,
     /// The job cluster version's spec.
     pub spec: JobSpec,
     /// Parameter overrides of the submission.
     pub params: BTreeMap<String, String>,
     /// Each stage's artifact, by sha256 (fetch from `GET /api/v1/agent/artifacts/{sha256}`).
-    pub artifacts: Vec<String>,
+    pub artifacts: Vec<Sha256>,
     /// `slots[stage][index]`: where every worker of the job runs.
     pub slots: Vec<Vec<SlotAssignment>>,
     /// Whether this agent runs the job's source (the agent of stage 0's slot 0).

@@ -143,6 +143,14 @@ string_id!(
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 );
 
+impl AgentId {
+    /// `agent-<a>-<b in hex>`, valid by construction (an agent's default id, from its process
+    /// id and a random number).
+    pub fn numbered(a: u32, b: u32) -> Self {
+        AgentId(format!("agent-{a}-{b:x}"))
+    }
+}
+
 /// A job: `<cluster>-<n>`, the `n`th job of its tenant's cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId {

@@ -24,14 +24,9 @@ pub async fn heartbeat(
     body: Bytes,
 ) -> Result<Json<Assignments>, ApiError> {
     agent_auth(&state, &headers)?;
+    // The agent's id (`squilla_types::ids::AgentId`) is checked as the body is read.
     let beat: Heartbeat = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_heartbeat", e.to_string()))?;
-    let valid_id = !beat.agent.is_empty()
-        && beat.agent.len() <= 63
-        && beat.agent.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if !valid_id {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_heartbeat", "agent: 1 to 63 of A-Z a-z 0-9 - _ ."));
-    }
     let control = state.control.clone();
     let answer = tokio::task::spawn_blocking(move || control.heartbeat(beat)).await.map_err(ApiError::internal)??;
     Ok(Json(answer))
@@ -45,7 +40,7 @@ pub async fn artifact(
     Path(sha256): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;
-    let key = sha256.clone();
+    let key = super::sha256(&sha256)?;
     let bytes = super::artifacts::with_store(&state, move |store| store.blob(&key)).await?;
     let bytes = bytes.ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes))
@@ -70,7 +65,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
             .agents()
             .into_iter()
             .map(|(id, beat, lost)| AgentView {
-                id,
+                id: id.to_string(),
                 zone: beat.zone,
                 capacity: beat.capacity,
                 workers: beat.workers.len(),
@@ -92,7 +87,9 @@ pub async fn subscribe(
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;
     let params = super::stream::check_params(query.as_deref())?;
-    let follow = super::stream::Follow::Cluster(cluster);
+    let tenant: squilla_types::ids::TenantId =
+        tenant.parse().map_err(|_| ApiError::not_found(format!("tenant `{tenant}`")))?;
+    let follow = super::stream::Follow::Cluster(super::cluster_name(&cluster)?);
     let place = super::stream::subscribe(&state, &tenant)?;
     let events = super::stream::proxy(state, tenant, follow, query, params.ping_interval(), place);
     Ok(super::stream::sse(events))

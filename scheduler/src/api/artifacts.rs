@@ -6,7 +6,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
 use crate::store::{ArtifactMeta, Delete, Put, Store, StoreError};
@@ -85,9 +84,8 @@ pub async fn upload(
     .map_err(ApiError::internal)?;
     let inspection =
         inspection.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_artifact", e.to_string()))?;
-    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     let meta = ArtifactMeta {
-        sha256: sha256.clone(),
+        sha256: squilla_types::ids::Sha256::of(&bytes),
         size: bytes.len() as u64,
         flavour: inspection.flavour.name().into(),
         name,
@@ -137,7 +135,7 @@ pub async fn get(
     Path(sha256): Path<String>,
 ) -> Result<Json<ArtifactMeta>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let key = sha256.clone();
+    let key = super::sha256(&sha256)?;
     let meta = with_store(&state, move |store| store.artifact(&tenant, &key)).await?;
     meta.map(Json).ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))
 }
@@ -149,7 +147,7 @@ pub async fn download(
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let key = sha256.clone();
+    let key = super::sha256(&sha256)?;
     let bytes = with_store(&state, move |store| store.artifact_bytes(&tenant, &key)).await?;
     let bytes = bytes.ok_or_else(|| ApiError::not_found(format!("artifact {sha256}")))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
@@ -162,7 +160,7 @@ pub async fn delete(
     Path(sha256): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let key = sha256.clone();
+    let key = super::sha256(&sha256)?;
     match with_store(&state, move |store| store.delete_artifact(&tenant, &key)).await? {
         Delete::Deleted => Ok(StatusCode::NO_CONTENT),
         Delete::Missing => Err(ApiError::not_found(format!("artifact {sha256}"))),

@@ -6,6 +6,7 @@
 
 use axum::http::HeaderMap;
 use squilla_net::auth::{TokenHash, bearer};
+use squilla_types::ids::TenantId;
 
 use super::ApiError;
 
@@ -13,7 +14,7 @@ use super::ApiError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
     /// The tenant's name (owner of its objects).
-    pub name: String,
+    pub name: TenantId,
     token_hash: TokenHash,
 }
 
@@ -39,11 +40,12 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// Tenants from `(name, token)` pairs.
+    /// Tenants from `(name, token)` pairs (a pair whose name is not a valid tenant id is left
+    /// out; [`Tenants::parse`] says why instead).
     pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let tenants = pairs
             .into_iter()
-            .map(|(name, token)| Tenant { name: name.to_owned(), token_hash: TokenHash::of(token) })
+            .filter_map(|(name, token)| Some(Tenant { name: name.parse().ok()?, token_hash: TokenHash::of(token) }))
             .collect();
         Tenants { tenants }
     }
@@ -62,10 +64,7 @@ impl Tenants {
             let (Some(name), Some(token), None) = (words.next(), words.next(), words.next()) else {
                 return Err(err("expected `tenant token`"));
             };
-            let valid_name = !name.is_empty()
-                && name.len() <= 63
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !valid_name {
+            if name.parse::<TenantId>().is_err() {
                 return Err(err("a tenant name is 1 to 63 of a-z, 0-9 and '-'"));
             }
             if token.len() < 16 {

@@ -81,6 +81,6 @@ pub async fn get_version(
 
 async fn versions(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Vec<ClusterVersion>, ApiError> {
     let tenant = state.tenants.authenticate(headers)?.name.clone();
-    let name = name.to_owned();
+    let name = super::cluster_name(name)?;
     Ok(with_store(state, move |store| store.clusters(&tenant)).await?.into_iter().filter(|c| c.name == name).collect())
 }

@@ -52,10 +52,10 @@ pub async fn tenant(State(state): State<AppState>, mut request: Request, next: N
         Ok(t) => t.name.clone(),
         Err(e) => return e.into_response(),
     };
-    if let Err(wait) = state.rates.per_tenant.check(&tenant) {
+    if let Err(wait) = state.rates.per_tenant.check(tenant.as_str()) {
         return too_many(wait, "tenant");
     }
-    request.extensions_mut().insert(BodyBudget(state.bodies.tenant(&tenant)));
+    request.extensions_mut().insert(BodyBudget(state.bodies.tenant(tenant.as_str())));
     next.run(request).await
 }
 

@@ -202,6 +202,7 @@ pub async fn ingest(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
     let job = state.control.job(&tenant, &id)?;
     if job.state.is_terminal() {
         return Err(ApiError::new(
@@ -233,7 +234,7 @@ pub async fn ingest(
             ));
         }
     };
-    let key = crate::control::model::job_key(&tenant, &id);
+    let key = job.key();
     let (mut fed, mut dropped) = (0usize, 0u64);
     let unavailable = |fed: usize, why: String| {
         ApiError::new(

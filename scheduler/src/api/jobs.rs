@@ -77,7 +77,7 @@ pub async fn submit(
         params.insert(k, text);
     }
     let t = tenant.clone();
-    let n = name.clone();
+    let n = super::cluster_name(&name)?;
     let versions = super::artifacts::with_store(&state, move |store| store.clusters(&t))
         .await?
         .into_iter()
@@ -104,7 +104,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?;
-    Ok(Json(state.control.job(&tenant.name, &id)?))
+    Ok(Json(state.control.job(&tenant.name, &super::job_id(&id)?)?))
 }
 
 /// `POST /api/v1/jobs/{id}/kill`.
@@ -114,6 +114,7 @@ pub async fn kill(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
     Ok(Json(blocking(&state, move |c| c.kill(&tenant, &id)).await?))
 }
 
@@ -132,6 +133,7 @@ pub async fn scale(
     body: axum::body::Bytes,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
     let scale: Scale = json_body(&body)?;
     Ok(Json(blocking(&state, move |c| c.scale(&tenant, &id, &stage, scale.workers)).await?))
 }
@@ -143,6 +145,7 @@ pub async fn resubmit(
     Path((id, stage, index)): Path<(String, String, String)>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
     let index: u32 = index.parse().map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "no_such_worker", format!("`{index}` is not a worker index"))
     })?;

@@ -31,6 +31,8 @@ use squilla_net::rate::{Rate, RateLimiter};
 pub use auth::{AgentToken, Tenant, Tenants, TokensError};
 pub use error::ApiError;
 
+use squilla_types::ids::{ClusterName, JobId, Sha256};
+
 use crate::control::Control;
 use crate::store::Store;
 
@@ -115,7 +117,7 @@ pub struct AppState {
     /// Memory held by request bodies being read, per tenant and in total.
     pub bodies: Arc<Budgets>,
     /// Open sink subscriptions by tenant.
-    pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<squilla_types::ids::TenantId, usize>>>,
 }
 
 impl AppState {
@@ -149,6 +151,21 @@ impl AppState {
             http,
         })
     }
+}
+
+/// A job id from a path: a malformed one names nothing, so it answers 404 as a missing one.
+pub(crate) fn job_id(text: &str) -> Result<JobId, ApiError> {
+    text.parse().map_err(|_| ApiError::not_found(format!("job `{text}`")))
+}
+
+/// An artifact's sha256 from a path (404 if malformed, as a missing one).
+pub(crate) fn sha256(text: &str) -> Result<Sha256, ApiError> {
+    text.parse().map_err(|_| ApiError::not_found(format!("artifact {text}")))
+}
+
+/// A cluster name from a path (404 if malformed, as a missing one).
+pub(crate) fn cluster_name(text: &str) -> Result<ClusterName, ApiError> {
+    text.parse().map_err(|_| ApiError::not_found(format!("job cluster `{text}`")))
 }
 
 /// Runs the control loop's timer (every quarter of the heartbeat period) until the runtime

@@ -38,6 +38,7 @@ use futures_util::{Stream, StreamExt};
 use squilla_net::budget::Level;
 use squilla_net::queue::{self, Item, Offered, StreamEnd};
 
+use squilla_types::ids::{ClusterName, JobId, TenantId};
 use squilla_types::sink::SinkParams;
 
 use super::{ApiError, AppState};
@@ -52,6 +53,7 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Events, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
     let first = state.control.job(&tenant, &id)?;
     let changes = state.control.subscribe();
     let control = state.control.clone();
@@ -110,6 +112,7 @@ pub async fn sink(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
     state.control.sink_agents(&tenant, &id)?;
     let params = check_params(query.as_deref())?;
     let place = subscribe(&state, &tenant)?;
@@ -168,9 +171,9 @@ pub(crate) fn sse(chunks: queue::Receiver) -> Response {
 #[derive(Debug, Clone)]
 pub(crate) enum Follow {
     /// One job.
-    Job(String),
+    Job(JobId),
     /// Whatever job of the cluster is current (a job source follows its upstream cluster).
-    Cluster(String),
+    Cluster(ClusterName),
 }
 
 /// Events a subscriber may have waiting at the master (on top of its byte share).
@@ -193,8 +196,8 @@ enum RelayEnd {
 
 /// A tenant's place among its open subscriptions, given back when the proxy ends.
 pub(crate) struct Subscribed {
-    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    tenant: String,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<TenantId, usize>>>,
+    tenant: TenantId,
 }
 
 impl Drop for Subscribed {
@@ -210,9 +213,9 @@ impl Drop for Subscribed {
 }
 
 /// Takes one of `tenant`'s subscription places: 429 `too_many_subscriptions` past the limit.
-pub(crate) fn subscribe(state: &AppState, tenant: &str) -> Result<Subscribed, ApiError> {
+pub(crate) fn subscribe(state: &AppState, tenant: &TenantId) -> Result<Subscribed, ApiError> {
     let mut counts = state.subscriptions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let n = counts.entry(tenant.to_owned()).or_default();
+    let n = counts.entry(tenant.clone()).or_default();
     if *n >= state.limits.subscriptions_per_tenant {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -221,7 +224,7 @@ pub(crate) fn subscribe(state: &AppState, tenant: &str) -> Result<Subscribed, Ap
         ));
     }
     *n += 1;
-    Ok(Subscribed { counts: state.subscriptions.clone(), tenant: tenant.to_owned() })
+    Ok(Subscribed { counts: state.subscriptions.clone(), tenant: tenant.clone() })
 }
 
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
@@ -230,13 +233,13 @@ pub(crate) fn subscribe(state: &AppState, tenant: &str) -> Result<Subscribed, Ap
 /// `ping` when idle) is dropped and made again.
 pub(crate) fn proxy(
     state: AppState,
-    tenant: String,
+    tenant: TenantId,
     follow: Follow,
     query: Option<String>,
     ping: Duration,
     place: Subscribed,
 ) -> queue::Receiver {
-    let budget = state.streams.tenant(&tenant).child(Level::Subscriber, state.limits.subscriber_bytes);
+    let budget = state.streams.tenant(tenant.as_str()).child(Level::Subscriber, state.limits.subscriber_bytes);
     // A frame larger than the subscriber's whole share could never be delivered: relays drop
     // an agent that sends one rather than hold it.
     let max_frame = MAX_FRAME_BYTES.min(state.limits.subscriber_bytes);
@@ -287,7 +290,8 @@ pub(crate) fn proxy(
                     return;
                 }
             }
-            let key = crate::control::model::job_key(&tenant, id.as_deref().unwrap_or_default());
+            let key = id.as_ref().map(|id| squilla_types::ids::JobKey::new(tenant.clone(), id.clone()));
+            let key = key.map(|k| k.to_string()).unwrap_or_default();
             let wanted: Vec<(String, String)> = agents
                 .and_then(Result::ok)
                 .unwrap_or_default()

@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use squilla_types::control::{Assignments, Heartbeat, JobAssignment, ReportedState, SlotAssignment};
 
-use super::model::{WorkerState, push_history};
+use squilla_types::ids::{AgentId, JobKey};
+
+use super::model::WorkerState;
 use super::{AgentEntry, ControlConfig, State, schedule};
 
 /// The history state of an entry about failed calls (the worker keeps running).
@@ -15,7 +17,7 @@ const FAILING_EVERY_MS: i64 = 10_000;
 /// Records a heartbeat: the agent is alive (again), and its workers' reports update their
 /// slots. Reports about workers the master no longer assigns there are ignored: the agent
 /// stops those when it sees its new plan.
-pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig, now_ms: i64) -> Vec<String> {
+pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig, now_ms: i64) -> Vec<JobKey> {
     let agent = beat.agent.clone();
     match state.agents.get_mut(&agent) {
         Some(entry) => {
@@ -42,7 +44,7 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
         let (s, i) = (report.stage as usize, report.index as usize);
         let job_key = job.key();
         let Some(w) = job.stages.get_mut(s).and_then(|st| st.workers.get_mut(i)) else { continue };
-        if w.number != report.number || w.agent.as_deref() != Some(agent.as_str()) {
+        if w.number != report.number || w.agent.as_ref() != Some(&agent) {
             continue;
         }
         w.events_in = report.events_in;
@@ -77,11 +79,11 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
         }
         match report.state {
             ReportedState::Running if w.state != WorkerState::Running => {
-                w.state = WorkerState::Running;
-                w.running_since_ms = Some(now_ms);
-                push_history(&mut w.history, WorkerState::Running, None);
-                job.refresh_state();
-                dirty.push(job.key());
+                if w.set_state(WorkerState::Running, None) {
+                    w.running_since_ms = Some(now_ms);
+                    job.refresh_state();
+                    dirty.push(job.key());
+                }
             }
             ReportedState::Running => {}
             ReportedState::Failed if report.fatal => {
@@ -103,17 +105,16 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
 }
 
 /// Every active job with a worker on `agent`, with where all of its slots run.
-pub(crate) fn assignments(state: &State, agent: &str, config: &ControlConfig) -> Assignments {
-    let data = |id: &str| state.agents.get(id).filter(|e| !e.lost).map(|e| e.beat.data.clone());
+pub(crate) fn assignments(state: &State, agent: &AgentId, config: &ControlConfig) -> Assignments {
+    let data = |id: &AgentId| state.agents.get(id).filter(|e| !e.lost).map(|e| e.beat.data.clone());
     let jobs = state
         .jobs
         .values()
         .filter(|j| !j.state.is_terminal())
-        .filter(|j| j.workers().any(|(_, w)| w.agent.as_deref() == Some(agent)))
+        .filter(|j| j.workers().any(|(_, w)| w.agent.as_ref() == Some(agent)))
         .map(|job| JobAssignment {
             job: job.key(),
             tenant: job.tenant.clone(),
-            generation: job.generation,
             spec: job.spec.clone(),
             params: job.params.clone(),
             artifacts: job.artifacts.clone(),
@@ -125,17 +126,13 @@ pub(crate) fn assignments(state: &State, agent: &str, config: &ControlConfig) ->
                         .iter()
                         .map(|w| SlotAssignment {
                             agent: w.agent.clone(),
-                            data: w.agent.as_deref().and_then(data),
+                            data: w.agent.as_ref().and_then(data),
                             number: w.number,
                         })
                         .collect()
                 })
                 .collect(),
-            source: job
-                .stages
-                .first()
-                .and_then(|s| s.workers.first())
-                .is_some_and(|w| w.agent.as_deref() == Some(agent)),
+            source: job.stages.first().and_then(|s| s.workers.first()).is_some_and(|w| w.agent.as_ref() == Some(agent)),
         })
         .collect();
     // The lease ends a tenth of the timeout before the master could declare the agent lost

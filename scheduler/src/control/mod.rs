@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use squilla_types::control::Heartbeat;
+use squilla_types::ids::{AgentId, ClusterName, JobId, JobKey, TenantId};
 
 pub use model::{Job, JobState, Stage, Transition, Worker, WorkerState};
 
@@ -118,12 +119,12 @@ pub(crate) struct AgentEntry {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub agents: BTreeMap<String, AgentEntry>,
-    pub jobs: BTreeMap<String, Job>,
+    pub agents: BTreeMap<AgentId, AgentEntry>,
+    pub jobs: BTreeMap<JobKey, Job>,
     /// Bumped on every change, for status streams.
     pub version: u64,
     /// Jobs changed in memory and not yet stored (heartbeats' changes, failed writes).
-    pub unsaved: std::collections::BTreeSet<String>,
+    pub unsaved: std::collections::BTreeSet<JobKey>,
 }
 
 /// The master's live state and the operations on it.
@@ -139,8 +140,8 @@ pub struct Control {
 
 /// What a write changed: the jobs to store, and how to put back the one it was for.
 struct Changed {
-    dirty: Vec<String>,
-    undo: Option<(String, Option<Job>)>,
+    dirty: Vec<JobKey>,
+    undo: Option<(JobKey, Option<Job>)>,
 }
 
 impl std::fmt::Debug for Control {
@@ -219,7 +220,7 @@ impl Control {
     /// Submits a job of `cluster` with parameter overrides `params`.
     pub fn submit(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         cluster: &ClusterVersion,
         params: BTreeMap<String, String>,
     ) -> Result<Job, ControlError> {
@@ -234,8 +235,8 @@ impl Control {
         let n = self.store.next_job_number(tenant, &cluster.name)?;
         self.write(|state| {
             let mut job = Job {
-                id: format!("{}-{n}", cluster.name),
-                tenant: tenant.to_owned(),
+                id: JobId::new(&cluster.name, n),
+                tenant: tenant.clone(),
                 cluster: cluster.name.clone(),
                 version: cluster.version,
                 spec: spec.clone(),
@@ -258,7 +259,7 @@ impl Control {
             state.jobs.insert(id.clone(), job);
             let mut dirty = vec![id.clone()];
             dirty.extend(schedule::place(state, model::now_ms()));
-            let job = state.jobs.get(&id).cloned().ok_or_else(|| ControlError::NoSuchJob(id.clone()))?;
+            let job = state.jobs.get(&id).cloned().ok_or_else(|| ControlError::NoSuchJob(id.job.to_string()))?;
             Ok((job, Changed { dirty, undo: Some((id, None)) }))
         })
     }
@@ -267,7 +268,7 @@ impl Control {
     fn check_submission(
         &self,
         state: &State,
-        tenant: &str,
+        tenant: &TenantId,
         cluster: &ClusterVersion,
         workers: u64,
         memory: u64,
@@ -276,7 +277,7 @@ impl Control {
         let active = state
             .jobs
             .values()
-            .filter(|j| j.tenant == tenant && j.cluster == cluster.name && !j.state.is_terminal())
+            .filter(|j| j.tenant == *tenant && j.cluster == cluster.name && !j.state.is_terminal())
             .count() as u32;
         if spec.sla.max_jobs != 0 && active >= spec.sla.max_jobs {
             return Err(ControlError::Sla(format!(
@@ -287,11 +288,11 @@ impl Control {
         self.check_quota(state, tenant, workers, memory)
     }
 
-    fn check_quota(&self, state: &State, tenant: &str, workers: u64, memory: u64) -> Result<(), ControlError> {
+    fn check_quota(&self, state: &State, tenant: &TenantId, workers: u64, memory: u64) -> Result<(), ControlError> {
         let (used_w, used_m) = state
             .jobs
             .values()
-            .filter(|j| j.tenant == tenant && !j.state.is_terminal())
+            .filter(|j| j.tenant == *tenant && !j.state.is_terminal())
             .flat_map(|j| j.stages.iter().zip(&j.spec.stages))
             .fold((0u64, 0u64), |(w, m), (stage, spec)| {
                 let n = stage.workers.len() as u64;
@@ -314,25 +315,26 @@ impl Control {
     }
 
     /// `tenant`'s jobs, oldest first.
-    pub fn jobs(&self, tenant: &str) -> Vec<Job> {
-        let mut jobs: Vec<Job> = self.lock().jobs.values().filter(|j| j.tenant == tenant).cloned().collect();
+    pub fn jobs(&self, tenant: &TenantId) -> Vec<Job> {
+        let mut jobs: Vec<Job> = self.lock().jobs.values().filter(|j| j.tenant == *tenant).cloned().collect();
         jobs.sort_by_key(|j| (j.submitted_at_ms, j.id.clone()));
         jobs
     }
 
     /// One of `tenant`'s jobs.
-    pub fn job(&self, tenant: &str, id: &str) -> Result<Job, ControlError> {
-        self.lock().jobs.get(&model::job_key(tenant, id)).cloned().ok_or_else(|| ControlError::NoSuchJob(id.to_owned()))
+    pub fn job(&self, tenant: &TenantId, id: &JobId) -> Result<Job, ControlError> {
+        let key = JobKey::new(tenant.clone(), id.clone());
+        self.lock().jobs.get(&key).cloned().ok_or_else(|| ControlError::NoSuchJob(id.to_string()))
     }
 
     fn mutate(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &JobId,
         f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
     ) -> Result<Job, ControlError> {
         let _writer = self.writer();
-        let key = model::job_key(tenant, id);
+        let key = JobKey::new(tenant.clone(), id.clone());
         self.write(|state| self.change(state, &key, f))
     }
 
@@ -341,32 +343,31 @@ impl Control {
     fn change(
         &self,
         state: &mut State,
-        key: &str,
+        key: &JobKey,
         f: impl FnOnce(&mut Job, &ControlConfig) -> Result<(), ControlError>,
     ) -> Result<(Job, Changed), ControlError> {
-        let id = || key.split_once('.').map_or(key, |(_, id)| id).to_owned();
+        let id = || key.job.to_string();
         let Some(job) = state.jobs.get_mut(key) else { return Err(ControlError::NoSuchJob(id())) };
         if job.state.is_terminal() {
             return Err(ControlError::Ended(id()));
         }
         let before = job.clone();
         if let Err(e) = f(job, &self.config) {
-            state.jobs.insert(key.to_owned(), before);
+            state.jobs.insert(key.clone(), before);
             return Err(e);
         }
-        let mut dirty = vec![key.to_owned()];
+        let mut dirty = vec![key.clone()];
         dirty.extend(schedule::place(state, model::now_ms()));
         let job = state.jobs.get(key).cloned().ok_or_else(|| ControlError::NoSuchJob(id()))?;
-        Ok((job, Changed { dirty, undo: Some((key.to_owned(), Some(before))) }))
+        Ok((job, Changed { dirty, undo: Some((key.clone(), Some(before))) }))
     }
 
     /// Kills a job: its workers stop at their agents' next heartbeat.
-    pub fn kill(&self, tenant: &str, id: &str) -> Result<Job, ControlError> {
+    pub fn kill(&self, tenant: &TenantId, id: &JobId) -> Result<Job, ControlError> {
         self.mutate(tenant, id, |job, _| {
             for stage in &mut job.stages {
                 for w in &mut stage.workers {
-                    w.state = WorkerState::Stopped;
-                    model::push_history(&mut w.history, WorkerState::Stopped, Some("job killed".into()));
+                    w.set_state(WorkerState::Stopped, Some("job killed".into()));
                 }
             }
             job.generation += 1;
@@ -378,16 +379,16 @@ impl Control {
     /// Sets stage `stage` (its name or 0-based index) of a job to `workers` workers. The
     /// quota check and the change are one write, so concurrent scales and submissions cannot
     /// pass the quota together.
-    pub fn scale(&self, tenant: &str, id: &str, stage: &str, workers: u32) -> Result<Job, ControlError> {
+    pub fn scale(&self, tenant: &TenantId, id: &JobId, stage: &str, workers: u32) -> Result<Job, ControlError> {
         if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
             return Err(invalid("invalid_scale", format!("workers: between 1 and {}", squilla_types::limits::WORKERS)));
         }
         let _writer = self.writer();
-        let key = model::job_key(tenant, id);
+        let key = JobKey::new(tenant.clone(), id.clone());
         self.write(|state| {
-            let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+            let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
             if job.state.is_terminal() {
-                return Err(ControlError::Ended(id.to_owned()));
+                return Err(ControlError::Ended(id.to_string()));
             }
             let s = stage_index(job, stage)?;
             let current = job.stages[s].workers.len() as u64;
@@ -419,7 +420,7 @@ impl Control {
     }
 
     /// Replaces worker `index` of stage `stage` by a new incarnation, placed anew.
-    pub fn resubmit(&self, tenant: &str, id: &str, stage: &str, index: u32) -> Result<Job, ControlError> {
+    pub fn resubmit(&self, tenant: &TenantId, id: &JobId, stage: &str, index: u32) -> Result<Job, ControlError> {
         let stage = stage.to_owned();
         self.mutate(tenant, id, move |job, config| {
             let s = stage_index(job, &stage)?;
@@ -440,9 +441,10 @@ impl Control {
     }
 
     /// The sink addresses (`host:port` of agents' HTTP servers) of a job's last stage.
-    pub fn sink_agents(&self, tenant: &str, id: &str) -> Result<Vec<String>, ControlError> {
+    pub fn sink_agents(&self, tenant: &TenantId, id: &JobId) -> Result<Vec<String>, ControlError> {
         let state = self.lock();
-        let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let key = JobKey::new(tenant.clone(), id.clone());
+        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
         let mut out: Vec<String> = job
             .stages
             .last()
@@ -461,25 +463,25 @@ impl Control {
     /// tenths of the agent timeout: an agent whose lease ran out emits nothing).
     pub fn source_agent(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &JobId,
     ) -> Result<(Option<String>, squilla_types::SourceSpec, bool), ControlError> {
         let state = self.lock();
-        let job = state.jobs.get(&model::job_key(tenant, id)).ok_or_else(|| ControlError::NoSuchJob(id.into()))?;
+        let key = JobKey::new(tenant.clone(), id.clone());
+        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
         let agent = job.stages.first().and_then(|s| s.workers.first()).and_then(|w| w.agent.as_ref());
         let entry = agent.and_then(|a| state.agents.get(a)).filter(|e| !e.lost);
-        let fresh =
-            entry.is_some_and(|e| e.last_seen.elapsed() <= self.config.heartbeat * 2 + Duration::from_millis(500));
+        let fresh = entry.is_some_and(|e| e.last_seen.elapsed() <= self.config.agent_timeout * 9 / 10);
         Ok((entry.map(|e| e.beat.http.clone()), job.spec.source.clone(), fresh))
     }
 
     /// The id of `tenant`'s newest active job of `cluster`, if any.
-    pub fn current_job(&self, tenant: &str, cluster: &str) -> Option<String> {
+    pub fn current_job(&self, tenant: &TenantId, cluster: &ClusterName) -> Option<JobId> {
         let state = self.lock();
         state
             .jobs
             .values()
-            .filter(|j| j.tenant == tenant && j.cluster == cluster && !j.state.is_terminal())
+            .filter(|j| j.tenant == *tenant && j.cluster == *cluster && !j.state.is_terminal())
             .max_by_key(|j| (j.submitted_at_ms, j.id.clone()))
             .map(|j| j.id.clone())
     }
@@ -498,7 +500,7 @@ impl Control {
     }
 
     /// The live agents, as `(id, heartbeat, lost)`.
-    pub fn agents(&self) -> Vec<(String, Heartbeat, bool)> {
+    pub fn agents(&self) -> Vec<(AgentId, Heartbeat, bool)> {
         self.lock().agents.iter().map(|(id, e)| (id.clone(), e.beat.clone(), e.lost)).collect()
     }
 
@@ -552,12 +554,12 @@ impl Control {
 }
 
 /// What the store keeps of `keys`' jobs (those still there), serialized now.
-fn records(state: &State, keys: &[String]) -> Vec<JobRecord> {
+fn records(state: &State, keys: &[JobKey]) -> Vec<JobRecord> {
     keys.iter()
         .filter_map(|key| state.jobs.get(key).map(|job| (key, job)))
         .filter_map(|(key, job)| {
             let json = serde_json::to_vec(job).ok()?;
-            Some(JobRecord { key: key.clone(), tenant: job.tenant.clone(), id: job.id.clone(), json })
+            Some(JobRecord { key: key.clone(), json })
         })
         .collect()
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use squilla_types::JobSpec;
+use squilla_types::ids::{AgentId, ClusterName, JobId, JobKey, Sha256, TenantId, WorkerNumber};
 
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +35,28 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(self, JobState::Completed | JobState::Failed | JobState::Killed)
     }
+
+    /// Whether a job may go from `self` to `to` (see [`JOB_TRANSITIONS`]).
+    pub fn can_become(self, to: JobState) -> bool {
+        JOB_TRANSITIONS.iter().any(|(from, tos)| *from == self && tos.contains(&to))
+    }
 }
+
+/// Every legal change of a job's state, from each state. While it runs, a job moves freely
+/// between `accepted` (a worker waits for a place), `launched` (all placed) and `running` (all
+/// running) as its workers are placed, run, fail and are replaced; it ends once, in
+/// `completed`, `failed` or `killed`, and never leaves.
+pub const JOB_TRANSITIONS: &[(JobState, &[JobState])] = {
+    use JobState::*;
+    &[
+        (Accepted, &[Launched, Running, Completed, Failed, Killed]),
+        (Launched, &[Accepted, Running, Completed, Failed, Killed]),
+        (Running, &[Accepted, Launched, Completed, Failed, Killed]),
+        (Completed, &[]),
+        (Failed, &[]),
+        (Killed, &[]),
+    ]
+};
 
 /// A worker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +71,21 @@ pub enum WorkerState {
     /// Ended (its job ended, or it was replaced).
     Stopped,
 }
+
+impl WorkerState {
+    /// Whether a worker may go from `self` to `to` (see [`WORKER_TRANSITIONS`]).
+    pub fn can_become(self, to: WorkerState) -> bool {
+        WORKER_TRANSITIONS.iter().any(|(from, tos)| *from == self && tos.contains(&to))
+    }
+}
+
+/// Every legal change of a worker's state, from each state. A worker incarnation is placed
+/// (`launched`), then reported `running`; it is `stopped` once — its job ended, or it was
+/// replaced by a new incarnation (which starts `accepted`) — and never runs again.
+pub const WORKER_TRANSITIONS: &[(WorkerState, &[WorkerState])] = {
+    use WorkerState::*;
+    &[(Accepted, &[Launched, Stopped]), (Launched, &[Running, Stopped]), (Running, &[Stopped]), (Stopped, &[])]
+};
 
 /// One entry of a state history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,11 +116,11 @@ pub struct Worker {
     /// Its slot in the stage (kept on replacement).
     pub index: u32,
     /// Its incarnation (unique within the job, new on every replacement).
-    pub number: u64,
+    pub number: WorkerNumber,
     /// Its state.
     pub state: WorkerState,
     /// The agent it is assigned to.
-    pub agent: Option<String>,
+    pub agent: Option<AgentId>,
     /// Why it is waiting, when it cannot be placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
@@ -119,6 +156,24 @@ pub struct Worker {
     pub history: Vec<Transition>,
 }
 
+impl Worker {
+    /// Moves the worker to `state`, recording it with `reason`, if the move is legal
+    /// ([`WORKER_TRANSITIONS`]); returns whether it moved. An illegal move changes nothing
+    /// (and is logged: it is a bug).
+    pub fn set_state(&mut self, state: WorkerState, reason: Option<String>) -> bool {
+        if self.state == state {
+            return false;
+        }
+        if !self.state.can_become(state) {
+            tracing::error!(number = self.number.0, from = ?self.state, to = ?state, "illegal worker state change refused");
+            return false;
+        }
+        self.state = state;
+        push_history(&mut self.history, state, reason);
+        true
+    }
+}
+
 /// A stage of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
@@ -132,17 +187,17 @@ pub struct Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// `<cluster>-<n>`.
-    pub id: String,
+    pub id: JobId,
     /// Its owner.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The cluster it was submitted from.
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The cluster version.
     pub version: u32,
     /// That version's spec.
     pub spec: JobSpec,
     /// Each stage's artifact, by sha256.
-    pub artifacts: Vec<String>,
+    pub artifacts: Vec<Sha256>,
     /// Parameter overrides.
     pub params: BTreeMap<String, String>,
     /// Its state.
@@ -162,16 +217,10 @@ pub struct Job {
     pub submitted_at_ms: i64,
 }
 
-/// The master-wide key of `tenant`'s job `id`: `tenant.id` (job ids are unique per tenant;
-/// `.` appears in neither part). Agents and the transport know jobs by this key.
-pub fn job_key(tenant: &str, id: &str) -> String {
-    format!("{tenant}.{id}")
-}
-
 impl Job {
-    /// The master-wide key, see [`job_key`].
-    pub fn key(&self) -> String {
-        job_key(&self.tenant, &self.id)
+    /// The job's key among every tenant's.
+    pub fn key(&self) -> JobKey {
+        JobKey::new(self.tenant.clone(), self.id.clone())
     }
 
     /// Every worker, with its stage.
@@ -179,18 +228,29 @@ impl Job {
         self.stages.iter().enumerate().flat_map(|(s, stage)| stage.workers.iter().map(move |w| (s, w)))
     }
 
-    /// Moves the job to `state`, recording it.
+    /// Moves the job to `state`, recording it, if the move is legal ([`JOB_TRANSITIONS`]);
+    /// a change of reason alone is recorded too. An illegal move changes nothing (and is
+    /// logged: it is a bug).
     pub fn set_state(&mut self, state: JobState, reason: Option<String>) {
-        if self.state != state || (reason.is_some() && self.reason != reason) {
-            self.state = state;
-            self.reason = reason.clone();
-            push_history(&mut self.history, state, reason);
+        if self.state == state {
+            if reason.is_some() && self.reason != reason {
+                self.reason = reason.clone();
+                push_history(&mut self.history, state, reason);
+            }
+            return;
         }
+        if !self.state.can_become(state) {
+            tracing::error!(job = %self.id, from = ?self.state, to = ?state, "illegal job state change refused");
+            return;
+        }
+        self.state = state;
+        self.reason = reason.clone();
+        push_history(&mut self.history, state, reason);
     }
 
     /// A fresh worker for slot `index` (the next number, waiting for a place).
     pub fn new_worker(&mut self, index: u32, not_before_ms: i64, attempts: u32, failures: u32) -> Worker {
-        let number = self.next_number;
+        let number = WorkerNumber(self.next_number);
         self.next_number += 1;
         let mut history = Vec::new();
         push_history(&mut history, WorkerState::Accepted, None);
@@ -235,3 +295,56 @@ impl Job {
 }
 
 pub use squilla_types::time::now_ms;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOBS: [JobState; 6] = [
+        JobState::Accepted,
+        JobState::Launched,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Killed,
+    ];
+    const WORKERS: [WorkerState; 4] =
+        [WorkerState::Accepted, WorkerState::Launched, WorkerState::Running, WorkerState::Stopped];
+
+    #[test]
+    fn every_job_state_change_is_decided_by_the_table() {
+        for from in JOBS {
+            for to in JOBS {
+                let legal = from != to && !from.is_terminal();
+                assert_eq!(from.can_become(to), legal, "{from:?} -> {to:?}");
+            }
+        }
+        let mut job: Job = serde_json::from_value(serde_json::json!({
+            "id": "e-1", "tenant": "t", "cluster": "e", "version": 1,
+            "spec": {"name": "e", "source": {"kind": "ingest"}, "stages": [{"name": "s", "artifact": "f@1"}]},
+            "artifacts": [squilla_types::ids::Sha256::of(b"x")], "params": {}, "state": "running", "history": [], "stages": [],
+            "generation": 1, "next_number": 1, "submitted_at_ms": 0
+        }))
+        .unwrap();
+        job.set_state(JobState::Killed, Some("by t".into()));
+        job.set_state(JobState::Running, None);
+        assert_eq!(job.state, JobState::Killed, "an ended job never runs again");
+        assert_eq!(job.history.len(), 1);
+    }
+
+    #[test]
+    fn every_worker_state_change_is_decided_by_the_table() {
+        let legal = [
+            (WorkerState::Accepted, WorkerState::Launched),
+            (WorkerState::Accepted, WorkerState::Stopped),
+            (WorkerState::Launched, WorkerState::Running),
+            (WorkerState::Launched, WorkerState::Stopped),
+            (WorkerState::Running, WorkerState::Stopped),
+        ];
+        for from in WORKERS {
+            for to in WORKERS {
+                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+}

@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use squilla_types::ids::{AgentId, JobKey};
 use squilla_types::{Fitness, Strength as SpecStrength};
 
-use super::model::{JobState, WorkerState, push_history};
+use super::model::{JobState, WorkerState};
 use super::{ControlConfig, Job, State};
 use crate::placement::{self, Agent, Constraints, Request, Resources, StageKey, Strength, WorkerKey};
 
@@ -31,17 +32,19 @@ fn strength(s: SpecStrength) -> Strength {
 }
 
 fn stage_key(job: &Job, stage: usize) -> StageKey {
-    StageKey { job: job.key(), stage: job.stages[stage].name.clone() }
+    StageKey { job: job.key().to_string(), stage: job.stages[stage].name.clone() }
 }
 
 /// Places every worker that waits for a place and whose backoff has passed.
-pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<String> {
+pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<JobKey> {
+    // Placement is pure and speaks text; agents come back by their id's text.
+    let ids: BTreeMap<String, AgentId> = state.agents.keys().map(|id| (id.to_string(), id.clone())).collect();
     let mut agents: Vec<Agent> = state
         .agents
         .iter()
         .filter(|(_, e)| !e.lost)
         .map(|(id, e)| Agent {
-            id: id.clone(),
+            id: id.to_string(),
             zone: e.beat.zone.clone(),
             labels: e.beat.labels.clone(),
             capacity: Resources {
@@ -55,13 +58,13 @@ pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<String> {
         })
         .collect();
     let mut requests: BTreeMap<Fitness, Vec<Request>> = BTreeMap::new();
-    let mut slots: BTreeMap<WorkerKey, (String, usize, usize)> = BTreeMap::new();
+    let mut slots: BTreeMap<WorkerKey, (JobKey, usize, usize)> = BTreeMap::new();
     for job in state.jobs.values().filter(|j| !j.state.is_terminal()) {
         for (s, stage) in job.stages.iter().enumerate() {
             for (i, w) in stage.workers.iter().enumerate() {
                 match &w.agent {
                     Some(agent) => {
-                        if let Some(a) = agents.iter_mut().find(|a| &a.id == agent) {
+                        if let Some(a) = agents.iter_mut().find(|a| a.id == agent.as_str()) {
                             a.used = a.used.plus(&needs(job, s));
                             a.running.push(stage_key(job, s));
                         }
@@ -97,24 +100,23 @@ pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<String> {
         };
         let outcome = placement::place(&agents, &requests, fitness);
         for (key, agent) in outcome.assigned {
-            let Some((job_id, s, i)) = slots.get(&key) else { continue };
-            let job = state.jobs.get_mut(job_id).expect("job of a request");
+            let (Some((job_id, s, i)), Some(agent_id)) = (slots.get(&key), ids.get(&agent)) else { continue };
+            let Some(job) = state.jobs.get_mut(job_id) else { continue };
             if let Some(a) = agents.iter_mut().find(|a| a.id == agent) {
                 a.used = a.used.plus(&needs(job, *s));
                 a.running.push(stage_key(job, *s));
             }
             let w = &mut job.stages[*s].workers[*i];
-            w.agent = Some(agent.clone());
+            w.agent = Some(agent_id.clone());
             w.pending_reason = None;
-            w.state = WorkerState::Launched;
-            push_history(&mut w.history, WorkerState::Launched, Some(format!("placed on agent `{agent}`")));
+            w.set_state(WorkerState::Launched, Some(format!("placed on agent `{agent}`")));
             job.generation += 1;
             job.refresh_state();
             dirty.push(job_id.clone());
         }
         for (key, reason) in outcome.unplaced {
             let Some((job_id, s, i)) = slots.get(&key) else { continue };
-            let job = state.jobs.get_mut(job_id).expect("job of a request");
+            let Some(job) = state.jobs.get_mut(job_id) else { continue };
             let w = &mut job.stages[*s].workers[*i];
             if w.pending_reason.as_deref() != Some(reason.as_str()) {
                 w.pending_reason = Some(reason);
@@ -137,8 +139,7 @@ pub(crate) fn replace(
     now_ms: i64,
 ) {
     let old = &mut job.stages[s].workers[i];
-    old.state = WorkerState::Stopped;
-    push_history(&mut old.history, WorkerState::Stopped, Some(reason.clone()));
+    old.set_state(WorkerState::Stopped, Some(reason.clone()));
     let (index, attempts, failures) = (old.index, old.attempts + 1, old.failures + u32::from(failure));
     let mut history = std::mem::take(&mut old.history);
     let delay = config.backoff.saturating_mul(1 << (attempts - 1).min(16)).min(config.max_backoff);
@@ -154,7 +155,7 @@ pub(crate) fn replace(
     job.generation += 1;
     if failures >= config.max_worker_failures {
         for w in job.stages.iter_mut().flat_map(|st| st.workers.iter_mut()) {
-            w.state = WorkerState::Stopped;
+            w.set_state(WorkerState::Stopped, Some("its job failed".into()));
         }
         job.set_state(
             JobState::Failed,
@@ -169,9 +170,9 @@ pub(crate) fn replace(
 pub(crate) fn fail_job(job: &mut Job, s: usize, i: usize, reason: String) {
     let stage = job.stages[s].name.clone();
     let index = job.stages[s].workers[i].index;
-    push_history(&mut job.stages[s].workers[i].history, WorkerState::Stopped, Some(reason.clone()));
+    job.stages[s].workers[i].set_state(WorkerState::Stopped, Some(reason.clone()));
     for w in job.stages.iter_mut().flat_map(|st| st.workers.iter_mut()) {
-        w.state = WorkerState::Stopped;
+        w.set_state(WorkerState::Stopped, Some("its job failed".into()));
     }
     job.generation += 1;
     job.set_state(JobState::Failed, Some(format!("stage `{stage}` worker {index} cannot run: {reason}")));
@@ -179,7 +180,7 @@ pub(crate) fn fail_job(job: &mut Job, s: usize, i: usize, reason: String) {
 
 /// Declares agents silent for longer than the timeout lost (not during the grace period after
 /// a restart), and replaces their workers.
-pub(crate) fn lose_agents(state: &mut State, config: &ControlConfig, grace: bool, now_ms: i64) -> Vec<String> {
+pub(crate) fn lose_agents(state: &mut State, config: &ControlConfig, grace: bool, now_ms: i64) -> Vec<JobKey> {
     if grace {
         return Vec::new();
     }
@@ -192,7 +193,7 @@ pub(crate) fn lose_agents(state: &mut State, config: &ControlConfig, grace: bool
         }
     }
     // Workers assigned to agents the master has never heard of since it started are lost too.
-    let known: Vec<String> = state.agents.keys().cloned().collect();
+    let known: Vec<AgentId> = state.agents.keys().cloned().collect();
     let mut dirty = Vec::new();
     for job in state.jobs.values_mut().filter(|j| !j.state.is_terminal()) {
         let mut replaced = false;
@@ -213,7 +214,7 @@ pub(crate) fn lose_agents(state: &mut State, config: &ControlConfig, grace: bool
 }
 
 /// Forgets the failures of slots that have run well for a while.
-pub(crate) fn forgive(state: &mut State, config: &ControlConfig, now_ms: i64) -> Vec<String> {
+pub(crate) fn forgive(state: &mut State, config: &ControlConfig, now_ms: i64) -> Vec<JobKey> {
     let mut dirty = Vec::new();
     for job in state.jobs.values_mut().filter(|j| !j.state.is_terminal()) {
         let mut changed = false;

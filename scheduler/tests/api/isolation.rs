@@ -152,7 +152,7 @@ async fn an_upload_whose_exports_have_the_wrong_types_is_refused() {
     assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_artifact")), "{body}");
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("does not match") && message.contains("`init`"), "{message}");
-    assert!(s.store.artifacts("acme").unwrap().is_empty());
+    assert!(s.store.artifacts(&"acme".parse().unwrap()).unwrap().is_empty());
     // Every real stage passes, whichever flavour and language.
     for guest in ["filter", "device-errors", "hostile"] {
         let (status, body, _) = call(&s, "POST", "/api/v1/artifacts", Some(ACME), squilla_guests::read(guest)).await;
@@ -205,7 +205,7 @@ async fn concurrent_uploads_never_pass_the_artifact_quota_together() {
                 other => panic!("{other}: {body}"),
             }
         }
-        let held: u64 = s.store.artifacts("acme").unwrap().iter().map(|a| a.size).sum();
+        let held: u64 = s.store.artifacts(&"acme".parse().unwrap()).unwrap().iter().map(|a| a.size).sum();
         assert_eq!(created, 3, "round {round}");
         assert!(held <= quota, "round {round}: {held} bytes held over a quota of {quota}");
     }
@@ -271,10 +271,10 @@ async fn deleting_an_artifact_while_a_cluster_is_created_over_it_never_leaves_a_
             other => panic!("round {round}: create {} / delete {}: {other:?}", create.1, delete.1),
         }
         // Whatever happened, every cluster version names artifacts that exist.
-        for cluster in s.store.clusters("acme").unwrap() {
+        for cluster in s.store.clusters(&"acme".parse().unwrap()).unwrap() {
             for sha in &cluster.artifacts {
                 assert!(
-                    s.store.artifact("acme", sha).unwrap().is_some(),
+                    s.store.artifact(&"acme".parse().unwrap(), sha).unwrap().is_some(),
                     "round {round}: version {} names a deleted artifact",
                     cluster.version
                 );
