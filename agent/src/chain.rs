@@ -23,6 +23,23 @@ pub const CHAIN_BATCH_BYTES: usize = 4 << 20;
 /// Longest an upstream event waits for its batch.
 pub const CHAIN_LINGER: Duration = Duration::from_millis(20);
 
+/// Why a subscription to the upstream ended (the source then reconnects).
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    /// The master's address does not make a URL.
+    #[error("bad subscription URL: {0}")]
+    Url(String),
+    /// The connection failed.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The master refused the subscription.
+    #[error("the master answered {0}")]
+    Refused(reqwest::StatusCode),
+    /// The stream ended.
+    #[error("the stream ended")]
+    Ended,
+}
+
 /// Where a job source reads from.
 pub(crate) struct Upstream {
     pub fetcher: Fetcher,
@@ -44,10 +61,10 @@ impl Upstream {
         }
     }
 
-    async fn session(&self, pipeline: &PipelineHandle, stop: &AtomicBool) -> Result<(), String> {
+    async fn session(&self, pipeline: &PipelineHandle, stop: &AtomicBool) -> Result<(), SessionEnd> {
         let base = self.fetcher.master.trim_end_matches('/');
         let mut url = reqwest::Url::parse(&format!("{base}/api/v1/agent/subscribe/{}/{}", self.tenant, self.cluster))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SessionEnd::Url(e.to_string()))?;
         url.query_pairs_mut().append_pair("clientId", &self.client_id);
         if let Some(q) = &self.query {
             url.query_pairs_mut().append_pair("query", q);
@@ -59,10 +76,9 @@ impl Upstream {
             .bearer_auth(&self.fetcher.token)
             .timeout(Duration::from_secs(24 * 3600))
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if !response.status().is_success() {
-            return Err(format!("the master answered {}", response.status()));
+            return Err(SessionEnd::Refused(response.status()));
         }
         let mut parser = squilla_types::sse::Parser::new();
         let mut batcher = JsonBatcher::new("job", CHAIN_BATCH, CHAIN_BATCH_BYTES);
@@ -74,19 +90,19 @@ impl Upstream {
             }
             let bytes = match tokio::time::timeout(CHAIN_LINGER, response.chunk()).await {
                 Ok(Ok(Some(bytes))) => bytes,
-                Ok(Ok(None)) => return Err("the stream ended".into()),
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(None)) => return Err(SessionEnd::Ended),
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_) => Default::default(),
             };
             let now = squilla_types::time::now_ms();
             parser.feed(&bytes, |event| {
                 // An upstream event that is not one (it cannot be, unless a stage emits odd
                 // JSON) is skipped.
-                if event.name.is_none() {
-                    if let Ok(closed) = batcher.push(&event.data, now) {
-                        first_at.get_or_insert_with(Instant::now);
-                        ready.extend(closed);
-                    }
+                if event.name.is_none()
+                    && let Ok(closed) = batcher.push(&event.data, now)
+                {
+                    first_at.get_or_insert_with(Instant::now);
+                    ready.extend(closed);
                 }
             });
             if first_at.is_some_and(|t| t.elapsed() >= CHAIN_LINGER) {

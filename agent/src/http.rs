@@ -113,16 +113,11 @@ async fn ingest(State(state): State<HttpState>, Path(id): Path<String>, body: ax
     }
 }
 
-/// The subscription a sink request asks for, or the 400 that refuses it (with the query's
-/// position when its text is the problem).
-fn options(params: &SinkParams) -> Result<sink::Options, Response> {
+/// The subscription a sink request asks for, or why its query is not one.
+fn options(params: &SinkParams) -> Result<sink::Options, squilla_query::QueryError> {
     let query = match &params.query {
         None => None,
-        Some(text) => Some(Arc::new(squilla_query::Query::parse(text).map_err(|e| {
-            let body =
-                serde_json::json!({"code": "invalid_query", "message": e.message, "line": e.line, "column": e.column});
-            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
-        })?)),
+        Some(text) => Some(Arc::new(squilla_query::Query::parse(text)?)),
     };
     Ok(sink::Options { client_id: params.client_id.clone(), sample_per_second: params.sample, query })
 }
@@ -139,7 +134,11 @@ async fn sink(
     };
     let options = match options(&params) {
         Ok(o) => o,
-        Err(refusal) => return refusal,
+        Err(e) => {
+            let body =
+                serde_json::json!({"code": "invalid_query", "message": e.message, "line": e.line, "column": e.column});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
     };
     let hub = id.parse::<JobKey>().ok().and_then(|key| state.jobs.hub(&key));
     let Some(hub) = hub else {

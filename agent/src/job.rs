@@ -272,7 +272,7 @@ impl Running {
                 JobAction::Start => self.start(ctx, &assignment),
                 JobAction::Place { stage } => self.place(ctx, &assignment, stage),
                 JobAction::AttachSource => match &mut self.pipeline {
-                    Some(pipeline) => attach_source(pipeline, &assignment, &ctx.fetcher).map_err(|e| e.to_string()),
+                    Some(pipeline) => attach_source(pipeline, &assignment, &ctx.fetcher).map_err(ApplyError::from),
                     None => Ok(()),
                 },
                 JobAction::DetachSource => {
@@ -282,13 +282,13 @@ impl Running {
                     Ok(())
                 }
             };
-            if let Err(message) = result {
-                tracing::warn!(job = %assignment.job, %message, "cannot run the job's workers here");
+            if let Err(error) = result {
+                tracing::warn!(job = %assignment.job, %error, "cannot run the job's workers here");
                 if self.pipeline.is_none() {
                     // Whatever failed, the master must hear of it and place the workers anew.
                     for s in 0..assignment.slots.len() {
                         if !self.failed.keys().any(|(stage, _)| *stage as usize == s) {
-                            self.fail_stage(ctx, &assignment, s, &message, false);
+                            self.fail_stage(ctx, &assignment, s, &error.to_string(), false);
                         }
                     }
                 }
@@ -309,7 +309,7 @@ impl Running {
     }
 
     /// A job new here: its artifacts (fetched, verified, compiled once), then its pipeline.
-    fn start(&mut self, ctx: &Context, assignment: &JobAssignment) -> Result<(), String> {
+    fn start(&mut self, ctx: &Context, assignment: &JobAssignment) -> Result<(), ApplyError> {
         let id = &assignment.job;
         let mut by_ref: HashMap<ArtifactRef, Artifact> = HashMap::new();
         for (s, (stage, sha)) in assignment.spec.stages.iter().zip(&assignment.artifacts).enumerate() {
@@ -319,12 +319,11 @@ impl Running {
                 }
                 Err(ArtifactFailure { message, fatal }) => {
                     self.fail_stage(ctx, assignment, s, &message, fatal);
-                    return Err(message);
+                    return Err(ApplyError::Artifact(message));
                 }
             }
         }
-        let mut config = PipelineConfig::from_spec(&assignment.spec, &assignment.params, |r| by_ref.get(r).cloned())
-            .map_err(|e| e.to_string())?;
+        let mut config = PipelineConfig::from_spec(&assignment.spec, &assignment.params, |r| by_ref.get(r).cloned())?;
         config.name = id.to_string();
         config.lease = ctx.lease.clone();
         config.wanted = self.wanted.clone();
@@ -342,9 +341,7 @@ impl Running {
                     _ => 0,
                 };
                 self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
-                plan(self)
-                    .and_then(|p| Pipeline::start_placed(&ctx.runtime, &ctx.executor, config, p))
-                    .map_err(|e| e.to_string())?
+                plan(self).and_then(|p| Pipeline::start_placed(&ctx.runtime, &ctx.executor, config, p))?
             }
         };
         if self.wanted.is_stopped() {
@@ -353,12 +350,12 @@ impl Running {
             return Ok(());
         }
         if assignment.source {
-            attach_source(&mut pipeline, assignment, &ctx.fetcher).map_err(|e| e.to_string())?;
+            attach_source(&mut pipeline, assignment, &ctx.fetcher)?;
         }
         ctx.transport.register(&id.to_string(), pipeline.handle());
         let hub =
             SinkHub::start(&id.to_string(), assignment.tenant.as_str(), pipeline.handle(), ctx.sink_limits.clone())
-                .map_err(|e| format!("cannot start the sink: {e}"))?;
+                .map_err(ApplyError::Sink)?;
         tracing::info!(job = %id, tenant = %assignment.tenant, "job started here");
         self.pipeline = Some(pipeline);
         self.hub = Some(hub);
@@ -367,19 +364,33 @@ impl Running {
 
     /// Re-plans stage `stage` of a job already here (unchanged workers keep their state); a
     /// worker whose `init` fails is marked failed and its slot left empty here.
-    fn place(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize) -> Result<(), String> {
+    fn place(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize) -> Result<(), ApplyError> {
         let Some(slots) = assignment.slots.get(stage) else { return Ok(()) };
-        let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
+        let plan = self.plan_of(ctx, &assignment.job, stage, slots)?;
         let Some(pipeline) = &self.pipeline else { return Ok(()) };
         if let Err(err) = pipeline.place(stage, plan) {
             self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
-            let plan = self.plan_of(ctx, &assignment.job, stage, slots).map_err(|e| e.to_string())?;
+            let plan = self.plan_of(ctx, &assignment.job, stage, slots)?;
             if let Some(pipeline) = &self.pipeline {
-                pipeline.place(stage, plan).map_err(|e| e.to_string())?;
+                pipeline.place(stage, plan)?;
             }
         }
         Ok(())
     }
+}
+
+/// Why a job's plan could not be carried out here.
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    /// An artifact could not be fetched or compiled.
+    #[error("{0}")]
+    Artifact(String),
+    /// The pipeline refused the plan.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The sink's thread could not start.
+    #[error("cannot start the sink: {0}")]
+    Sink(std::io::Error),
 }
 
 /// Tells the transport which agents may feed each stage of the job here: the agents of the

@@ -272,11 +272,12 @@ fn value_ref<'a>(value: &wire::ArchivedValue, data: &'a [u8]) -> ValueRef<'a> {
         wire::ArchivedValue::Bool(b) => ValueRef::Bool(*b),
         wire::ArchivedValue::Int(i) => ValueRef::Int(i.to_native()),
         wire::ArchivedValue::Float(f) => ValueRef::Float(f.to_native()),
-        // SAFETY: a view exists only over validated bytes (or bytes the caller of
-        // `BatchView::new_unchecked` vouched for), and validation checked that every text
-        // range is in bounds and UTF-8; `slice` yields that range.
         wire::ArchivedValue::Text { offset, len } => {
-            ValueRef::Text(unsafe { std::str::from_utf8_unchecked(slice(offset, len)) })
+            // SAFETY: a view exists only over validated bytes (or bytes the caller of
+            // `BatchView::new_unchecked` vouched for), and validation checked that every text
+            // range is in bounds and UTF-8; `slice` yields that range.
+            let text = unsafe { std::str::from_utf8_unchecked(slice(offset, len)) };
+            ValueRef::Text(text)
         }
         wire::ArchivedValue::Bytes { offset, len } => ValueRef::Bytes(slice(offset, len)),
     }

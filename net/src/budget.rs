@@ -73,11 +73,11 @@ impl Budget {
                 Err(now) => current = now,
             }
         }
-        if let Some(parent) = &self.parent {
-            if let Err(e) = parent.try_reserve(bytes) {
-                self.used.fetch_sub(bytes, Ordering::AcqRel);
-                return Err(e);
-            }
+        if let Some(parent) = &self.parent
+            && let Err(e) = parent.try_reserve(bytes)
+        {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(e);
         }
         Ok(())
     }

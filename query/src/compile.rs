@@ -144,7 +144,7 @@ fn default_name(e: &Sql) -> String {
 /// `window(ms)` in GROUP BY.
 fn window_call(e: &Sql) -> Result<Option<u64>, QueryError> {
     let Sql::Function(f) = e else { return Ok(None) };
-    if f.name.to_string().to_ascii_lowercase() != "window" {
+    if !f.name.to_string().eq_ignore_ascii_case("window") {
         return Ok(None);
     }
     let args = args(f)?;

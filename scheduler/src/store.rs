@@ -11,7 +11,8 @@
 //! - `tags`: `tenant/name@version` → `sha256`;
 //! - `clusters`: `tenant/name/version` (version zero-padded, so versions sort) →
 //!   [`ClusterVersion`] as JSON;
-//! - `jobs`: `tenant/job-id` → [`crate::control::Job`] as JSON (workers, states, history);
+//! - `jobs`: `tenant.job-id` (a `JobKey`) → the job as JSON (workers, states, history; the
+//!   control layer reads and writes it, the store only keeps it);
 //! - `job-seq`: `tenant/cluster` → the last job number given out for that cluster.
 
 use std::path::Path;
@@ -59,16 +60,39 @@ pub struct ArtifactMeta {
     pub created_at_ms: i64,
 }
 
-/// A store failure (I/O or corruption); the API answers 500 and logs it.
+/// A store failure; the API answers 500 and logs it.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    /// The database failed (I/O, a full disk, a lock).
+    #[error("store: {0}")]
+    Database(#[from] redb::Error),
+    /// What the store holds is not what it should be (a record that does not decode).
+    #[error("store: a record is corrupt: {0}")]
+    Corrupt(String),
+}
 
-impl<E: Into<redb::Error>> From<E> for StoreError {
-    fn from(err: E) -> Self {
-        StoreError(err.into().to_string())
+impl StoreError {
+    /// What the store holds under `key` is not what it should be.
+    pub fn corrupt(key: &impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt(format!("`{key}`: {err}"))
+    }
+
+    fn decode(err: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt(err.to_string())
     }
 }
+
+macro_rules! database_errors {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(err: $ty) -> Self {
+                StoreError::Database(err.into())
+            }
+        }
+    )*};
+}
+
+database_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// What `put_artifact` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,8 +178,8 @@ impl Store {
                 .map(|(k, v)| (k.value().to_owned(), v.value().to_vec()))
                 .collect();
             for (old_key, json) in old {
-                let job: crate::control::Job = serde_json::from_slice(&json).map_err(|e| StoreError(e.to_string()))?;
-                let new_key = job.key().to_string();
+                // `tenant/job` → `tenant.job` (neither part holds either character).
+                let new_key = old_key.replacen('/', ".", 1);
                 if jobs.get(new_key.as_str())?.is_none() {
                     jobs.insert(new_key.as_str(), json.as_slice())?;
                 }
@@ -185,12 +209,11 @@ impl Store {
             let mut blobs = txn.open_table(BLOBS)?;
             let mut tags = txn.open_table(TAGS)?;
             let tag = meta.name.as_ref().zip(meta.version.as_ref()).map(|(n, v)| key(tenant, &format!("{n}@{v}")));
-            if let Some(tag) = &tag {
-                if let Some(existing) = tags.get(tag.as_str())? {
-                    if existing.value() != sha {
-                        return Ok(Put::TagTaken { sha256: existing.value().to_owned() });
-                    }
-                }
+            if let Some(tag) = &tag
+                && let Some(existing) = tags.get(tag.as_str())?
+                && existing.value() != sha
+            {
+                return Ok(Put::TagTaken { sha256: existing.value().to_owned() });
             }
             let artifact_key = key(tenant, &sha);
             let previous = artifacts.get(artifact_key.as_str())?.map(|v| v.value().to_vec());
@@ -202,8 +225,7 @@ impl Store {
                     if !k.value().starts_with(&prefix) {
                         break;
                     }
-                    let held: ArtifactMeta =
-                        serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
+                    let held: ArtifactMeta = serde_json::from_slice(v.value()).map_err(StoreError::decode)?;
                     used += held.size;
                 }
                 if used + meta.size > quota {
@@ -212,12 +234,11 @@ impl Store {
             }
             let result = match previous {
                 Some(json) => {
-                    let mut existing: ArtifactMeta =
-                        serde_json::from_slice(&json).map_err(|e| StoreError(e.to_string()))?;
+                    let mut existing: ArtifactMeta = serde_json::from_slice(&json).map_err(StoreError::decode)?;
                     if existing.name.is_none() && meta.name.is_some() {
                         existing.name = meta.name.clone();
                         existing.version = meta.version.clone();
-                        let json = serde_json::to_vec(&existing).map_err(|e| StoreError(e.to_string()))?;
+                        let json = serde_json::to_vec(&existing).map_err(StoreError::decode)?;
                         artifacts.insert(artifact_key.as_str(), json.as_slice())?;
                     }
                     Put::Existing(existing)
@@ -226,7 +247,7 @@ impl Store {
                     if blobs.get(sha.as_str())?.is_none() {
                         blobs.insert(sha.as_str(), bytes)?;
                     }
-                    let json = serde_json::to_vec(&meta).map_err(|e| StoreError(e.to_string()))?;
+                    let json = serde_json::to_vec(&meta).map_err(StoreError::decode)?;
                     artifacts.insert(artifact_key.as_str(), json.as_slice())?;
                     Put::Created(meta.clone())
                 }
@@ -255,7 +276,7 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
+            out.push(serde_json::from_slice(v.value()).map_err(StoreError::decode)?);
         }
         Ok(out)
     }
@@ -270,7 +291,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ARTIFACTS)?;
         let value = table.get(key(tenant.as_str(), &sha256.to_string()).as_str())?;
-        value.map(|v| serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))).transpose()
+        value.map(|v| serde_json::from_slice(v.value()).map_err(StoreError::decode)).transpose()
     }
 
     /// The bytes of one of `tenant`'s artifacts.
@@ -298,7 +319,7 @@ impl Store {
                 if !k.value().starts_with(&prefix) {
                     break;
                 }
-                let c: ClusterVersion = serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
+                let c: ClusterVersion = serde_json::from_slice(v.value()).map_err(StoreError::decode)?;
                 if c.artifacts.iter().any(|a| a.to_string() == sha256) {
                     return Ok(Delete::InUse { cluster: c.name, version: c.version });
                 }
@@ -337,7 +358,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TAGS)?;
         let sha = table.get(key(tenant.as_str(), &format!("{name}@{version}")).as_str())?;
-        sha.map(|v| v.value().parse().map_err(|e: squilla_types::ids::IdError| StoreError(e.to_string()))).transpose()
+        sha.map(|v| v.value().parse().map_err(StoreError::decode)).transpose()
     }
 
     /// Adds a new version of `tenant`'s cluster `spec.name`, numbered after the latest, with
@@ -351,8 +372,7 @@ impl Store {
         created_at_ms: i64,
     ) -> Result<Result<ClusterVersion, UnknownArtifact>, StoreError> {
         let tenant = tenant.as_str();
-        let name: ClusterName =
-            spec.name.parse().map_err(|e: squilla_types::ids::IdError| StoreError(e.to_string()))?;
+        let name: ClusterName = spec.name.parse().map_err(StoreError::decode)?;
         let txn = self.db.begin_write()?;
         let mut artifacts = Vec::with_capacity(spec.stages.len());
         {
@@ -383,7 +403,7 @@ impl Store {
                 .take_while(|(k, _)| k.value().starts_with(&prefix))
                 .count() as u32;
             cluster.version = latest + 1;
-            let json = serde_json::to_vec(&cluster).map_err(|e| StoreError(e.to_string()))?;
+            let json = serde_json::to_vec(&cluster).map_err(StoreError::decode)?;
             table.insert(format!("{prefix}{:010}", cluster.version).as_str(), json.as_slice())?;
         }
         txn.commit()?;
@@ -431,14 +451,15 @@ impl Store {
         Ok(())
     }
 
-    /// Every job of every tenant.
-    pub fn all_jobs(&self) -> Result<Vec<crate::control::Job>, StoreError> {
+    /// Every job of every tenant, as stored (JSON), by key.
+    pub fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(JOBS)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?);
+            let (k, v) = entry?;
+            let key = k.value().parse().map_err(StoreError::decode)?;
+            out.push(JobRecord { key, json: v.value().to_vec() });
         }
         Ok(out)
     }
@@ -450,14 +471,9 @@ impl Store {
         let mut out: Vec<(TenantId, ClusterVersion)> = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
-            let tenant: TenantId = k
-                .value()
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .parse()
-                .map_err(|e: squilla_types::ids::IdError| StoreError(e.to_string()))?;
-            let cluster: ClusterVersion = serde_json::from_slice(v.value()).map_err(|e| StoreError(e.to_string()))?;
+            let tenant: TenantId =
+                k.value().split('/').next().unwrap_or_default().parse().map_err(StoreError::decode)?;
+            let cluster: ClusterVersion = serde_json::from_slice(v.value()).map_err(StoreError::decode)?;
             match out.last_mut() {
                 Some((t, last)) if *t == tenant && last.name == cluster.name => *last = cluster,
                 _ => out.push((tenant, cluster)),

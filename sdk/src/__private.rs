@@ -35,6 +35,12 @@ impl<S> StateCell<S> {
     }
 }
 
+impl<S> Default for StateCell<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl From<StageError> for WitStageError {
     fn from(err: StageError) -> Self {
         WitStageError { message: err.message, retryable: err.retryable }

@@ -408,10 +408,10 @@ impl JobSpec {
                 return Err(err("source.events-per-second", "between 1 and 10,000,000"));
             }
         }
-        if let SourceSpec::Job { cluster, .. } = &self.source {
-            if !valid_name(cluster) {
-                return Err(err("source.cluster", "not a valid cluster name"));
-            }
+        if let SourceSpec::Job { cluster, .. } = &self.source
+            && !valid_name(cluster)
+        {
+            return Err(err("source.cluster", "not a valid cluster name"));
         }
         if self.sla.max_jobs != 0 && self.sla.min_jobs > self.sla.max_jobs {
             return Err(err("sla.min-jobs", "must not exceed sla.max-jobs"));
@@ -457,13 +457,13 @@ impl JobSpec {
         if !(1..=limits::WORKERS).contains(&stage.workers) {
             return Err(err(format!("{path}.workers"), format!("between 1 and {}", limits::WORKERS)));
         }
-        if let Routing::KeyHash { fields } = &stage.routing {
-            if fields.is_empty() || fields.iter().any(String::is_empty) {
-                return Err(err(
-                    format!("{path}.routing.fields"),
-                    "key-hash routing needs at least one non-empty field name",
-                ));
-            }
+        if let Routing::KeyHash { fields } = &stage.routing
+            && (fields.is_empty() || fields.iter().any(String::is_empty))
+        {
+            return Err(err(
+                format!("{path}.routing.fields"),
+                "key-hash routing needs at least one non-empty field name",
+            ));
         }
         if !(limits::TICK_MS.0..=limits::TICK_MS.1).contains(&stage.tick_ms) {
             return Err(err(

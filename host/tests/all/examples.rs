@@ -189,7 +189,8 @@ fn alert_raises_once_and_clears_below_the_lower_threshold() {
 
 #[test]
 fn bad_parameters_fail_init_with_the_stages_message() {
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         ("alert", &[], "missing required parameter `threshold`"),
         ("alert", &[("threshold", "0.1"), ("clear-below", "0.2")], "must be a number no greater than `threshold`"),
         ("sentiment", &[], "missing required parameter `keyword`"),
@@ -226,5 +227,5 @@ fn stage_output_keeps_every_value_type() {
         .with("t", "ünïcode")
         .with("x", Value::Bytes(vec![0, 255]));
     let mut stage = start("filter", &[("field", "i"), ("op", "exists")]);
-    assert_eq!(stage.process(&batch(&[event.clone()])).unwrap().view().to_events(), [event]);
+    assert_eq!(stage.process(&batch(std::slice::from_ref(&event))).unwrap().view().to_events(), [event]);
 }

@@ -1,6 +1,7 @@
 //! Jobs on the agent's data plane: stages chained through bounded queues on the shared
 //! thread pool, with routing, backpressure, failure policy and metrics.
 
+use squilla_types::time::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -49,10 +50,6 @@ fn collect(pipeline: &Pipeline, timeout: Duration, mut done: impl FnMut(&[Event]
         }
     }
     events
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 fn keep_all(workers: usize, routing: Routing) -> StageConfig {

@@ -2,6 +2,7 @@
 //! loopback with credit-based flow control. (Both "agents" live in this process here; the
 //! end-to-end tests run them as separate processes.)
 
+use squilla_types::time::now_ms;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -46,10 +47,6 @@ fn local(n: usize) -> Vec<SlotPlan> {
 
 fn remote(t: &Transport, peer: &Transport, job: &str, stage: u32, n: u32) -> Vec<SlotPlan> {
     (0..n).map(|i| SlotPlan::Remote(t.outlet(peer.local_addr(), job, stage, i).unwrap())).collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 #[test]

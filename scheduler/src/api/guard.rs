@@ -33,10 +33,11 @@ fn too_many(wait: Duration, whom: &str) -> Response {
     response
 }
 
-fn client_rate(state: &AppState, request: &Request) -> Result<(), Response> {
-    let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>() else { return Ok(()) };
+/// The client address's rate: the 429 that refuses a request over it.
+fn client_rate(state: &AppState, request: &Request) -> Option<Response> {
+    let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
     let key = squilla_net::rate::client_key(addr.ip());
-    state.rates.per_client.check(&key).map_err(|wait| too_many(wait, "address"))
+    state.rates.per_client.check(&key).err().map(|wait| too_many(wait, "address"))
 }
 
 /// The budget of request bodies of agents (all agents share it).
@@ -45,7 +46,7 @@ const AGENTS: &str = "\0agents";
 /// Middleware for tenant routes: client rate, tenant token, tenant rate; the request's body
 /// will be read into the tenant's share of memory for bodies.
 pub async fn tenant(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    if let Err(refusal) = client_rate(&state, &request) {
+    if let Some(refusal) = client_rate(&state, &request) {
         return refusal;
     }
     let tenant = match state.tenants.authenticate(request.headers()) {
@@ -67,7 +68,7 @@ pub async fn agent(State(state): State<AppState>, mut request: Request, next: Ne
         None => false,
     };
     if !authorized {
-        if let Err(refusal) = client_rate(&state, &request) {
+        if let Some(refusal) = client_rate(&state, &request) {
             return refusal;
         }
         return ApiError::unauthorized().into_response();

@@ -125,7 +125,7 @@ impl Batcher {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(Vec<(Vec<u8>, usize)>, usize), IngestError> {
+    fn finish(mut self) -> Result<Archived, IngestError> {
         if self.bad > 0 {
             let more = self.bad - self.errors.len();
             let mut message = format!("{} bad line(s), nothing ingested: {}", self.bad, self.errors.join("; "));
@@ -136,8 +136,17 @@ impl Batcher {
         }
         let last = self.batcher.take().map_err(|e| IngestError::Invalid(e.to_string()))?;
         self.keep(last);
-        Ok((self.out, self.events))
+        Ok(Archived { batches: self.out, events: self.events })
     }
+}
+
+/// An ingest body archived into batches.
+#[derive(Debug)]
+pub struct Archived {
+    /// Each batch's bytes and its number of events.
+    pub batches: Vec<(Vec<u8>, usize)>,
+    /// Events in all.
+    pub events: usize,
 }
 
 /// Visits a JSON array element by element (each borrowed from the body as it is), feeding a
@@ -168,7 +177,7 @@ impl<'de> serde::de::Visitor<'de> for ArrayVisitor<'_> {
 }
 
 /// Archives `body` into batches (with their event counts), or says why it cannot.
-pub fn batches(body: &[u8], now_ms: i64) -> Result<(Vec<(Vec<u8>, usize)>, usize), IngestError> {
+pub fn batches(body: &[u8], now_ms: i64) -> Result<Archived, IngestError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| IngestError::Invalid(format!("the body is not UTF-8 (byte {})", e.valid_up_to())))?;
     let mut batcher = Batcher::new(now_ms);
@@ -215,7 +224,7 @@ pub async fn ingest(
         return Err(ApiError::new(StatusCode::CONFLICT, "not_ingest", format!("job `{id}` does not take ingest")));
     }
     let now = crate::control::model::now_ms();
-    let (batches, events) =
+    let Archived { batches, events } =
         tokio::task::spawn_blocking(move || batches(&body, now)).await.map_err(ApiError::internal)??;
     let agent = match state.control.source_agent(&tenant, &id)? {
         (Some(agent), _, true) => agent,

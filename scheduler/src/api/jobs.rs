@@ -15,9 +15,20 @@ impl From<ControlError> for ApiError {
     fn from(err: ControlError) -> Self {
         match err {
             ControlError::NoSuchJob(id) => ApiError::not_found(format!("job `{id}`")),
-            ControlError::Invalid { code, message } => ApiError::new(StatusCode::BAD_REQUEST, code, message),
-            ControlError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
-            ControlError::Sla(m) => ApiError::new(StatusCode::CONFLICT, "sla_max_jobs", m),
+            ControlError::Params(e) => ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+            e @ ControlError::InvalidScale { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_scale", e.to_string())
+            }
+            e @ ControlError::NoSuchStage { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "no_such_stage", e.to_string())
+            }
+            e @ ControlError::NoSuchWorker { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "no_such_worker", e.to_string())
+            }
+            e @ (ControlError::WorkerQuota { .. } | ControlError::MemoryQuota { .. }) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string())
+            }
+            e @ ControlError::SlaMaxJobs { .. } => ApiError::new(StatusCode::CONFLICT, "sla_max_jobs", e.to_string()),
             e @ ControlError::Ended(_) => ApiError::new(StatusCode::CONFLICT, "job_ended", e.to_string()),
             ControlError::Store(e) => ApiError::internal(e),
         }
@@ -78,12 +89,12 @@ pub async fn submit(
     }
     let t = tenant.clone();
     let n = super::cluster_name(&name)?;
-    let versions = super::artifacts::with_store(&state, move |store| store.clusters(&t))
+    let mut versions = super::artifacts::with_store(&state, move |store| store.clusters(&t))
         .await?
         .into_iter()
         .filter(|c| c.name == n);
     let cluster = match submit.version {
-        None => versions.last(),
+        None => versions.next_back(),
         Some(v) => versions.into_iter().find(|c| c.version == v),
     }
     .ok_or_else(|| ApiError::not_found(format!("job cluster `{name}`")))?;

@@ -85,30 +85,71 @@ pub enum ControlError {
     /// No such job (or another tenant's).
     #[error("no job `{0}`")]
     NoSuchJob(String),
-    /// A request that cannot be met as asked (the code names the problem).
-    #[error("{message}")]
-    Invalid {
-        /// Stable code.
-        code: &'static str,
-        /// What is wrong.
-        message: String,
+    /// The job parameters do not fit the cluster's parameter declarations.
+    #[error(transparent)]
+    Params(#[from] squilla_types::ParamError),
+    /// A scale request outside 1..=`max` workers.
+    #[error("workers: between 1 and {max}")]
+    InvalidScale {
+        /// The most workers a stage may have.
+        max: u32,
     },
-    /// Over a quota.
-    #[error("{0}")]
-    Quota(String),
-    /// Over the cluster's SLA maximum.
-    #[error("{0}")]
-    Sla(String),
+    /// The job has no such stage (by name or 0-based index).
+    #[error("job `{job}` has no stage `{stage}`")]
+    NoSuchStage {
+        /// The job.
+        job: String,
+        /// The stage asked for.
+        stage: String,
+    },
+    /// The stage has no worker with that index.
+    #[error("stage `{stage}` has no worker {index}")]
+    NoSuchWorker {
+        /// The stage.
+        stage: String,
+        /// The index asked for.
+        index: u32,
+    },
+    /// The tenant's quota of running workers would be passed.
+    #[error("tenant `{tenant}` runs {used} worker(s); {more} more would pass its quota of {quota}")]
+    WorkerQuota {
+        /// The tenant.
+        tenant: TenantId,
+        /// Workers it runs.
+        used: u64,
+        /// Workers asked for.
+        more: u64,
+        /// Its quota.
+        quota: u64,
+    },
+    /// The tenant's quota of reserved memory would be passed.
+    #[error("tenant `{tenant}` uses {used} MiB; {more} MiB more would pass its quota of {quota} MiB")]
+    MemoryQuota {
+        /// The tenant.
+        tenant: TenantId,
+        /// MiB reserved.
+        used: u64,
+        /// MiB asked for.
+        more: u64,
+        /// Its quota in MiB.
+        quota: u64,
+    },
+    /// The cluster's SLA maximum of active jobs is reached.
+    #[error("cluster `{cluster}` allows {max} active job(s) (sla.max-jobs) and has {active}")]
+    SlaMaxJobs {
+        /// The cluster.
+        cluster: ClusterName,
+        /// The SLA maximum.
+        max: u32,
+        /// Active jobs now.
+        active: u32,
+    },
     /// The job has ended.
     #[error("job `{0}` has ended")]
     Ended(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-fn invalid(code: &'static str, message: impl Into<String>) -> ControlError {
-    ControlError::Invalid { code, message: message.into() }
 }
 
 pub(crate) struct AgentEntry {
@@ -153,7 +194,11 @@ impl std::fmt::Debug for Control {
 impl Control {
     /// The control loop over `store`, with the jobs it holds.
     pub fn load(store: Arc<Store>, config: ControlConfig) -> Result<Self, StoreError> {
-        let jobs = store.all_jobs()?.into_iter().map(|j| (j.key(), j)).collect();
+        let mut jobs = BTreeMap::new();
+        for record in store.all_jobs()? {
+            let job: Job = serde_json::from_slice(&record.json).map_err(|e| StoreError::corrupt(&record.key, e))?;
+            jobs.insert(record.key, job);
+        }
         Ok(Control {
             store,
             config,
@@ -225,7 +270,7 @@ impl Control {
         params: BTreeMap<String, String>,
     ) -> Result<Job, ControlError> {
         let spec = &cluster.spec;
-        spec.check_params(&params).map_err(|e| invalid(e.code(), e.to_string()))?;
+        spec.check_params(&params)?;
         let (workers, memory) = spec.stages.iter().fold((0u64, 0u64), |(w, m), s| {
             (w + u64::from(s.workers), m + u64::from(s.workers) * u64::from(s.resources.memory_mib))
         });
@@ -280,10 +325,7 @@ impl Control {
             .filter(|j| j.tenant == *tenant && j.cluster == cluster.name && !j.state.is_terminal())
             .count() as u32;
         if spec.sla.max_jobs != 0 && active >= spec.sla.max_jobs {
-            return Err(ControlError::Sla(format!(
-                "cluster `{}` allows {} active job(s) (sla.max-jobs) and has {active}",
-                cluster.name, spec.sla.max_jobs
-            )));
+            return Err(ControlError::SlaMaxJobs { cluster: cluster.name.clone(), max: spec.sla.max_jobs, active });
         }
         self.check_quota(state, tenant, workers, memory)
     }
@@ -300,16 +342,20 @@ impl Control {
             });
         let q = self.config.quota;
         if used_w + workers > q.workers {
-            return Err(ControlError::Quota(format!(
-                "tenant `{tenant}` runs {used_w} worker(s); {workers} more would pass its quota of {}",
-                q.workers
-            )));
+            return Err(ControlError::WorkerQuota {
+                tenant: tenant.clone(),
+                used: used_w,
+                more: workers,
+                quota: q.workers,
+            });
         }
         if used_m + memory > q.memory_mib {
-            return Err(ControlError::Quota(format!(
-                "tenant `{tenant}` uses {used_m} MiB; {memory} MiB more would pass its quota of {} MiB",
-                q.memory_mib
-            )));
+            return Err(ControlError::MemoryQuota {
+                tenant: tenant.clone(),
+                used: used_m,
+                more: memory,
+                quota: q.memory_mib,
+            });
         }
         Ok(())
     }
@@ -381,7 +427,7 @@ impl Control {
     /// pass the quota together.
     pub fn scale(&self, tenant: &TenantId, id: &JobId, stage: &str, workers: u32) -> Result<Job, ControlError> {
         if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
-            return Err(invalid("invalid_scale", format!("workers: between 1 and {}", squilla_types::limits::WORKERS)));
+            return Err(ControlError::InvalidScale { max: squilla_types::limits::WORKERS });
         }
         let _writer = self.writer();
         let key = JobKey::new(tenant.clone(), id.clone());
@@ -425,7 +471,7 @@ impl Control {
         self.mutate(tenant, id, move |job, config| {
             let s = stage_index(job, &stage)?;
             if index as usize >= job.stages[s].workers.len() {
-                return Err(invalid("no_such_worker", format!("stage `{stage}` has no worker {index}")));
+                return Err(ControlError::NoSuchWorker { stage, index });
             }
             schedule::replace(
                 job,
@@ -569,5 +615,5 @@ fn stage_index(job: &Job, stage: &str) -> Result<usize, ControlError> {
         .iter()
         .position(|s| s.name == stage)
         .or_else(|| stage.parse::<usize>().ok().filter(|i| *i < job.stages.len()))
-        .ok_or_else(|| invalid("no_such_stage", format!("job `{}` has no stage `{stage}`", job.id)))
+        .ok_or_else(|| ControlError::NoSuchStage { job: job.id.to_string(), stage: stage.to_owned() })
 }

@@ -144,7 +144,7 @@ pub(crate) fn replace(
     let mut history = std::mem::take(&mut old.history);
     let delay = config.backoff.saturating_mul(1 << (attempts - 1).min(16)).min(config.max_backoff);
     let mut next = job.new_worker(index, now_ms + delay.as_millis() as i64, attempts, failures);
-    history.extend(next.history.drain(..));
+    history.append(&mut next.history);
     next.history = history;
     if next.history.len() > super::model::HISTORY {
         let extra = next.history.len() - super::model::HISTORY;

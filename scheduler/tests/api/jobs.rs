@@ -186,7 +186,7 @@ async fn workers_are_placed_on_agents_adopted_and_re_placed_when_an_agent_is_los
     let (plan_a, plan_b) = (heartbeat(&s, "a", &[]).await, heartbeat(&s, "bb", &[]).await);
     let (on_a, on_b) = (mine(&plan_a, "a"), mine(&plan_b, "bb"));
     assert_eq!((on_a.len(), on_b.len()), (2, 2), "{plan_a}");
-    assert_eq!(plan_a["jobs"][0]["slots"][0][1]["data"].as_str().is_some(), true);
+    assert!(plan_a["jobs"][0]["slots"][0][1]["data"].as_str().is_some());
     assert_ne!(plan_a["jobs"][0]["source"], plan_b["jobs"][0]["source"], "one agent runs the source");
     heartbeat(&s, "a", &running(&on_a)).await;
     heartbeat(&s, "bb", &running(&on_b)).await;

@@ -33,7 +33,7 @@ pub struct DevArgs {
     seconds: Option<u64>,
     /// Directory holding `<artifact-name>.wasm` files for the job's stages (repeatable;
     /// default: where the build put the examples).
-    #[arg(long = "artifacts", value_name = "DIR")]
+    #[arg(long = "artifacts", value_name = "DIR", env = "SQUILLA_ARTIFACTS", value_delimiter = ':')]
     artifact_dirs: Vec<PathBuf>,
     #[command(flatten)]
     master: MasterArgs,
@@ -65,7 +65,7 @@ fn tenants(args: &MasterArgs) -> anyhow::Result<Tenants> {
         }
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Tenants::parse(&text).with_context(|| format!("{}", path.display()))?)
+    Tenants::parse(&text).with_context(|| format!("{}", path.display()))
 }
 
 pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
@@ -127,10 +127,10 @@ async fn submit(
     let client = Client::new(connection.clone())?;
     let json = std::fs::read_to_string(spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
     let mut spec = JobSpec::parse(&json).with_context(|| format!("{} is not a valid job spec", spec_path.display()))?;
-    let dirs = if dirs.is_empty() { crate::run::example_dirs()? } else { dirs.to_vec() };
+
     for stage in &mut spec.stages {
         if let ArtifactRef::Tag { name, version } = stage.artifact.clone() {
-            let file = crate::run::resolve(&stage.artifact, &dirs)?;
+            let file = crate::examples::resolve(&stage.artifact, dirs)?;
             // Upload untagged and refer to the bytes by sha256, so that a rebuilt example
             // never collides with an older upload's tag.
             let meta = client.push(&file, None, None).await?;

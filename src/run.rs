@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use squilla_host::pipeline::{Pipeline, PipelineConfig, SyntheticSource};
 use squilla_host::{Artifact, ArtifactCache, Executor, Runtime, RuntimeConfig};
-use squilla_types::{ArtifactRef, JobSpec, SourceSpec};
+use squilla_types::time::now_ms;
+use squilla_types::{JobSpec, SourceSpec};
 
 /// Events per batch read from standard input.
 const INGEST_BATCH: usize = 1_000;
@@ -32,7 +33,7 @@ pub struct RunArgs {
     seconds: Option<u64>,
     /// Directory holding `<artifact-name>.wasm` files (dashes become underscores); repeatable.
     /// Defaults to where the build put the example stages.
-    #[arg(long = "artifacts", value_name = "DIR")]
+    #[arg(long = "artifacts", value_name = "DIR", env = "SQUILLA_ARTIFACTS", value_delimiter = ':')]
     artifact_dirs: Vec<PathBuf>,
 }
 
@@ -40,13 +41,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let json = std::fs::read_to_string(&args.spec).with_context(|| format!("cannot read {}", args.spec.display()))?;
     let spec = JobSpec::parse(&json).with_context(|| format!("{} is not a valid job spec", args.spec.display()))?;
     let overrides = parse_overrides(&spec, &args.params)?;
-    let dirs = if args.artifact_dirs.is_empty() { example_dirs()? } else { args.artifact_dirs.clone() };
+    let dirs = args.artifact_dirs.clone();
 
     let runtime = Runtime::new(RuntimeConfig { max_instances: 256, ..Default::default() })?;
     let cache = ArtifactCache::on_disk(&runtime, &std::env::temp_dir().join("squilla-run-cache"))?;
     let mut artifacts: BTreeMap<String, Artifact> = BTreeMap::new();
     for stage in &spec.stages {
-        let path = resolve(&stage.artifact, &dirs)?;
+        let path = crate::examples::resolve(&stage.artifact, &dirs)?;
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let artifact = cache.get_or_compile(&bytes).with_context(|| format!("{}", path.display()))?;
         eprintln!(
@@ -153,22 +154,3 @@ fn parse_overrides(spec: &JobSpec, given: &[String]) -> anyhow::Result<BTreeMap<
     spec.check_params(&overrides)?;
     Ok(overrides)
 }
-
-pub(crate) fn resolve(artifact: &ArtifactRef, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
-    let ArtifactRef::Tag { name, .. } = artifact else {
-        bail!("`squilla run` finds artifacts by name; `{artifact}` needs the master's artifact store");
-    };
-    let file = format!("{}.wasm", name.replace('-', "_"));
-    dirs.iter()
-        .map(|d| d.join(&file))
-        .find(|p| p.exists())
-        .with_context(|| format!("no {file} for artifact `{artifact}` in {dirs:?}"))
-}
-
-/// Where the build put the example stages (Rust, Python, JavaScript).
-pub(crate) fn example_dirs() -> anyhow::Result<Vec<PathBuf>> {
-    let parent = |p: &str| PathBuf::from(p).parent().map(Path::to_path_buf).context("example path has a parent");
-    Ok(vec![parent(squilla_guests::FILTER)?, parent(squilla_guests::SENTIMENT_PY)?, parent(squilla_guests::FILTER_JS)?])
-}
-
-use squilla_types::time::now_ms;

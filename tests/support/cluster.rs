@@ -15,8 +15,11 @@ use serde_json::Value;
 /// `squilla`, run from the repository's root.
 pub fn squilla() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_squilla"));
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd.env_remove("SQUILLA_CONFIG");
+    // The stages the test build made (`squilla dev` and `run` look there first).
+    let dir = |path: &str| std::path::Path::new(path).parent().map(|p| p.display().to_string()).unwrap_or_default();
+    cmd.env("SQUILLA_ARTIFACTS", dir(squilla_guests::FILTER));
     cmd
 }
 

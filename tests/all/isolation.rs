@@ -132,10 +132,14 @@ fn master(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     m
 }
 
+/// What a sink reader has seen: when each data event arrived, and each named event's name
+/// and data.
+type Seen = (Vec<Instant>, Vec<(String, String)>);
+
 /// Reads a job's sink in the background: the data events (with when they arrived) and the
 /// named events, until the stream ends or the task is dropped.
 struct SinkReader {
-    events: tokio::sync::watch::Receiver<(Vec<Instant>, Vec<(String, String)>)>,
+    events: tokio::sync::watch::Receiver<Seen>,
     task: tokio::task::JoinHandle<()>,
 }
 

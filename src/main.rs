@@ -17,6 +17,7 @@ mod agent;
 mod client;
 mod config;
 mod dev;
+mod examples;
 mod master;
 mod run;
 
