@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use squilla_batch::json::JsonBatcher;
 use squilla_host::pipeline::PipelineHandle;
 
-use crate::fetch::Fetcher;
+use crate::master::MasterClient;
 
 /// Most events per batch from an upstream job.
 pub const CHAIN_BATCH: usize = 1024;
@@ -42,7 +42,7 @@ enum SessionEnd {
 
 /// Where a job source reads from.
 pub(crate) struct Upstream {
-    pub fetcher: Fetcher,
+    pub master: MasterClient,
     pub tenant: squilla_types::ids::TenantId,
     pub cluster: String,
     pub query: Option<String>,
@@ -52,7 +52,7 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// Reads the upstream and feeds `pipeline` until `stop` is set.
     pub fn run(&self, pipeline: &PipelineHandle, stop: &AtomicBool) {
-        let runtime = self.fetcher.runtime.clone();
+        let runtime = self.master.runtime.clone();
         while !stop.load(Ordering::Relaxed) && pipeline.is_alive() {
             if let Err(err) = runtime.block_on(self.session(pipeline, stop)) {
                 tracing::debug!(cluster = %self.cluster, error = %err, "upstream subscription ended; reconnecting");
@@ -62,7 +62,7 @@ impl Upstream {
     }
 
     async fn session(&self, pipeline: &PipelineHandle, stop: &AtomicBool) -> Result<(), SessionEnd> {
-        let base = self.fetcher.master.trim_end_matches('/');
+        let base = self.master.url.trim_end_matches('/');
         let mut url = reqwest::Url::parse(&format!("{base}/api/v1/agent/subscribe/{}/{}", self.tenant, self.cluster))
             .map_err(|e| SessionEnd::Url(e.to_string()))?;
         url.query_pairs_mut().append_pair("clientId", &self.client_id);
@@ -70,10 +70,10 @@ impl Upstream {
             url.query_pairs_mut().append_pair("query", q);
         }
         let mut response = self
-            .fetcher
+            .master
             .client
             .get(url)
-            .bearer_auth(&self.fetcher.token)
+            .bearer_auth(&self.master.token)
             .timeout(Duration::from_secs(24 * 3600))
             .send()
             .await?;

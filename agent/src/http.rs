@@ -205,8 +205,8 @@ mod tests {
             squilla_host::transport::TransportConfig { lease: lease.clone(), ..Default::default() },
         )
         .unwrap();
-        let fetcher = crate::fetch::Fetcher {
-            master: "http://127.0.0.1:9".into(),
+        let master = crate::master::MasterClient {
+            url: "http://127.0.0.1:9".into(),
             token: TOKEN.into(),
             client: reqwest::Client::new(),
             cache: Arc::new(cache),
@@ -215,9 +215,9 @@ mod tests {
         Arc::new(Jobs::new(crate::job::Context {
             agent: "a1".parse().unwrap(),
             runtime,
-            executor: squilla_host::Executor::new(1),
+            executor: squilla_host::Executor::start(1).unwrap(),
             transport: Arc::new(transport),
-            fetcher,
+            master,
             lease,
             sink_limits: crate::sink::SinkLimits::default(),
         }))

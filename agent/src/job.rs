@@ -21,7 +21,7 @@ use squilla_types::control::{JobAssignment, SlotAssignment};
 use squilla_types::ids::{AgentId, JobKey, WorkerNumber};
 use squilla_types::{ArtifactRef, SourceSpec};
 
-use crate::fetch::{ArtifactFailure, Fetcher};
+use crate::master::{ArtifactFailure, MasterClient};
 use crate::reconcile::{self, JobAction};
 use crate::sink::{SinkHub, SinkLimits};
 
@@ -34,7 +34,7 @@ pub(crate) struct Context {
     pub runtime: squilla_host::Runtime,
     pub executor: Arc<squilla_host::Executor>,
     pub transport: Arc<squilla_host::transport::Transport>,
-    pub fetcher: Fetcher,
+    pub master: MasterClient,
     pub lease: Arc<Lease>,
     pub sink_limits: SinkLimits,
 }
@@ -270,9 +270,9 @@ impl Running {
         for action in reconcile::job(applied, source_attached, &assignment) {
             let result = match action {
                 JobAction::Start => self.start(ctx, &assignment),
-                JobAction::Place { stage } => self.place(ctx, &assignment, stage),
+                JobAction::SetSlots { stage } => self.set_slots(ctx, &assignment, stage),
                 JobAction::AttachSource => match &mut self.pipeline {
-                    Some(pipeline) => attach_source(pipeline, &assignment, &ctx.fetcher).map_err(ApplyError::from),
+                    Some(pipeline) => attach_source(pipeline, &assignment, &ctx.master).map_err(ApplyError::from),
                     None => Ok(()),
                 },
                 JobAction::DetachSource => {
@@ -313,7 +313,7 @@ impl Running {
         let id = &assignment.job;
         let mut by_ref: HashMap<ArtifactRef, Artifact> = HashMap::new();
         for (s, (stage, sha)) in assignment.spec.stages.iter().zip(&assignment.artifacts).enumerate() {
-            match ctx.fetcher.artifact(&assignment.tenant, sha) {
+            match ctx.master.artifact(&assignment.tenant, sha) {
                 Ok(artifact) => {
                     by_ref.insert(stage.artifact.clone(), artifact);
                 }
@@ -350,12 +350,23 @@ impl Running {
             return Ok(());
         }
         if assignment.source {
-            attach_source(&mut pipeline, assignment, &ctx.fetcher)?;
+            attach_source(&mut pipeline, assignment, &ctx.master)?;
         }
         ctx.transport.register(&id.to_string(), pipeline.handle());
-        let hub =
-            SinkHub::start(&id.to_string(), assignment.tenant.as_str(), pipeline.handle(), ctx.sink_limits.clone())
-                .map_err(ApplyError::Sink)?;
+        let hub = match SinkHub::start(
+            &id.to_string(),
+            assignment.tenant.as_str(),
+            pipeline.handle(),
+            ctx.sink_limits.clone(),
+        ) {
+            Ok(hub) => hub,
+            Err(err) => {
+                // Nothing of the job stays half-started: the transport forgets it, and
+                // dropping `pipeline` stops the source started above and its workers.
+                ctx.transport.unregister(&id.to_string(), &pipeline.handle());
+                return Err(ApplyError::Sink(err));
+            }
+        };
         tracing::info!(job = %id, tenant = %assignment.tenant, "job started here");
         self.pipeline = Some(pipeline);
         self.hub = Some(hub);
@@ -364,15 +375,15 @@ impl Running {
 
     /// Re-plans stage `stage` of a job already here (unchanged workers keep their state); a
     /// worker whose `init` fails is marked failed and its slot left empty here.
-    fn place(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize) -> Result<(), ApplyError> {
+    fn set_slots(&mut self, ctx: &Context, assignment: &JobAssignment, stage: usize) -> Result<(), ApplyError> {
         let Some(slots) = assignment.slots.get(stage) else { return Ok(()) };
         let plan = self.plan_of(ctx, &assignment.job, stage, slots)?;
         let Some(pipeline) = &self.pipeline else { return Ok(()) };
-        if let Err(err) = pipeline.place(stage, plan) {
+        if let Err(err) = pipeline.set_slots(stage, plan) {
             self.fail_stage(ctx, assignment, stage, &err.to_string(), false);
             let plan = self.plan_of(ctx, &assignment.job, stage, slots)?;
             if let Some(pipeline) = &self.pipeline {
-                pipeline.place(stage, plan)?;
+                pipeline.set_slots(stage, plan)?;
             }
         }
         Ok(())
@@ -412,7 +423,11 @@ fn allow_senders(ctx: &Context, assignment: &JobAssignment) {
     ctx.transport.allow_senders(&assignment.job.to_string(), per_stage);
 }
 
-fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &Fetcher) -> Result<(), PipelineError> {
+fn attach_source(
+    pipeline: &mut Pipeline,
+    assignment: &JobAssignment,
+    master: &MasterClient,
+) -> Result<(), PipelineError> {
     match &assignment.spec.source {
         SourceSpec::Synthetic { events_per_second, .. } => {
             pipeline.start_synthetic(SyntheticSource::at_rate(*events_per_second))
@@ -421,7 +436,7 @@ fn attach_source(pipeline: &mut Pipeline, assignment: &JobAssignment, fetcher: &
         SourceSpec::Ingest => Ok(()),
         SourceSpec::Job { cluster, query } => {
             let upstream = crate::chain::Upstream {
-                fetcher: fetcher.clone(),
+                master: master.clone(),
                 tenant: assignment.tenant.clone(),
                 cluster: cluster.clone(),
                 query: query.clone(),

@@ -13,11 +13,11 @@
 
 pub mod chain;
 mod config;
-mod fetch;
 mod heartbeat;
 pub mod http;
 mod job;
 pub mod jobs;
+mod master;
 pub mod reconcile;
 pub mod sink;
 
@@ -32,12 +32,12 @@ use squilla_types::control::Heartbeat;
 use squilla_types::ids::AgentId;
 
 pub use config::AgentConfig;
-pub use fetch::FETCH_TIMEOUT;
 pub use http::INGEST_WAIT;
+pub use master::FETCH_TIMEOUT;
 
-use crate::fetch::Fetcher;
 use crate::job::Context;
 use crate::jobs::Jobs;
+use crate::master::MasterClient;
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,9 @@ pub enum AgentError {
     /// The Wasm runtime could not be built.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// The executor's threads could not be started.
+    #[error("cannot start the executor's threads: {0}")]
+    Executor(#[source] std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -80,7 +83,7 @@ impl Agent {
             None => ArtifactCache::in_memory(&runtime),
         }
         .with_compile_config(config.compile.clone());
-        let executor = Executor::new(config.threads);
+        let executor = Executor::start(config.threads).map_err(AgentError::Executor)?;
         let lease = Lease::expired();
         let transport_config =
             TransportConfig { agent: config.id.to_string(), lease: lease.clone(), ..TransportConfig::default() };
@@ -104,8 +107,8 @@ impl Agent {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| AgentError::Runtime(format!("http client: {e}")))?;
-        let fetcher = Fetcher {
-            master: config.master.clone(),
+        let master = MasterClient {
+            url: config.master.clone(),
             token: config.token.clone(),
             client: client.clone(),
             cache: Arc::new(cache),
@@ -116,7 +119,7 @@ impl Agent {
             runtime,
             executor,
             transport: Arc::new(transport),
-            fetcher,
+            master,
             lease: lease.clone(),
             sink_limits: config.sinks.clone(),
         }));

@@ -45,9 +45,9 @@ pub enum JobAction {
     /// Nothing runs yet: fetch and compile the artifacts, start the pipeline (with the
     /// source, if the assignment gives it here).
     Start,
-    /// Re-plan stage `stage`: its slots moved, were replaced or scaled (unchanged workers keep
-    /// their state).
-    Place {
+    /// Re-plan stage `stage` (set its slots on the pipeline): its slots moved, were replaced or
+    /// scaled (unchanged workers keep their state).
+    SetSlots {
         /// The stage.
         stage: usize,
     },
@@ -66,7 +66,7 @@ pub fn job(applied: Option<&JobAssignment>, source_attached: bool, wanted: &JobA
         .iter()
         .enumerate()
         .filter(|(stage, slots)| applied.slots.get(*stage) != Some(*slots))
-        .map(|(stage, _)| JobAction::Place { stage })
+        .map(|(stage, _)| JobAction::SetSlots { stage })
         .collect();
     match (wanted.source, source_attached) {
         (true, false) => actions.push(JobAction::AttachSource),
@@ -132,16 +132,19 @@ mod tests {
         // A worker moved (stage 1, slot 1 now here with a new number).
         let mut moved = base.clone();
         moved.slots[1][1] = slot("me", 4);
-        assert_eq!(job(Some(&base), true, &moved), vec![JobAction::Place { stage: 1 }]);
+        assert_eq!(job(Some(&base), true, &moved), vec![JobAction::SetSlots { stage: 1 }]);
         // A worker replaced on the same agent (new number): its stage only.
         let mut replaced = base.clone();
         replaced.slots[0][0] = slot("me", 5);
-        assert_eq!(job(Some(&base), true, &replaced), vec![JobAction::Place { stage: 0 }]);
+        assert_eq!(job(Some(&base), true, &replaced), vec![JobAction::SetSlots { stage: 0 }]);
         // A stage scaled up and down.
         let mut scaled = base.clone();
         scaled.slots[0].push(slot("other", 6));
         scaled.slots[1].pop();
-        assert_eq!(job(Some(&base), true, &scaled), vec![JobAction::Place { stage: 0 }, JobAction::Place { stage: 1 }]);
+        assert_eq!(
+            job(Some(&base), true, &scaled),
+            vec![JobAction::SetSlots { stage: 0 }, JobAction::SetSlots { stage: 1 }]
+        );
         // The source moved away, and back.
         let mut away = base.clone();
         away.source = false;

@@ -281,7 +281,7 @@ fn idle_memory(executor: &Executor) -> serde_json::Value {
 }
 
 fn main() {
-    let executor = Executor::new(0);
+    let executor = Executor::start(0).expect("executor threads");
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let input = batches(2000);
 

@@ -17,7 +17,7 @@ use squilla_types::{Backpressure, Routing};
 fn main() {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let filter = Artifact::compile(&runtime, &squilla_guests::read("filter")).unwrap();
-    let executor = Executor::new(0);
+    let executor = Executor::start(0).expect("executor threads");
     let stage = StageConfig {
         name: "drop-all".into(),
         artifact: filter,

@@ -4,18 +4,18 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
-use crate::Runtime;
 use crate::bindings::{raw, typed};
+use crate::engine::Runtime;
 use crate::error::ArtifactError;
-use crate::instance::WorkerState;
+use crate::store_data::StoreData;
 use squilla_component::ComponentError;
 
 pub use squilla_component::{ALLOWED_IMPORTS, Flavour, RAW_EXPORT, TYPED_EXPORT};
 pub use squilla_types::ids::Sha256;
 
 pub(crate) enum Pre {
-    Raw(raw::RawStagePre<WorkerState>),
-    Typed(typed::TypedStagePre<WorkerState>),
+    Raw(raw::RawStagePre<StoreData>),
+    Typed(typed::TypedStagePre<StoreData>),
 }
 
 struct Inner {

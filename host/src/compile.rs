@@ -207,9 +207,20 @@ fn compile_in_child(
     });
     let (writer, reader, errors) = match (writer, reader, errors) {
         (Ok(w), Ok(r), Ok(e)) => (w, r, e),
-        _ => {
+        (writer, reader, errors) => {
+            // Killing the child closes its pipes, so the threads that did start end at once:
+            // join them, so that nothing of the compile outlives this call.
             let _ = child.kill();
             let _ = child.wait();
+            if let Ok(w) = writer {
+                let _ = w.join();
+            }
+            if let Ok(r) = reader {
+                let _ = r.join();
+            }
+            if let Ok(e) = errors {
+                let _ = e.join();
+            }
             return Err(ArtifactError::Engine { detail: "cannot start threads for a compile worker".into() });
         }
     };

@@ -22,7 +22,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::bindings;
 use crate::error::ArtifactError;
-use crate::instance::WorkerState;
+use crate::store_data::StoreData;
 
 /// How a [`Runtime`] is set up. `Default` gives the values documented on each field.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ impl Default for RuntimeConfig {
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) engine: Engine,
-    pub(crate) linker: Linker<WorkerState>,
+    pub(crate) linker: Linker<StoreData>,
     pub(crate) config: RuntimeConfig,
     pooling: bool,
 }
@@ -97,7 +97,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(ArtifactError::engine)?;
-        bindings::raw::squilla::stage::log::add_to_linker::<WorkerState, HasSelf<WorkerState>>(&mut linker, |s| s)
+        bindings::raw::squilla::stage::log::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
             .map_err(ArtifactError::engine)?;
 
         let weak = engine.weak();
@@ -174,5 +174,3 @@ fn wasmtime_config(config: &RuntimeConfig, pooling: bool) -> Config {
     }
     c
 }
-
-pub(crate) use squilla_types::time::now_ms;

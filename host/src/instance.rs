@@ -3,15 +3,15 @@
 use std::time::Duration;
 
 use squilla_batch::BatchBytes;
-use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap, WasmBacktrace};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::{Store, Trap, WasmBacktrace};
 
-use crate::artifact::Pre;
-use crate::bindings::{Level, WitStageError, raw, typed};
+use crate::artifact::{Artifact, Pre};
+use crate::bindings::{WitStageError, raw, typed};
+use crate::engine::Runtime;
 use crate::error::{CallError, InstantiateError};
-use crate::logs::{LogLevel, LogRing};
-use crate::{Artifact, Runtime, typed as convert};
+use crate::logs::{LOG_LINES, LogRing};
+use crate::store_data::StoreData;
+use crate::typed as convert;
 
 /// The limits of one worker. `Default` gives the values documented on each field.
 #[derive(Debug, Clone)]
@@ -28,68 +28,45 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 64 << 20, call_deadline: Duration::from_secs(1), log_lines: crate::logs::LOG_LINES }
+        Limits { memory_bytes: 64 << 20, call_deadline: Duration::from_secs(1), log_lines: LOG_LINES }
     }
 }
 
-/// Enforces [`Limits::memory_bytes`] over all the memories of an instance and tracks what
-/// they hold.
-struct MemoryLimiter {
-    cap: usize,
-    used: usize,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let after = self.used - current.min(self.used) + desired;
-        if after > self.cap {
-            wasmtime::bail!(
-                "worker memory limit of {} MiB exceeded: growing a memory from {current} to {desired} bytes would make {after} bytes in all",
-                self.cap >> 20
-            );
-        }
-        self.used = after;
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        // Table elements are host memory too; bound them as a generous multiple of the cap.
-        Ok(desired <= 1_000_000)
-    }
-}
-
-/// What a worker's store holds: WASI with no capabilities, the limiter and the log.
-pub struct WorkerState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: MemoryLimiter,
-    log: LogRing,
-}
-
-impl WasiView for WorkerState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-impl raw::squilla::stage::log::Host for WorkerState {
-    fn log(&mut self, level: Level, message: String) {
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
-        self.log.push(level, message);
-    }
-}
-
-impl raw::squilla::stage::types::Host for WorkerState {}
-
+/// The stage's exports, in the flavour the component implements. Each call matches on it
+/// once and calls the export of that flavour.
 enum Handler {
     Raw(raw::RawStage),
     Typed(typed::TypedStage),
+}
+
+/// A worker's store and the rules of every call into it: the epoch deadline, and poisoning
+/// after a trap.
+struct Sandbox {
+    store: Store<StoreData>,
+    deadline_ticks: u64,
+    deadline_ms: u64,
+    epochs: bool,
+    poisoned: bool,
+}
+
+impl Sandbox {
+    /// Runs one guest call under the deadline, poisoning the sandbox if it traps.
+    fn call<R>(&mut self, f: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        if self.poisoned {
+            return Err(CallError::Poisoned);
+        }
+        if self.epochs {
+            self.store.set_epoch_deadline(self.deadline_ticks);
+        }
+        f(&mut self.store).map_err(|err| {
+            self.poisoned = true;
+            if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                CallError::Deadline { deadline_ms: self.deadline_ms }
+            } else {
+                CallError::Trap { message: trap_message(&err) }
+            }
+        })
+    }
 }
 
 /// A live instance of a stage: one worker's sandbox.
@@ -97,17 +74,16 @@ enum Handler {
 /// After a trap or an interrupted call the instance is *poisoned*: every later call answers
 /// [`CallError::Poisoned`], and the owner replaces it with a fresh one.
 pub struct StageInstance {
-    store: Store<WorkerState>,
+    sandbox: Sandbox,
     handler: Handler,
-    deadline_ticks: u64,
-    deadline_ms: u64,
-    epochs: bool,
-    poisoned: bool,
 }
 
 impl std::fmt::Debug for StageInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StageInstance").field("poisoned", &self.poisoned).field("memory", &self.memory_bytes()).finish()
+        f.debug_struct("StageInstance")
+            .field("poisoned", &self.sandbox.poisoned)
+            .field("memory", &self.memory_bytes())
+            .finish()
     }
 }
 
@@ -119,15 +95,7 @@ impl Artifact {
         limits: &Limits,
         params: &[(String, String)],
     ) -> Result<StageInstance, InstantiateError> {
-        let state = WorkerState {
-            // No preopened directories, no environment, no arguments; stdin is empty and
-            // stdout/stderr are discarded: a stage communicates through batches and `log`.
-            wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: limits.memory_bytes, used: 0 },
-            log: LogRing::with_capacity(limits.log_lines),
-        };
-        let mut store = Store::new(&runtime.engine, state);
+        let mut store = Store::new(&runtime.engine, StoreData::new(limits.memory_bytes, limits.log_lines));
         store.limiter(|s| &mut s.limiter);
         let epochs = runtime.config.epoch_interruption;
         if epochs {
@@ -144,18 +112,22 @@ impl Artifact {
             Pre::Typed(pre) => Handler::Typed(pre.instantiate(&mut store).map_err(instantiate)?),
         };
         let mut instance = StageInstance {
-            store,
+            sandbox: Sandbox {
+                store,
+                deadline_ticks,
+                deadline_ms: limits.call_deadline.as_millis() as u64,
+                epochs,
+                poisoned: false,
+            },
             handler,
-            deadline_ticks,
-            deadline_ms: limits.call_deadline.as_millis() as u64,
-            epochs,
-            poisoned: false,
         };
+        // The bindings take the parameters as a `Vec`.
         let params = params.to_vec();
-        let result = instance.call(|store, handler| match handler {
-            Handler::Raw(h) => h.squilla_stage_raw_handler().call_init(store, &params),
-            Handler::Typed(h) => h.squilla_stage_typed_handler().call_init(store, &params),
-        });
+        let sandbox = &mut instance.sandbox;
+        let result = match &instance.handler {
+            Handler::Raw(h) => sandbox.call(|store| h.squilla_stage_raw_handler().call_init(store, &params)),
+            Handler::Typed(h) => sandbox.call(|store| h.squilla_stage_typed_handler().call_init(store, &params)),
+        };
         match result {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(message)) => Err(InstantiateError::Init { message }),
@@ -167,13 +139,12 @@ impl Artifact {
 impl StageInstance {
     /// Processes one batch and returns the stage's output, validated.
     pub fn process(&mut self, batch: &BatchBytes) -> Result<BatchBytes, CallError> {
+        let sandbox = &mut self.sandbox;
         match &self.handler {
-            Handler::Raw(_) => {
-                let out = self.call(|store, handler| match handler {
-                    Handler::Raw(h) => h.squilla_stage_raw_handler().call_process(store, batch.as_bytes()),
-                    Handler::Typed(_) => unreachable!("matched Raw above"),
-                })?;
-                let out = out.map_err(stage_error)?;
+            Handler::Raw(h) => {
+                let out = sandbox
+                    .call(|store| h.squilla_stage_raw_handler().call_process(store, batch.as_bytes()))?
+                    .map_err(stage_error)?;
                 // A stage that passes its input through (a filter keeping everything) returns
                 // the same bytes: share the input instead of validating a copy.
                 if out.as_slice() == batch.as_bytes() {
@@ -181,12 +152,9 @@ impl StageInstance {
                 }
                 Ok(BatchBytes::validate(out)?)
             }
-            Handler::Typed(_) => {
+            Handler::Typed(h) => {
                 let events = convert::to_wit(batch.view());
-                let out = self.call(|store, handler| match handler {
-                    Handler::Typed(h) => h.squilla_stage_typed_handler().call_process(store, &events),
-                    Handler::Raw(_) => unreachable!("matched Typed above"),
-                })?;
+                let out = sandbox.call(|store| h.squilla_stage_typed_handler().call_process(store, &events))?;
                 Ok(convert::from_wit(&out.map_err(stage_error)?)?)
             }
         }
@@ -194,19 +162,14 @@ impl StageInstance {
 
     /// Lets the stage emit what is due at `now_ms` (ms since the Unix epoch).
     pub fn tick(&mut self, now_ms: i64) -> Result<BatchBytes, CallError> {
+        let sandbox = &mut self.sandbox;
         match &self.handler {
-            Handler::Raw(_) => {
-                let out = self.call(|store, handler| match handler {
-                    Handler::Raw(h) => h.squilla_stage_raw_handler().call_tick(store, now_ms),
-                    Handler::Typed(_) => unreachable!("matched Raw above"),
-                })?;
+            Handler::Raw(h) => {
+                let out = sandbox.call(|store| h.squilla_stage_raw_handler().call_tick(store, now_ms))?;
                 Ok(BatchBytes::validate(out.map_err(stage_error)?)?)
             }
-            Handler::Typed(_) => {
-                let out = self.call(|store, handler| match handler {
-                    Handler::Typed(h) => h.squilla_stage_typed_handler().call_tick(store, now_ms),
-                    Handler::Raw(_) => unreachable!("matched Typed above"),
-                })?;
+            Handler::Typed(h) => {
+                let out = sandbox.call(|store| h.squilla_stage_typed_handler().call_tick(store, now_ms))?;
                 Ok(convert::from_wit(&out.map_err(stage_error)?)?)
             }
         }
@@ -214,44 +177,23 @@ impl StageInstance {
 
     /// The lines the stage logged (since the last [`StageInstance::take_log`]).
     pub fn log(&self) -> &LogRing {
-        &self.store.data().log
+        &self.sandbox.store.data().log
     }
 
     /// Moves the instance's log lines into `into`, e.g. a worker's log that outlives the
     /// instance.
     pub fn take_log(&mut self, into: &mut LogRing) {
-        into.absorb(&mut self.store.data_mut().log);
+        into.absorb(&mut self.sandbox.store.data_mut().log);
     }
 
     /// Linear memory the instance holds, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.store.data().limiter.used
+        self.sandbox.store.data().limiter.used
     }
 
     /// Whether an earlier trap made the instance unusable.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
-    }
-
-    /// Runs one guest call under the deadline, poisoning the instance if it traps.
-    fn call<R>(
-        &mut self,
-        f: impl FnOnce(&mut Store<WorkerState>, &Handler) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        if self.poisoned {
-            return Err(CallError::Poisoned);
-        }
-        if self.epochs {
-            self.store.set_epoch_deadline(self.deadline_ticks);
-        }
-        f(&mut self.store, &self.handler).map_err(|err| {
-            self.poisoned = true;
-            if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                CallError::Deadline { deadline_ms: self.deadline_ms }
-            } else {
-                CallError::Trap { message: trap_message(&err) }
-            }
-        })
+        self.sandbox.poisoned
     }
 }
 

@@ -24,6 +24,13 @@
 //!
 //! Batches cross into the host as [`squilla_batch::BatchBytes`]: whatever a guest returns is
 //! validated once, here, before anything else reads it.
+//!
+//! The modules depend on each other one way only, lowest first: `bindings`, `typed`, `error`,
+//! `logs`, `lease`; `store_data` (what a worker's wasmtime store holds); `engine`
+//! ([`Runtime`]); `artifact`; `instance`; `compile` and `cache`; `executor`, which knows
+//! workers only as its `Task` trait; [`pipeline`]; [`transport`]. Where a lower module must call back into a
+//! higher one (the executor or an inbox into a worker, a worker into its pipeline), the lower
+//! one defines a small trait that the higher one implements.
 
 mod artifact;
 mod bindings;
@@ -36,6 +43,7 @@ mod instance;
 mod lease;
 mod logs;
 pub mod pipeline;
+mod store_data;
 pub mod transport;
 mod typed;
 

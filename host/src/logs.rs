@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use squilla_types::time::now_ms;
+
 /// Lines a worker's log keeps; older lines are dropped (and counted) past it.
 pub const LOG_LINES: usize = 256;
 
@@ -70,7 +72,7 @@ impl LogRing {
             self.lines.pop_front();
             self.dropped += 1;
         }
-        self.lines.push_back(LogLine { at_ms: crate::engine::now_ms(), level, message });
+        self.lines.push_back(LogLine { at_ms: now_ms(), level, message });
     }
 
     /// The lines kept, oldest first.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use squilla_scheduler::placement::{
-    Agent, Constraints, Fitness, Request, Resources, StageKey, Strength, WorkerKey, lower_bound, place,
+    Agent, Constraints, Fitness, Request, Resources, StageKey, Strength, WorkerKey, lower_bound, plan,
 };
 
 struct Rng(u64);
@@ -70,7 +70,7 @@ fn main() {
     let mut result = None;
     for _ in 0..5 {
         let started = Instant::now();
-        let p = place(&agents, &requests, Fitness::BinPack);
+        let p = plan(&agents, &requests, Fitness::BinPack);
         runs.push(started.elapsed().as_secs_f64() * 1e3);
         result = Some(p);
     }
@@ -78,7 +78,7 @@ fn main() {
     let used: std::collections::BTreeSet<&str> = p.assigned.iter().map(|(_, a)| a.as_str()).collect();
     runs.sort_by(f64::total_cmp);
     let started = Instant::now();
-    let spread = place(&agents, &requests, Fitness::Spread);
+    let spread = plan(&agents, &requests, Fitness::Spread);
     let spread_ms = started.elapsed().as_secs_f64() * 1e3;
     println!(
         "{}",

@@ -1,8 +1,9 @@
 //! Placement of workers onto agents by resource fit.
 //!
-//! The key types: [`Agent`] (capacity, what is in use, zone, labels, the stages it already
-//! runs), [`Request`] (one worker: its key, its needs, its [`Constraints`]), [`Fitness`] and
-//! the result, [`Placement`].
+//! [`plan`] is the one function: from [`Agent`]s (capacity, what is in use, zone, labels, the
+//! stages it already runs), [`Request`]s (one worker each: its key, its needs, its
+//! [`Constraints`]) and a [`Fitness`] it computes a [`Placement`]. Nothing here refers to the
+//! control loop, which calls it ([`crate::control`]).
 //!
 //! The algorithm, and why:
 //!
@@ -278,9 +279,9 @@ impl<'a> State<'a> {
     }
 }
 
-/// Places `requests` onto `agents`. Pure and deterministic: the same input gives the same
-/// output; no agent ends over capacity; every hard constraint holds for every assignment.
-pub fn place(agents: &[Agent], requests: &[Request], fitness: Fitness) -> Placement {
+/// Plans where `requests` go among `agents`. Pure and deterministic: the same input gives the
+/// same output; no agent ends over capacity; every hard constraint holds for every assignment.
+pub fn plan(agents: &[Agent], requests: &[Request], fitness: Fitness) -> Placement {
     let mut state = State::new(agents);
     let largest =
         state.agents.iter().map(|a| a.capacity).max_by_key(|c| (c.cpu_millis, c.memory_mib)).unwrap_or_default();

@@ -7,6 +7,7 @@ use squilla_types::{ArtifactRef, Backpressure, JobSpec, Routing};
 
 use std::sync::Arc;
 
+use super::wanted::Wanted;
 use crate::{Artifact, InstantiateError, Lease, Limits};
 
 /// One stage of a pipeline.
@@ -50,8 +51,8 @@ pub struct PipelineConfig {
     /// that never runs out; an agent passes the one its master renews).
     pub lease: Arc<Lease>,
     /// What the owner still wants emitted (default: everything; an agent passes the table
-    /// its dispatcher keeps, see [`super::Wanted`]).
-    pub wanted: Arc<super::Wanted>,
+    /// its dispatcher keeps, see [`Wanted`]).
+    pub wanted: Arc<Wanted>,
 }
 
 /// Why a job spec could not be turned into a pipeline.
@@ -92,7 +93,7 @@ impl PipelineConfig {
             sink_batches: 1024,
             max_consecutive_failures: 5,
             lease: Lease::unlimited(),
-            wanted: Arc::new(super::Wanted::everything()),
+            wanted: Arc::new(Wanted::everything()),
         }
     }
 

@@ -5,6 +5,9 @@
 //! output, registers as a *waiter*, and stops taking input; the inbox's consumer wakes its
 //! waiters each time it takes a batch out. Under `drop-oldest` / `drop-newest` a full inbox
 //! makes room or refuses, and the drop is counted against the inbox's owner.
+//!
+//! Waiters are [`Waiter`]s, a trait defined here and implemented by the workers, so that an
+//! inbox knows nothing of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -14,7 +17,12 @@ use squilla_batch::BatchBytes;
 use squilla_types::Backpressure;
 
 use super::metrics::Counters;
-use super::worker::Worker;
+
+/// A producer that waits for room in an inbox (a worker holding output for it).
+pub(crate) trait Waiter: Send + Sync + 'static {
+    /// The inbox it waited on had a batch taken out: it may offer again.
+    fn wake(self: Arc<Self>);
+}
 
 /// What happened to an offered batch.
 pub(crate) enum Offer {
@@ -35,7 +43,7 @@ pub(crate) enum Offer {
 
 pub(crate) struct Inbox {
     queue: ArrayQueue<BatchBytes>,
-    waiters: Mutex<Vec<Weak<Worker>>>,
+    waiters: Mutex<Vec<Weak<dyn Waiter>>>,
     has_waiters: AtomicBool,
 }
 
@@ -87,16 +95,18 @@ impl Inbox {
         Some(batch)
     }
 
-    /// Registers `worker` to be scheduled when a batch is taken out.
-    pub fn wait(&self, worker: &Arc<Worker>) {
+    /// Registers `waiter` to be woken when a batch is taken out.
+    pub fn wait<W: Waiter>(&self, waiter: &Arc<W>) {
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        if !waiters.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(worker))) {
-            waiters.push(Arc::downgrade(worker));
+        if !waiters.iter().any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(waiter))) {
+            let weak: Weak<dyn Waiter> = Arc::downgrade(waiter) as Weak<W>;
+            waiters.push(weak);
         }
         self.has_waiters.store(true, Ordering::SeqCst);
     }
 
-    /// Schedules every waiting producer (on its own pipeline's executor).
+    /// Wakes every waiting producer (a worker is then scheduled on its own pipeline's
+    /// executor).
     pub fn wake(&self) {
         if !self.has_waiters.load(Ordering::SeqCst) {
             return;
@@ -107,7 +117,7 @@ impl Inbox {
             std::mem::take(&mut *waiters)
         };
         for waiter in waiters.iter().filter_map(Weak::upgrade) {
-            waiter.unblock();
+            waiter.wake();
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Per-worker counters, updated with relaxed atomics on the hot path and read as snapshots.
+//! Per-worker counters, updated with relaxed atomics on the hot path and read as snapshots,
+//! and the metrics of a whole pipeline made from them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -151,6 +152,32 @@ impl WorkerMetrics {
             }
         }
         0
+    }
+}
+
+/// Metrics of a whole pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineMetrics {
+    /// Per stage, per local worker.
+    pub stages: Vec<Vec<WorkerMetrics>>,
+    /// Batches dropped at the sink because nobody read them in time (`drop-*` policies).
+    pub sink_dropped: u64,
+    /// Batches waiting at the sink.
+    pub sink_depth: usize,
+    /// Batches dropped on the way to other agents (full outlets under `drop-*`, broken
+    /// connections) or arriving for a worker no longer here.
+    pub remote_dropped: u64,
+    /// Batches dropped because the agent's lease had run out (see [`crate::Lease`]).
+    pub fenced: u64,
+}
+
+impl PipelineMetrics {
+    /// Batches dropped anywhere in the pipeline.
+    pub fn dropped(&self) -> u64 {
+        self.sink_dropped
+            + self.remote_dropped
+            + self.fenced
+            + self.stages.iter().flatten().map(WorkerMetrics::dropped).sum::<u64>()
     }
 }
 

@@ -1,10 +1,12 @@
-//! An outlet: the bounded queue in front of a worker slot that runs on another agent.
+//! An outlet: a bounded queue that something other than a local worker drains — the
+//! transport, for a worker slot that runs on another agent, or the job's reader, for the
+//! pipeline's sink.
 //!
 //! To the workers of the stage before, an outlet is one more inbox: they offer batches to it
 //! under the job's backpressure policy and, under `block`, wait on it until it has room. On
 //! the other side the transport takes batches out when the receiving agent has granted
 //! credit, so a slow receiver fills the outlet and slows (or, under `drop-*`, thins) the
-//! sender exactly as a slow local worker would.
+//! sender exactly as a slow local worker would; a slow reader of the sink does the same.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +17,7 @@ use squilla_types::Backpressure;
 use super::inbox::{Inbox, Offer};
 use super::metrics::Counters;
 
-/// The sending end of a remote worker slot.
+/// The sending end of a remote worker slot (or of the pipeline, at its sink).
 pub struct Outlet {
     pub(crate) inbox: Inbox,
     pub(crate) counters: Counters,
@@ -30,7 +32,7 @@ impl std::fmt::Debug for Outlet {
 
 impl Outlet {
     /// An outlet holding up to `capacity` batches; `notify` is called after every offer (the
-    /// transport uses it to wake its sender).
+    /// transport uses it to wake its sender, the sink to wake its reader).
     pub fn new(capacity: usize, notify: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
         Arc::new(Outlet { inbox: Inbox::new(capacity), counters: Counters::default(), notify: Box::new(notify) })
     }

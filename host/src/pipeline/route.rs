@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use squilla_batch::{BatchBuilder, BatchBytes, EventRef, ValueRef};
 use squilla_types::Routing;
 
-use super::Slot;
+use super::worker::Slot;
 
 /// FNV-1a over the key fields' values: deterministic across processes and runs, so that a
 /// key maps to the same worker index everywhere.

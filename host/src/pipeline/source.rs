@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use squilla_batch::BatchBytes;
 use squilla_batch::synth::DeviceLogs;
 
-use crate::engine::now_ms;
+use squilla_types::time::now_ms;
 
 /// A generator of device-log events (see `squilla_batch::synth`).
 #[derive(Debug, Clone)]

@@ -4,15 +4,20 @@
 //! Failure policy: every failed call is counted, by [`FailureKind`]: a trap or a passed
 //! deadline (which also discard the instance — the next call meets a fresh one), a stage
 //! error, an invalid output, or a fresh instance that cannot be made. After
-//! [`super::PipelineConfig::max_consecutive_failures`] failures in a row — stage errors, the
-//! stage's own answer about a call, are not part of the count — the worker is *failed* with
-//! the last one's message: it stops calling the stage and counts what reaches
+//! [`super::config::PipelineConfig::max_consecutive_failures`] failures in a row — stage
+//! errors, the stage's own answer about a call, are not part of the count — the worker is
+//! *failed* with the last one's message: it stops calling the stage and counts what reaches
 //! it as dropped, and whoever owns the pipeline (the master) decides what happens next. Only a
 //! successful `process` call starts the count again: a stage whose every batch passes its
 //! deadline is failed even if its ticks succeed in between.
 //!
 //! Status (metrics, the failure, the log) is kept apart from the instance: reading it never
 //! waits for a guest call, so a heartbeat is never held up by tenant code.
+//!
+//! A worker sees its pipeline only through [`Downstream`], a trait defined here and
+//! implemented by the pipeline's [`super::dataflow::Dataflow`]; the executor and the inboxes
+//! see a worker only as their own traits ([`Task`], [`Waiter`]). So this module depends on
+//! them, and none of them on it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -21,25 +26,81 @@ use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
 
-use super::inbox::{Inbox, Offer};
+use squilla_types::Backpressure;
+use squilla_types::time::now_ms;
+
+use super::config::StageConfig;
+use super::inbox::{Inbox, Offer, Waiter};
 use super::metrics::{self, Counters, FailureKind, WorkerMetrics};
-use super::{Shared as Pipeline, StageConfig};
-use crate::engine::now_ms;
-use crate::executor::{self, QUANTUM, TURN_BUDGET};
-use crate::{CallError, InstantiateError, LogLine, LogRing, StageInstance};
+use super::outlet::Outlet;
+use super::wanted::Wanted;
+use crate::engine::Runtime;
+use crate::error::{CallError, InstantiateError};
+use crate::executor::{QUANTUM, RunQueue, TURN_BUDGET, Task};
+use crate::instance::StageInstance;
+use crate::logs::{LogLine, LogRing};
+
+/// A place a batch can be delivered to: a worker slot of a stage — a worker here, or the
+/// outlet towards a worker on another agent (or towards none, while it waits for a place) —
+/// or, past the last stage, the sink, which is an outlet that the job's reader drains.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Local(Arc<Worker>),
+    Outlet(Arc<Outlet>),
+}
+
+impl Slot {
+    /// The worker, if the slot holds one here.
+    pub(crate) fn local(&self) -> Option<&Arc<Worker>> {
+        match self {
+            Slot::Local(w) => Some(w),
+            Slot::Outlet(_) => None,
+        }
+    }
+
+    /// The queue in front of the slot.
+    pub(crate) fn inbox(&self) -> &Inbox {
+        match self {
+            Slot::Local(worker) => &worker.inbox,
+            Slot::Outlet(outlet) => &outlet.inbox,
+        }
+    }
+
+    /// Whether `self` and `other` are the same slot (not merely equal ones).
+    pub(crate) fn same(&self, other: &Slot) -> bool {
+        match (self, other) {
+            (Slot::Local(a), Slot::Local(b)) => Arc::ptr_eq(a, b),
+            (Slot::Outlet(a), Slot::Outlet(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// What a worker needs of its pipeline: the runtime and executor it runs on, whether it may
+/// still emit, and where its output goes.
+pub(crate) trait Downstream: Send + Sync + 'static {
+    /// The runtime that makes the worker's instances.
+    fn runtime(&self) -> &Runtime;
+    /// The executor's run queue the pipeline's workers are scheduled on.
+    fn run_queue(&self) -> &RunQueue;
+    /// Whether the pipeline has stopped.
+    fn is_stopped(&self) -> bool;
+    /// What the owner still wants emitted.
+    fn wanted(&self) -> &Wanted;
+    /// Failed calls in a row that fail a worker.
+    fn max_consecutive_failures(&self) -> u32;
+    /// Resolves where `batch`, leaving stage `stage - 1`, goes, part by part.
+    fn route(&self, stage: usize, batch: BatchBytes, out: &mut dyn FnMut(Slot, BatchBytes));
+    /// Offers `batch` to `slot`; hands it back if the slot is full under `block`.
+    fn offer(&self, slot: &Slot, batch: BatchBytes) -> Option<BatchBytes>;
+    /// Whether `slot` is still one of stage `stage`'s slots (the master may have moved it).
+    fn is_current(&self, stage: usize, slot: &Slot) -> bool;
+}
 
 /// Output that could not be delivered yet, and where it goes.
 pub(crate) struct Pending {
-    pub target: Target,
+    pub slot: Slot,
     pub batch: BatchBytes,
-}
-
-/// The inbox a batch is headed for.
-#[derive(Clone)]
-pub(crate) enum Target {
-    Worker(Arc<Worker>),
-    Remote(Arc<super::Outlet>),
-    Sink,
 }
 
 /// What a turn works on; locked for the length of a guest call.
@@ -64,7 +125,7 @@ pub(crate) struct Worker {
     pub inbox: Inbox,
     pub counters: Counters,
     config: Arc<StageConfig>,
-    pipeline: Weak<Pipeline>,
+    pipeline: Weak<dyn Downstream>,
     scheduled: AtomicBool,
     blocked: AtomicBool,
     has_pending: AtomicBool,
@@ -81,21 +142,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Worker {
     /// A worker with a live instance (so that `init` errors surface at start), its tick armed.
-    pub fn start(
-        pipeline: &Arc<Pipeline>,
+    pub fn start<D: Downstream>(
+        pipeline: &Arc<D>,
         stage: usize,
         (index, number): (usize, u64),
         config: Arc<StageConfig>,
         queue_batches: usize,
     ) -> Result<Arc<Self>, InstantiateError> {
-        let instance = config.artifact.instantiate(&pipeline.runtime, &config.limits, &config.params)?;
+        let instance = config.artifact.instantiate(pipeline.runtime(), &config.limits, &config.params)?;
+        let downstream: Weak<dyn Downstream> = Arc::downgrade(pipeline) as Weak<D>;
         let worker = Arc::new(Worker {
             stage,
             index,
             number,
             inbox: Inbox::new(queue_batches),
             counters: Counters::default(),
-            pipeline: Arc::downgrade(pipeline),
+            pipeline: downstream,
             scheduled: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
             has_pending: AtomicBool::new(false),
@@ -115,49 +177,29 @@ impl Worker {
         let mut instance = instance;
         instance.take_log(&mut lock(&worker.status).log);
         lock(&worker.state).instance = Some(instance);
-        pipeline.exec.tick_at(Instant::now() + worker.config.tick, Arc::downgrade(&worker));
+        pipeline.run_queue().tick_at(Instant::now() + worker.config.tick, &worker);
         Ok(worker)
     }
 
-    /// Claims the right to be on the run queue; false if already there.
-    pub fn try_mark_scheduled(&self) -> bool {
-        !self.scheduled.swap(true, Ordering::AcqRel)
-    }
-
-    /// Called by a downstream inbox (or outlet) that has room again.
+    /// Called by a downstream inbox (or outlet) that has room again, or by the owner when a
+    /// slot downstream moved.
     pub fn unblock(self: &Arc<Self>) {
         self.blocked.store(false, Ordering::SeqCst);
         if let Some(pipeline) = self.pipeline.upgrade() {
-            pipeline.exec.schedule(self);
+            pipeline.run_queue().schedule(self);
         }
-    }
-
-    /// Called by the clock when the stage timer fires.
-    pub fn tick_fired(self: &Arc<Self>, exec: &executor::Shared, due: Instant) {
-        if self.retired.load(Ordering::Relaxed) || self.pipeline.strong_count() == 0 {
-            return;
-        }
-        self.tick_due.store(now_ms().max(1), Ordering::Relaxed);
-        exec.schedule(self);
-        // Re-arm from the previous due time, so ticks do not drift; skip missed ones.
-        let mut next = due + self.config.tick;
-        let now = Instant::now();
-        while next <= now {
-            next += self.config.tick;
-        }
-        exec.tick_at(next, Arc::downgrade(self));
     }
 
     /// Makes a tick at `now_ms` due now, outside the stage's timer (e.g. to close windows at
     /// the end of a finite input).
-    pub fn tick_now(self: &Arc<Self>, exec: &executor::Shared, now_ms: i64) {
+    pub fn tick_now(self: &Arc<Self>, exec: &RunQueue, now_ms: i64) {
         self.tick_due.store(now_ms.max(1), Ordering::Relaxed);
         exec.schedule(self);
     }
 
     /// Stops the worker (a scale-down, or a local replacement): no more ticks and no more calls
     /// into the stage; output it already made is still delivered (unless its incarnation is
-    /// no longer wanted, see [`super::Wanted`]), and its inbox is for the owner to route anew.
+    /// no longer wanted, see [`Wanted`]), and its inbox is for the owner to route anew.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
     }
@@ -177,27 +219,10 @@ impl Worker {
                 || (!self.is_retired() && (!self.inbox.is_empty() || self.tick_due.load(Ordering::Relaxed) != 0)))
     }
 
-    /// One turn on a pool thread.
-    pub fn run(self: &Arc<Self>, exec: &Arc<executor::Shared>) {
-        let Some(pipeline) = self.pipeline.upgrade() else {
-            self.scheduled.store(false, Ordering::Release);
-            return;
-        };
-        if !pipeline.stopped.load(Ordering::Relaxed) {
-            let mut state = lock(&self.state);
-            self.turn(&mut state, &pipeline, exec);
-            self.has_pending.store(!state.pending.is_empty(), Ordering::SeqCst);
-        }
-        self.scheduled.store(false, Ordering::SeqCst);
-        if self.has_work() && !pipeline.stopped.load(Ordering::Relaxed) {
-            exec.schedule(self);
-        }
-    }
-
     /// One turn: deliver held output, a due tick, then input batches until [`QUANTUM`]
     /// batches or [`TURN_BUDGET`] of time, whichever comes first, so that a slow stage holds
     /// a pool thread for at most one call past the budget.
-    fn turn(self: &Arc<Self>, state: &mut State, pipeline: &Pipeline, exec: &executor::Shared) {
+    fn turn(self: &Arc<Self>, state: &mut State, pipeline: &dyn Downstream) {
         if self.failed.load(Ordering::Relaxed) {
             self.tick_due.store(0, Ordering::Relaxed);
             while self.inbox.pop().is_some() {
@@ -205,20 +230,20 @@ impl Worker {
             }
             return;
         }
-        if !pipeline.wanted.worker(self.stage, self.index, self.number) {
+        if !pipeline.wanted().worker(self.stage, self.index, self.number) {
             // An unwanted incarnation emits nothing more (the master replaced it).
             self.drop_pending(state);
             self.tick_due.store(0, Ordering::Relaxed);
             return;
         }
-        if !self.flush(state, pipeline, exec) || self.is_retired() {
+        if !self.flush(state, pipeline) || self.is_retired() {
             return;
         }
         let started = Instant::now();
         let now = self.tick_due.swap(0, Ordering::Relaxed);
         if now != 0 {
             self.call(state, pipeline, false, |instance| instance.tick(now));
-            if !self.flush(state, pipeline, exec) {
+            if !self.flush(state, pipeline) {
                 return;
             }
         }
@@ -234,7 +259,7 @@ impl Worker {
                 continue;
             }
             self.call(state, pipeline, true, |instance| instance.process(&batch));
-            if !self.flush(state, pipeline, exec) {
+            if !self.flush(state, pipeline) {
                 return;
             }
         }
@@ -246,7 +271,7 @@ impl Worker {
     fn call(
         &self,
         state: &mut State,
-        pipeline: &Pipeline,
+        pipeline: &dyn Downstream,
         process: bool,
         f: impl FnOnce(&mut StageInstance) -> Result<BatchBytes, CallError>,
     ) {
@@ -254,7 +279,7 @@ impl Worker {
             return;
         }
         if state.instance.is_none() {
-            match self.config.artifact.instantiate(&pipeline.runtime, &self.config.limits, &self.config.params) {
+            match self.config.artifact.instantiate(pipeline.runtime(), &self.config.limits, &self.config.params) {
                 Ok(instance) => {
                     Counters::add(&self.counters.instances, 1);
                     state.instance = Some(instance);
@@ -283,8 +308,8 @@ impl Worker {
                 if !output.is_empty() {
                     Counters::add(&self.counters.batches_out, 1);
                     Counters::add(&self.counters.events_out, output.len() as u64);
-                    pipeline.route(self.stage + 1, output, &mut |target, batch| {
-                        state.pending.push_back(Pending { target, batch })
+                    pipeline.route(self.stage + 1, output, &mut |slot, batch| {
+                        state.pending.push_back(Pending { slot, batch })
                     });
                 }
             }
@@ -306,7 +331,7 @@ impl Worker {
     /// Counts a failed call and fails the worker once the policy says so. A stage error is
     /// the stage's own, deliberate answer about one call: it is counted and shown, but does not
     /// count towards failing the worker.
-    fn failure(&self, state: &mut State, pipeline: &Pipeline, kind: FailureKind, message: String) {
+    fn failure(&self, state: &mut State, pipeline: &dyn Downstream, kind: FailureKind, message: String) {
         self.counters.count_failure(kind);
         if kind != FailureKind::StageError {
             state.consecutive_failures += 1;
@@ -318,7 +343,7 @@ impl Worker {
             tracing::debug!(stage = %self.config.name, worker = self.index, kind = kind.name(), %message, "stage call failed");
         }
         let mut status = lock(&self.status);
-        if state.consecutive_failures >= pipeline.max_consecutive_failures {
+        if state.consecutive_failures >= pipeline.max_consecutive_failures() {
             status.failed = Some(format!(
                 "{} failed calls in a row; last ({}): {message}",
                 state.consecutive_failures,
@@ -335,33 +360,32 @@ impl Worker {
         Counters::add(&self.counters.dropped_retired, held);
     }
 
-    /// Delivers pending output in order; false (and registered as a waiter) if a target is
+    /// Delivers pending output in order; false (and registered as a waiter) if a slot is
     /// full under `block`. Output of an incarnation no longer wanted — also of a call that was
     /// running when it stopped being wanted — is dropped instead.
-    fn flush(self: &Arc<Self>, state: &mut State, pipeline: &Pipeline, exec: &executor::Shared) -> bool {
-        if !pipeline.wanted.worker(self.stage, self.index, self.number) {
+    fn flush(self: &Arc<Self>, state: &mut State, pipeline: &dyn Downstream) -> bool {
+        if !pipeline.wanted().worker(self.stage, self.index, self.number) {
             self.drop_pending(state);
             return true;
         }
-        while let Some(Pending { target, batch }) = state.pending.pop_front() {
-            let batch = match pipeline.offer(&target, batch, exec) {
+        while let Some(Pending { slot, batch }) = state.pending.pop_front() {
+            let batch = match pipeline.offer(&slot, batch) {
                 None => continue,
                 Some(batch) => batch,
             };
-            if !pipeline.is_current(self.stage + 1, &target) {
+            if !pipeline.is_current(self.stage + 1, &slot) {
                 // The slot moved (the master re-placed its worker): route the batch anew.
-                pipeline.route(self.stage + 1, batch, &mut |target, batch| {
-                    state.pending.push_front(Pending { target, batch })
-                });
+                pipeline
+                    .route(self.stage + 1, batch, &mut |slot, batch| state.pending.push_front(Pending { slot, batch }));
                 continue;
             }
             // Register before retrying once, so that room made in between is not missed.
             self.blocked.store(true, Ordering::SeqCst);
-            pipeline.inbox(&target).wait(self);
-            match pipeline.offer(&target, batch, exec) {
+            slot.inbox().wait(self);
+            match pipeline.offer(&slot, batch) {
                 None => self.blocked.store(false, Ordering::SeqCst),
                 Some(batch) => {
-                    state.pending.push_front(Pending { target, batch });
+                    state.pending.push_front(Pending { slot, batch });
                     return false;
                 }
             }
@@ -388,11 +412,54 @@ impl Worker {
         (status.log.lines().cloned().collect(), status.log.dropped())
     }
 
-    /// Offers `batch` to this worker's inbox and schedules it.
-    pub fn offer(self: &Arc<Self>, batch: BatchBytes, pipeline: &Pipeline, exec: &executor::Shared) -> Offer {
-        let result = self.inbox.offer(batch, pipeline.backpressure, &self.counters);
+    /// Offers `batch` to this worker's inbox under `policy` and schedules it.
+    pub fn offer(self: &Arc<Self>, batch: BatchBytes, policy: Backpressure, exec: &RunQueue) -> Offer {
+        let result = self.inbox.offer(batch, policy, &self.counters);
         exec.schedule(self);
         result
+    }
+}
+
+impl Task for Worker {
+    fn try_mark_scheduled(&self) -> bool {
+        !self.scheduled.swap(true, Ordering::AcqRel)
+    }
+
+    fn run(self: Arc<Self>, exec: &RunQueue) {
+        let Some(pipeline) = self.pipeline.upgrade() else {
+            self.scheduled.store(false, Ordering::Release);
+            return;
+        };
+        if !pipeline.is_stopped() {
+            let mut state = lock(&self.state);
+            self.turn(&mut state, &*pipeline);
+            self.has_pending.store(!state.pending.is_empty(), Ordering::SeqCst);
+        }
+        self.scheduled.store(false, Ordering::SeqCst);
+        if self.has_work() && !pipeline.is_stopped() {
+            exec.schedule(&self);
+        }
+    }
+
+    fn tick_fired(self: Arc<Self>, exec: &RunQueue, due: Instant) {
+        if self.retired.load(Ordering::Relaxed) || self.pipeline.strong_count() == 0 {
+            return;
+        }
+        self.tick_due.store(now_ms().max(1), Ordering::Relaxed);
+        exec.schedule(&self);
+        // Re-arm from the previous due time, so ticks do not drift; skip missed ones.
+        let mut next = due + self.config.tick;
+        let now = Instant::now();
+        while next <= now {
+            next += self.config.tick;
+        }
+        exec.tick_at(next, &self);
+    }
+}
+
+impl Waiter for Worker {
+    fn wake(self: Arc<Self>) {
+        self.unblock();
     }
 }
 

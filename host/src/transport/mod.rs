@@ -19,7 +19,7 @@
 //! at-most-once). When the master moves a worker, the agents are given a new plan and the
 //! slot gets an outlet towards its new agent.
 //!
-//! **Fencing**: nothing is sent while the agent's [`Lease`] has run out (batches taken off
+//! **Fencing**: nothing is sent while the agent's [`Lease`](crate::Lease) has run out (batches taken off
 //! outlets are dropped, counted), and a batch that arrives from an agent that, by this agent's
 //! latest plan, runs no worker feeding that stage ([`Transport::allow_senders`]) is dropped
 //! and counted: the output of a worker incarnation the master has replaced goes nowhere.
@@ -30,46 +30,19 @@
 pub mod frame;
 mod recv;
 mod send;
+mod state;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::Lease;
 use crate::pipeline::{Outlet, PipelineHandle};
 
-/// Settings of the transport. `Default` gives the values documented on each field.
-#[derive(Debug, Clone)]
-pub struct TransportConfig {
-    /// This agent's id, sent in each connection's `hello`.
-    pub agent: String,
-    /// Capacity of each outlet, in batches (default 64).
-    pub outlet_batches: usize,
-    /// Batches a stream may have on the wire before the receiver queues them (default 16).
-    pub credit_batches: u32,
-    /// Largest frame accepted (default 64 MiB); a larger one closes the connection.
-    pub max_frame_bytes: usize,
-    /// Longest wait between reconnection attempts (default 1 s; the first is 50 ms).
-    pub max_backoff: Duration,
-    /// The agent's lease: nothing is sent while it has run out (default: never runs out).
-    pub lease: Arc<Lease>,
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        TransportConfig {
-            agent: "agent".into(),
-            outlet_batches: 64,
-            credit_batches: 16,
-            max_frame_bytes: 64 << 20,
-            max_backoff: Duration::from_secs(1),
-            lease: Lease::unlimited(),
-        }
-    }
-}
+pub use self::state::TransportConfig;
+use self::state::{Counters, TransportState, write};
 
 /// Counters of the transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,30 +64,11 @@ pub struct TransportStats {
     pub connects: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    batches_sent: AtomicU64,
-    bytes_sent: AtomicU64,
-    batches_received: AtomicU64,
-    invalid: AtomicU64,
-    misrouted: AtomicU64,
-    fenced: AtomicU64,
-    connects: AtomicU64,
-}
-
-struct Inner {
-    config: TransportConfig,
-    jobs: RwLock<HashMap<String, PipelineHandle>>,
-    /// Per job, per stage: the agents allowed to send to that stage's workers here.
-    senders: RwLock<HashMap<String, Vec<Vec<String>>>>,
-    peers: Mutex<HashMap<SocketAddr, Arc<send::Peer>>>,
-    counters: Counters,
-    stopped: AtomicBool,
-}
-
 /// The agent's end of the data network: a listener for peers' batches and a sender per peer.
 pub struct Transport {
-    inner: Arc<Inner>,
+    inner: Arc<TransportState>,
+    /// A sender per peer agent, started on the first outlet towards it.
+    peers: Mutex<HashMap<SocketAddr, Arc<send::Peer>>>,
     addr: SocketAddr,
 }
 
@@ -129,17 +83,16 @@ impl Transport {
     pub fn bind(addr: SocketAddr, config: TransportConfig) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(TransportState {
             config,
             jobs: RwLock::new(HashMap::new()),
             senders: RwLock::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stopped: AtomicBool::new(false),
         });
         let accept = inner.clone();
         std::thread::Builder::new().name("squilla-accept".into()).spawn(move || recv::accept(listener, accept))?;
-        Ok(Transport { inner, addr })
+        Ok(Transport { inner, peers: Mutex::new(HashMap::new()), addr })
     }
 
     /// Where peers connect.
@@ -175,7 +128,7 @@ impl Transport {
     /// for a new peer.
     pub fn outlet(&self, peer: SocketAddr, job: &str, stage: u32, index: u32) -> io::Result<Arc<Outlet>> {
         let peer = {
-            let mut peers = self.inner.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
             match peers.get(&peer) {
                 Some(p) => p.clone(),
                 None => {
@@ -204,18 +157,10 @@ impl Transport {
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Drop for Transport {
     fn drop(&mut self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
-        for peer in self.inner.peers.lock().unwrap_or_else(PoisonError::into_inner).values() {
+        for peer in self.peers.lock().unwrap_or_else(PoisonError::into_inner).values() {
             peer.wake();
         }
         // Unblock the accept loop.

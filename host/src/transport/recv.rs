@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use squilla_batch::BatchBytes;
 
-use super::Inner;
+use super::state::{TransportState, read};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -21,19 +21,24 @@ use crate::pipeline::Delivery;
 /// How often batches set aside (their worker full under `block`) are offered again.
 const RETRY: Duration = Duration::from_millis(1);
 
-pub(super) fn accept(listener: TcpListener, inner: Arc<Inner>) {
+pub(super) fn accept(listener: TcpListener, inner: Arc<TransportState>) {
     for conn in listener.incoming() {
         if inner.stopped.load(Ordering::Relaxed) {
             return;
         }
         let Ok(conn) = conn else { continue };
         let inner = inner.clone();
-        let _ = std::thread::Builder::new().name("squilla-recv".into()).spawn(move || {
+        let started = std::thread::Builder::new().name("squilla-recv".into()).spawn(move || {
             let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             if let Err(err) = Connection::serve(conn, inner) {
                 tracing::debug!(%peer, error = %err, "peer connection ended");
             }
         });
+        if let Err(err) = started {
+            // The connection went with the closure of the thread that did not start: it is
+            // closed, and the peer dials again.
+            tracing::warn!(error = %err, "cannot start a thread for a peer connection; closed it");
+        }
     }
 }
 
@@ -46,7 +51,7 @@ struct StreamIn {
 }
 
 struct Connection {
-    inner: Arc<Inner>,
+    inner: Arc<TransportState>,
     /// The sending agent, as its `hello` named it.
     peer: Mutex<Option<String>>,
     streams: Mutex<HashMap<u32, StreamIn>>,
@@ -56,7 +61,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn serve(conn: TcpStream, inner: Arc<Inner>) -> std::io::Result<()> {
+    fn serve(conn: TcpStream, inner: Arc<TransportState>) -> std::io::Result<()> {
         conn.set_nodelay(true)?;
         let max = inner.config.max_frame_bytes;
         let mut input = BufReader::with_capacity(256 << 10, conn.try_clone()?);
@@ -127,7 +132,7 @@ impl Connection {
     /// Whether this connection's agent may feed `stream`'s stage (see
     /// [`super::Transport::allow_senders`]).
     fn allowed(&self, stream: &StreamIn) -> bool {
-        let senders = super::read(&self.inner.senders);
+        let senders = read(&self.inner.senders);
         let Some(stages) = senders.get(&stream.job) else { return true };
         let peer = lock(&self.peer);
         stages.get(stream.stage).is_some_and(|agents| peer.as_ref().is_some_and(|p| agents.contains(p)))
@@ -140,7 +145,7 @@ impl Connection {
             counters.fenced.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let handle = super::read(&self.inner.jobs).get(&stream.job).cloned();
+        let handle = read(&self.inner.jobs).get(&stream.job).cloned();
         let delivery = match handle {
             Some(handle) => handle.deliver(stream.stage, stream.index, batch),
             None => Delivery::NotHere,

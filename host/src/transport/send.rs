@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::Thread;
 use std::time::Duration;
 
-use super::Inner;
+use super::state::{TransportConfig, TransportState};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -34,11 +34,11 @@ pub(super) struct Peer {
     streams: Arc<Mutex<Vec<Arc<Stream>>>>,
     next_id: AtomicU32,
     thread: Mutex<Option<Thread>>,
-    inner: Weak<Inner>,
+    inner: Weak<TransportState>,
 }
 
 impl Peer {
-    pub fn start(addr: SocketAddr, inner: Arc<Inner>) -> std::io::Result<Arc<Peer>> {
+    pub fn start(addr: SocketAddr, inner: Arc<TransportState>) -> std::io::Result<Arc<Peer>> {
         let peer = Arc::new(Peer {
             addr,
             streams: Arc::new(Mutex::new(Vec::new())),
@@ -80,7 +80,7 @@ impl Peer {
     }
 
     /// Dials, sends, and re-dials with backoff until the transport stops.
-    fn run(self: Arc<Self>, inner: Arc<Inner>) {
+    fn run(self: Arc<Self>, inner: Arc<TransportState>) {
         // Hold only a weak reference while idle, so that dropping the transport ends us.
         let config = inner.config.clone();
         drop(inner);
@@ -120,7 +120,7 @@ impl Peer {
         }
     }
 
-    fn session(&self, conn: TcpStream, inner: &Inner, config: &super::TransportConfig) -> std::io::Result<()> {
+    fn session(&self, conn: TcpStream, inner: &TransportState, config: &TransportConfig) -> std::io::Result<()> {
         conn.set_nodelay(true)?;
         let broken = Arc::new(AtomicBool::new(false));
         // Credits come back on the same connection.

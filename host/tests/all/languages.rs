@@ -165,7 +165,7 @@ fn a_job_mixing_javascript_rust_and_python_runs_end_to_end() {
         ],
         Backpressure::Block,
     );
-    let executor = squilla_host::Executor::new(0);
+    let executor = squilla_host::Executor::start(0).expect("executor threads");
     let mut pipeline = Pipeline::start(runtime(), &executor, config).unwrap();
     let events = [
         Event::new(100).with("device", "phone").with("text", "great show"),

@@ -17,7 +17,7 @@ use crate::{batch, example, runtime};
 /// One executor for the test binary, sized to the cores, as an agent has.
 fn executor() -> &'static Arc<Executor> {
     static EXECUTOR: OnceLock<Arc<Executor>> = OnceLock::new();
-    EXECUTOR.get_or_init(|| Executor::new(0))
+    EXECUTOR.get_or_init(|| Executor::start(0).expect("executor threads"))
 }
 
 fn program(name: &str) -> Artifact {

@@ -51,7 +51,7 @@ fn remote(t: &Transport, peer: &Transport, job: &str, stage: u32, n: u32) -> Vec
 
 #[test]
 fn a_job_split_over_two_agents_gives_the_results_it_gives_on_one() {
-    let executor = Executor::new(0);
+    let executor = Executor::start(0).expect("executor threads");
     let (a, b) = (transport("a"), transport("b"));
     let job = "errors-1";
     let config = PipelineConfig::new(job, stages(), Backpressure::Block);
@@ -105,7 +105,7 @@ fn a_job_split_over_two_agents_gives_the_results_it_gives_on_one() {
 
 #[test]
 fn a_moved_worker_gets_its_batches_on_its_new_agent() {
-    let executor = Executor::new(0);
+    let executor = Executor::start(0).expect("executor threads");
     let (a, b) = (transport("a"), transport("b"));
     let job = "moves-1";
     let keep = |workers| StageConfig { workers, ..stages().remove(0) };
@@ -132,7 +132,7 @@ fn a_moved_worker_gets_its_batches_on_its_new_agent() {
     // The master moves stage 1's worker from B to A (agent B is going away).
     on_b.stop(Duration::from_secs(1));
     b.unregister(job, &on_b.handle());
-    on_a.place(1, vec![SlotPlan::Local { number: 2 }]).unwrap();
+    on_a.set_slots(1, vec![SlotPlan::Local { number: 2 }]).unwrap();
     send(2);
     let moved = on_a.recv(Duration::from_secs(10)).expect("output on a after the move");
     assert_eq!(moved.view().events().next().unwrap().int("status"), Some(2));

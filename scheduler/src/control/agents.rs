@@ -6,8 +6,10 @@ use squilla_types::control::{Assignments, Heartbeat, JobAssignment, ReportedStat
 
 use squilla_types::ids::{AgentId, JobKey};
 
-use super::model::WorkerState;
-use super::{AgentEntry, ControlConfig, State, schedule};
+use super::config::ControlConfig;
+use super::model::{self, WorkerState};
+use super::schedule;
+use super::state::{AgentEntry, State};
 
 /// The history state of an entry about failed calls (the worker keeps running).
 const FAILING: &str = "failing";
@@ -67,8 +69,8 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
                     kinds.join(", "),
                     report.last_failure.as_deref().unwrap_or("unknown")
                 );
-                w.history.push(super::model::Transition { at_ms: now_ms, state: FAILING.into(), reason: Some(reason) });
-                if w.history.len() > super::model::HISTORY {
+                w.history.push(model::Transition { at_ms: now_ms, state: FAILING.into(), reason: Some(reason) });
+                if w.history.len() > model::HISTORY {
                     w.history.remove(0);
                 }
                 dirty.push(job_key);

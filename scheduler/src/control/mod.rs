@@ -15,69 +15,31 @@
 //! agent is declared lost during the first [`ControlConfig::agent_timeout`]: agents that
 //! still run the workers heartbeat in that time and are handed the same plan, so running
 //! workers are adopted, never duplicated.
+//!
+//! The parts, each depending only on those before it: `config` ([`ControlConfig`], [`Quota`])
+//! and [`model`] (jobs, workers and their states); `state` (what the lock guards: agents and
+//! jobs); `schedule` (placing waiting workers through [`crate::placement::plan`], replacing
+//! failed or lost ones) and `agents` (heartbeats and the plan each agent is handed); this
+//! module on top. None of them refers to the store or the API.
 
 mod agents;
+mod config;
 pub mod model;
 mod schedule;
+mod state;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use squilla_types::control::Heartbeat;
 use squilla_types::ids::{AgentId, ClusterName, JobId, JobKey, TenantId};
 
+pub use config::{ControlConfig, Quota};
 pub use model::{Job, JobState, Stage, Transition, Worker, WorkerState};
 
+use self::state::State;
 use crate::store::{ClusterVersion, JobRecord, Store, StoreError};
-
-/// Per-tenant quotas on running work. `Default` gives the documented values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// Workers of active jobs (default 100).
-    pub workers: u64,
-    /// Memory of active jobs' workers, MiB (default 16,384).
-    pub memory_mib: u64,
-}
-
-impl Default for Quota {
-    fn default() -> Self {
-        Quota { workers: 100, memory_mib: 16_384 }
-    }
-}
-
-/// Timings and limits of the control loop. `Default` gives the documented values.
-#[derive(Debug, Clone)]
-pub struct ControlConfig {
-    /// How often agents heartbeat (default 1 s).
-    pub heartbeat: Duration,
-    /// Silence after which an agent is lost and its workers re-placed (default 5 s).
-    pub agent_timeout: Duration,
-    /// Failures in a row of one worker slot that fail its job (default 5).
-    pub max_worker_failures: u32,
-    /// First re-placement delay; doubles per attempt (default 250 ms).
-    pub backoff: Duration,
-    /// Longest re-placement delay (default 30 s).
-    pub max_backoff: Duration,
-    /// Running this long forgives a slot's earlier failures (default 30 s).
-    pub healthy_after: Duration,
-    /// Per-tenant quotas.
-    pub quota: Quota,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            heartbeat: Duration::from_secs(1),
-            agent_timeout: Duration::from_secs(5),
-            max_worker_failures: 5,
-            backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(30),
-            healthy_after: Duration::from_secs(30),
-            quota: Quota::default(),
-        }
-    }
-}
 
 /// Why a control operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -150,22 +112,6 @@ pub enum ControlError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-pub(crate) struct AgentEntry {
-    pub beat: Heartbeat,
-    pub last_seen: Instant,
-    pub lost: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub agents: BTreeMap<AgentId, AgentEntry>,
-    pub jobs: BTreeMap<JobKey, Job>,
-    /// Bumped on every change, for status streams.
-    pub version: u64,
-    /// Jobs changed in memory and not yet stored (heartbeats' changes, failed writes).
-    pub unsaved: std::collections::BTreeSet<JobKey>,
 }
 
 /// The master's live state and the operations on it.
@@ -303,7 +249,7 @@ impl Control {
             let id = job.key();
             state.jobs.insert(id.clone(), job);
             let mut dirty = vec![id.clone()];
-            dirty.extend(schedule::place(state, model::now_ms()));
+            dirty.extend(schedule::place_waiting(state, model::now_ms()));
             let job = state.jobs.get(&id).cloned().ok_or_else(|| ControlError::NoSuchJob(id.job.to_string()))?;
             Ok((job, Changed { dirty, undo: Some((id, None)) }))
         })
@@ -403,7 +349,7 @@ impl Control {
             return Err(e);
         }
         let mut dirty = vec![key.clone()];
-        dirty.extend(schedule::place(state, model::now_ms()));
+        dirty.extend(schedule::place_waiting(state, model::now_ms()));
         let job = state.jobs.get(key).cloned().ok_or_else(|| ControlError::NoSuchJob(id()))?;
         Ok((job, Changed { dirty, undo: Some((key.clone(), Some(before))) }))
     }
@@ -562,7 +508,7 @@ impl Control {
                 let grace = self.started.elapsed() < self.config.agent_timeout;
                 let mut dirty = schedule::lose_agents(&mut state, &self.config, grace, now);
                 dirty.extend(schedule::forgive(&mut state, &self.config, now));
-                dirty.extend(schedule::place(&mut state, now));
+                dirty.extend(schedule::place_waiting(&mut state, now));
                 dirty.extend(std::mem::take(&mut state.unsaved));
                 dirty.sort();
                 dirty.dedup();

@@ -1,16 +1,18 @@
 //! Placing waiting workers, replacing failed or lost ones, and declaring agents lost.
 //!
 //! Each function changes the state in place and returns the ids of the jobs it changed (the
-//! caller stores them). Placement itself is [`crate::placement::place`], a pure function: this
-//! module only turns jobs and agents into its input and its output back into assignments.
+//! caller stores them). The placement plan itself is [`crate::placement::plan`], a pure
+//! function: this module only turns jobs and agents into its input and its output back into
+//! assignments.
 
 use std::collections::BTreeMap;
 
 use squilla_types::ids::{AgentId, JobKey};
 use squilla_types::{Fitness, Strength as SpecStrength};
 
-use super::model::{JobState, WorkerState};
-use super::{ControlConfig, Job, State};
+use super::config::ControlConfig;
+use super::model::{self, Job, JobState, WorkerState};
+use super::state::State;
 use crate::placement::{self, Agent, Constraints, Request, Resources, StageKey, Strength, WorkerKey};
 
 fn needs(job: &Job, stage: usize) -> Resources {
@@ -35,8 +37,9 @@ fn stage_key(job: &Job, stage: usize) -> StageKey {
     StageKey { job: job.key().to_string(), stage: job.stages[stage].name.clone() }
 }
 
-/// Places every worker that waits for a place and whose backoff has passed.
-pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<JobKey> {
+/// Places every worker that waits for a place and whose backoff has passed: asks placement for
+/// a plan and assigns the workers it places.
+pub(crate) fn place_waiting(state: &mut State, now_ms: i64) -> Vec<JobKey> {
     // Placement is pure and speaks text; agents come back by their id's text.
     let ids: BTreeMap<String, AgentId> = state.agents.keys().map(|id| (id.to_string(), id.clone())).collect();
     let mut agents: Vec<Agent> = state
@@ -98,7 +101,7 @@ pub(crate) fn place(state: &mut State, now_ms: i64) -> Vec<JobKey> {
             Fitness::BinPack => placement::Fitness::BinPack,
             Fitness::Spread => placement::Fitness::Spread,
         };
-        let outcome = placement::place(&agents, &requests, fitness);
+        let outcome = placement::plan(&agents, &requests, fitness);
         for (key, agent) in outcome.assigned {
             let (Some((job_id, s, i)), Some(agent_id)) = (slots.get(&key), ids.get(&agent)) else { continue };
             let Some(job) = state.jobs.get_mut(job_id) else { continue };
@@ -146,8 +149,8 @@ pub(crate) fn replace(
     let mut next = job.new_worker(index, now_ms + delay.as_millis() as i64, attempts, failures);
     history.append(&mut next.history);
     next.history = history;
-    if next.history.len() > super::model::HISTORY {
-        let extra = next.history.len() - super::model::HISTORY;
+    if next.history.len() > model::HISTORY {
+        let extra = next.history.len() - model::HISTORY;
         next.history.drain(..extra);
     }
     let stage = job.stages[s].name.clone();

@@ -33,9 +33,9 @@ fn agent_of(p: &Placement, index: u32) -> &str {
 fn bin_pack_fills_agents_in_order_and_spread_evens_them() {
     let agents = [agent("a", "z", 1000, 1000), agent("b", "z", 1000, 1000)];
     let requests: Vec<_> = (0..4).map(|i| worker("j", "s", i, 250, 100, Constraints::default())).collect();
-    let packed = place(&agents, &requests, Fitness::BinPack);
+    let packed = plan(&agents, &requests, Fitness::BinPack);
     assert!(packed.assigned.iter().all(|(_, a)| a == "a"));
-    let spread = place(&agents, &requests, Fitness::Spread);
+    let spread = plan(&agents, &requests, Fitness::Spread);
     let on_a = spread.assigned.iter().filter(|(_, a)| a == "a").count();
     assert_eq!(on_a, 2);
 }
@@ -46,22 +46,22 @@ fn hard_constraints_hold_and_unplaceable_workers_get_reasons() {
     agents[1].labels.insert("ssd".into(), "true".into());
     let unique = Constraints { unique_agent: Strength::Hard, ..Constraints::default() };
     let requests: Vec<_> = (0..3).map(|i| worker("j", "s", i, 100, 100, unique.clone())).collect();
-    let p = place(&agents, &requests, Fitness::BinPack);
+    let p = plan(&agents, &requests, Fitness::BinPack);
     assert_eq!(p.assigned.len(), 2);
     assert_ne!(agent_of(&p, 0), agent_of(&p, 1));
     assert_eq!(p.unplaced.len(), 1);
     assert!(p.unplaced[0].1.contains("unique agent per stage"), "{}", p.unplaced[0].1);
 
     let ssd = Constraints { labels: vec![("ssd".into(), "true".into(), Strength::Hard)], ..Constraints::default() };
-    let p = place(&agents, &[worker("j", "t", 0, 100, 100, ssd)], Fitness::BinPack);
+    let p = plan(&agents, &[worker("j", "t", 0, 100, 100, ssd)], Fitness::BinPack);
     assert_eq!(p.assigned[0].1, "b");
     let gpu = Constraints { labels: vec![("gpu".into(), "a100".into(), Strength::Hard)], ..Constraints::default() };
-    let p = place(&agents, &[worker("j", "t", 0, 100, 100, gpu)], Fitness::BinPack);
+    let p = plan(&agents, &[worker("j", "t", 0, 100, 100, gpu)], Fitness::BinPack);
     assert_eq!(p.unplaced[0].1, "no agent with room has label gpu=a100");
 
-    let p = place(&agents, &[worker("j", "big", 0, 5000, 100, Constraints::default())], Fitness::BinPack);
+    let p = plan(&agents, &[worker("j", "big", 0, 5000, 100, Constraints::default())], Fitness::BinPack);
     assert!(p.unplaced[0].1.starts_with("no agent has room for 5000 millicores"), "{}", p.unplaced[0].1);
-    let p = place(&[], &[worker("j", "s", 0, 1, 1, Constraints::default())], Fitness::BinPack);
+    let p = plan(&[], &[worker("j", "s", 0, 1, 1, Constraints::default())], Fitness::BinPack);
     assert_eq!(p.unplaced[0].1, "no agents are registered");
 }
 
@@ -72,7 +72,7 @@ fn soft_constraints_are_preferred_but_give_way() {
     let soft = Constraints { labels: vec![("ssd".into(), "true".into(), Strength::Soft)], ..Constraints::default() };
     // Five workers of 300 millicores: three fit on b (preferred), the other two go to a.
     let requests: Vec<_> = (0..5).map(|i| worker("j", "s", i, 300, 10, soft.clone())).collect();
-    let p = place(&agents, &requests, Fitness::BinPack);
+    let p = plan(&agents, &requests, Fitness::BinPack);
     assert_eq!(p.assigned.iter().filter(|(_, a)| a == "b").count(), 3);
     assert_eq!(p.assigned.len(), 5);
 }
@@ -83,7 +83,7 @@ fn zone_balance_spreads_a_stage_over_zones() {
         [agent("a1", "east", 10_000, 10_000), agent("a2", "east", 10_000, 10_000), agent("b1", "west", 10_000, 10_000)];
     let balanced = Constraints { zone_balance: Strength::Hard, ..Constraints::default() };
     let requests: Vec<_> = (0..6).map(|i| worker("j", "s", i, 100, 100, balanced.clone())).collect();
-    let p = place(&agents, &requests, Fitness::BinPack);
+    let p = plan(&agents, &requests, Fitness::BinPack);
     let west = p.assigned.iter().filter(|(_, a)| a == "b1").count();
     assert_eq!(west, 3);
 }
@@ -93,7 +93,7 @@ fn already_running_workers_count_for_unique_agent() {
     let mut agents = vec![agent("a", "z", 1000, 1000), agent("b", "z", 1000, 1000)];
     agents[0].running.push(StageKey { job: "j".into(), stage: "s".into() });
     let unique = Constraints { unique_agent: Strength::Hard, ..Constraints::default() };
-    let p = place(&agents, &[worker("j", "s", 1, 10, 10, unique)], Fitness::BinPack);
+    let p = plan(&agents, &[worker("j", "s", 1, 10, 10, unique)], Fitness::BinPack);
     assert_eq!(p.assigned[0].1, "b");
 }
 
@@ -144,9 +144,9 @@ proptest! {
     #[test]
     fn placements_keep_every_invariant((agents, requests) in fixture(), spread in any::<bool>()) {
         let fitness = if spread { Fitness::Spread } else { Fitness::BinPack };
-        let p = place(&agents, &requests, fitness);
+        let p = plan(&agents, &requests, fitness);
         // Same input, same output.
-        prop_assert_eq!(&p, &place(&agents, &requests, fitness));
+        prop_assert_eq!(&p, &plan(&agents, &requests, fitness));
         // Every worker is either assigned or has a reason, once.
         prop_assert_eq!(p.assigned.len() + p.unplaced.len(), requests.len());
         let by_key: HashMap<&WorkerKey, &Request> = requests.iter().map(|r| (&r.key, r)).collect();

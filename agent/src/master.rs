@@ -1,4 +1,5 @@
-//! Artifacts from the master, by sha256, verified before they are compiled.
+//! The agent's client for the master: artifacts by sha256, verified before they are compiled,
+//! and what a job source needs to subscribe to an upstream job ([`crate::chain`]).
 //!
 //! The agent asks the master for the bytes of an artifact by its content address and checks
 //! that they hash to it: a master (or anything between) that sends other bytes is refused.
@@ -15,10 +16,12 @@ use squilla_types::ids::{Sha256, TenantId};
 /// How long fetching an artifact's bytes from the master may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Fetches and compiles artifacts.
+/// The agent's client for the master: its address and token, an HTTP client, and the
+/// artifact cache that what it fetches is compiled into.
 #[derive(Clone)]
-pub struct Fetcher {
-    pub(crate) master: String,
+pub struct MasterClient {
+    /// The master's base URL.
+    pub(crate) url: String,
     pub(crate) token: String,
     pub(crate) client: reqwest::Client,
     pub(crate) cache: Arc<ArtifactCache>,
@@ -34,7 +37,7 @@ pub struct ArtifactFailure {
     pub fatal: bool,
 }
 
-impl Fetcher {
+impl MasterClient {
     /// The compiled artifact with content address `sha256`, on behalf of `tenant` (call from
     /// a thread that may block: it fetches, then compiles within the compile budget).
     pub fn artifact(&self, tenant: &TenantId, key: &Sha256) -> Result<Artifact, ArtifactFailure> {
@@ -47,7 +50,7 @@ impl Fetcher {
         if let Some(err) = self.cache.failure(&key) {
             return Err(ArtifactFailure { message: format!("artifact {sha256}: {err}"), fatal: true });
         }
-        let url = format!("{}/api/v1/agent/artifacts/{sha256}", self.master.trim_end_matches('/'));
+        let url = format!("{}/api/v1/agent/artifacts/{sha256}", self.url.trim_end_matches('/'));
         let limit = self.cache.max_component_bytes();
         let bytes = self.runtime.block_on(async {
             let response = self

@@ -1,0 +1,30 @@
+//! The live state the control loop holds behind its lock: the agents as their heartbeats
+//! describe them, and the jobs. Its own module so that the loop's parts ([`super::agents`],
+//! [`super::schedule`]) and the loop itself ([`super::Control`]) all depend on it, and it on
+//! none of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use squilla_types::control::Heartbeat;
+use squilla_types::ids::{AgentId, JobKey};
+
+use super::model::Job;
+
+/// An agent as the master knows it.
+pub(crate) struct AgentEntry {
+    pub beat: Heartbeat,
+    pub last_seen: Instant,
+    pub lost: bool,
+}
+
+/// Everything the control loop holds.
+#[derive(Default)]
+pub(crate) struct State {
+    pub agents: BTreeMap<AgentId, AgentEntry>,
+    pub jobs: BTreeMap<JobKey, Job>,
+    /// Bumped on every change, for status streams.
+    pub version: u64,
+    /// Jobs changed in memory and not yet stored (heartbeats' changes, failed writes).
+    pub unsaved: BTreeSet<JobKey>,
+}
