@@ -60,7 +60,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         artifacts.insert(stage.artifact.to_string(), artifact);
     }
     let config = PipelineConfig::from_spec(&spec, &overrides, |r| artifacts.get(&r.to_string()).cloned())?;
-    let executor = Executor::new(0);
+    let executor = Executor::start(0).context("cannot start the worker threads")?;
     let mut pipeline = Pipeline::start(&runtime, &executor, config)?;
     let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs(s));
 

@@ -116,12 +116,6 @@ impl Executor {
         Ok(Arc::new(executor))
     }
 
-    /// As [`Executor::start`], but panics if a thread cannot be started. Kept for callers not
-    /// yet moved to `start`, which returns the error instead.
-    pub fn new(threads: usize) -> Arc<Self> {
-        Self::start(threads).expect("start the executor's threads")
-    }
-
     /// How many threads run workers.
     pub fn threads(&self) -> usize {
         self.threads.len().saturating_sub(1)

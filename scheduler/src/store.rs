@@ -29,7 +29,7 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const JOB_SEQ: TableDefinition<&str, u64> = TableDefinition::new("job-seq");
 
 /// A version of a job cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterVersion {
     /// The cluster's name.
     pub name: ClusterName,
@@ -44,7 +44,7 @@ pub struct ClusterVersion {
 }
 
 /// An artifact as the API describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactMeta {
     /// Content address: hex sha256 of the component.
     pub sha256: Sha256,

@@ -17,6 +17,7 @@ use crate::ids::{AgentId, JobKey, Sha256, TenantId, WorkerNumber};
 
 /// What an agent offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct Capacity {
     /// CPU, millicores.
@@ -31,6 +32,7 @@ pub struct Capacity {
 
 /// A worker's state as its agent reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ReportedState {
     /// Started and processing.
@@ -41,6 +43,7 @@ pub enum ReportedState {
 
 /// One worker in a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct WorkerReport {
     /// Its job.
@@ -108,6 +111,7 @@ impl WorkerReport {
 
 /// Agent → master, every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct Heartbeat {
     /// The agent's id (unique among live agents; a restarted agent takes a new one).
@@ -130,6 +134,7 @@ pub struct Heartbeat {
 
 /// Where one worker slot runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct SlotAssignment {
     /// The agent running it; `None` while it waits for a place.
@@ -142,6 +147,7 @@ pub struct SlotAssignment {
 
 /// One job, as an agent that runs part of it must know it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct JobAssignment {
     /// The job.
@@ -162,6 +168,7 @@ pub struct JobAssignment {
 
 /// Master → agent: the answer to a heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct Assignments {
     /// When to send the next heartbeat, ms.

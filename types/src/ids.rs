@@ -102,7 +102,7 @@ macro_rules! string_id {
 }
 
 /// Whether `s` is 1 to 63 of `a-z`, `0-9`, `-`, starting with a letter.
-pub(crate) fn is_name(s: &str) -> bool {
+pub fn is_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     s.len() <= 63
         && bytes.next().is_some_and(|b| b.is_ascii_lowercase())

@@ -10,6 +10,8 @@
 
 pub mod control;
 pub mod ids;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod sink;
 mod spec;
 pub mod sse;
@@ -17,5 +19,6 @@ pub mod time;
 
 pub use spec::{
     ArtifactRef, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamError, ParamType, ParamValue,
-    ParameterSpec, Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength, limits,
+    ParameterSpec, Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength, is_tag_version,
+    limits,
 };

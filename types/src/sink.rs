@@ -19,15 +19,20 @@ pub const MAX_CLIENT_ID: usize = 128;
 
 /// A subscription's parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkParams {
-    /// Subscribers sharing one split the stream between them.
+    /// Subscribers sharing one split the stream between them (1 to 128 characters).
+    #[cfg_attr(feature = "openapi", param(min_length = 1, max_length = 128))]
     pub client_id: Option<String>,
     /// At most this many events per second for the subscriber's group.
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 4_294_967_295_u64))]
     pub sample: Option<u32>,
-    /// A query (the SQL subset of `squilla_query`), unparsed.
+    /// A query (the SQL subset of docs/queries.md) the events are filtered and shaped by.
     pub query: Option<String>,
-    /// Seconds between `ping` events.
+    /// Seconds between `ping` events (default 15; more than 60 is taken as 60, 0 as 1).
+    #[cfg_attr(feature = "openapi", param(minimum = 0))]
     pub ping: Option<u64>,
 }
 

@@ -24,9 +24,11 @@ pub mod limits {
 
 /// A job cluster's spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct JobSpec {
     /// The cluster's name: 1 to 63 of `a-z`, `0-9`, `-`, starting with a letter.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     /// Free text for people.
     #[serde(default)]
@@ -35,8 +37,10 @@ pub struct JobSpec {
     pub source: SourceSpec,
     /// Parameters every stage receives; a job submission may override them.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub parameters: Vec<ParameterSpec>,
     /// The processing stages, in order: each one's output feeds the next.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 16))]
     pub stages: Vec<StageSpec>,
     /// Where the last stage's output goes.
     #[serde(default)]
@@ -54,14 +58,17 @@ pub struct JobSpec {
 
 /// Where a job's events come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceSpec {
     /// Generated events (`generator`: `device-logs`), at a set rate.
     #[serde(rename_all = "kebab-case")]
     Synthetic {
         /// Which generator.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^device-logs$"))]
         generator: String,
         /// Events per second (1 to 10,000,000).
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10_000_000))]
         events_per_second: u64,
     },
     /// Events posted to the job's ingest endpoint.
@@ -69,6 +76,7 @@ pub enum SourceSpec {
     /// The sink of another job cluster's current job, optionally filtered by a query.
     Job {
         /// The upstream cluster.
+        #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9-]{0,62}$"))]
         cluster: String,
         /// A query the upstream evaluates before sending.
         #[serde(default)]
@@ -78,6 +86,7 @@ pub enum SourceSpec {
 
 /// Where a job's output goes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkSpec {
     /// Subscribers over SSE/WebSocket (and jobs chained to this one).
@@ -87,6 +96,7 @@ pub enum SinkSpec {
 
 /// What happens when a stage's input queue is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Backpressure {
     /// Wait: the slowness propagates back to the source. Nothing is lost.
@@ -100,6 +110,7 @@ pub enum Backpressure {
 
 /// The type of a declared parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ParamType {
     /// A signed 64-bit integer.
@@ -145,9 +156,11 @@ impl<'de> Deserialize<'de> for ParamValue {
 
 /// A declared job parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ParameterSpec {
     /// Its name.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     /// Its type; values are checked against it.
     #[serde(rename = "type")]
@@ -165,18 +178,22 @@ pub struct ParameterSpec {
 
 /// One stage of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StageSpec {
     /// The stage's name, unique in the job.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9-]{0,62}$"))]
     pub name: String,
     /// The component that implements it.
     pub artifact: ArtifactRef,
     /// Fixed parameters of this stage (in addition to the job's parameters; a name may not
     /// be both).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::stage_params))]
     pub params: BTreeMap<String, ParamValue>,
     /// How many workers run it (default 1).
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub workers: u32,
     /// How events reach this stage's workers from the previous stage or the source.
     #[serde(default)]
@@ -186,6 +203,7 @@ pub struct StageSpec {
     pub resources: Resources,
     /// The period of the stage's `tick`, in ms (default 1000).
     #[serde(default = "default_tick_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 10, maximum = 3_600_000))]
     pub tick_ms: u64,
     /// Where the stage's workers may go (default: anywhere).
     #[serde(default)]
@@ -202,6 +220,7 @@ fn default_tick_ms() -> u64 {
 
 /// How a stage's input is spread over its workers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Routing {
     /// Batches go to each worker in turn.
@@ -210,6 +229,7 @@ pub enum Routing {
     /// Every event whose `fields` have the same values goes to the same worker.
     KeyHash {
         /// The fields that make the key (at least one).
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::key_fields))]
         fields: Vec<String>,
     },
     /// Every worker gets every batch.
@@ -218,6 +238,7 @@ pub enum Routing {
 
 /// How the scheduler chooses among agents that fit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Fitness {
     /// Fill agents one after another: fewest agents used (default).
@@ -229,6 +250,7 @@ pub enum Fitness {
 
 /// How strongly a placement constraint holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Strength {
     /// Not asked for (default).
@@ -242,6 +264,7 @@ pub enum Strength {
 
 /// A label an agent must or should carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LabelConstraint {
     /// The label's name.
@@ -259,6 +282,7 @@ fn hard() -> Strength {
 
 /// Where a stage's workers may go.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Constraints {
     /// At most one worker of the stage per agent.
@@ -269,34 +293,42 @@ pub struct Constraints {
     pub zone_balance: Strength,
     /// Labels the agent must (hard) or should (soft) carry.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub labels: Vec<LabelConstraint>,
 }
 
 /// How many jobs of a cluster should run at once (Mantis's SLA).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Sla {
     /// The master keeps at least this many jobs running, submitting with default
     /// parameters as needed (default 0).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub min_jobs: u32,
     /// Submissions beyond this many active jobs are refused (default 0: no limit).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub max_jobs: u32,
 }
 
 /// What one worker needs from its agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Resources {
     /// CPU in millicores (default 250).
     #[serde(default = "default_cpu")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4_294_967_295_u64))]
     pub cpu_millis: u32,
     /// Memory in MiB, also the cap on the worker's linear memory (default 64).
     #[serde(default = "default_memory")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 4_294_967_295_u64))]
     pub memory_mib: u32,
     /// Network in Mbps (default 10).
     #[serde(default = "default_network")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 4_294_967_295_u64))]
     pub network_mbps: u32,
 }
 
@@ -342,10 +374,12 @@ impl TryFrom<String> for ArtifactRef {
             return Err(format!("`{s}`: a sha256 reference is `sha256:` and 64 lowercase hex digits"));
         }
         match s.split_once('@') {
-            Some((name, version)) if valid_name(name) && !version.is_empty() && version.len() <= 64 => {
+            Some((name, version)) if valid_name(name) && is_tag_version(version) => {
                 Ok(ArtifactRef::Tag { name: name.to_owned(), version: version.to_owned() })
             }
-            _ => Err(format!("`{s}`: an artifact reference is `name@version` or `sha256:<hex>`")),
+            _ => Err(format!(
+                "`{s}`: an artifact reference is `name@version` (a version is 1 to 64 of letters, digits, '.', '-', '+', '_') or `sha256:<hex>`"
+            )),
         }
     }
 }
@@ -380,10 +414,15 @@ fn err(path: impl Into<String>, problem: impl Into<String>) -> SpecError {
 }
 
 fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    name.len() <= limits::NAME_LEN
-        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    crate::ids::is_name(name)
+}
+
+/// Whether `version` is an artifact tag's version: 1 to 64 of letters, digits, `.`, `-`, `+`
+/// and `_`.
+pub fn is_tag_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 64
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'))
 }
 
 impl JobSpec {

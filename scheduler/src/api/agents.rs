@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use squilla_types::control::{Assignments, Capacity, Heartbeat};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
+use squilla_types::ids::{ClusterName, Sha256, TenantId};
+use squilla_types::sink::SinkParams;
 
 fn agent_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &state.agent_token {
@@ -18,6 +20,13 @@ fn agent_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// `POST /api/v1/agent/heartbeat`: an agent reports; the answer is its whole plan.
+#[utoipa::path(post, path = "/api/v1/agent/heartbeat", operation_id = "heartbeat", tag = "agent",
+    security(("agent" = [])),
+    request_body(content = Heartbeat),
+    responses(
+        (status = 200, description = "Every job with a worker on this agent.", body = Assignments),
+        (status = 400, description = "`invalid_heartbeat`.", body = ErrorBody),
+    ))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -34,6 +43,13 @@ pub async fn heartbeat(
 
 /// `GET /api/v1/agent/artifacts/{sha256}`: a component's bytes, for an agent to compile (it
 /// checks the sha256 itself).
+#[utoipa::path(get, path = "/api/v1/agent/artifacts/{sha256}", operation_id = "agentArtifact", tag = "agent",
+    security(("agent" = [])),
+    params(("sha256" = Sha256, Path, description = "The artifact's sha256.")),
+    responses(
+        (status = 200, description = "The component.", body = Vec<u8>, content_type = "application/wasm"),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+    ))]
 pub async fn artifact(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -47,16 +63,23 @@ pub async fn artifact(
 }
 
 /// An agent as tenants see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentView {
+    /// The agent's id.
     id: String,
+    /// Its zone.
     zone: String,
+    /// What it offers.
     capacity: Capacity,
+    /// Workers it runs.
     workers: usize,
+    /// Whether the master has stopped hearing from it (its workers are placed elsewhere).
     lost: bool,
 }
 
 /// `GET /api/v1/agents`: the agents the master knows (any tenant may look).
+#[utoipa::path(get, path = "/api/v1/agents", operation_id = "listAgents", tag = "agents",
+    responses((status = 200, description = "The agents the master knows.", body = [AgentView])))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<AgentView>>, ApiError> {
     state.tenants.authenticate(&headers)?;
     Ok(Json(
@@ -79,6 +102,19 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 /// `cluster`, for an agent whose job reads it as its source. The master follows the cluster:
 /// when its job is replaced (resubmitted) or its workers move, the stream continues from the
 /// new ones. Query parameters as for a tenant's sink subscription.
+#[utoipa::path(get, path = "/api/v1/agent/subscribe/{tenant}/{cluster}", operation_id = "agentSubscribe", tag = "agent",
+    security(("agent" = [])),
+    params(
+        ("tenant" = TenantId, Path, description = "The upstream cluster's tenant."),
+        ("cluster" = ClusterName, Path, description = "The upstream cluster."),
+        SinkParams,
+    ),
+    responses(
+        (status = 200, description = "Server-sent events, as a tenant's sink.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`bad_request`, `invalid_query`.", body = ErrorBody),
+        (status = 404, description = "`not_found`: a malformed tenant or cluster name.", body = ErrorBody),
+        (status = 429, description = "`too_many_subscriptions`.", body = ErrorBody),
+    ))]
 pub async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,

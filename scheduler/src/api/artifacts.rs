@@ -2,43 +2,59 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::store::{ArtifactMeta, Delete, Put, Store, StoreError};
+use squilla_types::ids::Sha256;
 
-/// Query of an upload: an optional tag.
-#[derive(Debug, Deserialize)]
+/// Query of an upload: an optional tag (both or neither).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// The tag's name: 1 to 63 of a-z, 0-9 and '-', starting with a letter.
+    #[param(pattern = "^[a-z][a-z0-9-]{0,62}$")]
     name: Option<String>,
+    /// The tag's version: 1 to 64 of letters, digits, '.', '-', '+' and '_'.
+    #[param(pattern = "^[A-Za-z0-9.+_-]{1,64}$")]
     version: Option<String>,
 }
 
-fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    name.len() <= 63
-        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn valid_version(version: &str) -> bool {
-    !version.is_empty()
-        && version.len() <= 64
-        && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'))
-}
+use squilla_types::ids::is_name as valid_name;
+use squilla_types::is_tag_version as valid_version;
 
 /// `POST /api/v1/artifacts[?name=N&version=V]`: the body is the component.
+#[utoipa::path(
+    post,
+    path = "/api/v1/artifacts",
+    operation_id = "uploadArtifact",
+    tag = "artifacts",
+    params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB by default)."),
+    responses(
+        (status = 201, description = "Stored.", body = ArtifactMeta),
+        (status = 200, description = "The tenant already holds these bytes (with the same tag, if one was given).", body = ArtifactMeta),
+        (status = 400, description = "`invalid_artifact`: not a Squilla component (the message says why); `bad_request`: a tag needs both `name` and `version`.", body = ErrorBody),
+        (status = 403, description = "`quota_exceeded`: over the tenant's artifact bytes.", body = ErrorBody),
+        (status = 409, description = "`tag_conflict`: the tag names other bytes.", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time.", body = ErrorBody),
+        (status = 413, description = "`artifact_too_large`.", body = ErrorBody),
+        (status = 503, description = "`busy`: too many bodies are being read; retry.", body = ErrorBody),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<UploadQuery>,
+    RawQuery(query): RawQuery,
     budget: Option<axum::Extension<squilla_net::limits::BodyBudget>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let query: UploadQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("query string: {e}")))?;
     let (name, version) = match (query.name, query.version) {
         (None, None) => (None, None),
         (Some(n), Some(v)) if valid_name(&n) && valid_version(&v) => (Some(n), Some(v)),
@@ -123,12 +139,20 @@ pub(super) async fn with_store<T: Send + 'static>(
 }
 
 /// `GET /api/v1/artifacts`: the tenant's artifacts.
+#[utoipa::path(get, path = "/api/v1/artifacts", operation_id = "listArtifacts", tag = "artifacts",
+    responses((status = 200, description = "The tenant's artifacts.", body = [ArtifactMeta])))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<ArtifactMeta>>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     Ok(Json(with_store(&state, move |store| store.artifacts(&tenant)).await?))
 }
 
 /// `GET /api/v1/artifacts/{sha256}`.
+#[utoipa::path(get, path = "/api/v1/artifacts/{sha256}", operation_id = "getArtifact", tag = "artifacts",
+    params(("sha256" = Sha256, Path, description = "The artifact's sha256.")),
+    responses(
+        (status = 200, description = "The artifact.", body = ArtifactMeta),
+        (status = 404, description = "`not_found`: no such artifact of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -141,6 +165,12 @@ pub async fn get(
 }
 
 /// `GET /api/v1/artifacts/{sha256}/wasm`: the component's bytes.
+#[utoipa::path(get, path = "/api/v1/artifacts/{sha256}/wasm", operation_id = "downloadArtifact", tag = "artifacts",
+    params(("sha256" = Sha256, Path, description = "The artifact's sha256.")),
+    responses(
+        (status = 200, description = "The component.", body = Vec<u8>, content_type = "application/wasm"),
+        (status = 404, description = "`not_found`: no such artifact of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -154,6 +184,13 @@ pub async fn download(
 }
 
 /// `DELETE /api/v1/artifacts/{sha256}`.
+#[utoipa::path(delete, path = "/api/v1/artifacts/{sha256}", operation_id = "deleteArtifact", tag = "artifacts",
+    params(("sha256" = Sha256, Path, description = "The artifact's sha256.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: no such artifact of the tenant's.", body = ErrorBody),
+        (status = 409, description = "`artifact_in_use`: a cluster version uses it.", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -12,10 +12,17 @@ use axum::http::{HeaderMap, StatusCode};
 use squilla_types::JobSpec;
 
 use super::artifacts::with_store;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::store::ClusterVersion;
+use squilla_types::ids::ClusterName;
 
 /// `POST /api/v1/clusters` with a job spec as the body: a new cluster, or a new version.
+#[utoipa::path(post, path = "/api/v1/clusters", operation_id = "createCluster", tag = "clusters",
+    request_body(content = JobSpec, description = "The job spec (docs/job-spec.md)."),
+    responses(
+        (status = 201, description = "The new version.", body = ClusterVersion),
+        (status = 400, description = "`invalid_spec`: the spec is not valid (the message names the path of the problem); `unknown_artifact`: a stage's artifact is not one of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -39,6 +46,8 @@ pub async fn create(
 }
 
 /// `GET /api/v1/clusters`: the latest version of each of the tenant's clusters.
+#[utoipa::path(get, path = "/api/v1/clusters", operation_id = "listClusters", tag = "clusters",
+    responses((status = 200, description = "The latest version of each cluster.", body = [ClusterVersion])))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<ClusterVersion>>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let all = with_store(&state, move |store| store.clusters(&tenant)).await?;
@@ -53,6 +62,12 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 }
 
 /// `GET /api/v1/clusters/{name}`: the latest version.
+#[utoipa::path(get, path = "/api/v1/clusters/{name}", operation_id = "getCluster", tag = "clusters",
+    params(("name" = ClusterName, Path, description = "The cluster's name.")),
+    responses(
+        (status = 200, description = "The latest version.", body = ClusterVersion),
+        (status = 404, description = "`not_found`: no such cluster of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -66,11 +81,23 @@ pub async fn get(
 }
 
 /// `GET /api/v1/clusters/{name}/versions/{version}`.
+#[utoipa::path(get, path = "/api/v1/clusters/{name}/versions/{version}", operation_id = "getClusterVersion", tag = "clusters",
+    params(
+        ("name" = ClusterName, Path, description = "The cluster's name."),
+        ("version" = u32, Path, description = "The version, from 1.", minimum = 1, maximum = 4_294_967_295_u64),
+    ),
+    responses(
+        (status = 200, description = "That version.", body = ClusterVersion),
+        (status = 404, description = "`not_found`: no such cluster or version of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn get_version(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((name, version)): Path<(String, u32)>,
+    Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<ClusterVersion>, ApiError> {
+    // A version that is not a number names nothing.
+    let version: u32 =
+        version.parse().map_err(|_| ApiError::not_found(format!("version `{version}` of job cluster `{name}`")))?;
     versions(&state, &headers, &name)
         .await?
         .into_iter()

@@ -39,6 +39,16 @@ impl ApiError {
     }
 }
 
+/// The JSON body of every error answer (written by `squilla_net::error::error_response`; this
+/// type describes it in the OpenAPI document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code (see docs/api.md).
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         squilla_net::error::error_response(self.status, self.code, &self.message)

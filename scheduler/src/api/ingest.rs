@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, StatusCode};
 use squilla_batch::json::{JsonBatcher, JsonPushError};
 use squilla_types::SourceSpec;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
+use squilla_types::ids::JobId;
 
 /// Largest ingest body, bytes.
 pub const MAX_INGEST_BYTES: usize = 16 << 20;
@@ -203,13 +204,39 @@ pub fn batches(body: &[u8], now_ms: i64) -> Result<Archived, IngestError> {
     batcher.finish()
 }
 
+/// The answer to an ingest request.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Ingested {
+    /// Events the job took.
+    pub events: u64,
+    /// Of those, events its first stage's queue dropped under a `drop-*` backpressure policy.
+    pub dropped: u64,
+}
+
 /// `POST /api/v1/jobs/{id}/ingest`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/ingest", operation_id = "ingest", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job (its source must be `ingest`).")),
+    request_body(
+        description = "Events: one JSON object per line, or a JSON array of objects (at most 16 MiB, 100,000 events, 4 MiB per event). All or nothing: a bad line refuses the request.",
+        content(
+            (String = "application/x-ndjson"),
+            (Vec<Object> = "application/json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "The events were handed to the job.", body = Ingested),
+        (status = 400, description = "`invalid_events`: lines that are not JSON objects (the first are named).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+        (status = 409, description = "`job_ended`; `not_ingest`: the job's source is not `ingest`.", body = ErrorBody),
+        (status = 413, description = "`event_too_large`, `too_many_events`.", body = ErrorBody),
+        (status = 503, description = "`not_running`, `agent_unavailable`, `backpressure`: retry later (the message says how many events were taken).", body = ErrorBody),
+    ))]
 pub async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Ingested>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
     let job = state.control.job(&tenant, &id)?;
@@ -299,5 +326,5 @@ pub async fn ingest(
             _ => return Err(unavailable(fed, format!("answered {status}"))),
         }
     }
-    Ok(Json(serde_json::json!({ "events": fed, "dropped": dropped })))
+    Ok(Json(Ingested { events: fed as u64, dropped }))
 }

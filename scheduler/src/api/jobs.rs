@@ -8,8 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::control::{ControlError, Job};
+use squilla_types::ids::{ClusterName, JobId};
 
 impl From<ControlError> for ApiError {
     fn from(err: ControlError) -> Self {
@@ -19,11 +20,13 @@ impl From<ControlError> for ApiError {
             e @ ControlError::InvalidScale { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_scale", e.to_string())
             }
+            // A stage or worker named in the path that the job does not have is missing, as a
+            // missing job is.
             e @ ControlError::NoSuchStage { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "no_such_stage", e.to_string())
+                ApiError::new(StatusCode::NOT_FOUND, "no_such_stage", e.to_string())
             }
             e @ ControlError::NoSuchWorker { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "no_such_worker", e.to_string())
+                ApiError::new(StatusCode::NOT_FOUND, "no_such_worker", e.to_string())
             }
             e @ (ControlError::WorkerQuota { .. } | ControlError::MemoryQuota { .. }) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string())
@@ -45,25 +48,38 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null`, asks for the defaults.
+    if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
 /// Body of a submission.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
     /// Overrides of declared parameters (values as strings or JSON scalars).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, squilla_types::ParamValue>)]
     params: BTreeMap<String, serde_json::Value>,
     /// The cluster version (default: the latest).
     #[serde(default)]
+    #[schema(maximum = 4_294_967_295_u64)]
     version: Option<u32>,
 }
 
 /// `POST /api/v1/clusters/{name}/jobs`: submits a job.
+#[utoipa::path(post, path = "/api/v1/clusters/{name}/jobs", operation_id = "submitJob", tag = "jobs",
+    params(("name" = ClusterName, Path, description = "The cluster's name.")),
+    request_body(content = Option<Submit>, description = "Parameter overrides and the version (an empty body submits the latest version with its defaults)."),
+    responses(
+        (status = 201, description = "The job, accepted (and placed when agents have room).", body = Job),
+        (status = 400, description = "`bad_request`: the body is not a submission; `unknown_parameter`, `invalid_parameter`, `missing_parameter`: the parameters do not fit the cluster's declarations.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such cluster (or version) of the tenant's.", body = ErrorBody),
+        (status = 409, description = "`sla_max_jobs`: the cluster runs as many jobs as its SLA allows.", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the tenant's worker or memory quota would be passed.", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -103,12 +119,20 @@ pub async fn submit(
 }
 
 /// `GET /api/v1/jobs`: the tenant's jobs, oldest first.
+#[utoipa::path(get, path = "/api/v1/jobs", operation_id = "listJobs", tag = "jobs",
+    responses((status = 200, description = "The tenant's jobs, oldest first.", body = [Job])))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<Job>>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?;
     Ok(Json(state.control.jobs(&tenant.name)))
 }
 
 /// `GET /api/v1/jobs/{id}`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", operation_id = "getJob", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job.")),
+    responses(
+        (status = 200, description = "The job.", body = Job),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -119,6 +143,13 @@ pub async fn get(
 }
 
 /// `POST /api/v1/jobs/{id}/kill`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/kill", operation_id = "killJob", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job.")),
+    responses(
+        (status = 200, description = "The job, killed.", body = Job),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+        (status = 409, description = "`job_ended`: the job has already ended.", body = ErrorBody),
+    ))]
 pub async fn kill(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -130,13 +161,28 @@ pub async fn kill(
 }
 
 /// Body of a scale request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
+    /// The stage's new number of workers.
+    #[schema(minimum = 1, maximum = 1000)]
     workers: u32,
 }
 
 /// `POST /api/v1/jobs/{id}/stages/{stage}/scale` with `{"workers": N}`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/stages/{stage}/scale", operation_id = "scaleStage", tag = "jobs",
+    params(
+        ("id" = JobId, Path, description = "The job."),
+        ("stage" = String, Path, description = "The stage: its name or 0-based index."),
+    ),
+    request_body(content = Scale),
+    responses(
+        (status = 200, description = "The job, with the stage's new workers waiting for places.", body = Job),
+        (status = 400, description = "`bad_request`: the body is not `{\"workers\": N}`; `invalid_scale`: N is not between 1 and 1,000.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job of the tenant's; `no_such_stage`.", body = ErrorBody),
+        (status = 409, description = "`job_ended`.", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the tenant's worker or memory quota would be passed.", body = ErrorBody),
+    ))]
 pub async fn scale(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -150,6 +196,17 @@ pub async fn scale(
 }
 
 /// `POST /api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit", operation_id = "resubmitWorker", tag = "jobs",
+    params(
+        ("id" = JobId, Path, description = "The job."),
+        ("stage" = String, Path, description = "The stage: its name or 0-based index."),
+        ("index" = u32, Path, description = "The worker's 0-based index in the stage.", maximum = 4_294_967_295_u64),
+    ),
+    responses(
+        (status = 200, description = "The job, with a new incarnation of the worker waiting for a place.", body = Job),
+        (status = 404, description = "`not_found`: no such job of the tenant's; `no_such_stage`; `no_such_worker`.", body = ErrorBody),
+        (status = 409, description = "`job_ended`.", body = ErrorBody),
+    ))]
 pub async fn resubmit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -158,7 +215,7 @@ pub async fn resubmit(
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
     let index: u32 = index.parse().map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "no_such_worker", format!("`{index}` is not a worker index"))
+        ApiError::new(StatusCode::NOT_FOUND, "no_such_worker", format!("`{index}` is not a worker index"))
     })?;
     Ok(Json(blocking(&state, move |c| c.resubmit(&tenant, &id, &stage, index)).await?))
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod guard;
 pub mod ingest;
 mod jobs;
+mod openapi;
 mod stream;
 mod ws;
 
@@ -23,13 +24,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{MethodRouter, get, post};
 use squilla_net::budget::Budgets;
 use squilla_net::limits::{BodyLimit, buffer_body};
 use squilla_net::rate::{Rate, RateLimiter};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use auth::{AgentToken, Tenant, Tenants, TokensError};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use squilla_types::ids::{ClusterName, JobId, Sha256};
 
@@ -186,9 +188,6 @@ pub fn spawn_control_loop(control: Arc<Control>) -> tokio::task::JoinHandle<()> 
     })
 }
 
-/// The OpenAPI document, served at `/api/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
 /// Body caps of the routes that take a body (see docs/api.md).
 pub mod body_limits {
     use squilla_net::limits::BodyLimit;
@@ -203,49 +202,90 @@ pub mod body_limits {
     pub const INGEST: BodyLimit = BodyLimit::bytes(super::ingest::MAX_INGEST_BYTES).code("ingest_too_large");
 }
 
-/// `route` with its body read first, under `limit` (after the guards).
-fn capped(route: MethodRouter<AppState>, limit: BodyLimit) -> MethodRouter<AppState> {
-    route.layer(from_fn_with_state(limit, buffer_body))
+/// `route` with its body read first, under `limit` (after the guards), and the answers of
+/// that reading in its documentation.
+fn capped(route: UtoipaMethodRouter<AppState>, limit: BodyLimit) -> UtoipaMethodRouter<AppState> {
+    let (schemas, mut paths, router) = route.layer(from_fn_with_state(limit, buffer_body));
+    openapi::body_cap(&mut paths, limit.code);
+    (schemas, paths, router)
 }
 
-/// The API's routes. Every tenant route is guarded by [`guard::tenant`] and every agent route
-/// by [`guard::agent`], before any body is read.
-pub fn router(state: AppState) -> Router {
-    let tenant_routes = Router::new()
-        .route("/api/v1/artifacts", get(artifacts::list).post(artifacts::upload))
-        .route("/api/v1/artifacts/{sha256}", get(artifacts::get).delete(artifacts::delete))
-        .route("/api/v1/artifacts/{sha256}/wasm", get(artifacts::download))
-        .route("/api/v1/clusters", get(clusters::list).merge(capped(post(clusters::create), body_limits::SPEC)))
-        .route("/api/v1/clusters/{name}", get(clusters::get))
-        .route("/api/v1/clusters/{name}/versions/{version}", get(clusters::get_version))
-        .route("/api/v1/clusters/{name}/jobs", capped(post(jobs::submit), body_limits::SMALL))
-        .route("/api/v1/jobs", get(jobs::list))
-        .route("/api/v1/jobs/{id}", get(jobs::get))
-        .route("/api/v1/jobs/{id}/kill", capped(post(jobs::kill), body_limits::SMALL))
-        .route("/api/v1/jobs/{id}/stages/{stage}/scale", capped(post(jobs::scale), body_limits::SMALL))
-        .route(
-            "/api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit",
-            capped(post(jobs::resubmit), body_limits::SMALL),
-        )
-        .route("/api/v1/jobs/{id}/status", get(stream::status))
-        .route("/api/v1/jobs/{id}/sink", get(stream::sink))
-        .route("/api/v1/jobs/{id}/ingest", capped(post(ingest::ingest), body_limits::INGEST))
-        .route("/api/v1/agents", get(agents::list))
+/// The master's health.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` while the master serves.
+    pub status: &'static str,
+}
+
+/// `GET /healthz`: whether the master serves.
+#[utoipa::path(get, path = "/healthz", operation_id = "health", tag = "meta", security(()),
+    responses((status = 200, description = "The master serves.", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The API's OpenAPI document, as served.
+#[derive(Clone)]
+struct Document(Arc<str>);
+
+/// `GET /api/v1/openapi.json`: this document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "meta", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object)))]
+async fn openapi_json(axum::Extension(Document(text)): axum::Extension<Document>) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], text.to_string())
+}
+
+/// The API's routes with their OpenAPI document. Every tenant route is guarded by
+/// [`guard::tenant`] and every agent route by [`guard::agent`], before any body is read.
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let mut tenant = OpenApiRouter::new()
+        .routes(routes!(artifacts::list, artifacts::upload))
+        .routes(routes!(artifacts::get, artifacts::delete))
+        .routes(routes!(artifacts::download))
+        .routes(routes!(clusters::list))
+        .routes(capped(routes!(clusters::create), body_limits::SPEC))
+        .routes(routes!(clusters::get))
+        .routes(routes!(clusters::get_version))
+        .routes(capped(routes!(jobs::submit), body_limits::SMALL))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(capped(routes!(jobs::kill), body_limits::SMALL))
+        .routes(capped(routes!(jobs::scale), body_limits::SMALL))
+        .routes(capped(routes!(jobs::resubmit), body_limits::SMALL))
+        .routes(routes!(stream::status))
+        .routes(routes!(stream::sink))
+        .routes(capped(routes!(ingest::ingest), body_limits::INGEST))
+        .routes(routes!(agents::list))
         .route_layer(from_fn_with_state(state.clone(), guard::tenant));
-    let agent_routes = Router::new()
-        .route("/api/v1/agent/subscribe/{tenant}/{cluster}", get(agents::subscribe))
-        .route("/api/v1/agent/heartbeat", capped(post(agents::heartbeat), body_limits::HEARTBEAT))
-        .route("/api/v1/agent/artifacts/{sha256}", get(agents::artifact))
+    openapi::tenant_guard(&mut tenant.get_openapi_mut().paths);
+    let mut agent = OpenApiRouter::new()
+        .routes(routes!(agents::subscribe))
+        .routes(capped(routes!(agents::heartbeat), body_limits::HEARTBEAT))
+        .routes(routes!(agents::artifact))
         .route_layer(from_fn_with_state(state.clone(), guard::agent));
-    Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route(
-            "/api/v1/openapi.json",
-            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .merge(tenant_routes)
-        .merge(agent_routes)
+    openapi::agent_guard(&mut agent.get_openapi_mut().paths);
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi_json))
+        .merge(tenant)
+        .merge(agent)
+}
+
+/// The OpenAPI document of the API (as `GET /api/v1/openapi.json` serves it).
+pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
+    routes(state).into_openapi()
+}
+
+/// The API's router.
+pub fn router(state: AppState) -> Router {
+    let (router, document) = routes(&state).split_for_parts();
+    let text = document.to_pretty_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot write the OpenAPI document");
+        "{}".into()
+    });
+    router
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::Extension(Document(text.into())))
         // Bodies are capped per route, by `capped` and by the upload's own streaming cap.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

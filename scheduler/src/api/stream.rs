@@ -41,12 +41,18 @@ use squilla_net::queue::{self, Item, Offered, StreamEnd};
 use squilla_types::ids::{ClusterName, JobId, TenantId};
 use squilla_types::sink::SinkParams;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 
 type Events = Sse<axum::response::sse::KeepAliveStream<BoxedEvents>>;
 type BoxedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
 
 /// `GET /api/v1/jobs/{id}/status`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/status", operation_id = "jobStatus", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job.")),
+    responses(
+        (status = 200, description = "Server-sent events: a `status` event with the job (as `GET /api/v1/jobs/{id}`) now and on every change, until the job ends.", body = String, content_type = "text/event-stream"),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+    ))]
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -104,6 +110,15 @@ pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
 
 /// `GET /api/v1/jobs/{id}/sink`: server-sent events, or a WebSocket when the request asks to
 /// upgrade.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/sink", operation_id = "jobSink", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job."), SinkParams),
+    responses(
+        (status = 200, description = "Server-sent events: each output event as a data event; `meta` (drops, the job's end), `ping` and `error` events (docs/api.md).", body = String, content_type = "text/event-stream"),
+        (status = 101, description = "A WebSocket, when the request asks to upgrade: one text message per event (docs/api.md)."),
+        (status = 400, description = "`bad_request`: the query string is not one of these parameters; `invalid_query`: the query does not parse (the message gives the line and column).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+        (status = 429, description = "`too_many_subscriptions`: the tenant holds its limit of open subscriptions.", body = ErrorBody),
+    ))]
 pub async fn sink(
     State(state): State<AppState>,
     headers: HeaderMap,

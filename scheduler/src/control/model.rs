@@ -13,7 +13,7 @@ use squilla_types::JobSpec;
 use squilla_types::ids::{AgentId, ClusterName, JobId, JobKey, Sha256, TenantId, WorkerNumber};
 
 /// A job's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
     /// Submitted; some workers wait for a place.
@@ -59,7 +59,7 @@ pub const JOB_TRANSITIONS: &[(JobState, &[JobState])] = {
 };
 
 /// A worker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerState {
     /// Waiting for a place.
@@ -88,7 +88,7 @@ pub const WORKER_TRANSITIONS: &[(WorkerState, &[WorkerState])] = {
 };
 
 /// One entry of a state history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transition {
     /// When, ms since the Unix epoch.
     pub at_ms: i64,
@@ -111,7 +111,7 @@ pub(crate) fn push_history(history: &mut Vec<Transition>, state: impl Serialize,
 }
 
 /// A worker slot and its current incarnation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Worker {
     /// Its slot in the stage (kept on replacement).
     pub index: u32,
@@ -175,7 +175,7 @@ impl Worker {
 }
 
 /// A stage of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stage {
     /// The stage's name.
     pub name: String,
@@ -184,7 +184,7 @@ pub struct Stage {
 }
 
 /// A job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     /// `<cluster>-<n>`.
     pub id: JobId,

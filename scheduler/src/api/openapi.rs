@@ -1,0 +1,123 @@
+//! The API's OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations and
+//! the types' schemas, and served at `/api/v1/openapi.json`.
+//!
+//! Routes are registered with [`utoipa_axum::routes!`], which adds a handler to the router and
+//! its operation to the document in one step: a route cannot exist undocumented, nor a
+//! documented operation without a route. Answers that come from layers rather than from the
+//! handler (the guards' 401 and 429, the body cap's 408, 413 and 503) are added here, by the
+//! same code that adds the layer.
+
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Paths;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi as _};
+
+use super::error::ErrorBody;
+
+/// The document's fixed parts: its description, security schemes and tags.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Squilla master API",
+        description = "Squilla's master: artifacts, job clusters, jobs, their output streams and agents (docs/api.md). \
+            Every error answers `{\"code\", \"message\"}` with a stable code. Tenant routes take a tenant's bearer \
+            token; `/api/v1/agent/*` takes the agent token."
+    ),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "artifacts", description = "Wasm components tenants upload."),
+        (name = "clusters", description = "Job clusters: versioned job specs."),
+        (name = "jobs", description = "Jobs: submit, inspect, scale, stream, ingest."),
+        (name = "agents", description = "The agents the master knows."),
+        (name = "agent", description = "What agents call (agent token)."),
+        (name = "meta", description = "Health and this document."),
+    )
+)]
+pub(super) struct Doc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        let mut agent = Http::new(HttpAuthScheme::Bearer);
+        agent.description = Some("The agent token configured on the master (not a tenant's token).".into());
+        components.add_security_scheme("agent", SecurityScheme::Http(agent));
+    }
+}
+
+/// The document's fixed parts.
+pub(super) fn base() -> OpenApi {
+    Doc::openapi()
+}
+
+/// An error answer: `description`, with the JSON error body.
+fn error(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+        .build()
+}
+
+/// A 429, which says when to retry.
+fn rate_limited(description: &str) -> Response {
+    let mut response = error(description);
+    let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+    response.headers.insert(
+        "Retry-After".into(),
+        HeaderBuilder::new().schema(seconds).description(Some("Seconds until a retry may pass.")).build(),
+    );
+    response
+}
+
+/// Adds `response` under `status` to every operation of `paths`; where the handler already
+/// documents that status, the descriptions are joined (the body is the same error body).
+fn add(paths: &mut Paths, status: &str, response: impl Fn() -> Response) {
+    for item in paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let new = response();
+            match operation.responses.responses.get_mut(status) {
+                Some(RefOr::T(old)) => old.description = format!("{} {}", old.description, new.description),
+                Some(RefOr::Ref(_)) => {}
+                None => {
+                    operation.responses.responses.insert(status.to_owned(), RefOr::T(new));
+                }
+            }
+        }
+    }
+}
+
+/// What the tenant guard answers on every route it guards.
+pub(super) fn tenant_guard(paths: &mut Paths) {
+    add(paths, "401", || error("`unauthorized`: no or an unknown tenant token."));
+    add(paths, "429", || rate_limited("`rate_limited`: over the client address's or the tenant's request rate."));
+}
+
+/// What the agent guard answers on every route it guards.
+pub(super) fn agent_guard(paths: &mut Paths) {
+    add(paths, "401", || error("`unauthorized`: no or a wrong agent token."));
+    add(paths, "429", || rate_limited("`rate_limited`: a client address without the agent token over its rate."));
+}
+
+/// What reading a capped body answers, for a route whose cap answers `code` with 413.
+pub(super) fn body_cap(paths: &mut Paths, code: &str) {
+    add(paths, "400", || error("`bad_request`: the body could not be read."));
+    add(paths, "408", || error("`body_timeout`: the body did not arrive in time."));
+    add(paths, "413", || error(&format!("`{code}`: the body is larger than the route allows.")));
+    add(paths, "503", || error("`busy`: too many bodies are being read at once; retry."));
+}
