@@ -28,11 +28,12 @@ pub struct DevArgs {
     /// Override a declared job parameter: `--param window-ms=10000` (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
-    /// Stop after this many seconds (default: until interrupted).
+    /// Stop after printing the job's output for this many seconds (without job specs: after
+    /// this many seconds); default: until interrupted.
     #[arg(long)]
     seconds: Option<u64>,
     /// Directory holding `<artifact-name>.wasm` files for the job's stages (repeatable;
-    /// default: where the build put the examples).
+    /// default: the example stages of this checkout, built on first use).
     #[arg(long = "artifacts", value_name = "DIR", env = "SQUILLA_ARTIFACTS", value_delimiter = ':')]
     artifact_dirs: Vec<PathBuf>,
     #[command(flatten)]
@@ -93,7 +94,14 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
                         submit(&connection, spec, &[], &args.artifact_dirs).await?;
                     }
                     let id = submit(&connection, last, &args.params, &args.artifact_dirs).await?;
-                    tail(&connection, &id).await
+                    // `--seconds` counts from here: building the example stages on first use
+                    // does not eat into the output.
+                    match args.seconds {
+                        Some(s) => {
+                            tokio::time::timeout(Duration::from_secs(s), tail(&connection, &id)).await.unwrap_or(Ok(()))
+                        }
+                        None => tail(&connection, &id).await,
+                    }
                 }
                 None => {
                     eprintln!("squilla dev: try `squilla cluster create SPEC` and `squilla job submit CLUSTER`");
@@ -103,8 +111,8 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         };
         let deadline = async {
             match args.seconds {
-                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-                None => std::future::pending().await,
+                Some(s) if args.jobs.is_empty() => tokio::time::sleep(Duration::from_secs(s)).await,
+                _ => std::future::pending().await,
             }
         };
         let result = tokio::select! {

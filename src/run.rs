@@ -32,7 +32,7 @@ pub struct RunArgs {
     #[arg(long)]
     seconds: Option<u64>,
     /// Directory holding `<artifact-name>.wasm` files (dashes become underscores); repeatable.
-    /// Defaults to where the build put the example stages.
+    /// Defaults to the example stages of this checkout, built on first use.
     #[arg(long = "artifacts", value_name = "DIR", env = "SQUILLA_ARTIFACTS", value_delimiter = ':')]
     artifact_dirs: Vec<PathBuf>,
 }

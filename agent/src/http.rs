@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use squilla_net::auth::{TokenHash, bearer};
 use squilla_net::error::error_response;
+use squilla_net::extract::PathParams;
 use squilla_net::limits::{BodyLimit, buffer_body};
 use squilla_net::queue::Item;
 use squilla_types::ids::JobKey;
@@ -71,6 +72,7 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .merge(jobs_routes)
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "route not found") })
+        .method_not_allowed_fallback(squilla_net::extract::method_not_allowed)
         // The ingest body is capped by its own middleware.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -85,7 +87,11 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 }
 
 /// `POST /jobs/{id}/ingest` (from the master): one archived batch for the job's first stage.
-async fn ingest(State(state): State<HttpState>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+async fn ingest(
+    State(state): State<HttpState>,
+    PathParams(id): PathParams<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let Ok(id) = id.parse::<JobKey>() else {
         return error_response(StatusCode::NOT_FOUND, "not_here", "the job does not run here");
     };
@@ -125,7 +131,7 @@ fn options(params: &SinkParams) -> Result<sink::Options, squilla_query::QueryErr
 /// `GET /jobs/{id}/sink`: this agent's part of a job's output, as server-sent events.
 async fn sink(
     State(state): State<HttpState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
     let params = match SinkParams::parse(raw.as_deref()) {

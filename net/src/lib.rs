@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod budget;
 pub mod error;
+pub mod extract;
 pub mod limits;
 pub mod queue;
 pub mod rate;

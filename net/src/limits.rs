@@ -67,9 +67,10 @@ impl BodyLimit {
 }
 
 /// Why a body was not read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     /// Over the cap (declared or read).
+    #[error("the request body is over this route's limit of {limit} bytes")]
     TooLarge {
         /// The cap.
         limit: usize,
@@ -77,13 +78,17 @@ pub enum BodyError {
         code: &'static str,
     },
     /// A part did not arrive in time.
+    #[error("the request body stopped arriving")]
     Timeout,
     /// The bodies being read for the tenant (or in all) hold their share of memory.
+    #[error("the request bodies being read hold the {level}'s share of memory")]
     Busy {
         /// `tenant` or `process`.
         level: &'static str,
     },
-    /// The connection failed while reading.
+    /// The connection failed while reading (the transport's error, as text: it is not
+    /// `Clone`).
+    #[error("reading the body: {0}")]
     Broken(String),
 }
 

@@ -18,7 +18,7 @@ pub mod sse;
 pub mod time;
 
 pub use spec::{
-    ArtifactRef, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamError, ParamType, ParamValue,
-    ParameterSpec, Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength, is_tag_version,
-    limits,
+    ArtifactRef, ArtifactRefError, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamError, ParamType,
+    ParamValue, ParameterSpec, Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength,
+    is_tag_version, limits,
 };

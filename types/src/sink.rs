@@ -29,11 +29,12 @@ pub struct SinkParams {
     /// At most this many events per second for the subscriber's group.
     #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 4_294_967_295_u64))]
     pub sample: Option<u32>,
-    /// A query (the SQL subset of docs/queries.md) the events are filtered and shaped by.
+    /// A query (the SQL subset of docs/api.md, "Queries") the events are filtered and shaped
+    /// by.
     pub query: Option<String>,
     /// Seconds between `ping` events (default 15; more than 60 is taken as 60, 0 as 1).
-    #[cfg_attr(feature = "openapi", param(minimum = 0))]
-    pub ping: Option<u64>,
+    #[cfg_attr(feature = "openapi", param(minimum = 0, maximum = 4_294_967_295_u64))]
+    pub ping: Option<u32>,
 }
 
 /// Why a subscription's parameters were refused (400 `bad_request`).
@@ -67,7 +68,7 @@ impl SinkParams {
     /// How long the subscriber may go without hearing anything (`ping` seconds, 1 to
     /// [`MAX_PING_SECS`], default [`DEFAULT_PING_SECS`]).
     pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping.unwrap_or(DEFAULT_PING_SECS).clamp(1, MAX_PING_SECS))
+        Duration::from_secs(self.ping.map_or(DEFAULT_PING_SECS, u64::from).clamp(1, MAX_PING_SECS))
     }
 }
 

@@ -363,23 +363,34 @@ pub enum ArtifactRef {
     Sha256(String),
 }
 
-impl TryFrom<String> for ArtifactRef {
-    type Error = String;
+/// Why a text is not an [`ArtifactRef`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArtifactRefError {
+    /// `sha256:` without 64 lowercase hex digits.
+    #[error("`{0}`: a sha256 reference is `sha256:` and 64 lowercase hex digits")]
+    Sha256(String),
+    /// Neither form.
+    #[error(
+        "`{0}`: an artifact reference is `name@version` (a version is 1 to 64 of letters, digits, '.', '-', '+', '_') or `sha256:<hex>`"
+    )]
+    Malformed(String),
+}
 
-    fn try_from(s: String) -> Result<Self, String> {
+impl TryFrom<String> for ArtifactRef {
+    type Error = ArtifactRefError;
+
+    fn try_from(s: String) -> Result<Self, ArtifactRefError> {
         if let Some(hex) = s.strip_prefix("sha256:") {
             if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                 return Ok(ArtifactRef::Sha256(hex.to_owned()));
             }
-            return Err(format!("`{s}`: a sha256 reference is `sha256:` and 64 lowercase hex digits"));
+            return Err(ArtifactRefError::Sha256(s));
         }
         match s.split_once('@') {
             Some((name, version)) if valid_name(name) && is_tag_version(version) => {
                 Ok(ArtifactRef::Tag { name: name.to_owned(), version: version.to_owned() })
             }
-            _ => Err(format!(
-                "`{s}`: an artifact reference is `name@version` (a version is 1 to 64 of letters, digits, '.', '-', '+', '_') or `sha256:<hex>`"
-            )),
+            _ => Err(ArtifactRefError::Malformed(s)),
         }
     }
 }

@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use squilla_types::control::{Assignments, Capacity, Heartbeat};
 
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 use squilla_types::ids::{ClusterName, Sha256, TenantId};
 use squilla_types::sink::SinkParams;
 
@@ -47,13 +47,13 @@ pub async fn heartbeat(
     security(("agent" = [])),
     params(("sha256" = Sha256, Path, description = "The artifact's sha256.")),
     responses(
-        (status = 200, description = "The component.", body = Vec<u8>, content_type = "application/wasm"),
+        (status = 200, description = "The component.", body = super::openapi::Wasm, content_type = "application/wasm"),
         (status = 404, description = "`not_found`.", body = ErrorBody),
     ))]
 pub async fn artifact(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(sha256): Path<String>,
+    PathParams(sha256): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;
     let key = super::sha256(&sha256)?;
@@ -118,7 +118,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 pub async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((tenant, cluster)): Path<(String, String)>,
+    PathParams((tenant, cluster)): PathParams<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;

@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::store::{ArtifactMeta, Delete, Put, Store, StoreError};
 use squilla_types::ids::Sha256;
 
@@ -33,7 +33,7 @@ use squilla_types::is_tag_version as valid_version;
     operation_id = "uploadArtifact",
     tag = "artifacts",
     params(UploadQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB by default)."),
+    request_body(content = super::openapi::Wasm, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB by default)."),
     responses(
         (status = 201, description = "Stored.", body = ArtifactMeta),
         (status = 200, description = "The tenant already holds these bytes (with the same tag, if one was given).", body = ArtifactMeta),
@@ -156,7 +156,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(sha256): Path<String>,
+    PathParams(sha256): PathParams<String>,
 ) -> Result<Json<ArtifactMeta>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let key = super::sha256(&sha256)?;
@@ -168,13 +168,13 @@ pub async fn get(
 #[utoipa::path(get, path = "/api/v1/artifacts/{sha256}/wasm", operation_id = "downloadArtifact", tag = "artifacts",
     params(("sha256" = Sha256, Path, description = "The artifact's sha256.")),
     responses(
-        (status = 200, description = "The component.", body = Vec<u8>, content_type = "application/wasm"),
+        (status = 200, description = "The component.", body = super::openapi::Wasm, content_type = "application/wasm"),
         (status = 404, description = "`not_found`: no such artifact of the tenant's.", body = ErrorBody),
     ))]
 pub async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(sha256): Path<String>,
+    PathParams(sha256): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let key = super::sha256(&sha256)?;
@@ -194,7 +194,7 @@ pub async fn download(
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(sha256): Path<String>,
+    PathParams(sha256): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let key = super::sha256(&sha256)?;

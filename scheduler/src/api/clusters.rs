@@ -7,12 +7,12 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use squilla_types::JobSpec;
 
 use super::artifacts::with_store;
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::store::ClusterVersion;
 use squilla_types::ids::ClusterName;
 
@@ -71,7 +71,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<ClusterVersion>, ApiError> {
     versions(&state, &headers, &name)
         .await?
@@ -93,7 +93,7 @@ pub async fn get(
 pub async fn get_version(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((name, version)): Path<(String, String)>,
+    PathParams((name, version)): PathParams<(String, String)>,
 ) -> Result<Json<ClusterVersion>, ApiError> {
     // A version that is not a number names nothing.
     let version: u32 =

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use squilla_batch::json::{JsonBatcher, JsonPushError};
 use squilla_types::SourceSpec;
 
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 use squilla_types::ids::JobId;
 
 /// Largest ingest body, bytes.
@@ -42,11 +42,13 @@ const NAMED_ERRORS: usize = 20;
 pub const MAX_INGEST_EVENTS: usize = 100_000;
 
 /// Why a body cannot be ingested.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
     /// Lines that are not events (400 `invalid_events`).
+    #[error("{0}")]
     Invalid(String),
     /// A line over [`MAX_EVENT_BYTES`] (413 `event_too_large`).
+    #[error("line {line} is an event of {bytes} bytes; an event is at most {MAX_EVENT_BYTES} bytes")]
     TooLarge {
         /// Its 1-based line (or array element) number.
         line: usize,
@@ -54,6 +56,7 @@ pub enum IngestError {
         bytes: usize,
     },
     /// More than [`MAX_INGEST_EVENTS`] events (413 `too_many_events`).
+    #[error("a request holds at most {MAX_INGEST_EVENTS} events; send the rest in another")]
     TooMany,
 }
 
@@ -61,16 +64,10 @@ impl From<IngestError> for ApiError {
     fn from(err: IngestError) -> Self {
         match err {
             IngestError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_events", m),
-            IngestError::TooLarge { line, bytes } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "event_too_large",
-                format!("line {line} is an event of {bytes} bytes; an event is at most {MAX_EVENT_BYTES} bytes"),
-            ),
-            IngestError::TooMany => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_events",
-                format!("a request holds at most {MAX_INGEST_EVENTS} events; send the rest in another"),
-            ),
+            e @ IngestError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "event_too_large", e.to_string())
+            }
+            e @ IngestError::TooMany => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", e.to_string()),
         }
     }
 }
@@ -234,7 +231,7 @@ pub struct Ingested {
 pub async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     body: Bytes,
 ) -> Result<Json<Ingested>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::control::{ControlError, Job};
 use squilla_types::ids::{ClusterName, JobId};
 
@@ -83,7 +83,7 @@ pub struct Submit {
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
@@ -136,7 +136,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?;
     Ok(Json(state.control.job(&tenant.name, &super::job_id(&id)?)?))
@@ -153,7 +153,7 @@ pub async fn get(
 pub async fn kill(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
@@ -161,7 +161,7 @@ pub async fn kill(
 }
 
 /// Body of a scale request.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     /// The stage's new number of workers.
@@ -186,12 +186,14 @@ pub struct Scale {
 pub async fn scale(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((id, stage)): Path<(String, String)>,
+    PathParams((id, stage)): PathParams<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
-    let scale: Scale = json_body(&body)?;
+    let scale: Scale = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is `{{\"workers\": N}}`: {e}"))
+    })?;
     Ok(Json(blocking(&state, move |c| c.scale(&tenant, &id, &stage, scale.workers)).await?))
 }
 
@@ -210,7 +212,7 @@ pub async fn scale(
 pub async fn resubmit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((id, stage, index)): Path<(String, String, String)>,
+    PathParams((id, stage, index)): PathParams<(String, String, String)>,
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;

@@ -32,6 +32,7 @@ use utoipa_axum::routes;
 
 pub use auth::{AgentToken, Tenant, Tenants, TokensError};
 pub use error::{ApiError, ErrorBody};
+pub(crate) use squilla_net::extract::PathParams;
 
 use squilla_types::ids::{ClusterName, JobId, Sha256};
 
@@ -95,6 +96,17 @@ pub struct Rates {
     pub per_tenant: RateLimiter,
 }
 
+/// Why the API's state could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The agent token is not one.
+    #[error(transparent)]
+    Token(#[from] TokensError),
+    /// The HTTP client (to agents) could not be built.
+    #[error("the HTTP client to agents: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -131,11 +143,8 @@ impl AppState {
         limits: ApiLimits,
         control: Arc<Control>,
         agent_token: Option<String>,
-    ) -> Result<Self, TokensError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| TokensError { line: 0, problem: format!("http client: {e}") })?;
+    ) -> Result<Self, StateError> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
         Ok(AppState {
             tenants: Arc::new(tenants),
             store,
@@ -264,11 +273,12 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(agents::artifact))
         .route_layer(from_fn_with_state(state.clone(), guard::agent));
     openapi::agent_guard(&mut agent.get_openapi_mut().paths);
-    OpenApiRouter::with_openapi(openapi::base())
-        .routes(routes!(healthz))
-        .routes(routes!(openapi_json))
-        .merge(tenant)
-        .merge(agent)
+    let mut all = OpenApiRouter::new().merge(tenant).merge(agent);
+    openapi::internal(&mut all.get_openapi_mut().paths);
+    let mut routes =
+        OpenApiRouter::with_openapi(openapi::base()).routes(routes!(healthz)).routes(routes!(openapi_json)).merge(all);
+    openapi::close_variants(routes.get_openapi_mut(), &["SourceSpec", "SinkSpec", "Routing"]);
+    routes
 }
 
 /// The OpenAPI document of the API (as `GET /api/v1/openapi.json` serves it).
@@ -285,6 +295,7 @@ pub fn router(state: AppState) -> Router {
     });
     router
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(squilla_net::extract::method_not_allowed)
         .layer(axum::Extension(Document(text.into())))
         // Bodies are capped per route, by `capped` and by the upload's own streaming cap.
         .layer(axum::extract::DefaultBodyLimit::disable())

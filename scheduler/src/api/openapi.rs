@@ -9,7 +9,7 @@
 
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Paths;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi as _};
@@ -92,7 +92,12 @@ fn add(paths: &mut Paths, status: &str, response: impl Fn() -> Response) {
         for operation in operations.into_iter().flatten() {
             let new = response();
             match operation.responses.responses.get_mut(status) {
-                Some(RefOr::T(old)) => old.description = format!("{} {}", old.description, new.description),
+                Some(RefOr::T(old)) => {
+                    old.description = format!("{} {}", old.description, new.description);
+                    for (name, header) in new.headers {
+                        old.headers.entry(name).or_insert(header);
+                    }
+                }
                 Some(RefOr::Ref(_)) => {}
                 None => {
                     operation.responses.responses.insert(status.to_owned(), RefOr::T(new));
@@ -121,3 +126,40 @@ pub(super) fn body_cap(paths: &mut Paths, code: &str) {
     add(paths, "413", || error(&format!("`{code}`: the body is larger than the route allows.")));
     add(paths, "503", || error("`busy`: too many bodies are being read at once; retry."));
 }
+
+/// What any operation may answer when the master itself fails (a store error): 500
+/// `internal`, with the detail in the master's log.
+pub(super) fn internal(paths: &mut Paths) {
+    add(paths, "500", || error("`internal`: the master failed (the detail is in its log)."));
+}
+
+/// Marks every variant of the tagged enums `names` as closed: serde refuses unknown keys in
+/// them (`deny_unknown_fields`), which utoipa does not carry over to enum variants.
+pub(super) fn close_variants(openapi: &mut OpenApi, names: &[&str]) {
+    let Some(components) = openapi.components.as_mut() else { return };
+    for name in names {
+        if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(*name) {
+            for item in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = item {
+                    object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
+
+/// A Wasm component's bytes, as a request or response body (`application/wasm`).
+pub(super) struct Wasm;
+
+impl utoipa::PartialSchema for Wasm {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .content_media_type("application/wasm")
+            .description(Some("A WebAssembly component's bytes."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Wasm {}

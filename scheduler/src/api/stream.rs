@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -41,7 +41,7 @@ use squilla_net::queue::{self, Item, Offered, StreamEnd};
 use squilla_types::ids::{ClusterName, JobId, TenantId};
 use squilla_types::sink::SinkParams;
 
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, ErrorBody, PathParams};
 
 type Events = Sse<axum::response::sse::KeepAliveStream<BoxedEvents>>;
 type BoxedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
@@ -56,7 +56,7 @@ type BoxedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Events, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
@@ -122,7 +122,7 @@ pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
 pub async fn sink(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
