@@ -110,7 +110,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
         SinkParams,
     ),
     responses(
-        (status = 200, description = "Server-sent events, as a tenant's sink.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events, as a tenant's sink.", body = super::openapi::SinkEvent, content_type = "text/event-stream"),
         (status = 400, description = "`bad_request`, `invalid_query`.", body = ErrorBody),
         (status = 404, description = "`not_found`: a malformed tenant or cluster name.", body = ErrorBody),
         (status = 429, description = "`too_many_subscriptions`.", body = ErrorBody),

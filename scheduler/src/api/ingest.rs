@@ -214,10 +214,10 @@ pub struct Ingested {
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/ingest", operation_id = "ingest", tag = "jobs",
     params(("id" = JobId, Path, description = "The job (its source must be `ingest`).")),
     request_body(
-        description = "Events: one JSON object per line, or a JSON array of objects (at most 16 MiB, 100,000 events, 4 MiB per event). All or nothing: a bad line refuses the request.",
+        description = "Events: one JSON object per line, or a JSON array of objects (at most 16 MiB, 100,000 events, 4 MiB per event); the content type is not looked at. All or nothing: a bad line refuses the request. An empty body is zero events.",
         content(
             (String = "application/x-ndjson"),
-            (Vec<Object> = "application/json"),
+            (super::openapi::JsonEvents = "application/json"),
         )
     ),
     responses(

@@ -267,6 +267,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(agents::list))
         .route_layer(from_fn_with_state(state.clone(), guard::tenant));
     openapi::tenant_guard(&mut tenant.get_openapi_mut().paths);
+    openapi::optional_body(&mut tenant.get_openapi_mut().paths, "/api/v1/jobs/{id}/ingest");
     let mut agent = OpenApiRouter::new()
         .routes(routes!(agents::subscribe))
         .routes(capped(routes!(agents::heartbeat), body_limits::HEARTBEAT))

@@ -163,3 +163,67 @@ impl utoipa::PartialSchema for Wasm {
 }
 
 impl utoipa::ToSchema for Wasm {}
+
+/// One server-sent event as a client parses it (`event`, `data`): the schema of each event of
+/// a `text/event-stream` answer (OpenAPI 3.1 has no `itemSchema`; tools read `schema` so).
+fn sse_event(names: &[&str], data: &str) -> RefOr<Schema> {
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names.iter().copied()))
+        .description(Some("The event's name (`message` when the frame names none)."));
+    let data =
+        ObjectBuilder::new().schema_type(Type::String).content_media_type("application/json").description(Some(data));
+    ObjectBuilder::new().property("event", name).property("data", data).required("event").required("data").into()
+}
+
+/// An event of `GET /api/v1/jobs/{id}/status`.
+pub(super) struct StatusEvent;
+
+impl utoipa::PartialSchema for StatusEvent {
+    fn schema() -> RefOr<Schema> {
+        sse_event(&["status"], "The job, as `GET /api/v1/jobs/{id}` answers it.")
+    }
+}
+
+impl utoipa::ToSchema for StatusEvent {}
+
+/// An event of a sink subscription.
+pub(super) struct SinkEvent;
+
+impl utoipa::PartialSchema for SinkEvent {
+    fn schema() -> RefOr<Schema> {
+        sse_event(
+            &["message", "meta", "ping", "error"],
+            "`message`: an output event; `meta`: drops or the job's end; `ping`: `{}`; `error`: `{\"code\", \"message\"}`, the last event (docs/api.md).",
+        )
+    }
+}
+
+impl utoipa::ToSchema for SinkEvent {}
+
+/// The `application/json` body of an ingest: an array of events, or one event.
+pub(super) struct JsonEvents;
+
+impl utoipa::PartialSchema for JsonEvents {
+    fn schema() -> RefOr<Schema> {
+        let event = || ObjectBuilder::new().schema_type(Type::Object);
+        let array = utoipa::openapi::schema::ArrayBuilder::new().items(event());
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(array)
+            .item(event())
+            .description(Some("An array of events, or one event; an event is a JSON object."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JsonEvents {}
+
+/// Marks the request body of the operations at `path` as optional (an empty body is a valid request).
+pub(super) fn optional_body(paths: &mut Paths, path: &str) {
+    let Some(item) = paths.paths.get_mut(path) else { return };
+    for operation in [&mut item.post, &mut item.put, &mut item.patch].into_iter().flatten() {
+        if let Some(body) = operation.request_body.as_mut() {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+}

@@ -50,7 +50,7 @@ type BoxedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/status", operation_id = "jobStatus", tag = "jobs",
     params(("id" = JobId, Path, description = "The job.")),
     responses(
-        (status = 200, description = "Server-sent events: a `status` event with the job (as `GET /api/v1/jobs/{id}`) now and on every change, until the job ends.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events: a `status` event with the job (as `GET /api/v1/jobs/{id}`) now and on every change, until the job ends.", body = super::openapi::StatusEvent, content_type = "text/event-stream"),
         (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
     ))]
 pub async fn status(
@@ -113,7 +113,7 @@ pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/sink", operation_id = "jobSink", tag = "jobs",
     params(("id" = JobId, Path, description = "The job."), SinkParams),
     responses(
-        (status = 200, description = "Server-sent events: each output event as a data event; `meta` (drops, the job's end), `ping` and `error` events (docs/api.md).", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events: each output event as a data event; `meta` (drops, the job's end), `ping` and `error` events (docs/api.md).", body = super::openapi::SinkEvent, content_type = "text/event-stream"),
         (status = 101, description = "A WebSocket, when the request asks to upgrade: one text message per event (docs/api.md)."),
         (status = 400, description = "`bad_request`: the query string is not one of these parameters; `invalid_query`: the query does not parse (the message gives the line and column).", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
