@@ -19,7 +19,7 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Api, agent_with, free_port, master, temp_dir};
+use cluster::{Api, agent_with, free_port, master_with, temp_dir};
 use serde_json::{Value, json};
 
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -36,7 +36,8 @@ async fn run() {
     std::fs::write(&tokens, format!("acme {}\n", cluster::TOKEN)).unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _master = master(port, &dir.join("data"), &tokens);
+    // 100 subscribers of one tenant: past the default of 64 subscriptions per tenant.
+    let _master = master_with(port, &dir.join("data"), &tokens, &["--tenant-subscriptions", "128"]);
     // Worker threads per agent (default 1: the two agents then leave a core's worth of room
     // for the source, the transport and the master on a 2-core machine).
     let threads = std::env::var("SQUILLA_BENCH_THREADS").unwrap_or_else(|_| "1".into());

@@ -60,6 +60,10 @@ pub struct MasterArgs {
     /// Bytes all stream subscribers may have waiting at the master, MiB.
     #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
     pub stream_total_mib: usize,
+    /// Sink subscriptions one tenant may hold open at once (429 `too_many_subscriptions`
+    /// beyond).
+    #[arg(long, env = "SQUILLA_TENANT_SUBSCRIPTIONS", default_value_t = 64)]
+    pub tenant_subscriptions: usize,
     /// Open connections one client address may have.
     #[arg(long, env = "SQUILLA_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
     pub max_connections_per_ip: usize,
@@ -90,6 +94,7 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
         subscriber_bytes: args.stream_subscriber_mib.max(1) << 20,
         tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
         total_stream_bytes: args.stream_total_mib.max(1) << 20,
+        subscriptions_per_tenant: args.tenant_subscriptions,
         ..ApiLimits::default()
     };
     let state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;

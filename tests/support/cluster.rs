@@ -148,25 +148,29 @@ impl Api {
 /// A master on `port` with its data in `data` and tenants from `tokens`; 200 ms heartbeats,
 /// agents lost after 1.5 s.
 pub fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
+    master_with(port, data, tokens, &[])
+}
+
+/// [`master`] with more arguments.
+pub fn master_with(port: u16, data: &std::path::Path, tokens: &std::path::Path, extra: &[&str]) -> Proc {
     let listen = format!("127.0.0.1:{port}");
-    let m = Proc::spawn(
+    let args = [
         "master",
-        &[
-            "master",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--tokens",
-            tokens.to_str().unwrap(),
-            "--agent-token",
-            AGENT_TOKEN,
-            "--heartbeat-ms",
-            "200",
-            "--agent-timeout-ms",
-            "1500",
-        ],
-    );
+        "--listen",
+        &listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--agent-token",
+        AGENT_TOKEN,
+        "--heartbeat-ms",
+        "200",
+        "--agent-timeout-ms",
+        "1500",
+    ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+    let m = Proc::spawn("master", &args);
     m.wait_for("API at", Duration::from_secs(20));
     m
 }
