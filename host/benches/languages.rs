@@ -59,9 +59,9 @@ fn main() {
         let artifact = cache.get_or_compile(&std::fs::read(path).unwrap()).unwrap();
         (artifact, started.elapsed())
     };
-    let (rust_sentiment, _) = load(squilla_guests::SENTIMENT);
+    let (rust_sentiment, rust_sentiment_load) = load(squilla_guests::SENTIMENT);
     let (python, python_load) = load(squilla_guests::SENTIMENT_PY);
-    let (rust_filter, _) = load(squilla_guests::FILTER);
+    let (rust_filter, rust_filter_load) = load(squilla_guests::FILTER);
     let (js, js_load) = load(squilla_guests::FILTER_JS);
 
     let phrases = ["I love the show, great acting", "the show is boring and slow", "watching tonight", "meh show"];
@@ -90,6 +90,8 @@ fn main() {
             "javascript": measure(&runtime, &js, &filter, &logs),
         },
         "load_from_cache_or_compile_ms": {
+            "rust_sentiment": rust_sentiment_load.as_secs_f64() * 1e3,
+            "rust_filter": rust_filter_load.as_secs_f64() * 1e3,
             "python": python_load.as_secs_f64() * 1e3,
             "javascript": js_load.as_secs_f64() * 1e3,
             "cache": format!("{:?}", cache.stats()),
