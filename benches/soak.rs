@@ -13,7 +13,8 @@
 //!   output must be complete and in order. Every 2 s it does a random action on a churn or
 //!   hostile job: kill and submit anew, scale a stage to 1-3 workers, resubmit a worker;
 //!   hostile jobs that failed are submitted anew.
-//! - Every 10 s it samples the resident memory of the three processes.
+//! - Every 10 s it samples the resident memory of the three processes (reported: start, end,
+//!   maximum, and every 5 minutes).
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
@@ -346,6 +347,12 @@ async fn run() {
         "seconds": secs,
         "memory_mib": {"start": start_memory, "end": end_memory, "max": max_memory},
         "memory_samples": samples.len(),
+        // Every 30th sample (each 5 minutes), to tell a plateau from a climb.
+        "memory_mib_every_5_min": samples
+            .iter()
+            .step_by(30)
+            .map(|s| s.iter().map(|(n, v)| (*n, (v * 10.0).round() / 10.0)).collect::<BTreeMap<_, _>>())
+            .collect::<Vec<_>>(),
         "witnesses": witnesses,
         "actions": actions,
     });
