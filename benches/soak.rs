@@ -169,27 +169,9 @@ async fn run() {
     std::fs::write(dir.join("tokens"), tokens).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
-    let data = dir.join("data");
-    let master = spawn(
-        &dir,
-        "master",
-        &[
-            "master",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--tokens",
-            dir.join("tokens").to_str().unwrap(),
-            "--agent-token",
-            AGENT_TOKEN,
-            "--heartbeat-ms",
-            "1000",
-            "--agent-timeout-ms",
-            "5000",
-        ],
-    );
+    // The default heartbeat and agent timeout, as deployed.
+    let args = cluster::master_args(port, &dir.join("data"), &dir.join("tokens"), 1000, 5000);
+    let master = spawn(&dir, "master", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let agents: Vec<Process> = ["a1", "a2"]
         .iter()
         .map(|id| {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{AGENT_TOKEN, Proc, TOKEN, agent_with, free_port, temp_dir};
+use crate::{Proc, TOKEN, agent_with, free_port, temp_dir};
 
 /// Tenant `globex`'s token.
 const GLOBEX: &str = "globex-token-9876543210";
@@ -109,24 +109,8 @@ fn worker_history(job: &Value) -> Vec<Value> {
 fn master(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, format!("acme {TOKEN}\nglobex {GLOBEX}\n")).unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let data = dir.join("data");
-    let mut args = vec![
-        "master",
-        "--listen",
-        &listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--tokens",
-        tokens.to_str().unwrap(),
-        "--agent-token",
-        AGENT_TOKEN,
-        "--heartbeat-ms",
-        "200",
-        "--agent-timeout-ms",
-        "3000",
-    ];
-    args.extend_from_slice(extra);
+    let args = crate::master_args(port, &dir.join("data"), &tokens, 200, 3000);
+    let args: Vec<&str> = args.iter().map(String::as_str).chain(extra.iter().copied()).collect();
     let m = Proc::spawn("master", &args);
     m.wait_for("API at", Duration::from_secs(20));
     m

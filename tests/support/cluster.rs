@@ -145,6 +145,33 @@ impl Api {
     }
 }
 
+/// The arguments of `squilla master` on `port`, with its data in `data`, tenants from
+/// `tokens`, the agent token [`AGENT_TOKEN`], and the given heartbeat and agent timeout.
+pub fn master_args(
+    port: u16,
+    data: &std::path::Path,
+    tokens: &std::path::Path,
+    heartbeat_ms: u64,
+    agent_timeout_ms: u64,
+) -> Vec<String> {
+    [
+        "master".to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--tokens".to_owned(),
+        tokens.display().to_string(),
+        "--agent-token".to_owned(),
+        AGENT_TOKEN.to_owned(),
+        "--heartbeat-ms".to_owned(),
+        heartbeat_ms.to_string(),
+        "--agent-timeout-ms".to_owned(),
+        agent_timeout_ms.to_string(),
+    ]
+    .into()
+}
+
 /// A master on `port` with its data in `data` and tenants from `tokens`; 200 ms heartbeats,
 /// agents lost after 1.5 s.
 pub fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Proc {
@@ -153,23 +180,8 @@ pub fn master(port: u16, data: &std::path::Path, tokens: &std::path::Path) -> Pr
 
 /// [`master`] with more arguments.
 pub fn master_with(port: u16, data: &std::path::Path, tokens: &std::path::Path, extra: &[&str]) -> Proc {
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "master",
-        "--listen",
-        &listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--tokens",
-        tokens.to_str().unwrap(),
-        "--agent-token",
-        AGENT_TOKEN,
-        "--heartbeat-ms",
-        "200",
-        "--agent-timeout-ms",
-        "1500",
-    ];
-    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+    let args = master_args(port, data, tokens, 200, 1500);
+    let args: Vec<&str> = args.iter().map(String::as_str).chain(extra.iter().copied()).collect();
     let m = Proc::spawn("master", &args);
     m.wait_for("API at", Duration::from_secs(20));
     m
