@@ -1,138 +1,237 @@
-//! From SQL text to a [`Query`]: parsed by `sqlparser` (generic dialect), then checked and
-//! lowered to the small expression tree the evaluator runs. Everything the language does not
-//! support is refused here, with the position of the offending part where there is one.
+//! From SQL text to a [`Query`]: parsed by `sqlparser` (generic dialect), then checked clause by
+//! clause and lowered ([`crate::lower`]). Every clause the evaluator does not run is refused
+//! here, with the line and column of its first token: nothing is silently ignored.
 
-use regex::Regex;
 use sqlparser::ast::{
-    self, BinaryOperator, Expr as Sql, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem,
-    SetExpr, Spanned, Statement, UnaryOperator, Value as SqlValue,
+    self, Expr as Sql, FunctionArguments, GroupByExpr, LimitClause, OrderByKind, SelectItem, SetExpr, Spanned,
+    Statement, TableFactor,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Span;
 
-use crate::{Agg, AggKind, Cmp, Expr, Item, Lit, Query, QueryError};
+use crate::lower::{OverWindow, PerEvent, args, at, dotted, integer, lower};
+use crate::{Expr, Item, Order, Plan, Query, QueryError, Window};
 
 /// Longest query text accepted.
 pub const MAX_QUERY_BYTES: usize = 4096;
-/// Default window of a `GROUP BY` without `window(ms)`.
+/// Default window of an aggregating query without a window in its `GROUP BY`.
 pub const DEFAULT_WINDOW_MS: u64 = 10_000;
-/// Window bounds, ms.
+/// Bounds of a time window and of an event-time window's lateness, ms.
 pub const WINDOW_MS: (u64, u64) = (100, 3_600_000);
+/// Bounds of a count window, events.
+pub const COUNT_WINDOW: (u64, u64) = (1, 1_000_000);
+/// Largest `LIMIT` of a stream (results, then the end).
+pub const LIMIT_MAX: u64 = 1_000_000_000;
+/// Largest `LIMIT` of a windowed query (results per window).
+pub const WINDOW_LIMIT_MAX: u64 = 100_000;
 
-fn at(span: Span, message: impl Into<String>) -> QueryError {
-    let (line, column) = if span == Span::empty() { (0, 0) } else { (span.start.line, span.start.column) };
-    QueryError { message: message.into(), line, column }
+/// The position of the first `word` (a keyword, case-insensitive) outside quotes, for clauses
+/// the parser keeps without a position.
+fn keyword(sql: &str, word: &str, message: impl Into<String>) -> QueryError {
+    let (mut line, mut column, mut quote) = (1u64, 1u64, None::<char>);
+    let chars: Vec<char> = sql.chars().collect();
+    let target: Vec<char> = word.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None => {
+                let boundary = |j: Option<&char>| j.is_none_or(|c| !c.is_alphanumeric() && *c != '_');
+                let matched = chars.get(i..i + target.len()).is_some_and(|s| {
+                    s.iter().zip(&target).all(|(a, b)| a.eq_ignore_ascii_case(b))
+                });
+                if matched && boundary(i.checked_sub(1).and_then(|j| chars.get(j))) && boundary(chars.get(i + target.len())) {
+                    return QueryError { message: message.into(), line, column };
+                }
+            }
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    QueryError { message: message.into(), line: 1, column: 1 }
 }
 
-fn nowhere(message: impl Into<String>) -> QueryError {
-    QueryError { message: message.into(), line: 0, column: 0 }
+/// An error at the query's first token.
+fn first_token(sql: &str, message: &str) -> QueryError {
+    let lead = &sql[..sql.len() - sql.trim_start().len()];
+    let line = 1 + lead.matches('\n').count() as u64;
+    let column = 1 + lead.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64;
+    QueryError { message: message.to_owned(), line, column }
 }
 
-/// Parses `"Line: 3, Column: 14"` out of a sqlparser message.
-fn position_of(message: &str) -> (u64, u64) {
+/// A parser error: its message without the position, and the position on its own.
+fn parse_error(e: sqlparser::parser::ParserError) -> QueryError {
+    let message = e.to_string();
+    let message = message.trim_start_matches("sql parser error: ").trim_start_matches("sql tokenizer error: ");
+    let (text, position) = match message.rfind(" at Line: ") {
+        Some(i) => (&message[..i], &message[i + " at ".len()..]),
+        None => (message, ""),
+    };
     let number = |key: &str| {
-        message.rfind(key).and_then(|i| {
-            message[i + key.len()..]
-                .trim_start()
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
+        position.find(key).and_then(|i| {
+            position[i + key.len()..].trim_start().chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
         })
     };
-    (number("Line:").unwrap_or(0), number("Column:").unwrap_or(0))
+    QueryError {
+        message: text.to_owned(),
+        line: number("Line:").filter(|l| *l > 0).unwrap_or(1),
+        column: number("Column:").filter(|c| *c > 0).unwrap_or(1),
+    }
 }
 
 pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
     if sql.len() > MAX_QUERY_BYTES {
-        return Err(nowhere(format!("a query is at most {MAX_QUERY_BYTES} bytes")));
+        return Err(QueryError { message: format!("a query is at most {MAX_QUERY_BYTES} bytes"), line: 1, column: 1 });
     }
-    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
-        let message = e.to_string();
-        let (line, column) = position_of(&message);
-        QueryError { message: message.trim_start_matches("sql parser error: ").to_owned(), line, column }
-    })?;
-    let [Statement::Query(query)] = statements.as_slice() else {
-        return Err(nowhere("one SELECT statement is expected"));
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(parse_error)?;
+    let query = match statements.as_slice() {
+        [Statement::Query(query)] => query,
+        [] => return Err(at(sqlparser::tokenizer::Span::empty(), "a query is one SELECT statement")),
+        [Statement::Query(_), second, ..] => {
+            return Err(at(second.span(), "a query is one SELECT statement, not several"));
+        }
+        [_, ..] => return Err(first_token(sql, "a query is one SELECT statement")),
     };
-    if query.order_by.is_some() || query.limit_clause.is_some() || query.with.is_some() {
-        return Err(nowhere("WITH, ORDER BY and LIMIT have no meaning on a stream"));
-    }
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return Err(nowhere("one plain SELECT is expected (no UNION, VALUES, …)"));
+    refuse_query_clauses(sql, query)?;
+    let select = match query.body.as_ref() {
+        SetExpr::Select(select) => select,
+        other => return Err(at(other.span(), "one plain SELECT is expected (no UNION, VALUES, …)")),
     };
-    if select.from.len() > 1 || select.from.iter().any(|t| !t.joins.is_empty()) {
-        return Err(nowhere("a query reads one stream: FROM names at most one, without joins"));
+    refuse_select_clauses(sql, select)?;
+    check_from(sql, select)?;
+
+    let filter = select.selection.as_ref().map(|e| lower(e, &mut PerEvent { clause: "WHERE" })).transpose()?;
+    let (keys_sql, window) = group_by(select)?;
+    let order_by = order_by(query)?;
+    let limit = limit(query)?;
+    let aggregating = select.projection.iter().any(|i| match i {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => has_aggregate(e),
+        _ => false,
+    }) || select.having.as_ref().is_some_and(has_aggregate)
+        || order_by.iter().any(|o| has_aggregate(&o.expr));
+    let grouped = aggregating || !keys_sql.is_empty();
+
+    if window.is_none() && !grouped {
+        // A stream: one result per matching event.
+        if let Some(having) = &select.having {
+            return Err(at(having.span(), "HAVING needs GROUP BY or aggregates"));
+        }
+        if let Some(o) = order_by.first() {
+            return Err(at(o.expr.span(), "ORDER BY needs a window (GROUP BY window(ms)): a stream never ends to be sorted"));
+        }
+        let mut items = Vec::new();
+        for item in &select.projection {
+            items.push(match item {
+                SelectItem::Wildcard(_) => Item::All,
+                SelectItem::UnnamedExpr(e) => {
+                    Item::Named { name: default_name(e), expr: lower(e, &mut PerEvent { clause: "a stream's SELECT" })? }
+                }
+                SelectItem::ExprWithAlias { expr: e, alias } => Item::Named {
+                    name: alias.value.clone(),
+                    expr: lower(e, &mut PerEvent { clause: "a stream's SELECT" })?,
+                },
+                SelectItem::QualifiedWildcard(kind, _) => prefix_item(kind)?,
+            });
+        }
+        if let Some((n, span)) = limit {
+            if n == 0 || n > LIMIT_MAX {
+                return Err(at(span, format!("LIMIT: from 1 to {LIMIT_MAX}")));
+            }
+        }
+        return Ok(Query { text: sql.to_owned(), filter, items, plan: None, limit: limit.map(|(n, _)| n) });
     }
-    if select.having.is_some() || select.distinct.is_some() {
-        return Err(nowhere("HAVING and DISTINCT are not supported"));
+
+    let mut plan = Plan {
+        window: window.unwrap_or(Window::Time(DEFAULT_WINDOW_MS)),
+        grouped,
+        keys: keys_sql.iter().map(|k| lower(k, &mut PerEvent { clause: "GROUP BY" })).collect::<Result<_, _>>()?,
+        firsts: Vec::new(),
+        aggs: Vec::new(),
+        anomalies: Vec::new(),
+        all: false,
+        having: None,
+        order: Vec::new(),
+        limit: None,
+    };
+    if let Some((n, span)) = limit {
+        if n == 0 || n > WINDOW_LIMIT_MAX {
+            return Err(at(span, format!("LIMIT per window: from 1 to {WINDOW_LIMIT_MAX}")));
+        }
+        plan.limit = Some(n);
     }
-    let filter = select.selection.as_ref().map(|e| expr(e, false)).transpose()?;
+    let key_texts: Vec<String> = keys_sql.iter().map(ToString::to_string).collect();
     let mut items = Vec::new();
     for item in &select.projection {
+        let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true };
         items.push(match item {
-            SelectItem::Wildcard(_) => Item::All,
-            SelectItem::UnnamedExpr(e) => Item::Named { name: default_name(e), expr: expr(e, true)? },
-            SelectItem::ExprWithAlias { expr: e, alias } => {
-                Item::Named { name: alias.value.clone(), expr: expr(e, true)? }
+            SelectItem::Wildcard(w) if grouped => {
+                return Err(at(w.wildcard_token.0.span, "`*` lists each event: not with aggregates or GROUP BY keys"));
             }
-            SelectItem::QualifiedWildcard(..) => return Err(nowhere("`x.*` is not supported; use `*`")),
+            SelectItem::Wildcard(_) => {
+                scope.plan.all = true;
+                Item::All
+            }
+            SelectItem::UnnamedExpr(e) => Item::Named { name: default_name(e), expr: lower(e, &mut scope)? },
+            SelectItem::ExprWithAlias { expr: e, alias } => {
+                Item::Named { name: alias.value.clone(), expr: lower(e, &mut scope)? }
+            }
+            SelectItem::QualifiedWildcard(kind, _) => match prefix_item(kind)? {
+                Item::Named { name, .. } => {
+                    let expr = lower(&Sql::Identifier(ast::Ident::new(name.clone())), &mut scope)?;
+                    Item::Named { name, expr }
+                }
+                Item::All => Item::All,
+            },
         });
     }
-    let mut keys = Vec::new();
-    let mut window_ms = None;
-    let grouped = match &select.group_by {
-        GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => {
-            for e in list {
-                if let Some(ms) = window_call(e)? {
-                    window_ms = Some(ms);
-                } else {
-                    keys.push(expr(e, false)?);
-                }
-            }
-            !list.is_empty()
-        }
-        _ => return Err(nowhere("GROUP BY ALL and GROUP BY modifiers are not supported")),
-    };
-    let has_aggregates = items.iter().any(|i| matches!(i, Item::Named { expr, .. } if expr.has_aggregate()));
-    if has_aggregates && !grouped {
-        // Aggregates without GROUP BY: one group, over the default window.
-        window_ms = window_ms.or(Some(DEFAULT_WINDOW_MS));
+    if let Some(having) = &select.having {
+        let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true };
+        plan.having = Some(lower(having, &mut scope)?);
     }
-    if grouped || has_aggregates {
-        for item in &items {
-            match item {
-                Item::All => return Err(nowhere("`*` cannot be used with GROUP BY")),
-                Item::Named { name, expr } if !expr.has_aggregate() && !keys.contains(expr) => {
-                    return Err(nowhere(format!("`{name}` is neither grouped by nor aggregated")));
-                }
-                _ => {}
+    for o in &order_by {
+        let by_item = match &o.expr {
+            // An item's name or alias, or its position from 1.
+            e if dotted(e).is_some() => {
+                let name = dotted(e).unwrap_or_default();
+                items.iter().find_map(|i| match i {
+                    Item::Named { name: n, expr } if *n == name => Some(expr.clone()),
+                    _ => None,
+                })
             }
-        }
-        window_ms = window_ms.or(Some(DEFAULT_WINDOW_MS));
+            e => match integer(e) {
+                Some(p) => match usize::try_from(p).ok().and_then(|p| p.checked_sub(1)).and_then(|p| items.get(p)) {
+                    Some(Item::Named { expr, .. }) => Some(expr.clone()),
+                    _ => return Err(at(e.span(), "ORDER BY position: a named item of the SELECT list, from 1")),
+                },
+                None => None,
+            },
+        };
+        let expr = match by_item {
+            Some(expr) => expr,
+            None => {
+                let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true };
+                lower(&o.expr, &mut scope)?
+            }
+        };
+        let desc = o.options.asc == Some(false);
+        plan.order.push(Order { expr, desc, nulls_first: o.options.nulls_first.unwrap_or(false) });
     }
-    Ok(Query { text: sql.to_owned(), items, filter, keys, window_ms })
+    Ok(Query { text: sql.to_owned(), filter, items, plan: Some(plan), limit: None })
 }
 
-/// The field a (possibly dotted) name refers to: `a.b` is the field `a.b`.
-fn dotted(e: &Sql) -> Option<String> {
-    match e {
-        Sql::Identifier(id) => Some(id.value.clone()),
-        Sql::CompoundIdentifier(ids) => Some(ids.iter().map(|i| i.value.as_str()).collect::<Vec<_>>().join(".")),
-        Sql::CompoundFieldAccess { root, access_chain } => {
-            let mut name = dotted(root)?;
-            for access in access_chain {
-                let ast::AccessExpr::Dot(part) = access else { return None };
-                name.push('.');
-                name.push_str(&dotted(part)?);
-            }
-            Some(name)
+/// `x.*`: the object of the fields named `x.…`, as the item `x`.
+fn prefix_item(kind: &ast::SelectItemQualifiedWildcardKind) -> Result<Item, QueryError> {
+    match kind {
+        ast::SelectItemQualifiedWildcardKind::ObjectName(name) => {
+            let name = name.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(".");
+            Ok(Item::Named { name: name.clone(), expr: Expr::Field(name) })
         }
-        // Keywords such as `user` parse as argument-less functions; as names they are fields.
-        Sql::Function(f) if matches!(f.args, FunctionArguments::None) => Some(f.name.to_string()),
-        _ => None,
+        ast::SelectItemQualifiedWildcardKind::Expr(e) => Err(at(e.span(), "`x.*` takes a field name")),
     }
 }
 
@@ -141,190 +240,199 @@ fn default_name(e: &Sql) -> String {
     dotted(e).unwrap_or_else(|| e.to_string())
 }
 
-/// `window(ms)` in GROUP BY.
-fn window_call(e: &Sql) -> Result<Option<u64>, QueryError> {
+/// Whether `e` calls an aggregate (anywhere the evaluator could run one).
+fn has_aggregate(e: &Sql) -> bool {
+    match e {
+        Sql::Function(f) => {
+            let name = f.name.to_string().to_ascii_lowercase();
+            matches!(
+                name.as_str(),
+                "count" | "approx_count_distinct" | "sum" | "min" | "max" | "avg" | "percentile" | "list"
+            ) && !matches!(f.args, FunctionArguments::None)
+                || args(f).is_ok_and(|a| a.iter().any(has_aggregate))
+        }
+        Sql::BinaryOp { left, right, .. } => has_aggregate(left) || has_aggregate(right),
+        Sql::UnaryOp { expr, .. } | Sql::Nested(expr) | Sql::IsNull(expr) | Sql::IsNotNull(expr) => has_aggregate(expr),
+        Sql::Like { expr, .. } | Sql::ILike { expr, .. } | Sql::RLike { expr, .. } => has_aggregate(expr),
+        _ => false,
+    }
+}
+
+/// Query-level clauses a stream cannot honour.
+fn refuse_query_clauses(sql: &str, q: &ast::Query) -> Result<(), QueryError> {
+    if q.with.is_some() {
+        return Err(keyword(sql, "WITH", "WITH is not supported: a query reads one stream"));
+    }
+    if q.fetch.is_some() {
+        return Err(keyword(sql, "FETCH", "FETCH is not supported: use LIMIT"));
+    }
+    if !q.locks.is_empty() || q.for_clause.is_some() {
+        return Err(keyword(sql, "FOR", "FOR clauses are not supported"));
+    }
+    if q.settings.is_some() {
+        return Err(keyword(sql, "SETTINGS", "SETTINGS is not supported"));
+    }
+    if q.format_clause.is_some() {
+        return Err(keyword(sql, "FORMAT", "FORMAT is not supported"));
+    }
+    if !q.pipe_operators.is_empty() {
+        return Err(keyword(sql, "|>", "pipe operators are not supported"));
+    }
+    Ok(())
+}
+
+/// SELECT-level clauses the evaluator does not run.
+fn refuse_select_clauses(sql: &str, s: &ast::Select) -> Result<(), QueryError> {
+    let refuse = |word: &str, what: &str| Err(keyword(sql, word, format!("{what} is not supported")));
+    if s.distinct.is_some() {
+        return Err(keyword(
+            sql,
+            "DISTINCT",
+            "SELECT DISTINCT is not supported: use GROUP BY, or count(DISTINCT x) for a count",
+        ));
+    }
+    if s.top.is_some() {
+        return refuse("TOP", "TOP");
+    }
+    if s.into.is_some() {
+        return refuse("INTO", "SELECT … INTO");
+    }
+    if s.exclude.is_some() {
+        return refuse("EXCLUDE", "EXCLUDE");
+    }
+    if !s.lateral_views.is_empty() {
+        return refuse("LATERAL", "LATERAL VIEW");
+    }
+    if s.prewhere.is_some() {
+        return refuse("PREWHERE", "PREWHERE");
+    }
+    if !s.cluster_by.is_empty() {
+        return refuse("CLUSTER", "CLUSTER BY");
+    }
+    if !s.distribute_by.is_empty() {
+        return refuse("DISTRIBUTE", "DISTRIBUTE BY");
+    }
+    if !s.sort_by.is_empty() {
+        return refuse("SORT", "SORT BY (use ORDER BY)");
+    }
+    if !s.named_window.is_empty() {
+        return refuse("WINDOW", "a named WINDOW clause (use GROUP BY window(ms))");
+    }
+    if s.qualify.is_some() {
+        return refuse("QUALIFY", "QUALIFY");
+    }
+    if s.connect_by.is_some() {
+        return refuse("CONNECT", "CONNECT BY");
+    }
+    if s.value_table_mode.is_some() {
+        return refuse("AS", "SELECT AS STRUCT / VALUE");
+    }
+    for item in &s.projection {
+        if let SelectItem::Wildcard(options) | SelectItem::QualifiedWildcard(_, options) = item {
+            if options.to_string().trim() != "" {
+                return Err(at(item.span(), "options on `*` are not supported"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `FROM name`: at most one stream, named only (the name is not used).
+fn check_from(sql: &str, s: &ast::Select) -> Result<(), QueryError> {
+    if let Some(second) = s.from.get(1) {
+        return Err(at(second.relation.span(), "a query reads one stream: FROM names at most one"));
+    }
+    let Some(from) = s.from.first() else { return Ok(()) };
+    if !from.joins.is_empty() {
+        return Err(keyword(
+            sql,
+            "JOIN",
+            "JOIN is not supported: a subscription reads one job's output; join streams in a job (docs/queries.md, \"Joins\")",
+        ));
+    }
+    match &from.relation {
+        TableFactor::Table { sample: Some(_), .. } => {
+            let word = if sql.to_ascii_uppercase().contains("TABLESAMPLE") { "TABLESAMPLE" } else { "SAMPLE" };
+            Err(keyword(sql, word, "TABLESAMPLE is not supported: use sample(percent) in WHERE"))
+        }
+        TableFactor::Table { name, .. } if from.relation.to_string() == name.to_string() => Ok(()),
+        other => Err(at(other.span(), "FROM names the stream and nothing else (no alias, arguments or hints)")),
+    }
+}
+
+/// `GROUP BY` keys and the window.
+fn group_by(s: &ast::Select) -> Result<(Vec<Sql>, Option<Window>), QueryError> {
+    let list = match &s.group_by {
+        GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => list,
+        GroupByExpr::Expressions(list, _) => {
+            return Err(at(list.last().map_or_else(|| s.group_by.span(), Spanned::span), "GROUP BY modifiers are not supported"));
+        }
+        GroupByExpr::All(_) => return Err(at(s.group_by.span(), "GROUP BY ALL is not supported")),
+    };
+    let mut keys = Vec::new();
+    let mut window = None;
+    for e in list {
+        match window_call(e)? {
+            Some(_) if window.is_some() => return Err(at(e.span(), "a query has one window")),
+            Some(w) => window = Some(w),
+            None => keys.push(e.clone()),
+        }
+    }
+    Ok((keys, window))
+}
+
+/// `window(ms)`, `count_window(n)` or `event_window(ms[, lateness_ms])` in GROUP BY.
+fn window_call(e: &Sql) -> Result<Option<Window>, QueryError> {
     let Sql::Function(f) = e else { return Ok(None) };
-    if !f.name.to_string().eq_ignore_ascii_case("window") {
+    let name = f.name.to_string().to_ascii_lowercase();
+    if !matches!(name.as_str(), "window" | "count_window" | "event_window") {
         return Ok(None);
     }
     let args = args(f)?;
-    let [Sql::Value(v)] = args.as_slice() else {
-        return Err(at(f.name.span(), "window(ms) takes one number of milliseconds"));
+    let bounded = |e: &Sql, (lo, hi): (u64, u64), what: &str| {
+        integer(e).filter(|n| (lo..=hi).contains(n)).ok_or_else(|| at(e.span(), format!("{what}: from {lo} to {hi}")))
     };
-    let ms = match &v.value {
-        SqlValue::Number(n, _) => n.parse::<u64>().ok(),
-        _ => None,
-    }
-    .filter(|ms| (WINDOW_MS.0..=WINDOW_MS.1).contains(ms))
-    .ok_or_else(|| at(v.span, format!("window(ms): between {} and {} ms", WINDOW_MS.0, WINDOW_MS.1)))?;
-    Ok(Some(ms))
-}
-
-fn args(f: &ast::Function) -> Result<Vec<Sql>, QueryError> {
-    match &f.args {
-        FunctionArguments::None => Ok(Vec::new()),
-        FunctionArguments::List(list) => list
-            .args
-            .iter()
-            .map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
-                FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => {
-                    Ok(Sql::Wildcard(sqlparser::ast::helpers::attached_token::AttachedToken::empty()))
-                }
-                _ => Err(at(f.name.span(), "named or qualified arguments are not supported")),
-            })
-            .collect(),
-        FunctionArguments::Subquery(_) => Err(at(f.name.span(), "subqueries are not supported")),
-    }
-}
-
-fn literal(v: &ast::ValueWithSpan) -> Result<Lit, QueryError> {
-    Ok(match &v.value {
-        SqlValue::Number(n, _) => match n.parse::<i64>() {
-            Ok(i) => Lit::Int(i),
-            Err(_) => Lit::Float(n.parse().map_err(|_| at(v.span, format!("`{n}` is not a number")))?),
+    Ok(Some(match (name.as_str(), args.as_slice()) {
+        ("window", [ms]) => Window::Time(bounded(ms, WINDOW_MS, "window(ms)")?),
+        ("count_window", [n]) => Window::Count(bounded(n, COUNT_WINDOW, "count_window(events)")?),
+        ("event_window", [ms]) => Window::Event { ms: bounded(ms, WINDOW_MS, "event_window(ms)")?, lateness_ms: 0 },
+        ("event_window", [ms, late]) => Window::Event {
+            ms: bounded(ms, WINDOW_MS, "event_window(ms, lateness_ms)")?,
+            lateness_ms: bounded(late, (0, WINDOW_MS.1), "event_window(ms, lateness_ms): lateness")?,
         },
-        SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => Lit::Text(s.clone()),
-        SqlValue::Boolean(b) => Lit::Bool(*b),
-        SqlValue::Null => Lit::Null,
-        other => return Err(at(v.span, format!("unsupported literal `{other}`"))),
-    })
+        ("window", _) => return Err(at(f.name.span(), "window(ms) takes one number of milliseconds")),
+        ("count_window", _) => return Err(at(f.name.span(), "count_window(events) takes one number of events")),
+        _ => return Err(at(f.name.span(), "event_window(ms[, lateness_ms]) takes one or two numbers")),
+    }))
 }
 
-fn regex(pattern: &Sql, case_insensitive: bool) -> Result<Regex, QueryError> {
-    let Sql::Value(v) = pattern else { return Err(nowhere("a regular expression is a quoted string")) };
-    let SqlValue::SingleQuotedString(p) = &v.value else {
-        return Err(at(v.span, "a regular expression is a quoted string"));
-    };
-    let p = if case_insensitive { format!("(?i){p}") } else { p.clone() };
-    regex::RegexBuilder::new(&p)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| at(v.span, format!("bad regular expression: {e}")))
-}
-
-fn like_to_regex(pattern: &Sql, case_insensitive: bool) -> Result<Regex, QueryError> {
-    let Sql::Value(v) = pattern else { return Err(nowhere("a LIKE pattern is a quoted string")) };
-    let SqlValue::SingleQuotedString(p) = &v.value else { return Err(at(v.span, "a LIKE pattern is a quoted string")) };
-    let mut re = String::from(if case_insensitive { "(?is)^" } else { "(?s)^" });
-    for c in p.chars() {
-        match c {
-            '%' => re.push_str(".*"),
-            '_' => re.push('.'),
-            c => re.push_str(&regex::escape(&c.to_string())),
-        }
+fn order_by(q: &ast::Query) -> Result<Vec<ast::OrderByExpr>, QueryError> {
+    let Some(order) = &q.order_by else { return Ok(Vec::new()) };
+    if order.interpolate.is_some() {
+        return Err(at(order.span(), "INTERPOLATE is not supported"));
     }
-    re.push('$');
-    Regex::new(&re).map_err(|e| at(v.span, e.to_string()))
-}
-
-/// Lowers an expression; aggregates only where `aggregates` allows them (the SELECT list).
-fn expr(e: &Sql, aggregates: bool) -> Result<Expr, QueryError> {
-    if let Some(name) = dotted(e) {
-        return Ok(Expr::Field(name));
+    match &order.kind {
+        OrderByKind::Expressions(list) => {
+            if let Some(o) = list.iter().find(|o| o.with_fill.is_some()) {
+                return Err(at(o.span(), "WITH FILL is not supported"));
+            }
+            Ok(list.clone())
+        }
+        OrderByKind::All(_) => Err(at(order.span(), "ORDER BY ALL is not supported")),
     }
-    Ok(match e {
-        Sql::Value(v) => Expr::Lit(literal(v)?),
-        Sql::Nested(inner) => expr(inner, aggregates)?,
-        Sql::IsNull(inner) => Expr::IsNull(Box::new(expr(inner, aggregates)?), false),
-        Sql::IsNotNull(inner) => Expr::IsNull(Box::new(expr(inner, aggregates)?), true),
-        Sql::UnaryOp { op: UnaryOperator::Not, expr: inner } => Expr::Not(Box::new(expr(inner, aggregates)?)),
-        Sql::UnaryOp { op: UnaryOperator::Minus, expr: inner } => {
-            Expr::Arith('-', Box::new(Expr::Lit(Lit::Int(0))), Box::new(expr(inner, aggregates)?))
-        }
-        Sql::RLike { negated, expr: inner, pattern, .. } => {
-            let m = Expr::Regex(Box::new(expr(inner, aggregates)?), regex(pattern, false)?);
-            if *negated { Expr::Not(Box::new(m)) } else { m }
-        }
-        Sql::Like { negated, expr: inner, pattern, any: false, .. }
-        | Sql::ILike { negated, expr: inner, pattern, any: false, .. } => {
-            let ci = matches!(e, Sql::ILike { .. });
-            let m = Expr::Regex(Box::new(expr(inner, aggregates)?), like_to_regex(pattern, ci)?);
-            if *negated { Expr::Not(Box::new(m)) } else { m }
-        }
-        Sql::BinaryOp { left, op, right } => {
-            let (l, r) = (Box::new(expr(left, aggregates)?), expr(right, aggregates));
-            match op {
-                BinaryOperator::And => Expr::And(l, Box::new(r?)),
-                BinaryOperator::Or => Expr::Or(l, Box::new(r?)),
-                BinaryOperator::Eq => Expr::Cmp(Cmp::Eq, l, Box::new(r?)),
-                BinaryOperator::NotEq => Expr::Cmp(Cmp::Ne, l, Box::new(r?)),
-                BinaryOperator::Lt => Expr::Cmp(Cmp::Lt, l, Box::new(r?)),
-                BinaryOperator::LtEq => Expr::Cmp(Cmp::Le, l, Box::new(r?)),
-                BinaryOperator::Gt => Expr::Cmp(Cmp::Gt, l, Box::new(r?)),
-                BinaryOperator::GtEq => Expr::Cmp(Cmp::Ge, l, Box::new(r?)),
-                BinaryOperator::Plus => Expr::Arith('+', l, Box::new(r?)),
-                BinaryOperator::Minus => Expr::Arith('-', l, Box::new(r?)),
-                BinaryOperator::Multiply => Expr::Arith('*', l, Box::new(r?)),
-                BinaryOperator::Divide => Expr::Arith('/', l, Box::new(r?)),
-                BinaryOperator::PGRegexMatch | BinaryOperator::PGRegexIMatch => {
-                    Expr::Regex(l, regex(right, *op == BinaryOperator::PGRegexIMatch)?)
-                }
-                BinaryOperator::PGRegexNotMatch | BinaryOperator::PGRegexNotIMatch => {
-                    Expr::Not(Box::new(Expr::Regex(l, regex(right, *op == BinaryOperator::PGRegexNotIMatch)?)))
-                }
-                other => return Err(nowhere(format!("operator `{other}` is not supported"))),
-            }
-        }
-        Sql::Function(f) => {
-            let name = f.name.to_string().to_ascii_lowercase();
-            let args = args(f)?;
-            let kind = match name.as_str() {
-                "sample" => {
-                    let [Sql::Value(v)] = args.as_slice() else {
-                        return Err(at(f.name.span(), "sample(percent) takes one number from 0 to 100"));
-                    };
-                    let percent = match literal(v)? {
-                        Lit::Int(i) => i as f64,
-                        Lit::Float(x) => x,
-                        _ => -1.0,
-                    };
-                    if !(0.0..=100.0).contains(&percent) {
-                        return Err(at(v.span, "sample(percent): from 0 to 100"));
-                    }
-                    return Ok(Expr::Sample(percent / 100.0));
-                }
-                "count" => AggKind::Count,
-                "sum" => AggKind::Sum,
-                "min" => AggKind::Min,
-                "max" => AggKind::Max,
-                "avg" => AggKind::Avg,
-                "percentile" => AggKind::Percentile(0.0),
-                _ => return Err(at(f.name.span(), format!("unknown function `{name}`"))),
-            };
-            if !aggregates {
-                return Err(at(f.name.span(), format!("`{name}` is an aggregate: only in the SELECT list")));
-            }
-            let (arg, kind) = match (kind, args.as_slice()) {
-                (AggKind::Count, [Sql::Wildcard(_)] | []) => (None, AggKind::Count),
-                (AggKind::Percentile(_), [a, Sql::Value(q)]) => {
-                    let q = match literal(q)? {
-                        Lit::Float(x) => x,
-                        Lit::Int(i) => i as f64,
-                        _ => -1.0,
-                    };
-                    if !(0.0..=1.0).contains(&q) {
-                        return Err(at(f.name.span(), "percentile(field, q): q from 0 to 1, e.g. 0.99"));
-                    }
-                    (Some(expr(a, false)?), AggKind::Percentile(q))
-                }
-                (AggKind::Percentile(_), _) => {
-                    return Err(at(f.name.span(), "percentile(field, q) takes a field and a fraction"));
-                }
-                (kind, [a]) => (Some(expr(a, false)?), kind),
-                _ => return Err(at(f.name.span(), format!("`{name}` takes one argument"))),
-            };
-            Expr::Agg(Box::new(Agg { kind, arg }))
-        }
-        other => return Err(nowhere(format!("`{other}` is not supported"))),
-    })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn positions_come_from_the_parser_message() {
-        assert_eq!(super::position_of("Expected: an expression, found: FROM at Line: 1, Column: 8"), (1, 8));
-        assert_eq!(super::position_of("no position"), (0, 0));
+/// `LIMIT n` (no offset).
+fn limit(q: &ast::Query) -> Result<Option<(u64, sqlparser::tokenizer::Span)>, QueryError> {
+    let Some(clause) = &q.limit_clause else { return Ok(None) };
+    match clause {
+        LimitClause::LimitOffset { limit, offset: None, limit_by } if limit_by.is_empty() => match limit {
+            None => Ok(None),
+            Some(e) => integer(e).map(|n| Some((n, e.span()))).ok_or_else(|| at(e.span(), "LIMIT takes a number")),
+        },
+        LimitClause::LimitOffset { offset: Some(o), .. } => {
+            Err(at(o.value.span(), "OFFSET is not supported: a stream has no fixed start"))
+        }
+        other => Err(at(other.span(), "LIMIT takes one number (no OFFSET, no LIMIT BY)")),
     }
 }

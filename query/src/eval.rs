@@ -1,363 +1,37 @@
 //! Running a query over events read in place.
 //!
-//! A [`Runner`] holds one subscription's state: its random stream (for `sample`) and, for an
-//! aggregating query, the accumulators of the open window by group. Events are read as
-//! [`EventRef`]s straight from the batch; only what a result keeps is copied, into the JSON
-//! object that is sent.
+//! A [`Runner`] holds one subscription's state: its random stream (for `sample`), what a
+//! stream's `LIMIT` has let through, and for a windowed query its open windows (several at
+//! once for event time), each holding groups (or rows) with their captured values and
+//! accumulators. Events are read as [`EventRef`]s straight from the batch; only what a result
+//! keeps is copied, into the JSON object that is sent.
+//!
+//! Nothing here can panic on what the compiler accepted: slots out of place read as `null`,
+//! arithmetic is checked, and every index is a `get`.
 
 use std::borrow::Cow;
-use std::hash::{Hash, Hasher};
-
-use hashbrown::{Equivalent, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Number, Value as Json};
-use squilla_batch::{EventRef, ValueRef};
+use hashbrown::{DefaultHashBuilder, HashMap};
+use serde_json::{Map, Value as Json};
+use squilla_batch::EventRef;
 
-use crate::{AggKind, Cmp, Expr, Item, Lit, Query};
+use crate::acc::{Acc, next_random};
+use crate::value::{GroupKey, Key, Parts, V, compare, field, json_bytes, order};
+use crate::{Expr, Item, Lit, Op, Plan, Query, Slot, Window};
 
-/// Values a `percentile` keeps per group and window; beyond, a uniform sample of that size.
-pub const PERCENTILE_SAMPLES: usize = 10_000;
-
-/// Default limit on what one running query's open window holds, bytes (64 MiB).
+/// Default limit on what one running query's open windows hold, bytes (64 MiB).
 pub const DEFAULT_STATE_BYTES: usize = 64 << 20;
 
-/// A value while evaluating.
-#[derive(Debug, Clone, PartialEq)]
-enum V<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(Cow<'a, str>),
-}
-
-impl V<'_> {
-    fn number(&self) -> Option<f64> {
-        match self {
-            V::Int(i) => Some(*i as f64),
-            V::Float(f) => Some(*f),
-            _ => None,
-        }
-    }
-
-    fn truthy(&self) -> bool {
-        matches!(self, V::Bool(true))
-    }
-
-    fn json(&self) -> Json {
-        match self {
-            V::Null => Json::Null,
-            V::Bool(b) => Json::Bool(*b),
-            V::Int(i) => Json::from(*i),
-            V::Float(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
-            V::Text(t) => Json::String(t.to_string()),
-        }
-    }
-
-    fn owned(&self) -> V<'static> {
-        match self {
-            V::Null => V::Null,
-            V::Bool(b) => V::Bool(*b),
-            V::Int(i) => V::Int(*i),
-            V::Float(f) => V::Float(*f),
-            V::Text(t) => V::Text(Cow::Owned(t.to_string())),
-        }
-    }
-}
-
-/// A group key part, owned: what the groups of an open window are stored under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Key {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(u64),
-    Text(Box<str>),
-}
-
-/// A group's key. Hashed part by part exactly as [`Parts`] hashes, so that an event's key can
-/// be looked up from its values read in place, without making owned copies of its text.
-#[derive(Debug, PartialEq, Eq)]
-struct GroupKey(Vec<Key>);
-
-impl Hash for GroupKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        for k in &self.0 {
-            match k {
-                Key::Null => hash_part(h, 0, &()),
-                Key::Bool(b) => hash_part(h, 1, b),
-                Key::Int(i) => hash_part(h, 2, i),
-                Key::Float(bits) => hash_part(h, 3, bits),
-                Key::Text(t) => hash_part(h, 4, &**t),
-            }
-        }
-    }
-}
-
-/// An event's group key as evaluated, borrowing its text from the batch.
-struct Parts<'v, 'a>(&'v [V<'a>]);
-
-impl Hash for Parts<'_, '_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        for v in self.0 {
-            match v {
-                V::Null => hash_part(h, 0, &()),
-                V::Bool(b) => hash_part(h, 1, b),
-                V::Int(i) => hash_part(h, 2, i),
-                V::Float(f) => hash_part(h, 3, &f.to_bits()),
-                V::Text(t) => hash_part(h, 4, &**t),
-            }
-        }
-    }
-}
-
-fn hash_part<H: Hasher, T: Hash + ?Sized>(h: &mut H, tag: u8, value: &T) {
-    h.write_u8(tag);
-    value.hash(h);
-}
-
-impl Equivalent<GroupKey> for Parts<'_, '_> {
-    fn equivalent(&self, key: &GroupKey) -> bool {
-        self.0.len() == key.0.len()
-            && self.0.iter().zip(&key.0).all(|(v, k)| match (v, k) {
-                (V::Null, Key::Null) => true,
-                (V::Bool(a), Key::Bool(b)) => a == b,
-                (V::Int(a), Key::Int(b)) => a == b,
-                (V::Float(a), Key::Float(b)) => a.to_bits() == *b,
-                (V::Text(a), Key::Text(b)) => **a == **b,
-                _ => false,
-            })
-    }
-}
-
-impl Key {
-    fn of(v: &V<'_>) -> Key {
-        match v {
-            V::Null => Key::Null,
-            V::Bool(b) => Key::Bool(*b),
-            V::Int(i) => Key::Int(*i),
-            V::Float(f) => Key::Float(f.to_bits()),
-            V::Text(t) => Key::Text(Box::from(&**t)),
-        }
-    }
-
-    fn json(&self) -> Json {
-        match self {
-            Key::Null => Json::Null,
-            Key::Bool(b) => Json::Bool(*b),
-            Key::Int(i) => Json::from(*i),
-            Key::Float(bits) => Number::from_f64(f64::from_bits(*bits)).map_or(Json::Null, Json::Number),
-            Key::Text(t) => Json::String(t.to_string()),
-        }
-    }
-}
-
-fn field<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
-    if name == squilla_batch::json::TIMESTAMP {
-        return V::Int(event.timestamp_ms());
-    }
-    match event.get(name) {
-        None | Some(ValueRef::Null) => V::Null,
-        Some(ValueRef::Bool(b)) => V::Bool(b),
-        Some(ValueRef::Int(i)) => V::Int(i),
-        Some(ValueRef::Float(f)) => V::Float(f),
-        Some(ValueRef::Text(t)) => V::Text(Cow::Borrowed(t)),
-        Some(bytes @ ValueRef::Bytes(_)) => V::Text(Cow::Owned(bytes.to_string())),
-    }
-}
-
-fn compare(cmp: Cmp, a: &V<'_>, b: &V<'_>) -> bool {
-    use std::cmp::Ordering;
-    let ord = match (a, b) {
-        (V::Text(x), V::Text(y)) => Some(x.as_ref().cmp(y.as_ref())),
-        (V::Bool(x), V::Bool(y)) => Some(x.cmp(y)),
-        (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
-        _ => match (a.number(), b.number()) {
-            (Some(x), Some(y)) => x.partial_cmp(&y),
-            _ => None,
-        },
-    };
-    let Some(ord) = ord else { return cmp == Cmp::Ne && (a != b) && !matches!((a, b), (V::Null, _) | (_, V::Null)) };
-    match cmp {
-        Cmp::Eq => ord == Ordering::Equal,
-        Cmp::Ne => ord != Ordering::Equal,
-        Cmp::Lt => ord == Ordering::Less,
-        Cmp::Le => ord != Ordering::Greater,
-        Cmp::Gt => ord == Ordering::Greater,
-        Cmp::Ge => ord != Ordering::Less,
-    }
-}
-
-/// xorshift64*: a fast, seeded random stream for `sample`.
-fn next_random(state: &mut u64) -> f64 {
-    let mut x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn eval<'a>(e: &Expr, event: &EventRef<'a>, rng: &mut u64) -> V<'a> {
-    match e {
-        Expr::Field(name) => field(event, name),
-        Expr::Lit(l) => match l {
-            Lit::Null => V::Null,
-            Lit::Bool(b) => V::Bool(*b),
-            Lit::Int(i) => V::Int(*i),
-            Lit::Float(f) => V::Float(*f),
-            Lit::Text(t) => V::Text(Cow::Owned(t.clone())),
-        },
-        Expr::Cmp(cmp, a, b) => V::Bool(compare(*cmp, &eval(a, event, rng), &eval(b, event, rng))),
-        Expr::Arith(op, a, b) => {
-            let (a, b) = (eval(a, event, rng), eval(b, event, rng));
-            match (&a, &b, op) {
-                (V::Int(x), V::Int(y), '+') => x.checked_add(*y).map_or(V::Null, V::Int),
-                (V::Int(x), V::Int(y), '-') => x.checked_sub(*y).map_or(V::Null, V::Int),
-                (V::Int(x), V::Int(y), '*') => x.checked_mul(*y).map_or(V::Null, V::Int),
-                _ => match (a.number(), b.number()) {
-                    (Some(x), Some(y)) => V::Float(match op {
-                        '+' => x + y,
-                        '-' => x - y,
-                        '*' => x * y,
-                        _ => x / y,
-                    }),
-                    _ => V::Null,
-                },
-            }
-        }
-        Expr::And(a, b) => V::Bool(eval(a, event, rng).truthy() && eval(b, event, rng).truthy()),
-        Expr::Or(a, b) => V::Bool(eval(a, event, rng).truthy() || eval(b, event, rng).truthy()),
-        Expr::Not(a) => V::Bool(!eval(a, event, rng).truthy()),
-        Expr::IsNull(a, negated) => V::Bool((eval(a, event, rng) == V::Null) != *negated),
-        Expr::Regex(a, re) => match eval(a, event, rng) {
-            V::Text(t) => V::Bool(re.is_match(&t)),
-            _ => V::Bool(false),
-        },
-        Expr::Sample(share) => V::Bool(next_random(rng) < *share),
-        // Aggregates are evaluated by the window, never per event.
-        Expr::Agg(_) => V::Null,
-    }
-}
-
-/// An aggregate's running state.
-#[derive(Debug, Clone)]
-enum Acc {
-    Count(u64),
-    Sum(f64, bool),
-    Min(Option<V<'static>>),
-    Max(Option<V<'static>>),
-    Avg(f64, u64),
-    Percentile(f64, Vec<f64>, u64),
-}
-
-impl Acc {
-    fn new(kind: AggKind) -> Acc {
-        match kind {
-            AggKind::Count => Acc::Count(0),
-            AggKind::Sum => Acc::Sum(0.0, false),
-            AggKind::Min => Acc::Min(None),
-            AggKind::Max => Acc::Max(None),
-            AggKind::Avg => Acc::Avg(0.0, 0),
-            AggKind::Percentile(q) => Acc::Percentile(q, Vec::new(), 0),
-        }
-    }
-
-    /// Adds a value; returns by how many bytes the accumulator grew (or shrank).
-    fn add(&mut self, v: Option<V<'_>>, rng: &mut u64) -> isize {
-        let text = |m: &Option<V<'_>>| match m {
-            Some(V::Text(t)) => t.len() as isize,
-            _ => 0,
-        };
-        match (self, v) {
-            (Acc::Count(n), None) => *n += 1,
-            (_, Some(V::Null)) => {}
-            (Acc::Count(n), Some(_)) => *n += 1,
-            (Acc::Sum(s, any), Some(v)) => {
-                if let Some(x) = v.number() {
-                    *s += x;
-                    *any = true;
-                }
-            }
-            (Acc::Min(m), Some(v)) => {
-                if m.as_ref().is_none_or(|m| compare(Cmp::Lt, &v, m)) {
-                    let before = text(m);
-                    *m = Some(v.owned());
-                    return text(m) - before;
-                }
-            }
-            (Acc::Max(m), Some(v)) => {
-                if m.as_ref().is_none_or(|m| compare(Cmp::Gt, &v, m)) {
-                    let before = text(m);
-                    *m = Some(v.owned());
-                    return text(m) - before;
-                }
-            }
-            (Acc::Avg(s, n), Some(v)) => {
-                if let Some(x) = v.number() {
-                    *s += x;
-                    *n += 1;
-                }
-            }
-            (Acc::Percentile(_, values, seen), Some(v)) => {
-                if let Some(x) = v.number() {
-                    *seen += 1;
-                    if values.len() < PERCENTILE_SAMPLES {
-                        values.push(x);
-                        return std::mem::size_of::<f64>() as isize;
-                    } else {
-                        // Reservoir sampling: every value seen has the same chance to be kept.
-                        let j = (next_random(rng) * *seen as f64) as usize;
-                        if j < PERCENTILE_SAMPLES {
-                            values[j] = x;
-                        }
-                    }
-                }
-            }
-            (_, None) => {}
-        }
-        0
-    }
-
-    fn finish(&mut self) -> Json {
-        match self {
-            Acc::Count(n) => Json::from(*n),
-            Acc::Sum(s, any) => {
-                if *any {
-                    V::Float(*s).json()
-                } else {
-                    Json::Null
-                }
-            }
-            Acc::Min(m) | Acc::Max(m) => m.as_ref().map_or(Json::Null, V::json),
-            Acc::Avg(s, n) => {
-                if *n == 0 {
-                    Json::Null
-                } else {
-                    V::Float(*s / *n as f64).json()
-                }
-            }
-            Acc::Percentile(q, values, _) => {
-                if values.is_empty() {
-                    return Json::Null;
-                }
-                values.sort_by(f64::total_cmp);
-                // Nearest rank.
-                let rank = ((*q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-                V::Float(values[rank - 1]).json()
-            }
-        }
-    }
-}
-
-/// Bytes counted for each group of an open window beyond its key's text: the table entry,
-/// the key's parts and the accumulators.
+/// Bytes counted for each group or row of an open window beyond its values.
 const GROUP_OVERHEAD: usize = 96;
-/// Bytes counted per key part and per accumulator.
+/// Bytes counted per key part, captured value and accumulator.
 const PART_BYTES: usize = 24;
+/// Bytes counted per open window.
+const WINDOW_OVERHEAD: usize = 128;
 
-/// An aggregating query's open window would hold more than its state limit.
+/// An aggregating query's open windows would hold more than its state limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "the query's window state would pass its limit of {limit} bytes ({groups} groups so far); group by fewer distinct keys or use a shorter window"
@@ -365,46 +39,187 @@ const PART_BYTES: usize = 24;
 pub struct StateLimit {
     /// The limit, bytes.
     pub limit: usize,
-    /// Groups in the open window when it was reached.
+    /// Groups (or rows) in the open windows when it was reached.
     pub groups: usize,
+}
+
+/// Where an expression reads its values: an event, or one of a window's results.
+trait Source<'x> {
+    fn field(&self, name: &str) -> V<'x>;
+    fn slot(&self, slot: Slot) -> V<'x>;
+}
+
+impl<'x, 'a: 'x> Source<'x> for EventRef<'a> {
+    fn field(&self, name: &str) -> V<'x> {
+        field(self, name)
+    }
+
+    fn slot(&self, _: Slot) -> V<'x> {
+        V::Null
+    }
+}
+
+/// One of a window's results while it closes.
+struct Result_ {
+    keys: Vec<V<'static>>,
+    firsts: Vec<V<'static>>,
+    accs: Vec<V<'static>>,
+    all: Option<Map<String, Json>>,
+    anomalies: Vec<bool>,
+}
+
+impl<'r> Source<'r> for &'r Result_ {
+    fn field(&self, _: &str) -> V<'r> {
+        V::Null
+    }
+
+    fn slot(&self, slot: Slot) -> V<'r> {
+        let borrow = |v: Option<&'r V<'static>>| match v {
+            Some(V::Text(t)) => V::Text(Cow::Borrowed(t.as_ref())),
+            Some(v) => v.clone(),
+            None => V::Null,
+        };
+        match slot {
+            Slot::Key(i) => borrow(self.keys.get(i)),
+            Slot::First(i) => borrow(self.firsts.get(i)),
+            Slot::Acc(i) => borrow(self.accs.get(i)),
+            Slot::Anomaly(i) => self.anomalies.get(i).map_or(V::Null, |b| V::Bool(*b)),
+        }
+    }
+}
+
+fn eval<'x, S: Source<'x>>(e: &'x Expr, src: &S, rng: &mut u64) -> V<'x> {
+    match e {
+        Expr::Field(name) => src.field(name),
+        Expr::Slot(slot) => src.slot(*slot),
+        Expr::Lit(l) => match l {
+            Lit::Null => V::Null,
+            Lit::Bool(b) => V::Bool(*b),
+            Lit::Int(i) => V::Int(*i),
+            Lit::Float(f) => V::Float(*f),
+            Lit::Text(t) => V::Text(Cow::Borrowed(t)),
+        },
+        Expr::Cmp(cmp, a, b) => V::Bool(compare(*cmp, &eval(a, src, rng), &eval(b, src, rng))),
+        Expr::Arith(op, a, b) => arith(*op, &eval(a, src, rng), &eval(b, src, rng)),
+        Expr::And(a, b) => V::Bool(eval(a, src, rng).truthy() && eval(b, src, rng).truthy()),
+        Expr::Or(a, b) => V::Bool(eval(a, src, rng).truthy() || eval(b, src, rng).truthy()),
+        Expr::Not(a) => V::Bool(!eval(a, src, rng).truthy()),
+        Expr::IsNull(a, negated) => V::Bool((eval(a, src, rng) == V::Null) != *negated),
+        Expr::Regex(a, re) => match eval(a, src, rng) {
+            V::Text(t) => V::Bool(re.is_match(&t)),
+            _ => V::Bool(false),
+        },
+        Expr::Sample(share) => V::Bool(next_random(rng) < *share),
+    }
+}
+
+/// Integer arithmetic stays integer while it fits (division and remainder by zero are
+/// `null`); with a float it is float; with anything else, `null`.
+fn arith(op: Op, a: &V<'_>, b: &V<'_>) -> V<'static> {
+    match (a, b) {
+        (V::Int(x), V::Int(y)) if !matches!(op, Op::Div) => match op {
+            Op::Add => x.checked_add(*y),
+            Op::Sub => x.checked_sub(*y),
+            Op::Mul => x.checked_mul(*y),
+            _ => x.checked_rem(*y),
+        }
+        .map_or(V::Null, V::Int),
+        _ => match (a.number(), b.number()) {
+            (Some(x), Some(y)) => {
+                let r = match op {
+                    Op::Add => x + y,
+                    Op::Sub => x - y,
+                    Op::Mul => x * y,
+                    Op::Div => x / y,
+                    Op::Rem => x % y,
+                };
+                if r.is_finite() { V::Float(r) } else { V::Null }
+            }
+            _ => V::Null,
+        },
+    }
+}
+
+/// A group (or a row) of an open window.
+#[derive(Debug)]
+struct Group {
+    firsts: Vec<V<'static>>,
+    accs: Vec<Acc>,
+    all: Option<Map<String, Json>>,
+}
+
+/// An open window: groups by key, or rows in order.
+#[derive(Debug, Default)]
+struct Open {
+    groups: HashMap<GroupKey, Group>,
+    rows: Vec<(Group, usize)>,
+    /// What it holds, bytes.
+    bytes: usize,
 }
 
 /// One subscription's query, running.
 #[derive(Debug)]
 pub struct Runner {
     query: Arc<Query>,
+    st: State,
+}
+
+/// A runner's state, apart from its query so that both can be borrowed at once.
+#[derive(Debug)]
+struct State {
     rng: u64,
-    groups: HashMap<GroupKey, Vec<Acc>>,
+    hasher: DefaultHashBuilder,
+    /// Results a stream has emitted (for its `LIMIT`).
+    emitted: u64,
+    /// Open windows by start (processing time: the subscription's clock; counted: 0).
+    open: BTreeMap<i64, Open>,
     window_start: i64,
-    /// What the open window holds, bytes (an estimate that never undercounts by much).
+    counted: u64,
+    last_timestamp: i64,
+    /// Event time: the highest timestamp seen less the lateness; windows ending at or before it
+    /// are closed.
+    watermark: i64,
+    late: u64,
+    events_since_tick: bool,
+    last_event_tick: i64,
     state_bytes: usize,
     max_state_bytes: usize,
 }
 
 impl Runner {
-    /// A runner whose first window starts at `now_ms`; `seed` drives `sample`. Its open
-    /// window may hold up to [`DEFAULT_STATE_BYTES`] (see [`Runner::with_state_limit`]).
+    /// A runner whose first processing-time window starts at `now_ms`; `seed` drives `sample`.
+    /// Its open windows may hold up to [`DEFAULT_STATE_BYTES`] (see [`Runner::with_state_limit`]).
     pub fn new(query: Arc<Query>, now_ms: i64, seed: u64) -> Self {
         Runner {
             query,
+            st: State {
             rng: seed | 1,
-            groups: HashMap::new(),
+            hasher: DefaultHashBuilder::default(),
+            emitted: 0,
+            open: BTreeMap::new(),
             window_start: now_ms,
+            counted: 0,
+            last_timestamp: 0,
+            watermark: i64::MIN,
+            late: 0,
+            events_since_tick: false,
+            last_event_tick: now_ms,
             state_bytes: 0,
             max_state_bytes: DEFAULT_STATE_BYTES,
+            },
         }
     }
 
-    /// Sets how many bytes the open window may hold (groups, their keys and accumulators);
-    /// [`Runner::push`] refuses an event that would pass it.
+    /// Sets how many bytes the open windows may hold (groups, their keys, captured values and
+    /// accumulators); [`Runner::push`] refuses an event that would pass it.
     pub fn with_state_limit(mut self, max_state_bytes: usize) -> Self {
-        self.max_state_bytes = max_state_bytes;
+        self.st.max_state_bytes = max_state_bytes;
         self
     }
 
-    /// What the open window holds now, bytes (estimated from its groups, keys and values).
+    /// What the open windows hold now, bytes (estimated from their groups, keys and values).
     pub fn state_bytes(&self) -> usize {
-        self.state_bytes
+        self.st.state_bytes
     }
 
     /// The query it runs.
@@ -412,108 +227,320 @@ impl Runner {
         &self.query
     }
 
+    /// Whether a stream's `LIMIT` has been reached: no more results will come.
+    pub fn finished(&self) -> bool {
+        self.query.limit.is_some_and(|n| self.st.emitted >= n)
+    }
+
+    /// Events of an event-time window that came after it closed, so far.
+    pub fn late_events(&self) -> u64 {
+        self.st.late
+    }
+
     /// Whether the query passes `event` (its `WHERE`).
     pub fn matches(&mut self, event: &EventRef<'_>) -> bool {
         match &self.query.filter {
             None => true,
-            Some(f) => eval(f, event, &mut self.rng).truthy(),
+            Some(f) => eval(f, event, &mut self.st.rng).truthy(),
         }
     }
 
-    /// Feeds one event: a non-aggregating query appends its result to `out`; an aggregating
-    /// one folds it into its window (see [`Runner::tick`]). Refuses (and does not count) an
-    /// event whose new group would take the window past its state limit.
+    /// Feeds one event: a stream appends its result to `out`; a windowed query folds it into
+    /// its window, and appends the results of any window it closes (counted and event-time
+    /// windows close on events; see [`Runner::tick`] for the others). Refuses (and does not
+    /// count) an event that would take the open windows past their state limit.
     pub fn push(&mut self, event: &EventRef<'_>, out: &mut Vec<Map<String, Json>>) -> Result<(), StateLimit> {
-        if !self.matches(event) {
+        if self.finished() || !self.matches(event) {
             return Ok(());
         }
-        let Some(_) = self.query.window_ms else {
-            let mut map = Map::new();
-            map.insert(squilla_batch::json::TIMESTAMP.into(), event.timestamp_ms().into());
-            for item in &self.query.items {
-                match item {
-                    Item::All => {
-                        if let Json::Object(all) = squilla_batch::json::to_json(event) {
-                            map.extend(all);
-                        }
-                    }
-                    Item::Named { name, expr } => {
-                        map.insert(name.clone(), eval(expr, event, &mut self.rng).json());
-                    }
-                }
-            }
-            out.push(map);
+        let query = &*self.query;
+        let st = &mut self.st;
+        let Some(plan) = &query.plan else {
+            out.push(st.stream_result(query, event));
+            st.emitted += 1;
             return Ok(());
         };
-        let rng = &mut self.rng;
-        let values: Vec<V<'_>> = self.query.keys.iter().map(|k| eval(k, event, rng)).collect();
-        let query = &self.query;
-        // Owned copies of the key are made only for a group's first event in the window.
-        if !self.groups.contains_key(&Parts(&values)) {
-            let accs: Vec<Acc> = query
-                .items
-                .iter()
-                .filter_map(|i| match i {
-                    Item::Named { expr: Expr::Agg(agg), .. } => Some(Acc::new(agg.kind)),
-                    _ => None,
-                })
-                .collect();
-            let key_text: usize = values.iter().map(|v| if let V::Text(t) = v { t.len() } else { 0 }).sum();
-            let cost = GROUP_OVERHEAD + key_text + (values.len() + accs.len()) * PART_BYTES;
-            if self.state_bytes + cost > self.max_state_bytes {
-                return Err(StateLimit { limit: self.max_state_bytes, groups: self.groups.len() });
+        st.events_since_tick = true;
+        let start = match plan.window {
+            Window::Time(_) => st.window_start,
+            Window::Count(_) => 0,
+            Window::Event { ms, lateness_ms } => {
+                let ts = event.timestamp_ms();
+                let ms = ms as i64;
+                let start = ts.div_euclid(ms).checked_mul(ms);
+                let Some(start) = start.filter(|s| s.saturating_add(ms) > st.watermark) else {
+                    st.late += 1;
+                    return Ok(());
+                };
+                st.watermark = st.watermark.max(ts.saturating_sub(lateness_ms as i64));
+                start
             }
-            self.state_bytes += cost;
-            self.groups.insert(GroupKey(values.iter().map(Key::of).collect()), accs);
-        }
-        let Some(accs) = self.groups.get_mut(&Parts(&values)) else { return Ok(()) };
-        let mut i = 0;
-        let mut grown = 0isize;
-        for item in &query.items {
-            if let Item::Named { expr: Expr::Agg(agg), .. } = item {
-                let v = agg.arg.as_ref().map(|a| eval(a, event, rng));
-                grown += accs[i].add(v, rng);
-                i += 1;
+        };
+        st.add(plan, start, event)?;
+        match plan.window {
+            Window::Count(n) => {
+                st.counted += 1;
+                st.last_timestamp = event.timestamp_ms();
+                if st.counted >= n {
+                    st.counted = 0;
+                    st.close_window(query, 0, st.last_timestamp, out);
+                }
             }
-        }
-        self.state_bytes = self.state_bytes.saturating_add_signed(grown);
-        if self.state_bytes > self.max_state_bytes {
-            return Err(StateLimit { limit: self.max_state_bytes, groups: self.groups.len() });
+            Window::Event { ms, .. } => {
+                while let Some((&start, _)) = st.open.first_key_value() {
+                    let end = start.saturating_add(ms as i64);
+                    if end > st.watermark {
+                        break;
+                    }
+                    st.close_window(query, start, end, out);
+                }
+            }
+            Window::Time(_) => {}
         }
         Ok(())
     }
 
-    /// Closes the window if `now_ms` is past its end, appending one result per group.
+    /// Closes the windows that `now_ms` (processing time) has passed, appending their
+    /// results: a time window at its end; event-time windows once nothing arrived for
+    /// `ms + lateness_ms`.
     pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Map<String, Json>>) {
-        let Some(window) = self.query.window_ms else { return };
-        let end = self.window_start + window as i64;
-        if now_ms < end {
-            return;
-        }
-        for (GroupKey(key), mut accs) in self.groups.drain() {
-            let mut map = Map::new();
-            map.insert(squilla_batch::json::TIMESTAMP.into(), end.into());
-            map.insert("window-ms".into(), window.into());
-            let mut i = 0;
-            for item in &self.query.items {
-                let Item::Named { name, expr } = item else { continue };
-                match expr {
-                    Expr::Agg(_) => {
-                        map.insert(name.clone(), accs[i].finish());
-                        i += 1;
-                    }
-                    e => {
-                        // The compiler accepts only keys here; anything else has no value.
-                        let value = self.query.keys.iter().position(|k| k == e).and_then(|k| key.get(k));
-                        map.insert(name.clone(), value.map_or(Json::Null, Key::json));
-                    }
+        let query = &*self.query;
+        let st = &mut self.st;
+        let Some(plan) = &query.plan else { return };
+        match plan.window {
+            Window::Time(ms) => {
+                let ms = ms as i64;
+                let end = st.window_start.saturating_add(ms);
+                if now_ms < end {
+                    return;
+                }
+                st.close_window(query, st.window_start, end, out);
+                // Windows are aligned to the first one; skip any that passed with no tick.
+                let passed = now_ms.saturating_sub(st.window_start) / ms;
+                st.window_start = st.window_start.saturating_add(passed.saturating_mul(ms));
+            }
+            Window::Event { ms, lateness_ms } => {
+                if std::mem::take(&mut st.events_since_tick) {
+                    st.last_event_tick = now_ms;
+                    return;
+                }
+                let idle = now_ms.saturating_sub(st.last_event_tick);
+                if idle < (ms + lateness_ms) as i64 {
+                    return;
+                }
+                let ms = ms as i64;
+                while let Some((&start, _)) = st.open.first_key_value() {
+                    let end = start.saturating_add(ms);
+                    st.watermark = st.watermark.max(end);
+                    st.close_window(query, start, end, out);
                 }
             }
-            out.push(map);
+            Window::Count(_) => {}
         }
-        self.state_bytes = 0;
-        // Windows are aligned to the first one; skip any that passed with no tick.
-        let passed = (now_ms - self.window_start) / window as i64;
-        self.window_start += passed * window as i64;
     }
+}
+
+impl State {
+    fn stream_result(&mut self, query: &Query, event: &EventRef<'_>) -> Map<String, Json> {
+        let mut map = Map::new();
+        map.insert(squilla_batch::json::TIMESTAMP.into(), event.timestamp_ms().into());
+        for item in &query.items {
+            match item {
+                Item::All => {
+                    if let Json::Object(all) = squilla_batch::json::to_json(event) {
+                        for (k, v) in all {
+                            map.entry(k).or_insert(v);
+                        }
+                    }
+                }
+                Item::Named { name, expr } => {
+                    map.insert(name.clone(), eval(expr, event, &mut self.rng).json());
+                }
+            }
+        }
+        map
+    }
+
+    /// Folds `event` into the window starting at `start`.
+    fn add(&mut self, plan: &Plan, start: i64, event: &EventRef<'_>) -> Result<(), StateLimit> {
+        let State { rng, hasher, open, state_bytes, max_state_bytes, .. } = self;
+        let groups = open.values().map(|o| o.groups.len() + o.rows.len()).sum::<usize>();
+        let limit = StateLimit { limit: *max_state_bytes, groups };
+        if !open.contains_key(&start) {
+            if *state_bytes + WINDOW_OVERHEAD > *max_state_bytes {
+                return Err(limit);
+            }
+            *state_bytes += WINDOW_OVERHEAD;
+            open.insert(start, Open { bytes: WINDOW_OVERHEAD, ..Open::default() });
+        }
+        let Some(window) = open.get_mut(&start) else { return Ok(()) };
+        let new_group = |rng: &mut u64, keys: &[V<'_>]| {
+            let firsts: Vec<V<'static>> = plan.firsts.iter().map(|f| eval(f, event, rng).owned()).collect();
+            let all = plan.all.then(|| match squilla_batch::json::to_json(event) {
+                Json::Object(m) => m,
+                _ => Map::new(),
+            });
+            let accs: Vec<Acc> = plan.aggs.iter().map(|a| Acc::new(a.kind)).collect();
+            let cost = GROUP_OVERHEAD
+                + keys.iter().map(V::heap_bytes).sum::<usize>()
+                + firsts.iter().map(V::heap_bytes).sum::<usize>()
+                + all.as_ref().map_or(0, |m| m.iter().map(|(k, v)| 32 + k.len() + json_bytes(v)).sum())
+                + plan.aggs.iter().map(|a| Acc::base_bytes(a.kind)).sum::<usize>()
+                + (keys.len() + firsts.len() + accs.len()) * PART_BYTES;
+            (Group { firsts, accs, all }, cost)
+        };
+        let group = if plan.grouped {
+            let values: Vec<V<'_>> = plan.keys.iter().map(|k| eval(k, event, rng)).collect();
+            if !window.groups.contains_key(&Parts(&values)) {
+                let (group, cost) = new_group(rng, &values);
+                if *state_bytes + cost > *max_state_bytes {
+                    return Err(limit);
+                }
+                *state_bytes += cost;
+                window.bytes += cost;
+                window.groups.insert(GroupKey(values.iter().map(Key::of).collect()), group);
+            }
+            let Some(group) = window.groups.get_mut(&Parts(&values)) else { return Ok(()) };
+            group
+        } else {
+            if plan.limit.is_some_and(|n| plan.order.is_empty() && window.rows.len() as u64 >= n) {
+                // The first n rows are the result: later ones need not be kept.
+                return Ok(());
+            }
+            let (group, cost) = new_group(rng, &[]);
+            if *state_bytes + cost > *max_state_bytes {
+                return Err(limit);
+            }
+            *state_bytes += cost;
+            window.bytes += cost;
+            window.rows.push((group, cost));
+            let Some((group, _)) = window.rows.last_mut() else { return Ok(()) };
+            group
+        };
+        let mut grown = 0isize;
+        for (acc, agg) in group.accs.iter_mut().zip(&plan.aggs) {
+            let v = agg.arg.as_ref().map(|a| eval(a, event, rng));
+            grown += acc.add(v, rng, hasher);
+        }
+        *state_bytes = state_bytes.saturating_add_signed(grown);
+        window.bytes = window.bytes.saturating_add_signed(grown);
+        if *state_bytes > *max_state_bytes {
+            return Err(limit);
+        }
+        Ok(())
+    }
+
+    /// Closes the window starting at `start`, appending its results stamped `end`.
+    fn close_window(&mut self, query: &Query, start: i64, end: i64, out: &mut Vec<Map<String, Json>>) {
+        let Some(plan) = &query.plan else { return };
+        let Some(window) = self.open.remove(&start) else { return };
+        self.state_bytes = self.state_bytes.saturating_sub(window.bytes);
+        let finish = |keys: Vec<V<'static>>, mut g: Group| Result_ {
+            keys,
+            firsts: g.firsts,
+            accs: g.accs.iter_mut().map(Acc::finish).collect(),
+            all: g.all,
+            anomalies: Vec::new(),
+        };
+        let mut results: Vec<Result_> = window
+            .groups
+            .into_iter()
+            .map(|(GroupKey(keys), g)| finish(keys.iter().map(Key::value).collect(), g))
+            .chain(window.rows.into_iter().map(|(g, _)| finish(Vec::new(), g)))
+            .collect();
+        self.flag_anomalies(plan, &mut results);
+        let rng = &mut self.rng;
+        if let Some(having) = &plan.having {
+            results.retain(|r| eval(having, &r, rng).truthy());
+        }
+        if !plan.order.is_empty() {
+            let mut keyed: Vec<(Vec<V<'_>>, &Result_)> =
+                results.iter().map(|r| (plan.order.iter().map(|o| eval(&o.expr, &r, rng)).collect(), r)).collect();
+            keyed.sort_by(|(a, _), (b, _)| {
+                for ((x, y), o) in a.iter().zip(b).zip(&plan.order) {
+                    let ord = match (x == &V::Null, y == &V::Null) {
+                        (true, true) => std::cmp::Ordering::Equal,
+                        (true, false) => if o.nulls_first { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater },
+                        (false, true) => if o.nulls_first { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less },
+                        (false, false) => if o.desc { order(y, x) } else { order(x, y) },
+                    };
+                    if ord.is_ne() {
+                        return ord;
+                    }
+                }
+                std::cmp::Ordering::Equal
+            });
+            let limit = plan.limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+            for (_, r) in keyed.into_iter().take(limit) {
+                out.push(render(query, plan, r, end, self.late, rng));
+            }
+        } else {
+            let limit = plan.limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+            for r in results.iter().take(limit) {
+                out.push(render(query, plan, r, end, self.late, rng));
+            }
+        }
+    }
+
+    /// `anomaly(x, k)`: a result is an outlier when `|x − median| > k × 1.4826 × MAD` over the
+    /// window's results (MAD: the median absolute deviation); with a MAD of 0, when `x` differs
+    /// from the median at all. Results whose `x` is not a number are not outliers.
+    fn flag_anomalies(&mut self, plan: &Plan, results: &mut [Result_]) {
+        for (expr, k) in &plan.anomalies {
+            let rng = &mut self.rng;
+            let values: Vec<Option<f64>> = results.iter().map(|r| eval(expr, &r, rng).number()).collect();
+            let mut numbers: Vec<f64> = values.iter().flatten().copied().filter(|x| x.is_finite()).collect();
+            let median = median_of(&mut numbers);
+            let mut deviations: Vec<f64> = numbers.iter().map(|x| (x - median).abs()).collect();
+            let mad = median_of(&mut deviations) * 1.4826;
+            for (r, v) in results.iter_mut().zip(values) {
+                let outlier = v.is_some_and(|x| {
+                    let d = (x - median).abs();
+                    if mad > 0.0 { d > k * mad } else { d > 0.0 }
+                });
+                r.anomalies.push(outlier);
+            }
+        }
+    }
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(0.0),
+        _ => (values.get(n / 2 - 1).copied().unwrap_or(0.0) + values.get(n / 2).copied().unwrap_or(0.0)) / 2.0,
+    }
+}
+
+/// One window result as JSON: the window's fields, then the items in order.
+fn render(query: &Query, plan: &Plan, r: &Result_, end: i64, late: u64, rng: &mut u64) -> Map<String, Json> {
+    let mut map = Map::new();
+    map.insert(squilla_batch::json::TIMESTAMP.into(), end.into());
+    match plan.window {
+        Window::Time(ms) => {
+            map.insert("window-ms".into(), ms.into());
+        }
+        Window::Count(n) => {
+            map.insert("window-events".into(), n.into());
+        }
+        Window::Event { ms, .. } => {
+            map.insert("window-ms".into(), ms.into());
+            map.insert("late-events".into(), late.into());
+        }
+    }
+    for item in &query.items {
+        match item {
+            Item::All => {
+                for (k, v) in r.all.iter().flatten() {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            Item::Named { name, expr } => {
+                map.insert(name.clone(), eval(expr, &r, rng).json());
+            }
+        }
+    }
+    map
 }

@@ -1,0 +1,294 @@
+//! Values while a query runs: borrowed from the batch where possible ([`V`]), owned as group
+//! keys ([`Key`]), compared for `WHERE` and ordered for `ORDER BY`.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+
+use hashbrown::Equivalent;
+use serde_json::{Map, Number, Value as Json};
+use squilla_batch::{EventRef, ValueRef};
+
+use crate::Cmp;
+
+/// A value while evaluating.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum V<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    /// An object (a field prefix) or an array (`list(x)`).
+    Json(Json),
+}
+
+impl V<'_> {
+    pub(crate) fn number(&self) -> Option<f64> {
+        match self {
+            V::Int(i) => Some(*i as f64),
+            V::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn truthy(&self) -> bool {
+        matches!(self, V::Bool(true))
+    }
+
+    pub(crate) fn json(&self) -> Json {
+        match self {
+            V::Null => Json::Null,
+            V::Bool(b) => Json::Bool(*b),
+            V::Int(i) => Json::from(*i),
+            V::Float(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+            V::Text(t) => Json::String(t.to_string()),
+            V::Json(j) => j.clone(),
+        }
+    }
+
+    pub(crate) fn owned(&self) -> V<'static> {
+        match self {
+            V::Null => V::Null,
+            V::Bool(b) => V::Bool(*b),
+            V::Int(i) => V::Int(*i),
+            V::Float(f) => V::Float(*f),
+            V::Text(t) => V::Text(Cow::Owned(t.to_string())),
+            V::Json(j) => V::Json(j.clone()),
+        }
+    }
+
+    /// Bytes this value holds beyond its slot, as state accounting counts them.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            V::Text(t) => t.len(),
+            V::Json(j) => json_bytes(j),
+            _ => 0,
+        }
+    }
+}
+
+/// About what a JSON value takes in memory, bytes (never much less).
+pub(crate) fn json_bytes(j: &Json) -> usize {
+    match j {
+        Json::String(s) => 24 + s.len(),
+        Json::Array(a) => 24 + a.iter().map(json_bytes).sum::<usize>(),
+        Json::Object(m) => 48 + m.iter().map(|(k, v)| 32 + k.len() + json_bytes(v)).sum::<usize>(),
+        _ => 16,
+    }
+}
+
+/// A field of `event`: `timestamp-ms` is its timestamp; a name no field has, but that prefixes
+/// dotted names (`user` of `user.id`, `user.name`), is the object of those fields.
+pub(crate) fn field<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
+    if name == squilla_batch::json::TIMESTAMP {
+        return V::Int(event.timestamp_ms());
+    }
+    match event.get(name) {
+        Some(v) => from_ref(v),
+        None => prefix(event, name),
+    }
+}
+
+fn from_ref(v: ValueRef<'_>) -> V<'_> {
+    match v {
+        ValueRef::Null => V::Null,
+        ValueRef::Bool(b) => V::Bool(b),
+        ValueRef::Int(i) => V::Int(i),
+        ValueRef::Float(f) => V::Float(f),
+        ValueRef::Text(t) => V::Text(Cow::Borrowed(t)),
+        bytes @ ValueRef::Bytes(_) => V::Text(Cow::Owned(bytes.to_string())),
+    }
+}
+
+/// The object of the fields named `name.…`, nested at each further dot; `null` if none.
+fn prefix<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
+    let mut object = Map::new();
+    for (field, value) in event.fields() {
+        let Some(rest) = field.strip_prefix(name).and_then(|r| r.strip_prefix('.')) else { continue };
+        insert_nested(&mut object, rest, from_ref(value).json());
+    }
+    if object.is_empty() { V::Null } else { V::Json(Json::Object(object)) }
+}
+
+/// Puts `value` at the dotted `path` of `object`; a path whose parent already holds a value
+/// that is not an object keeps its dotted name at that level (the first value wins).
+pub(crate) fn insert_nested(object: &mut Map<String, Json>, path: &str, value: Json) {
+    match path.split_once('.') {
+        Some((head, rest)) if !head.is_empty() && !rest.is_empty() => {
+            let slot = object.entry(head).or_insert_with(|| Json::Object(Map::new()));
+            match slot {
+                Json::Object(inner) => insert_nested(inner, rest, value),
+                _ => {
+                    object.entry(path).or_insert(value);
+                }
+            }
+        }
+        _ => {
+            object.entry(path).or_insert(value);
+        }
+    }
+}
+
+/// `a cmp b` as `WHERE` compares: numbers across int and float, text with text, booleans with
+/// booleans; anything else (or `null`) is false, except that `!=` holds between different
+/// non-null values.
+pub(crate) fn compare(cmp: Cmp, a: &V<'_>, b: &V<'_>) -> bool {
+    let ord = match (a, b) {
+        (V::Text(x), V::Text(y)) => Some(x.as_ref().cmp(y.as_ref())),
+        (V::Bool(x), V::Bool(y)) => Some(x.cmp(y)),
+        (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
+        _ => match (a.number(), b.number()) {
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => None,
+        },
+    };
+    let Some(ord) = ord else { return cmp == Cmp::Ne && (a != b) && !matches!((a, b), (V::Null, _) | (_, V::Null)) };
+    match cmp {
+        Cmp::Eq => ord == Ordering::Equal,
+        Cmp::Ne => ord != Ordering::Equal,
+        Cmp::Lt => ord == Ordering::Less,
+        Cmp::Le => ord != Ordering::Greater,
+        Cmp::Gt => ord == Ordering::Greater,
+        Cmp::Ge => ord != Ordering::Less,
+    }
+}
+
+/// A total order for `ORDER BY` over non-null values: booleans, then numbers (ints and floats
+/// together, NaN last), then text, then objects and arrays (by their JSON text).
+pub(crate) fn order(a: &V<'_>, b: &V<'_>) -> Ordering {
+    fn rank(v: &V<'_>) -> u8 {
+        match v {
+            V::Null => 0,
+            V::Bool(_) => 1,
+            V::Int(_) | V::Float(_) => 2,
+            V::Text(_) => 3,
+            V::Json(_) => 4,
+        }
+    }
+    match (a, b) {
+        (V::Int(x), V::Int(y)) => x.cmp(y),
+        (V::Bool(x), V::Bool(y)) => x.cmp(y),
+        (V::Text(x), V::Text(y)) => x.cmp(y),
+        (V::Json(x), V::Json(y)) => x.to_string().cmp(&y.to_string()),
+        _ => match (a.number(), b.number()) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            _ => rank(a).cmp(&rank(b)),
+        },
+    }
+}
+
+/// A group key part, owned: what the groups of an open window are stored under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Key {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Text(Box<str>),
+    /// An object or array, by its JSON text.
+    Json(Box<str>),
+}
+
+impl Key {
+    pub(crate) fn of(v: &V<'_>) -> Key {
+        match v {
+            V::Null => Key::Null,
+            V::Bool(b) => Key::Bool(*b),
+            V::Int(i) => Key::Int(*i),
+            V::Float(f) => Key::Float(f.to_bits()),
+            V::Text(t) => Key::Text(Box::from(&**t)),
+            V::Json(j) => Key::Json(j.to_string().into_boxed_str()),
+        }
+    }
+
+    pub(crate) fn value(&self) -> V<'static> {
+        match self {
+            Key::Null => V::Null,
+            Key::Bool(b) => V::Bool(*b),
+            Key::Int(i) => V::Int(*i),
+            Key::Float(bits) => V::Float(f64::from_bits(*bits)),
+            Key::Text(t) => V::Text(Cow::Owned(t.to_string())),
+            Key::Json(j) => V::Json(serde_json::from_str(j).unwrap_or(Json::Null)),
+        }
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Key::Text(t) | Key::Json(t) => t.len(),
+            _ => 0,
+        }
+    }
+
+    fn hash_into<H: Hasher>(&self, h: &mut H) {
+        match self {
+            Key::Null => hash_part(h, 0, &()),
+            Key::Bool(b) => hash_part(h, 1, b),
+            Key::Int(i) => hash_part(h, 2, i),
+            Key::Float(bits) => hash_part(h, 3, bits),
+            Key::Text(t) => hash_part(h, 4, &**t),
+            Key::Json(t) => hash_part(h, 5, &**t),
+        }
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.hash_into(h);
+    }
+}
+
+/// A group's key. Hashed part by part exactly as [`Parts`] hashes, so that an event's key can
+/// be looked up from its values read in place, without making owned copies of its text.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct GroupKey(pub Vec<Key>);
+
+impl Hash for GroupKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for k in &self.0 {
+            k.hash_into(h);
+        }
+    }
+}
+
+/// An event's group key as evaluated, borrowing its text from the batch.
+pub(crate) struct Parts<'v, 'a>(pub &'v [V<'a>]);
+
+impl Hash for Parts<'_, '_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for v in self.0 {
+            match v {
+                V::Null => hash_part(h, 0, &()),
+                V::Bool(b) => hash_part(h, 1, b),
+                V::Int(i) => hash_part(h, 2, i),
+                V::Float(f) => hash_part(h, 3, &f.to_bits()),
+                V::Text(t) => hash_part(h, 4, &**t),
+                V::Json(j) => hash_part(h, 5, j.to_string().as_str()),
+            }
+        }
+    }
+}
+
+fn hash_part<H: Hasher, T: Hash + ?Sized>(h: &mut H, tag: u8, value: &T) {
+    h.write_u8(tag);
+    value.hash(h);
+}
+
+impl Equivalent<GroupKey> for Parts<'_, '_> {
+    fn equivalent(&self, key: &GroupKey) -> bool {
+        self.0.len() == key.0.len() && self.0.iter().zip(&key.0).all(|(v, k)| same(v, k))
+    }
+}
+
+/// Whether `v` is the value `k` was made of.
+pub(crate) fn same(v: &V<'_>, k: &Key) -> bool {
+    match (v, k) {
+        (V::Null, Key::Null) => true,
+        (V::Bool(a), Key::Bool(b)) => a == b,
+        (V::Int(a), Key::Int(b)) => a == b,
+        (V::Float(a), Key::Float(b)) => a.to_bits() == *b,
+        (V::Text(a), Key::Text(b)) => **a == **b,
+        (V::Json(a), Key::Json(b)) => a.to_string() == **b,
+        _ => false,
+    }
+}
