@@ -226,8 +226,7 @@ impl Group {
 
     /// Matches what the budget holds for the query state to what the runner holds; ends the
     /// group's subscriptions with `query_state_limit` if the tenant or agent cannot hold it.
-    fn account_state(&mut self) -> bool {
-        let now = self.runner.as_ref().map_or(0, Runner::state_bytes);
+    fn account_state(&mut self, now: usize) -> bool {
         if now < self.state_reserved {
             self.state_budget.release(self.state_reserved - now);
             self.state_reserved = now;
@@ -267,6 +266,37 @@ impl Group {
             frames.push_result(map);
         }
         self.deliver(&frames.freeze());
+    }
+}
+
+impl Group {
+    /// Runs `work` on the group's query. A panic in it (a bug: the query compiler refuses what
+    /// the evaluator cannot run) ends only this group's subscriptions, with `query_failed`,
+    /// and leaves the hub, its lock and every other group as they were. A stream whose
+    /// `LIMIT` is reached ends normally.
+    fn guarded(&mut self, work: impl FnOnce(&mut Group, &mut Runner)) {
+        let Some(mut runner) = self.runner.take() else { return };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self, &mut runner)));
+        match result {
+            Ok(()) if runner.finished() => {
+                for m in self.members.drain(..) {
+                    m.tx.finish();
+                }
+            }
+            Ok(()) => self.runner = Some(runner),
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(query = %runner.query().text(), %reason, "a query failed; its subscriptions end");
+                self.end(StreamEnd {
+                    code: "query_failed",
+                    message: format!("the query failed while running and its subscription ended: {reason}"),
+                });
+            }
+        }
     }
 }
 
@@ -355,10 +385,12 @@ impl SinkHub {
             groups.retain(|g| !g.members.is_empty());
             let now = now_ms();
             for g in groups.iter_mut() {
-                if let Some(runner) = &mut g.runner {
-                    runner.tick(now, &mut out);
-                    g.deliver_results(&mut out);
-                    g.account_state();
+                if g.runner.is_some() {
+                    g.guarded(|g, runner| {
+                        runner.tick(now, &mut out);
+                        g.deliver_results(&mut out);
+                        g.account_state(runner.state_bytes());
+                    });
                 }
             }
             let Some(batch) = batch else { continue };
@@ -376,10 +408,13 @@ impl SinkHub {
             }
             let plain = plain.freeze();
             for g in groups.iter_mut() {
-                match &mut g.runner {
-                    None => g.deliver(&plain),
+                if g.runner.is_none() {
+                    g.deliver(&plain);
+                    continue;
+                }
+                g.guarded(|g, runner| {
                     // A filter's matches are written straight from the batch, like plain events.
-                    Some(runner) if runner.query().selects_events() => {
+                    if runner.query().selects_events() {
                         let mut frames = Frames::default();
                         for event in batch.view().events() {
                             if runner.matches(&event) {
@@ -387,23 +422,22 @@ impl SinkHub {
                             }
                         }
                         g.deliver(&frames.freeze());
+                        return;
                     }
-                    Some(runner) => {
-                        let mut limit = None;
-                        for event in batch.view().events() {
-                            if let Err(e) = runner.push(&event, &mut out) {
-                                limit = Some(e);
-                                break;
-                            }
-                        }
-                        g.deliver_results(&mut out);
-                        if let Some(e) = limit {
-                            g.end(StreamEnd { code: "query_state_limit", message: e.to_string() });
-                        } else {
-                            g.account_state();
+                    let mut limit = None;
+                    for event in batch.view().events() {
+                        if let Err(e) = runner.push(&event, &mut out) {
+                            limit = Some(e);
+                            break;
                         }
                     }
-                }
+                    g.deliver_results(&mut out);
+                    if let Some(e) = limit {
+                        g.end(StreamEnd { code: "query_state_limit", message: e.to_string() });
+                    } else {
+                        g.account_state(runner.state_bytes());
+                    }
+                });
             }
             self.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }

@@ -1,7 +1,7 @@
 //! Aggregates' running state: one [`Acc`] per aggregate, per group and window. Each reports
 //! how many bytes it grew by, so that a window's state stays within its limit.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use hashbrown::HashSet;
 use serde_json::Value as Json;
@@ -84,9 +84,7 @@ impl Acc {
                 }
             }
             (Acc::Hll(registers), Some(v)) => {
-                let mut h = hasher.build_hasher();
-                Key::of(&v).hash(&mut h);
-                let hash = mix(h.finish());
+                let hash = mix(hasher.hash_one(Key::of(&v)));
                 let index = (hash >> (64 - HLL_PRECISION)) as usize;
                 let rank = ((hash << HLL_PRECISION) | (1 << (HLL_PRECISION - 1))).leading_zeros() as u8 + 1;
                 if let Some(r) = registers.get_mut(index) {

@@ -38,10 +38,13 @@ fn keyword(sql: &str, word: &str, message: impl Into<String>) -> QueryError {
             None if c == '\'' || c == '"' => quote = Some(c),
             None => {
                 let boundary = |j: Option<&char>| j.is_none_or(|c| !c.is_alphanumeric() && *c != '_');
-                let matched = chars.get(i..i + target.len()).is_some_and(|s| {
-                    s.iter().zip(&target).all(|(a, b)| a.eq_ignore_ascii_case(b))
-                });
-                if matched && boundary(i.checked_sub(1).and_then(|j| chars.get(j))) && boundary(chars.get(i + target.len())) {
+                let matched = chars
+                    .get(i..i + target.len())
+                    .is_some_and(|s| s.iter().zip(&target).all(|(a, b)| a.eq_ignore_ascii_case(b)));
+                if matched
+                    && boundary(i.checked_sub(1).and_then(|j| chars.get(j)))
+                    && boundary(chars.get(i + target.len()))
+                {
                     return QueryError { message: message.into(), line, column };
                 }
             }
@@ -74,7 +77,13 @@ fn parse_error(e: sqlparser::parser::ParserError) -> QueryError {
     };
     let number = |key: &str| {
         position.find(key).and_then(|i| {
-            position[i + key.len()..].trim_start().chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+            position[i + key.len()..]
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
         })
     };
     QueryError {
@@ -122,15 +131,19 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
             return Err(at(having.span(), "HAVING needs GROUP BY or aggregates"));
         }
         if let Some(o) = order_by.first() {
-            return Err(at(o.expr.span(), "ORDER BY needs a window (GROUP BY window(ms)): a stream never ends to be sorted"));
+            return Err(at(
+                o.expr.span(),
+                "ORDER BY needs a window (GROUP BY window(ms)): a stream never ends to be sorted",
+            ));
         }
         let mut items = Vec::new();
         for item in &select.projection {
             items.push(match item {
                 SelectItem::Wildcard(_) => Item::All,
-                SelectItem::UnnamedExpr(e) => {
-                    Item::Named { name: default_name(e), expr: lower(e, &mut PerEvent { clause: "a stream's SELECT" })? }
-                }
+                SelectItem::UnnamedExpr(e) => Item::Named {
+                    name: default_name(e),
+                    expr: lower(e, &mut PerEvent { clause: "a stream's SELECT" })?,
+                },
                 SelectItem::ExprWithAlias { expr: e, alias } => Item::Named {
                     name: alias.value.clone(),
                     expr: lower(e, &mut PerEvent { clause: "a stream's SELECT" })?,
@@ -138,10 +151,10 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
                 SelectItem::QualifiedWildcard(kind, _) => prefix_item(kind)?,
             });
         }
-        if let Some((n, span)) = limit {
-            if n == 0 || n > LIMIT_MAX {
-                return Err(at(span, format!("LIMIT: from 1 to {LIMIT_MAX}")));
-            }
+        if let Some((n, span)) = limit
+            && (n == 0 || n > LIMIT_MAX)
+        {
+            return Err(at(span, format!("LIMIT: from 1 to {LIMIT_MAX}")));
         }
         return Ok(Query { text: sql.to_owned(), filter, items, plan: None, limit: limit.map(|(n, _)| n) });
     }
@@ -328,10 +341,10 @@ fn refuse_select_clauses(sql: &str, s: &ast::Select) -> Result<(), QueryError> {
         return refuse("AS", "SELECT AS STRUCT / VALUE");
     }
     for item in &s.projection {
-        if let SelectItem::Wildcard(options) | SelectItem::QualifiedWildcard(_, options) = item {
-            if options.to_string().trim() != "" {
-                return Err(at(item.span(), "options on `*` are not supported"));
-            }
+        if let SelectItem::Wildcard(options) | SelectItem::QualifiedWildcard(_, options) = item
+            && !options.to_string().trim().is_empty()
+        {
+            return Err(at(item.span(), "options on `*` are not supported"));
         }
     }
     Ok(())
@@ -365,7 +378,10 @@ fn group_by(s: &ast::Select) -> Result<(Vec<Sql>, Option<Window>), QueryError> {
     let list = match &s.group_by {
         GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => list,
         GroupByExpr::Expressions(list, _) => {
-            return Err(at(list.last().map_or_else(|| s.group_by.span(), Spanned::span), "GROUP BY modifiers are not supported"));
+            return Err(at(
+                list.last().map_or_else(|| s.group_by.span(), Spanned::span),
+                "GROUP BY modifiers are not supported",
+            ));
         }
         GroupByExpr::All(_) => return Err(at(s.group_by.span(), "GROUP BY ALL is not supported")),
     };

@@ -193,19 +193,19 @@ impl Runner {
         Runner {
             query,
             st: State {
-            rng: seed | 1,
-            hasher: DefaultHashBuilder::default(),
-            emitted: 0,
-            open: BTreeMap::new(),
-            window_start: now_ms,
-            counted: 0,
-            last_timestamp: 0,
-            watermark: i64::MIN,
-            late: 0,
-            events_since_tick: false,
-            last_event_tick: now_ms,
-            state_bytes: 0,
-            max_state_bytes: DEFAULT_STATE_BYTES,
+                rng: seed | 1,
+                hasher: DefaultHashBuilder::default(),
+                emitted: 0,
+                open: BTreeMap::new(),
+                window_start: now_ms,
+                counted: 0,
+                last_timestamp: 0,
+                watermark: i64::MIN,
+                late: 0,
+                events_since_tick: false,
+                last_event_tick: now_ms,
+                state_bytes: 0,
+                max_state_bytes: DEFAULT_STATE_BYTES,
             },
         }
     }
@@ -366,14 +366,16 @@ impl State {
         let State { rng, hasher, open, state_bytes, max_state_bytes, .. } = self;
         let groups = open.values().map(|o| o.groups.len() + o.rows.len()).sum::<usize>();
         let limit = StateLimit { limit: *max_state_bytes, groups };
-        if !open.contains_key(&start) {
-            if *state_bytes + WINDOW_OVERHEAD > *max_state_bytes {
-                return Err(limit);
+        let window = match open.entry(start) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                if *state_bytes + WINDOW_OVERHEAD > *max_state_bytes {
+                    return Err(limit);
+                }
+                *state_bytes += WINDOW_OVERHEAD;
+                v.insert(Open { bytes: WINDOW_OVERHEAD, ..Open::default() })
             }
-            *state_bytes += WINDOW_OVERHEAD;
-            open.insert(start, Open { bytes: WINDOW_OVERHEAD, ..Open::default() });
-        }
-        let Some(window) = open.get_mut(&start) else { return Ok(()) };
+        };
         let new_group = |rng: &mut u64, keys: &[V<'_>]| {
             let firsts: Vec<V<'static>> = plan.firsts.iter().map(|f| eval(f, event, rng).owned()).collect();
             let all = plan.all.then(|| match squilla_batch::json::to_json(event) {
@@ -460,9 +462,27 @@ impl State {
                 for ((x, y), o) in a.iter().zip(b).zip(&plan.order) {
                     let ord = match (x == &V::Null, y == &V::Null) {
                         (true, true) => std::cmp::Ordering::Equal,
-                        (true, false) => if o.nulls_first { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater },
-                        (false, true) => if o.nulls_first { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less },
-                        (false, false) => if o.desc { order(y, x) } else { order(x, y) },
+                        (true, false) => {
+                            if o.nulls_first {
+                                std::cmp::Ordering::Less
+                            } else {
+                                std::cmp::Ordering::Greater
+                            }
+                        }
+                        (false, true) => {
+                            if o.nulls_first {
+                                std::cmp::Ordering::Greater
+                            } else {
+                                std::cmp::Ordering::Less
+                            }
+                        }
+                        (false, false) => {
+                            if o.desc {
+                                order(y, x)
+                            } else {
+                                order(x, y)
+                            }
+                        }
                     };
                     if ord.is_ne() {
                         return ord;

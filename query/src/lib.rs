@@ -34,12 +34,14 @@ mod compile;
 mod eval;
 mod lower;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 mod value;
 
+pub use acc::{HLL_PRECISION, LIST_MAX, PERCENTILE_SAMPLES};
 pub use compile::{COUNT_WINDOW, DEFAULT_WINDOW_MS, LIMIT_MAX, MAX_QUERY_BYTES, WINDOW_LIMIT_MAX, WINDOW_MS};
 pub use eval::{DEFAULT_STATE_BYTES, Runner, StateLimit};
-pub use acc::{HLL_PRECISION, LIST_MAX, PERCENTILE_SAMPLES};
 
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,6 +227,12 @@ impl Query {
             Window::Time(ms) | Window::Event { ms, .. } => Some(ms),
             Window::Count(_) => None,
         }
+    }
+
+    /// A stream's `LIMIT`: how many results, in all, before its end (`None`: no end, or a
+    /// windowed query, whose `LIMIT` is per window).
+    pub fn stream_limit(&self) -> Option<u64> {
+        self.limit
     }
 
     /// Whether the query only filters (`SELECT * [WHERE …]`, no window, no `LIMIT`): its

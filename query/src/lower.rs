@@ -246,7 +246,10 @@ fn literal(v: &ast::ValueWithSpan) -> Result<Lit, QueryError> {
         SqlValue::Number(n, _) => match n.parse::<i64>() {
             Ok(i) => Lit::Int(i),
             Err(_) => Lit::Float(
-                n.parse().ok().filter(|x: &f64| x.is_finite()).ok_or_else(|| at(v.span, format!("`{n}` is not a number")))?,
+                n.parse()
+                    .ok()
+                    .filter(|x: &f64| x.is_finite())
+                    .ok_or_else(|| at(v.span, format!("`{n}` is not a number")))?,
             ),
         },
         SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => Lit::Text(s.clone()),

@@ -264,16 +264,25 @@ fn distinct_counts_lists_having_and_arithmetic_over_aggregates() {
     assert!((tv["mean"].as_f64().unwrap() - 112.0 / 3.0).abs() < 1e-9);
     assert_eq!(tv["path"], "/play/1", "a field neither grouped nor aggregated takes its first value");
     // The query from the report: arithmetic over count(*) with no other item.
-    assert_eq!(run("SELECT count(*) * 2 AS n GROUP BY window(500)"), [json!({"timestamp-ms": 500, "window-ms": 500, "n": 12})]);
+    assert_eq!(
+        run("SELECT count(*) * 2 AS n GROUP BY window(500)"),
+        [json!({"timestamp-ms": 500, "window-ms": 500, "n": 12})]
+    );
     // Aggregates of nothing.
-    let rows = run("SELECT sum(latency) AS s, count(latency) AS c, list(latency) AS l, count(DISTINCT x) AS d WHERE status > 1000 HAVING true");
+    let rows = run(
+        "SELECT sum(latency) AS s, count(latency) AS c, list(latency) AS l, count(DISTINCT x) AS d WHERE status > 1000 HAVING true",
+    );
     assert!(rows.is_empty(), "a window without events emits nothing");
 }
 
 #[test]
 fn count_windows_close_every_n_events() {
     let rows = run("SELECT count(*) AS n, max(latency) AS top GROUP BY count_window(4)");
-    assert_eq!(rows, [json!({"timestamp-ms": 1003, "window-events": 4, "n": 4, "top": 80.0})], "6 events: one full window");
+    assert_eq!(
+        rows,
+        [json!({"timestamp-ms": 1003, "window-events": 4, "n": 4, "top": 80.0})],
+        "6 events: one full window"
+    );
 }
 
 #[test]

@@ -288,7 +288,7 @@ pub(crate) fn same(v: &V<'_>, k: &Key) -> bool {
         (V::Int(a), Key::Int(b)) => a == b,
         (V::Float(a), Key::Float(b)) => a.to_bits() == *b,
         (V::Text(a), Key::Text(b)) => **a == **b,
-        (V::Json(a), Key::Json(b)) => a.to_string() == **b,
+        (V::Json(a), Key::Json(b)) => serde_json::from_str::<Json>(b).is_ok_and(|b| *a == b),
         _ => false,
     }
 }

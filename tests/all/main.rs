@@ -4,6 +4,7 @@
 mod dev;
 mod e2e;
 mod isolation;
+mod queries;
 mod run;
 mod streams;
 mod websocket;

@@ -122,11 +122,11 @@ pub async fn subscribe(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     agent_auth(&state, &headers)?;
-    let params = super::stream::check_params(query.as_deref())?;
+    let (params, limit) = super::stream::check_params(query.as_deref())?;
     let tenant: squilla_types::ids::TenantId =
         tenant.parse().map_err(|_| ApiError::not_found(format!("tenant `{tenant}`")))?;
     let follow = super::stream::Follow::Cluster(super::cluster_name(&cluster)?);
     let place = super::stream::subscribe(&state, &tenant)?;
-    let events = super::stream::proxy(state, tenant, follow, query, params.ping_interval(), place);
+    let events = super::stream::proxy(state, tenant, follow, query, limit, params.ping_interval(), place);
     Ok(super::stream::sse(events))
 }

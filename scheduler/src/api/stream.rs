@@ -93,19 +93,21 @@ pub async fn status(
 /// Checks a subscription's query string (`squilla_types::sink`) and its query's text: 400
 /// `bad_request`, or `invalid_query` with the position of the problem, before any agent is
 /// asked.
-pub(crate) fn check_params(raw: Option<&str>) -> Result<SinkParams, ApiError> {
+pub(crate) fn check_params(raw: Option<&str>) -> Result<(SinkParams, Option<u64>), ApiError> {
     let params =
         SinkParams::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let mut limit = None;
     if let Some(q) = &params.query {
-        squilla_query::Query::parse(q).map_err(|e| {
+        let query = squilla_query::Query::parse(q).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
                 format!("{} (line {}, column {})", e.message, e.line, e.column),
             )
         })?;
+        limit = query.stream_limit();
     }
-    Ok(params)
+    Ok((params, limit))
 }
 
 /// `GET /api/v1/jobs/{id}/sink`: server-sent events, or a WebSocket when the request asks to
@@ -129,9 +131,9 @@ pub async fn sink(
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
     state.control.sink_agents(&tenant, &id)?;
-    let params = check_params(query.as_deref())?;
+    let (params, limit) = check_params(query.as_deref())?;
     let place = subscribe(&state, &tenant)?;
-    let events = proxy(state, tenant, Follow::Job(id), query, params.ping_interval(), place);
+    let events = proxy(state, tenant, Follow::Job(id), query, limit, params.ping_interval(), place);
     Ok(match upgrade {
         Ok(upgrade) => super::ws::serve(upgrade, events, params.ping_interval()),
         Err(_) => sse(events),
@@ -207,6 +209,11 @@ enum RelayEnd {
     Subscriber,
     /// The agent ended the subscription with an `error` event, passed on: the stream is over.
     Error,
+    /// A stream's `LIMIT` was reached: the stream is over.
+    Limit,
+    /// The agent ended a stream with a `LIMIT` normally: it sent its first results, and is
+    /// not asked again.
+    Done,
 }
 
 /// A tenant's place among its open subscriptions, given back when the proxy ends.
@@ -245,12 +252,15 @@ pub(crate) fn subscribe(state: &AppState, tenant: &TenantId) -> Result<Subscribe
 /// Merges the SSE sinks of every agent that runs the followed job's last stage, re-reading
 /// where they are every second. Yields chunks of complete frames into a byte-bounded queue.
 /// An agent connection that brings nothing for three `ping` intervals (agents ping every
-/// `ping` when idle) is dropped and made again.
+/// `ping` when idle) is dropped and made again. With a stream `LIMIT` (`limit`), the first
+/// `limit` results from all agents together are passed on, then the stream ends; an agent
+/// whose own stream ended is not asked again.
 pub(crate) fn proxy(
     state: AppState,
     tenant: TenantId,
     follow: Follow,
     query: Option<String>,
+    limit: Option<u64>,
     ping: Duration,
     place: Subscribed,
 ) -> queue::Receiver {
@@ -262,8 +272,11 @@ pub(crate) fn proxy(
     let client = state.http.clone();
     let token = state.agent_token_plain.clone();
     let silence = ping * 3 + Duration::from_secs(5);
+    let remaining = limit.map(|n| std::sync::Arc::new(std::sync::atomic::AtomicU64::new(n)));
     tokio::spawn(async move {
         let _place = place;
+        // Agents whose limited stream ended normally.
+        let mut done: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         // Relays by `agent/job-key`: dropping one aborts it.
         let mut relays: BTreeMap<String, tokio::task::JoinHandle<RelayEnd>> = BTreeMap::new();
         let abort_all = |relays: &mut BTreeMap<String, tokio::task::JoinHandle<RelayEnd>>| {
@@ -273,12 +286,16 @@ pub(crate) fn proxy(
         };
         loop {
             let mut over = false;
-            relays.retain(|_, relay| {
+            relays.retain(|name, relay| {
                 if !relay.is_finished() {
                     return true;
                 }
-                if let Some(Ok(RelayEnd::Error | RelayEnd::Subscriber)) = relay_result(relay) {
-                    over = true;
+                match relay_result(relay) {
+                    Some(Ok(RelayEnd::Error | RelayEnd::Subscriber | RelayEnd::Limit)) => over = true,
+                    Some(Ok(RelayEnd::Done)) => {
+                        done.insert(name.clone());
+                    }
+                    _ => {}
                 }
                 false
             });
@@ -322,7 +339,7 @@ pub(crate) fn proxy(
                 keep
             });
             for (name, agent) in wanted {
-                if relays.contains_key(&name) {
+                if relays.contains_key(&name) || done.contains(&name) {
                     continue;
                 }
                 let mut url = format!("http://{agent}/jobs/{key}/sink");
@@ -330,9 +347,10 @@ pub(crate) fn proxy(
                     url.push('?');
                     url.push_str(q);
                 }
-                let (tx, client, token) = (tx.clone(), client.clone(), token.clone());
+                let (tx, client, token, remaining) = (tx.clone(), client.clone(), token.clone(), remaining.clone());
                 let relay = tokio::spawn(async move {
-                    let end = relay(&client, &url, token.as_deref(), &tx, silence, max_frame).await;
+                    let end =
+                        relay(&client, &url, token.as_deref(), &tx, silence, max_frame, remaining.as_deref()).await;
                     if let RelayEnd::Agent(err) = &end {
                         tracing::debug!(%url, error = %err, "sink relay ended");
                     }
@@ -361,6 +379,30 @@ fn frames_in(chunk: &[u8]) -> usize {
     chunk.windows(2).filter(|w| w == b"\n\n").count().max(1)
 }
 
+/// Keeps of `chunk` (complete frames) the data frames that `remaining` still allows, with
+/// every other frame before the first refused one; returns them, and whether the limit is
+/// now reached.
+fn within_limit(chunk: &[u8], remaining: &std::sync::atomic::AtomicU64) -> (Vec<u8>, bool) {
+    use std::sync::atomic::Ordering;
+    let mut kept = Vec::with_capacity(chunk.len());
+    let mut reached = false;
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |i| i + 2);
+        let (frame, tail) = rest.split_at(end);
+        rest = tail;
+        if frame.starts_with(b"data:") {
+            let took = remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+            if !took {
+                reached = true;
+                break;
+            }
+        }
+        kept.extend_from_slice(frame);
+    }
+    (kept, reached || remaining.load(Ordering::Acquire) == 0)
+}
+
 /// Reads one agent's SSE sink and forwards its complete frames until either side ends.
 async fn relay(
     client: &reqwest::Client,
@@ -369,6 +411,7 @@ async fn relay(
     tx: &queue::Sender,
     silence: Duration,
     max_frame: usize,
+    remaining: Option<&std::sync::atomic::AtomicU64>,
 ) -> RelayEnd {
     let mut request = client.get(url);
     if let Some(token) = token {
@@ -387,6 +430,7 @@ async fn relay(
     loop {
         let chunk = match tokio::time::timeout(silence, body.next()).await {
             Err(_) => return RelayEnd::Agent(format!("the agent sent nothing for {silence:?}")),
+            Ok(None) if remaining.is_some() => return RelayEnd::Done,
             Ok(None) => return RelayEnd::Agent("the agent ended the stream".into()),
             Ok(Some(Err(e))) => return RelayEnd::Agent(e.to_string()),
             Ok(Some(Ok(chunk))) => chunk,
@@ -408,13 +452,23 @@ async fn relay(
             let rest = carry.split_off(end);
             Bytes::from(std::mem::replace(&mut carry, rest))
         };
+        let (whole, reached) = match remaining {
+            Some(remaining) => {
+                let (kept, reached) = within_limit(&whole, remaining);
+                (Bytes::from(kept), reached)
+            }
+            None => (whole, false),
+        };
         let error = has_error_event(&whole);
         let events = frames_in(&whole);
-        if tx.offer(whole, events) == Offered::Closed {
+        if !whole.is_empty() && tx.offer(whole, events) == Offered::Closed {
             return RelayEnd::Subscriber;
         }
         if error {
             return RelayEnd::Error;
+        }
+        if reached {
+            return RelayEnd::Limit;
         }
     }
 }
