@@ -23,27 +23,95 @@ pub enum JsonError {
     /// `timestamp-ms` is there but not an integer.
     #[error("`timestamp-ms` must be an integer")]
     Timestamp,
-    /// A field holds an array, or objects nest deeper than [`MAX_DEPTH`].
-    #[error("field `{0}`: arrays (and objects nested deeper than 8) are not supported")]
+    /// Objects and arrays nest deeper than [`MAX_DEPTH`], or an array is longer than
+    /// [`MAX_ARRAY`].
+    #[error("field `{0}`: objects and arrays nest at most 8 deep, and an array holds at most 1,000 elements")]
     Nested(String),
 }
 
 /// An event as one JSON object. Bytes become `"0x…"` hex text; non-finite floats `null`.
+/// Dotted names nest again (`user.id` → `{"user": {"id": …}}`), and objects whose keys are
+/// `0`, `1`, … `n-1` become arrays: the inverse of how ingest flattens (see [`nest`]).
 pub fn to_json(event: &EventRef<'_>) -> Json {
     let mut map = Map::with_capacity(event.field_count() + 1);
     map.insert(TIMESTAMP.into(), event.timestamp_ms().into());
+    let mut nested = false;
     for (name, value) in event.fields() {
-        let value = match value {
-            ValueRef::Null => Json::Null,
-            ValueRef::Bool(b) => b.into(),
-            ValueRef::Int(i) => i.into(),
-            ValueRef::Float(f) => Number::from_f64(f).map_or(Json::Null, Json::Number),
-            ValueRef::Text(t) => t.into(),
-            bytes @ ValueRef::Bytes(_) => bytes.to_string().into(),
-        };
-        map.entry(name).or_insert(value);
+        let value = value_json(value);
+        if name.contains('.') {
+            nested = true;
+            insert_nested(&mut map, name, value);
+        } else {
+            map.entry(name).or_insert(value);
+        }
+    }
+    if nested {
+        for v in map.values_mut() {
+            arrays(v);
+        }
     }
     Json::Object(map)
+}
+
+fn value_json(value: ValueRef<'_>) -> Json {
+    match value {
+        ValueRef::Null => Json::Null,
+        ValueRef::Bool(b) => b.into(),
+        ValueRef::Int(i) => i.into(),
+        ValueRef::Float(f) => Number::from_f64(f).map_or(Json::Null, Json::Number),
+        ValueRef::Text(t) => t.into(),
+        bytes @ ValueRef::Bytes(_) => bytes.to_string().into(),
+    }
+}
+
+/// Puts `value` at the dotted `path` of `object`. Where a part of the path already holds a
+/// value that is not an object, the rest keeps its dotted name at that level; of two values
+/// for one place, the first wins.
+pub fn insert_nested(object: &mut Map<String, Json>, path: &str, value: Json) {
+    match path.split_once('.') {
+        Some((head, rest)) if !head.is_empty() && !rest.is_empty() => {
+            if !object.contains_key(head) {
+                object.insert(head.to_owned(), Json::Object(Map::new()));
+            }
+            match object.get_mut(head) {
+                Some(Json::Object(inner)) => insert_nested(inner, rest, value),
+                _ => {
+                    object.entry(path).or_insert(value);
+                }
+            }
+        }
+        _ => {
+            object.entry(path).or_insert(value);
+        }
+    }
+}
+
+/// Turns every object in `value` whose keys are exactly `0` … `n-1` into an array.
+pub fn arrays(value: &mut Json) {
+    let Json::Object(map) = value else { return };
+    for v in map.values_mut() {
+        arrays(v);
+    }
+    let n = map.len();
+    if n > 0 && (0..n).all(|i| map.contains_key(i.to_string().as_str())) {
+        let mut items = Vec::with_capacity(n);
+        for i in 0..n {
+            items.push(map.remove(i.to_string().as_str()).unwrap_or(Json::Null));
+        }
+        *value = Json::Array(items);
+    }
+}
+
+/// The JSON value of dotted `fields` under one name: nested objects, with arrays where the
+/// keys are indices. What [`to_json`] does for a whole event.
+pub fn nest<'a>(fields: impl IntoIterator<Item = (&'a str, Json)>) -> Json {
+    let mut map = Map::new();
+    for (name, value) in fields {
+        insert_nested(&mut map, name, value);
+    }
+    let mut json = Json::Object(map);
+    arrays(&mut json);
+    json
 }
 
 /// Appends `event` as one JSON object to `out`, as [`to_json`] would make it but without
@@ -51,6 +119,11 @@ pub fn to_json(event: &EventRef<'_>) -> Json {
 /// a name (or named `timestamp-ms`) only the first counts. This is what sinks use: several
 /// times faster than `to_json(event).to_string()`.
 pub fn write_json(event: &EventRef<'_>, out: &mut Vec<u8>) {
+    if event.fields().any(|(name, _)| name.contains('.')) {
+        // Nested again: the slower path, taken only by events with dotted names.
+        let _ = serde_json::to_writer(&mut *out, &to_json(event));
+        return;
+    }
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(TIMESTAMP.as_bytes());
     out.extend_from_slice(b"\":");
@@ -105,10 +178,14 @@ fn string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// How deep objects may nest in an event (`a.b.c…`).
+/// How deep objects and arrays may nest in an event (`a.b.c…`).
 pub const MAX_DEPTH: usize = 8;
 
-/// Nested objects become dotted names (`{"user": {"id": 7}}` → `user.id`); arrays are refused.
+/// How many elements an array in an event may hold.
+pub const MAX_ARRAY: usize = 1000;
+
+/// Nested objects and arrays become dotted names: `{"user": {"id": 7}}` → `user.id`,
+/// `{"a": [5, {"b": 6}]}` → `a.0`, `a.1.b`. An empty object or array becomes `null`.
 fn flatten<'a>(
     map: &'a Map<String, Json>,
     prefix: &str,
@@ -117,18 +194,46 @@ fn flatten<'a>(
 ) -> Result<(), JsonError> {
     for (k, v) in map {
         let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match v {
-            Json::Object(inner) if depth + 1 < MAX_DEPTH => flatten(inner, &name, depth + 1, out)?,
-            Json::Object(_) | Json::Array(_) => return Err(JsonError::Nested(name)),
-            _ => out.push((name, v)),
-        }
+        flatten_value(name, v, depth, out)?;
     }
     Ok(())
 }
 
+fn flatten_value<'a>(
+    name: String,
+    v: &'a Json,
+    depth: usize,
+    out: &mut Vec<(String, &'a Json)>,
+) -> Result<(), JsonError> {
+    const NULL: &Json = &Json::Null;
+    match v {
+        Json::Object(_) | Json::Array(_) if depth + 1 >= MAX_DEPTH => Err(JsonError::Nested(name)),
+        Json::Object(inner) if inner.is_empty() => {
+            out.push((name, NULL));
+            Ok(())
+        }
+        Json::Object(inner) => flatten(inner, &name, depth + 1, out),
+        Json::Array(items) if items.len() > MAX_ARRAY => Err(JsonError::Nested(name)),
+        Json::Array(items) if items.is_empty() => {
+            out.push((name, NULL));
+            Ok(())
+        }
+        Json::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten_value(format!("{name}.{i}"), item, depth + 1, out)?;
+            }
+            Ok(())
+        }
+        _ => {
+            out.push((name, v));
+            Ok(())
+        }
+    }
+}
+
 /// Checks one JSON line and appends it as an event to `builder`; `default_ts` is used when
-/// the line has no `timestamp-ms`. Nested objects become dotted field names; arrays are
-/// refused. On error nothing is appended.
+/// the line has no `timestamp-ms`. Nested objects and arrays become dotted field names
+/// (`a.b`, `a.0`). On error nothing is appended.
 pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -> Result<(), JsonError> {
     let Json::Object(map) = serde_json::from_str::<Json>(line).map_err(|e| JsonError::Syntax(e.to_string()))? else {
         return Err(JsonError::NotAnObject);
@@ -150,7 +255,8 @@ pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -
                 None => event.field(name, n.as_f64().unwrap_or(f64::NAN)),
             },
             Json::String(s) => event.field(name, s.as_str()),
-            Json::Array(_) | Json::Object(_) => unreachable!("refused above"),
+            // Flattened above: never reached.
+            Json::Array(_) | Json::Object(_) => event.null(name),
         };
     }
     Ok(())

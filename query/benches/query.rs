@@ -1,6 +1,9 @@
 //! The cost of a subscription's query per event, read in place from a synthetic device-log
-//! batch: a filter, a filter with a regular expression, a projection, and a grouped
-//! aggregate, including making the JSON of what passes, as an agent's sink does.
+//! batch: a filter, a filter with a regular expression, a projection, grouped aggregates,
+//! top-N per window, distinct counts (exact and HyperLogLog) and an event-time window,
+//! including making the JSON of what passes, as an agent's sink does. Windows stay open over
+//! the measurement (their results are made once per window, not per event), except that
+//! `top-n-rows` keeps every matching event's row until its window closes.
 //! `cargo bench --workspace --bench query`.
 
 use std::sync::Arc;
@@ -18,6 +21,20 @@ fn bench(c: &mut Criterion) {
         ("filter-regex", r#"SELECT * WHERE status >= 500 AND "device-type" ~ '^(tv|phone)$'"#),
         ("filter-and-project", r#"SELECT "device-type" AS d, status WHERE status >= 500"#),
         ("group-by", r#"SELECT "device-type", count(*), avg(status) GROUP BY "device-type", window(10000)"#),
+        (
+            "top-n",
+            r#"SELECT "device-type", count(*) AS n GROUP BY "device-type", window(10000) ORDER BY n DESC LIMIT 3"#,
+        ),
+        ("top-n-rows", r#"SELECT "device-id", status GROUP BY window(10000) ORDER BY status DESC LIMIT 10"#),
+        (
+            "count-distinct",
+            r#"SELECT "device-type", count(DISTINCT "device-id") GROUP BY "device-type", window(10000)"#,
+        ),
+        (
+            "approx-count-distinct",
+            r#"SELECT "device-type", approx_count_distinct("device-id") GROUP BY "device-type", window(10000)"#,
+        ),
+        ("event-window", r#"SELECT "device-type", count(*) GROUP BY "device-type", event_window(10000, 1000)"#),
     ] {
         let query = Arc::new(Query::parse(sql).unwrap());
         group.bench_function(name, |b| {

@@ -59,6 +59,36 @@ fn keyword(sql: &str, word: &str, message: impl Into<String>) -> QueryError {
     QueryError { message: message.into(), line: 1, column: 1 }
 }
 
+/// `sql` with each `[*]` outside quotes written `[_]` (same length, so positions hold), which
+/// the parser reads as an index; [`crate::lower`] reads it as "any element".
+fn any_index(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '[' && chars.peek() == Some(&'*') => {
+                let mut ahead = chars.clone();
+                ahead.next();
+                if ahead.next() == Some(']') {
+                    chars.next();
+                    chars.next();
+                    out.push('[');
+                    out.push_str(crate::lower::ANY_INDEX);
+                    out.push(']');
+                    continue;
+                }
+            }
+            None => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// An error at the query's first token.
 fn first_token(sql: &str, message: &str) -> QueryError {
     let lead = &sql[..sql.len() - sql.trim_start().len()];
@@ -97,7 +127,7 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
     if sql.len() > MAX_QUERY_BYTES {
         return Err(QueryError { message: format!("a query is at most {MAX_QUERY_BYTES} bytes"), line: 1, column: 1 });
     }
-    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(parse_error)?;
+    let statements = Parser::parse_sql(&GenericDialect {}, &any_index(sql)).map_err(parse_error)?;
     let query = match statements.as_slice() {
         [Statement::Query(query)] => query,
         [] => return Err(at(sqlparser::tokenizer::Span::empty(), "a query is one SELECT statement")),

@@ -46,12 +46,17 @@ pub struct StateLimit {
 /// Where an expression reads its values: an event, or one of a window's results.
 trait Source<'x> {
     fn field(&self, name: &str) -> V<'x>;
+    fn any(&self, prefix: &str, suffix: &str) -> V<'x>;
     fn slot(&self, slot: Slot) -> V<'x>;
 }
 
 impl<'x, 'a: 'x> Source<'x> for EventRef<'a> {
     fn field(&self, name: &str) -> V<'x> {
         field(self, name)
+    }
+
+    fn any(&self, prefix: &str, suffix: &str) -> V<'x> {
+        crate::value::any(self, prefix, suffix)
     }
 
     fn slot(&self, _: Slot) -> V<'x> {
@@ -73,6 +78,10 @@ impl<'r> Source<'r> for &'r Result_ {
         V::Null
     }
 
+    fn any(&self, _: &str, _: &str) -> V<'r> {
+        V::Null
+    }
+
     fn slot(&self, slot: Slot) -> V<'r> {
         let borrow = |v: Option<&'r V<'static>>| match v {
             Some(V::Text(t)) => V::Text(Cow::Borrowed(t.as_ref())),
@@ -91,6 +100,7 @@ impl<'r> Source<'r> for &'r Result_ {
 fn eval<'x, S: Source<'x>>(e: &'x Expr, src: &S, rng: &mut u64) -> V<'x> {
     match e {
         Expr::Field(name) => src.field(name),
+        Expr::Any(prefix, suffix) => src.any(prefix, suffix),
         Expr::Slot(slot) => src.slot(*slot),
         Expr::Lit(l) => match l {
             Lit::Null => V::Null,
@@ -416,8 +426,11 @@ impl State {
             *state_bytes += cost;
             window.bytes += cost;
             window.rows.push((group, cost));
-            let Some((group, _)) = window.rows.last_mut() else { return Ok(()) };
-            group
+            let freed = prune(plan, &mut window.rows, rng);
+            *state_bytes = state_bytes.saturating_sub(freed);
+            window.bytes = window.bytes.saturating_sub(freed);
+            // Rows have no accumulators: nothing more to fold.
+            return Ok(());
         };
         let mut grown = 0isize;
         for (acc, agg) in group.accs.iter_mut().zip(&plan.aggs) {
@@ -522,6 +535,97 @@ impl State {
             }
         }
     }
+}
+
+/// Compares two results' `ORDER BY` keys.
+fn by_order(plan: &Plan, a: &[V<'_>], b: &[V<'_>]) -> std::cmp::Ordering {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    for ((x, y), o) in a.iter().zip(b).zip(&plan.order) {
+        let ord = match (x == &V::Null, y == &V::Null) {
+            (true, true) => Equal,
+            (true, false) => {
+                if o.nulls_first {
+                    Less
+                } else {
+                    Greater
+                }
+            }
+            (false, true) => {
+                if o.nulls_first {
+                    Greater
+                } else {
+                    Less
+                }
+            }
+            (false, false) => {
+                if o.desc {
+                    order(y, x)
+                } else {
+                    order(x, y)
+                }
+            }
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    Equal
+}
+
+/// A row of an open window, seen by `HAVING` and `ORDER BY` before the window closes.
+struct RowView<'r>(&'r [V<'static>]);
+
+impl<'r> Source<'r> for RowView<'r> {
+    fn field(&self, _: &str) -> V<'r> {
+        V::Null
+    }
+
+    fn any(&self, _: &str, _: &str) -> V<'r> {
+        V::Null
+    }
+
+    fn slot(&self, slot: Slot) -> V<'r> {
+        match (
+            slot,
+            self.0.get(match slot {
+                Slot::First(i) => i,
+                _ => usize::MAX,
+            }),
+        ) {
+            (_, Some(V::Text(t))) => V::Text(Cow::Borrowed(t.as_ref())),
+            (_, Some(v)) => v.clone(),
+            (_, None) => V::Null,
+        }
+    }
+}
+
+/// Rows of an open window kept for top-N: past twice the limit, only the best `limit` (by
+/// `HAVING` and `ORDER BY`) stay, so a long window holds O(limit) rows. Not with `anomaly`,
+/// which needs every row. Returns the bytes freed.
+fn prune(plan: &Plan, rows: &mut Vec<(Group, usize)>, rng: &mut u64) -> usize {
+    let Some(limit) = plan.limit.and_then(|n| usize::try_from(n).ok()) else { return 0 };
+    if plan.order.is_empty() || !plan.anomalies.is_empty() || rows.len() < limit.saturating_mul(2).max(64) {
+        return 0;
+    }
+    let mut keyed: Vec<(Vec<V<'static>>, (Group, usize))> = Vec::with_capacity(rows.len());
+    let mut freed = 0;
+    for row in std::mem::take(rows) {
+        if plan.having.as_ref().is_some_and(|h| !eval(h, &RowView(&row.0.firsts), rng).truthy()) {
+            freed += row.1;
+            continue;
+        }
+        let keys = plan.order.iter().map(|o| eval(&o.expr, &RowView(&row.0.firsts), rng).owned()).collect();
+        keyed.push((keys, row));
+    }
+    keyed.sort_by(|(a, _), (b, _)| by_order(plan, a, b));
+    for (i, (_, row)) in keyed.into_iter().enumerate() {
+        if i < limit {
+            rows.push(row);
+        } else {
+            freed += row.1;
+        }
+    }
+    freed
 }
 
 fn median_of(values: &mut [f64]) -> f64 {

@@ -126,6 +126,8 @@ pub(crate) enum Slot {
 #[derive(Debug, Clone)]
 pub(crate) enum Expr {
     Field(String),
+    /// `a[*].b`: the values of `a.0.b`, `a.1.b`, … as an array (prefix `a`, suffix `.b`).
+    Any(String, String),
     Lit(Lit),
     Cmp(Cmp, Box<Expr>, Box<Expr>),
     Arith(Op, Box<Expr>, Box<Expr>),

@@ -36,6 +36,9 @@ impl Scope for PerEvent {
         if let Some(name) = dotted(e) {
             return Ok(Some(Expr::Field(name)));
         }
+        if let Some((prefix, suffix)) = any_path(e) {
+            return Ok(Some(Expr::Any(prefix, suffix)));
+        }
         let Sql::Function(f) = e else { return Ok(None) };
         let name = function_name(f);
         if name == "sample" {
@@ -66,6 +69,10 @@ impl Scope for OverWindow<'_> {
         }
         if let Some(name) = dotted(e) {
             return Ok(Some(self.first(name)));
+        }
+        if let Some((prefix, suffix)) = any_path(e) {
+            self.plan.firsts.push(Expr::Any(prefix, suffix));
+            return Ok(Some(Expr::Slot(Slot::First(self.plan.firsts.len() - 1))));
         }
         let Sql::Function(f) = e else { return Ok(None) };
         let name = function_name(f);
@@ -198,7 +205,24 @@ fn sample(f: &ast::Function) -> Result<Expr, QueryError> {
     Ok(Expr::Sample(percent / 100.0))
 }
 
-/// The field a (possibly dotted) name refers to: `a.b` is the field `a.b`.
+/// The name that stands for "every element" in `a[*]` once [`crate::compile`] has made it
+/// parseable (`a[_]`, the same length, so that positions stay right).
+pub(crate) const ANY_INDEX: &str = "_";
+
+/// One step of a field path: `.name`, `[n]` (the element `n`, from 0), or `[*]` (`Err`).
+fn step(access: &ast::AccessExpr) -> Option<Result<String, ()>> {
+    match access {
+        ast::AccessExpr::Dot(part) => dotted(part).map(Ok),
+        ast::AccessExpr::Subscript(ast::Subscript::Index { index }) => match index {
+            Sql::Identifier(id) if id.value == ANY_INDEX && id.quote_style.is_none() => Some(Err(())),
+            e => integer(e).map(|n| Ok(n.to_string())),
+        },
+        ast::AccessExpr::Subscript(_) => None,
+    }
+}
+
+/// The field a (possibly dotted or indexed) name refers to: `a.b` is the field `a.b`, `a[1].b`
+/// the field `a.1.b` (arrays are flattened to indexed names).
 pub(crate) fn dotted(e: &Sql) -> Option<String> {
     match e {
         Sql::Identifier(id) => Some(id.value.clone()),
@@ -206,9 +230,8 @@ pub(crate) fn dotted(e: &Sql) -> Option<String> {
         Sql::CompoundFieldAccess { root, access_chain } => {
             let mut name = dotted(root)?;
             for access in access_chain {
-                let ast::AccessExpr::Dot(part) = access else { return None };
                 name.push('.');
-                name.push_str(&dotted(part)?);
+                name.push_str(&step(access)?.ok()?);
             }
             Some(name)
         }
@@ -216,6 +239,28 @@ pub(crate) fn dotted(e: &Sql) -> Option<String> {
         Sql::Function(f) if matches!(f.args, FunctionArguments::None) => Some(f.name.to_string()),
         _ => None,
     }
+}
+
+/// `a[*]…`: the path before the first `[*]` and the rest (`.b` of `a[*].b`); one `[*]` only.
+fn any_path(e: &Sql) -> Option<(String, String)> {
+    let Sql::CompoundFieldAccess { root, access_chain } = e else { return None };
+    let mut prefix = dotted(root)?;
+    let mut suffix: Option<String> = None;
+    for access in access_chain {
+        match (step(access)?, &mut suffix) {
+            (Ok(part), None) => {
+                prefix.push('.');
+                prefix.push_str(&part);
+            }
+            (Ok(part), Some(s)) => {
+                s.push('.');
+                s.push_str(&part);
+            }
+            (Err(()), None) => suffix = Some(String::new()),
+            (Err(()), Some(_)) => return None,
+        }
+    }
+    Some((prefix, suffix?))
 }
 
 /// A function's plain arguments.

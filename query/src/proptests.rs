@@ -9,8 +9,20 @@ use squilla_batch::BatchBuilder;
 use crate::{Query, Runner};
 
 fn field() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["a", "b", "s", "user.id", "user", "\"device-type\"", "\"timestamp-ms\"", "missing"])
-        .prop_map(str::to_owned)
+    prop::sample::select(vec![
+        "a",
+        "b",
+        "s",
+        "user.id",
+        "user",
+        "\"device-type\"",
+        "\"timestamp-ms\"",
+        "missing",
+        "a[0]",
+        "a[*]",
+        "user[*].id",
+    ])
+    .prop_map(str::to_owned)
 }
 
 fn literal() -> impl Strategy<Value = String> {

@@ -334,3 +334,78 @@ fn prefixes_select_objects() {
     let rows = run("SELECT user, user.* WHERE status = 503");
     assert_eq!(rows[0]["user"], json!({"id": 2}));
 }
+
+#[test]
+fn arrays_and_nested_objects_are_indexed_and_returned_whole() {
+    let mut b = BatchBuilder::new();
+    for line in [
+        r#"{"timestamp-ms": 1, "id": 1, "calls": [{"latency": 120, "host": "a"}, {"latency": 450, "host": "b"}], "tags": ["x", "y"], "user": {"id": 7, "geo": {"cc": "nl"}}}"#,
+        r#"{"timestamp-ms": 2, "id": 2, "calls": [{"latency": 80, "host": "c"}], "tags": [], "user": {"id": 8}}"#,
+    ] {
+        squilla_batch::json::push_json_line(&mut b, line, 0).unwrap();
+    }
+    let batch = b.finish().unwrap();
+    let run_on = |sql: &str| {
+        let query = Arc::new(Query::parse(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}")));
+        let mut runner = Runner::new(query, 0, 1);
+        let mut out = Vec::new();
+        for event in batch.view().events() {
+            runner.push(&event, &mut out).unwrap();
+        }
+        out.into_iter().map(Value::Object).collect::<Vec<_>>()
+    };
+    // Any element: `calls[*].latency > 300` holds if one call is slow.
+    assert_eq!(column(&run_on("SELECT id WHERE calls[*].latency > 300"), "id"), [json!(1)]);
+    assert_eq!(column(&run_on("SELECT id WHERE tags[*] = 'y'"), "id"), [json!(1)]);
+    // An index, from 0.
+    let rows = run_on("SELECT calls[1].host AS second, calls[0].latency AS first, tags[0] AS tag");
+    assert_eq!(rows[0], json!({"timestamp-ms": 1, "second": "b", "first": 120, "tag": "x"}));
+    assert_eq!(rows[1]["second"], Value::Null);
+    // Whole arrays and objects come back as JSON arrays and objects.
+    let rows = run_on("SELECT calls, user, calls[*].latency AS latencies");
+    assert_eq!(rows[0]["calls"], json!([{"latency": 120, "host": "a"}, {"latency": 450, "host": "b"}]));
+    assert_eq!(rows[0]["user"], json!({"id": 7, "geo": {"cc": "nl"}}));
+    assert_eq!(rows[0]["latencies"], json!([120, 450]));
+    let all = run_on("SELECT *");
+    assert_eq!(all[0]["user"]["geo"]["cc"], "nl");
+    assert_eq!(all[0]["tags"], json!(["x", "y"]));
+    assert_eq!(all[1]["tags"], Value::Null, "an empty array is carried as null");
+    // Grouped by an element.
+    let query = Arc::new(
+        Query::parse("SELECT calls[0].host AS h, count(*) AS n GROUP BY calls[0].host, window(1000)").unwrap(),
+    );
+    let mut runner = Runner::new(query, 0, 1);
+    let mut out = Vec::new();
+    for event in batch.view().events() {
+        runner.push(&event, &mut out).unwrap();
+    }
+    runner.tick(1000, &mut out);
+    assert_eq!(out.len(), 2);
+    // `[*]` inside quotes is text, not a path.
+    assert_eq!(run_on("SELECT id WHERE '[*]' = '[*]'").len(), 2);
+}
+
+#[test]
+fn a_long_top_n_window_keeps_only_about_twice_n_rows() {
+    let query =
+        Arc::new(Query::parse("SELECT n GROUP BY window(3600000) HAVING n % 2 = 0 ORDER BY n DESC LIMIT 5").unwrap());
+    let mut runner = Runner::new(query, 0, 1);
+    let mut out = Vec::new();
+    let mut most = 0;
+    for chunk in 0..20 {
+        let mut b = BatchBuilder::new();
+        for i in 0..1000 {
+            b.event(0).field("n", chunk * 1000 + i);
+        }
+        for event in b.finish().unwrap().view().events() {
+            runner.push(&event, &mut out).unwrap();
+        }
+        most = most.max(runner.state_bytes());
+    }
+    assert!(most < 64 * 400, "{most} bytes for a top 5");
+    runner.tick(3_600_000, &mut out);
+    assert_eq!(
+        out.iter().map(|r| r["n"].clone()).collect::<Vec<_>>(),
+        [19998, 19996, 19994, 19992, 19990].map(|n| json!(n))
+    );
+}

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use hashbrown::Equivalent;
-use serde_json::{Map, Number, Value as Json};
+use serde_json::{Number, Value as Json};
 use squilla_batch::{EventRef, ValueRef};
 
 use crate::Cmp;
@@ -101,32 +101,53 @@ fn from_ref(v: ValueRef<'_>) -> V<'_> {
     }
 }
 
-/// The object of the fields named `name.…`, nested at each further dot; `null` if none.
+/// The object (or array) of the fields named `name.…`, nested at each further dot; `null` if
+/// none.
 fn prefix<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
-    let mut object = Map::new();
-    for (field, value) in event.fields() {
-        let Some(rest) = field.strip_prefix(name).and_then(|r| r.strip_prefix('.')) else { continue };
-        insert_nested(&mut object, rest, from_ref(value).json());
-    }
-    if object.is_empty() { V::Null } else { V::Json(Json::Object(object)) }
+    let mut found = false;
+    let nested = squilla_batch::json::nest(event.fields().filter_map(|(field, value)| {
+        let rest = field.strip_prefix(name)?.strip_prefix('.')?;
+        found = true;
+        Some((rest, from_ref(value).json()))
+    }));
+    if found { V::Json(nested) } else { V::Null }
 }
 
-/// Puts `value` at the dotted `path` of `object`; a path whose parent already holds a value
-/// that is not an object keeps its dotted name at that level (the first value wins).
-pub(crate) fn insert_nested(object: &mut Map<String, Json>, path: &str, value: Json) {
-    match path.split_once('.') {
-        Some((head, rest)) if !head.is_empty() && !rest.is_empty() => {
-            let slot = object.entry(head).or_insert_with(|| Json::Object(Map::new()));
-            match slot {
-                Json::Object(inner) => insert_nested(inner, rest, value),
-                _ => {
-                    object.entry(path).or_insert(value);
-                }
+/// The values of the fields `prefix.N` + `suffix` (`a[*].latency`: prefix `a`, suffix
+/// `.latency`), for every index `N`, as an array; `null` if none.
+pub(crate) fn any<'a>(event: &EventRef<'a>, prefix: &str, suffix: &str) -> V<'a> {
+    let mut items = Vec::new();
+    let mut objects: Vec<(usize, Vec<(&str, Json)>)> = Vec::new();
+    for (field, value) in event.fields() {
+        let Some(rest) = field.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else { continue };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(index) = rest[..digits].parse::<usize>() else { continue };
+        let after = &rest[digits..];
+        if after == suffix {
+            items.push(from_ref(value).json());
+        } else if let Some(deeper) = after.strip_prefix(suffix).and_then(|r| r.strip_prefix('.')) {
+            // An object inside the element: gathered per index.
+            match objects.iter_mut().find(|(i, _)| *i == index) {
+                Some((_, fields)) => fields.push((deeper, from_ref(value).json())),
+                None => objects.push((index, vec![(deeper, from_ref(value).json())])),
             }
         }
-        _ => {
-            object.entry(path).or_insert(value);
-        }
+    }
+    items.extend(objects.into_iter().map(|(_, fields)| squilla_batch::json::nest(fields)));
+    if items.is_empty() { V::Null } else { V::Json(Json::Array(items)) }
+}
+
+/// A JSON value as a query value.
+fn from_json(j: &Json) -> V<'static> {
+    match j {
+        Json::Null => V::Null,
+        Json::Bool(b) => V::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => V::Int(i),
+            None => V::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => V::Text(Cow::Owned(s.clone())),
+        other => V::Json(other.clone()),
     }
 }
 
@@ -134,6 +155,13 @@ pub(crate) fn insert_nested(object: &mut Map<String, Json>, path: &str, value: J
 /// booleans; anything else (or `null`) is false, except that `!=` holds between different
 /// non-null values.
 pub(crate) fn compare(cmp: Cmp, a: &V<'_>, b: &V<'_>) -> bool {
+    // An array compares element by element: true if any element does (`a[*].x > 3`).
+    if let V::Json(Json::Array(items)) = a {
+        return items.iter().any(|item| compare(cmp, &from_json(item), b));
+    }
+    if let V::Json(Json::Array(items)) = b {
+        return items.iter().any(|item| compare(cmp, a, &from_json(item)));
+    }
     let ord = match (a, b) {
         (V::Text(x), V::Text(y)) => Some(x.as_ref().cmp(y.as_ref())),
         (V::Bool(x), V::Bool(y)) => Some(x.cmp(y)),
