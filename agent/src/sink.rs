@@ -133,9 +133,16 @@ impl Frames {
         self.ends.push(self.text.len());
     }
 
-    /// Appends an event's frame, writing its JSON straight into the text.
-    fn push_event(&mut self, event: &squilla_batch::EventRef<'_>) {
-        sse::frame_with(&mut self.text, None, |out| squilla_batch::json::write_json(event, out));
+    /// Appends an event's frame, writing its JSON straight into the text (`nested`: its
+    /// batch has dotted names, which nest again).
+    fn push_event(&mut self, event: &squilla_batch::EventRef<'_>, nested: bool) {
+        sse::frame_with(&mut self.text, None, |out| {
+            if nested {
+                squilla_batch::json::write_json_nested(event, out);
+            } else {
+                squilla_batch::json::write_json_flat(event, out);
+            }
+        });
         self.ends.push(self.text.len());
     }
 
@@ -400,10 +407,12 @@ impl SinkHub {
             }
             // The frames of each event, made once and only if some group takes events unfiltered.
             let mut plain = Frames::default();
+            // Whether any name is dotted: checked once per batch, in its table of names.
+            let nested = batch.view().names().any(|n| n.contains('.'));
             if groups.iter().any(|g| g.runner.is_none()) {
                 plain.text.reserve(batch.as_bytes().len() * 2);
                 for event in batch.view().events() {
-                    plain.push_event(&event);
+                    plain.push_event(&event, nested);
                 }
             }
             let plain = plain.freeze();
@@ -418,7 +427,7 @@ impl SinkHub {
                         let mut frames = Frames::default();
                         for event in batch.view().events() {
                             if runner.matches(&event) {
-                                frames.push_event(&event);
+                                frames.push_event(&event, nested);
                             }
                         }
                         g.deliver(&frames.freeze());

@@ -120,10 +120,22 @@ pub fn nest<'a>(fields: impl IntoIterator<Item = (&'a str, Json)>) -> Json {
 /// times faster than `to_json(event).to_string()`.
 pub fn write_json(event: &EventRef<'_>, out: &mut Vec<u8>) {
     if event.fields().any(|(name, _)| name.contains('.')) {
-        // Nested again: the slower path, taken only by events with dotted names.
-        let _ = serde_json::to_writer(&mut *out, &to_json(event));
-        return;
+        write_json_nested(event, out);
+    } else {
+        write_json_flat(event, out);
     }
+}
+
+/// [`write_json`] for an event with dotted names: they nest again, as [`to_json`] nests them.
+pub fn write_json_nested(event: &EventRef<'_>, out: &mut Vec<u8>) {
+    // Writing to a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &to_json(event));
+}
+
+/// [`write_json`] for an event known to have no dotted name (a batch whose
+/// [`names`](crate::BatchView::names) hold no `.`): the fast path, which writes names as they
+/// are.
+pub fn write_json_flat(event: &EventRef<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(TIMESTAMP.as_bytes());
     out.extend_from_slice(b"\":");
@@ -167,6 +179,7 @@ pub fn write_json(event: &EventRef<'_>, out: &mut Vec<u8>) {
 }
 
 /// A JSON string literal, escaped as `serde_json` escapes it.
+#[inline]
 fn string(out: &mut Vec<u8>, text: &str) {
     if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');

@@ -44,12 +44,17 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 json.clear();
+                let nested = batch.view().names().any(|n| n.contains('.'));
                 for event in batch.view().events() {
                     // As an agent's sink runs them: a `SELECT *` filter's matches are written
                     // straight from the batch; other queries make their results.
                     if query.selects_events() {
                         if runner.matches(&event) {
-                            squilla_batch::json::write_json(&event, &mut json);
+                            if nested {
+                                squilla_batch::json::write_json_nested(&event, &mut json);
+                            } else {
+                                squilla_batch::json::write_json_flat(&event, &mut json);
+                            }
                         }
                     } else {
                         runner.push(&event, &mut out).unwrap();

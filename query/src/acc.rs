@@ -23,6 +23,7 @@ pub const HLL_PRECISION: u32 = 12;
 const ENTRY_BYTES: usize = 32;
 
 /// xorshift64*: a fast, seeded random stream for `sample` and reservoir sampling.
+#[inline]
 pub(crate) fn next_random(state: &mut u64) -> f64 {
     let mut x = *state;
     x ^= x >> 12;
@@ -71,6 +72,7 @@ impl Acc {
 
     /// Adds a value (`None`: the row itself, for `count(*)`); returns by how many bytes the
     /// accumulator grew (or shrank).
+    #[inline]
     pub(crate) fn add(&mut self, v: Option<V<'_>>, rng: &mut u64, hasher: &impl BuildHasher) -> isize {
         match (self, v) {
             (Acc::Count(n), None) => *n += 1,
@@ -161,7 +163,7 @@ impl Acc {
                 let rank = ((*q * values.len() as f64).ceil() as usize).clamp(1, values.len());
                 values.get(rank - 1).map_or(V::Null, |x| V::Float(*x))
             }
-            Acc::List(values) => V::Json(Json::Array(std::mem::take(values))),
+            Acc::List(values) => V::Json(Box::new(Json::Array(std::mem::take(values)))),
         }
     }
 }

@@ -39,7 +39,7 @@ const WINDOW_OVERHEAD: usize = 128;
 pub struct StateLimit {
     /// The limit, bytes.
     pub limit: usize,
-    /// Groups (or rows) in the open windows when it was reached.
+    /// Groups (or rows) in the window the refused event belonged to.
     pub groups: usize,
 }
 
@@ -51,6 +51,7 @@ trait Source<'x> {
 }
 
 impl<'x, 'a: 'x> Source<'x> for EventRef<'a> {
+    #[inline]
     fn field(&self, name: &str) -> V<'x> {
         field(self, name)
     }
@@ -102,24 +103,64 @@ fn eval<'x, S: Source<'x>>(e: &'x Expr, src: &S, rng: &mut u64) -> V<'x> {
         Expr::Field(name) => src.field(name),
         Expr::Any(prefix, suffix) => src.any(prefix, suffix),
         Expr::Slot(slot) => src.slot(*slot),
-        Expr::Lit(l) => match l {
-            Lit::Null => V::Null,
-            Lit::Bool(b) => V::Bool(*b),
-            Lit::Int(i) => V::Int(*i),
-            Lit::Float(f) => V::Float(*f),
-            Lit::Text(t) => V::Text(Cow::Borrowed(t)),
-        },
-        Expr::Cmp(cmp, a, b) => V::Bool(compare(*cmp, &eval(a, src, rng), &eval(b, src, rng))),
+        Expr::Lit(l) => literal(l),
+        Expr::FieldCmp(cmp, name, l) => {
+            let x = src.field(name);
+            let holds = compare(*cmp, &x, &literal(l));
+            release(x);
+            V::Bool(holds)
+        }
+        Expr::Cmp(cmp, a, b) => {
+            let (x, y) = (eval(a, src, rng), eval(b, src, rng));
+            let holds = compare(*cmp, &x, &y);
+            release(x);
+            release(y);
+            V::Bool(holds)
+        }
         Expr::Arith(op, a, b) => arith(*op, &eval(a, src, rng), &eval(b, src, rng)),
-        Expr::And(a, b) => V::Bool(eval(a, src, rng).truthy() && eval(b, src, rng).truthy()),
-        Expr::Or(a, b) => V::Bool(eval(a, src, rng).truthy() || eval(b, src, rng).truthy()),
-        Expr::Not(a) => V::Bool(!eval(a, src, rng).truthy()),
+        Expr::And(a, b) => V::Bool(test(a, src, rng) && test(b, src, rng)),
+        Expr::Or(a, b) => V::Bool(test(a, src, rng) || test(b, src, rng)),
+        Expr::Not(a) => V::Bool(!test(a, src, rng)),
         Expr::IsNull(a, negated) => V::Bool((eval(a, src, rng) == V::Null) != *negated),
-        Expr::Regex(a, re) => match eval(a, src, rng) {
-            V::Text(t) => V::Bool(re.is_match(&t)),
-            _ => V::Bool(false),
-        },
+        Expr::Regex(a, re) => {
+            let v = eval(a, src, rng);
+            let matched = matches!(&v, V::Text(t) if re.is_match(t));
+            release(v);
+            V::Bool(matched)
+        }
         Expr::Sample(share) => V::Bool(next_random(rng) < *share),
+    }
+}
+
+#[inline(always)]
+fn literal(l: &Lit) -> V<'_> {
+    match l {
+        Lit::Null => V::Null,
+        Lit::Bool(b) => V::Bool(*b),
+        Lit::Int(i) => V::Int(*i),
+        Lit::Float(f) => V::Float(*f),
+        Lit::Text(t) => V::Text(Cow::Borrowed(t)),
+    }
+}
+
+/// Whether `e` is true.
+#[inline(always)]
+fn test<'x, S: Source<'x>>(e: &'x Expr, src: &S, rng: &mut u64) -> bool {
+    let v = eval(e, src, rng);
+    let holds = v.truthy();
+    release(v);
+    holds
+}
+
+/// Drops `v`, calling its drop glue only if it holds memory: on the per-event path most
+/// values are numbers or borrowed text, and the out-of-line drop call costs a few percent.
+#[inline(always)]
+fn release(v: V<'_>) {
+    if matches!(v, V::Text(Cow::Owned(_)) | V::Json(_)) {
+        drop(v);
+    } else {
+        // Nothing to free: a number, a boolean, null or text borrowed from the batch.
+        std::mem::forget(v);
     }
 }
 
@@ -248,10 +289,11 @@ impl Runner {
     }
 
     /// Whether the query passes `event` (its `WHERE`).
+    #[inline]
     pub fn matches(&mut self, event: &EventRef<'_>) -> bool {
         match &self.query.filter {
             None => true,
-            Some(f) => eval(f, event, &mut self.st.rng).truthy(),
+            Some(f) => test(f, event, &mut self.st.rng),
         }
     }
 
@@ -270,6 +312,22 @@ impl Runner {
             st.emitted += 1;
             return Ok(());
         };
+        st.push_windowed(query, plan, event, out)
+    }
+}
+
+impl State {
+    /// [`Runner::push`] of a matching event into a windowed query: kept out of line so that the
+    /// per-event path of a stream stays small.
+    #[inline(never)]
+    fn push_windowed(
+        &mut self,
+        query: &Query,
+        plan: &Plan,
+        event: &EventRef<'_>,
+        out: &mut Vec<Map<String, Json>>,
+    ) -> Result<(), StateLimit> {
+        let st = self;
         st.events_since_tick = true;
         let start = match plan.window {
             Window::Time(_) => st.window_start,
@@ -309,7 +367,9 @@ impl Runner {
         }
         Ok(())
     }
+}
 
+impl Runner {
     /// Closes the windows that `now_ms` (processing time) has passed, appending their
     /// results: a time window at its end; event-time windows once nothing arrived for
     /// `ms + lateness_ms`.
@@ -351,6 +411,7 @@ impl Runner {
 }
 
 impl State {
+    #[inline]
     fn stream_result(&mut self, query: &Query, event: &EventRef<'_>) -> Map<String, Json> {
         let mut map = Map::new();
         map.insert(squilla_batch::json::TIMESTAMP.into(), event.timestamp_ms().into());
@@ -363,8 +424,14 @@ impl State {
                         }
                     }
                 }
+                // A plain field, the usual item, goes from the batch to JSON directly.
+                Item::Named { name, expr: Expr::Field(field) } => {
+                    map.insert(name.clone(), crate::value::field_json(event, field));
+                }
                 Item::Named { name, expr } => {
-                    map.insert(name.clone(), eval(expr, event, &mut self.rng).json());
+                    let v = eval(expr, event, &mut self.rng);
+                    map.insert(name.clone(), v.json());
+                    release(v);
                 }
             }
         }
@@ -374,18 +441,19 @@ impl State {
     /// Folds `event` into the window starting at `start`.
     fn add(&mut self, plan: &Plan, start: i64, event: &EventRef<'_>) -> Result<(), StateLimit> {
         let State { rng, hasher, open, state_bytes, max_state_bytes, .. } = self;
-        let groups = open.values().map(|o| o.groups.len() + o.rows.len()).sum::<usize>();
-        let limit = StateLimit { limit: *max_state_bytes, groups };
-        let window = match open.entry(start) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                if *state_bytes + WINDOW_OVERHEAD > *max_state_bytes {
-                    return Err(limit);
-                }
-                *state_bytes += WINDOW_OVERHEAD;
-                v.insert(Open { bytes: WINDOW_OVERHEAD, ..Open::default() })
+        let max = *max_state_bytes;
+        let full = |w: &Open| StateLimit { limit: max, groups: w.groups.len() + w.rows.len() };
+        // The usual case first: the event belongs to the latest open window.
+        let latest = open.last_key_value().is_some_and(|(s, _)| *s == start);
+        if !latest && !open.contains_key(&start) {
+            if *state_bytes + WINDOW_OVERHEAD > max {
+                return Err(StateLimit { limit: max, groups: 0 });
             }
-        };
+            *state_bytes += WINDOW_OVERHEAD;
+            open.insert(start, Open { bytes: WINDOW_OVERHEAD, ..Open::default() });
+        }
+        let window = if latest { open.last_entry().map(|e| e.into_mut()) } else { open.get_mut(&start) };
+        let Some(window) = window else { return Ok(()) };
         let new_group = |rng: &mut u64, keys: &[V<'_>]| {
             let firsts: Vec<V<'static>> = plan.firsts.iter().map(|f| eval(f, event, rng).owned()).collect();
             let all = plan.all.then(|| match squilla_batch::json::to_json(event) {
@@ -406,7 +474,7 @@ impl State {
             if !window.groups.contains_key(&Parts(&values)) {
                 let (group, cost) = new_group(rng, &values);
                 if *state_bytes + cost > *max_state_bytes {
-                    return Err(limit);
+                    return Err(full(window));
                 }
                 *state_bytes += cost;
                 window.bytes += cost;
@@ -421,7 +489,7 @@ impl State {
             }
             let (group, cost) = new_group(rng, &[]);
             if *state_bytes + cost > *max_state_bytes {
-                return Err(limit);
+                return Err(full(window));
             }
             *state_bytes += cost;
             window.bytes += cost;
@@ -440,7 +508,7 @@ impl State {
         *state_bytes = state_bytes.saturating_add_signed(grown);
         window.bytes = window.bytes.saturating_add_signed(grown);
         if *state_bytes > *max_state_bytes {
-            return Err(limit);
+            return Err(full(window));
         }
         Ok(())
     }

@@ -130,6 +130,8 @@ pub(crate) enum Expr {
     Any(String, String),
     Lit(Lit),
     Cmp(Cmp, Box<Expr>, Box<Expr>),
+    /// `field cmp literal`, the usual filter: read without building a value for the literal.
+    FieldCmp(Cmp, String, Lit),
     Arith(Op, Box<Expr>, Box<Expr>),
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),

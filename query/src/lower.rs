@@ -337,6 +337,22 @@ fn like_to_regex(e: &Sql, case_insensitive: bool) -> Result<Regex, QueryError> {
     regex::RegexBuilder::new(&re).size_limit(1 << 20).build().map_err(|err| at(e.span(), err.to_string()))
 }
 
+/// `l cmp r`, as [`Expr::FieldCmp`] where one side is a field and the other a literal.
+fn comparison(cmp: Cmp, l: Expr, r: Expr) -> Expr {
+    let flipped = match cmp {
+        Cmp::Lt => Cmp::Gt,
+        Cmp::Le => Cmp::Ge,
+        Cmp::Gt => Cmp::Lt,
+        Cmp::Ge => Cmp::Le,
+        other => other,
+    };
+    match (l, r) {
+        (Expr::Field(name), Expr::Lit(lit)) => Expr::FieldCmp(cmp, name, lit),
+        (Expr::Lit(lit), Expr::Field(name)) => Expr::FieldCmp(flipped, name, lit),
+        (l, r) => Expr::Cmp(cmp, Box::new(l), Box::new(r)),
+    }
+}
+
 /// Lowers `e` in `scope`.
 pub(crate) fn lower(e: &Sql, scope: &mut impl Scope) -> Result<Expr, QueryError> {
     if let Some(x) = scope.leaf(e)? {
@@ -369,12 +385,12 @@ pub(crate) fn lower(e: &Sql, scope: &mut impl Scope) -> Result<Expr, QueryError>
             match op {
                 BinaryOperator::And => Expr::And(l, r(scope)?),
                 BinaryOperator::Or => Expr::Or(l, r(scope)?),
-                BinaryOperator::Eq => Expr::Cmp(Cmp::Eq, l, r(scope)?),
-                BinaryOperator::NotEq => Expr::Cmp(Cmp::Ne, l, r(scope)?),
-                BinaryOperator::Lt => Expr::Cmp(Cmp::Lt, l, r(scope)?),
-                BinaryOperator::LtEq => Expr::Cmp(Cmp::Le, l, r(scope)?),
-                BinaryOperator::Gt => Expr::Cmp(Cmp::Gt, l, r(scope)?),
-                BinaryOperator::GtEq => Expr::Cmp(Cmp::Ge, l, r(scope)?),
+                BinaryOperator::Eq => comparison(Cmp::Eq, *l, *r(scope)?),
+                BinaryOperator::NotEq => comparison(Cmp::Ne, *l, *r(scope)?),
+                BinaryOperator::Lt => comparison(Cmp::Lt, *l, *r(scope)?),
+                BinaryOperator::LtEq => comparison(Cmp::Le, *l, *r(scope)?),
+                BinaryOperator::Gt => comparison(Cmp::Gt, *l, *r(scope)?),
+                BinaryOperator::GtEq => comparison(Cmp::Ge, *l, *r(scope)?),
                 BinaryOperator::Plus => Expr::Arith(Op::Add, l, r(scope)?),
                 BinaryOperator::Minus => Expr::Arith(Op::Sub, l, r(scope)?),
                 BinaryOperator::Multiply => Expr::Arith(Op::Mul, l, r(scope)?),

@@ -20,10 +20,11 @@ pub(crate) enum V<'a> {
     Float(f64),
     Text(Cow<'a, str>),
     /// An object (a field prefix) or an array (`list(x)`).
-    Json(Json),
+    Json(Box<Json>),
 }
 
 impl V<'_> {
+    #[inline]
     pub(crate) fn number(&self) -> Option<f64> {
         match self {
             V::Int(i) => Some(*i as f64),
@@ -32,6 +33,7 @@ impl V<'_> {
         }
     }
 
+    #[inline]
     pub(crate) fn truthy(&self) -> bool {
         matches!(self, V::Bool(true))
     }
@@ -43,7 +45,7 @@ impl V<'_> {
             V::Int(i) => Json::from(*i),
             V::Float(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
             V::Text(t) => Json::String(t.to_string()),
-            V::Json(j) => j.clone(),
+            V::Json(j) => (**j).clone(),
         }
     }
 
@@ -80,6 +82,7 @@ pub(crate) fn json_bytes(j: &Json) -> usize {
 
 /// A field of `event`: `timestamp-ms` is its timestamp; a name no field has, but that prefixes
 /// dotted names (`user` of `user.id`, `user.name`), is the object of those fields.
+#[inline]
 pub(crate) fn field<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
     if name == squilla_batch::json::TIMESTAMP {
         return V::Int(event.timestamp_ms());
@@ -90,6 +93,23 @@ pub(crate) fn field<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
     }
 }
 
+/// [`field`] as JSON, without an intermediate value.
+pub(crate) fn field_json(event: &EventRef<'_>, name: &str) -> Json {
+    if name == squilla_batch::json::TIMESTAMP {
+        return Json::from(event.timestamp_ms());
+    }
+    match event.get(name) {
+        Some(ValueRef::Null) => Json::Null,
+        Some(ValueRef::Bool(b)) => Json::Bool(b),
+        Some(ValueRef::Int(i)) => Json::from(i),
+        Some(ValueRef::Float(f)) => Number::from_f64(f).map_or(Json::Null, Json::Number),
+        Some(ValueRef::Text(t)) => Json::String(t.to_owned()),
+        Some(bytes @ ValueRef::Bytes(_)) => Json::String(bytes.to_string()),
+        None => prefix(event, name).json(),
+    }
+}
+
+#[inline]
 fn from_ref(v: ValueRef<'_>) -> V<'_> {
     match v {
         ValueRef::Null => V::Null,
@@ -103,6 +123,8 @@ fn from_ref(v: ValueRef<'_>) -> V<'_> {
 
 /// The object (or array) of the fields named `name.…`, nested at each further dot; `null` if
 /// none.
+#[cold]
+#[inline(never)]
 fn prefix<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
     let mut found = false;
     let nested = squilla_batch::json::nest(event.fields().filter_map(|(field, value)| {
@@ -110,11 +132,12 @@ fn prefix<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
         found = true;
         Some((rest, from_ref(value).json()))
     }));
-    if found { V::Json(nested) } else { V::Null }
+    if found { V::Json(Box::new(nested)) } else { V::Null }
 }
 
 /// The values of the fields `prefix.N` + `suffix` (`a[*].latency`: prefix `a`, suffix
 /// `.latency`), for every index `N`, as an array; `null` if none.
+#[inline(never)]
 pub(crate) fn any<'a>(event: &EventRef<'a>, prefix: &str, suffix: &str) -> V<'a> {
     let mut items = Vec::new();
     let mut objects: Vec<(usize, Vec<(&str, Json)>)> = Vec::new();
@@ -134,7 +157,7 @@ pub(crate) fn any<'a>(event: &EventRef<'a>, prefix: &str, suffix: &str) -> V<'a>
         }
     }
     items.extend(objects.into_iter().map(|(_, fields)| squilla_batch::json::nest(fields)));
-    if items.is_empty() { V::Null } else { V::Json(Json::Array(items)) }
+    if items.is_empty() { V::Null } else { V::Json(Box::new(Json::Array(items))) }
 }
 
 /// A JSON value as a query value.
@@ -147,25 +170,20 @@ fn from_json(j: &Json) -> V<'static> {
             None => V::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         Json::String(s) => V::Text(Cow::Owned(s.clone())),
-        other => V::Json(other.clone()),
+        other => V::Json(Box::new(other.clone())),
     }
 }
 
 /// `a cmp b` as `WHERE` compares: numbers across int and float, text with text, booleans with
 /// booleans; anything else (or `null`) is false, except that `!=` holds between different
 /// non-null values.
+#[inline]
 pub(crate) fn compare(cmp: Cmp, a: &V<'_>, b: &V<'_>) -> bool {
-    // An array compares element by element: true if any element does (`a[*].x > 3`).
-    if let V::Json(Json::Array(items)) = a {
-        return items.iter().any(|item| compare(cmp, &from_json(item), b));
-    }
-    if let V::Json(Json::Array(items)) = b {
-        return items.iter().any(|item| compare(cmp, a, &from_json(item)));
-    }
     let ord = match (a, b) {
         (V::Text(x), V::Text(y)) => Some(x.as_ref().cmp(y.as_ref())),
         (V::Bool(x), V::Bool(y)) => Some(x.cmp(y)),
         (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
+        (V::Json(_), _) | (_, V::Json(_)) => return compare_elements(cmp, a, b),
         _ => match (a.number(), b.number()) {
             (Some(x), Some(y)) => x.partial_cmp(&y),
             _ => None,
@@ -179,6 +197,27 @@ pub(crate) fn compare(cmp: Cmp, a: &V<'_>, b: &V<'_>) -> bool {
         Cmp::Le => ord != Ordering::Greater,
         Cmp::Gt => ord == Ordering::Greater,
         Cmp::Ge => ord != Ordering::Less,
+    }
+}
+
+/// [`compare`] with an array on either side: true if any element compares true
+/// (`a[*].x > 3`); an object compares as itself (equal only to an equal object).
+#[cold]
+fn compare_elements(cmp: Cmp, a: &V<'_>, b: &V<'_>) -> bool {
+    if let V::Json(j) = a
+        && let Json::Array(items) = &**j
+    {
+        return items.iter().any(|item| compare(cmp, &from_json(item), b));
+    }
+    if let V::Json(j) = b
+        && let Json::Array(items) = &**j
+    {
+        return items.iter().any(|item| compare(cmp, a, &from_json(item)));
+    }
+    match cmp {
+        Cmp::Eq => a == b,
+        Cmp::Ne => a != b && !matches!((a, b), (V::Null, _) | (_, V::Null)),
+        _ => false,
     }
 }
 
@@ -219,6 +258,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
+    #[inline]
     pub(crate) fn of(v: &V<'_>) -> Key {
         match v {
             V::Null => Key::Null,
@@ -237,7 +277,7 @@ impl Key {
             Key::Int(i) => V::Int(*i),
             Key::Float(bits) => V::Float(f64::from_bits(*bits)),
             Key::Text(t) => V::Text(Cow::Owned(t.to_string())),
-            Key::Json(j) => V::Json(serde_json::from_str(j).unwrap_or(Json::Null)),
+            Key::Json(j) => V::Json(Box::new(serde_json::from_str(j).unwrap_or(Json::Null))),
         }
     }
 
@@ -248,6 +288,7 @@ impl Key {
         }
     }
 
+    #[inline]
     fn hash_into<H: Hasher>(&self, h: &mut H) {
         match self {
             Key::Null => hash_part(h, 0, &()),
@@ -261,6 +302,7 @@ impl Key {
 }
 
 impl Hash for Key {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         self.hash_into(h);
     }
@@ -272,6 +314,7 @@ impl Hash for Key {
 pub(crate) struct GroupKey(pub Vec<Key>);
 
 impl Hash for GroupKey {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         for k in &self.0 {
             k.hash_into(h);
@@ -283,6 +326,7 @@ impl Hash for GroupKey {
 pub(crate) struct Parts<'v, 'a>(pub &'v [V<'a>]);
 
 impl Hash for Parts<'_, '_> {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         for v in self.0 {
             match v {
@@ -297,18 +341,21 @@ impl Hash for Parts<'_, '_> {
     }
 }
 
+#[inline]
 fn hash_part<H: Hasher, T: Hash + ?Sized>(h: &mut H, tag: u8, value: &T) {
     h.write_u8(tag);
     value.hash(h);
 }
 
 impl Equivalent<GroupKey> for Parts<'_, '_> {
+    #[inline]
     fn equivalent(&self, key: &GroupKey) -> bool {
         self.0.len() == key.0.len() && self.0.iter().zip(&key.0).all(|(v, k)| same(v, k))
     }
 }
 
 /// Whether `v` is the value `k` was made of.
+#[inline]
 pub(crate) fn same(v: &V<'_>, k: &Key) -> bool {
     match (v, k) {
         (V::Null, Key::Null) => true,
@@ -316,7 +363,7 @@ pub(crate) fn same(v: &V<'_>, k: &Key) -> bool {
         (V::Int(a), Key::Int(b)) => a == b,
         (V::Float(a), Key::Float(b)) => a.to_bits() == *b,
         (V::Text(a), Key::Text(b)) => **a == **b,
-        (V::Json(a), Key::Json(b)) => serde_json::from_str::<Json>(b).is_ok_and(|b| *a == b),
+        (V::Json(a), Key::Json(b)) => serde_json::from_str::<Json>(b).is_ok_and(|b| **a == b),
         _ => false,
     }
 }
