@@ -146,8 +146,12 @@ fn events() -> Vec<Value> {
     ];
     rows.iter()
         .map(|(ts, device, latency, status, user)| {
-            json!({"timestamp-ms": ts, "device": device, "latency": latency, "status": status,
-                   "user": {"id": user, "region": "eu"}})
+            let mut event = json!({"timestamp-ms": ts, "device": device, "latency": latency, "status": status,
+                   "user": {"id": user, "region": "eu"}});
+            if *latency > 200.0 {
+                event["calls"] = json!([{"ms": 5}, {"ms": 300, "host": "b"}]);
+            }
+            event
         })
         .collect()
 }
@@ -184,6 +188,9 @@ async fn each_construct_answers_through_a_real_subscription() {
         ("anomaly", "SELECT device, latency GROUP BY event_window(1000) HAVING anomaly(latency, 3)"),
         // A stream's LIMIT: the first results, then the end.
         ("first", "SELECT device, user WHERE status >= 400 LIMIT 3"),
+        // Arrays: any element, an index, the whole array; and whole events nested again.
+        ("arrays", "SELECT device, calls, calls[1].ms AS second WHERE calls[*].ms > 100"),
+        ("whole", "SELECT * WHERE latency > 200"),
     ];
     let subscribers: Vec<(&str, Subscriber)> =
         subscriptions.iter().map(|(name, q)| (*name, Subscriber::start(&base, &job, q))).collect();
@@ -220,6 +227,15 @@ async fn each_construct_answers_through_a_real_subscription() {
     let anomaly = get("anomaly").until("the outlier", |r| !r.data.is_empty()).await;
     assert_eq!((anomaly.data[0]["device"].clone(), anomaly.data[0]["latency"].clone()), (json!("tv"), json!(250.0)));
 
+    let arrays = get("arrays").until("the event with a slow call", |r| !r.data.is_empty()).await;
+    assert_eq!(
+        arrays.data[0],
+        json!({"timestamp-ms": 700, "device": "tv", "calls": [{"ms": 5}, {"ms": 300, "host": "b"}], "second": 300})
+    );
+    let whole = get("whole").until("the event whole", |r| !r.data.is_empty()).await;
+    assert_eq!(whole.data[0]["user"], json!({"id": 5, "region": "eu"}));
+    assert_eq!(whole.data[0]["calls"], json!([{"ms": 5}, {"ms": 300, "host": "b"}]));
+
     let first = get("first").until("three results and the end", |r| r.ended).await;
     assert_eq!(field(&first.data, "device"), ["tv", "phone", "tv"].map(|d| json!(d)));
     assert_eq!(first.data[0]["user"], json!({"id": 2, "region": "eu"}), "a prefix selects an object");
@@ -245,6 +261,19 @@ async fn a_failing_query_ends_its_own_subscription_and_nobody_elses() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "invalid_query");
     assert!(body["message"].as_str().unwrap().ends_with("(line 1, column 27)"), "{body}");
+
+    // A job source's query is checked when the cluster is created.
+    for (query, problem) in [("SELECT x WHERE", "line 1"), ("SELECT x LIMIT 5", "LIMIT")] {
+        let spec = json!({
+            "name": "down", "source": {"kind": "job", "cluster": "f", "query": query},
+            "stages": [{"name": "only", "artifact": "sha256:0000000000000000000000000000000000000000000000000000000000000000"}]
+        });
+        let (status, body) =
+            call(&base, reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_spec")), "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("source.query: ") && message.contains(problem), "{message}");
+    }
 
     let plain = Subscriber::start(&base, &job, "SELECT *");
     // The query of the crash report: arithmetic over an aggregate, in a short window.

@@ -135,7 +135,7 @@ async fn split_jobs_match_single_agent_jobs_and_client_ids_split_the_stream() {
 
     // Ingest is all-or-nothing: a request with bad lines is refused, naming them.
     let mut bad = ndjson(9_000..9_003);
-    bad.extend_from_slice(b"{\"id\": 9003, \"status\": [500]}\nnot json\n");
+    bad.extend_from_slice(b"{\"id\": 9003, \"status\": [[[[[[[[[500]]]]]]]]]}\nnot json\n");
     for job in [&spread, &single] {
         let (status, body) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), bad.clone()).await;
         assert_eq!((status, body["code"].as_str()), (400, Some("invalid_events")), "{body}");

@@ -33,6 +33,7 @@ pub async fn create(
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", "a job spec is UTF-8 JSON"))?;
     let spec =
         JobSpec::parse(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string()))?;
+    check_source_query(&spec)?;
     let now = crate::control::model::now_ms();
     let created = with_store(&state, move |store| store.put_cluster(&tenant, spec, now)).await?;
     let created = created.map_err(|unknown| {
@@ -43,6 +44,21 @@ pub async fn create(
         )
     })?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A job source's query, checked as a subscription's is: 400 `invalid_spec` naming
+/// `source.query` and the position of the problem. A stream's `LIMIT` is refused: a job source
+/// reads without end (it would read the first results again at every reconnection).
+fn check_source_query(spec: &JobSpec) -> Result<(), ApiError> {
+    let squilla_types::SourceSpec::Job { query: Some(text), .. } = &spec.source else { return Ok(()) };
+    let bad =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", format!("source.query: {message}"));
+    let query = squilla_query::Query::parse(text)
+        .map_err(|e| bad(format!("{} (line {}, column {})", e.message, e.line, e.column)))?;
+    if query.stream_limit().is_some() {
+        return Err(bad("a job source reads without end: LIMIT is for subscriptions".into()));
+    }
+    Ok(())
 }
 
 /// `GET /api/v1/clusters`: the latest version of each of the tenant's clusters.
