@@ -25,6 +25,9 @@
 //!   [`SinkLimits::query_state_bytes`], counted against the tenant's and the agent's budgets
 //!   as well; past it the group's subscriptions end with an `error` event
 //!   (`query_state_limit`), never the agent.
+//! - **Bounded query time.** Every group shares the hub's thread, so a query that takes more
+//!   than [`QUERY_BATCH_BUDGET`] on [`QUERY_SLOW_BATCHES`] batches in a row, or more than
+//!   [`QUERY_BATCH_MAX`] on one, ends its group's subscriptions (`query_too_slow`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +44,13 @@ use squilla_types::time::now_ms;
 /// Default events one subscriber may have waiting before chunks for it are dropped: four full
 /// batches, so that a reader that pauses briefly loses nothing.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// Time one query may take on one output batch (or one window's close) before it counts as slow.
+pub const QUERY_BATCH_BUDGET: Duration = Duration::from_millis(25);
+/// Slow batches in a row that end a query's subscriptions (`query_too_slow`).
+pub const QUERY_SLOW_BATCHES: u32 = 3;
+/// Time on one batch that ends a query's subscriptions at once.
+pub const QUERY_BATCH_MAX: Duration = Duration::from_millis(250);
 
 /// Memory limits of sinks. `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -166,6 +176,8 @@ impl Rendered {
 }
 
 struct Group {
+    /// Batches in a row on which the query took more than [`QUERY_BATCH_BUDGET`].
+    slow: u8,
     client_id: Option<String>,
     query_text: Option<String>,
     sample: Option<u32>,
@@ -264,13 +276,32 @@ impl Group {
     }
 
     /// Renders the runner's outputs in `out` and delivers them.
-    fn deliver_results(&mut self, out: &mut Vec<serde_json::Map<String, serde_json::Value>>) {
+    fn deliver_results(&mut self, out: &mut Vec<serde_json::Map<String, serde_json::Value>>, max_bytes: usize) {
         if out.is_empty() {
             return;
         }
+        // Results go out in chunks of at most a quarter of a subscriber's buffer, so that a
+        // window with many results is delivered as far as the buffer allows, not dropped
+        // whole; one result larger than the whole buffer can never be, and ends the stream.
+        let chunk = (max_bytes / 4).max(1);
         let mut frames = Frames::default();
-        for map in out.drain(..) {
+        for map in std::mem::take(out) {
+            let before = frames.text.len();
             frames.push_result(map);
+            let size = frames.text.len() - before;
+            if size > max_bytes {
+                self.end(StreamEnd {
+                    code: "result_too_large",
+                    message: format!(
+                        "one query result is {size} bytes, more than a subscriber's buffer of {max_bytes} bytes; \
+                         select less (e.g. fewer values in list(…))"
+                    ),
+                });
+                return;
+            }
+            if frames.text.len() >= chunk {
+                self.deliver(&std::mem::take(&mut frames).freeze());
+            }
         }
         self.deliver(&frames.freeze());
     }
@@ -283,7 +314,26 @@ impl Group {
     /// `LIMIT` is reached ends normally.
     fn guarded(&mut self, work: impl FnOnce(&mut Group, &mut Runner)) {
         let Some(mut runner) = self.runner.take() else { return };
+        let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self, &mut runner)));
+        // Every group of the job shares the hub's thread: a query that takes too long on
+        // batch after batch ends, rather than delaying every other subscriber of the job.
+        let took = started.elapsed();
+        self.slow = if took > QUERY_BATCH_BUDGET { self.slow.saturating_add(1) } else { 0 };
+        if result.is_ok() && (took > QUERY_BATCH_MAX || u32::from(self.slow) >= QUERY_SLOW_BATCHES) {
+            self.end(StreamEnd {
+                code: "query_too_slow",
+                message: format!(
+                    "the query took {} ms on one batch (at most {} ms, or {} ms on {} batches in a row); \
+                     every subscriber of the job shares this work: simplify the query or filter earlier",
+                    took.as_millis(),
+                    QUERY_BATCH_MAX.as_millis(),
+                    QUERY_BATCH_BUDGET.as_millis(),
+                    QUERY_SLOW_BATCHES
+                ),
+            });
+            return;
+        }
         match result {
             Ok(()) if runner.finished() => {
                 for m in self.members.drain(..) {
@@ -374,6 +424,7 @@ impl SinkHub {
                 state_budget: self.tenant.child(Level::Subscriber, usize::MAX),
                 state_reserved: 0,
                 tokens: options.sample_per_second.map_or(0.0, f64::from),
+                slow: 0,
                 refilled: Instant::now(),
             }),
         }
@@ -382,6 +433,7 @@ impl SinkHub {
 
     fn run(&self, pipeline: PipelineHandle) {
         let mut out = Vec::new();
+        let subscriber_bytes = self.limits.subscriber_bytes;
         while !self.closed.load(Ordering::Relaxed) && pipeline.is_alive() {
             let batch = pipeline.recv(Duration::from_millis(100));
             let mut groups = self.groups();
@@ -395,7 +447,7 @@ impl SinkHub {
                 if g.runner.is_some() {
                     g.guarded(|g, runner| {
                         runner.tick(now, &mut out);
-                        g.deliver_results(&mut out);
+                        g.deliver_results(&mut out, subscriber_bytes);
                         g.account_state(runner.state_bytes());
                     });
                 }
@@ -440,7 +492,7 @@ impl SinkHub {
                             break;
                         }
                     }
-                    g.deliver_results(&mut out);
+                    g.deliver_results(&mut out, subscriber_bytes);
                     if let Some(e) = limit {
                         g.end(StreamEnd { code: "query_state_limit", message: e.to_string() });
                     } else {

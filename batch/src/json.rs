@@ -23,10 +23,12 @@ pub enum JsonError {
     /// `timestamp-ms` is there but not an integer.
     #[error("`timestamp-ms` must be an integer")]
     Timestamp,
-    /// Objects and arrays nest deeper than [`MAX_DEPTH`], or an array is longer than
-    /// [`MAX_ARRAY`].
-    #[error("field `{0}`: objects and arrays nest at most 8 deep, and an array holds at most 1,000 elements")]
+    /// Objects and arrays nest deeper than [`MAX_DEPTH`].
+    #[error("field `{0}`: objects and arrays nest at most 8 deep")]
     Nested(String),
+    /// An array is longer than [`MAX_ARRAY`].
+    #[error("field `{0}`: an array holds at most 1,000 elements")]
+    LongArray(String),
 }
 
 /// An event as one JSON object. Bytes become `"0x…"` hex text; non-finite floats `null`.
@@ -226,7 +228,7 @@ fn flatten_value<'a>(
             Ok(())
         }
         Json::Object(inner) => flatten(inner, &name, depth + 1, out),
-        Json::Array(items) if items.len() > MAX_ARRAY => Err(JsonError::Nested(name)),
+        Json::Array(items) if items.len() > MAX_ARRAY => Err(JsonError::LongArray(name)),
         Json::Array(items) if items.is_empty() => {
             out.push((name, NULL));
             Ok(())

@@ -6,8 +6,8 @@ use std::hash::BuildHasher;
 use hashbrown::HashSet;
 use serde_json::Value as Json;
 
-use crate::value::{Key, V, compare};
-use crate::{AggKind, Cmp};
+use crate::AggKind;
+use crate::value::{Key, V, order};
 
 /// Values a `percentile` keeps per group and window; beyond, a uniform sample of that size.
 pub const PERCENTILE_SAMPLES: usize = 10_000;
@@ -39,7 +39,9 @@ pub(crate) enum Acc {
     Count(u64),
     Distinct(HashSet<Key>),
     Hll(Box<[u8]>),
-    Sum(f64, bool),
+    /// The float sum, the integer sum while every value is an integer and it fits, and
+    /// whether any number was seen.
+    Sum(f64, Option<i64>, bool),
     Min(Option<V<'static>>),
     Max(Option<V<'static>>),
     Avg(f64, u64),
@@ -53,7 +55,7 @@ impl Acc {
             AggKind::Count => Acc::Count(0),
             AggKind::CountDistinct => Acc::Distinct(HashSet::new()),
             AggKind::ApproxDistinct => Acc::Hll(vec![0; 1 << HLL_PRECISION].into_boxed_slice()),
-            AggKind::Sum => Acc::Sum(0.0, false),
+            AggKind::Sum => Acc::Sum(0.0, Some(0), false),
             AggKind::Min => Acc::Min(None),
             AggKind::Max => Acc::Max(None),
             AggKind::Avg => Acc::Avg(0.0, 0),
@@ -93,14 +95,18 @@ impl Acc {
                     *r = (*r).max(rank);
                 }
             }
-            (Acc::Sum(s, any), Some(v)) => {
+            (Acc::Sum(s, exact, any), Some(v)) => {
                 if let Some(x) = v.number() {
                     *s += x;
                     *any = true;
+                    *exact = match v {
+                        V::Int(i) => exact.and_then(|e| e.checked_add(i)),
+                        _ => None,
+                    };
                 }
             }
-            (Acc::Min(m), Some(v)) => return replace_if(m, v, Cmp::Lt),
-            (Acc::Max(m), Some(v)) => return replace_if(m, v, Cmp::Gt),
+            (Acc::Min(m), Some(v)) => return replace_if(m, v, std::cmp::Ordering::Less),
+            (Acc::Max(m), Some(v)) => return replace_if(m, v, std::cmp::Ordering::Greater),
             (Acc::Avg(s, n), Some(v)) => {
                 if let Some(x) = v.number() {
                     *s += x;
@@ -139,13 +145,11 @@ impl Acc {
             Acc::Count(n) => V::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
             Acc::Distinct(set) => V::Int(i64::try_from(set.len()).unwrap_or(i64::MAX)),
             Acc::Hll(registers) => V::Int(hll_estimate(registers)),
-            Acc::Sum(s, any) => {
-                if *any {
-                    V::Float(*s)
-                } else {
-                    V::Null
-                }
-            }
+            Acc::Sum(s, exact, any) => match (*any, *exact) {
+                (false, _) => V::Null,
+                (true, Some(i)) => V::Int(i),
+                (true, None) => V::Float(*s),
+            },
             Acc::Min(m) | Acc::Max(m) => m.take().unwrap_or(V::Null),
             Acc::Avg(s, n) => {
                 if *n == 0 {
@@ -168,8 +172,11 @@ impl Acc {
     }
 }
 
-fn replace_if(m: &mut Option<V<'static>>, v: V<'_>, cmp: Cmp) -> isize {
-    if m.as_ref().is_none_or(|m| compare(cmp, &v, m)) {
+/// Keeps `v` if it is `wanted` (less, for `min`) than the kept value, by the total order of
+/// `ORDER BY` (booleans < numbers < text < objects), so that mixed types give one answer
+/// whatever their order of arrival.
+fn replace_if(m: &mut Option<V<'static>>, v: V<'_>, wanted: std::cmp::Ordering) -> isize {
+    if m.as_ref().is_none_or(|m| order(&v, m) == wanted) {
         let before = m.as_ref().map_or(0, V::heap_bytes) as isize;
         let new = v.owned();
         let after = new.heap_bytes() as isize;

@@ -41,7 +41,10 @@ fn keyword(sql: &str, word: &str, message: impl Into<String>) -> QueryError {
                 let matched = chars
                     .get(i..i + target.len())
                     .is_some_and(|s| s.iter().zip(&target).all(|(a, b)| a.eq_ignore_ascii_case(b)));
+                // `window(…)` is a call, not the keyword `WINDOW`.
+                let call = chars.get(i + target.len()) == Some(&'(');
                 if matched
+                    && !call
                     && boundary(i.checked_sub(1).and_then(|j| chars.get(j)))
                     && boundary(chars.get(i + target.len()))
                 {
@@ -98,7 +101,7 @@ fn first_token(sql: &str, message: &str) -> QueryError {
 }
 
 /// A parser error: its message without the position, and the position on its own.
-fn parse_error(e: sqlparser::parser::ParserError) -> QueryError {
+fn parse_error(sql: &str, e: sqlparser::parser::ParserError) -> QueryError {
     let message = e.to_string();
     let message = message.trim_start_matches("sql parser error: ").trim_start_matches("sql tokenizer error: ");
     let (text, position) = match message.rfind(" at Line: ") {
@@ -116,6 +119,20 @@ fn parse_error(e: sqlparser::parser::ParserError) -> QueryError {
                 .ok()
         })
     };
+    if text.contains("recursion limit exceeded") {
+        return QueryError {
+            message: "the query nests too deeply (the parser allows about 50 levels of parentheses or calls)".into(),
+            line: 1,
+            column: 1,
+        };
+    }
+    if text.ends_with("found: EOF") {
+        // The parser gives no position for the end: it is just after the last character.
+        let line = 1 + sql.matches('\n').count() as u64;
+        let column = 1 + sql.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64;
+        let expected = text.trim_end_matches(", found: EOF");
+        return QueryError { message: format!("{expected}, but the query ends"), line, column };
+    }
     QueryError {
         message: text.to_owned(),
         line: number("Line:").filter(|l| *l > 0).unwrap_or(1),
@@ -124,10 +141,18 @@ fn parse_error(e: sqlparser::parser::ParserError) -> QueryError {
 }
 
 pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
+    compile_checked(sql).map_err(|mut e| {
+        // `[*]` is parsed as `[_]` (see `any_index`): messages show what the user wrote.
+        e.message = e.message.replace("[_]", "[*]");
+        e
+    })
+}
+
+fn compile_checked(sql: &str) -> Result<Query, QueryError> {
     if sql.len() > MAX_QUERY_BYTES {
         return Err(QueryError { message: format!("a query is at most {MAX_QUERY_BYTES} bytes"), line: 1, column: 1 });
     }
-    let statements = Parser::parse_sql(&GenericDialect {}, &any_index(sql)).map_err(parse_error)?;
+    let statements = Parser::parse_sql(&GenericDialect {}, &any_index(sql)).map_err(|e| parse_error(sql, e))?;
     let query = match statements.as_slice() {
         [Statement::Query(query)] => query,
         [] => return Err(at(sqlparser::tokenizer::Span::empty(), "a query is one SELECT statement")),
@@ -139,13 +164,18 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
     refuse_query_clauses(sql, query)?;
     let select = match query.body.as_ref() {
         SetExpr::Select(select) => select,
-        other => return Err(at(other.span(), "one plain SELECT is expected (no UNION, VALUES, …)")),
+        SetExpr::SetOperation { op, .. } => {
+            let word = op.to_string();
+            return Err(keyword(sql, &word, format!("{word} is not supported: a query reads one stream")));
+        }
+        SetExpr::Values(_) => return Err(keyword(sql, "VALUES", "VALUES is not supported: a query reads a stream")),
+        other => return Err(at(other.span(), "one plain SELECT is expected")),
     };
     refuse_select_clauses(sql, select)?;
     check_from(sql, select)?;
 
     let filter = select.selection.as_ref().map(|e| lower(e, &mut PerEvent { clause: "WHERE" })).transpose()?;
-    let (keys_sql, window) = group_by(select)?;
+    let (keys_sql, window) = group_by(sql, select)?;
     let order_by = order_by(query)?;
     let limit = limit(query)?;
     let aggregating = select.projection.iter().any(|i| match i {
@@ -186,6 +216,7 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
         {
             return Err(at(span, format!("LIMIT: from 1 to {LIMIT_MAX}")));
         }
+        check_names(select, &items, false)?;
         return Ok(Query { text: sql.to_owned(), filter, items, plan: None, limit: limit.map(|(n, _)| n) });
     }
 
@@ -210,7 +241,7 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
     let key_texts: Vec<String> = keys_sql.iter().map(ToString::to_string).collect();
     let mut items = Vec::new();
     for item in &select.projection {
-        let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true };
+        let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true, aliases: &[] };
         items.push(match item {
             SelectItem::Wildcard(w) if grouped => {
                 return Err(at(w.wildcard_token.0.span, "`*` lists each event: not with aggregates or GROUP BY keys"));
@@ -232,8 +263,16 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
             },
         });
     }
+    check_names(select, &items, true)?;
+    let aliases: Vec<(String, Expr)> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Named { name, expr } => Some((name.clone(), expr.clone())),
+            Item::All => None,
+        })
+        .collect();
     if let Some(having) = &select.having {
-        let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true };
+        let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true, aliases: &aliases };
         plan.having = Some(lower(having, &mut scope)?);
     }
     for o in &order_by {
@@ -251,13 +290,20 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
                     Some(Item::Named { expr, .. }) => Some(expr.clone()),
                     _ => return Err(at(e.span(), "ORDER BY position: a named item of the SELECT list, from 1")),
                 },
+                None if constant(e) => {
+                    return Err(at(
+                        e.span(),
+                        "ORDER BY takes a name, a position from 1 or an expression, not a constant",
+                    ));
+                }
                 None => None,
             },
         };
         let expr = match by_item {
             Some(expr) => expr,
             None => {
-                let mut scope = OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true };
+                let mut scope =
+                    OverWindow { plan: &mut plan, key_texts: key_texts.clone(), anomaly: true, aliases: &aliases };
                 lower(&o.expr, &mut scope)?
             }
         };
@@ -265,6 +311,26 @@ pub(crate) fn compile(sql: &str) -> Result<Query, QueryError> {
         plan.order.push(Order { expr, desc, nulls_first: o.options.nulls_first.unwrap_or(false) });
     }
     Ok(Query { text: sql.to_owned(), filter, items, plan: Some(plan), limit: None })
+}
+
+/// Names of results: each once, and none of the fields every result carries (`timestamp-ms`,
+/// and for windows `window-ms`, `window-events`, `late-events`) unless it is that field itself.
+fn check_names(select: &ast::Select, items: &[Item], windowed: bool) -> Result<(), QueryError> {
+    let reserved: &[&str] =
+        if windowed { &["timestamp-ms", "window-ms", "window-events", "late-events"] } else { &["timestamp-ms"] };
+    let mut seen: Vec<&str> = Vec::new();
+    for (item, sql) in items.iter().zip(&select.projection) {
+        let Item::Named { name, expr } = item else { continue };
+        let itself = !windowed && matches!(expr, Expr::Field(f) if f == name);
+        if reserved.contains(&name.as_str()) && !itself {
+            return Err(at(sql.span(), format!("`{name}` is a field every result carries; choose another name")));
+        }
+        if seen.contains(&name.as_str()) {
+            return Err(at(sql.span(), format!("two items are named `{name}`; give one an alias")));
+        }
+        seen.push(name);
+    }
+    Ok(())
 }
 
 /// `x.*`: the object of the fields named `x.…`, as the item `x`.
@@ -280,7 +346,7 @@ fn prefix_item(kind: &ast::SelectItemQualifiedWildcardKind) -> Result<Item, Quer
 
 /// The name of an unaliased item: the field's name, or the expression's text.
 fn default_name(e: &Sql) -> String {
-    dotted(e).unwrap_or_else(|| e.to_string())
+    dotted(e).unwrap_or_else(|| e.to_string().replace("[_]", "[*]"))
 }
 
 /// Whether `e` calls an aggregate (anywhere the evaluator could run one).
@@ -404,7 +470,7 @@ fn check_from(sql: &str, s: &ast::Select) -> Result<(), QueryError> {
 }
 
 /// `GROUP BY` keys and the window.
-fn group_by(s: &ast::Select) -> Result<(Vec<Sql>, Option<Window>), QueryError> {
+fn group_by(sql: &str, s: &ast::Select) -> Result<(Vec<Sql>, Option<Window>), QueryError> {
     let list = match &s.group_by {
         GroupByExpr::Expressions(list, modifiers) if modifiers.is_empty() => list,
         GroupByExpr::Expressions(list, _) => {
@@ -413,11 +479,17 @@ fn group_by(s: &ast::Select) -> Result<(Vec<Sql>, Option<Window>), QueryError> {
                 "GROUP BY modifiers are not supported",
             ));
         }
-        GroupByExpr::All(_) => return Err(at(s.group_by.span(), "GROUP BY ALL is not supported")),
+        GroupByExpr::All(_) => return Err(keyword(sql, "GROUP", "GROUP BY ALL is not supported: name the keys")),
     };
     let mut keys = Vec::new();
     let mut window = None;
     for e in list {
+        if constant(e) {
+            return Err(at(
+                e.span(),
+                "GROUP BY takes fields or expressions, not constants or positions; name the field",
+            ));
+        }
         match window_call(e)? {
             Some(_) if window.is_some() => return Err(at(e.span(), "a query has one window")),
             Some(w) => window = Some(w),
@@ -425,6 +497,15 @@ fn group_by(s: &ast::Select) -> Result<(Vec<Sql>, Option<Window>), QueryError> {
         }
     }
     Ok((keys, window))
+}
+
+/// Whether `e` is a literal (a number, text, boolean or null, possibly negated).
+fn constant(e: &Sql) -> bool {
+    match e {
+        Sql::Value(_) => true,
+        Sql::UnaryOp { expr, .. } | Sql::Nested(expr) => constant(expr),
+        _ => false,
+    }
 }
 
 /// `window(ms)`, `count_window(n)` or `event_window(ms[, lateness_ms])` in GROUP BY.
@@ -436,7 +517,9 @@ fn window_call(e: &Sql) -> Result<Option<Window>, QueryError> {
     }
     let args = args(f)?;
     let bounded = |e: &Sql, (lo, hi): (u64, u64), what: &str| {
-        integer(e).filter(|n| (lo..=hi).contains(n)).ok_or_else(|| at(e.span(), format!("{what}: from {lo} to {hi}")))
+        integer(e)
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| at(e.span(), format!("{what}: a whole number from {lo} to {hi}")))
     };
     Ok(Some(match (name.as_str(), args.as_slice()) {
         ("window", [ms]) => Window::Time(bounded(ms, WINDOW_MS, "window(ms)")?),
@@ -474,7 +557,9 @@ fn limit(q: &ast::Query) -> Result<Option<(u64, sqlparser::tokenizer::Span)>, Qu
     match clause {
         LimitClause::LimitOffset { limit, offset: None, limit_by } if limit_by.is_empty() => match limit {
             None => Ok(None),
-            Some(e) => integer(e).map(|n| Some((n, e.span()))).ok_or_else(|| at(e.span(), "LIMIT takes a number")),
+            Some(e) => integer(e)
+                .map(|n| Some((n, e.span())))
+                .ok_or_else(|| at(e.span(), "LIMIT takes a whole number (at most 1,000,000,000)")),
         },
         LimitClause::LimitOffset { offset: Some(o), .. } => {
             Err(at(o.value.span(), "OFFSET is not supported: a stream has no fixed start"))

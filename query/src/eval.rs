@@ -335,7 +335,9 @@ impl State {
             Window::Event { ms, lateness_ms } => {
                 let ts = event.timestamp_ms();
                 let ms = ms as i64;
-                let start = ts.div_euclid(ms).checked_mul(ms);
+                // The window's start; the lowest window, which would start before i64::MIN,
+                // starts there.
+                let start = Some(ts.checked_sub(ts.rem_euclid(ms)).unwrap_or(i64::MIN));
                 let Some(start) = start.filter(|s| s.saturating_add(ms) > st.watermark) else {
                     st.late += 1;
                     return Ok(());
@@ -503,7 +505,17 @@ impl State {
         let mut grown = 0isize;
         for (acc, agg) in group.accs.iter_mut().zip(&plan.aggs) {
             let v = agg.arg.as_ref().map(|a| eval(a, event, rng));
-            grown += acc.add(v, rng, hasher);
+            match (v, &agg.arg) {
+                // `sum(a[*].x)`: every element counts, as a value of its own.
+                (Some(V::Json(items)), Some(Expr::Any(..))) => {
+                    if let Json::Array(items) = *items {
+                        for item in &items {
+                            grown += acc.add(Some(crate::value::from_json(item)), rng, hasher);
+                        }
+                    }
+                }
+                (v, _) => grown += acc.add(v, rng, hasher),
+            }
         }
         *state_bytes = state_bytes.saturating_add_signed(grown);
         window.bytes = window.bytes.saturating_add_signed(grown);

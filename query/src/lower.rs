@@ -42,6 +42,9 @@ impl Scope for PerEvent {
         let Sql::Function(f) = e else { return Ok(None) };
         let name = function_name(f);
         if name == "sample" {
+            if self.clause != "WHERE" {
+                return Err(at(f.name.span(), "sample(percent) filters events: use it in WHERE"));
+            }
             return sample(f).map(Some);
         }
         if aggregate_kind(&name).is_some() || name == "anomaly" {
@@ -59,6 +62,8 @@ pub(crate) struct OverWindow<'p> {
     pub key_texts: Vec<String>,
     /// Whether `anomaly` may appear (not inside its own argument).
     pub anomaly: bool,
+    /// The SELECT list's names, which `HAVING` and `ORDER BY` may use.
+    pub aliases: &'p [(String, Expr)],
 }
 
 impl Scope for OverWindow<'_> {
@@ -68,6 +73,9 @@ impl Scope for OverWindow<'_> {
             return Ok(Some(Expr::Slot(Slot::Key(i))));
         }
         if let Some(name) = dotted(e) {
+            if let Some((_, expr)) = self.aliases.iter().find(|(alias, _)| *alias == name) {
+                return Ok(Some(expr.clone()));
+            }
             return Ok(Some(self.first(name)));
         }
         if let Some((prefix, suffix)) = any_path(e) {
@@ -154,7 +162,8 @@ fn aggregate(f: &ast::Function, kind: AggKind) -> Result<Agg, QueryError> {
     let args = args(f)?;
     let per_event = &mut PerEvent { clause: "an aggregate's argument" };
     Ok(match (kind, args.as_slice()) {
-        (AggKind::Count, [Sql::Wildcard(_)] | []) if !distinct => Agg { kind, arg: None },
+        (AggKind::Count, [Sql::Wildcard(_)]) if !distinct => Agg { kind, arg: None },
+        (_, []) => return Err(at(f.name.span(), format!("`{name}` takes an argument (`count(*)` counts events)"))),
         (AggKind::Count, [a]) if distinct => Agg { kind: AggKind::CountDistinct, arg: Some(lower(a, per_event)?) },
         (AggKind::Percentile(_), [a, q]) => {
             let q = number(q)

@@ -161,7 +161,7 @@ pub(crate) fn any<'a>(event: &EventRef<'a>, prefix: &str, suffix: &str) -> V<'a>
 }
 
 /// A JSON value as a query value.
-fn from_json(j: &Json) -> V<'static> {
+pub(crate) fn from_json(j: &Json) -> V<'static> {
     match j {
         Json::Null => V::Null,
         Json::Bool(b) => V::Bool(*b),
@@ -245,6 +245,14 @@ pub(crate) fn order(a: &V<'_>, b: &V<'_>) -> Ordering {
     }
 }
 
+/// The integer a float equals, if any (`-0.0` is 0): keys, distinct counts and groups take
+/// `1` and `1.0` as one value, as `=` does.
+#[inline]
+fn integral(f: f64) -> Option<i64> {
+    // 2^63 as f64 is out of range; every float below it in magnitude with no fraction fits.
+    if f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0 { Some(f as i64) } else { None }
+}
+
 /// A group key part, owned: what the groups of an open window are stored under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Key {
@@ -264,7 +272,10 @@ impl Key {
             V::Null => Key::Null,
             V::Bool(b) => Key::Bool(*b),
             V::Int(i) => Key::Int(*i),
-            V::Float(f) => Key::Float(f.to_bits()),
+            V::Float(f) => match integral(*f) {
+                Some(i) => Key::Int(i),
+                None => Key::Float(f.to_bits()),
+            },
             V::Text(t) => Key::Text(Box::from(&**t)),
             V::Json(j) => Key::Json(j.to_string().into_boxed_str()),
         }
@@ -333,7 +344,10 @@ impl Hash for Parts<'_, '_> {
                 V::Null => hash_part(h, 0, &()),
                 V::Bool(b) => hash_part(h, 1, b),
                 V::Int(i) => hash_part(h, 2, i),
-                V::Float(f) => hash_part(h, 3, &f.to_bits()),
+                V::Float(f) => match integral(*f) {
+                    Some(i) => hash_part(h, 2, &i),
+                    None => hash_part(h, 3, &f.to_bits()),
+                },
                 V::Text(t) => hash_part(h, 4, &**t),
                 V::Json(j) => hash_part(h, 5, j.to_string().as_str()),
             }
@@ -362,6 +376,7 @@ pub(crate) fn same(v: &V<'_>, k: &Key) -> bool {
         (V::Bool(a), Key::Bool(b)) => a == b,
         (V::Int(a), Key::Int(b)) => a == b,
         (V::Float(a), Key::Float(b)) => a.to_bits() == *b,
+        (V::Float(a), Key::Int(b)) => integral(*a) == Some(*b),
         (V::Text(a), Key::Text(b)) => **a == **b,
         (V::Json(a), Key::Json(b)) => serde_json::from_str::<Json>(b).is_ok_and(|b| **a == b),
         _ => false,

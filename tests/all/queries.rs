@@ -236,6 +236,24 @@ async fn each_construct_answers_through_a_real_subscription() {
     assert_eq!(whole.data[0]["user"], json!({"id": 5, "region": "eu"}));
     assert_eq!(whole.data[0]["calls"], json!([{"ms": 5}, {"ms": 300, "host": "b"}]));
 
+    // A window result larger than a subscriber's buffer (16 MiB) ends that subscription with
+    // `result_too_large`, within the query state limit (64 MiB); a plain subscriber of the
+    // same job gets every event.
+    let big_job = ingest_job(&base, "big").await;
+    let huge = Subscriber::start(&base, &big_job, "SELECT list(big) AS l GROUP BY count_window(17)");
+    let plain = Subscriber::start(&base, &big_job, "SELECT n");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let big = "y".repeat(1 << 20);
+    for half in [0..6, 6..12, 12..17] {
+        let batch: Vec<Value> = half.map(|i| json!({"device": "tv", "n": i, "big": big})).collect();
+        ingest(&base, &big_job, &batch).await;
+    }
+    let r = huge.until("result_too_large", |r| r.ended).await;
+    let (name, error) = r.named.last().cloned().expect("an error event");
+    assert_eq!((name.as_str(), error["code"].as_str()), ("error", Some("result_too_large")), "{error}");
+    let r = plain.until("17 events", |r| r.data.len() >= 17).await;
+    assert_eq!(field(&r.data, "n"), (0..17).map(|n| json!(n)).collect::<Vec<_>>());
+
     let first = get("first").until("three results and the end", |r| r.ended).await;
     assert_eq!(field(&first.data, "device"), ["tv", "phone", "tv"].map(|d| json!(d)));
     assert_eq!(first.data[0]["user"], json!({"id": 2, "region": "eu"}), "a prefix selects an object");
@@ -291,8 +309,8 @@ async fn a_failing_query_ends_its_own_subscription_and_nobody_elses() {
     let hog = hog.until("the hog ends with an error", |r| r.ended).await;
     let (name, error) = hog.named.last().cloned().expect("an error event");
     assert_eq!((name.as_str(), error["code"].as_str()), ("error", Some("query_state_limit")), "{error}");
-    let plain = plain.until("every event", |r| r.data.len() >= sent).await;
-    let mut numbers: Vec<i64> = plain.data.iter().map(|e| e["n"].as_i64().unwrap()).collect();
+    let received = plain.until("every event", |r| r.data.len() >= sent).await;
+    let mut numbers: Vec<i64> = received.data.iter().map(|e| e["n"].as_i64().unwrap()).collect();
     numbers.sort_unstable();
     assert_eq!(numbers, (0..sent as i64).collect::<Vec<_>>(), "the plain subscriber lost nothing");
     let doubled = doubled
@@ -301,5 +319,25 @@ async fn a_failing_query_ends_its_own_subscription_and_nobody_elses() {
         })
         .await;
     assert_eq!(doubled.data.iter().map(|w| w["n"].as_i64().unwrap()).sum::<i64>(), 2 * sent as i64);
-    assert!(!doubled.ended && !plain.ended);
+    assert!(!doubled.ended && !received.ended);
+
+    // A query that takes far too long on each batch (every subscriber of the job shares the
+    // work) ends with `query_too_slow`. The plain subscriber still gets every event.
+    let terms: Vec<String> = (0..200).map(|i| format!("arr[*].x = {}", -1 - i)).collect();
+    let slow = Subscriber::start(&base, &job, &format!("SELECT n WHERE {}", terms.join(" OR ")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let arr: Vec<Value> = (0..1000).map(|x| json!({"x": x})).collect();
+    for round in 0..3 {
+        let batch: Vec<Value> =
+            (0..100).map(|i| json!({"device": "tv", "n": sent + round * 100 + i, "arr": arr})).collect();
+        ingest(&base, &job, &batch).await;
+    }
+    let total = sent + 300;
+    let r = slow.until("query_too_slow", |r| r.ended).await;
+    let (name, error) = r.named.last().cloned().expect("an error event");
+    assert_eq!((name.as_str(), error["code"].as_str()), ("error", Some("query_too_slow")), "{error}");
+    let received = plain.until("every event", |r| r.data.len() >= total).await;
+    let mut numbers: Vec<i64> = received.data.iter().map(|e| e["n"].as_i64().unwrap()).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..total as i64).collect::<Vec<_>>(), "the plain subscriber lost nothing");
 }

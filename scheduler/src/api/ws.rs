@@ -40,12 +40,19 @@ async fn pump(mut socket: WebSocket, mut chunks: queue::Receiver, ping: Duration
     let mut quiet_since = Instant::now();
     let mut parser = squilla_types::sse::Parser::new();
     let mut messages = Vec::new();
+    // The code of an `error` event an agent ended the stream with: the close says it too.
+    let mut ended_by: Option<String> = None;
     loop {
         tokio::select! {
             chunk = chunks.recv() => {
                 let (chunk, dropped) = match chunk {
                     None => {
-                        let frame = CloseFrame { code: 1000, reason: "sink ended".into() };
+                        let frame = match ended_by.take() {
+                            // An agent's limit ended the subscription: a policy violation, as
+                            // for the master's own limits.
+                            Some(code) => CloseFrame { code: 1008, reason: code.into() },
+                            None => CloseFrame { code: 1000, reason: "sink ended".into() },
+                        };
                         let _ = socket.send(Message::Close(Some(frame))).await;
                         return Ok(());
                     }
@@ -65,7 +72,13 @@ async fn pump(mut socket: WebSocket, mut chunks: queue::Receiver, ping: Duration
                 parser.feed(&chunk, |event| match event.name.as_deref() {
                     None => messages.push(event.data),
                     Some("meta") => messages.push(format!("{{\"$meta\":{}}}", event.data)),
-                    Some("error") => messages.push(format!("{{\"$meta\":{{\"error\":{}}}}}", event.data)),
+                    Some("error") => {
+                        ended_by = serde_json::from_str::<serde_json::Value>(&event.data)
+                            .ok()
+                            .and_then(|v| v["code"].as_str().map(str::to_owned))
+                            .or(Some("error".to_owned()));
+                        messages.push(format!("{{\"$meta\":{{\"error\":{}}}}}", event.data));
+                    }
                     Some(_) => {}
                 });
                 // Agents' pings are not forwarded, and do not count as the client hearing something.
