@@ -388,6 +388,25 @@ pub(crate) fn lower(e: &Sql, scope: &mut impl Scope) -> Result<Expr, QueryError>
             let m = Expr::Regex(boxed(inner, scope)?, like_to_regex(pattern, ci)?);
             if *negated { Expr::Not(Box::new(m)) } else { m }
         }
+        Sql::InList { expr: inner, list, negated } => {
+            let mut any: Option<Expr> = None;
+            for item in list {
+                let eq = comparison(Cmp::Eq, lower(inner, scope)?, lower(item, scope)?);
+                any = Some(match any {
+                    None => eq,
+                    Some(before) => Expr::Or(Box::new(before), Box::new(eq)),
+                });
+            }
+            let any = any.unwrap_or(Expr::Lit(Lit::Bool(false)));
+            if *negated { Expr::Not(Box::new(any)) } else { any }
+        }
+        Sql::Between { expr: inner, negated, low, high } => {
+            let within = Expr::And(
+                Box::new(comparison(Cmp::Ge, lower(inner, scope)?, lower(low, scope)?)),
+                Box::new(comparison(Cmp::Le, lower(inner, scope)?, lower(high, scope)?)),
+            );
+            if *negated { Expr::Not(Box::new(within)) } else { within }
+        }
         Sql::BinaryOp { left, op, right } => {
             let l = boxed(left, scope)?;
             let r = |scope: &mut _| boxed(right, scope);

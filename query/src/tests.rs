@@ -67,6 +67,10 @@ fn where_with_comparisons_and_boolean_logic() {
         [json!(0), json!(3)]
     );
     assert_eq!(ids(r#"SELECT user.id WHERE status * 2 > 1000"#), [json!(2)]);
+    assert_eq!(ids(r#"SELECT user.id WHERE status IN (404, 503)"#), [json!(2), json!(5)]);
+    assert_eq!(ids(r#"SELECT user.id WHERE "device-type" NOT IN ('tv', 'phone')"#), [json!(4)]);
+    assert_eq!(ids(r#"SELECT user.id WHERE latency BETWEEN 20 AND 80"#), [json!(1), json!(2), json!(5)]);
+    assert_eq!(ids(r#"SELECT user.id WHERE latency NOT BETWEEN 11 AND 95"#), [json!(3), json!(4)]);
 }
 
 #[test]
