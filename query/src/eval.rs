@@ -505,16 +505,11 @@ impl State {
         let mut grown = 0isize;
         for (acc, agg) in group.accs.iter_mut().zip(&plan.aggs) {
             let v = agg.arg.as_ref().map(|a| eval(a, event, rng));
-            match (v, &agg.arg) {
+            if let (Some(V::Json(items)), Some(Expr::Any(..))) = (&v, &agg.arg) {
                 // `sum(a[*].x)`: every element counts, as a value of its own.
-                (Some(V::Json(items)), Some(Expr::Any(..))) => {
-                    if let Json::Array(items) = *items {
-                        for item in &items {
-                            grown += acc.add(Some(crate::value::from_json(item)), rng, hasher);
-                        }
-                    }
-                }
-                (v, _) => grown += acc.add(v, rng, hasher),
+                grown += elements(acc, items, rng, hasher);
+            } else {
+                grown += acc.add(v, rng, hasher);
             }
         }
         *state_bytes = state_bytes.saturating_add_signed(grown);
@@ -615,6 +610,13 @@ impl State {
             }
         }
     }
+}
+
+/// Folds each element of an `a[*]` array into `acc`.
+#[cold]
+fn elements(acc: &mut Acc, items: &Json, rng: &mut u64, hasher: &DefaultHashBuilder) -> isize {
+    let Json::Array(items) = items else { return 0 };
+    items.iter().map(|item| acc.add(Some(crate::value::from_json(item)), rng, hasher)).sum()
 }
 
 /// Compares two results' `ORDER BY` keys.
