@@ -60,6 +60,7 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
     };
     let jobs_routes = Router::new()
         .route("/jobs/{id}/sink", get(sink))
+        .route("/metrics", get(prometheus))
         .route(
             "/jobs/{id}/ingest",
             post(ingest).layer(axum::middleware::from_fn_with_state(
@@ -117,6 +118,13 @@ async fn ingest(
             error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "the job had no room in time")
         }
     }
+}
+
+/// `GET /metrics`: the agent's per-worker metrics for Prometheus (see `crate::metrics`).
+async fn prometheus(State(state): State<HttpState>) -> Response {
+    let text = crate::metrics::render(&state.jobs.metrics());
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response()
 }
 
 /// The subscription a sink request asks for, or why its query is not one.
@@ -251,7 +259,9 @@ mod tests {
         let jobs = jobs();
         let (status, body) = call(&jobs, "GET", "/healthz", None, vec![]).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
-        for (method, uri) in [("GET", "/jobs/acme.errors-1/sink"), ("POST", "/jobs/acme.errors-1/ingest")] {
+        for (method, uri) in
+            [("GET", "/jobs/acme.errors-1/sink"), ("POST", "/jobs/acme.errors-1/ingest"), ("GET", "/metrics")]
+        {
             for token in [None, Some("agent-token-wrong-0000")] {
                 let (status, body) = call(&jobs, method, uri, token, vec![]).await;
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
@@ -277,6 +287,9 @@ mod tests {
         let (status, body) = call(&jobs, "POST", "/jobs/acme.errors-1/ingest", Some(TOKEN), vec![0; 17 << 20]).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(body.contains("ingest_too_large"), "{body}");
+        let (status, body) = call(&jobs, "GET", "/metrics", Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("squilla_agent_workers 0") && body.ends_with("# EOF\n"), "{body}");
         let (status, _) = call(&jobs, "GET", "/nothing", Some(TOKEN), vec![]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
     }

@@ -97,6 +97,19 @@ impl Jobs {
         }
     }
 
+    /// The metrics of every job running here, with its key.
+    pub fn metrics(&self) -> Vec<(squilla_types::ids::JobKey, squilla_host::pipeline::PipelineMetrics)> {
+        let cells: Vec<Arc<JobCell>> = lock(&self.jobs).values().cloned().collect();
+        cells
+            .iter()
+            .filter_map(|cell| {
+                let view = cell.view();
+                let metrics = view.handle.as_ref().and_then(|h| h.metrics())?;
+                Some((cell.key().clone(), metrics))
+            })
+            .collect()
+    }
+
     /// The state of every local worker, for the master.
     pub fn reports(&self) -> Vec<WorkerReport> {
         let cells: Vec<Arc<JobCell>> = lock(&self.jobs).values().cloned().collect();

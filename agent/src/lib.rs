@@ -18,6 +18,7 @@ pub mod http;
 mod job;
 pub mod jobs;
 mod master;
+mod metrics;
 pub mod reconcile;
 pub mod sink;
 

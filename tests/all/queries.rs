@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{Proc, TOKEN, agent_with, free_port, temp_dir};
 
-fn master(dir: &Path, port: u16) -> Proc {
+pub(crate) fn master(dir: &Path, port: u16) -> Proc {
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, format!("acme {TOKEN}\n")).unwrap();
     let args = crate::master_args(port, &dir.join("data"), &tokens, 200, 3000);
@@ -19,7 +19,7 @@ fn master(dir: &Path, port: u16) -> Proc {
     m
 }
 
-async fn call(base: &str, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+pub(crate) async fn call(base: &str, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
     let response = reqwest::Client::new()
         .request(method, format!("{base}{path}"))
         .bearer_auth(TOKEN)
@@ -33,7 +33,7 @@ async fn call(base: &str, method: reqwest::Method, path: &str, body: Vec<u8>) ->
 }
 
 /// Runs a one-stage keep-all job fed by ingest; returns its id once it runs.
-async fn ingest_job(base: &str, name: &str) -> String {
+pub(crate) async fn ingest_job(base: &str, name: &str) -> String {
     let (status, body) = call(base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("filter")).await;
     assert!(status == 200 || status == 201, "{status}: {body}");
     let sha = body["sha256"].as_str().unwrap();
@@ -121,7 +121,7 @@ impl Drop for Subscriber {
     }
 }
 
-async fn ingest(base: &str, job: &str, events: &[Value]) {
+pub(crate) async fn ingest(base: &str, job: &str, events: &[Value]) {
     let body: String = events.iter().map(|e| format!("{e}\n")).collect();
     let (status, reply) =
         call(base, reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), body.into_bytes()).await;

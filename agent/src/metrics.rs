@@ -1,0 +1,146 @@
+//! `GET /metrics`: this agent's per-worker metrics in the Prometheus text exposition format,
+//! written with the `prometheus-client` crate from the same snapshots the heartbeats read
+//! (relaxed atomics; no lock on any worker). A fresh registry per scrape: the series are the
+//! workers running now, so a stopped job's series disappear with it.
+//!
+//! Labels are `tenant`, `job`, `stage` and `worker` (the index in the stage): at most one
+//! series per metric per local worker, so cardinality is bounded by the agent's slots.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use squilla_host::pipeline::{FailureKind, PipelineMetrics};
+use squilla_types::ids::JobKey;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    tenant: String,
+    job: String,
+    stage: String,
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    tenant: String,
+    job: String,
+    stage: String,
+    worker: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    tenant: String,
+    job: String,
+    stage: String,
+    worker: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    tenant: String,
+    job: String,
+}
+
+/// The exposition of `jobs`' metrics.
+pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)]) -> String {
+    let mut registry = Registry::with_prefix("squilla");
+    let counter = |registry: &mut Registry, name: &str, help: &str| {
+        let family = Family::<WorkerLabels, Counter>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let events_in = counter(&mut registry, "worker_events_in", "Events a worker received.");
+    let events_out = counter(&mut registry, "worker_events_out", "Events a worker emitted.");
+    let batches_in = counter(&mut registry, "worker_batches_in", "Batches a worker received.");
+    let batches_out = counter(&mut registry, "worker_batches_out", "Batches a worker emitted.");
+    let failed_calls = counter(&mut registry, "worker_failed_calls", "Calls into a worker's stage that failed.");
+    let instances =
+        counter(&mut registry, "worker_instances_created", "Instances created for a worker (1 plus one per trap).");
+    let dropped = Family::<DropLabels, Counter>::default();
+    registry.register(
+        "worker_dropped_batches",
+        "Batches dropped on the way into a worker, by reason.",
+        dropped.clone(),
+    );
+    let failures = Family::<FailureLabels, Counter>::default();
+    registry.register("worker_failures", "Failed calls into a worker's stage, by kind.", failures.clone());
+    let queue = Family::<WorkerLabels, Gauge>::default();
+    registry.register("worker_queue_batches", "Batches waiting in a worker's input queue.", queue.clone());
+    let memory = Family::<WorkerLabels, Gauge>::default();
+    registry.register("worker_memory_bytes", "Linear memory of a worker's current instance.", memory.clone());
+    let sink_dropped = Family::<JobLabels, Counter>::default();
+    registry.register(
+        "job_sink_dropped_batches",
+        "Batches dropped at a job's sink on this agent.",
+        sink_dropped.clone(),
+    );
+    let remote_dropped = Family::<JobLabels, Counter>::default();
+    registry.register(
+        "job_remote_dropped_batches",
+        "Batches dropped on the way to or from other agents.",
+        remote_dropped.clone(),
+    );
+    let workers = Gauge::<i64>::default();
+    registry.register("agent_workers", "Workers running on this agent.", workers.clone());
+
+    let mut count = 0i64;
+    for (key, metrics) in jobs {
+        let (tenant, job) = (key.tenant.to_string(), key.job.to_string());
+        let job_labels = JobLabels { tenant: tenant.clone(), job: job.clone() };
+        sink_dropped.get_or_create(&job_labels).inc_by(metrics.sink_dropped);
+        remote_dropped.get_or_create(&job_labels).inc_by(metrics.remote_dropped + metrics.fenced);
+        for w in metrics.stages.iter().flatten() {
+            count += 1;
+            let labels = WorkerLabels {
+                tenant: tenant.clone(),
+                job: job.clone(),
+                stage: w.stage.clone(),
+                worker: w.index.to_string(),
+            };
+            events_in.get_or_create(&labels).inc_by(w.events_in);
+            events_out.get_or_create(&labels).inc_by(w.events_out);
+            batches_in.get_or_create(&labels).inc_by(w.batches_in);
+            batches_out.get_or_create(&labels).inc_by(w.batches_out);
+            failed_calls.get_or_create(&labels).inc_by(w.failed_calls);
+            instances.get_or_create(&labels).inc_by(w.instances);
+            queue.get_or_create(&labels).set(i64::try_from(w.queue_depth).unwrap_or(i64::MAX));
+            memory.get_or_create(&labels).set(i64::try_from(w.memory_bytes).unwrap_or(i64::MAX));
+            for (reason, n) in [
+                ("oldest", w.dropped_oldest),
+                ("newest", w.dropped_newest),
+                ("failed", w.dropped_failed),
+                ("retired", w.dropped_retired),
+            ] {
+                let l = DropLabels {
+                    tenant: tenant.clone(),
+                    job: job.clone(),
+                    stage: w.stage.clone(),
+                    worker: labels.worker.clone(),
+                    reason,
+                };
+                dropped.get_or_create(&l).inc_by(n);
+            }
+            for (kind, n) in FailureKind::ALL.iter().zip(w.failures) {
+                let l = FailureLabels {
+                    tenant: tenant.clone(),
+                    job: job.clone(),
+                    stage: w.stage.clone(),
+                    worker: labels.worker.clone(),
+                    kind: kind.name(),
+                };
+                failures.get_or_create(&l).inc_by(n);
+            }
+        }
+    }
+    workers.set(count);
+    let mut text = String::new();
+    // Writing to a `String` cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}

@@ -1,0 +1,94 @@
+//! Metrics as operators read them: a real Prometheus server (Debian's `prometheus`, installed
+//! by `.ci/run`) scrapes a real agent on loopback, with the agent token, and answers queries
+//! through its HTTP API with exactly the events that went through the job.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::queries::{call, ingest, ingest_job, master};
+use crate::{AGENT_TOKEN, Proc, free_port, temp_dir};
+
+/// Asks Prometheus for `query`'s single value, until `done` holds of it (at most 60 s).
+async fn until_value(prometheus: &str, query: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        let url = reqwest::Url::parse_with_params(&format!("{prometheus}/api/v1/query"), [("query", query)]).unwrap();
+        if let Ok(response) = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await
+            && let Ok(body) = response.json::<Value>().await
+        {
+            let value = body["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
+            if let Some(v) = value
+                && done(v)
+            {
+                return v;
+            }
+            last = Some(body);
+        }
+        assert!(Instant::now() < deadline, "{query}: not within 60 s; last answer {last:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_workers_counters_from_the_agent() {
+    let dir = temp_dir("observability");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _m = master(&dir, port);
+    let agent =
+        Proc::spawn("a1", &["agent", "--master", &base, "--agent-token", AGENT_TOKEN, "--id", "a1", "--threads", "2"]);
+    let line = agent.wait_for("sinks at", Duration::from_secs(20));
+    let agent_url = line.split("sinks at ").nth(1).and_then(|r| r.split(',').next()).unwrap().to_owned();
+    let target = agent_url.trim_start_matches("http://").to_owned();
+
+    // The agent's metrics take its token, like every route but its health.
+    let response = reqwest::Client::new().get(format!("{agent_url}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    let job = ingest_job(&base, "observed").await;
+    let events: Vec<Value> = (0..500).map(|i| json!({"device": "tv", "n": i})).collect();
+    ingest(&base, &job, &events).await;
+    ingest(&base, &job, &events).await;
+    let (_, status) = call(&base, reqwest::Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
+    assert_eq!(status["state"], "running");
+
+    let token_file = dir.join("agent-token");
+    std::fs::write(&token_file, AGENT_TOKEN).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: squilla-agents\n    \
+             honor_labels: true\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let prometheus_port = free_port();
+    let mut server = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian's package, installed by .ci/run)");
+    let prometheus = format!("http://127.0.0.1:{prometheus_port}");
+
+    let selector = format!(r#"tenant="acme",job="{job}",stage="only""#);
+    let events_in =
+        until_value(&prometheus, &format!("sum(squilla_worker_events_in_total{{{selector}}})"), |v| v >= 1000.0).await;
+    assert_eq!(events_in, 1000.0, "every ingested event reached the stage, once");
+    let events_out =
+        until_value(&prometheus, &format!("sum(squilla_worker_events_out_total{{{selector}}})"), |v| v >= 1000.0).await;
+    assert_eq!(events_out, 1000.0, "the keep-all stage passed every event");
+    let up = until_value(&prometheus, r#"up{job="squilla-agents"}"#, |v| v == 1.0).await;
+    assert_eq!(up, 1.0);
+    let failed =
+        until_value(&prometheus, &format!("sum(squilla_worker_failed_calls_total{{{selector}}})"), |_| true).await;
+    assert_eq!(failed, 0.0);
+    let _ = server.kill();
+    let _ = server.wait();
+}
