@@ -1,6 +1,6 @@
 //! Metrics as operators read them: a real Prometheus server (Debian's `prometheus`, installed
-//! by `.ci/run`) scrapes a real agent on loopback, with the agent token, and answers queries
-//! through its HTTP API with exactly the events that went through the job.
+//! by `.ci/run`) scrapes a real agent and the master on loopback, with the agent token, and
+//! answers queries through its HTTP API with exactly the events that went through the job.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ async fn until_value(prometheus: &str, query: &str, done: impl Fn(f64) -> bool) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_every_workers_counters_from_the_agent() {
+async fn prometheus_scrapes_the_agents_and_the_master() {
     let dir = temp_dir("observability");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -61,8 +61,10 @@ async fn prometheus_scrapes_every_workers_counters_from_the_agent() {
         &config,
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: squilla-agents\n    \
-             honor_labels: true\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
-            token_file.display()
+             honor_labels: true\n    authorization:\n      credentials_file: {token}\n    static_configs:\n      - targets: ['{target}']\n  \
+             - job_name: squilla-master\n    honor_labels: true\n    authorization:\n      credentials_file: {token}\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            token = token_file.display()
         ),
     )
     .unwrap();

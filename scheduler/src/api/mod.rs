@@ -13,6 +13,7 @@ mod error;
 pub mod guard;
 pub mod ingest;
 mod jobs;
+mod metrics;
 mod openapi;
 mod stream;
 mod ws;
@@ -272,6 +273,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(agents::subscribe))
         .routes(capped(routes!(agents::heartbeat), body_limits::HEARTBEAT))
         .routes(routes!(agents::artifact))
+        .routes(routes!(metrics::metrics))
         .route_layer(from_fn_with_state(state.clone(), guard::agent));
     openapi::agent_guard(&mut agent.get_openapi_mut().paths);
     let mut all = OpenApiRouter::new().merge(tenant).merge(agent);

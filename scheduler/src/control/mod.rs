@@ -306,6 +306,21 @@ impl Control {
         Ok(())
     }
 
+    /// Every tenant's jobs that have not ended.
+    pub fn live_jobs(&self) -> Vec<Job> {
+        self.lock().jobs.values().filter(|j| !j.state.is_terminal()).cloned().collect()
+    }
+
+    /// How many jobs each tenant has in each state (by the state's API name).
+    pub fn job_counts(&self) -> BTreeMap<(TenantId, String), u64> {
+        let mut counts = BTreeMap::new();
+        for job in self.lock().jobs.values() {
+            let state = serde_json::to_value(job.state).ok().and_then(|v| v.as_str().map(str::to_owned));
+            *counts.entry((job.tenant.clone(), state.unwrap_or_default())).or_default() += 1;
+        }
+        counts
+    }
+
     /// `tenant`'s jobs, oldest first.
     pub fn jobs(&self, tenant: &TenantId) -> Vec<Job> {
         let mut jobs: Vec<Job> = self.lock().jobs.values().filter(|j| j.tenant == *tenant).cloned().collect();
