@@ -310,3 +310,54 @@ pub fn tail(connection: Connection, job: String, options: TailOptions) -> anyhow
         client.tail(&job, &options, &mut stdout.lock()).await
     })
 }
+
+/// `squilla logs JOB STAGE INDEX`: `time level message` per line (RFC 3339 times, UTC), or the
+/// JSON document with `--json`.
+pub fn logs(connection: Connection, job: &str, stage: &str, index: u32, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(connection)?;
+    block_on(async {
+        let path = format!("/api/v1/jobs/{job}/stages/{stage}/workers/{index}/logs");
+        let log = client.call(reqwest::Method::GET, &path, None).await?;
+        if json {
+            return print(&log);
+        }
+        let mut out = std::io::stdout().lock();
+        if let Some(dropped) = log["dropped"].as_u64().filter(|n| *n > 0) {
+            writeln!(out, "({dropped} older lines dropped)")?;
+        }
+        for line in log["lines"].as_array().into_iter().flatten() {
+            let at = line["at-ms"].as_i64().unwrap_or(0);
+            let level = line["level"].as_str().unwrap_or("");
+            let message = line["message"].as_str().unwrap_or("");
+            writeln!(out, "{} {level:<5} {message}", utc(at))?;
+        }
+        Ok(())
+    })
+}
+
+/// `ms` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (days to dates as in Howard
+/// Hinnant's `civil_from_days`).
+fn utc(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, milli) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{milli:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(1_764_460_800_123), "2025-11-30T00:00:00.123Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

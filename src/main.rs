@@ -64,6 +64,20 @@ enum Command {
         connection: client::Connection,
     },
     /// Print a job's output (its sink) as JSON lines.
+    /// Print a worker's recent log lines (what its stage logged, kept across its instances).
+    Logs {
+        /// The job id, e.g. `device-errors-1`.
+        job: String,
+        /// The stage: its name or 0-based index.
+        stage: String,
+        /// The worker's 0-based index in the stage.
+        index: u32,
+        /// Print the JSON document instead of one line per log line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
     Tail {
         /// The job id, e.g. `device-errors-1`.
         job: String,
@@ -106,6 +120,7 @@ fn run() -> anyhow::Result<()> {
         Command::Cluster { command, connection } => client::cluster(connection, command),
         Command::Job { command, connection } => client::job(connection, command),
         Command::Tail { job, options, connection } => client::tail(connection, job, options),
+        Command::Logs { job, stage, index, json, connection } => client::logs(connection, &job, &stage, index, json),
         Command::Run(args) => run::run(args),
     }
 }

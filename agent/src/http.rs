@@ -61,6 +61,7 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
     let jobs_routes = Router::new()
         .route("/jobs/{id}/sink", get(sink))
         .route("/metrics", get(prometheus))
+        .route("/jobs/{id}/stages/{stage}/workers/{index}/logs", get(logs))
         .route(
             "/jobs/{id}/ingest",
             post(ingest).layer(axum::middleware::from_fn_with_state(
@@ -116,6 +117,30 @@ async fn ingest(
         Ok(Ingested::NotHere) => error_response(StatusCode::NOT_FOUND, "not_here", "the job does not run here"),
         Ok(Ingested::Full) | Err(_) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "the job had no room in time")
+        }
+    }
+}
+
+/// `GET /jobs/{key}/stages/{stage}/workers/{index}/logs`: a local worker's log lines,
+/// `{"lines": [{"at-ms", "level", "message"}], "dropped": N}`; 404 `not_here` if that worker
+/// does not run here.
+async fn logs(
+    State(state): State<HttpState>,
+    PathParams((id, stage, index)): PathParams<(String, usize, usize)>,
+) -> Response {
+    let Ok(key) = id.parse::<squilla_types::ids::JobKey>() else {
+        return error_response(StatusCode::NOT_FOUND, "not_here", "no such job here");
+    };
+    match state.jobs.log(&key, stage, index) {
+        None => error_response(StatusCode::NOT_FOUND, "not_here", "that worker does not run here"),
+        Some((lines, dropped)) => {
+            let lines: Vec<serde_json::Value> = lines
+                .into_iter()
+                .map(|l| {
+                    serde_json::json!({"at-ms": l.at_ms, "level": format!("{:?}", l.level).to_lowercase(), "message": l.message})
+                })
+                .collect();
+            axum::Json(serde_json::json!({"lines": lines, "dropped": dropped})).into_response()
         }
     }
 }

@@ -97,6 +97,18 @@ impl Jobs {
         }
     }
 
+    /// The log of a local worker of job `key` (see `PipelineHandle::log`).
+    pub fn log(
+        &self,
+        key: &squilla_types::ids::JobKey,
+        stage: usize,
+        index: usize,
+    ) -> Option<(Vec<squilla_host::LogLine>, u64)> {
+        let cell = lock(&self.jobs).get(key).cloned()?;
+        let view = cell.view();
+        view.handle.as_ref()?.log(stage, index)
+    }
+
     /// The metrics of every job running here, with its key.
     pub fn metrics(&self) -> Vec<(squilla_types::ids::JobKey, squilla_host::pipeline::PipelineMetrics)> {
         let cells: Vec<Arc<JobCell>> = lock(&self.jobs).values().cloned().collect();

@@ -94,3 +94,73 @@ async fn prometheus_scrapes_the_agents_and_the_master() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_guests_log_is_read_through_the_api_and_the_cli() {
+    let dir = temp_dir("observability-logs");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _m = master(&dir, port);
+    let _a = crate::agent_with("a1", &base, &["--threads", "2"]);
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("hostile")).await;
+    assert!(status == 200 || status == 201, "{status}: {body}");
+    let sha = body["sha256"].as_str().unwrap();
+    let spec = json!({
+        "name": "trapper", "source": {"kind": "ingest"},
+        "stages": [{"name": "only", "artifact": format!("sha256:{sha}"), "params": {"process": "trap"}}]
+    });
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/clusters/trapper/jobs", vec![]).await;
+    assert_eq!(status, 201, "{body}");
+    let job = body["id"].as_str().unwrap().to_owned();
+    let logs = format!("/api/v1/jobs/{job}/stages/only/workers/0/logs");
+
+    // Until the worker runs, its log is not there to read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = call(&base, reqwest::Method::GET, &logs, vec![]).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!((status, body["code"].as_str()), (503, Some("not_running")), "{body}");
+        assert!(Instant::now() < deadline, "the worker never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ingest(&base, &job, &[json!({"n": 1}), json!({"n": 2})]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let (status, body) = call(&base, reqwest::Method::GET, &logs, vec![]).await;
+        assert_eq!(status, 200, "{body}");
+        let found = body["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains("trapping on a batch of 2 events")));
+        if let Some(line) = found {
+            break line.clone();
+        }
+        assert!(Instant::now() < deadline, "no log line of the trap: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(line["level"], "error");
+
+    // The CLI prints the same line.
+    let output = crate::squilla()
+        .args(["logs", &job, "only", "0", "--master", &base, "--token", crate::TOKEN])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.lines().any(|l| l.contains(" error ") && l.contains("trapping on a batch of 2 events")), "{text}");
+
+    // Another tenant's job, a stage or a worker that is not there: 404.
+    for (path, code) in [
+        (format!("/api/v1/jobs/{job}/stages/nope/workers/0/logs"), "no_such_stage"),
+        (format!("/api/v1/jobs/{job}/stages/only/workers/7/logs"), "no_such_worker"),
+        ("/api/v1/jobs/other-1/stages/only/workers/0/logs".to_owned(), "not_found"),
+    ] {
+        let (status, body) = call(&base, reqwest::Method::GET, &path, vec![]).await;
+        assert_eq!((status, body["code"].as_str()), (404, Some(code)), "{path}: {body}");
+    }
+}

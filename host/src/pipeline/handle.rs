@@ -53,6 +53,14 @@ impl PipelineHandle {
         }
     }
 
+    /// The log lines of stage `stage`'s local worker `index` (kept across its instances), and
+    /// how many older lines its ring dropped; `None` if that worker does not run here.
+    pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<crate::logs::LogLine>, u64)> {
+        let flow = self.0.upgrade()?;
+        let worker = flow.stages.get(stage)?.slots().get(index).and_then(Slot::local).cloned()?;
+        Some(worker.log())
+    }
+
     /// A snapshot of every local worker's metrics (see [`super::Pipeline::metrics`]); `None` once
     /// the pipeline is gone.
     pub fn metrics(&self) -> Option<PipelineMetrics> {

@@ -262,6 +262,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(capped(routes!(jobs::kill), body_limits::SMALL))
         .routes(capped(routes!(jobs::scale), body_limits::SMALL))
         .routes(capped(routes!(jobs::resubmit), body_limits::SMALL))
+        .routes(routes!(jobs::logs))
         .routes(routes!(stream::status))
         .routes(routes!(stream::sink))
         .routes(capped(routes!(ingest::ingest), body_limits::INGEST))

@@ -482,6 +482,29 @@ impl Control {
         Ok((entry.map(|e| e.beat.http.clone()), job.spec.source.clone(), fresh))
     }
 
+    /// Where `tenant`'s job `id`'s worker `index` of `stage` (a name or 0-based index) runs:
+    /// its job key, the stage's index, and the HTTP address of its agent if the agent is alive.
+    pub fn worker_agent(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        stage: &str,
+        index: u32,
+    ) -> Result<(JobKey, usize, Option<String>), ControlError> {
+        let state = self.lock();
+        let key = JobKey::new(tenant.clone(), id.clone());
+        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
+        let s = stage_index(job, stage)?;
+        let worker = job
+            .stages
+            .get(s)
+            .and_then(|st| st.workers.get(index as usize))
+            .ok_or_else(|| ControlError::NoSuchWorker { stage: stage.to_owned(), index })?;
+        let http =
+            worker.agent.as_ref().and_then(|a| state.agents.get(a)).filter(|e| !e.lost).map(|e| e.beat.http.clone());
+        Ok((key, s, http))
+    }
+
     /// The id of `tenant`'s newest active job of `cluster`, if any.
     pub fn current_job(&self, tenant: &TenantId, cluster: &ClusterName) -> Option<JobId> {
         let state = self.lock();

@@ -75,6 +75,9 @@ impl Stage for Hostile {
     }
 
     fn process(&mut self, input: BatchView<'_>, out: &mut BatchBuilder) -> Result<(), StageError> {
+        if self.process == Act::Trap {
+            squilla_sdk::log::error(format!("trapping on a batch of {} events, as asked", input.len()));
+        }
         misbehave(self.process);
         for event in input.events() {
             out.push_ref(event);
