@@ -546,38 +546,7 @@ impl State {
         if !plan.order.is_empty() {
             let mut keyed: Vec<(Vec<V<'_>>, &Result_)> =
                 results.iter().map(|r| (plan.order.iter().map(|o| eval(&o.expr, &r, rng)).collect(), r)).collect();
-            keyed.sort_by(|(a, _), (b, _)| {
-                for ((x, y), o) in a.iter().zip(b).zip(&plan.order) {
-                    let ord = match (x == &V::Null, y == &V::Null) {
-                        (true, true) => std::cmp::Ordering::Equal,
-                        (true, false) => {
-                            if o.nulls_first {
-                                std::cmp::Ordering::Less
-                            } else {
-                                std::cmp::Ordering::Greater
-                            }
-                        }
-                        (false, true) => {
-                            if o.nulls_first {
-                                std::cmp::Ordering::Greater
-                            } else {
-                                std::cmp::Ordering::Less
-                            }
-                        }
-                        (false, false) => {
-                            if o.desc {
-                                order(y, x)
-                            } else {
-                                order(x, y)
-                            }
-                        }
-                    };
-                    if ord.is_ne() {
-                        return ord;
-                    }
-                }
-                std::cmp::Ordering::Equal
-            });
+            keyed.sort_by(|(a, _), (b, _)| by_order(plan, a, b));
             let limit = plan.limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
             for (_, r) in keyed.into_iter().take(limit) {
                 out.push(render(query, plan, r, end, self.late, rng));

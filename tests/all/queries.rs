@@ -20,16 +20,7 @@ pub(crate) fn master(dir: &Path, port: u16) -> Proc {
 }
 
 pub(crate) async fn call(base: &str, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(30))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    crate::Api { base: base.to_owned(), http: reqwest::Client::new() }.call(method, path, body).await
 }
 
 /// Runs a one-stage keep-all job fed by ingest; returns its id once it runs.

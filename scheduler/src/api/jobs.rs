@@ -216,10 +216,15 @@ pub async fn resubmit(
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
-    let index: u32 = index.parse().map_err(|_| {
-        ApiError::new(StatusCode::NOT_FOUND, "no_such_worker", format!("`{index}` is not a worker index"))
-    })?;
+    let index = worker_index(&index)?;
     Ok(Json(blocking(&state, move |c| c.resubmit(&tenant, &id, &stage, index)).await?))
+}
+
+/// A worker index from a path: a missing worker when it is not a number.
+fn worker_index(index: &str) -> Result<u32, ApiError> {
+    index
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no_such_worker", format!("`{index}` is not a worker index")))
 }
 
 /// A line of a worker's log.
@@ -264,9 +269,7 @@ pub async fn logs(
 ) -> Result<Json<WorkerLog>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
-    let index: u32 = index.parse().map_err(|_| {
-        ApiError::new(StatusCode::NOT_FOUND, "no_such_worker", format!("`{index}` is not a worker index"))
-    })?;
+    let index = worker_index(&index)?;
     let (key, stage_index, http) = state.control.worker_agent(&tenant, &id, &stage, index)?;
     let not_running = || {
         ApiError::new(
