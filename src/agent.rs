@@ -45,15 +45,18 @@ impl CompileArgs {
     }
 }
 
-/// Arguments of `squilla agent`.
+/// Arguments of `squilla agent` (or of `squilla agent list`, which asks the master).
 #[derive(clap::Args, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<crate::client::AgentCommand>,
     /// The master's URL.
     #[arg(long, env = "SQUILLA_MASTER", default_value = "http://127.0.0.1:7070")]
     pub master: String,
     /// The agent token the master expects.
-    #[arg(long, env = "SQUILLA_AGENT_TOKEN")]
-    pub agent_token: String,
+    #[arg(long, env = "SQUILLA_AGENT_TOKEN", required = true)]
+    pub agent_token: Option<String>,
     /// This agent's id (default: `agent-<pid>-<random>`).
     #[arg(long, env = "SQUILLA_AGENT_ID")]
     pub id: Option<squilla_types::ids::AgentId>,
@@ -109,7 +112,8 @@ pub struct AgentArgs {
 impl AgentArgs {
     /// The agent configuration these arguments describe.
     pub fn config(&self) -> anyhow::Result<AgentConfig> {
-        let mut config = AgentConfig::new(&self.master, &self.agent_token);
+        let token = self.agent_token.as_deref().context("--agent-token (or SQUILLA_AGENT_TOKEN) is required")?;
+        let mut config = AgentConfig::new(&self.master, token);
         if let Some(id) = &self.id {
             config.id = id.clone();
         }

@@ -1,6 +1,9 @@
-//! The client commands: `artifact push`, `cluster create`, `job submit|list|get|kill|scale`,
-//! `tail`. Each is one or two calls of the master's HTTP API; answers are printed as JSON,
-//! errors as `error: <code>: <message>` with a non-zero exit.
+//! The client commands: `artifact push|list`, `cluster create|list`,
+//! `job submit|list|get|metrics|kill|scale`, `agent list`, `tail`, `logs`. Each is one or a
+//! few calls of the master's HTTP API. Lists, summaries and metrics print as tables
+//! (`crate::table`) unless `--output json` asks for the API's documents; other answers print
+//! as JSON; errors as `error: <code>: <message>` with a non-zero exit. Progress of long
+//! operations (an upload, waiting for a job to run) goes to standard error.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -79,13 +82,35 @@ pub enum JobCommand {
         /// Override a declared parameter: `--param window-ms=10000` (repeatable).
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Wait until every worker runs (progress on standard error); fail if the job fails
+        /// or this many seconds pass first.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "120")]
+        wait: Option<u64>,
     },
-    /// List your jobs.
-    List,
-    /// Show one job with its workers and history.
+    /// List your jobs: id, cluster, state, workers, age, events/s.
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one job: its workers (agent, state, counts, reason) and recent history.
     Get {
         /// The job id, e.g. `device-errors-1`.
         job: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show a job's metrics per stage and worker: rates, CPU, call times, queues, memory.
+    Metrics {
+        /// The job id.
+        job: String,
+        /// Keep the table up to date (every second) until the job ends or Ctrl-C.
+        #[arg(long, short)]
+        watch: bool,
+        /// The window rates are taken over: `10s`, `1m` or `5m`.
+        #[arg(long, default_value = "10s", value_parser = ["10s", "1m", "5m"])]
+        window: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
     },
     /// Kill a job.
     Kill {
@@ -100,6 +125,28 @@ pub enum JobCommand {
         stage: String,
         /// Workers.
         workers: u32,
+    },
+}
+
+/// How a command prints its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Table,
+    /// The API's JSON document.
+    Json,
+}
+
+/// `squilla agent …` (client side).
+#[derive(clap::Subcommand, Clone)]
+pub enum AgentCommand {
+    /// List the master's agents with their load.
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        connection: Connection,
     },
 }
 
@@ -127,6 +174,56 @@ impl Client {
         if let Some(body) = body {
             request = request.body(body);
         }
+        self.answer(request).await
+    }
+
+    pub async fn push(
+        &self,
+        file: &std::path::Path,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut path = "/api/v1/artifacts".to_owned();
+        if let (Some(n), Some(v)) = (name, version) {
+            path.push_str(&format!("?name={n}&version={v}"));
+        }
+        let total = bytes.len();
+        let started = std::time::Instant::now();
+        let progress = Progress::new();
+        // The body goes in chunks, each reported as sent; the server answers after the last.
+        let chunks: Vec<Vec<u8>> = bytes.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
+        let mut sent = 0usize;
+        let progress_in_body = progress.clone();
+        let name = file_name(file);
+        let body = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+            sent += chunk.len();
+            progress_in_body.show(&format!(
+                "uploading {name}: {} of {} ({}%)",
+                crate::table::bytes(sent as u64),
+                crate::table::bytes(total as u64),
+                sent * 100 / total.max(1)
+            ));
+            Ok::<_, std::io::Error>(chunk)
+        }));
+        let request = self
+            .http
+            .post(self.connection.url(&path))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_LENGTH, total)
+            .body(reqwest::Body::wrap_stream(body));
+        let answer = self.answer(request).await;
+        progress.done(&format!(
+            "uploaded {} ({}) in {:.1}s",
+            file_name(file),
+            crate::table::bytes(total as u64),
+            started.elapsed().as_secs_f64()
+        ));
+        answer
+    }
+
+    /// Sends `request`; the answer's JSON, or the API's error as an error.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
         let response =
             request.send().await.with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
         let status = response.status();
@@ -141,18 +238,88 @@ impl Client {
         Ok(json)
     }
 
-    pub async fn push(
+    /// Opens a server-sent-events stream at `path`: its events, as they come, to `each`, until
+    /// the stream ends or `each` says stop (`false`).
+    pub async fn events(
         &self,
-        file: &std::path::Path,
-        name: Option<&str>,
-        version: Option<&str>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let mut path = "/api/v1/artifacts".to_owned();
-        if let (Some(n), Some(v)) = (name, version) {
-            path.push_str(&format!("?name={n}&version={v}"));
+        path: &str,
+        mut each: impl FnMut(squilla_types::sse::Event) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(self.connection.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let json: serde_json::Value = response.json().await.unwrap_or_default();
+            bail!(
+                "{}: {} ({status})",
+                json["code"].as_str().unwrap_or("error"),
+                json["message"].as_str().unwrap_or("")
+            );
         }
-        self.call(reqwest::Method::POST, &path, Some(bytes)).await
+        let mut body = response.bytes_stream();
+        let mut parser = squilla_types::sse::Parser::new();
+        let mut events = Vec::new();
+        while let Some(chunk) = body.next().await {
+            parser.feed(&chunk?, |e| events.push(e));
+            for event in events.drain(..) {
+                if !each(event)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every worker of `job` runs, showing how many do; fails if the job ends
+    /// first or `timeout` passes.
+    pub async fn wait_running(&self, job: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let progress = Progress::new();
+        let started = std::time::Instant::now();
+        let path = format!("/api/v1/jobs/{job}/status");
+        let watch = self.events(&path, |event| {
+            if event.name.as_deref() != Some("status") {
+                return Ok(true);
+            }
+            let doc: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+            let state = doc["state"].as_str().unwrap_or("");
+            let workers: Vec<&serde_json::Value> = doc["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["workers"].as_array().into_iter().flatten())
+                .collect();
+            let running = workers.iter().filter(|w| w["state"] == "running").count();
+            progress.show(&format!(
+                "{job}: {state}, {running}/{} workers running ({:.0}s)",
+                workers.len(),
+                started.elapsed().as_secs_f64()
+            ));
+            match state {
+                "running" => Ok(false),
+                "failed" | "completed" | "killed" => bail!("job {job} is {state} before it ran"),
+                _ => Ok(true),
+            }
+        });
+        let outcome = tokio::time::timeout(timeout, watch).await;
+        match outcome {
+            Ok(Ok(())) => {
+                progress.done(&format!("{job} runs ({:.1}s)", started.elapsed().as_secs_f64()));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                progress.done("");
+                Err(e)
+            }
+            Err(_) => {
+                progress.done("");
+                bail!("job {job} did not run within {}s", timeout.as_secs())
+            }
+        }
     }
 
     pub async fn create_cluster(&self, spec: &[u8]) -> anyhow::Result<serde_json::Value> {
@@ -273,9 +440,36 @@ pub fn job(connection: Connection, command: JobCommand) -> anyhow::Result<()> {
     let client = Client::new(connection)?;
     block_on(async {
         let json = match command {
-            JobCommand::Submit { cluster, params } => client.submit(&cluster, &pairs(&params)?).await?,
-            JobCommand::List => client.call(Method::GET, "/api/v1/jobs", None).await?,
-            JobCommand::Get { job } => client.call(Method::GET, &format!("/api/v1/jobs/{job}"), None).await?,
+            JobCommand::Submit { cluster, params, wait } => {
+                let job = client.submit(&cluster, &pairs(&params)?).await?;
+                if let (Some(secs), Some(id)) = (wait, job["id"].as_str()) {
+                    client.wait_running(id, std::time::Duration::from_secs(secs)).await?;
+                    client.call(Method::GET, &format!("/api/v1/jobs/{id}"), None).await?
+                } else {
+                    job
+                }
+            }
+            JobCommand::List { output } => {
+                let jobs = client.call(Method::GET, "/api/v1/jobs", None).await?;
+                if output == Output::Json {
+                    return print(&jobs);
+                }
+                let jobs = jobs.as_array().cloned().unwrap_or_default();
+                let rates = client.input_rates(&jobs).await;
+                print!("{}", crate::table::jobs(&jobs, &rates, squilla_types::time::now_ms()));
+                return Ok(());
+            }
+            JobCommand::Get { job, output } => {
+                let doc = client.call(Method::GET, &format!("/api/v1/jobs/{job}"), None).await?;
+                if output == Output::Json {
+                    return print(&doc);
+                }
+                print!("{}", crate::table::job(&doc, squilla_types::time::now_ms()));
+                return Ok(());
+            }
+            JobCommand::Metrics { job, watch, window, output } => {
+                return client.metrics(&job, watch, &window, output).await;
+            }
             JobCommand::Kill { job } => client.call(Method::POST, &format!("/api/v1/jobs/{job}/kill"), None).await?,
             JobCommand::Scale { job, stage, workers } => {
                 let body = serde_json::json!({ "workers": workers }).to_string().into_bytes();
@@ -284,6 +478,101 @@ pub fn job(connection: Connection, command: JobCommand) -> anyhow::Result<()> {
         };
         print(&json)
     })
+}
+
+impl Client {
+    /// Each running job's input over the last 10 s (its first stage's events in per second).
+    async fn input_rates(&self, jobs: &[serde_json::Value]) -> BTreeMap<String, f64> {
+        let live = jobs.iter().filter_map(|j| {
+            let id = j["id"].as_str()?;
+            let ended = matches!(j["state"].as_str(), Some("completed" | "failed" | "killed"));
+            (!ended).then(|| id.to_owned())
+        });
+        let asks = live.map(|id| async move {
+            let m = self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}/metrics"), None).await.ok()?;
+            Some((id, m["stages"][0]["rates"]["10s"]["events-in"].as_f64()?))
+        });
+        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+
+    /// `job metrics`: once, or every second with `watch` (redrawn in place on a terminal).
+    async fn metrics(&self, job: &str, watch: bool, window: &str, output: Output) -> anyhow::Result<()> {
+        let show = |doc: &serde_json::Value| -> anyhow::Result<()> {
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(doc)?);
+                return Ok(());
+            }
+            let table = crate::table::metrics(doc, window);
+            if watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                print!("\x1b[2J\x1b[H{job} — rates over {window}, every second (Ctrl-C to stop)\n\n{table}");
+            } else {
+                print!("{table}");
+                if watch {
+                    println!();
+                }
+            }
+            std::io::stdout().flush()?;
+            Ok(())
+        };
+        if !watch {
+            return show(&self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{job}/metrics"), None).await?);
+        }
+        self.events(&format!("/api/v1/jobs/{job}/metrics/stream"), |event| {
+            if event.name.as_deref() == Some("metrics") {
+                show(&serde_json::from_str(&event.data)?)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+}
+
+pub fn agent(command: AgentCommand) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::List { output, connection } => {
+            let client = Client::new(connection)?;
+            block_on(async {
+                let agents = client.call(reqwest::Method::GET, "/api/v1/agents", None).await?;
+                if output == Output::Json {
+                    return print(&agents);
+                }
+                print!("{}", crate::table::agents(agents.as_array().map(Vec::as_slice).unwrap_or_default()));
+                Ok(())
+            })
+        }
+    }
+}
+
+/// A one-line progress display on standard error: redrawn in place on a terminal, otherwise
+/// only the final line is printed.
+#[derive(Clone)]
+struct Progress {
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+    }
+
+    fn show(&self, line: &str) {
+        if self.terminal {
+            eprint!("\r\x1b[2K{line}");
+        }
+    }
+
+    fn done(&self, line: &str) {
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+        if !line.is_empty() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
 /// What `squilla tail` asks of a sink (see the sink parameters in docs/api.md).
@@ -312,11 +601,42 @@ pub fn tail(connection: Connection, job: String, options: TailOptions) -> anyhow
 }
 
 /// `squilla logs JOB STAGE INDEX`: `time level message` per line (RFC 3339 times, UTC), or the
-/// JSON document with `--json`.
-pub fn logs(connection: Connection, job: &str, stage: &str, index: u32, json: bool) -> anyhow::Result<()> {
+/// JSON document with `--json`; with `follow`, then every new line until the job ends (one
+/// JSON line each with `--json`).
+pub fn logs(
+    connection: Connection,
+    job: &str,
+    stage: &str,
+    index: u32,
+    json: bool,
+    follow: bool,
+) -> anyhow::Result<()> {
     let client = Client::new(connection)?;
+    let print_line = |out: &mut dyn Write, line: &serde_json::Value| -> anyhow::Result<()> {
+        if json {
+            writeln!(out, "{line}")?;
+        } else {
+            let at = line["at-ms"].as_i64().unwrap_or(0);
+            let level = line["level"].as_str().unwrap_or("");
+            let message = line["message"].as_str().unwrap_or("");
+            writeln!(out, "{} {level:<5} {message}", utc(at))?;
+        }
+        Ok(())
+    };
     block_on(async {
         let path = format!("/api/v1/jobs/{job}/stages/{stage}/workers/{index}/logs");
+        if follow {
+            return client
+                .events(&format!("{path}?follow=true"), |event| {
+                    if event.name.as_deref() == Some("log") {
+                        let mut out = std::io::stdout().lock();
+                        print_line(&mut out, &serde_json::from_str(&event.data)?)?;
+                        out.flush()?;
+                    }
+                    Ok(true)
+                })
+                .await;
+        }
         let log = client.call(reqwest::Method::GET, &path, None).await?;
         if json {
             return print(&log);
@@ -326,10 +646,7 @@ pub fn logs(connection: Connection, job: &str, stage: &str, index: u32, json: bo
             writeln!(out, "({dropped} older lines dropped)")?;
         }
         for line in log["lines"].as_array().into_iter().flatten() {
-            let at = line["at-ms"].as_i64().unwrap_or(0);
-            let level = line["level"].as_str().unwrap_or("");
-            let message = line["message"].as_str().unwrap_or("");
-            writeln!(out, "{} {level:<5} {message}", utc(at))?;
+            print_line(&mut out, line)?;
         }
         Ok(())
     })

@@ -20,6 +20,7 @@ mod dev;
 mod examples;
 mod master;
 mod run;
+mod table;
 
 use clap::{Parser, Subcommand};
 
@@ -30,8 +31,19 @@ struct Cli {
     /// A config file of `key = value` lines (see `squilla --help` above).
     #[arg(long, env = "SQUILLA_CONFIG", global = true)]
     config: Option<std::path::PathBuf>,
+    /// How the process logs to stderr: `text`, or `json` (one object per line, for log
+    /// collectors). What is logged is chosen with `SQUILLA_LOG` (default `warn`; `info` adds
+    /// one line per API request with tenant, route, status and latency).
+    #[arg(long, env = "SQUILLA_LOG_FORMAT", global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -41,7 +53,7 @@ enum Command {
     /// The master: HTTP API, store, scheduler.
     Master(master::MasterArgs),
     /// An agent: hosts workers for a master.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Upload and list artifacts.
     Artifact {
         #[command(subcommand)]
@@ -63,7 +75,6 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
-    /// Print a job's output (its sink) as JSON lines.
     /// Print a worker's recent log lines (what its stage logged, kept across its instances).
     Logs {
         /// The job id, e.g. `device-errors-1`.
@@ -75,9 +86,13 @@ enum Command {
         /// Print the JSON document instead of one line per log line.
         #[arg(long)]
         json: bool,
+        /// Keep printing new lines as the worker logs them, until the job ends or Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// Print a job's output (its sink) as JSON lines.
     Tail {
         /// The job id, e.g. `device-errors-1`.
         job: String,
@@ -106,21 +121,28 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SQUILLA_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     config::load_from_args()?;
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SQUILLA_LOG").unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
+    match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Master(args) => master::run(args),
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => match args.command {
+            Some(command) => client::agent(command),
+            None => agent::run(*args),
+        },
         Command::Artifact { command, connection } => client::artifact(connection, command),
         Command::Cluster { command, connection } => client::cluster(connection, command),
         Command::Job { command, connection } => client::job(connection, command),
         Command::Tail { job, options, connection } => client::tail(connection, job, options),
-        Command::Logs { job, stage, index, json, connection } => client::logs(connection, &job, &stage, index, json),
+        Command::Logs { job, stage, index, json, follow, connection } => {
+            client::logs(connection, &job, &stage, index, json, follow)
+        }
         Command::Run(args) => run::run(args),
     }
 }

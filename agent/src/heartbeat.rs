@@ -36,6 +36,7 @@ pub(crate) async fn run(
         // Reports and plans take only brief locks, never one a guest call holds: they run here,
         // on the heartbeat's own task, so that no pool other tasks can fill delays them.
         beat.workers = jobs.reports();
+        beat.usage = jobs.usage(&beat.workers);
         let sent = Instant::now();
         let answer = async {
             let response = client

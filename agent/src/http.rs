@@ -122,11 +122,13 @@ async fn ingest(
 }
 
 /// `GET /jobs/{key}/stages/{stage}/workers/{index}/logs`: a local worker's log lines,
-/// `{"lines": [{"at-ms", "level", "message"}], "dropped": N}`; 404 `not_here` if that worker
+/// `{"lines": [{"at-ms", "level", "message", "seq"}], "dropped": N}` (with `?after=N` only the
+/// lines numbered above `N`); 404 `not_here` if that worker
 /// does not run here.
 async fn logs(
     State(state): State<HttpState>,
     PathParams((id, stage, index)): PathParams<(String, usize, usize)>,
+    axum::extract::Query(after): axum::extract::Query<After>,
 ) -> Response {
     let Ok(key) = id.parse::<squilla_types::ids::JobKey>() else {
         return error_response(StatusCode::NOT_FOUND, "not_here", "no such job here");
@@ -136,8 +138,9 @@ async fn logs(
         Some((lines, dropped)) => {
             let lines: Vec<serde_json::Value> = lines
                 .into_iter()
+                .filter(|l| after.after.is_none_or(|a| l.seq > a))
                 .map(|l| {
-                    serde_json::json!({"at-ms": l.at_ms, "level": format!("{:?}", l.level).to_lowercase(), "message": l.message})
+                    serde_json::json!({"at-ms": l.at_ms, "level": format!("{:?}", l.level).to_lowercase(), "message": l.message, "seq": l.seq})
                 })
                 .collect();
             axum::Json(serde_json::json!({"lines": lines, "dropped": dropped})).into_response()
@@ -145,9 +148,15 @@ async fn logs(
     }
 }
 
+/// `?after=N`: only lines numbered above `N`.
+#[derive(serde::Deserialize)]
+struct After {
+    after: Option<u64>,
+}
+
 /// `GET /metrics`: the agent's per-worker metrics for Prometheus (see `crate::metrics`).
 async fn prometheus(State(state): State<HttpState>) -> Response {
-    let text = crate::metrics::render(&state.jobs.metrics());
+    let text = crate::metrics::render(&state.jobs.metrics(), state.jobs.cache_stats());
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
         .into_response()
 }

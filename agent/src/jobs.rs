@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
+use squilla_host::pipeline::WorkerMetrics;
 use squilla_host::pipeline::{FailureKind, PipelineHandle, Pushed};
-use squilla_types::control::{JobAssignment, ReportedState, WorkerReport};
+use squilla_types::control::{AgentUsage, JobAssignment, ReportedState, WorkerCounters, WorkerReport};
 use squilla_types::ids::JobKey;
 
 use crate::job::{Context, JobCell};
@@ -153,6 +154,7 @@ impl Jobs {
                             failed_calls: w.failed_calls,
                             failures,
                             last_failure: w.last_failure.as_ref().map(|(k, m)| format!("{}: {m}", k.name())),
+                            counters: counters(w),
                         });
                     }
                 }
@@ -167,6 +169,23 @@ impl Jobs {
             }
         }
         out
+    }
+
+    /// What the agent's compile cache has done.
+    pub fn cache_stats(&self) -> squilla_host::CacheStats {
+        self.ctx.master.cache.stats()
+    }
+
+    /// What the agent uses, for the heartbeat that carries `reports`.
+    pub fn usage(&self, reports: &[WorkerReport]) -> AgentUsage {
+        let running = reports.iter().filter(|r| r.state == ReportedState::Running);
+        let stats = self.ctx.master.cache.stats();
+        AgentUsage {
+            workers: running.clone().count() as u64,
+            memory_bytes: running.map(|r| r.memory_bytes).sum(),
+            compile_cache_hits: stats.hits + stats.loaded,
+            compiled: stats.compiled,
+        }
     }
 
     /// Stops everything (agent shutdown), waiting up to `timeout` for the job threads.
@@ -212,5 +231,35 @@ impl Jobs {
     /// Batches fenced on this agent since it started (its lease had run out).
     pub fn fenced(&self) -> u64 {
         self.ctx.lease.fenced()
+    }
+}
+
+/// The heartbeat's copy of a worker's counters.
+fn counters(w: &WorkerMetrics) -> WorkerCounters {
+    let drops = [
+        ("oldest", w.dropped_oldest),
+        ("newest", w.dropped_newest),
+        ("failed", w.dropped_failed),
+        ("retired", w.dropped_retired),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect();
+    let mut histogram = w.call_micros_log2.clone();
+    while histogram.last() == Some(&0) {
+        histogram.pop();
+    }
+    WorkerCounters {
+        batches_in: w.batches_in,
+        batches_out: w.batches_out,
+        bytes_in: w.bytes_in,
+        bytes_out: w.bytes_out,
+        drops,
+        traps: w.traps,
+        instances: w.instances,
+        queue_depth: w.queue_depth as u64,
+        guest_nanos: w.call_nanos,
+        call_micros_log2: histogram,
     }
 }

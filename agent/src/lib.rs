@@ -133,6 +133,7 @@ impl Agent {
             zone: config.zone.clone(),
             labels: config.labels.clone(),
             workers: Vec::new(),
+            usage: Default::default(),
         };
         tasks.push(tokio::spawn(heartbeat::run(config.clone(), client, beat, jobs.clone(), lease)));
         let app = http::router(jobs.clone(), &config.token);

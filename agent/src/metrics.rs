@@ -6,12 +6,17 @@
 //! Labels are `tenant`, `job`, `stage` and `worker` (the index in the stage): at most one
 //! series per metric per local worker, so cardinality is bounded by the agent's slots.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+use squilla_host::CacheStats;
+use squilla_host::pipeline::metrics::HISTOGRAM_BUCKETS;
 use squilla_host::pipeline::{FailureKind, PipelineMetrics};
 use squilla_types::ids::JobKey;
 
@@ -47,8 +52,47 @@ struct JobLabels {
     job: String,
 }
 
-/// The exposition of `jobs`' metrics.
-pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)]) -> String {
+/// A worker's call-time histogram as the pipeline counts it (bucket `i`: under `2^i` µs),
+/// exposed as a Prometheus histogram in seconds. Its sum is the worker's guest time, which
+/// also counts instantiations.
+#[derive(Debug, Default)]
+struct CallHistogram {
+    sum_nanos: AtomicU64,
+    buckets: [AtomicU64; HISTOGRAM_BUCKETS],
+}
+
+impl CallHistogram {
+    fn set(&self, sum_nanos: u64, buckets: &[u64]) {
+        self.sum_nanos.store(sum_nanos, Ordering::Relaxed);
+        for (b, n) in self.buckets.iter().zip(buckets) {
+            b.store(*n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl TypedMetric for CallHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CallHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let buckets: Vec<(f64, u64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (if i + 1 == HISTOGRAM_BUCKETS { f64::MAX } else { (1u64 << i) as f64 / 1e6 }, *n))
+            .collect();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The exposition of `jobs`' metrics and the agent's compile cache's.
+pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], cache: CacheStats) -> String {
     let mut registry = Registry::with_prefix("squilla");
     let counter = |registry: &mut Registry, name: &str, help: &str| {
         let family = Family::<WorkerLabels, Counter>::default();
@@ -59,7 +103,24 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)]) -> String {
     let events_out = counter(&mut registry, "worker_events_out", "Events a worker emitted.");
     let batches_in = counter(&mut registry, "worker_batches_in", "Batches a worker received.");
     let batches_out = counter(&mut registry, "worker_batches_out", "Batches a worker emitted.");
+    let bytes_in = counter(&mut registry, "worker_bytes_in", "Bytes of the batches a worker received.");
+    let bytes_out = counter(&mut registry, "worker_bytes_out", "Bytes of the batches a worker emitted.");
+    let traps = counter(&mut registry, "worker_traps", "Calls that trapped or passed their deadline.");
     let failed_calls = counter(&mut registry, "worker_failed_calls", "Calls into a worker's stage that failed.");
+    let guest_cpu = Family::<WorkerLabels, Counter<f64, AtomicU64>>::default();
+    registry.register_with_unit(
+        "worker_guest_cpu",
+        "Time a worker's tenant code ran (instantiation and calls).",
+        Unit::Seconds,
+        guest_cpu.clone(),
+    );
+    let calls = Family::<WorkerLabels, CallHistogram>::default();
+    registry.register_with_unit(
+        "worker_call_duration",
+        "Time per call into a worker's stage (process, tick).",
+        Unit::Seconds,
+        calls.clone(),
+    );
     let instances =
         counter(&mut registry, "worker_instances_created", "Instances created for a worker (1 plus one per trap).");
     let dropped = Family::<DropLabels, Counter>::default();
@@ -88,6 +149,16 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)]) -> String {
     );
     let workers = Gauge::<i64>::default();
     registry.register("agent_workers", "Workers running on this agent.", workers.clone());
+    let cache_hits = Counter::<u64>::default();
+    registry.register(
+        "agent_compile_cache_hits",
+        "Components answered from the compile cache (memory or disk).",
+        cache_hits.clone(),
+    );
+    cache_hits.inc_by(cache.hits + cache.loaded);
+    let compiled = Counter::<u64>::default();
+    registry.register("agent_compiled", "Components compiled from wasm.", compiled.clone());
+    compiled.inc_by(cache.compiled);
 
     let mut count = 0i64;
     for (key, metrics) in jobs {
@@ -107,7 +178,12 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)]) -> String {
             events_out.get_or_create(&labels).inc_by(w.events_out);
             batches_in.get_or_create(&labels).inc_by(w.batches_in);
             batches_out.get_or_create(&labels).inc_by(w.batches_out);
+            bytes_in.get_or_create(&labels).inc_by(w.bytes_in);
+            bytes_out.get_or_create(&labels).inc_by(w.bytes_out);
+            traps.get_or_create(&labels).inc_by(w.traps);
             failed_calls.get_or_create(&labels).inc_by(w.failed_calls);
+            guest_cpu.get_or_create(&labels).inc_by(w.call_nanos as f64 / 1e9);
+            calls.get_or_create(&labels).set(w.call_nanos, &w.call_micros_log2);
             instances.get_or_create(&labels).inc_by(w.instances);
             queue.get_or_create(&labels).set(i64::try_from(w.queue_depth).unwrap_or(i64::MAX));
             memory.get_or_create(&labels).set(i64::try_from(w.memory_bytes).unwrap_or(i64::MAX));

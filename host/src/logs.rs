@@ -35,6 +35,10 @@ pub struct LogLine {
     pub level: LogLevel,
     /// The text, at most [`LOG_LINE_BYTES`].
     pub message: String,
+    /// Its number in the ring that holds it: 0 for the first line ever added, one more for
+    /// each line after (dropped lines keep their numbers), so that a reader can ask for what
+    /// is new since the last line it saw.
+    pub seq: u64,
 }
 
 /// A bounded log of the most recent lines.
@@ -43,6 +47,7 @@ pub struct LogRing {
     lines: VecDeque<LogLine>,
     capacity: usize,
     dropped: u64,
+    next_seq: u64,
 }
 
 impl Default for LogRing {
@@ -55,7 +60,7 @@ impl LogRing {
     /// A ring keeping the last `capacity` lines (at least one).
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        LogRing { lines: VecDeque::with_capacity(capacity.min(64)), capacity, dropped: 0 }
+        LogRing { lines: VecDeque::with_capacity(capacity.min(64)), capacity, dropped: 0, next_seq: 0 }
     }
 
     /// Adds a line, dropping the oldest if full.
@@ -72,7 +77,8 @@ impl LogRing {
             self.lines.pop_front();
             self.dropped += 1;
         }
-        self.lines.push_back(LogLine { at_ms: now_ms(), level, message });
+        self.lines.push_back(LogLine { at_ms: now_ms(), level, message, seq: self.next_seq });
+        self.next_seq += 1;
     }
 
     /// The lines kept, oldest first.
@@ -83,11 +89,13 @@ impl LogRing {
     /// Moves every line of `other` into this ring (oldest first, dropping past capacity) and
     /// adds up its drop count, leaving `other` empty.
     pub fn absorb(&mut self, other: &mut LogRing) {
-        for line in other.lines.drain(..) {
+        for mut line in other.lines.drain(..) {
             if self.lines.len() == self.capacity {
                 self.lines.pop_front();
                 self.dropped += 1;
             }
+            line.seq = self.next_seq;
+            self.next_seq += 1;
             self.lines.push_back(line);
         }
         self.dropped += std::mem::take(&mut other.dropped);
@@ -112,6 +120,21 @@ mod tests {
         let kept: Vec<_> = ring.lines().map(|l| l.message.as_str()).collect();
         assert_eq!(kept, ["line 2", "line 3", "line 4"]);
         assert_eq!(ring.dropped(), 2);
+        let seqs: Vec<_> = ring.lines().map(|l| l.seq).collect();
+        assert_eq!(seqs, [2, 3, 4]);
+    }
+
+    #[test]
+    fn absorbed_lines_continue_the_numbering() {
+        let mut worker = LogRing::with_capacity(3);
+        for round in 0..3 {
+            let mut instance = LogRing::with_capacity(2);
+            instance.push(LogLevel::Info, format!("a{round}"));
+            instance.push(LogLevel::Info, format!("b{round}"));
+            worker.absorb(&mut instance);
+        }
+        let seqs: Vec<_> = worker.lines().map(|l| (l.seq, l.message.as_str())).collect();
+        assert_eq!(seqs, [(3, "b1"), (4, "a2"), (5, "b2")]);
     }
 
     #[test]

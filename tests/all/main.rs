@@ -4,6 +4,7 @@
 mod dev;
 mod e2e;
 mod isolation;
+mod metrics;
 mod observability;
 mod queries;
 mod run;

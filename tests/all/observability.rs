@@ -154,6 +154,40 @@ async fn a_trapping_guests_log_is_read_through_the_api_and_the_cli() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.lines().any(|l| l.contains(" error ") && l.contains("trapping on a batch of 2 events")), "{text}");
 
+    // `--follow` prints the lines there are, then new ones as the worker logs them.
+    let mut follower = crate::squilla()
+        .args(["logs", &job, "only", "0", "--follow", "--master", &base, "--token", crate::TOKEN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no `{needle}` from squilla logs --follow: {e}"),
+            }
+        }
+    };
+    wait_for("trapping on a batch of 2 events");
+    ingest(&base, &job, &[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]).await;
+    let line = wait_for("trapping on a batch of 3 events");
+    assert!(line.contains(" error "), "{line}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
     // Another tenant's job, a stage or a worker that is not there: 404.
     for (path, code) in [
         (format!("/api/v1/jobs/{job}/stages/nope/workers/0/logs"), "no_such_stage"),

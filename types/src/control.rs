@@ -84,6 +84,70 @@ pub struct WorkerReport {
     /// The last failure, `kind: message`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// Everything else the agent counts for the worker (see [`WorkerCounters`]).
+    #[serde(default, flatten)]
+    pub counters: WorkerCounters,
+}
+
+/// The rest of a worker's counters in a heartbeat. Like the counts above, all are totals of
+/// the incarnation since it started (gauges where said), not deltas: a lost heartbeat loses
+/// nothing, and the master turns consecutive totals into rates. Zeros are left out of the
+/// JSON, so an idle worker costs a few bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct WorkerCounters {
+    /// Batches it received.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batches_in: u64,
+    /// Batches it emitted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batches_out: u64,
+    /// Bytes of the batches it received.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_in: u64,
+    /// Bytes of the batches it emitted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_out: u64,
+    /// Dropped batches by reason (`oldest`, `newest`, `failed`, `retired`); their sum is
+    /// `dropped`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops: BTreeMap<String, u64>,
+    /// Calls that trapped or passed their deadline (each replaced the instance).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub traps: u64,
+    /// Instances created (1 plus one per replaced instance).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub instances: u64,
+    /// Batches waiting in its input queue (a gauge).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queue_depth: u64,
+    /// Time its tenant code ran (instantiation and calls), ns.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub guest_nanos: u64,
+    /// Call-time histogram: entry `i` counts calls that took less than `2^i` µs (the last
+    /// entry counts the rest). Trailing zeros are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub call_micros_log2: Vec<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What an agent uses, in a heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct AgentUsage {
+    /// Workers running.
+    pub workers: u64,
+    /// Linear memory the workers' instances hold now, bytes.
+    pub memory_bytes: u64,
+    /// Compiled components answered from the agent's cache (memory or disk).
+    pub compile_cache_hits: u64,
+    /// Components compiled.
+    pub compiled: u64,
 }
 
 impl WorkerReport {
@@ -105,6 +169,7 @@ impl WorkerReport {
             failed_calls: 0,
             failures: BTreeMap::new(),
             last_failure: None,
+            counters: WorkerCounters::default(),
         }
     }
 }
@@ -130,6 +195,9 @@ pub struct Heartbeat {
     /// Every worker it runs.
     #[serde(default)]
     pub workers: Vec<WorkerReport>,
+    /// What it uses.
+    #[serde(default)]
+    pub usage: AgentUsage,
 }
 
 /// Where one worker slot runs.

@@ -54,8 +54,10 @@ impl FailureKind {
 pub(crate) struct Counters {
     pub events_in: AtomicU64,
     pub batches_in: AtomicU64,
+    pub bytes_in: AtomicU64,
     pub events_out: AtomicU64,
     pub batches_out: AtomicU64,
+    pub bytes_out: AtomicU64,
     pub dropped_oldest: AtomicU64,
     pub dropped_newest: AtomicU64,
     pub dropped_failed: AtomicU64,
@@ -66,6 +68,7 @@ pub(crate) struct Counters {
     pub instances: AtomicU64,
     pub memory_bytes: AtomicU64,
     pub histogram: [AtomicU64; HISTOGRAM_BUCKETS],
+    pub call_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -83,6 +86,7 @@ impl Counters {
     }
 
     pub fn record_call(&self, took: Duration) {
+        Self::add(&self.call_nanos, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
         let micros = took.as_micros() as u64;
         let bucket = (u64::BITS - micros.leading_zeros()) as usize;
         self.histogram[bucket.min(HISTOGRAM_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
@@ -100,10 +104,14 @@ pub struct WorkerMetrics {
     pub events_in: u64,
     /// Batches it received.
     pub batches_in: u64,
+    /// Bytes of the batches it received (their archived size).
+    pub bytes_in: u64,
     /// Events it emitted.
     pub events_out: u64,
     /// Batches it emitted.
     pub batches_out: u64,
+    /// Bytes of the batches it emitted.
+    pub bytes_out: u64,
     /// Batches dropped from its full input queue to make room (`drop-oldest`).
     pub dropped_oldest: u64,
     /// Batches refused by its full input queue (`drop-newest`).
@@ -130,6 +138,9 @@ pub struct WorkerMetrics {
     pub memory_bytes: u64,
     /// Processing-time histogram, see [`HISTOGRAM_BUCKETS`].
     pub call_micros_log2: Vec<u64>,
+    /// Time spent in calls into the guest (`init`, `process`, `tick`), ns: the CPU time the
+    /// worker's tenant code used, since a call runs on one pool thread from start to end.
+    pub call_nanos: u64,
     /// Why the worker failed, if it did.
     pub failed: Option<String>,
 }
@@ -186,8 +197,10 @@ pub(crate) fn snapshot(counters: &Counters) -> WorkerMetrics {
     WorkerMetrics {
         events_in: get(&counters.events_in),
         batches_in: get(&counters.batches_in),
+        bytes_in: get(&counters.bytes_in),
         events_out: get(&counters.events_out),
         batches_out: get(&counters.batches_out),
+        bytes_out: get(&counters.bytes_out),
         dropped_oldest: get(&counters.dropped_oldest),
         dropped_newest: get(&counters.dropped_newest),
         dropped_failed: get(&counters.dropped_failed),
@@ -198,6 +211,7 @@ pub(crate) fn snapshot(counters: &Counters) -> WorkerMetrics {
         instances: get(&counters.instances),
         memory_bytes: get(&counters.memory_bytes),
         call_micros_log2: counters.histogram.iter().map(get).collect(),
+        call_nanos: get(&counters.call_nanos),
         ..WorkerMetrics::default()
     }
 }

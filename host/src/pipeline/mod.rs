@@ -54,7 +54,7 @@ use crate::logs::LogLine;
 pub use config::{PipelineConfig, PipelineError, StageConfig};
 pub use dataflow::Pushed;
 pub use handle::{Delivery, PipelineHandle};
-pub use metrics::{FailureKind, PipelineMetrics};
+pub use metrics::{FailureKind, PipelineMetrics, WorkerMetrics};
 pub use outlet::Outlet;
 pub use source::SyntheticSource;
 pub use wanted::Wanted;

@@ -254,6 +254,7 @@ impl Worker {
             let Some(batch) = self.inbox.pop() else { return };
             Counters::add(&self.counters.batches_in, 1);
             Counters::add(&self.counters.events_in, batch.len() as u64);
+            Counters::add(&self.counters.bytes_in, batch.as_bytes().len() as u64);
             if self.failed.load(Ordering::Relaxed) {
                 Counters::add(&self.counters.dropped_failed, 1);
                 continue;
@@ -279,7 +280,11 @@ impl Worker {
             return;
         }
         if state.instance.is_none() {
-            match self.config.artifact.instantiate(pipeline.runtime(), &self.config.limits, &self.config.params) {
+            let started = Instant::now();
+            let instance =
+                self.config.artifact.instantiate(pipeline.runtime(), &self.config.limits, &self.config.params);
+            Counters::add(&self.counters.call_nanos, u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            match instance {
                 Ok(instance) => {
                     Counters::add(&self.counters.instances, 1);
                     state.instance = Some(instance);
@@ -308,6 +313,7 @@ impl Worker {
                 if !output.is_empty() {
                     Counters::add(&self.counters.batches_out, 1);
                     Counters::add(&self.counters.events_out, output.len() as u64);
+                    Counters::add(&self.counters.bytes_out, output.as_bytes().len() as u64);
                     pipeline.route(self.stage + 1, output, &mut |slot, batch| {
                         state.pending.push_back(Pending { slot, batch })
                     });

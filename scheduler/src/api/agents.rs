@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
-use squilla_types::control::{Assignments, Capacity, Heartbeat};
+use squilla_types::control::{AgentUsage, Assignments, Capacity, Heartbeat};
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
 use squilla_types::ids::{ClusterName, Sha256, TenantId};
@@ -64,35 +64,77 @@ pub async fn artifact(
 
 /// An agent as tenants see it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
 pub struct AgentView {
     /// The agent's id.
     id: String,
     /// Its zone.
     zone: String,
+    /// Its labels.
+    labels: std::collections::BTreeMap<String, String>,
     /// What it offers.
     capacity: Capacity,
-    /// Workers it runs.
+    /// What the workers the master placed on it reserve (their stages' resources).
+    reserved: Capacity,
+    /// `reserved / capacity` per resource, 0 to 1 (0 where the capacity is 0).
+    utilization: Utilization,
+    /// Workers it reports running.
     workers: usize,
+    /// What it reports using.
+    usage: AgentUsage,
+    /// Since its last heartbeat, ms.
+    silent_ms: u64,
     /// Whether the master has stopped hearing from it (its workers are placed elsewhere).
     lost: bool,
 }
 
+/// Shares of an agent's capacity reserved, 0 to 1.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Utilization {
+    /// CPU.
+    cpu: f64,
+    /// Memory.
+    memory: f64,
+    /// Network.
+    network: f64,
+    /// Worker slots.
+    slots: f64,
+}
+
+fn share(used: u64, of: u64) -> f64 {
+    if of == 0 { 0.0 } else { used as f64 / of as f64 }
+}
+
 /// `GET /api/v1/agents`: the agents the master knows (any tenant may look).
 #[utoipa::path(get, path = "/api/v1/agents", operation_id = "listAgents", tag = "agents",
-    responses((status = 200, description = "The agents the master knows.", body = [AgentView])))]
+    responses((status = 200, description = "The agents the master knows, with what is placed on them.", body = [AgentView])))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<AgentView>>, ApiError> {
     state.tenants.authenticate(&headers)?;
     Ok(Json(
         state
             .control
-            .agents()
+            .agent_loads()
             .into_iter()
-            .map(|(id, beat, lost)| AgentView {
-                id: id.to_string(),
-                zone: beat.zone,
-                capacity: beat.capacity,
-                workers: beat.workers.len(),
-                lost,
+            .map(|a| {
+                let (c, r) = (a.beat.capacity, a.reserved);
+                AgentView {
+                    id: a.id.to_string(),
+                    zone: a.beat.zone,
+                    labels: a.beat.labels,
+                    capacity: c,
+                    reserved: r,
+                    utilization: Utilization {
+                        cpu: share(r.cpu_millis, c.cpu_millis),
+                        memory: share(r.memory_mib, c.memory_mib),
+                        network: share(r.network_mbps, c.network_mbps),
+                        slots: share(r.slots, c.slots),
+                    },
+                    workers: a.beat.workers.len(),
+                    usage: a.beat.usage,
+                    silent_ms: a.silent_ms,
+                    lost: a.lost,
+                }
             })
             .collect(),
     ))

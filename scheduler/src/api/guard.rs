@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use squilla_net::limits::BodyBudget;
 use squilla_net::server::ClientAddr;
 
+use super::access::Caller;
 use super::{ApiError, AppState};
 
 fn too_many(wait: Duration, whom: &str) -> Response {
@@ -57,7 +58,9 @@ pub async fn tenant(State(state): State<AppState>, mut request: Request, next: N
         return too_many(wait, "tenant");
     }
     request.extensions_mut().insert(BodyBudget(state.bodies.tenant(tenant.as_str())));
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(Caller::Tenant(tenant));
+    response
 }
 
 /// Middleware for agent routes: the agent token; only a request without it counts against
@@ -74,5 +77,7 @@ pub async fn agent(State(state): State<AppState>, mut request: Request, next: Ne
         return ApiError::unauthorized().into_response();
     }
     request.extensions_mut().insert(BodyBudget(state.bodies.tenant(AGENTS)));
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(Caller::Agent);
+    response
 }

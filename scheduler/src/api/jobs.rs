@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::control::{ControlError, Job};
@@ -221,84 +221,8 @@ pub async fn resubmit(
 }
 
 /// A worker index from a path: a missing worker when it is not a number.
-fn worker_index(index: &str) -> Result<u32, ApiError> {
+pub(super) fn worker_index(index: &str) -> Result<u32, ApiError> {
     index
         .parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no_such_worker", format!("`{index}` is not a worker index")))
-}
-
-/// A line of a worker's log.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub struct LogLine {
-    /// When the agent received it, ms since the Unix epoch.
-    pub at_ms: i64,
-    /// `trace`, `debug`, `info`, `warn` or `error`.
-    pub level: String,
-    /// The text (at most 4,096 bytes).
-    pub message: String,
-}
-
-/// A worker's log, as its agent keeps it.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WorkerLog {
-    /// The most recent lines (at most 256), oldest first; kept across the worker's instances
-    /// (a trap does not lose them), not across a move to another agent.
-    pub lines: Vec<LogLine>,
-    /// Older lines the ring dropped.
-    pub dropped: u64,
-}
-
-/// `GET /api/v1/jobs/{id}/stages/{stage}/workers/{index}/logs`: the worker's recent log lines,
-/// from the agent that runs it.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/stages/{stage}/workers/{index}/logs", operation_id = "workerLogs", tag = "jobs",
-    params(
-        ("id" = JobId, Path, description = "The job."),
-        ("stage" = String, Path, description = "The stage: its name or 0-based index."),
-        ("index" = u32, Path, description = "The worker's 0-based index in the stage.", maximum = 4_294_967_295_u64),
-    ),
-    responses(
-        (status = 200, description = "The worker's log.", body = WorkerLog),
-        (status = 404, description = "`not_found`: no such job of the tenant's; `no_such_stage`; `no_such_worker`.", body = ErrorBody),
-        (status = 503, description = "`not_running`: the worker has no live agent now; `agent_unavailable`: its agent did not answer in 5 s.", body = ErrorBody),
-    ))]
-pub async fn logs(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    PathParams((id, stage, index)): PathParams<(String, String, String)>,
-) -> Result<Json<WorkerLog>, ApiError> {
-    let tenant = state.tenants.authenticate(&headers)?.name.clone();
-    let id = super::job_id(&id)?;
-    let index = worker_index(&index)?;
-    let (key, stage_index, http) = state.control.worker_agent(&tenant, &id, &stage, index)?;
-    let not_running = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_running",
-            "the worker runs on no live agent now; retry later",
-        )
-    };
-    let http = http.ok_or_else(not_running)?;
-    let mut request = state
-        .http
-        .get(format!("http://{http}/jobs/{key}/stages/{stage_index}/workers/{index}/logs"))
-        .timeout(std::time::Duration::from_secs(5));
-    if let Some(token) = &state.agent_token_plain {
-        request = request.bearer_auth(token);
-    }
-    let unavailable = |why: String| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable", format!("the worker's agent {why}"))
-    };
-    let response = request.send().await.map_err(|e| unavailable(format!("did not answer: {e}")))?;
-    match response.status() {
-        s if s.is_success() => {
-            let body = response.bytes().await.map_err(|e| unavailable(format!("broke off its answer: {e}")))?;
-            let log: WorkerLog =
-                serde_json::from_slice(&body).map_err(|e| unavailable(format!("sent a bad answer: {e}")))?;
-            Ok(Json(log))
-        }
-        // Placed, but not started there yet (or just moved away).
-        reqwest::StatusCode::NOT_FOUND => Err(not_running()),
-        s => Err(unavailable(format!("answered {s}"))),
-    }
 }

@@ -5,6 +5,7 @@
 //! a missing one does. Blocking work (the store, inspecting a component) runs on tokio's
 //! blocking pool, never on the async workers.
 
+mod access;
 mod agents;
 mod artifacts;
 mod auth;
@@ -13,9 +14,11 @@ mod error;
 pub mod guard;
 pub mod ingest;
 mod jobs;
+mod logs;
 mod metrics;
 mod openapi;
 mod stream;
+mod telemetry;
 mod ws;
 
 use std::sync::Arc;
@@ -262,7 +265,9 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(capped(routes!(jobs::kill), body_limits::SMALL))
         .routes(capped(routes!(jobs::scale), body_limits::SMALL))
         .routes(capped(routes!(jobs::resubmit), body_limits::SMALL))
-        .routes(routes!(jobs::logs))
+        .routes(routes!(logs::logs))
+        .routes(routes!(telemetry::metrics))
+        .routes(routes!(telemetry::stream))
         .routes(routes!(stream::status))
         .routes(routes!(stream::sink))
         .routes(capped(routes!(ingest::ingest), body_limits::INGEST))
@@ -303,5 +308,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(Document(text.into())))
         // Bodies are capped per route, by `capped` and by the upload's own streaming cap.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(access::log))
         .with_state(state)
 }

@@ -49,6 +49,7 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
         if w.number != report.number || w.agent.as_ref() != Some(&agent) {
             continue;
         }
+        state.telemetry.observe(report, now_ms);
         w.events_in = report.events_in;
         w.events_out = report.events_out;
         w.dropped = report.dropped;

@@ -27,6 +27,7 @@ mod config;
 pub mod model;
 mod schedule;
 mod state;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -334,6 +335,33 @@ impl Control {
         self.lock().jobs.get(&key).cloned().ok_or_else(|| ControlError::NoSuchJob(id.to_string()))
     }
 
+    /// One of `tenant`'s jobs' metrics, per stage and worker, with rates.
+    pub fn job_metrics(&self, tenant: &TenantId, id: &JobId) -> Result<telemetry::JobMetrics, ControlError> {
+        let key = JobKey::new(tenant.clone(), id.clone());
+        let state = self.lock();
+        let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
+        let stages: Vec<(String, Vec<telemetry::WorkerInfo>)> = job
+            .stages
+            .iter()
+            .map(|stage| {
+                let workers = stage
+                    .workers
+                    .iter()
+                    .map(|w| telemetry::WorkerInfo {
+                        number: w.number,
+                        agent: w.agent.as_ref().map(ToString::to_string),
+                        state: serde_json::to_value(w.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                (stage.name.clone(), workers)
+            })
+            .collect();
+        Ok(state.telemetry.view(&key, &stages, model::now_ms()))
+    }
+
     fn mutate(
         &self,
         tenant: &TenantId,
@@ -482,15 +510,14 @@ impl Control {
         Ok((entry.map(|e| e.beat.http.clone()), job.spec.source.clone(), fresh))
     }
 
-    /// Where `tenant`'s job `id`'s worker `index` of `stage` (a name or 0-based index) runs:
-    /// its job key, the stage's index, and the HTTP address of its agent if the agent is alive.
-    pub fn worker_agent(
+    /// Where `tenant`'s job `id`'s worker `index` of `stage` (a name or 0-based index) runs.
+    pub fn worker_place(
         &self,
         tenant: &TenantId,
         id: &JobId,
         stage: &str,
         index: u32,
-    ) -> Result<(JobKey, usize, Option<String>), ControlError> {
+    ) -> Result<WorkerPlace, ControlError> {
         let state = self.lock();
         let key = JobKey::new(tenant.clone(), id.clone());
         let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
@@ -502,7 +529,7 @@ impl Control {
             .ok_or_else(|| ControlError::NoSuchWorker { stage: stage.to_owned(), index })?;
         let http =
             worker.agent.as_ref().and_then(|a| state.agents.get(a)).filter(|e| !e.lost).map(|e| e.beat.http.clone());
-        Ok((key, s, http))
+        Ok(WorkerPlace { key, stage: s, http, number: worker.number, ended: job.state.is_terminal() })
     }
 
     /// The id of `tenant`'s newest active job of `cluster`, if any.
@@ -534,6 +561,40 @@ impl Control {
         self.lock().agents.iter().map(|(id, e)| (id.clone(), e.beat.clone(), e.lost)).collect()
     }
 
+    /// The agents with what the workers assigned to each reserve, and how long ago each was
+    /// last heard from.
+    pub fn agent_loads(&self) -> Vec<AgentLoad> {
+        let state = self.lock();
+        let mut loads: BTreeMap<AgentId, AgentLoad> = state
+            .agents
+            .iter()
+            .map(|(id, e)| {
+                let load = AgentLoad {
+                    id: id.clone(),
+                    beat: e.beat.clone(),
+                    lost: e.lost,
+                    silent_ms: u64::try_from(e.last_seen.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    reserved: squilla_types::control::Capacity::default(),
+                };
+                (id.clone(), load)
+            })
+            .collect();
+        for job in state.jobs.values().filter(|j| !j.state.is_terminal()) {
+            for (s, stage) in job.stages.iter().enumerate() {
+                for w in &stage.workers {
+                    let Some(load) = w.agent.as_ref().and_then(|a| loads.get_mut(a)) else { continue };
+                    let needs = schedule::needs(job, s);
+                    let r = &mut load.reserved;
+                    r.cpu_millis += needs.cpu_millis;
+                    r.memory_mib += needs.memory_mib;
+                    r.network_mbps += needs.network_mbps;
+                    r.slots += needs.slots;
+                }
+            }
+        }
+        loads.into_values().collect()
+    }
+
     /// One round of the loop: lost agents, backoff expiries, placement, SLAs; and what
     /// heartbeats changed is stored.
     pub fn tick(&self) -> Result<(), StoreError> {
@@ -548,6 +609,11 @@ impl Control {
                 dirty.extend(schedule::forgive(&mut state, &self.config, now));
                 dirty.extend(schedule::place_waiting(&mut state, now));
                 dirty.extend(std::mem::take(&mut state.unsaved));
+                let State { jobs, telemetry, .. } = &mut *state;
+                telemetry.prune(|key| {
+                    let job = jobs.get(key)?;
+                    Some((job.stages.iter().map(|s| s.workers.len() as u32).collect(), job.state.is_terminal()))
+                });
                 dirty.sort();
                 dirty.dedup();
                 if !dirty.is_empty() {
@@ -581,6 +647,36 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// Where a worker runs ([`Control::worker_place`]).
+#[derive(Debug, Clone)]
+pub struct WorkerPlace {
+    /// Its job.
+    pub key: JobKey,
+    /// Its stage's index.
+    pub stage: usize,
+    /// Its agent's HTTP address, if the worker is placed on an agent that is alive.
+    pub http: Option<String>,
+    /// Its incarnation.
+    pub number: squilla_types::ids::WorkerNumber,
+    /// Whether the job has ended.
+    pub ended: bool,
+}
+
+/// An agent and what is placed on it ([`Control::agent_loads`]).
+#[derive(Debug, Clone)]
+pub struct AgentLoad {
+    /// The agent.
+    pub id: AgentId,
+    /// Its last heartbeat.
+    pub beat: Heartbeat,
+    /// Whether the master has given up on it.
+    pub lost: bool,
+    /// Since its last heartbeat, ms.
+    pub silent_ms: u64,
+    /// What the workers assigned to it reserve.
+    pub reserved: squilla_types::control::Capacity,
 }
 
 /// What the store keeps of `keys`' jobs (those still there), serialized now.

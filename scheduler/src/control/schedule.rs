@@ -15,7 +15,7 @@ use super::model::{self, Job, JobState, WorkerState};
 use super::state::State;
 use crate::placement::{self, Agent, Constraints, Request, Resources, StageKey, Strength, WorkerKey};
 
-fn needs(job: &Job, stage: usize) -> Resources {
+pub(crate) fn needs(job: &Job, stage: usize) -> Resources {
     let r = job.spec.stages[stage].resources;
     Resources {
         cpu_millis: u64::from(r.cpu_millis),

@@ -10,6 +10,7 @@ use squilla_types::control::Heartbeat;
 use squilla_types::ids::{AgentId, JobKey};
 
 use super::model::Job;
+use super::telemetry::Telemetry;
 
 /// An agent as the master knows it.
 pub(crate) struct AgentEntry {
@@ -27,4 +28,6 @@ pub(crate) struct State {
     pub version: u64,
     /// Jobs changed in memory and not yet stored (heartbeats' changes, failed writes).
     pub unsaved: BTreeSet<JobKey>,
+    /// Jobs' metrics from the heartbeats.
+    pub telemetry: Telemetry,
 }
