@@ -182,6 +182,7 @@ impl Client {
         file: &std::path::Path,
         name: Option<&str>,
         version: Option<&str>,
+        show_progress: bool,
     ) -> anyhow::Result<serde_json::Value> {
         let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let mut path = "/api/v1/artifacts".to_owned();
@@ -190,7 +191,7 @@ impl Client {
         }
         let total = bytes.len();
         let started = std::time::Instant::now();
-        let progress = Progress::new();
+        let progress = if show_progress { Progress::new() } else { Progress::hidden() };
         // The body goes in chunks, each reported as sent; the server answers after the last.
         let chunks: Vec<Vec<u8>> = bytes.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
         let mut sent = 0usize;
@@ -413,7 +414,7 @@ pub fn artifact(connection: Connection, command: ArtifactCommand) -> anyhow::Res
     block_on(async {
         let json = match command {
             ArtifactCommand::Push { file, name, version } => {
-                client.push(&file, name.as_deref(), version.as_deref()).await?
+                client.push(&file, name.as_deref(), version.as_deref(), true).await?
             }
             ArtifactCommand::List => client.call(reqwest::Method::GET, "/api/v1/artifacts", None).await?,
         };
@@ -548,24 +549,29 @@ pub fn agent(command: AgentCommand) -> anyhow::Result<()> {
 #[derive(Clone)]
 struct Progress {
     terminal: bool,
+    hidden: bool,
 }
 
 impl Progress {
     fn new() -> Self {
-        Progress { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+        Progress { terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()), hidden: false }
+    }
+
+    fn hidden() -> Self {
+        Progress { terminal: false, hidden: true }
     }
 
     fn show(&self, line: &str) {
-        if self.terminal {
+        if self.terminal && !self.hidden {
             eprint!("\r\x1b[2K{line}");
         }
     }
 
     fn done(&self, line: &str) {
-        if self.terminal {
+        if self.terminal && !self.hidden {
             eprint!("\r\x1b[2K");
         }
-        if !line.is_empty() {
+        if !line.is_empty() && !self.hidden {
             eprintln!("{line}");
         }
     }

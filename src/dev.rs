@@ -85,6 +85,7 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         let agent = Agent::start(config).await?;
         let token_file = args.master.data_dir.join("dev.token");
         eprintln!("squilla dev: API at {url}/api/v1 — tenant `dev`, token in {}", token_file.display());
+        eprintln!("squilla dev: web console at {url}/ (sign in with that token)");
         eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_addr());
         let connection = Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone() };
         let work = async {
@@ -141,7 +142,7 @@ async fn submit(
             let file = crate::examples::resolve(&stage.artifact, dirs)?;
             // Upload untagged and refer to the bytes by sha256, so that a rebuilt example
             // never collides with an older upload's tag.
-            let meta = client.push(&file, None, None).await?;
+            let meta = client.push(&file, None, None, false).await?;
             let sha = meta["sha256"].as_str().context("the master answered without a sha256")?;
             eprintln!("squilla dev: {name}@{version} ← {} (sha256 {sha})", file.display());
             stage.artifact = ArtifactRef::Sha256(sha.to_owned());

@@ -118,6 +118,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let running = start(&args, tenants).await?;
         eprintln!("squilla master: API at http://{}/api/v1 (data in {})", running.addr, args.data_dir.display());
+        eprintln!("squilla master: web console at http://{}/", running.addr);
         if args.agent_token.is_none() {
             eprintln!("squilla master: no --agent-token given, so no agent can join");
         }

@@ -1,6 +1,7 @@
 //! The `squilla` binary's tests: real processes, real HTTP on loopback. One binary, a module
 //! per area.
 
+mod console;
 mod dev;
 mod e2e;
 mod isolation;
@@ -14,3 +15,5 @@ mod websocket;
 #[path = "../support/cluster.rs"]
 mod cluster;
 pub use cluster::*;
+#[path = "../support/webdriver.rs"]
+mod webdriver;

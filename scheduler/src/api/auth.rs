@@ -33,10 +33,11 @@ fn bearer_hash(headers: &HeaderMap) -> Result<TokenHash, ApiError> {
     bearer(headers).ok_or_else(ApiError::unauthorized)
 }
 
-/// The known tenants.
+/// The known tenants, and the console's sessions of them.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
     tenants: Vec<Tenant>,
+    sessions: std::sync::Arc<super::session::Sessions>,
 }
 
 impl Tenants {
@@ -47,7 +48,7 @@ impl Tenants {
             .into_iter()
             .filter_map(|(name, token)| Some(Tenant { name: name.parse().ok()?, token_hash: TokenHash::of(token) }))
             .collect();
-        Tenants { tenants }
+        Tenants { tenants, sessions: Default::default() }
     }
 
     /// Parses a tokens file: one `tenant token` pair per line; `#` starts a comment. Tenant
@@ -78,9 +79,20 @@ impl Tenants {
         Ok(Tenants::new(pairs))
     }
 
-    /// The tenant whose token the `Authorization: Bearer …` header carries.
+    /// The tenant whose token the `Authorization: Bearer …` header carries or, without one,
+    /// whose console session the cookie names.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Tenant, ApiError> {
-        let hash = bearer_hash(headers)?;
+        if !headers.contains_key(axum::http::header::AUTHORIZATION)
+            && let Some(id) = super::session::cookie(headers)
+        {
+            let name = self.sessions.tenant(id).ok_or_else(ApiError::unauthorized)?;
+            return self.tenants.iter().find(|t| t.name == name).ok_or_else(ApiError::unauthorized);
+        }
+        self.by_token(bearer_hash(headers)?)
+    }
+
+    /// The tenant whose token hashes to `hash`, compared with every tenant's in constant time.
+    pub fn by_token(&self, hash: TokenHash) -> Result<&Tenant, ApiError> {
         let mut found = None;
         for tenant in &self.tenants {
             if tenant.token_hash.matches(&hash) {
@@ -88,6 +100,11 @@ impl Tenants {
             }
         }
         found.ok_or_else(ApiError::unauthorized)
+    }
+
+    /// The console's sessions.
+    pub fn sessions(&self) -> &super::session::Sessions {
+        &self.sessions
     }
 }
 

@@ -34,8 +34,24 @@ fn too_many(wait: Duration, whom: &str) -> Response {
     response
 }
 
+/// A change authenticated by the console's cookie alone, without the console's header: 403
+/// `console_header_required` (see `super::session`).
+fn console_change_without_header(request: &Request) -> Option<Response> {
+    let headers = request.headers();
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let by_cookie = !headers.contains_key(axum::http::header::AUTHORIZATION);
+    (by_cookie && !safe && !headers.contains_key(super::session::CONSOLE_HEADER)).then(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "console_header_required",
+            "a change signed in by the console's cookie must carry the X-Squilla-Console header",
+        )
+        .into_response()
+    })
+}
+
 /// The client address's rate: the 429 that refuses a request over it.
-fn client_rate(state: &AppState, request: &Request) -> Option<Response> {
+pub(crate) fn client_rate(state: &AppState, request: &Request) -> Option<Response> {
     let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
     let key = squilla_net::rate::client_key(addr.ip());
     state.rates.per_client.check(&key).err().map(|wait| too_many(wait, "address"))
@@ -54,6 +70,9 @@ pub async fn tenant(State(state): State<AppState>, mut request: Request, next: N
         Ok(t) => t.name.clone(),
         Err(e) => return e.into_response(),
     };
+    if let Some(refusal) = console_change_without_header(&request) {
+        return refusal;
+    }
     if let Err(wait) = state.rates.per_tenant.check(tenant.as_str()) {
         return too_many(wait, "tenant");
     }

@@ -10,6 +10,7 @@ mod agents;
 mod artifacts;
 mod auth;
 mod clusters;
+mod console;
 mod error;
 pub mod guard;
 pub mod ingest;
@@ -17,6 +18,7 @@ mod jobs;
 mod logs;
 mod metrics;
 mod openapi;
+pub mod session;
 mod stream;
 mod telemetry;
 mod ws;
@@ -303,6 +305,7 @@ pub fn router(state: AppState) -> Router {
         "{}".into()
     });
     router
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(squilla_net::extract::method_not_allowed)
         .layer(axum::Extension(Document(text.into())))

@@ -33,7 +33,11 @@ fn totals_survive_new_incarnations_and_resets() {
     let view = t.view(&key(), &info(1), 4_000);
     assert_eq!(view.stages[0].totals.events_in, 190);
     assert_eq!(view.stages[0].workers[0].totals.events_out, 75 + 15 + 5);
-    assert_eq!(view.stages[0].workers[0].call_micros_log2, vec![0, 1], "the first incarnation called once; the others never reached a bucket");
+    assert_eq!(
+        view.stages[0].workers[0].call_micros_log2,
+        vec![0, 1],
+        "the first incarnation called once; the others never reached a bucket"
+    );
 }
 
 #[test]
