@@ -256,6 +256,7 @@ fn counters(w: &WorkerMetrics) -> WorkerCounters {
         bytes_in: w.bytes_in,
         bytes_out: w.bytes_out,
         drops,
+        dropped_events: w.dropped_events,
         traps: w.traps,
         instances: w.instances,
         queue_depth: w.queue_depth as u64,

@@ -105,6 +105,11 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], cache: CacheStats) -> S
     let batches_out = counter(&mut registry, "worker_batches_out", "Batches a worker emitted.");
     let bytes_in = counter(&mut registry, "worker_bytes_in", "Bytes of the batches a worker received.");
     let bytes_out = counter(&mut registry, "worker_bytes_out", "Bytes of the batches a worker emitted.");
+    let dropped_events = counter(
+        &mut registry,
+        "worker_dropped_events",
+        "Events in the batches a worker's full input queue dropped (drop-oldest, drop-newest).",
+    );
     let traps = counter(&mut registry, "worker_traps", "Calls that trapped or passed their deadline.");
     let failed_calls = counter(&mut registry, "worker_failed_calls", "Calls into a worker's stage that failed.");
     let guest_cpu = Family::<WorkerLabels, Counter<f64, AtomicU64>>::default();
@@ -181,6 +186,7 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], cache: CacheStats) -> S
             bytes_in.get_or_create(&labels).inc_by(w.bytes_in);
             bytes_out.get_or_create(&labels).inc_by(w.bytes_out);
             traps.get_or_create(&labels).inc_by(w.traps);
+            dropped_events.get_or_create(&labels).inc_by(w.dropped_events);
             failed_calls.get_or_create(&labels).inc_by(w.failed_calls);
             guest_cpu.get_or_create(&labels).inc_by(w.call_nanos as f64 / 1e9);
             calls.get_or_create(&labels).set(w.call_nanos, &w.call_micros_log2);

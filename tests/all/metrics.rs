@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::queries::{call, ingest};
@@ -203,4 +204,96 @@ async fn a_two_stage_job_on_two_agents_counts_every_event_once() {
     }
     let (status, body) = call(&base, reqwest::Method::GET, "/api/v1/jobs/other-1/metrics", vec![]).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_under_drop_newest_match_what_producers_and_subscribers_are_told() {
+    let dir = temp_dir("metrics-drops");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _m = crate::queries::master(&dir, port);
+    let _a = agent_with("a1", &base, &["--threads", "1"]);
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("slow")).await;
+    assert!(status == 200 || status == 201, "{status}: {body}");
+    // 50 ms per batch: 20 batches a second, far fewer than arrive.
+    let spec = json!({"name": "slowed", "source": {"kind": "ingest"}, "backpressure": "drop-newest",
+        "stages": [{"name": "slow", "artifact": format!("sha256:{}", body["sha256"].as_str().unwrap()), "params": {"delay-us": "50000"}}]});
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/clusters/slowed/jobs", vec![]).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call(&base, reqwest::Method::GET, &format!("/api/v1/jobs/{id}"), vec![]).await.1["state"] != "running" {
+        assert!(Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A subscriber counts what reaches it.
+    let response =
+        reqwest::Client::new().get(format!("{base}/api/v1/jobs/{id}/sink")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let told_dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (r, t) = (received.clone(), told_dropped.clone());
+    let reader = tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut parser = squilla_types::sse::Parser::new();
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+            parser.feed(&chunk, |e| match e.name.as_deref() {
+                None | Some("message") => {
+                    r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some("meta") => {
+                    let meta: Value = serde_json::from_str(&e.data).unwrap_or_default();
+                    t.fetch_add(meta["dropped"].as_u64().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => {}
+            });
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 150 requests of 4 events, 10 at a time: each is one batch; most find the queue full.
+    let sent = 150u64 * 4;
+    let mut producers_told = 0;
+    let requests: Vec<_> = (0..150)
+        .map(|r| {
+            let body: String = (0..4).map(|i| format!("{}\n", json!({"r": r, "i": i}))).collect();
+            let (base, id) = (base.clone(), id.clone());
+            async move { call(&base, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/ingest"), body.into_bytes()).await }
+        })
+        .collect();
+    let mut requests = futures_util::stream::iter(requests).buffer_unordered(10);
+    while let Some((status, answer)) = futures_util::StreamExt::next(&mut requests).await {
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["events"], 4, "{answer}");
+        producers_told += answer["dropped"].as_u64().unwrap();
+    }
+    assert!(producers_told > 0, "the queue of 64 batches overflowed");
+
+    let path = format!("/api/v1/jobs/{id}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let totals = loop {
+        let (_, m) = call(&base, reqwest::Method::GET, &path, vec![]).await;
+        let t = m["stages"][0]["totals"].clone();
+        let (events_in, dropped) = (t["events-in"].as_u64().unwrap(), t["dropped-events"].as_u64().unwrap());
+        if events_in + dropped == sent && t["events-out"].as_u64() == Some(events_in) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "never added up to {sent}: {t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(totals["dropped-events"].as_u64(), Some(producers_told), "what producers were told was dropped: {totals}");
+    assert_eq!(totals["dropped-newest"].as_u64(), Some(producers_told / 4), "one batch per request: {totals}");
+    assert_eq!(totals["dropped"], totals["dropped-newest"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < totals["events-out"].as_u64().unwrap() {
+        assert!(Instant::now() < deadline, "the subscriber got {received:?} of {totals}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(received.load(std::sync::atomic::Ordering::Relaxed), totals["events-out"].as_u64().unwrap(), "no more, no less");
+    assert_eq!(told_dropped.load(std::sync::atomic::Ordering::Relaxed), 0, "the subscriber kept up: no drops of its own");
+    reader.abort();
 }

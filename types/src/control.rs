@@ -113,6 +113,9 @@ pub struct WorkerCounters {
     /// `dropped`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drops: BTreeMap<String, u64>,
+    /// Events in the batches its full input queue dropped (`drop-oldest`, `drop-newest`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_events: u64,
     /// Calls that trapped or passed their deadline (each replaced the instance).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub traps: u64,

@@ -74,6 +74,7 @@ impl Inbox {
             Backpressure::DropOldest => match self.queue.force_push(batch) {
                 Some(old) => {
                     Counters::add(&counters.dropped_oldest, 1);
+                    Counters::add(&counters.dropped_events, old.len() as u64);
                     Offer::Queued { evicted: old.len() }
                 }
                 None => Offer::Queued { evicted: 0 },
@@ -82,6 +83,7 @@ impl Inbox {
                 Ok(()) => Offer::Queued { evicted: 0 },
                 Err(batch) => {
                     Counters::add(&counters.dropped_newest, 1);
+                    Counters::add(&counters.dropped_events, batch.len() as u64);
                     Offer::Dropped { events: batch.len() }
                 }
             },

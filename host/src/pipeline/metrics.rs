@@ -62,6 +62,7 @@ pub(crate) struct Counters {
     pub dropped_newest: AtomicU64,
     pub dropped_failed: AtomicU64,
     pub dropped_retired: AtomicU64,
+    pub dropped_events: AtomicU64,
     pub failed_calls: AtomicU64,
     pub failures: [AtomicU64; 5],
     pub traps: AtomicU64,
@@ -121,6 +122,8 @@ pub struct WorkerMetrics {
     /// Output batches dropped because the worker's incarnation was no longer wanted (the
     /// master had replaced it) before they could be delivered.
     pub dropped_retired: u64,
+    /// Events in the batches a full input queue dropped (`drop-oldest`, `drop-newest`).
+    pub dropped_events: u64,
     /// Calls that failed (traps, passed deadlines, stage errors, invalid output, failed
     /// re-instantiation).
     pub failed_calls: u64,
@@ -205,6 +208,7 @@ pub(crate) fn snapshot(counters: &Counters) -> WorkerMetrics {
         dropped_newest: get(&counters.dropped_newest),
         dropped_failed: get(&counters.dropped_failed),
         dropped_retired: get(&counters.dropped_retired),
+        dropped_events: get(&counters.dropped_events),
         failed_calls: get(&counters.failed_calls),
         failures: std::array::from_fn(|i| get(&counters.failures[i])),
         traps: get(&counters.traps),

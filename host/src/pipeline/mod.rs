@@ -254,8 +254,10 @@ impl Pipeline {
                 let mut parts = Vec::new();
                 self.flow.route(stage, batch, &mut |slot, b| parts.push((slot, b)));
                 for (slot, batch) in parts {
+                    let events = batch.len() as u64;
                     if self.flow.offer(&slot, batch).is_some() {
                         Counters::add(&worker.counters.dropped_newest, 1);
+                        Counters::add(&worker.counters.dropped_events, events);
                     }
                 }
             }

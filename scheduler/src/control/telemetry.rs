@@ -55,6 +55,8 @@ pub struct Totals {
     pub dropped_oldest: u64,
     /// Batches refused by the full input queue under `drop-newest`.
     pub dropped_newest: u64,
+    /// Events in the batches a full input queue dropped (`drop-oldest`, `drop-newest`).
+    pub dropped_events: u64,
     /// Calls into the stage that failed.
     pub failed_calls: u64,
     /// Calls that trapped or passed their deadline.
@@ -81,6 +83,7 @@ impl Totals {
             dropped: report.dropped,
             dropped_oldest: drop("oldest"),
             dropped_newest: drop("newest"),
+            dropped_events: c.dropped_events,
             failed_calls: report.failed_calls,
             traps: c.traps,
             instances: c.instances,
@@ -89,7 +92,7 @@ impl Totals {
         }
     }
 
-    fn fields(&mut self) -> [&mut u64; 14] {
+    fn fields(&mut self) -> [&mut u64; 15] {
         [
             &mut self.events_in,
             &mut self.events_out,
@@ -100,6 +103,7 @@ impl Totals {
             &mut self.dropped,
             &mut self.dropped_oldest,
             &mut self.dropped_newest,
+            &mut self.dropped_events,
             &mut self.failed_calls,
             &mut self.traps,
             &mut self.instances,
