@@ -8,6 +8,8 @@
 //!   the measured pass-through rate;
 //! - `instantiate`: p50/p99 of creating a worker (instance + `init`) from a cached artifact;
 //! - `idle_memory`: resident memory per idle worker with 1,000 workers of 100 jobs;
+//! - `metrics`: the 3-stage job with per-call timing and frequent metric reads, against neither,
+//!   in alternating rounds (`SQUILLA_BENCH=metrics` runs only this);
 //! - `epoch`: single-thread Wasm throughput with epoch interruption on and off.
 //!
 //! Run: `cargo bench --workspace --bench agent` (about a minute). Every loop is bounded.
@@ -113,6 +115,18 @@ fn stage_config(
 
 /// Events/s through the 3-stage job on the executor.
 fn pipeline_throughput(runtime: &Runtime, executor: &Executor, input: &[BatchBytes]) -> f64 {
+    pipeline_run(runtime, executor, input, true, false)
+}
+
+/// The 3-stage job with per-call timing on or off (`time_calls`), and with `read_metrics` its
+/// metrics read after every 16 batches pushed (far more often than heartbeats and scrapes).
+fn pipeline_run(
+    runtime: &Runtime,
+    executor: &Executor,
+    input: &[BatchBytes],
+    time_calls: bool,
+    read_metrics: bool,
+) -> f64 {
     let [(n1, p1), (n2, p2), (n3, p3)] = stages();
     let config = PipelineConfig::new(
         "bench",
@@ -123,11 +137,17 @@ fn pipeline_throughput(runtime: &Runtime, executor: &Executor, input: &[BatchByt
         ],
         Backpressure::Block,
     );
+    let config = PipelineConfig { time_calls, ..config };
     let mut pipeline = Pipeline::start(runtime, executor, config).unwrap();
     let started = Instant::now();
-    for batch in input {
+    let mut read = 0u64;
+    for (i, batch) in input.iter().enumerate() {
         pipeline.push(batch.clone());
+        if read_metrics && i % 16 == 0 {
+            read += pipeline.metrics().stages.iter().flatten().map(|w| w.events_in).sum::<u64>();
+        }
     }
+    std::hint::black_box(read);
     assert!(pipeline.drain(Duration::from_secs(60)));
     let rate = (input.len() * BATCH) as f64 / started.elapsed().as_secs_f64();
     pipeline.stop(Duration::ZERO);
@@ -280,6 +300,22 @@ fn idle_memory(executor: &Executor) -> serde_json::Value {
             "per_worker_kib": per_worker as f64 / 1024.0, "pooling": runtime.is_pooling() })
 }
 
+/// Throughput with metrics on (calls timed, metrics read often) against off (neither), in
+/// alternating rounds so that drift in the machine hits both alike; medians and their ratio.
+fn metrics_cost(runtime: &Runtime, executor: &Executor, input: &[BatchBytes]) -> serde_json::Value {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        on.push(pipeline_run(runtime, executor, input, true, true));
+        off.push(pipeline_run(runtime, executor, input, false, false));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut on), median(&mut off));
+    json!({ "on_events_per_s": on.round(), "off_events_per_s": off.round(), "cost_pct": (off / on - 1.0) * 100.0, "rounds": 7 })
+}
+
 fn main() {
     let executor = Executor::start(0).expect("executor threads");
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
@@ -291,6 +327,11 @@ fn main() {
     let no_epoch_runtime = Runtime::new(RuntimeConfig { epoch_interruption: false, ..Default::default() }).unwrap();
     let wasm_no_epoch = wasm_direct(&no_epoch_runtime, &input);
 
+    if std::env::var("SQUILLA_BENCH").as_deref() == Ok("metrics") {
+        let report = json!({ "metrics": metrics_cost(&runtime, &executor, &input) });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        return;
+    }
     let report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "pool_threads": executor.threads() },
         "event_bytes": input[0].as_bytes().len() / BATCH,
@@ -303,6 +344,7 @@ fn main() {
         "latency": latency(&runtime, &executor, &[0.1, 0.5]),
         "instantiate": instantiate(&runtime),
         "idle_memory": idle_memory(&executor),
+        "metrics": metrics_cost(&runtime, &executor, &input),
         "epoch": {
             "on_events_per_s": wasm.round(),
             "off_events_per_s": wasm_no_epoch.round(),

@@ -257,13 +257,16 @@ async fn drops_under_drop_newest_match_what_producers_and_subscribers_are_told()
     // 150 requests of 4 events, 10 at a time: each is one batch; most find the queue full.
     let sent = 150u64 * 4;
     let mut producers_told = 0;
-    let requests: Vec<_> = (0..150)
-        .map(|r| {
-            let body: String = (0..4).map(|i| format!("{}\n", json!({"r": r, "i": i}))).collect();
-            let (base, id) = (base.clone(), id.clone());
-            async move { call(&base, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/ingest"), body.into_bytes()).await }
-        })
-        .collect();
+    let requests: Vec<_> =
+        (0..150)
+            .map(|r| {
+                let body: String = (0..4).map(|i| format!("{}\n", json!({"r": r, "i": i}))).collect();
+                let (base, id) = (base.clone(), id.clone());
+                async move {
+                    call(&base, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/ingest"), body.into_bytes()).await
+                }
+            })
+            .collect();
     let mut requests = futures_util::stream::iter(requests).buffer_unordered(10);
     while let Some((status, answer)) = futures_util::StreamExt::next(&mut requests).await {
         assert_eq!(status, 200, "{answer}");
@@ -284,7 +287,11 @@ async fn drops_under_drop_newest_match_what_producers_and_subscribers_are_told()
         assert!(Instant::now() < deadline, "never added up to {sent}: {t}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(totals["dropped-events"].as_u64(), Some(producers_told), "what producers were told was dropped: {totals}");
+    assert_eq!(
+        totals["dropped-events"].as_u64(),
+        Some(producers_told),
+        "what producers were told was dropped: {totals}"
+    );
     assert_eq!(totals["dropped-newest"].as_u64(), Some(producers_told / 4), "one batch per request: {totals}");
     assert_eq!(totals["dropped"], totals["dropped-newest"]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -293,7 +300,15 @@ async fn drops_under_drop_newest_match_what_producers_and_subscribers_are_told()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(received.load(std::sync::atomic::Ordering::Relaxed), totals["events-out"].as_u64().unwrap(), "no more, no less");
-    assert_eq!(told_dropped.load(std::sync::atomic::Ordering::Relaxed), 0, "the subscriber kept up: no drops of its own");
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::Relaxed),
+        totals["events-out"].as_u64().unwrap(),
+        "no more, no less"
+    );
+    assert_eq!(
+        told_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the subscriber kept up: no drops of its own"
+    );
     reader.abort();
 }

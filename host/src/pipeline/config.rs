@@ -53,6 +53,9 @@ pub struct PipelineConfig {
     /// What the owner still wants emitted (default: everything; an agent passes the table
     /// its dispatcher keeps, see [`Wanted`]).
     pub wanted: Arc<Wanted>,
+    /// Whether each call into a stage is timed, for the call-time histogram and the guest
+    /// time (default: yes; the agent bench turns it off to measure what it costs).
+    pub time_calls: bool,
 }
 
 /// Why a job spec could not be turned into a pipeline.
@@ -94,6 +97,7 @@ impl PipelineConfig {
             max_consecutive_failures: 5,
             lease: Lease::unlimited(),
             wanted: Arc::new(Wanted::everything()),
+            time_calls: true,
         }
     }
 

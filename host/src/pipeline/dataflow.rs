@@ -53,6 +53,7 @@ pub(crate) struct Dataflow {
     pub(super) stopped: AtomicBool,
     pub(super) lease: Arc<Lease>,
     pub(super) queue_batches: usize,
+    pub(super) time_calls: bool,
     pub(super) stages: Vec<Stage>,
     /// Where the last stage's output goes: an outlet that [`Dataflow::recv`] drains.
     pub(super) sink: Arc<Outlet>,
@@ -217,6 +218,10 @@ impl Downstream for Dataflow {
 
     fn max_consecutive_failures(&self) -> u32 {
         self.max_consecutive_failures
+    }
+
+    fn time_calls(&self) -> bool {
+        self.time_calls
     }
 
     fn route(&self, stage: usize, batch: BatchBytes, out: &mut dyn FnMut(Slot, BatchBytes)) {

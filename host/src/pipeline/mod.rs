@@ -116,6 +116,7 @@ impl Pipeline {
             stopped: AtomicBool::new(false),
             lease: config.lease.clone(),
             queue_batches: config.queue_batches,
+            time_calls: config.time_calls,
             stages: config.stages.into_iter().map(Stage::new).collect(),
             sink,
             sink_ready,

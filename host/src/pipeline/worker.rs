@@ -89,6 +89,10 @@ pub(crate) trait Downstream: Send + Sync + 'static {
     fn wanted(&self) -> &Wanted;
     /// Failed calls in a row that fail a worker.
     fn max_consecutive_failures(&self) -> u32;
+    /// Whether calls are timed (see [`super::PipelineConfig::time_calls`]).
+    fn time_calls(&self) -> bool {
+        true
+    }
     /// Resolves where `batch`, leaving stage `stage - 1`, goes, part by part.
     fn route(&self, stage: usize, batch: BatchBytes, out: &mut dyn FnMut(Slot, BatchBytes));
     /// Offers `batch` to `slot`; hands it back if the slot is full under `block`.
@@ -300,9 +304,14 @@ impl Worker {
             }
         }
         let Some(instance) = state.instance.as_mut() else { return };
-        let started = Instant::now();
-        let result = f(instance);
-        self.counters.record_call(started.elapsed());
+        let result = if pipeline.time_calls() {
+            let started = Instant::now();
+            let result = f(instance);
+            self.counters.record_call(started.elapsed());
+            result
+        } else {
+            f(instance)
+        };
         instance.take_log(&mut lock(&self.status).log);
         self.counters.memory_bytes.store(instance.memory_bytes() as u64, Ordering::Relaxed);
         match result {
