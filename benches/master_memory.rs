@@ -88,9 +88,15 @@ async fn agent(base: String, index: usize, until: Instant) -> u64 {
                             continue;
                         }
                         let same = mine.iter().find(|w| {
-                            w.job == job.job && w.stage as usize == s && w.index as usize == i && w.number == slot.number
+                            w.job == job.job
+                                && w.stage as usize == s
+                                && w.index as usize == i
+                                && w.number == slot.number
                         });
-                        next.push(same.cloned().unwrap_or_else(|| WorkerReport::new(job.job.clone(), s as u32, i as u32, slot.number)));
+                        next.push(
+                            same.cloned()
+                                .unwrap_or_else(|| WorkerReport::new(job.job.clone(), s as u32, i as u32, slot.number)),
+                        );
                     }
                 }
             }
@@ -129,12 +135,14 @@ async fn main() {
     let until = started + Duration::from_secs(secs);
     let agents: Vec<_> = (0..AGENTS).map(|i| tokio::spawn(agent(base.clone(), i, until))).collect();
 
-    let (status, body) = call(&http, &base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("filter")).await;
+    let (status, body) =
+        call(&http, &base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("filter")).await;
     assert!(status == 200 || status == 201, "{status}: {body}");
     let spec = json!({"name": "reported", "source": {"kind": "ingest"},
         "stages": [{"name": "only", "artifact": format!("sha256:{}", body["sha256"].as_str().unwrap()), "workers": 3,
                     "params": {"field": "n", "op": "exists"}, "resources": {"cpu-millis": 10, "memory-mib": 1}}]});
-    let (status, body) = call(&http, &base, reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
+    let (status, body) =
+        call(&http, &base, reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
     assert_eq!(status, 201, "{body}");
     for _ in 0..JOBS {
         let (status, body) = call(&http, &base, reqwest::Method::POST, "/api/v1/clusters/reported/jobs", vec![]).await;
@@ -147,7 +155,8 @@ async fn main() {
     let mut last_totals = 0u64;
     let mut next_sample = Instant::now();
     while Instant::now() < until {
-        let (status, metrics) = call(&http, &base, reqwest::Method::GET, "/api/v1/jobs/reported-1/metrics", vec![]).await;
+        let (status, metrics) =
+            call(&http, &base, reqwest::Method::GET, "/api/v1/jobs/reported-1/metrics", vec![]).await;
         if status == 200 {
             reads += 1;
             last_totals = metrics["stages"][0]["totals"]["events-in"].as_u64().unwrap_or(0);

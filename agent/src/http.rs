@@ -77,13 +77,18 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
         .method_not_allowed_fallback(squilla_net::extract::method_not_allowed)
         // The ingest body is capped by its own middleware.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(squilla_net::access::log))
         .with_state(state)
 }
 
 /// Middleware: the agent token, before anything else of the request is read.
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     match bearer(request.headers()) {
-        Some(hash) if hash.matches(&state.token) => next.run(request).await,
+        Some(hash) if hash.matches(&state.token) => {
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(squilla_net::access::Caller::Agent);
+            response
+        }
         _ => error_response(StatusCode::UNAUTHORIZED, "unauthorized", "the agent token is required"),
     }
 }

@@ -12,6 +12,7 @@
 //!   process over its share ends the stream that would pass it, with a named error.
 //! - [`error`]: the JSON error body `{"code", "message"}` every server answers with.
 
+pub mod access;
 pub mod auth;
 pub mod budget;
 pub mod error;

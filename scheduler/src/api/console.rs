@@ -69,7 +69,7 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Result<Resp
     if let Ok(value) = HeaderValue::from_str(&set_cookie(Some(&id))) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    response.extensions_mut().insert(super::access::Caller::Tenant(tenant));
+    response.extensions_mut().insert(squilla_net::access::Caller::Tenant(tenant.to_string()));
     Ok(response)
 }
 

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use squilla_net::limits::BodyBudget;
 use squilla_net::server::ClientAddr;
 
-use super::access::Caller;
 use super::{ApiError, AppState};
+use squilla_net::access::Caller;
 
 fn too_many(wait: Duration, whom: &str) -> Response {
     let mut response = ApiError::new(
@@ -78,7 +78,7 @@ pub async fn tenant(State(state): State<AppState>, mut request: Request, next: N
     }
     request.extensions_mut().insert(BodyBudget(state.bodies.tenant(tenant.as_str())));
     let mut response = next.run(request).await;
-    response.extensions_mut().insert(Caller::Tenant(tenant));
+    response.extensions_mut().insert(Caller::Tenant(tenant.to_string()));
     response
 }
 

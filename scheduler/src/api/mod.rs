@@ -5,7 +5,6 @@
 //! a missing one does. Blocking work (the store, inspecting a component) runs on tokio's
 //! blocking pool, never on the async workers.
 
-mod access;
 mod agents;
 mod artifacts;
 mod auth;
@@ -311,6 +310,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(Document(text.into())))
         // Bodies are capped per route, by `capped` and by the upload's own streaming cap.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(access::log))
+        .layer(axum::middleware::from_fn(squilla_net::access::log))
         .with_state(state)
 }

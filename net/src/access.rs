@@ -1,26 +1,28 @@
-//! One log line per request: method, route (the path's template, so that ids do not make
-//! every line unique), status, latency and — when the request authenticated — its tenant.
-//! Tenant routes log at `info`, agents' (heartbeats every second per agent) at `debug`, under
-//! the target `squilla::request`; `SQUILLA_LOG=squilla::request=info` shows only these.
+//! One log line per request, for every Squilla server (the master's API, agents' HTTP):
+//! method, route (the path's template, so that ids do not make every line unique), status,
+//! latency and — when the request authenticated — who called. A tenant's requests log at
+//! `info`; agents' calls (heartbeats every second per agent, the master's calls to agents) at
+//! `debug`; all under the target `squilla::request`, so `SQUILLA_LOG=squilla::request=info`
+//! shows only these. Guards put a [`Caller`] on the response they let through.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use squilla_types::ids::TenantId;
 
 /// Who a request was authenticated as, put on its response by the guards.
 #[derive(Debug, Clone)]
-pub(crate) enum Caller {
-    /// A tenant.
-    Tenant(TenantId),
-    /// An agent (the agent token).
+pub enum Caller {
+    /// A tenant, by name.
+    Tenant(String),
+    /// The holder of the agent token (an agent, or the master calling one).
     Agent,
 }
 
-/// The middleware.
-pub(crate) async fn log(request: Request, next: Next) -> Response {
+/// The middleware (`axum::middleware::from_fn(log)`, layered on the whole router so that the
+/// route is known).
+pub async fn log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
