@@ -22,6 +22,9 @@ use squilla_types::ids::{JobId, TenantId, WorkerNumber};
 /// How often a follower asks the worker's agent for new lines.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
+/// The largest `after` (the largest integer every JSON reader holds exactly, 2^53 - 1).
+const MAX_AFTER: u64 = 9_007_199_254_740_991;
+
 /// How long the master waits for an agent's answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,6 +64,7 @@ pub struct LogParams {
     follow: bool,
     /// Only lines numbered above this (`seq`).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     after: Option<u64>,
 }
 
@@ -104,7 +108,10 @@ async fn fetch(state: &AppState, place: &WorkerPlace, index: u32, after: Option<
         LogParams,
     ),
     responses(
-        (status = 200, description = "The worker's log; with `follow=true`, server-sent `log` events (one `LogLine` each) until the job ends, counting toward the tenant's open subscriptions.", body = WorkerLog),
+        (status = 200, description = "The worker's log; with `follow=true`, server-sent `log` events (one `LogLine` each) until the job ends, counting toward the tenant's open subscriptions.", content(
+            (WorkerLog = "application/json"),
+            (super::openapi::LogEvent = "text/event-stream"),
+        )),
         (status = 400, description = "`bad_request`: unknown or malformed query parameters.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job of the tenant's; `no_such_stage`; `no_such_worker`.", body = ErrorBody),
         (status = 429, description = "`too_many_subscriptions` (with `follow=true`).", body = ErrorBody),
@@ -119,6 +126,9 @@ pub async fn logs(
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let params: LogParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    if params.after.is_some_and(|a| a > MAX_AFTER) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("after: at most {MAX_AFTER}")));
+    }
     let id = super::job_id(&id)?;
     let index = super::jobs::worker_index(&index)?;
     let place = state.control.worker_place(&tenant, &id, &stage, index)?;

@@ -187,6 +187,28 @@ impl utoipa::PartialSchema for StatusEvent {
 
 impl utoipa::ToSchema for StatusEvent {}
 
+/// An event of `GET /api/v1/jobs/{id}/metrics/stream`.
+pub(super) struct MetricsEvent;
+
+impl utoipa::PartialSchema for MetricsEvent {
+    fn schema() -> RefOr<Schema> {
+        sse_event(&["metrics"], "The job's metrics, as `GET /api/v1/jobs/{id}/metrics` answers them.")
+    }
+}
+
+impl utoipa::ToSchema for MetricsEvent {}
+
+/// An event of a followed worker log (`follow=true`).
+pub(super) struct LogEvent;
+
+impl utoipa::PartialSchema for LogEvent {
+    fn schema() -> RefOr<Schema> {
+        sse_event(&["log"], "One line of the worker's log (`LogLine`).")
+    }
+}
+
+impl utoipa::ToSchema for LogEvent {}
+
 /// An event of a sink subscription.
 pub(super) struct SinkEvent;
 

@@ -38,7 +38,7 @@ pub async fn metrics(
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/metrics/stream", operation_id = "jobMetricsStream", tag = "jobs",
     params(("id" = JobId, Path, description = "The job.")),
     responses(
-        (status = 200, description = "Server-sent events: a `metrics` event (as `GET /api/v1/jobs/{id}/metrics`) now and every second; after the job ends, one last event and the end of the stream. Counts toward the tenant's open subscriptions.", body = JobMetrics, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events: a `metrics` event (as `GET /api/v1/jobs/{id}/metrics`) now and every second; after the job ends, one last event and the end of the stream. Counts toward the tenant's open subscriptions.", body = super::openapi::MetricsEvent, content_type = "text/event-stream"),
         (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
         (status = 429, description = "`too_many_subscriptions`.", body = ErrorBody),
     ))]
