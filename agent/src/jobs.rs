@@ -182,7 +182,7 @@ impl Jobs {
         let stats = self.ctx.master.cache.stats();
         AgentUsage {
             workers: running.clone().count() as u64,
-            memory_bytes: running.map(|r| r.memory_bytes).sum(),
+            memory_bytes: running.fold(0u64, |a, r| a.saturating_add(r.memory_bytes)),
             compile_cache_hits: stats.hits + stats.loaded,
             compiled: stats.compiled,
         }

@@ -228,14 +228,14 @@ async function jobsPage() {
       const jobs = (await api('GET', '/api/v1/jobs')).reverse();
       const live = jobs.filter((j) => !ENDED.includes(j.state)).slice(0, 50);
       const rates = new Map(await Promise.all(live.map(async (j) => {
-        try { return [j.id, (await api('GET', `/api/v1/jobs/${j.id}/metrics`)).stages[0].rates['10s']['events-in']]; }
+        try { return [j.id, (await api('GET', `/api/v1/jobs/${encodeURIComponent(j.id)}/metrics`)).stages[0].rates['10s']['events-in']]; }
         catch (_) { return [j.id, null]; }
       })));
       body.replaceChildren(...jobs.map((j) => {
         const workers = j.stages.flatMap((s) => s.workers);
         const running = workers.filter((w) => w.state === 'running').length;
         return h('tr', {},
-          h('td', {}, h('a', { href: '#/jobs/' + j.id }, j.id)),
+          h('td', {}, h('a', { href: '#/jobs/' + encodeURIComponent(j.id) }, j.id)),
           h('td', {}, `${j.cluster} v${j.version}`),
           h('td', {}, state(j.state)),
           h('td', { class: 'num' }, `${running}/${workers.length}`),
@@ -252,6 +252,7 @@ async function jobsPage() {
 }
 
 async function jobPage(id) {
+  const path = encodeURIComponent(id);
   const title = h('h1', {}, 'Job ', id, ' ');
   const stateEl = h('span', { id: 'job-state' });
   title.append(stateEl);
@@ -261,7 +262,7 @@ async function jobPage(id) {
   let armed = false;
   kill.addEventListener('click', async () => {
     if (!armed) { armed = true; kill.textContent = 'Confirm kill'; return; }
-    try { await api('POST', `/api/v1/jobs/${id}/kill`); } catch (err) { error.textContent = errorText(err); }
+    try { await api('POST', `/api/v1/jobs/${path}/kill`); } catch (err) { error.textContent = errorText(err); }
   });
   const charts = {
     in: new Chart('Events in per second, by stage', 'chart-in'),
@@ -302,7 +303,7 @@ async function jobPage(id) {
         ' ',
         h('button', { type: 'button', class: 'secondary', 'aria-label': `Resubmit ${s.name} worker ${w.index}`,
           onclick: async () => {
-            try { await api('POST', `/api/v1/jobs/${id}/stages/${s.name}/workers/${w.index}/resubmit`); }
+            try { await api('POST', `/api/v1/jobs/${path}/stages/${encodeURIComponent(s.name)}/workers/${w.index}/resubmit`); }
             catch (err) { error.textContent = errorText(err); }
           } }, 'Resubmit')));
     const headers = ['Worker', 'Number', 'Agent', 'State', 'In', 'Out', 'Dropped', 'Failed', 'Reason', ''];
@@ -316,7 +317,7 @@ async function jobPage(id) {
         const input = h('input', { type: 'number', min: 1, max: 1000, id: 'scale-' + s.name, value: s.workers.length, size: 4 });
         return h('form', { class: 'row', onsubmit: async (e) => {
           e.preventDefault();
-          try { renderJob(await api('POST', `/api/v1/jobs/${id}/stages/${s.name}/scale`, { workers: Number(input.value) })); error.textContent = ''; }
+          try { renderJob(await api('POST', `/api/v1/jobs/${path}/stages/${encodeURIComponent(s.name)}/scale`, { workers: Number(input.value) })); error.textContent = ''; }
           catch (err) { error.textContent = errorText(err); }
         } }, h('label', { for: 'scale-' + s.name }, `Workers of stage ${s.name}`), input, h('button', { type: 'submit', id: 'scale-button-' + s.name }, 'Scale'));
       }));
@@ -324,15 +325,15 @@ async function jobPage(id) {
     history.replaceChildren(...j.history.slice(-20).map((t) => h('li', {}, `${age(Date.now() - t.at_ms)} ago: ${t.state}${t.reason ? ' — ' + t.reason : ''}`)));
     if (ENDED.includes(j.state)) kill.disabled = true;
   };
-  try { renderJob(await api('GET', `/api/v1/jobs/${id}`)); } catch (err) {
+  try { renderJob(await api('GET', `/api/v1/jobs/${path}`)); } catch (err) {
     main(h('h1', {}, 'Job ', id), h('p', { class: 'error', role: 'alert' }, errorText(err)));
     return;
   }
-  onLeave(stream(`/api/v1/jobs/${id}/status`, (name, data) => { if (name === 'status') renderJob(JSON.parse(data)); },
+  onLeave(stream(`/api/v1/jobs/${path}/status`, (name, data) => { if (name === 'status') renderJob(JSON.parse(data)); },
     (err) => { error.textContent = errorText(err); }));
 
   let last = null;
-  onLeave(stream(`/api/v1/jobs/${id}/metrics/stream`, (name, data) => {
+  onLeave(stream(`/api/v1/jobs/${path}/metrics/stream`, (name, data) => {
     if (name !== 'metrics') return;
     const m = JSON.parse(data);
     // The workers' counts, fresher than the job document (which changes only with states).
@@ -371,7 +372,7 @@ async function jobPage(id) {
     if (closeLog) closeLog();
     logTitle.textContent = `Worker log — ${stage} #${index}`;
     log.textContent = '';
-    closeLog = stream(`/api/v1/jobs/${id}/stages/${stage}/workers/${index}/logs?follow=true`, (name, data) => {
+    closeLog = stream(`/api/v1/jobs/${path}/stages/${encodeURIComponent(stage)}/workers/${index}/logs?follow=true`, (name, data) => {
       if (name !== 'log') return;
       const l = JSON.parse(data);
       log.append(`${new Date(l['at-ms']).toISOString()} ${l.level.padEnd(5)} ${l.message}\n`);
@@ -389,9 +390,9 @@ async function jobPage(id) {
     tailError.replaceChildren();
     tail.textContent = '';
     const q = query.value.trim();
-    const path = `/api/v1/jobs/${id}/sink` + (q ? '?query=' + encodeURIComponent(q) : '');
+    const sink = `/api/v1/jobs/${path}/sink` + (q ? '?query=' + encodeURIComponent(q) : '');
     tailButton.textContent = 'Stop tail';
-    closeTail = stream(path, (name, data) => {
+    closeTail = stream(sink, (name, data) => {
       if (name === 'message') {
         tail.append(data + '\n');
         while (tail.childNodes.length > TAIL_LINES) tail.firstChild.remove();
@@ -422,7 +423,7 @@ async function clustersPage() {
       h('td', {}, c.spec.stages.map((s) => `${s.name} ×${s.workers || 1}`).join(' → ')),
       h('td', {}, age(Date.now() - c.created_at_ms) + ' ago'),
       h('td', {}, h('button', { type: 'button', 'aria-label': 'Submit a job of ' + c.name, onclick: async () => {
-        try { const j = await api('POST', `/api/v1/clusters/${c.name}/jobs`, {}); location.hash = '#/jobs/' + j.id; }
+        try { const j = await api('POST', `/api/v1/clusters/${encodeURIComponent(c.name)}/jobs`, {}); location.hash = '#/jobs/' + encodeURIComponent(j.id); }
         catch (err) { error.textContent = errorText(err); }
       } }, 'Submit')))));
     if (!clusters.length) body.replaceChildren(h('tr', {}, h('td', { colspan: 6 }, 'No clusters yet: create one with squilla cluster create.')));
@@ -488,7 +489,8 @@ async function route() {
   document.querySelectorAll('#nav a').forEach((a) => {
     if (hash.startsWith(a.getAttribute('href'))) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   });
-  const parts = hash.slice(2).split('/').map(decodeURIComponent);
+  let parts;
+  try { parts = hash.slice(2).split('/').map(decodeURIComponent); } catch (_) { parts = ['jobs']; }
   const started = performance.now();
   if (parts[0] === 'jobs' && parts[1]) await jobPage(parts[1]);
   else if (parts[0] === 'clusters') await clustersPage();
@@ -515,7 +517,7 @@ async function start(hash) {
   if (hash && location.hash !== hash) location.hash = hash; else await route();
 }
 
-window.addEventListener('hashchange', route);
+window.addEventListener('hashchange', () => { if (location.hash.startsWith('#/')) route(); });
 window.addEventListener('DOMContentLoaded', () => {
   document.getElementById('sign-out').addEventListener('click', async () => {
     try { await api('DELETE', '/console/session'); } catch (_) { /* signed out anyway */ }

@@ -205,6 +205,24 @@ async fn the_console_drives_a_running_job_in_a_real_browser() {
     assert_eq!(refused.status(), 403);
     assert_eq!(refused.json::<Value>().await.unwrap()["code"], "console_header_required");
 
+    // Another origin's page (another port, a sibling subdomain) gets nothing with the cookie,
+    // and cannot sign anyone in.
+    let foreign =
+        with_cookie(reqwest::Method::GET, "/api/v1/jobs").header("origin", "http://127.0.0.1:1").send().await.unwrap();
+    assert_eq!(foreign.status(), 403);
+    let sibling =
+        with_cookie(reqwest::Method::GET, "/api/v1/jobs").header("sec-fetch-site", "same-site").send().await.unwrap();
+    assert_eq!(sibling.status(), 403);
+    let sign_in = reqwest::Client::new()
+        .post(format!("{base}/console/session"))
+        .body(json!({"token": token}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_in.status(), 403, "no sign-in without the console's header");
+    let cached = with_cookie(reqwest::Method::GET, "/api/v1/jobs").send().await.unwrap();
+    assert_eq!(cached.headers()["cache-control"], "private, no-store");
+
     // Signing out ends the session: the cookie no longer opens anything.
     browser.click(&browser.wait("#sign-out", WAIT).await).await;
     browser.wait("#token", WAIT).await;

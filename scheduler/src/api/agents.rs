@@ -36,6 +36,17 @@ pub async fn heartbeat(
     // The agent's id (`squilla_types::ids::AgentId`) is checked as the body is read.
     let beat: Heartbeat = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_heartbeat", e.to_string()))?;
+    // The per-worker maps and the histogram have a few known keys and buckets: more is not a
+    // report but a mistake (or an attempt to fill the master's memory).
+    if let Some(w) = beat.workers.iter().find(|w| {
+        w.counters.call_micros_log2.len() > crate::control::telemetry::BUCKETS
+            || w.counters.drops.len() > 4
+            || w.failures.len() > 5
+    }) {
+        let message =
+            format!("worker {}/{}: at most 25 histogram buckets, 4 drop reasons and 5 failure kinds", w.stage, w.index);
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_heartbeat", message));
+    }
     let control = state.control.clone();
     let answer = tokio::task::spawn_blocking(move || control.heartbeat(beat)).await.map_err(ApiError::internal)??;
     Ok(Json(answer))
@@ -81,11 +92,29 @@ pub struct AgentView {
     /// Workers it reports running.
     workers: usize,
     /// What it reports using.
-    usage: AgentUsage,
+    usage: Usage,
     /// Since its last heartbeat, ms.
     silent_ms: u64,
     /// Whether the master has stopped hearing from it (its workers are placed elsewhere).
     lost: bool,
+}
+
+/// What an agent reports using, as tenants may see it. (Its compile cache's hits are left
+/// out: the cache is shared by sha256, so they would tell a tenant whether another ran the
+/// same bytes; operators read them at the agent's `/metrics`.)
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Usage {
+    /// Workers running.
+    workers: u64,
+    /// Linear memory the workers' instances hold now, bytes.
+    memory_bytes: u64,
+}
+
+impl From<AgentUsage> for Usage {
+    fn from(u: AgentUsage) -> Self {
+        Usage { workers: u.workers, memory_bytes: u.memory_bytes }
+    }
 }
 
 /// Shares of an agent's capacity reserved, 0 to 1.
@@ -131,7 +160,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
                         slots: share(r.slots, c.slots),
                     },
                     workers: a.beat.workers.len(),
-                    usage: a.beat.usage,
+                    usage: a.beat.usage.into(),
                     silent_ms: a.silent_ms,
                     lost: a.lost,
                 }

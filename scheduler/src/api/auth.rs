@@ -85,6 +85,15 @@ impl Tenants {
         if !headers.contains_key(axum::http::header::AUTHORIZATION)
             && let Some(id) = super::session::cookie(headers)
         {
+            // A cookie is sent by the browser whoever's page asks: only the console's own pages
+            // may use it (sibling subdomains and other ports count as the same site).
+            if !super::session::same_origin(headers) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "console_header_required",
+                    "a request signed in by the console's cookie must come from the console's own origin",
+                ));
+            }
             let name = self.sessions.tenant(id).ok_or_else(ApiError::unauthorized)?;
             return self.tenants.iter().find(|t| t.name == name).ok_or_else(ApiError::unauthorized);
         }

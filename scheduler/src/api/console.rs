@@ -7,7 +7,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -24,6 +24,28 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 /// Largest sign-in body.
 const SIGN_IN_BYTES: usize = 4096;
+
+/// Longest a sign-in body may take to arrive.
+const SIGN_IN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The checks every session route makes before any work: the client address's rate, and for
+/// the routes that change something, the console's header (a page of another origin cannot
+/// add it: no login CSRF) and a request from the console's own origin.
+fn session_guard(state: &AppState, request: &Request, changes: bool) -> Option<Response> {
+    if let Some(refusal) = super::guard::client_rate(state, request) {
+        return Some(refusal);
+    }
+    let headers = request.headers();
+    let refuse =
+        |message: &str| Some(ApiError::new(StatusCode::FORBIDDEN, "console_header_required", message).into_response());
+    if changes && !headers.contains_key(session::CONSOLE_HEADER) {
+        return refuse("signing in and out is done by the console, with the X-Squilla-Console header");
+    }
+    if !session::same_origin(headers) {
+        return refuse("a console request must come from the console's own origin");
+    }
+    None
+}
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut response = body.into_response();
@@ -53,13 +75,21 @@ struct SignIn {
 
 /// `POST /console/session` with `{"token": "…"}`: a session cookie for the token's tenant.
 async fn sign_in(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    if let Some(refusal) = super::guard::client_rate(&state, &request) {
+    if let Some(refusal) = session_guard(&state, &request, true) {
         return Ok(refusal);
     }
-    let body = axum::body::to_bytes(request.into_body(), SIGN_IN_BYTES).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("at most {SIGN_IN_BYTES} bytes"))
-    })?;
-    let body: Bytes = body;
+    let read = tokio::time::timeout(SIGN_IN_TIME, axum::body::to_bytes(request.into_body(), SIGN_IN_BYTES));
+    let body: Bytes = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            let message = format!("at most {SIGN_IN_BYTES} bytes");
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message));
+        }
+        Err(_) => {
+            let message = format!("the body did not arrive within {} s", SIGN_IN_TIME.as_secs());
+            return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", message));
+        }
+    };
     let SignIn { token } = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"token\": …}}: {e}"))
     })?;
@@ -74,14 +104,20 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Result<Resp
 }
 
 /// `GET /console/session`: who the cookie (or bearer token) signs in as; 401 if nobody.
-async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+async fn whoami(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    if let Some(refusal) = session_guard(&state, &request, false) {
+        return Ok(refusal);
+    }
+    let tenant = state.tenants.authenticate(request.headers())?.name.clone();
     Ok(Json(serde_json::json!({ "tenant": tenant })).into_response())
 }
 
 /// `DELETE /console/session`: signs out (ends the session, removes the cookie).
-async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = session::cookie(&headers) {
+async fn sign_out(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(refusal) = session_guard(&state, &request, true) {
+        return refusal;
+    }
+    if let Some(id) = session::cookie(request.headers()) {
         state.tenants.sessions().close(id);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -79,6 +79,12 @@ pub async fn tenant(State(state): State<AppState>, mut request: Request, next: N
     request.extensions_mut().insert(BodyBudget(state.bodies.tenant(tenant.as_str())));
     let mut response = next.run(request).await;
     response.extensions_mut().insert(Caller::Tenant(tenant.to_string()));
+    // A tenant's answers are its own: no shared cache may keep them (a cookie-authenticated
+    // request is not protected by RFC 9111's rule for `Authorization`).
+    response
+        .headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("private, no-store"));
     response
 }
 

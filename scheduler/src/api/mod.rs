@@ -137,6 +137,8 @@ pub struct AppState {
     pub bodies: Arc<Budgets>,
     /// Open sink subscriptions by tenant.
     pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<squilla_types::ids::TenantId, usize>>>,
+    /// Jobs' metrics documents, each made at most once a second however many ask.
+    pub metrics_views: Arc<telemetry::Views>,
 }
 
 impl AppState {
@@ -160,6 +162,7 @@ impl AppState {
             streams: Arc::new(Budgets::new(limits.total_stream_bytes, limits.tenant_stream_bytes)),
             bodies: Arc::new(Budgets::new(limits.total_body_bytes, limits.tenant_body_bytes)),
             subscriptions: Arc::default(),
+            metrics_views: Arc::default(),
             limits,
             control,
             agent_token: agent_token.as_deref().map(AgentToken::new).transpose()?,

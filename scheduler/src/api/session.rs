@@ -103,6 +103,26 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Whether a browser's request comes from the page's own origin, as far as its headers say:
+/// `Sec-Fetch-Site` (sent by current browsers) is `same-origin` or `none` (typed, bookmarked),
+/// and `Origin`, when sent, names the `Host` the request went to. A request without either
+/// header (a program, an old browser) passes: the cookie's `SameSite=Strict` still holds.
+/// `SameSite` counts sibling subdomains and other ports as the same site; this does not.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return false;
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, authority)| authority) == Some(host),
+        (Some(_), None) => false,
+        _ => true,
+    }
+}
+
 /// The `Set-Cookie` value that carries session `id` (or, with `None`, removes it).
 pub fn set_cookie(id: Option<&str>) -> String {
     match id {
@@ -137,6 +157,26 @@ mod tests {
         }
         assert_eq!(sessions.len(), PER_TENANT);
         assert_eq!(sessions.tenant(&first), None, "the oldest was signed out");
+    }
+
+    #[test]
+    fn only_the_consoles_own_origin_passes() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        assert!(same_origin(&headers(&[])));
+        assert!(same_origin(&headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://m:7070"),
+            ("host", "m:7070")
+        ])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(!same_origin(&headers(&[("origin", "http://m:8080"), ("host", "m:7070")])));
+        assert!(!same_origin(&headers(&[("origin", "http://evil.m:7070"), ("host", "m:7070")])));
     }
 
     #[test]

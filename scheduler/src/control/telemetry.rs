@@ -88,7 +88,7 @@ impl Totals {
             traps: c.traps,
             instances: c.instances,
             guest_nanos: c.guest_nanos,
-            calls: c.call_micros_log2.iter().sum(),
+            calls: c.call_micros_log2.iter().take(BUCKETS).fold(0u64, |a, n| a.saturating_add(*n)),
         }
     }
 
@@ -368,10 +368,10 @@ impl Telemetry {
                     }
                     stage.totals = stage.totals.plus(slot.totals);
                     for (b, n) in histogram.iter_mut().zip(&slot.histogram) {
-                        *b += n;
+                        *b = b.saturating_add(*n);
                     }
-                    stage.queue_depth += slot.queue_depth;
-                    stage.memory_bytes += slot.memory_bytes;
+                    stage.queue_depth = stage.queue_depth.saturating_add(slot.queue_depth);
+                    stage.memory_bytes = stage.memory_bytes.saturating_add(slot.memory_bytes);
                     stage.workers.push(WorkerMetrics {
                         index: i as u32,
                         number: info.number.0,
@@ -415,12 +415,12 @@ pub struct Quantiles {
 
 impl Quantiles {
     fn of(histogram: &[u64]) -> Quantiles {
-        let total: u64 = histogram.iter().sum();
+        let total = histogram.iter().fold(0u64, |a, n| a.saturating_add(*n));
         let at = |q: f64| {
             let target = ((total as f64) * q).ceil().max(1.0) as u64;
-            let mut seen = 0;
+            let mut seen = 0u64;
             for (i, n) in histogram.iter().enumerate() {
-                seen += n;
+                seen = seen.saturating_add(*n);
                 if seen >= target {
                     return 1u64 << i;
                 }
