@@ -127,7 +127,7 @@ async fn ingest(
 }
 
 /// `GET /jobs/{key}/stages/{stage}/workers/{index}/logs`: a local worker's log lines,
-/// `{"lines": [{"at-ms", "level", "message", "seq"}], "dropped": N}` (with `?after=N` only the
+/// `{"lines": [{"at-ms", "level", "message", "seq"}], "dropped": N, "number": INCARNATION}` (with `?after=N` only the
 /// lines numbered above `N`); 404 `not_here` if that worker
 /// does not run here.
 async fn logs(
@@ -140,7 +140,7 @@ async fn logs(
     };
     match state.jobs.log(&key, stage, index) {
         None => error_response(StatusCode::NOT_FOUND, "not_here", "that worker does not run here"),
-        Some((lines, dropped)) => {
+        Some((lines, dropped, number)) => {
             let lines: Vec<serde_json::Value> = lines
                 .into_iter()
                 .filter(|l| after.after.is_none_or(|a| l.seq > a))
@@ -148,7 +148,7 @@ async fn logs(
                     serde_json::json!({"at-ms": l.at_ms, "level": format!("{:?}", l.level).to_lowercase(), "message": l.message, "seq": l.seq})
                 })
                 .collect();
-            axum::Json(serde_json::json!({"lines": lines, "dropped": dropped})).into_response()
+            axum::Json(serde_json::json!({"lines": lines, "dropped": dropped, "number": number})).into_response()
         }
     }
 }

@@ -104,7 +104,7 @@ impl Jobs {
         key: &squilla_types::ids::JobKey,
         stage: usize,
         index: usize,
-    ) -> Option<(Vec<squilla_host::LogLine>, u64)> {
+    ) -> Option<(Vec<squilla_host::LogLine>, u64, u64)> {
         let cell = lock(&self.jobs).get(key).cloned()?;
         let view = cell.view();
         view.handle.as_ref()?.log(stage, index)

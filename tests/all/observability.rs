@@ -185,6 +185,31 @@ async fn a_trapping_guests_log_is_read_through_the_api_and_the_cli() {
     ingest(&base, &job, &[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]).await;
     let line = wait_for("trapping on a batch of 3 events");
     assert!(line.contains(" error "), "{line}");
+    // A new incarnation keeps a new log, numbered from 0 again: the follower moves to it.
+    let (status, body) =
+        call(&base, reqwest::Method::POST, &format!("/api/v1/jobs/{job}/stages/only/workers/0/resubmit"), vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    let four: String = (0..4).map(|n| format!("{}\n", json!({"n": n}))).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, doc) = call(&base, reqwest::Method::GET, &format!("/api/v1/jobs/{job}"), vec![]).await;
+        let worker = &doc["stages"][0]["workers"][0];
+        if worker["number"].as_u64().unwrap_or(0) > 1 && worker["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new incarnation never ran: {doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let (status, body) =
+            call(&base, reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), four.clone().into_bytes()).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new incarnation never took events: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("trapping on a batch of 4 events");
     let _ = follower.kill();
     let _ = follower.wait();
 

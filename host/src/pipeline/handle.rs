@@ -54,8 +54,9 @@ impl PipelineHandle {
     }
 
     /// The log lines of stage `stage`'s local worker `index` (kept across its instances), and
-    /// how many older lines its ring dropped; `None` if that worker does not run here.
-    pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<crate::logs::LogLine>, u64)> {
+    /// how many older lines its ring dropped, and its incarnation; `None` if that worker does
+    /// not run here.
+    pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<crate::logs::LogLine>, u64, u64)> {
         let flow = self.0.upgrade()?;
         let worker = flow.stages.get(stage)?.slots().get(index).and_then(Slot::local).cloned()?;
         Some(worker.log())

@@ -278,8 +278,8 @@ impl Pipeline {
     }
 
     /// The log of local worker `index` of stage `stage` (lines kept across instances, oldest
-    /// first) and how many lines it dropped.
-    pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<LogLine>, u64)> {
+    /// first), how many lines it dropped, and the worker's incarnation (whose log it is).
+    pub fn log(&self, stage: usize, index: usize) -> Option<(Vec<LogLine>, u64, u64)> {
         let s = self.flow.stages.get(stage)?;
         s.slots().get(index).and_then(Slot::local).map(|w| w.log())
     }

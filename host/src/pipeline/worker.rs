@@ -422,9 +422,9 @@ impl Worker {
 
     /// The worker's log: what its stage wrote, across instances, and how many lines were
     /// dropped. Never waits for a guest call.
-    pub fn log(&self) -> (Vec<LogLine>, u64) {
+    pub fn log(&self) -> (Vec<LogLine>, u64, u64) {
         let status = lock(&self.status);
-        (status.log.lines().cloned().collect(), status.log.dropped())
+        (status.log.lines().cloned().collect(), status.log.dropped(), self.number)
     }
 
     /// Offers `batch` to this worker's inbox under `policy` and schedules it.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::stream::Subscribed;
 use super::{ApiError, AppState, ErrorBody, PathParams};
 use crate::control::WorkerPlace;
-use squilla_types::ids::{JobId, TenantId, WorkerNumber};
+use squilla_types::ids::{JobId, TenantId};
 
 /// How often a follower asks the worker's agent for new lines.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
@@ -52,6 +52,9 @@ pub struct WorkerLog {
     pub lines: Vec<LogLine>,
     /// Older lines the ring dropped.
     pub dropped: u64,
+    /// The worker incarnation whose log this is (its `seq` numbers start at 0).
+    #[serde(default)]
+    pub number: u64,
 }
 
 /// Query parameters of the logs route.
@@ -146,8 +149,8 @@ struct Following {
     id: JobId,
     stage: String,
     index: u32,
-    /// The incarnation and agent the lines came from, and the last line sent.
-    from: Option<(WorkerNumber, String)>,
+    /// The incarnation the lines came from, and the last line sent.
+    number: Option<u64>,
     after: Option<u64>,
     ready: std::collections::VecDeque<LogLine>,
     _held: Subscribed,
@@ -163,7 +166,7 @@ fn follow(
     held: Subscribed,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let start =
-        Following { state, tenant, id, stage, index, from: None, after, ready: Default::default(), _held: held };
+        Following { state, tenant, id, stage, index, number: None, after, ready: Default::default(), _held: held };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
         loop {
             if let Some(line) = f.ready.pop_front() {
@@ -174,15 +177,17 @@ fn follow(
             if place.ended {
                 return None;
             }
-            let here = place.http.clone().map(|http| (place.number, http));
-            if here.is_some() && here != f.from {
-                // A new incarnation or agent: its log is numbered from 0.
-                if f.from.is_some() {
+            if let Ok(mut log) = fetch(&f.state, &place, f.index, f.after).await {
+                // Another incarnation (replaced, moved) keeps its own log, numbered from 0:
+                // start from its beginning, as the agent says whose log it sent.
+                if f.number.is_some_and(|n| n != log.number) && f.after.is_some() {
                     f.after = None;
+                    match fetch(&f.state, &place, f.index, None).await {
+                        Ok(fresh) => log = fresh,
+                        Err(_) => continue,
+                    }
                 }
-                f.from = here;
-            }
-            if let Ok(log) = fetch(&f.state, &place, f.index, f.after).await {
+                f.number = Some(log.number);
                 if let Some(last) = log.lines.last() {
                     f.after = Some(last.seq);
                 }
