@@ -86,8 +86,12 @@ impl Agent {
         .with_compile_config(config.compile.clone());
         let executor = Executor::start(config.threads).map_err(AgentError::Executor)?;
         let lease = Lease::expired();
-        let transport_config =
-            TransportConfig { agent: config.id.to_string(), lease: lease.clone(), ..TransportConfig::default() };
+        let transport_config = TransportConfig {
+            agent: config.id.to_string(),
+            lease: lease.clone(),
+            key: Some(squilla_host::transport::handshake::key_from_token(&config.token)),
+            ..TransportConfig::default()
+        };
         let transport = Transport::bind(config.data_listen, transport_config)
             .map_err(|source| AgentError::Listen { addr: config.data_listen, source })?;
         let listener = tokio::net::TcpListener::bind(config.http_listen)

@@ -2,6 +2,7 @@
 //! per area.
 
 mod console;
+mod dataport;
 mod dev;
 mod e2e;
 mod isolation;

@@ -24,10 +24,14 @@
 //! latest plan, runs no worker feeding that stage ([`Transport::allow_senders`]) is dropped
 //! and counted: the output of a worker incarnation the master has replaced goes nowhere.
 //!
-//! The data port trusts its network: any process that can connect may deliver batches
-//! (each is validated, so none can harm the agent). Keep it on a private network.
+//! **Who may connect**: with a [`TransportConfig::key`] (agents take it from their agent
+//! token), every connection starts with [`handshake`]: both ends prove they hold the key
+//! before a single frame is read, and a connection that does not is closed and counted
+//! (`refused`). Without a key (in-process tests and benchmarks) the data port trusts its
+//! network.
 
 pub mod frame;
+pub mod handshake;
 mod recv;
 mod send;
 mod state;
@@ -62,6 +66,8 @@ pub struct TransportStats {
     pub fenced: u64,
     /// Connections (re)established to peers.
     pub connects: u64,
+    /// Connections closed because they failed the handshake (either side).
+    pub refused: u64,
 }
 
 /// The agent's end of the data network: a listener for peers' batches and a sender per peer.
@@ -153,6 +159,7 @@ impl Transport {
             misrouted: get(&c.misrouted),
             fenced: get(&c.fenced),
             connects: get(&c.connects),
+            refused: get(&c.refused),
         }
     }
 }

@@ -61,8 +61,16 @@ struct Connection {
 }
 
 impl Connection {
-    fn serve(conn: TcpStream, inner: Arc<TransportState>) -> std::io::Result<()> {
+    fn serve(mut conn: TcpStream, inner: Arc<TransportState>) -> std::io::Result<()> {
         conn.set_nodelay(true)?;
+        if let Some(key) = &inner.config.key
+            && let Err(err) = super::handshake::serve(&mut conn, key)
+        {
+            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            tracing::warn!(peer = ?conn.peer_addr().ok(), error = %err, "data port connection refused");
+            return Err(err);
+        }
         let max = inner.config.max_frame_bytes;
         let mut input = BufReader::with_capacity(256 << 10, conn.try_clone()?);
         let me = Arc::new(Connection {

@@ -120,8 +120,14 @@ impl Peer {
         }
     }
 
-    fn session(&self, conn: TcpStream, inner: &TransportState, config: &TransportConfig) -> std::io::Result<()> {
+    fn session(&self, mut conn: TcpStream, inner: &TransportState, config: &TransportConfig) -> std::io::Result<()> {
         conn.set_nodelay(true)?;
+        if let Some(key) = &config.key
+            && let Err(err) = super::handshake::dial(&mut conn, key)
+        {
+            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
         let broken = Arc::new(AtomicBool::new(false));
         // Credits come back on the same connection.
         let reader = {

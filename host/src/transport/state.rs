@@ -25,6 +25,9 @@ pub struct TransportConfig {
     pub max_backoff: Duration,
     /// The agent's lease: nothing is sent while it has run out (default: never runs out).
     pub lease: Arc<Lease>,
+    /// The fleet's transport key (see [`super::handshake`]); `None` (the default): no
+    /// handshake, for in-process use only.
+    pub key: Option<[u8; 32]>,
 }
 
 impl Default for TransportConfig {
@@ -36,6 +39,7 @@ impl Default for TransportConfig {
             max_frame_bytes: 64 << 20,
             max_backoff: Duration::from_secs(1),
             lease: Lease::unlimited(),
+            key: None,
         }
     }
 }
@@ -49,6 +53,7 @@ pub(super) struct Counters {
     pub(super) misrouted: AtomicU64,
     pub(super) fenced: AtomicU64,
     pub(super) connects: AtomicU64,
+    pub(super) refused: AtomicU64,
 }
 
 /// What the transport shares with its threads.
