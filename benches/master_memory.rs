@@ -15,24 +15,13 @@ mod cluster;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster::{AGENT_TOKEN, free_port, master_args, squilla, temp_dir};
+use cluster::{AGENT_TOKEN, free_port, master_args, rss_mib, squilla, temp_dir};
 use serde_json::{Value, json};
 use squilla_types::control::{Assignments, Capacity, Heartbeat, WorkerReport};
 
 const TOKEN: &str = "acme-token-0123456789";
 const JOBS: usize = 100;
 const AGENTS: usize = 4;
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
 
 async fn call(http: &reqwest::Client, base: &str, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
     let response = http.request(method, format!("{base}{path}")).bearer_auth(TOKEN).body(body).send().await.unwrap();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{AGENT_TOKEN, free_port, squilla, temp_dir};
+use cluster::{AGENT_TOKEN, free_port, rss_mib, squilla, temp_dir};
 use serde_json::{Value, json};
 
 const TENANTS: [&str; 5] = ["t1", "t2", "t3", "t4", "t5"];
@@ -49,17 +49,6 @@ fn spawn(dir: &std::path::Path, name: &str, args: &[&str]) -> Process {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = squilla().args(args).env("SQUILLA_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn().unwrap();
     Process(child)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }
 
 struct Client {

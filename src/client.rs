@@ -227,16 +227,10 @@ impl Client {
     async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
         let response =
             request.send().await.with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
-        let status = response.status();
-        let json: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            bail!(
-                "{}: {} ({status})",
-                json["code"].as_str().unwrap_or("error"),
-                json["message"].as_str().unwrap_or("")
-            );
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
         }
-        Ok(json)
+        Ok(response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     /// Opens a server-sent-events stream at `path`: its events, as they come, to `each`, until
@@ -244,23 +238,19 @@ impl Client {
     pub async fn events(
         &self,
         path: &str,
+        query: &[(&str, String)],
         mut each: impl FnMut(squilla_types::sse::Event) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let response = self
             .http
             .get(self.connection.url(path))
+            .query(query)
             .bearer_auth(&self.token)
             .send()
             .await
             .with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
         if !response.status().is_success() {
-            let status = response.status();
-            let json: serde_json::Value = response.json().await.unwrap_or_default();
-            bail!(
-                "{}: {} ({status})",
-                json["code"].as_str().unwrap_or("error"),
-                json["message"].as_str().unwrap_or("")
-            );
+            return Err(api_error(response).await);
         }
         let mut body = response.bytes_stream();
         let mut parser = squilla_types::sse::Parser::new();
@@ -282,7 +272,7 @@ impl Client {
         let progress = Progress::new();
         let started = std::time::Instant::now();
         let path = format!("/api/v1/jobs/{job}/status");
-        let watch = self.events(&path, |event| {
+        let watch = self.events(&path, &[], |event| {
             if event.name.as_deref() != Some("status") {
                 return Ok(true);
             }
@@ -345,47 +335,37 @@ impl Client {
         if let Some(n) = options.sample {
             params.push(("sample", n.to_string()));
         }
-        let response = self
-            .http
-            .get(self.connection.url(&format!("/api/v1/jobs/{job}/sink")))
-            .query(&params)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let json: serde_json::Value = response.json().await.unwrap_or_default();
-            bail!(
-                "{}: {} ({status})",
-                json["code"].as_str().unwrap_or("error"),
-                json["message"].as_str().unwrap_or("")
-            );
-        }
-        let mut body = response.bytes_stream();
-        let mut parser = squilla_types::sse::Parser::new();
         let mut printed = 0u64;
-        let mut events = Vec::new();
-        while let Some(chunk) = body.next().await {
-            parser.feed(&chunk?, |e| events.push(e));
-            for event in events.drain(..) {
-                match event.name.as_deref() {
-                    None | Some("message") => {
-                        writeln!(out, "{}", event.data)?;
-                        printed += 1;
-                        if options.limit.is_some_and(|l| printed >= l) {
-                            out.flush()?;
-                            return Ok(());
-                        }
+        self.events(&format!("/api/v1/jobs/{job}/sink"), &params, |event| {
+            match event.name.as_deref() {
+                None | Some("message") => {
+                    writeln!(out, "{}", event.data)?;
+                    printed += 1;
+                    if options.limit.is_some_and(|l| printed >= l) {
+                        out.flush()?;
+                        return Ok(false);
                     }
-                    Some("ping") => {}
-                    Some(kind) => eprintln!("[{kind}] {}", event.data),
                 }
+                Some("ping") => {}
+                Some(kind) => eprintln!("[{kind}] {}", event.data),
             }
-            out.flush()?;
-        }
+            Ok(true)
+        })
+        .await?;
+        out.flush()?;
         Ok(())
     }
+}
+
+/// The API's error answer as an error: `code: message (status)`.
+async fn api_error(response: reqwest::Response) -> anyhow::Error {
+    let status = response.status();
+    let json: serde_json::Value = response.json().await.unwrap_or_default();
+    anyhow::anyhow!(
+        "{}: {} ({status})",
+        json["code"].as_str().unwrap_or("error"),
+        json["message"].as_str().unwrap_or("")
+    )
 }
 
 fn print(json: &serde_json::Value) -> anyhow::Result<()> {
@@ -518,7 +498,7 @@ impl Client {
         if !watch {
             return show(&self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{job}/metrics"), None).await?);
         }
-        self.events(&format!("/api/v1/jobs/{job}/metrics/stream"), |event| {
+        self.events(&format!("/api/v1/jobs/{job}/metrics/stream"), &[], |event| {
             if event.name.as_deref() == Some("metrics") {
                 show(&serde_json::from_str(&event.data)?)?;
             }
@@ -633,7 +613,7 @@ pub fn logs(
         let path = format!("/api/v1/jobs/{job}/stages/{stage}/workers/{index}/logs");
         if follow {
             return client
-                .events(&format!("{path}?follow=true"), |event| {
+                .events(&path, &[("follow", "true".to_owned())], |event| {
                     if event.name.as_deref() == Some("log") {
                         let mut out = std::io::stdout().lock();
                         print_line(&mut out, &serde_json::from_str(&event.data)?)?;

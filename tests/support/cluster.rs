@@ -1,4 +1,4 @@
-//! Shared by the `squilla` tests and the stream benchmark: `squilla` processes on loopback (a
+//! Shared by the `squilla` tests and the benchmarks that run processes: `squilla` processes on loopback (a
 //! master, agents), and a small client for the master's API.
 
 #![allow(dead_code, unreachable_pub)]
@@ -199,4 +199,16 @@ pub fn agent_with(id: &str, url: &str, extra: &[&str]) -> Proc {
     let a = Proc::spawn(id, &args);
     a.wait_for("sinks at", Duration::from_secs(20));
     a
+}
+
+/// The resident memory of process `pid`, MiB (0 if it cannot be read).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }

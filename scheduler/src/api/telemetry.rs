@@ -82,18 +82,17 @@ pub async fn stream(
     let id: JobId = super::job_id(&id)?;
     state.control.job(&tenant, &id)?;
     let place: Subscribed = super::stream::subscribe(&state, &tenant)?;
-    let control = state.control.clone();
     let shared = state.clone();
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures_util::stream::unfold((ticks, false, place), move |(mut ticks, done, place)| {
-        let (control, shared, tenant, id) = (control.clone(), shared.clone(), tenant.clone(), id.clone());
+        let (shared, tenant, id) = (shared.clone(), tenant.clone(), id.clone());
         async move {
             if done {
                 return None;
             }
             ticks.tick().await;
-            let ended = control.job(&tenant, &id).ok().is_none_or(|j| j.state.is_terminal());
+            let ended = shared.control.job(&tenant, &id).ok().is_none_or(|j| j.state.is_terminal());
             let view = shared.metrics_views.get(&shared, &tenant, &id).ok()?;
             let event = Event::default().event("metrics").data(view.as_ref());
             Some((Ok(event), (ticks, ended, place)))
