@@ -11,7 +11,8 @@ use std::process::Command;
 /// Example crates (`examples/`).
 const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter", "alert"];
 /// Test programs (`guests/programs/`).
-const PROGRAMS: &[&str] = &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader", "slow", "hostile"];
+const PROGRAMS: &[&str] =
+    &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader", "slow", "hostile", "typed"];
 
 /// The compile bomb: the `hostile` component with an extra core module of this many functions,
 /// each a block nested this deep. Valid, exporting the stage contract, and slow to compile.

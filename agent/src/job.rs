@@ -21,6 +21,7 @@ use squilla_types::control::{JobAssignment, SlotAssignment};
 use squilla_types::ids::{AgentId, JobKey, WorkerNumber};
 use squilla_types::{ArtifactRef, SourceSpec};
 
+use crate::chain::Targets;
 use crate::master::{ArtifactFailure, MasterClient};
 use crate::reconcile::{self, JobAction};
 use crate::sink::{SinkHub, SinkLimits};
@@ -80,6 +81,8 @@ pub(crate) struct JobCell {
     view: RwLock<View>,
     /// What the plan wants emitted, set at once by the dispatcher (see [`Wanted`]).
     wanted: Arc<Wanted>,
+    /// Where the upstream job's output is, for a source that reads one (set at once too).
+    upstream: Arc<Targets>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,6 +100,7 @@ impl JobCell {
             changed: Condvar::new(),
             view: RwLock::new(View::default()),
             wanted: Arc::new(Wanted::everything()),
+            upstream: Arc::new(Targets::default()),
         });
         cell.assign(assignment);
         let c = cell.clone();
@@ -144,6 +148,7 @@ impl JobCell {
             }
         }
         self.wanted.set(local, assignment.source);
+        self.upstream.set(assignment.upstream.clone());
         allow_senders(&self.ctx, &assignment);
         let mut desired = lock(&self.desired);
         if matches!(&desired.1, Desired::Run(a) if **a == assignment) {
@@ -168,7 +173,7 @@ impl JobCell {
     }
 
     fn run(&self, ctx: &Context) {
-        let mut job = Running { wanted: self.wanted.clone(), ..Running::default() };
+        let mut job = Running { wanted: self.wanted.clone(), upstream: self.upstream.clone(), ..Running::default() };
         let mut seen = 0;
         loop {
             let desired = {
@@ -196,6 +201,7 @@ impl JobCell {
 #[derive(Default)]
 struct Running {
     wanted: Arc<Wanted>,
+    upstream: Arc<Targets>,
     pipeline: Option<Pipeline>,
     hub: Option<Arc<SinkHub>>,
     applied: Option<JobAssignment>,
@@ -272,7 +278,9 @@ impl Running {
                 JobAction::Start => self.start(ctx, &assignment),
                 JobAction::SetSlots { stage } => self.set_slots(ctx, &assignment, stage),
                 JobAction::AttachSource => match &mut self.pipeline {
-                    Some(pipeline) => attach_source(pipeline, &assignment, &ctx.master).map_err(ApplyError::from),
+                    Some(pipeline) => {
+                        attach_source(pipeline, &assignment, ctx, &self.upstream).map_err(ApplyError::from)
+                    }
                     None => Ok(()),
                 },
                 JobAction::DetachSource => {
@@ -350,7 +358,7 @@ impl Running {
             return Ok(());
         }
         if assignment.source {
-            attach_source(&mut pipeline, assignment, &ctx.master)?;
+            attach_source(&mut pipeline, assignment, ctx, &self.upstream)?;
         }
         ctx.transport.register(&id.to_string(), pipeline.handle());
         let hub = match SinkHub::start(
@@ -367,6 +375,8 @@ impl Running {
                 return Err(ApplyError::Sink(err));
             }
         };
+        let tap_hub = hub.clone();
+        ctx.transport.register_tap(&id.to_string(), Arc::new(move |query| tap_hub.tap(query)));
         tracing::info!(job = %id, tenant = %assignment.tenant, "job started here");
         self.pipeline = Some(pipeline);
         self.hub = Some(hub);
@@ -426,7 +436,8 @@ fn allow_senders(ctx: &Context, assignment: &JobAssignment) {
 fn attach_source(
     pipeline: &mut Pipeline,
     assignment: &JobAssignment,
-    master: &MasterClient,
+    ctx: &Context,
+    targets: &Arc<Targets>,
 ) -> Result<(), PipelineError> {
     match &assignment.spec.source {
         SourceSpec::Synthetic { events_per_second, .. } => {
@@ -434,14 +445,13 @@ fn attach_source(
         }
         // Ingested batches arrive through `Jobs::ingest`.
         SourceSpec::Ingest => Ok(()),
-        SourceSpec::Job { cluster, query } => {
-            let upstream = crate::chain::Upstream {
-                master: master.clone(),
-                tenant: assignment.tenant.clone(),
-                cluster: cluster.clone(),
+        SourceSpec::Job { query, .. } => {
+            let upstream = Arc::new(crate::chain::Upstream {
+                transport: ctx.transport.clone(),
+                targets: targets.clone(),
                 query: query.clone(),
-                client_id: assignment.job.to_string(),
-            };
+                job: assignment.job.to_string(),
+            });
             let handle = pipeline.handle();
             pipeline.start_source(&assignment.job.to_string(), move |stop| upstream.run(&handle, &stop))
         }

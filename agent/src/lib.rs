@@ -21,6 +21,7 @@ mod master;
 mod metrics;
 pub mod reconcile;
 pub mod sink;
+pub mod tap;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -106,6 +106,7 @@ mod tests {
             artifacts: vec![squilla_types::ids::Sha256::of(b"x"); 2],
             slots,
             source,
+            upstream: None,
         }
     }
 

@@ -368,11 +368,15 @@ pub struct SinkHub {
     limits: SinkLimits,
     tenant: Arc<Budget>,
     groups: Mutex<Vec<Group>>,
+    /// Other jobs' sources pulling this output as batches ([`crate::tap`]).
+    taps: Mutex<Vec<crate::tap::Tap>>,
     closed: AtomicBool,
     /// Events that reached the sink while nobody listened.
     pub unheard: AtomicU64,
     /// Events delivered to subscribers (or dropped at their full buffers).
     pub published: AtomicU64,
+    /// Events dropped for pullers that did not keep up ([`crate::tap`]).
+    pub tap_dropped: Arc<AtomicU64>,
 }
 
 impl SinkHub {
@@ -387,9 +391,11 @@ impl SinkHub {
             tenant: limits.budgets.tenant(tenant),
             limits,
             groups: Mutex::new(Vec::new()),
+            taps: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             unheard: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            tap_dropped: Arc::new(AtomicU64::new(0)),
         });
         let h = hub.clone();
         std::thread::Builder::new().name(format!("squilla-sink-{job}")).spawn(move || h.run(pipeline))?;
@@ -431,6 +437,29 @@ impl SinkHub {
         Subscription { chunks }
     }
 
+    /// A new puller of the output as batches, after `query` ([`crate::tap`]); `Err` if the
+    /// query does not parse or the hub has ended.
+    pub fn tap(&self, query: Option<&str>) -> Result<squilla_host::transport::tap::TapFeed, String> {
+        let (tap, feed) = crate::tap::Tap::open(query, self.tap_dropped.clone(), self.limits.query_state_bytes)?;
+        let mut taps = self.taps.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::Relaxed) {
+            return Err("the job's output ended on this agent".into());
+        }
+        taps.push(tap);
+        Ok(feed)
+    }
+
+    /// Feeds every puller `batch` (or only closes their due windows); forgets those that ended.
+    fn feed_taps(&self, batch: Option<&squilla_batch::BatchBytes>) -> bool {
+        let mut taps = self.taps.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = now_ms();
+        taps.retain_mut(|t| match batch {
+            Some(batch) => t.offer(batch, now),
+            None => t.tick(now),
+        });
+        !taps.is_empty()
+    }
+
     fn run(&self, pipeline: PipelineHandle) {
         let mut out = Vec::new();
         let subscriber_bytes = self.limits.subscriber_bytes;
@@ -452,8 +481,9 @@ impl SinkHub {
                     });
                 }
             }
+            let pulled = self.feed_taps(batch.as_ref());
             let Some(batch) = batch else { continue };
-            if groups.is_empty() {
+            if groups.is_empty() && !pulled {
                 self.unheard.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 continue;
             }
@@ -503,6 +533,7 @@ impl SinkHub {
             self.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
         // Every subscriber reads what it has, then the end of its stream.
+        self.taps.lock().unwrap_or_else(PoisonError::into_inner).clear();
         for g in self.groups().drain(..) {
             for m in &g.members {
                 m.tx.finish();

@@ -1,6 +1,7 @@
 //! Streams between processes: a job split over two agents against the same job on one,
 //! subscribers sharing a `clientId`, a subscriber that stops reading, HTTP ingest, bad
-//! queries, and a job chained to another job's sink that follows it across a resubmit.
+//! queries, and jobs chained to another job's output that follow it across resubmits, rescales
+//! and new jobs of its cluster, receiving typed batches straight from the upstream agents.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -242,4 +243,75 @@ async fn a_chained_job_follows_its_upstream_across_a_resubmit() {
         "events after the resubmit ({resumed_at}): {:?}",
         events.iter().map(|e| e["timestamp-ms"].as_i64().unwrap()).collect::<Vec<_>>()
     );
+}
+
+/// Events after `since_ms` (by their own time).
+fn after(events: &[Value], since_ms: i64) -> usize {
+    events.iter().filter(|e| e["timestamp-ms"].as_i64().unwrap_or(0) > since_ms).count()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A chained job pulls its upstream's output from the agents that make it, as batches: a bytes
+/// field made upstream arrives as bytes downstream (through JSON it would have become text),
+/// while the upstream is rescaled, and when a new job of its cluster replaces the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_job_pulls_typed_batches_across_rescale_and_a_new_upstream_job() {
+    let (api, _procs) = start("streams-typed").await;
+    let (status, body) = api
+        .call(reqwest::Method::POST, "/api/v1/artifacts?name=typed&version=0.1.0", squilla_guests::read("typed"))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let upstream = json!({
+        "name": "tagged",
+        "source": {"kind": "synthetic", "generator": "device-logs", "events-per-second": 4000},
+        "stages": [{"name": "tag", "artifact": "typed@0.1.0", "workers": 2,
+                    "constraints": {"unique-agent": "hard"}, "params": {"mode": "tag"}}]
+    });
+    let downstream = json!({
+        "name": "inspected",
+        "source": {"kind": "job", "cluster": "tagged", "query": "SELECT * WHERE status >= 500"},
+        "stages": [{"name": "inspect", "artifact": "typed@0.1.0", "params": {"mode": "inspect"}}]
+    });
+    let tagged = submit(&api, upstream.to_string().into_bytes(), "tagged").await;
+    assert_eq!(agents_of(&api.job_of(&tagged).await).len(), 2, "the upstream's output is made on both agents");
+    let inspected = submit(&api, downstream.to_string().into_bytes(), "inspected").await;
+    let mut sink = Sub::open(&api, &format!("/api/v1/jobs/{inspected}/sink")).await;
+    let (events, _) = sink.read(Duration::from_secs(30), |e| e.len() >= 50).await;
+    assert!(events.len() >= 50, "the chained job receives: {events:?}");
+    for e in &events {
+        assert_eq!(e["raw-type"], "bytes", "the bytes field crossed the chain as bytes: {e}");
+        assert!(e["status"].as_i64().unwrap() >= 500, "the query ran upstream: {e}");
+        let raw = e["raw"].as_str().unwrap();
+        assert!(raw.starts_with("0x00ff"), "the sink shows bytes as hex: {e}");
+    }
+
+    // Rescale the upstream down to one worker: the chain follows to the agent that is left.
+    let (status, body) = api
+        .call(reqwest::Method::POST, &format!("/api/v1/jobs/{tagged}/stages/tag/scale"), br#"{"workers": 1}"#.to_vec())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    api.until_of(&tagged, "scaled down", Duration::from_secs(30), |j| {
+        j["stages"][0]["workers"].as_array().is_some_and(|w| w.len() == 1)
+    })
+    .await;
+    let scaled_at = now_ms();
+    let (events, _) = sink.read(Duration::from_secs(30), |e| after(e, scaled_at) >= 20).await;
+    assert!(after(&events, scaled_at) >= 20, "events after the rescale: {}", events.len());
+    assert!(events.iter().all(|e| e["raw-type"] == "bytes"), "{events:?}");
+
+    // A new job of the upstream cluster replaces the old one: the chain moves to it.
+    let (status, job) = api.call(reqwest::Method::POST, "/api/v1/clusters/tagged/jobs", vec![]).await;
+    assert_eq!(status, 201, "{job}");
+    let newer = job["id"].as_str().unwrap().to_owned();
+    api.until_of(&newer, "running", Duration::from_secs(30), |j| j["state"] == "running").await;
+    let (status, _) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{tagged}/kill"), vec![]).await;
+    assert_eq!(status, 200);
+    api.until_of(&tagged, "killed", Duration::from_secs(30), |j| j["state"] != "running").await;
+    let moved_at = now_ms();
+    let (events, _) = sink.read(Duration::from_secs(30), |e| after(e, moved_at) >= 20).await;
+    assert!(after(&events, moved_at) >= 20, "events from the new upstream job: {}", events.len());
+    assert!(events.iter().all(|e| e["raw-type"] == "bytes"), "{events:?}");
 }

@@ -235,6 +235,23 @@ pub struct JobAssignment {
     pub slots: Vec<Vec<SlotAssignment>>,
     /// Whether this agent runs the job's source (the agent of stage 0's slot 0).
     pub source: bool,
+    /// For the agent that runs the source of a job that reads another job's output
+    /// (`source.kind = "job"`): where that output is now. `None` for other sources, other
+    /// agents, and while the upstream cluster has no active job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSinks>,
+}
+
+/// Where the output of an upstream job is made: the data ports of the agents that run its
+/// last stage. The downstream job's source connects to each and pulls that agent's share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct UpstreamSinks {
+    /// The upstream cluster's current job.
+    pub job: JobKey,
+    /// The data addresses (`host:port`) of the agents that run its last stage, sorted.
+    pub data: Vec<String>,
 }
 
 /// Master → agent: the answer to a heartbeat.

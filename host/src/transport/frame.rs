@@ -10,6 +10,13 @@
 //! | 2 `open` | stream id u32, stage u32, worker index u32, job id (UTF-8) |
 //! | 3 `data` | stream id u32, archived batch |
 //! | 4 `credit` | stream id u32, batches u32 |
+//! | 5 `subscribe` | stream id u32, job id length u32, job id (UTF-8), query (UTF-8, may be empty) |
+//! | 6 `end` | stream id u32, why (UTF-8) |
+//!
+//! A connection that carries a job's workers' input starts with `hello` and sends `open` and
+//! `data`, and the receiver answers `credit`. A connection that pulls a job's output
+//! ([`super::tap`]) starts with `subscribe` instead: the dialer sends `credit`, and the agent
+//! it dialled answers `data` and, when the output ends there, `end`.
 
 use std::io::{self, Read, Write};
 
@@ -45,6 +52,22 @@ pub enum Frame {
         id: u32,
         /// How many.
         batches: u32,
+    },
+    /// Asks for the output of job `job` made on the agent dialled, after `query`.
+    Subscribe {
+        /// Stream id of the batches that answer.
+        id: u32,
+        /// The job.
+        job: String,
+        /// A query (`squilla_query`) applied before anything is sent; empty: none.
+        query: String,
+    },
+    /// The stream has ended, and why.
+    End {
+        /// The stream.
+        id: u32,
+        /// Why, for people.
+        message: String,
     },
 }
 
@@ -95,6 +118,19 @@ pub fn write(out: &mut impl Write, frame: &Frame) -> io::Result<()> {
             body.extend_from_slice(&id.to_le_bytes());
             body.extend_from_slice(&batches.to_le_bytes());
         }
+        Frame::Subscribe { id, job, query } => {
+            body.push(5);
+            body.extend_from_slice(&id.to_le_bytes());
+            let len = u32::try_from(job.len()).map_err(|_| invalid("job id too long"))?;
+            body.extend_from_slice(&len.to_le_bytes());
+            body.extend_from_slice(job.as_bytes());
+            body.extend_from_slice(query.as_bytes());
+        }
+        Frame::End { id, message } => {
+            body.push(6);
+            body.extend_from_slice(&id.to_le_bytes());
+            body.extend_from_slice(message.as_bytes());
+        }
     }
     out.write_all(&(body.len() as u32).to_le_bytes())?;
     out.write_all(&body)
@@ -127,6 +163,13 @@ pub fn read(input: &mut impl Read, max_bytes: usize) -> io::Result<Frame> {
             Ok(Frame::Data { id, bytes: body })
         }
         4 => Ok(Frame::Credit { id: u32_at(&body, 0)?, batches: u32_at(&body, 4)? }),
+        5 => {
+            let id = u32_at(&body, 0)?;
+            let len = u32_at(&body, 4)? as usize;
+            let job = body.get(8..8usize.saturating_add(len)).ok_or_else(|| invalid("frame too short"))?;
+            Ok(Frame::Subscribe { id, job: text(job)?, query: text(&body[8 + len..])? })
+        }
+        6 => Ok(Frame::End { id: u32_at(&body, 0)?, message: text(&body[4..])? }),
         other => Err(invalid(format!("unknown frame kind {other}"))),
     }
 }
@@ -142,6 +185,9 @@ mod tests {
             Frame::Open { id: 7, stage: 2, index: 3, job: "errors-1".into() },
             Frame::Data { id: 7, bytes: vec![1, 2, 3, 4, 5] },
             Frame::Credit { id: 7, batches: 16 },
+            Frame::Subscribe { id: 1, job: "errors-1".into(), query: "SELECT * WHERE status >= 500".into() },
+            Frame::Subscribe { id: 2, job: "errors-1".into(), query: String::new() },
+            Frame::End { id: 1, message: "the job stopped here".into() },
         ];
         let mut wire = Vec::new();
         for f in &frames {
@@ -162,5 +208,9 @@ mod tests {
         assert!(read(&mut unknown.as_slice(), 50).unwrap_err().to_string().contains("kind 9"));
         let short = [2u8, 0, 0, 0, 4, 0];
         assert!(read(&mut short.as_slice(), 50).is_err());
+        // A subscribe whose job length points past its end.
+        let mut lying = vec![13u8, 0, 0, 0, 5, 1, 0, 0, 0, 200, 0, 0, 0];
+        lying.extend_from_slice(b"abcd");
+        assert!(read(&mut lying.as_slice(), 50).unwrap_err().to_string().contains("too short"));
     }
 }

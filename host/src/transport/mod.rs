@@ -24,6 +24,9 @@
 //! latest plan, runs no worker feeding that stage ([`Transport::allow_senders`]) is dropped
 //! and counted: the output of a worker incarnation the master has replaced goes nowhere.
 //!
+//! **Pulling a job's output** ([`tap`]): a job that reads another job's output pulls it from
+//! the agents that make it, over the same port and frames, on a connection of its own.
+//!
 //! **Who may connect**: with a [`TransportConfig::key`] (agents take it from their agent
 //! token), every connection starts with [`handshake`]: both ends prove they hold the key
 //! before a single frame is read, and a connection that does not is closed and counted
@@ -35,6 +38,7 @@ pub mod handshake;
 mod recv;
 mod send;
 mod state;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::io;
@@ -92,6 +96,7 @@ impl Transport {
         let inner = Arc::new(TransportState {
             config,
             jobs: RwLock::new(HashMap::new()),
+            taps: RwLock::new(HashMap::new()),
             senders: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             stopped: AtomicBool::new(false),
@@ -119,7 +124,20 @@ impl Transport {
         if jobs.get(job).is_some_and(|h| h.same(handle)) {
             jobs.remove(job);
             write(&self.inner.senders).remove(job);
+            write(&self.inner.taps).remove(job);
         }
+    }
+
+    /// Lets peers pull `job`'s output made here ([`tap`]): each `subscribe` for it calls
+    /// `open`. Replaces an earlier registration; [`Transport::unregister`] ends it.
+    pub fn register_tap(&self, job: &str, open: tap::TapOpen) {
+        write(&self.inner.taps).insert(job.to_owned(), open);
+    }
+
+    /// Pulls `job`'s output made on the agent at `peer`, after `query`, with at most `credit`
+    /// batches on the wire ([`tap`]).
+    pub fn pull(&self, peer: SocketAddr, job: &str, query: Option<&str>, credit: u32) -> io::Result<tap::Puller> {
+        tap::Puller::dial(self.inner.clone(), peer, job, query, credit)
     }
 
     /// Says which agents may send to each stage of `job` here (`per_stage[s]`: the agents

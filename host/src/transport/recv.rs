@@ -85,8 +85,21 @@ impl Connection {
             let me = me.clone();
             std::thread::Builder::new().name("squilla-retry".into()).spawn(move || me.retry_loop())?
         };
+        // A connection that pulls a job's output says so in its first frame.
+        let mut first = Some(frame::read(&mut input, max)?);
+        if let Some(Frame::Subscribe { job, query, .. }) = &first {
+            let (job, query) = (job.clone(), query.clone());
+            me.closed.store(true, Ordering::SeqCst);
+            me.waiting.notify_all();
+            let _ = retry.join();
+            return super::tap::serve(conn, input, &me.inner, &job, &query);
+        }
         let result = (|| loop {
-            match frame::read(&mut input, max)? {
+            let next = match first.take() {
+                Some(frame) => frame,
+                None => frame::read(&mut input, max)?,
+            };
+            match next {
                 Frame::Hello { agent } => {
                     tracing::debug!(%agent, "peer said hello");
                     *lock(&me.peer) = Some(agent);
@@ -98,6 +111,12 @@ impl Connection {
                 }
                 Frame::Data { id, bytes } => me.receive(id, bytes)?,
                 Frame::Credit { .. } => {}
+                other @ (Frame::Subscribe { .. } | Frame::End { .. }) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unexpected frame on a batch connection: {other:?}"),
+                    ));
+                }
             }
         })();
         me.closed.store(true, Ordering::SeqCst);

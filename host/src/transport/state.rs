@@ -61,6 +61,8 @@ pub(super) struct TransportState {
     pub(super) config: TransportConfig,
     /// The jobs whose local workers peers may deliver to.
     pub(super) jobs: RwLock<HashMap<String, PipelineHandle>>,
+    /// The jobs whose output here peers may pull ([`super::tap`]).
+    pub(super) taps: RwLock<HashMap<String, super::tap::TapOpen>>,
     /// Per job, per stage: the agents allowed to send to that stage's workers here.
     pub(super) senders: RwLock<HashMap<String, Vec<Vec<String>>>>,
     pub(super) counters: Counters,

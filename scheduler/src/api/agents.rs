@@ -9,8 +9,7 @@ use serde::Serialize;
 use squilla_types::control::{AgentUsage, Assignments, Capacity, Heartbeat};
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
-use squilla_types::ids::{ClusterName, Sha256, TenantId};
-use squilla_types::sink::SinkParams;
+use squilla_types::ids::Sha256;
 
 fn agent_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &state.agent_token {
@@ -167,37 +166,4 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
             })
             .collect(),
     ))
-}
-
-/// `GET /api/v1/agent/subscribe/{tenant}/{cluster}`: the sink of `tenant`'s current job of
-/// `cluster`, for an agent whose job reads it as its source. The master follows the cluster:
-/// when its job is replaced (resubmitted) or its workers move, the stream continues from the
-/// new ones. Query parameters as for a tenant's sink subscription.
-#[utoipa::path(get, path = "/api/v1/agent/subscribe/{tenant}/{cluster}", operation_id = "agentSubscribe", tag = "agent",
-    security(("agent" = [])),
-    params(
-        ("tenant" = TenantId, Path, description = "The upstream cluster's tenant."),
-        ("cluster" = ClusterName, Path, description = "The upstream cluster."),
-        SinkParams,
-    ),
-    responses(
-        (status = 200, description = "Server-sent events, as a tenant's sink.", body = super::openapi::SinkEvent, content_type = "text/event-stream"),
-        (status = 400, description = "`bad_request`, `invalid_query`.", body = ErrorBody),
-        (status = 404, description = "`not_found`: a malformed tenant or cluster name.", body = ErrorBody),
-        (status = 429, description = "`too_many_subscriptions`.", body = ErrorBody),
-    ))]
-pub async fn subscribe(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    PathParams((tenant, cluster)): PathParams<(String, String)>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Result<impl IntoResponse, ApiError> {
-    agent_auth(&state, &headers)?;
-    let (params, limit) = super::stream::check_params(query.as_deref())?;
-    let tenant: squilla_types::ids::TenantId =
-        tenant.parse().map_err(|_| ApiError::not_found(format!("tenant `{tenant}`")))?;
-    let follow = super::stream::Follow::Cluster(super::cluster_name(&cluster)?);
-    let place = super::stream::subscribe(&state, &tenant)?;
-    let events = super::stream::proxy(state, tenant, follow, query, limit, params.ping_interval(), place);
-    Ok(super::stream::sse(events))
 }

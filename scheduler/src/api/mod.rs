@@ -280,7 +280,6 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     openapi::tenant_guard(&mut tenant.get_openapi_mut().paths);
     openapi::optional_body(&mut tenant.get_openapi_mut().paths, "/api/v1/jobs/{id}/ingest");
     let mut agent = OpenApiRouter::new()
-        .routes(routes!(agents::subscribe))
         .routes(capped(routes!(agents::heartbeat), body_limits::HEARTBEAT))
         .routes(routes!(agents::artifact))
         .routes(routes!(metrics::metrics))

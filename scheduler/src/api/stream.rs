@@ -38,7 +38,7 @@ use futures_util::{Stream, StreamExt};
 use squilla_net::budget::Level;
 use squilla_net::queue::{self, Item, Offered, StreamEnd};
 
-use squilla_types::ids::{ClusterName, JobId, TenantId};
+use squilla_types::ids::{JobId, TenantId};
 use squilla_types::sink::SinkParams;
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
@@ -133,7 +133,7 @@ pub async fn sink(
     state.control.sink_agents(&tenant, &id)?;
     let (params, limit) = check_params(query.as_deref())?;
     let place = subscribe(&state, &tenant)?;
-    let events = proxy(state, tenant, Follow::Job(id), query, limit, params.ping_interval(), place);
+    let events = proxy(state, tenant, id, query, limit, params.ping_interval(), place);
     Ok(match upgrade {
         Ok(upgrade) => super::ws::serve(upgrade, events, params.ping_interval()),
         Err(_) => sse(events),
@@ -182,15 +182,6 @@ pub(crate) fn sse(chunks: queue::Receiver) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
-}
-
-/// What a proxied subscription follows.
-#[derive(Debug, Clone)]
-pub(crate) enum Follow {
-    /// One job.
-    Job(JobId),
-    /// Whatever job of the cluster is current (a job source follows its upstream cluster).
-    Cluster(ClusterName),
 }
 
 /// Events a subscriber may have waiting at the master (on top of its byte share).
@@ -258,7 +249,7 @@ pub(crate) fn subscribe(state: &AppState, tenant: &TenantId) -> Result<Subscribe
 pub(crate) fn proxy(
     state: AppState,
     tenant: TenantId,
-    follow: Follow,
+    id: JobId,
     query: Option<String>,
     limit: Option<u64>,
     ping: Duration,
@@ -304,15 +295,9 @@ pub(crate) fn proxy(
                 tx.finish();
                 return;
             }
-            let id = match &follow {
-                Follow::Job(id) => Some(id.clone()),
-                Follow::Cluster(cluster) => state.control.current_job(&tenant, cluster),
-            };
-            let agents = id.as_ref().map(|id| state.control.sink_agents(&tenant, id));
-            if let (Follow::Job(_), Some(Ok(_))) = (&follow, &agents) {
-                let ended = id
-                    .as_ref()
-                    .is_none_or(|id| state.control.job(&tenant, id).map(|j| j.state.is_terminal()).unwrap_or(true));
+            let agents = state.control.sink_agents(&tenant, &id);
+            if agents.is_ok() {
+                let ended = state.control.job(&tenant, &id).map(|j| j.state.is_terminal()).unwrap_or(true);
                 if ended {
                     abort_all(&mut relays);
                     let mut ended = Vec::new();
@@ -322,14 +307,9 @@ pub(crate) fn proxy(
                     return;
                 }
             }
-            let key = id.as_ref().map(|id| squilla_types::ids::JobKey::new(tenant.clone(), id.clone()));
-            let key = key.map(|k| k.to_string()).unwrap_or_default();
-            let wanted: Vec<(String, String)> = agents
-                .and_then(Result::ok)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|agent| (format!("{agent}/{key}"), agent))
-                .collect();
+            let key = squilla_types::ids::JobKey::new(tenant.clone(), id.clone()).to_string();
+            let wanted: Vec<(String, String)> =
+                agents.unwrap_or_default().into_iter().map(|agent| (format!("{agent}/{key}"), agent)).collect();
             // Fencing: a relay from an agent that no longer runs the job's last stage ends now.
             relays.retain(|name, relay| {
                 let keep = wanted.iter().any(|(n, _)| n == name);

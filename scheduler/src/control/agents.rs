@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use squilla_types::control::{Assignments, Heartbeat, JobAssignment, ReportedState, SlotAssignment};
+use squilla_types::control::{Assignments, Heartbeat, JobAssignment, ReportedState, SlotAssignment, UpstreamSinks};
 
 use squilla_types::ids::{AgentId, JobKey};
 
@@ -107,6 +107,30 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
     dirty
 }
 
+/// Where the output of the upstream job of `job` (whose source reads another job cluster's
+/// output) is made now: the data ports of the agents running the last stage of the
+/// cluster's newest active job. Recomputed on every heartbeat, so the downstream source
+/// follows the upstream's resubmits, re-placements and rescales within one heartbeat.
+fn upstream_of(state: &State, job: &super::model::Job) -> Option<UpstreamSinks> {
+    let squilla_types::SourceSpec::Job { cluster, .. } = &job.spec.source else { return None };
+    let upstream = state
+        .jobs
+        .values()
+        .filter(|j| j.tenant == job.tenant && j.cluster.as_str() == cluster.as_str() && !j.state.is_terminal())
+        .max_by_key(|j| (j.submitted_at_ms, j.id.clone()))?;
+    let mut data: Vec<String> = upstream
+        .stages
+        .last()
+        .into_iter()
+        .flat_map(|s| s.workers.iter())
+        .filter_map(|w| w.agent.as_ref())
+        .filter_map(|a| state.agents.get(a).filter(|e| !e.lost).map(|e| e.beat.data.clone()))
+        .collect();
+    data.sort();
+    data.dedup();
+    Some(UpstreamSinks { job: upstream.key(), data })
+}
+
 /// Every active job with a worker on `agent`, with where all of its slots run.
 pub(crate) fn assignments(state: &State, agent: &AgentId, config: &ControlConfig) -> Assignments {
     let data = |id: &AgentId| state.agents.get(id).filter(|e| !e.lost).map(|e| e.beat.data.clone());
@@ -115,27 +139,32 @@ pub(crate) fn assignments(state: &State, agent: &AgentId, config: &ControlConfig
         .values()
         .filter(|j| !j.state.is_terminal())
         .filter(|j| j.workers().any(|(_, w)| w.agent.as_ref() == Some(agent)))
-        .map(|job| JobAssignment {
-            job: job.key(),
-            tenant: job.tenant.clone(),
-            spec: job.spec.clone(),
-            params: job.params.clone(),
-            artifacts: job.artifacts.clone(),
-            slots: job
-                .stages
-                .iter()
-                .map(|s| {
-                    s.workers
-                        .iter()
-                        .map(|w| SlotAssignment {
-                            agent: w.agent.clone(),
-                            data: w.agent.as_ref().and_then(data),
-                            number: w.number,
-                        })
-                        .collect()
-                })
-                .collect(),
-            source: job.stages.first().and_then(|s| s.workers.first()).is_some_and(|w| w.agent.as_ref() == Some(agent)),
+        .map(|job| {
+            let source =
+                job.stages.first().and_then(|s| s.workers.first()).is_some_and(|w| w.agent.as_ref() == Some(agent));
+            JobAssignment {
+                job: job.key(),
+                tenant: job.tenant.clone(),
+                spec: job.spec.clone(),
+                params: job.params.clone(),
+                artifacts: job.artifacts.clone(),
+                slots: job
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        s.workers
+                            .iter()
+                            .map(|w| SlotAssignment {
+                                agent: w.agent.clone(),
+                                data: w.agent.as_ref().and_then(data),
+                                number: w.number,
+                            })
+                            .collect()
+                    })
+                    .collect(),
+                upstream: if source { upstream_of(state, job) } else { None },
+                source,
+            }
         })
         .collect();
     // The lease ends a tenth of the timeout before the master could declare the agent lost

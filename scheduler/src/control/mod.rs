@@ -532,17 +532,6 @@ impl Control {
         Ok(WorkerPlace { key, stage: s, http, number: worker.number, ended: job.state.is_terminal() })
     }
 
-    /// The id of `tenant`'s newest active job of `cluster`, if any.
-    pub fn current_job(&self, tenant: &TenantId, cluster: &ClusterName) -> Option<JobId> {
-        let state = self.lock();
-        state
-            .jobs
-            .values()
-            .filter(|j| j.tenant == *tenant && j.cluster == *cluster && !j.state.is_terminal())
-            .max_by_key(|j| (j.submitted_at_ms, j.id.clone()))
-            .map(|j| j.id.clone())
-    }
-
     /// An agent's heartbeat: records it and answers with its assignments.
     /// What it changes is kept in memory at once (and stored by the next round of the loop):
     /// a heartbeat never waits for the store.
