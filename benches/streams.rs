@@ -7,6 +7,11 @@
 //!   it in place. Events/s is the growth of the receiving worker's `events_in` (reported by
 //!   heartbeats) over the measured span. Backpressure `block`: nothing is dropped, the sender
 //!   slows to what the receiver takes.
+//! - **Chained hop.** Job `up` (synthetic source and a keep-all `filter` on a1) and job
+//!   `down`, whose source reads `up`'s output (`source.kind = "job"`) and whose keep-nothing
+//!   `filter` runs on a2: a2 pulls a1's output batches straight over the data port. Events/s
+//!   is the growth of `down`'s worker's `events_in`; the master's CPU time over the span is
+//!   measured from `/proc` (it is not in the data path).
 //! - **SSE fan-out.** A one-stage job on a2 whose output is read through the master's sink
 //!   (`GET /api/v1/jobs/{id}/sink`, the path a user takes) by 1 and by 100 subscribers in this
 //!   process, each counting its `data` events and the drops its `meta` events report.
@@ -19,7 +24,7 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Api, agent_with, free_port, master_with, temp_dir};
+use cluster::{Api, agent_with, cpu_seconds, free_port, master_with, temp_dir};
 use serde_json::{Value, json};
 
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -37,7 +42,7 @@ async fn run() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     // 100 subscribers of one tenant: past the default of 64 subscriptions per tenant.
-    let _master = master_with(port, &dir.join("data"), &tokens, &["--tenant-subscriptions", "128"]);
+    let master = master_with(port, &dir.join("data"), &tokens, &["--tenant-subscriptions", "128"]);
     // Worker threads per agent (default 1: the two agents then leave a core's worth of room
     // for the source, the transport and the master on a 2-core machine).
     let threads = std::env::var("SQUILLA_BENCH_THREADS").unwrap_or_else(|_| "1".into());
@@ -49,13 +54,16 @@ async fn run() {
         .await;
     assert_eq!(status, 201, "{body}");
 
-    // `SQUILLA_BENCH=hop` or `=sse` runs one part only.
+    // `SQUILLA_BENCH=hop`, `=chain` or `=sse` runs one part only.
     let part = std::env::var("SQUILLA_BENCH").unwrap_or_default();
     let mut report = json!({});
-    if part != "sse" {
+    if part.is_empty() || part == "hop" {
         report["tcp_hop"] = tcp_hop(&api).await;
     }
-    if part != "hop" {
+    if part.is_empty() || part == "chain" {
+        report["chained_hop"] = chained_hop(&api, master.pid()).await;
+    }
+    if part.is_empty() || part == "sse" {
         let mut runs = Vec::new();
         // Saturating rates show what is delivered at most; 100 × 20,000 events/s what a
         // sustained fan-out loses.
@@ -126,6 +134,46 @@ async fn tcp_hop(api: &Api) -> Value {
         "mb_per_second": (per_second * event_bytes / 1e6).round(),
         "event_bytes": event_bytes.round(),
         "sent_per_second": ((sent1 - sent0) as f64 / seconds).round(),
+        "seconds": seconds,
+    })
+}
+
+async fn chained_hop(api: &Api, master: u32) -> Value {
+    let up = submit(
+        api,
+        json!({
+            "name": "up",
+            "source": {"kind": "synthetic", "generator": "device-logs", "events-per-second": 10_000_000},
+            "stages": [{"name": "send", "artifact": "filter@0.1.0", "constraints": pinned("send"),
+                        "params": {"field": "device-type", "op": "exists"}}]
+        }),
+    )
+    .await;
+    let down = submit(
+        api,
+        json!({
+            "name": "down",
+            "source": {"kind": "job", "cluster": "up"},
+            "backpressure": "block",
+            "stages": [{"name": "recv", "artifact": "filter@0.1.0", "constraints": pinned("recv"),
+                        "params": {"field": "no-such-field", "op": "exists"}}]
+        }),
+    )
+    .await;
+    tokio::time::sleep(WARM_UP).await;
+    eprintln!("bench: chained hop measuring");
+    let (t0, made0, received0, cpu0) =
+        (Instant::now(), events_in(api, &up, 0).await, events_in(api, &down, 0).await, cpu_seconds(master));
+    tokio::time::sleep(MEASURE).await;
+    let (t1, made1, received1, cpu1) =
+        (Instant::now(), events_in(api, &up, 0).await, events_in(api, &down, 0).await, cpu_seconds(master));
+    kill(api, &down).await;
+    kill(api, &up).await;
+    let seconds = (t1 - t0).as_secs_f64();
+    json!({
+        "events_per_second": ((received1 - received0) as f64 / seconds).round(),
+        "upstream_events_per_second": ((made1 - made0) as f64 / seconds).round(),
+        "master_cpu_percent": ((cpu1 - cpu0) / seconds * 1000.0).round() / 10.0,
         "seconds": seconds,
     })
 }

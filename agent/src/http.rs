@@ -161,7 +161,7 @@ struct After {
 
 /// `GET /metrics`: the agent's per-worker metrics for Prometheus (see `crate::metrics`).
 async fn prometheus(State(state): State<HttpState>) -> Response {
-    let text = crate::metrics::render(&state.jobs.metrics(), state.jobs.cache_stats());
+    let text = crate::metrics::render(&state.jobs.metrics(), &state.jobs.pull_dropped(), state.jobs.cache_stats());
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
         .into_response()
 }

@@ -112,8 +112,7 @@ impl Jobs {
 
     /// The metrics of every job running here, with its key.
     pub fn metrics(&self) -> Vec<(squilla_types::ids::JobKey, squilla_host::pipeline::PipelineMetrics)> {
-        let cells: Vec<Arc<JobCell>> = lock(&self.jobs).values().cloned().collect();
-        cells
+        self.cells()
             .iter()
             .filter_map(|cell| {
                 let view = cell.view();
@@ -121,6 +120,22 @@ impl Jobs {
                 Some((cell.key().clone(), metrics))
             })
             .collect()
+    }
+
+    /// Per job here: events its sink dropped for other jobs' sources that did not keep up
+    /// ([`crate::tap`]).
+    pub fn pull_dropped(&self) -> Vec<(squilla_types::ids::JobKey, u64)> {
+        self.cells()
+            .iter()
+            .filter_map(|cell| {
+                let hub = cell.view().hub?;
+                Some((cell.key().clone(), hub.tap_dropped.load(std::sync::atomic::Ordering::Relaxed)))
+            })
+            .collect()
+    }
+
+    fn cells(&self) -> Vec<Arc<JobCell>> {
+        lock(&self.jobs).values().cloned().collect()
     }
 
     /// The state of every local worker, for the master.

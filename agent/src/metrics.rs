@@ -92,7 +92,7 @@ impl EncodeMetric for CallHistogram {
 }
 
 /// The exposition of `jobs`' metrics and the agent's compile cache's.
-pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], cache: CacheStats) -> String {
+pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], pull_dropped: &[(JobKey, u64)], cache: CacheStats) -> String {
     let mut registry = Registry::with_prefix("squilla");
     let counter = |registry: &mut Registry, name: &str, help: &str| {
         let family = Family::<WorkerLabels, Counter>::default();
@@ -152,6 +152,15 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], cache: CacheStats) -> S
         "Batches dropped on the way to or from other agents.",
         remote_dropped.clone(),
     );
+    let pulls = Family::<JobLabels, Counter>::default();
+    registry.register(
+        "job_pull_dropped_events",
+        "Events of a job's output here dropped for other jobs' sources that did not keep up.",
+        pulls.clone(),
+    );
+    for (key, n) in pull_dropped {
+        pulls.get_or_create(&JobLabels { tenant: key.tenant.to_string(), job: key.job.to_string() }).inc_by(*n);
+    }
     let workers = Gauge::<i64>::default();
     registry.register("agent_workers", "Workers running on this agent.", workers.clone());
     let cache_hits = Counter::<u64>::default();

@@ -212,3 +212,15 @@ pub fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0);
     kib / 1024.0
 }
+
+/// CPU time (user + system) process `pid` has used, seconds (0 if it cannot be read).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after its closing parenthesis;
+    // utime and stime are the 14th and 15th fields of the line, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // `getconf CLK_TCK` is 100 on Linux everywhere this runs.
+    (ticks(11) + ticks(12)) / 100.0
+}
