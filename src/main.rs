@@ -3,6 +3,8 @@
 //! - `dev`: master and one agent in one process (and, given a job spec, the job running with
 //!   its output printed);
 //! - `master` / `agent`: the two halves, as separate processes on one machine or many;
+//! - `gateway`: jobs' sinks and ingest served without the master in the data path, every
+//!   other request passed through to the master;
 //! - `artifact`, `cluster`, `job`, `tail`: clients of the master's API;
 //! - `run`: a job spec in this process, without a master.
 //!
@@ -18,6 +20,7 @@ mod client;
 mod config;
 mod dev;
 mod examples;
+mod gateway;
 mod master;
 mod run;
 mod table;
@@ -54,6 +57,9 @@ enum Command {
     Master(master::MasterArgs),
     /// An agent: hosts workers for a master.
     Agent(Box<agent::AgentArgs>),
+    /// A gateway: serves jobs' sinks and ingest from the agents, shares one upstream per job
+    /// and query among all subscribers, and passes other requests to the master.
+    Gateway(gateway::GatewayArgs),
     /// Upload and list artifacts.
     Artifact {
         #[command(subcommand)]
@@ -132,6 +138,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Master(args) => master::run(args),
+        Command::Gateway(args) => gateway::run(args),
         Command::Agent(args) => match args.command {
             Some(command) => client::agent(command),
             None => agent::run(*args),

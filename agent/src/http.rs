@@ -1,6 +1,10 @@
 //! The agent's HTTP server: job sinks for the master (and gateways), ingest, health.
 //!
-//! Every route under `/jobs/` takes the agent token, checked before any body is read; the
+//! Every route under `/jobs/` takes the agent token, checked before any body is read — or, for
+//! one job's `sink` and `ingest`, a capability the master signed for that job and verb
+//! ([`squilla_net::capability`]; gateways and programs that connect to agents directly
+//! present one): a forged, expired or other job's capability answers 403
+//! `capability_refused`. The
 //! ingest body is read under a byte cap and a read timeout before the handler sees it. The
 //! server itself bounds connections and header and idle times ([`squilla_net::server`]).
 //!
@@ -48,6 +52,8 @@ pub const MAX_CONCURRENT_INGESTS: usize = 64;
 struct HttpState {
     jobs: Arc<Jobs>,
     token: TokenHash,
+    /// The key capabilities are signed with.
+    capability_key: [u8; 32],
     ingests: Arc<tokio::sync::Semaphore>,
 }
 
@@ -56,6 +62,7 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
     let state = HttpState {
         jobs,
         token: TokenHash::of(token),
+        capability_key: squilla_net::capability::key_from_token(token),
         ingests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_INGESTS)),
     };
     let jobs_routes = Router::new()
@@ -81,8 +88,21 @@ pub(crate) fn router(jobs: Arc<Jobs>, token: &str) -> Router {
         .with_state(state)
 }
 
-/// Middleware: the agent token, before anything else of the request is read.
+/// Middleware: the agent token (or a capability for this job and verb), before anything else
+/// of the request is read.
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(text) = presented.filter(|t| t.starts_with(squilla_net::capability::PREFIX)) {
+        return match capability_allows(&state, text, &request) {
+            Ok(()) => next.run(request).await,
+            Err(why) => error_response(StatusCode::FORBIDDEN, "capability_refused", &why),
+        };
+    }
     match bearer(request.headers()) {
         Some(hash) if hash.matches(&state.token) => {
             let mut response = next.run(request).await;
@@ -91,6 +111,21 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
         }
         _ => error_response(StatusCode::UNAUTHORIZED, "unauthorized", "the agent token is required"),
     }
+}
+
+/// Whether capability `text` allows this request: `GET /jobs/{key}/sink` or
+/// `POST /jobs/{key}/ingest` of the job it names, before it expires.
+fn capability_allows(state: &HttpState, text: &str, request: &Request) -> Result<(), String> {
+    use squilla_net::capability::{Capability, Verb};
+    let cap =
+        Capability::verify(text, &state.capability_key, squilla_types::time::now_ms()).map_err(|e| e.to_string())?;
+    let path = request.uri().path();
+    let (job, verb) = match (request.method().as_str(), path.strip_prefix("/jobs/").and_then(|p| p.split_once('/'))) {
+        ("GET", Some((job, "sink"))) => (job, Verb::Sink),
+        ("POST", Some((job, "ingest"))) => (job, Verb::Ingest),
+        _ => return Err("a capability allows only a job's sink or ingest".into()),
+    };
+    cap.allows(job, verb).map_err(|e| e.to_string())
 }
 
 /// `POST /jobs/{id}/ingest` (from the master): one archived batch for the job's first stage.
@@ -161,7 +196,7 @@ struct After {
 
 /// `GET /metrics`: the agent's per-worker metrics for Prometheus (see `crate::metrics`).
 async fn prometheus(State(state): State<HttpState>) -> Response {
-    let text = crate::metrics::render(&state.jobs.metrics(), &state.jobs.pull_dropped(), state.jobs.cache_stats());
+    let text = crate::metrics::render(&state.jobs.metrics(), &state.jobs.sinks(), state.jobs.cache_stats());
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
         .into_response()
 }

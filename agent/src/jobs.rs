@@ -122,16 +122,10 @@ impl Jobs {
             .collect()
     }
 
-    /// Per job here: events its sink dropped for other jobs' sources that did not keep up
-    /// ([`crate::tap`]).
-    pub fn pull_dropped(&self) -> Vec<(squilla_types::ids::JobKey, u64)> {
-        self.cells()
-            .iter()
-            .filter_map(|cell| {
-                let hub = cell.view().hub?;
-                Some((cell.key().clone(), hub.tap_dropped.load(std::sync::atomic::Ordering::Relaxed)))
-            })
-            .collect()
+    /// Per job here: its sink's subscribers now, and events it dropped for other jobs'
+    /// sources that did not keep up ([`crate::tap`]).
+    pub fn sinks(&self) -> Vec<(squilla_types::ids::JobKey, crate::sink::SinkStats)> {
+        self.cells().iter().filter_map(|cell| Some((cell.key().clone(), cell.view().hub?.stats()))).collect()
     }
 
     fn cells(&self) -> Vec<Arc<JobCell>> {

@@ -92,7 +92,11 @@ impl EncodeMetric for CallHistogram {
 }
 
 /// The exposition of `jobs`' metrics and the agent's compile cache's.
-pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], pull_dropped: &[(JobKey, u64)], cache: CacheStats) -> String {
+pub(crate) fn render(
+    jobs: &[(JobKey, PipelineMetrics)],
+    sinks: &[(JobKey, crate::sink::SinkStats)],
+    cache: CacheStats,
+) -> String {
     let mut registry = Registry::with_prefix("squilla");
     let counter = |registry: &mut Registry, name: &str, help: &str| {
         let family = Family::<WorkerLabels, Counter>::default();
@@ -158,8 +162,19 @@ pub(crate) fn render(jobs: &[(JobKey, PipelineMetrics)], pull_dropped: &[(JobKey
         "Events of a job's output here dropped for other jobs' sources that did not keep up.",
         pulls.clone(),
     );
-    for (key, n) in pull_dropped {
-        pulls.get_or_create(&JobLabels { tenant: key.tenant.to_string(), job: key.job.to_string() }).inc_by(*n);
+    let subscribers = Family::<JobLabels, Gauge>::default();
+    registry.register(
+        "job_sink_subscribers",
+        "Streams of a job's output served here (to the master, gateways or programs).",
+        subscribers.clone(),
+    );
+    let pullers = Family::<JobLabels, Gauge>::default();
+    registry.register("job_sink_pullers", "Other jobs' sources pulling a job's output here.", pullers.clone());
+    for (key, stats) in sinks {
+        let labels = JobLabels { tenant: key.tenant.to_string(), job: key.job.to_string() };
+        pulls.get_or_create(&labels).inc_by(stats.pull_dropped);
+        subscribers.get_or_create(&labels).set(i64::try_from(stats.subscribers).unwrap_or(i64::MAX));
+        pullers.get_or_create(&labels).set(i64::try_from(stats.pullers).unwrap_or(i64::MAX));
     }
     let workers = Gauge::<i64>::default();
     registry.register("agent_workers", "Workers running on this agent.", workers.clone());

@@ -363,6 +363,17 @@ impl Drop for Group {
     }
 }
 
+/// What a sink serves, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkStats {
+    /// Subscribers connected (SSE streams of the master, gateways or programs).
+    pub subscribers: usize,
+    /// Other jobs' sources pulling the output as batches.
+    pub pullers: usize,
+    /// Events dropped for pullers that did not keep up.
+    pub pull_dropped: u64,
+}
+
 /// The fan-out of one job's sink.
 pub struct SinkHub {
     limits: SinkLimits,
@@ -538,6 +549,15 @@ impl SinkHub {
             for m in &g.members {
                 m.tx.finish();
             }
+        }
+    }
+
+    /// Subscribers now, and events dropped for pullers.
+    pub fn stats(&self) -> SinkStats {
+        SinkStats {
+            subscribers: self.groups().iter().map(|g| g.members.iter().filter(|m| !m.tx.is_closed()).count()).sum(),
+            pullers: self.taps.lock().unwrap_or_else(PoisonError::into_inner).len(),
+            pull_dropped: self.tap_dropped.load(Ordering::Relaxed),
         }
     }
 

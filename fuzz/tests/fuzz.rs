@@ -92,7 +92,7 @@ fn the_job_spec_parser_never_panics() {
 #[test]
 fn the_ingest_parser_never_panics_and_its_batches_are_valid() {
     fuzz("ingest", corpus("ingest"), |bytes| {
-        if let Ok(archived) = squilla_scheduler::api::ingest::batches(bytes, 1_700_000_000_000) {
+        if let Ok(archived) = squilla_gateway::ingest::batches(bytes, 1_700_000_000_000) {
             for (batch, n) in archived.batches {
                 let batch = BatchBytes::validate(batch).expect("ingest makes valid batches");
                 assert_eq!(batch.len(), n);

@@ -10,11 +10,14 @@
 //! - [`budget`] and [`queue`]: memory held for streams, bounded in bytes per subscriber, per
 //!   tenant and in total; a subscriber over its share loses data (and is told), a tenant or
 //!   process over its share ends the stream that would pass it, with a named error.
+//! - [`capability`]: short-lived signed grants to one job's sink or ingest on agents, for
+//!   gateways and programs that talk to agents without the master in the path.
 //! - [`error`]: the JSON error body `{"code", "message"}` every server answers with.
 
 pub mod access;
 pub mod auth;
 pub mod budget;
+pub mod capability;
 pub mod error;
 pub mod extract;
 pub mod limits;

@@ -5,6 +5,7 @@ mod console;
 mod dataport;
 mod dev;
 mod e2e;
+mod gateway;
 mod isolation;
 mod metrics;
 mod observability;

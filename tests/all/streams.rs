@@ -11,20 +11,24 @@ use serde_json::{Value, json};
 use crate::{Api, TOKEN, agent, free_port, master, temp_dir};
 
 /// One open SSE subscription, read only when asked.
-struct Sub {
+pub(crate) struct Sub {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl Sub {
-    async fn open(api: &Api, path: &str) -> Sub {
+    pub(crate) async fn open(api: &Api, path: &str) -> Sub {
         let response = api.http.get(format!("{}{path}", api.base)).bearer_auth(TOKEN).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         Sub { response, buffer: String::new() }
     }
 
     /// Reads until `done(events)` or `timeout`; returns `(events, meta events)`.
-    async fn read(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> (Vec<Value>, Vec<Value>) {
+    pub(crate) async fn read(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> (Vec<Value>, Vec<Value>) {
         let deadline = Instant::now() + timeout;
         let (mut events, mut metas) = (Vec::new(), Vec::new());
         while !done(&events) {

@@ -201,6 +201,16 @@ pub fn agent_with(id: &str, url: &str, extra: &[&str]) -> Proc {
     a
 }
 
+/// A gateway on `port` in front of the master at `url`, with more arguments.
+pub fn gateway(url: &str, port: u16, extra: &[&str]) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["gateway", "--master", url, "--listen", &listen];
+    args.extend_from_slice(extra);
+    let g = Proc::spawn("gateway", &args);
+    g.wait_for("squilla gateway: serving", Duration::from_secs(20));
+    g
+}
+
 /// The resident memory of process `pid`, MiB (0 if it cannot be read).
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -10,6 +10,7 @@ mod artifacts;
 mod auth;
 mod clusters;
 mod console;
+mod endpoints;
 mod error;
 pub mod guard;
 pub mod ingest;
@@ -20,7 +21,6 @@ mod openapi;
 pub mod session;
 mod stream;
 mod telemetry;
-mod ws;
 
 use std::sync::Arc;
 
@@ -135,6 +135,8 @@ pub struct AppState {
     pub streams: Arc<Budgets>,
     /// Memory held by request bodies being read, per tenant and in total.
     pub bodies: Arc<Budgets>,
+    /// Shared upstreams of sink subscriptions (one per job and query string).
+    pub fanouts: Arc<squilla_gateway::fanout::Fanouts>,
     /// Open sink subscriptions by tenant.
     pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<squilla_types::ids::TenantId, usize>>>,
     /// Jobs' metrics documents, each made at most once a second however many ask.
@@ -162,6 +164,7 @@ impl AppState {
             streams: Arc::new(Budgets::new(limits.total_stream_bytes, limits.tenant_stream_bytes)),
             bodies: Arc::new(Budgets::new(limits.total_body_bytes, limits.tenant_body_bytes)),
             subscriptions: Arc::default(),
+            fanouts: Arc::default(),
             metrics_views: Arc::default(),
             limits,
             control,
@@ -216,7 +219,7 @@ pub mod body_limits {
     /// A heartbeat (an agent's capacity and every worker's state): 8 MiB.
     pub const HEARTBEAT: BodyLimit = BodyLimit::bytes(8 << 20);
     /// An ingest request: 16 MiB (413 `ingest_too_large`).
-    pub const INGEST: BodyLimit = BodyLimit::bytes(super::ingest::MAX_INGEST_BYTES).code("ingest_too_large");
+    pub const INGEST: BodyLimit = BodyLimit::bytes(squilla_gateway::ingest::MAX_INGEST_BYTES).code("ingest_too_large");
 }
 
 /// `route` with its body read first, under `limit` (after the guards), and the answers of
@@ -274,6 +277,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(telemetry::stream))
         .routes(routes!(stream::status))
         .routes(routes!(stream::sink))
+        .routes(routes!(endpoints::endpoints))
         .routes(capped(routes!(ingest::ingest), body_limits::INGEST))
         .routes(routes!(agents::list))
         .route_layer(from_fn_with_state(state.clone(), guard::tenant));

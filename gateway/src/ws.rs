@@ -28,8 +28,15 @@ use tokio::time::Instant;
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 /// Answers the upgrade and serves `events` on the socket until either side ends.
-pub(crate) fn serve(upgrade: WebSocketUpgrade, events: queue::Receiver, ping: Duration) -> Response {
+/// `held` lives as long as the socket.
+pub fn serve(
+    upgrade: WebSocketUpgrade,
+    events: queue::Receiver,
+    ping: Duration,
+    held: impl Send + 'static,
+) -> Response {
     upgrade.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| async move {
+        let _held = held;
         if let Err(err) = pump(socket, events, ping).await {
             tracing::debug!(error = %err, "websocket sink ended");
         }

@@ -1,0 +1,223 @@
+//! Shared upstreams: every subscriber of one job with the same query string (query, `clientId`,
+//! `sample`) is served from one [`relay::follow`](crate::relay::follow) — one stream per agent
+//! — however many there are, as Mantis's API tier does. A thousand watchers of one job cost
+//! its agents one stream each.
+//!
+//! - **Without `clientId`** every member receives every chunk (the same bytes, shared).
+//! - **With `clientId`** the members split the stream: each complete frame goes to the next
+//!   member in turn (the agents see one subscriber of the group; the split happens here).
+//! - **A stream `LIMIT`** is per subscriber: such a subscription is never shared.
+//! - **Slow members** lose chunks at their own bounded queue (counted; told by a `meta` event)
+//!   and never slow the upstream or each other. A member's end (it left) is noticed within a
+//!   second; the upstream ends when its last member has left.
+//! - **Errors**: an `error` event from an agent (a limit of the shared query) ends every
+//!   member's stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use squilla_net::budget::Budget;
+use squilla_net::queue::{self, Item, Offered};
+
+use crate::relay::{self, Follow};
+
+/// Events an upstream may hold for its distributor.
+const UPSTREAM_EVENTS: usize = 16_384;
+
+/// How often a shared upstream looks for members that left.
+const PRUNE: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One shared upstream's members.
+#[derive(Default)]
+struct Members {
+    list: Vec<queue::Sender>,
+    /// Whether members split the stream (`clientId`).
+    split: bool,
+    /// The member the next frame goes to, when splitting.
+    next: usize,
+    /// Set once the upstream ended: no new member may join it.
+    closed: bool,
+}
+
+/// The shared upstreams of one process.
+#[derive(Default)]
+pub struct Fanouts {
+    upstreams: Mutex<HashMap<String, Arc<Mutex<Members>>>>,
+    /// Upstreams started (a subscriber that joined an existing one does not count).
+    started: std::sync::atomic::AtomicU64,
+}
+
+/// How one subscriber joins: what it follows and where its chunks go.
+pub struct Join {
+    /// The stream to follow (used only if no upstream of the same key runs).
+    pub follow: Follow,
+    /// The subscriber's queue.
+    pub member: queue::Sender,
+    /// Whether the subscription names a `clientId` (members split the stream).
+    pub split: bool,
+    /// The budget the shared upstream's own queue is held under.
+    pub budget: Arc<Budget>,
+}
+
+impl Fanouts {
+    /// Upstreams running now.
+    pub fn upstreams(&self) -> usize {
+        lock(&self.upstreams).len()
+    }
+
+    /// Upstreams started since the process began.
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds a subscriber to the upstream of its job and query string, starting one if none
+    /// runs. `LIMIT` subscriptions always get their own.
+    pub fn join(self: &Arc<Self>, join: Join) {
+        let key = match join.follow.limit {
+            Some(_) => None,
+            None => Some(format!("{}?{}", join.follow.job, join.follow.query.as_deref().unwrap_or(""))),
+        };
+        let mut upstreams = lock(&self.upstreams);
+        if let Some(key) = &key
+            && let Some(members) = upstreams.get(key)
+        {
+            let mut m = lock(members);
+            if !m.closed {
+                m.list.push(join.member);
+                return;
+            }
+        }
+        let members =
+            Arc::new(Mutex::new(Members { list: vec![join.member], split: join.split, ..Members::default() }));
+        if let Some(key) = &key {
+            upstreams.insert(key.clone(), members.clone());
+        }
+        drop(upstreams);
+        self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = queue::channel(join.budget, UPSTREAM_EVENTS);
+        let follower = relay::follow(join.follow, tx);
+        let me = self.clone();
+        tokio::spawn(async move {
+            distribute(rx, &members).await;
+            follower.abort();
+            let mut upstreams = lock(&me.upstreams);
+            lock(&members).closed = true;
+            if let Some(key) = key
+                && upstreams.get(&key).is_some_and(|m| Arc::ptr_eq(m, &members))
+            {
+                upstreams.remove(&key);
+            }
+        });
+    }
+}
+
+/// Hands the upstream's chunks to the members until it ends or every member has left.
+async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>) {
+    loop {
+        let item = match tokio::time::timeout(PRUNE, rx.recv()).await {
+            Err(_) => None,
+            Ok(None) => {
+                for m in lock(members).list.drain(..) {
+                    m.finish();
+                }
+                return;
+            }
+            Ok(Some(item)) => Some(item),
+        };
+        let mut m = lock(members);
+        m.list.retain(|s| !s.is_closed());
+        if m.list.is_empty() {
+            m.closed = true;
+            return;
+        }
+        match item {
+            None => {}
+            Some(Item::End(end)) => {
+                for s in m.list.drain(..) {
+                    s.end(end.clone());
+                }
+                m.closed = true;
+                return;
+            }
+            // Drops at the upstream's own queue are not told to members: their queues are
+            // larger in sum, so it only overflows when the process is over its budgets.
+            Some(Item::Chunk { bytes, .. }) => {
+                if m.split && m.list.len() > 1 {
+                    split(&mut m, &bytes);
+                } else {
+                    let events = frames(&bytes);
+                    for s in &m.list {
+                        // A full member loses this chunk (counted in its queue); a closed one
+                        // is forgotten on the next pass.
+                        let _: Offered = s.offer(bytes.clone(), events);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Deals `chunk`'s data frames out to the members in turn; other frames (`meta`, `ping`) go
+/// to every member.
+fn split(m: &mut Members, chunk: &[u8]) {
+    let n = m.list.len();
+    let mut parts: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |i| i + 2);
+        let (frame, tail) = rest.split_at(end);
+        rest = tail;
+        if frame.starts_with(b"data:") {
+            let part = &mut parts[m.next % n];
+            part.0.extend_from_slice(frame);
+            part.1 += 1;
+            m.next = (m.next + 1) % n;
+        } else {
+            for part in &mut parts {
+                part.0.extend_from_slice(frame);
+                part.1 += 1;
+            }
+        }
+    }
+    for (member, (text, events)) in m.list.iter().zip(parts) {
+        if events > 0 {
+            let _: Offered = member.offer(Bytes::from(text), events);
+        }
+    }
+}
+
+/// Frames in a chunk of complete frames.
+fn frames(chunk: &[u8]) -> usize {
+    chunk.windows(2).filter(|w| w == b"\n\n").count().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> (queue::Sender, queue::Receiver) {
+        let budgets = squilla_net::budget::Budgets::new(1 << 20, 1 << 20);
+        queue::channel(budgets.tenant("t").child(squilla_net::budget::Level::Subscriber, 1 << 20), 100)
+    }
+
+    #[test]
+    fn a_client_id_group_deals_data_frames_in_turn_and_meta_to_all() {
+        let ((a, mut ra), (b, mut rb)) = (member(), member());
+        let mut m = Members { list: vec![a, b], split: true, ..Members::default() };
+        split(&mut m, b"data: 1\n\ndata: 2\n\nevent: meta\ndata: {}\n\ndata: 3\n\n");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (ia, ib) = rt.block_on(async { (ra.recv().await.unwrap(), rb.recv().await.unwrap()) });
+        let text = |i: Item| match i {
+            Item::Chunk { bytes, .. } => String::from_utf8(bytes.to_vec()).unwrap(),
+            Item::End(e) => panic!("{e:?}"),
+        };
+        assert_eq!(text(ia), "data: 1\n\nevent: meta\ndata: {}\n\ndata: 3\n\n");
+        assert_eq!(text(ib), "data: 2\n\nevent: meta\ndata: {}\n\n");
+    }
+}

@@ -1,0 +1,87 @@
+//! `GET /api/v1/jobs/{id}/endpoints`: where a job's data is, and a capability to use it there.
+//!
+//! The answer names the agents that run the job's last stage (its sink is the merge of theirs)
+//! and the agent that runs its source (where ingest goes), by their HTTP addresses, with a
+//! capability ([`squilla_net::capability`]) the master signs for this job: `sink` always,
+//! `ingest` when the job takes ingest, valid for 60 s. A gateway uses it to serve the job's
+//! sink and ingest without the master in the path; a program that wants no hop at all
+//! connects to the agents itself (`GET http://{agent}/jobs/{job}/sink`,
+//! `POST http://{agent}/jobs/{job}/ingest` with one archived batch), presenting the
+//! capability as its bearer token, and asks again before it expires or when an agent stops
+//! answering (workers move).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Serialize;
+use squilla_net::capability::{Capability, DEFAULT_TTL_MS, Verb, key_from_token};
+use squilla_types::SourceSpec;
+use squilla_types::ids::JobId;
+
+use super::{ApiError, AppState, ErrorBody, PathParams};
+
+/// Where a job's data is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Endpoints {
+    /// The job, as agents name it (`tenant.job`).
+    pub job: String,
+    /// The job's state.
+    pub state: crate::control::model::JobState,
+    /// Whether the job has ended (nothing more will come out of it).
+    pub ended: bool,
+    /// HTTP addresses (`host:port`) of the agents running the job's last stage.
+    pub sinks: Vec<String>,
+    /// HTTP address of the agent running the job's source, while it has one.
+    pub source: Option<String>,
+    /// Whether the source's agent has been heard from within its lease (ingest can go there).
+    pub source_fresh: bool,
+    /// Whether the job takes ingest.
+    pub ingest: bool,
+    /// The bearer token for those agents: `sink` (and `ingest` if the job takes it) on this
+    /// job only. `None` if the master has no agent token.
+    pub capability: Option<String>,
+    /// When the capability expires, Unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// `GET /api/v1/jobs/{id}/endpoints`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/endpoints", operation_id = "jobEndpoints", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job.")),
+    responses(
+        (status = 200, description = "Where the job's sink and source run, and a capability for them (docs/api.md).", body = Endpoints),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+    ))]
+pub async fn endpoints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<Endpoints>, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
+    let job = state.control.job(&tenant, &id)?;
+    let sinks = state.control.sink_agents(&tenant, &id)?;
+    let (source, _, source_fresh) = state.control.source_agent(&tenant, &id)?;
+    let ingest = job.spec.source == SourceSpec::Ingest;
+    let key = job.key().to_string();
+    let expires_at_ms = crate::control::model::now_ms() + DEFAULT_TTL_MS;
+    let mut verbs = vec![Verb::Sink];
+    if ingest {
+        verbs.push(Verb::Ingest);
+    }
+    let capability = state
+        .agent_token_plain
+        .as_deref()
+        .map(|token| Capability { job: key.clone(), verbs, expires_ms: expires_at_ms }.sign(&key_from_token(token)));
+    Ok(Json(Endpoints {
+        job: key,
+        state: job.state,
+        ended: job.state.is_terminal(),
+        sinks,
+        source,
+        source_fresh,
+        ingest,
+        capability,
+        expires_at_ms,
+    }))
+}

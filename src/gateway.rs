@@ -1,0 +1,69 @@
+//! `squilla gateway`: a job's sink and ingest served without the master in the data path
+//! (`squilla_gateway::server`); every other request is passed through to the master.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use squilla_gateway::server::{Gateway, GatewayConfig, router};
+use squilla_net::server::ServerLimits;
+
+/// The gateway's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Where the gateway listens.
+    #[arg(long, env = "SQUILLA_GATEWAY_LISTEN", default_value = "127.0.0.1:7080")]
+    pub listen: SocketAddr,
+    /// The master's URL.
+    #[arg(long, env = "SQUILLA_MASTER", default_value = "http://127.0.0.1:7070")]
+    pub master: String,
+    /// Sink subscriptions one tenant may hold open at this gateway (429
+    /// `too_many_subscriptions` beyond).
+    #[arg(long, env = "SQUILLA_GATEWAY_TENANT_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub tenant_subscriptions: usize,
+    /// Bytes one stream subscriber may have waiting at the gateway, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_SUBSCRIBER_MIB", default_value_t = 16)]
+    pub stream_subscriber_mib: usize,
+    /// Bytes all of one tenant's subscribers may have waiting at the gateway, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_TENANT_MIB", default_value_t = 256)]
+    pub stream_tenant_mib: usize,
+    /// Bytes all subscribers may have waiting at the gateway, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
+    pub stream_total_mib: usize,
+    /// Open connections in all.
+    #[arg(long, env = "SQUILLA_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Open connections one client address may have.
+    #[arg(long, env = "SQUILLA_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
+}
+
+pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = GatewayConfig {
+        master: args.master.trim_end_matches('/').to_owned(),
+        subscriptions_per_tenant: args.tenant_subscriptions,
+        subscriber_bytes: args.stream_subscriber_mib.max(1) << 20,
+        tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
+        total_stream_bytes: args.stream_total_mib.max(1) << 20,
+        agent_timeout: Duration::from_secs(10),
+    };
+    let gateway = Gateway::new(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let limits = ServerLimits {
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
+            ..ServerLimits::default()
+        };
+        let stats = Arc::new(squilla_net::server::ServerStats::default());
+        tokio::spawn(squilla_net::server::serve(listener, router(gateway), limits, stats));
+        eprintln!("squilla gateway: serving http://{addr}/api/v1 in front of {}", args.master);
+        let _ = tokio::signal::ctrl_c().await;
+        anyhow::Ok(())
+    })
+}
