@@ -15,6 +15,9 @@
 //! - **SSE fan-out.** A one-stage job on a2 whose output is read through the master's sink
 //!   (`GET /api/v1/jobs/{id}/sink`, the path a user takes) by 1 and by 100 subscribers in this
 //!   process, each counting its `data` events and the drops its `meta` events report.
+//! - **Gateway fan-out.** The same through a `squilla gateway` process, by 1, 100 and 1,000
+//!   subscribers, while a chained job on a1 also reads the job's output: events/s delivered
+//!   in all, and the CPU time of the master and of the gateway over the span (from `/proc`).
 //!
 //! Run: `cargo bench --workspace --bench streams` (about 60 s; every loop is bounded in time).
 //! The machine's cores are shared by the three processes and the subscribers.
@@ -24,7 +27,7 @@ mod cluster;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Api, agent_with, cpu_seconds, free_port, master_with, temp_dir};
+use cluster::{Api, agent_with, cpu_seconds, free_port, gateway, master_with, temp_dir};
 use serde_json::{Value, json};
 
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -54,7 +57,13 @@ async fn run() {
         .await;
     assert_eq!(status, 201, "{body}");
 
-    // `SQUILLA_BENCH=hop`, `=chain` or `=sse` runs one part only.
+    let gateway_port = free_port();
+    let gateway =
+        gateway(&api.base, gateway_port, &["--max-connections-per-ip", "2000", "--tenant-subscriptions", "2000"]);
+    let via = Api { base: format!("http://127.0.0.1:{gateway_port}"), http: reqwest::Client::new() };
+    let pids = [("master", master.pid()), ("gateway", gateway.pid())];
+
+    // `SQUILLA_BENCH=hop`, `=chain`, `=sse` or `=gateway` runs one part only.
     let part = std::env::var("SQUILLA_BENCH").unwrap_or_default();
     let mut report = json!({});
     if part.is_empty() || part == "hop" {
@@ -68,9 +77,18 @@ async fn run() {
         // Saturating rates show what is delivered at most; 100 × 20,000 events/s what a
         // sustained fan-out loses.
         for (subscribers, rate) in [(1, 1_000_000), (100, 100_000), (100, 20_000)] {
-            runs.push(fan_out(&api, subscribers, rate).await);
+            runs.push(fan_out(&api, &api, subscribers, rate, &pids, false).await);
         }
         report["sse"] = json!(runs);
+    }
+    if part.is_empty() || part == "gateway" {
+        let mut runs = Vec::new();
+        // 1 M events/s to one subscriber and a chained job; then the same 2 M events/s in all
+        // shared out to 100 and to 1,000 subscribers.
+        for (subscribers, rate) in [(1, 1_000_000), (100, 20_000), (1000, 2_000)] {
+            runs.push(fan_out(&api, &via, subscribers, rate, &pids, true).await);
+        }
+        report["gateway"] = json!(runs);
     }
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
@@ -183,10 +201,14 @@ async fn chained_hop(api: &Api, master: u32) -> Value {
 struct Counts {
     events: u64,
     dropped: u64,
+    /// Whether a limit ended the stream (an `error` event).
+    ended: bool,
 }
 
-async fn fan_out(api: &Api, subscribers: usize, rate: u64) -> Value {
-    let name = format!("fan-{subscribers}-{rate}");
+/// `subscribers` read a job of `rate` events/s through `via` (the master or a gateway), with a
+/// chained job reading it too if `chained`; the CPU time of `pids` is measured over the span.
+async fn fan_out(api: &Api, via: &Api, subscribers: usize, rate: u64, pids: &[(&str, u32)], chained: bool) -> Value {
+    let name = format!("fan-{subscribers}-{rate}-{}", if chained { "chained" } else { "plain" });
     let id = submit(
         api,
         json!({
@@ -198,29 +220,64 @@ async fn fan_out(api: &Api, subscribers: usize, rate: u64) -> Value {
         }),
     )
     .await;
+    let chain = if chained {
+        let spec = json!({
+            "name": format!("{name}-down"),
+            "source": {"kind": "job", "cluster": name},
+            "stages": [{"name": "recv", "artifact": "filter@0.1.0", "constraints": pinned("send"),
+                        "params": {"field": "no-such-field", "op": "exists"}}]
+        });
+        Some(submit(api, spec).await)
+    } else {
+        None
+    };
     let start = Instant::now();
     let (measure_from, measure_to) = (start + WARM_UP, start + WARM_UP + MEASURE);
     let tasks: Vec<_> = (0..subscribers)
         .map(|_| {
-            let request = api.http.get(format!("{}/api/v1/jobs/{id}/sink", api.base)).bearer_auth(cluster::TOKEN);
+            let request = via.http.get(format!("{}/api/v1/jobs/{id}/sink", via.base)).bearer_auth(cluster::TOKEN);
             tokio::spawn(subscribe(request, measure_from, measure_to))
         })
         .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu0: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let chained0 = match &chain {
+        Some(c) => events_in(api, c, 0).await,
+        None => 0,
+    };
+    tokio::time::sleep_until(measure_to.into()).await;
+    let cpu1: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let chained1 = match &chain {
+        Some(c) => events_in(api, c, 0).await,
+        None => 0,
+    };
     let mut counts = Vec::new();
     for task in tasks {
         counts.push(task.await.unwrap());
+    }
+    if let Some(c) = &chain {
+        kill(api, c).await;
     }
     kill(api, &id).await;
     let seconds = MEASURE.as_secs_f64();
     let total: u64 = counts.iter().map(|c| c.events).sum();
     let per = |f: fn(&Counts) -> u64| counts.iter().map(f).collect::<Vec<_>>();
+    let cpu: serde_json::Map<String, Value> = pids
+        .iter()
+        .zip(cpu0.iter().zip(&cpu1))
+        .map(|((name, _), (a, b))| (format!("{name}_cpu_percent"), json!(((b - a) / seconds * 1000.0).round() / 10.0)))
+        .collect();
     json!({
+        "via": if std::ptr::eq(api, via) { "master" } else { "gateway" },
         "subscribers": subscribers,
         "offered_events_per_second": rate,
         "delivered_events_per_second": (total as f64 / seconds).round(),
         "per_subscriber_min": (per(|c| c.events).into_iter().min().unwrap_or(0) as f64 / seconds).round(),
         "per_subscriber_max": (per(|c| c.events).into_iter().max().unwrap_or(0) as f64 / seconds).round(),
         "dropped_per_second": (per(|c| c.dropped).into_iter().sum::<u64>() as f64 / seconds).round(),
+        "ended_by_a_limit": counts.iter().filter(|c| c.ended).count(),
+        "chained_events_per_second": ((chained1 - chained0) as f64 / seconds).round(),
+        "cpu": cpu,
         "seconds": seconds,
     })
 }
@@ -243,6 +300,7 @@ async fn subscribe(request: reqwest::RequestBuilder, from: Instant, to: Instant)
                 if std::mem::take(&mut meta) {
                     let value: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
                     counts.dropped += if counting { value["dropped"].as_u64().unwrap_or(0) } else { 0 };
+                    counts.ended |= value["code"].is_string();
                 } else if counting {
                     counts.events += 1;
                 }
