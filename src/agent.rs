@@ -107,6 +107,9 @@ pub struct AgentArgs {
     /// Bytes one running query's open window may hold, MiB.
     #[arg(long, env = "SQUILLA_QUERY_STATE_MIB", default_value_t = 64)]
     pub query_state_mib: usize,
+    /// A PEM file of CA certificates to trust for the master's HTTPS (beside the public ones).
+    #[arg(long, env = "SQUILLA_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -132,6 +135,7 @@ impl AgentArgs {
             config.labels.insert(k.to_owned(), v.to_owned());
         }
         config.cache_dir = self.cache_dir.clone();
+        config.ca = self.ca.clone();
         config.threads = self.threads;
         config.compile = self.compile.config()?;
         config.sinks = squilla_agent::sink::SinkLimits {

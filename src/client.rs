@@ -24,6 +24,22 @@ pub struct Connection {
     /// The data directory `squilla dev` uses (only to find `dev.token`).
     #[arg(long, env = "SQUILLA_DATA_DIR", default_value = "squilla-data", global = true)]
     pub data_dir: PathBuf,
+    /// A PEM file of CA certificates to trust for an `https://` master or gateway (beside the
+    /// public ones).
+    #[arg(long, env = "SQUILLA_CA", global = true)]
+    pub ca: Option<PathBuf>,
+}
+
+/// An HTTP client that trusts the public roots and those in `ca` (PEM), if given.
+pub fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
+        for root in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("--ca {}", ca.display()))? {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 impl Connection {
@@ -160,7 +176,8 @@ pub struct Client {
 impl Client {
     pub fn new(connection: Connection) -> anyhow::Result<Self> {
         let token = connection.token()?;
-        Ok(Client { connection, token, http: reqwest::Client::new() })
+        let http = http_client(connection.ca.as_deref())?;
+        Ok(Client { connection, token, http })
     }
 
     /// Calls the API; the answer's JSON, or the API's error as an error.

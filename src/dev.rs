@@ -70,6 +70,11 @@ fn tenants(args: &MasterArgs) -> anyhow::Result<Tenants> {
 }
 
 pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
+    if args.master.tls_cert.is_some() {
+        anyhow::bail!(
+            "`squilla dev` serves plain HTTP on this machine; --tls-cert is for `squilla master` and `squilla gateway`"
+        );
+    }
     let tenants = tenants(&args.master)?;
     if args.master.agent_token.is_none() {
         args.master.agent_token = Some(random_hex(16)?);
@@ -87,7 +92,8 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         eprintln!("squilla dev: API at {url}/api/v1 — tenant `dev`, token in {}", token_file.display());
         eprintln!("squilla dev: web console at {url}/ (sign in with that token)");
         eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_addr());
-        let connection = Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone() };
+        let connection =
+            Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone(), ca: None };
         let work = async {
             match args.jobs.split_last() {
                 Some((last, upstream)) => {

@@ -37,6 +37,15 @@ pub struct GatewayArgs {
     /// Open connections one client address may have.
     #[arg(long, env = "SQUILLA_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
     pub max_connections_per_ip: usize,
+    /// Serve over HTTPS with this certificate chain (PEM, leaf first); needs `--tls-key`.
+    #[arg(long, env = "SQUILLA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "SQUILLA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates to trust for an `https://` master (beside the public ones).
+    #[arg(long, env = "SQUILLA_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -48,7 +57,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         total_stream_bytes: args.stream_total_mib.max(1) << 20,
         agent_timeout: Duration::from_secs(10),
     };
-    let gateway = Gateway::new(config)?;
+    let gateway = Gateway::new(config, crate::client::http_client(args.ca.as_deref())?)?;
+    let acceptor = crate::master::tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -61,8 +72,8 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             ..ServerLimits::default()
         };
         let stats = Arc::new(squilla_net::server::ServerStats::default());
-        tokio::spawn(squilla_net::server::serve(listener, router(gateway), limits, stats));
-        eprintln!("squilla gateway: serving http://{addr}/api/v1 in front of {}", args.master);
+        tokio::spawn(squilla_net::server::serve_tls(listener, router(gateway), limits, stats, acceptor));
+        eprintln!("squilla gateway: serving {scheme}://{addr}/api/v1 in front of {}", args.master);
         let _ = tokio::signal::ctrl_c().await;
         anyhow::Ok(())
     })

@@ -67,12 +67,33 @@ pub struct MasterArgs {
     /// Open connections one client address may have.
     #[arg(long, env = "SQUILLA_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
     pub max_connections_per_ip: usize,
+    /// Serve the API over HTTPS with this certificate chain (PEM, leaf first); needs
+    /// `--tls-key`.
+    #[arg(long, env = "SQUILLA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "SQUILLA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS acceptor of `--tls-cert` and `--tls-key`, if given.
+pub fn tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<squilla_net::tls::TlsAcceptor>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(squilla_net::tls::acceptor(cert, key)?)),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    }
 }
 
 /// A master serving on its own tasks.
 pub struct Running {
     /// Where the API listens.
     pub addr: SocketAddr,
+    /// `https` or `http`.
+    pub scheme: &'static str,
 }
 
 /// Opens the store, loads the jobs, and serves the API on the current runtime.
@@ -105,8 +126,10 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     spawn_control_loop(control);
     let stats = Arc::new(squilla_net::server::ServerStats::default());
     let server = ServerLimits { max_connections_per_ip: args.max_connections_per_ip, ..ServerLimits::default() };
-    tokio::spawn(squilla_net::server::serve(listener, router(state), server, stats));
-    Ok(Running { addr })
+    let acceptor = tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tokio::spawn(squilla_net::server::serve_tls(listener, router(state), server, stats, acceptor));
+    Ok(Running { addr, scheme })
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -117,8 +140,9 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let running = start(&args, tenants).await?;
-        eprintln!("squilla master: API at http://{}/api/v1 (data in {})", running.addr, args.data_dir.display());
-        eprintln!("squilla master: web console at http://{}/", running.addr);
+        let (addr, scheme) = (running.addr, running.scheme);
+        eprintln!("squilla master: API at {scheme}://{addr}/api/v1 (data in {})", args.data_dir.display());
+        eprintln!("squilla master: web console at {scheme}://{addr}/");
         if args.agent_token.is_none() {
             eprintln!("squilla master: no --agent-token given, so no agent can join");
         }

@@ -47,6 +47,9 @@ pub struct AgentConfig {
     /// [`ServerLimits::default`] without a lower limit per client address: the agent's clients
     /// are the master and gateways, each speaking for many tenants).
     pub server: ServerLimits,
+    /// A PEM file of certificates to trust for the master's HTTPS, beside the public roots
+    /// (default none).
+    pub ca: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -74,6 +77,7 @@ impl AgentConfig {
                 max_connections_per_ip: ServerLimits::default().max_connections,
                 ..ServerLimits::default()
             },
+            ca: None,
         }
     }
 }

@@ -109,10 +109,16 @@ impl Agent {
         let http =
             advertise(listener.local_addr().map_err(|source| AgentError::Listen { addr: config.http_listen, source })?);
         let data = advertise(transport.local_addr());
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| AgentError::Runtime(format!("http client: {e}")))?;
+        let mut client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &config.ca {
+            let pem = std::fs::read(ca).map_err(|e| AgentError::Runtime(format!("--ca {}: {e}", ca.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| AgentError::Runtime(format!("--ca {}: {e}", ca.display())))?;
+            for root in roots {
+                client = client.add_root_certificate(root);
+            }
+        }
+        let client = client.build().map_err(|e| AgentError::Runtime(format!("http client: {e}")))?;
         let master = MasterClient {
             url: config.master.clone(),
             token: config.token.clone(),

@@ -99,6 +99,9 @@ struct Passed(Response);
 
 struct Inner {
     config: GatewayConfig,
+    /// To the master.
+    master: reqwest::Client,
+    /// To agents.
     http: reqwest::Client,
     fanouts: Arc<Fanouts>,
     streams: Budgets,
@@ -131,10 +134,13 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 impl Gateway {
-    /// A gateway in front of `config.master`.
-    pub fn new(config: GatewayConfig) -> Result<Gateway, reqwest::Error> {
+    /// A gateway in front of `config.master`, calling the master with `master_client` (which
+    /// trusts the master's certificate, when it serves HTTPS) and agents with a client of
+    /// its own.
+    pub fn new(config: GatewayConfig, master_client: reqwest::Client) -> Result<Gateway, reqwest::Error> {
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
         Ok(Gateway(Arc::new(Inner {
+            master: master_client,
             streams: Budgets::new(config.total_stream_bytes, config.tenant_stream_bytes),
             config,
             http,
@@ -164,7 +170,7 @@ impl Gateway {
             return Ok(e.clone());
         }
         let url = format!("{}/api/v1/jobs/{}/endpoints", self.0.config.master.trim_end_matches('/'), encode(id));
-        let mut request = self.0.http.get(url).timeout(Duration::from_secs(5));
+        let mut request = self.0.master.get(url).timeout(Duration::from_secs(5));
         for name in CREDENTIALS.iter().chain(&["host"]) {
             if let Some(value) = headers.get(*name) {
                 request = request.header(*name, value);
@@ -392,7 +398,7 @@ async fn forward(State(gw): State<Gateway>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", gw.0.config.master.trim_end_matches('/'));
-    let mut out = gw.0.http.request(parts.method.clone(), url);
+    let mut out = gw.0.master.request(parts.method.clone(), url);
     for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) {
             out = out.header(name, value);

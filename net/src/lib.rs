@@ -12,6 +12,7 @@
 //!   process over its share ends the stream that would pass it, with a named error.
 //! - [`capability`]: short-lived signed grants to one job's sink or ingest on agents, for
 //!   gateways and programs that talk to agents without the master in the path.
+//! - [`tls`]: serving HTTPS from a certificate and key in PEM files.
 //! - [`error`]: the JSON error body `{"code", "message"}` every server answers with.
 
 pub mod access;
@@ -24,3 +25,4 @@ pub mod limits;
 pub mod queue;
 pub mod rate;
 pub mod server;
+pub mod tls;

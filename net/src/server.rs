@@ -100,6 +100,18 @@ impl Drop for Admitted {
 
 /// Serves `app` on `listener` under `limits` until the task is dropped.
 pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, stats: Arc<ServerStats>) {
+    serve_tls(listener, app, limits, stats, None).await;
+}
+
+/// [`serve`], over TLS when `tls` is given (see [`crate::tls`]): the handshake must finish
+/// within the header timeout.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: ServerLimits,
+    stats: Arc<ServerStats>,
+    tls: Option<crate::tls::TlsAcceptor>,
+) {
     let counts: Arc<Mutex<Counts>> = Arc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -128,7 +140,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, sta
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(Idle::new(stream, limits.idle_timeout, stats.clone()));
+        let idle = Idle::new(stream, limits.idle_timeout, stats.clone());
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
                 .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -143,9 +155,25 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, sta
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_header_size(limits.max_header_bytes);
+        let tls = tls.clone();
+        let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
             let _admitted = admitted;
-            if let Err(err) = builder.serve_connection(io, service).with_upgrades().await {
+            let served = match tls {
+                None => builder.serve_connection(TokioIo::new(idle), service).with_upgrades().await,
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(idle)).await {
+                    Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            if let Err(err) = served {
                 tracing::debug!(%peer, error = %err, "connection ended");
             }
         });

@@ -12,6 +12,7 @@ mod observability;
 mod queries;
 mod run;
 mod streams;
+mod tls;
 mod websocket;
 
 #[path = "../support/cluster.rs"]
