@@ -31,6 +31,10 @@ pub struct GatewayArgs {
     /// Bytes all subscribers may have waiting at the gateway, MiB.
     #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
     pub stream_total_mib: usize,
+    /// Requests per second from one client address (bursts of twice as many); 429
+    /// `rate_limited` beyond.
+    #[arg(long, env = "SQUILLA_CLIENT_RPS", default_value_t = 500)]
+    pub client_rps: u32,
     /// Open connections in all.
     #[arg(long, env = "SQUILLA_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -56,6 +60,11 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
         total_stream_bytes: args.stream_total_mib.max(1) << 20,
         agent_timeout: Duration::from_secs(10),
+        client_rate: squilla_net::rate::Rate {
+            per_second: f64::from(args.client_rps),
+            burst: 2.0 * f64::from(args.client_rps),
+        },
+        ..GatewayConfig::default()
     };
     let gateway = Gateway::new(config, crate::client::http_client(args.ca.as_deref())?)?;
     let acceptor = crate::master::tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;

@@ -67,6 +67,10 @@ pub struct MasterArgs {
     /// Open connections one client address may have.
     #[arg(long, env = "SQUILLA_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
     pub max_connections_per_ip: usize,
+    /// A gateway's address (repeatable, or comma-separated in the variable): its requests are
+    /// rated by the client address its `X-Forwarded-For` names.
+    #[arg(long = "trusted-proxy", env = "SQUILLA_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Serve the API over HTTPS with this certificate chain (PEM, leaf first); needs
     /// `--tls-key`.
     #[arg(long, env = "SQUILLA_TLS_CERT", requires = "tls_key")]
@@ -116,6 +120,7 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
         tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
         total_stream_bytes: args.stream_total_mib.max(1) << 20,
         subscriptions_per_tenant: args.tenant_subscriptions,
+        trusted_proxies: args.trusted_proxies.clone(),
         ..ApiLimits::default()
     };
     let state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;

@@ -155,7 +155,7 @@ impl Upstream {
 /// (`Ok(None)`).
 fn feed(puller: &mut Puller, pipeline: &PipelineHandle, stop: &AtomicBool) -> std::io::Result<Option<String>> {
     loop {
-        let batch = match puller.next() {
+        let batch = match puller.recv() {
             Ok(Pulled::Batch(batch)) => batch,
             Ok(Pulled::End(why)) => return Ok(Some(why)),
             Err(_) if puller.is_closed() || stop.load(Ordering::SeqCst) => return Ok(None),

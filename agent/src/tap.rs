@@ -31,6 +31,8 @@ pub(crate) struct Tap {
     runner: Option<Runner>,
     /// Events dropped for this puller (shared with the hub's total).
     dropped: Arc<AtomicU64>,
+    /// Batches in a row on which the query took more than the sink's budget.
+    slow: u32,
 }
 
 impl Tap {
@@ -45,12 +47,37 @@ impl Tap {
             }
         };
         let (tx, feed) = tap::channel(TAP_BATCHES);
-        Ok((Tap { tx, runner, dropped }, feed))
+        Ok((Tap { tx, runner, dropped, slow: 0 }, feed))
     }
 
     /// Hands over what `batch` gives after the query; `false` once the tap has ended (the
-    /// puller left, or the query ended or failed).
+    /// puller left, or the query ended, failed, or was too slow: the same budget as a
+    /// subscriber's query, [`crate::sink::QUERY_BATCH_BUDGET`] on
+    /// [`crate::sink::QUERY_SLOW_BATCHES`] batches in a row or [`crate::sink::QUERY_BATCH_MAX`]
+    /// on one, since pullers share the sink's thread with every subscriber of the job). A
+    /// panic in the query (a bug) ends only this tap.
     pub fn offer(&mut self, batch: &BatchBytes, now_ms: i64) -> bool {
+        let started = std::time::Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.offer_inner(batch, now_ms)));
+        let took = started.elapsed();
+        self.slow = if took > crate::sink::QUERY_BATCH_BUDGET { self.slow + 1 } else { 0 };
+        if took > crate::sink::QUERY_BATCH_MAX || self.slow >= crate::sink::QUERY_SLOW_BATCHES {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "a chained job's query is too slow at its upstream; its pull ends"
+            );
+            return false;
+        }
+        match outcome {
+            Ok(alive) => alive,
+            Err(_) => {
+                tracing::error!("a chained job's query failed at its upstream; its pull ends");
+                false
+            }
+        }
+    }
+
+    fn offer_inner(&mut self, batch: &BatchBytes, now_ms: i64) -> bool {
         let Some(runner) = &mut self.runner else { return self.send(batch.clone(), batch.len()) };
         if runner.query().selects_events() {
             let view = batch.view();
@@ -66,16 +93,15 @@ impl Tap {
             return self.send_built(out);
         }
         let mut results = Vec::new();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runner.tick(now_ms, &mut results);
-            for event in batch.view().events() {
-                if runner.push(&event, &mut results).is_err() {
-                    return false;
-                }
+        runner.tick(now_ms, &mut results);
+        let mut within_limit = true;
+        for event in batch.view().events() {
+            if runner.push(&event, &mut results).is_err() {
+                within_limit = false;
+                break;
             }
-            true
-        }));
-        self.send_results(results) && matches!(outcome, Ok(true)) && !self.finished()
+        }
+        self.send_results(results) && within_limit && !self.finished()
     }
 
     /// Closes windows that are due with no batch arriving.

@@ -7,6 +7,8 @@
 //! - **With `clientId`** the members split the stream: each complete frame goes to the next
 //!   member in turn (the agents see one subscriber of the group; the split happens here).
 //! - **A stream `LIMIT`** is per subscriber: such a subscription is never shared.
+//! - **Memory** is counted per member for the chunks it holds, though members share them: a
+//!   tenant's budget is spent as if each held its own copy (conservative).
 //! - **Slow members** lose chunks at their own bounded queue (counted; told by a `meta` event)
 //!   and never slow the upstream or each other. A member's end (it left) is noticed within a
 //!   second; the upstream ends when its last member has left.
@@ -55,6 +57,10 @@ pub struct Fanouts {
 
 /// How one subscriber joins: what it follows and where its chunks go.
 pub struct Join {
+    /// What makes two subscriptions the same stream: the job and the parsed subscription
+    /// parameters (so that `a=1&b=2` and `b=2&a=1` share); `None` (a stream `LIMIT`): never
+    /// shared.
+    pub share: Option<String>,
     /// The stream to follow (used only if no upstream of the same key runs).
     pub follow: Follow,
     /// The subscriber's queue.
@@ -79,10 +85,7 @@ impl Fanouts {
     /// Adds a subscriber to the upstream of its job and query string, starting one if none
     /// runs. `LIMIT` subscriptions always get their own.
     pub fn join(self: &Arc<Self>, join: Join) {
-        let key = match join.follow.limit {
-            Some(_) => None,
-            None => Some(format!("{}?{}", join.follow.job, join.follow.query.as_deref().unwrap_or(""))),
-        };
+        let key = join.share.filter(|_| join.follow.limit.is_none());
         let mut upstreams = lock(&self.upstreams);
         if let Some(key) = &key
             && let Some(members) = upstreams.get(key)
@@ -123,8 +126,11 @@ async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>) {
         let item = match tokio::time::timeout(PRUNE, rx.recv()).await {
             Err(_) => None,
             Ok(None) => {
-                for m in lock(members).list.drain(..) {
-                    m.finish();
+                let mut m = lock(members);
+                // No member may join an upstream that has ended.
+                m.closed = true;
+                for s in m.list.drain(..) {
+                    s.finish();
                 }
                 return;
             }

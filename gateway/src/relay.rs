@@ -11,7 +11,9 @@
 //! replaced worker incarnation never reaches a subscriber. An `error` event from an agent (its
 //! own limits ended the subscription) ends the whole stream. Where the job is, and what to
 //! present to its agents, comes from a [`Locate`]: the master answers from its own state
-//! (with the agent token); a gateway asks the master (and presents a capability).
+//! (with the agent token); a gateway asks the master (and presents a capability). When that
+//! cannot be told for a while, the stream keeps what it has; when the caller may no longer
+//! read the job, the stream ends with an `error` event.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,9 +39,21 @@ pub struct Located {
     pub bearer: Option<String>,
 }
 
-/// Finds a job's output: `None` when it cannot be told now (the stream keeps what it has
-/// and asks again a second later).
-pub type Locate = Arc<dyn Fn() -> BoxFuture<'static, Option<Located>> + Send + Sync>;
+/// What finding a job's output gave.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// Where it is now.
+    Found(Located),
+    /// It cannot be told now (the master is unreachable or busy): the stream keeps the agents
+    /// it has and asks again a second later.
+    Unknown,
+    /// It is no longer the caller's to read (the credentials were refused, the job is gone):
+    /// the stream ends with this `error` event.
+    Gone(squilla_net::queue::StreamEnd),
+}
+
+/// Finds a job's output.
+pub type Locate = Arc<dyn Fn() -> BoxFuture<'static, Location> + Send + Sync>;
 
 /// What to follow, and how.
 #[derive(Clone)]
@@ -113,8 +127,19 @@ pub fn follow(follow: Follow, tx: queue::Sender) -> tokio::task::JoinHandle<()> 
                 tx.finish();
                 return;
             }
-            let located = (follow.locate)().await;
-            if located.as_ref().is_some_and(|l| l.ended) {
+            let located = match (follow.locate)().await {
+                Location::Found(located) => located,
+                Location::Unknown => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Location::Gone(end) => {
+                    abort_all(&mut relays);
+                    tx.end(end);
+                    return;
+                }
+            };
+            if located.ended {
                 abort_all(&mut relays);
                 let mut ended = Vec::new();
                 squilla_types::sse::frame(&mut ended, Some("meta"), r#"{"ended":true}"#);
@@ -122,7 +147,7 @@ pub fn follow(follow: Follow, tx: queue::Sender) -> tokio::task::JoinHandle<()> 
                 tx.finish();
                 return;
             }
-            let Located { agents, bearer, .. } = located.unwrap_or_default();
+            let Located { agents, bearer, .. } = located;
             // Fencing: a relay from an agent that no longer runs the job's last stage ends now.
             relays.retain(|name, relay| {
                 let keep = agents.contains(name);

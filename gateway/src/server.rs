@@ -18,6 +18,7 @@
 //! `GET /gateway/status` (no credentials) tells the upstreams running and subscribers served.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,12 +35,13 @@ use serde::Deserialize;
 use squilla_net::auth::TokenHash;
 use squilla_net::budget::{Budgets, Level};
 use squilla_net::error::error_response;
-use squilla_net::limits::{BodyLimit, buffer_body};
-use squilla_net::queue;
+use squilla_net::limits::{BodyBudget, BodyLimit, buffer_body};
+use squilla_net::queue::{self, StreamEnd};
+use squilla_net::server::ClientAddr;
 use squilla_types::sink::SinkParams;
 
 use crate::fanout::{Fanouts, Join};
-use crate::relay::{Follow, Locate, Located, MAX_FRAME_BYTES};
+use crate::relay::{Follow, Locate, Located, Location, MAX_FRAME_BYTES};
 
 /// How long an answer of the master's endpoints is reused for the same credentials and job.
 pub const ENDPOINTS_TTL: Duration = Duration::from_secs(1);
@@ -65,6 +67,14 @@ pub struct GatewayConfig {
     pub total_stream_bytes: usize,
     /// How long an agent may take to take one ingest batch (default 10 s).
     pub agent_timeout: Duration,
+    /// Requests per second from one client address, before anything else (default 500/s,
+    /// bursts of 1,000); 429 `rate_limited` beyond.
+    pub client_rate: squilla_net::rate::Rate,
+    /// Bytes of ingest bodies being read for one tenant at once / in all (default 192 MiB /
+    /// 768 MiB); past it, 503 `busy`.
+    pub tenant_body_bytes: usize,
+    /// See `tenant_body_bytes`.
+    pub total_body_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +86,9 @@ impl Default for GatewayConfig {
             tenant_stream_bytes: 256 << 20,
             total_stream_bytes: 1 << 30,
             agent_timeout: Duration::from_secs(10),
+            client_rate: squilla_net::rate::Rate { per_second: 500.0, burst: 1000.0 },
+            tenant_body_bytes: 192 << 20,
+            total_body_bytes: 768 << 20,
         }
     }
 }
@@ -94,8 +107,29 @@ struct Endpoints {
     capability: Option<String>,
 }
 
-/// The master's refusal, passed on as it came.
-struct Passed(Response);
+/// Why the master's endpoints could not be had.
+#[derive(Clone)]
+enum Refused {
+    /// The master refused these credentials for this job (its status and body, passed on as
+    /// they came, and cached like an answer).
+    Master { status: StatusCode, body: axum::body::Bytes },
+    /// The master could not be asked, or answered something else (not cached).
+    Unavailable { status: StatusCode, message: String },
+}
+
+impl Refused {
+    fn response(&self) -> Response {
+        match self {
+            Refused::Master { status, body } => {
+                (*status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
+            }
+            Refused::Unavailable { status, message } => error_response(*status, "master_unavailable", message),
+        }
+    }
+}
+
+/// An answer of the master's endpoints, and when it came.
+type Cached = (Instant, Result<Endpoints, Refused>);
 
 struct Inner {
     config: GatewayConfig,
@@ -105,7 +139,9 @@ struct Inner {
     http: reqwest::Client,
     fanouts: Arc<Fanouts>,
     streams: Budgets,
-    cache: Mutex<HashMap<(TokenHash, String), (Instant, Endpoints)>>,
+    cache: Mutex<HashMap<(TokenHash, String), Cached>>,
+    rates: squilla_net::rate::RateLimiter,
+    bodies: Budgets,
     subscriptions: Arc<Mutex<HashMap<String, usize>>>,
     served: std::sync::atomic::AtomicU64,
 }
@@ -122,7 +158,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const CREDENTIALS: [&str; 5] = ["authorization", "cookie", "origin", "sec-fetch-site", "x-squilla-console"];
 
 /// Headers that belong to one connection and are not passed through.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -131,7 +167,20 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "upgrade",
     "proxy-authenticate",
+    "proxy-authorization",
+    "x-forwarded-for",
 ];
+
+/// Whether header `name` is passed on: not hop-by-hop, and not named by `Connection`.
+fn passed_on(name: &str, headers: &HeaderMap) -> bool {
+    !HOP_BY_HOP.contains(&name)
+        && !headers
+            .get_all(axum::http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name))
+}
 
 impl Gateway {
     /// A gateway in front of `config.master`, calling the master with `master_client` (which
@@ -142,6 +191,8 @@ impl Gateway {
         Ok(Gateway(Arc::new(Inner {
             master: master_client,
             streams: Budgets::new(config.total_stream_bytes, config.tenant_stream_bytes),
+            rates: squilla_net::rate::RateLimiter::new(config.client_rate),
+            bodies: Budgets::new(config.total_body_bytes, config.tenant_body_bytes),
             config,
             http,
             fanouts: Arc::default(),
@@ -156,19 +207,33 @@ impl Gateway {
         &self.0.fanouts
     }
 
-    /// What the master says of job `id` to these credentials (cached for [`ENDPOINTS_TTL`]).
-    async fn endpoints(&self, headers: &HeaderMap, id: &str) -> Result<Endpoints, Passed> {
+    /// What the master says of job `id` to these credentials, for the caller at `client`
+    /// (cached for [`ENDPOINTS_TTL`], refusals too).
+    async fn endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
         let who = CREDENTIALS
             .iter()
             .map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).unwrap_or(""))
             .collect::<Vec<_>>()
             .join("\n");
         let key = (TokenHash::of(&who), id.to_owned());
-        if let Some((at, e)) = lock(&self.0.cache).get(&key)
+        if let Some((at, answer)) = lock(&self.0.cache).get(&key)
             && at.elapsed() < ENDPOINTS_TTL
         {
-            return Ok(e.clone());
+            return answer.clone();
         }
+        let answer = self.ask_endpoints(headers, client, id).await;
+        if matches!(&answer, Ok(_) | Err(Refused::Master { .. })) {
+            let mut cache = lock(&self.0.cache);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), answer.clone()));
+        }
+        answer
+    }
+
+    async fn ask_endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
+        let unavailable = |message: String| Refused::Unavailable { status: StatusCode::BAD_GATEWAY, message };
         let url = format!("{}/api/v1/jobs/{}/endpoints", self.0.config.master.trim_end_matches('/'), encode(id));
         let mut request = self.0.master.get(url).timeout(Duration::from_secs(5));
         for name in CREDENTIALS.iter().chain(&["host"]) {
@@ -176,27 +241,23 @@ impl Gateway {
                 request = request.header(*name, value);
             }
         }
-        let response = request.send().await.map_err(|e| {
-            Passed(error_response(
-                StatusCode::BAD_GATEWAY,
-                "master_unavailable",
-                &format!("the gateway cannot reach the master: {e}"),
-            ))
-        })?;
-        if !response.status().is_success() {
-            return Err(Passed(pass_back(response)));
+        if let Some(ip) = client {
+            request = request.header("x-forwarded-for", ip.to_string());
         }
-        let bad = |e: String| {
-            Passed(error_response(StatusCode::BAD_GATEWAY, "master_unavailable", &format!("the master's answer: {e}")))
-        };
-        let bytes = response.bytes().await.map_err(|e| bad(e.to_string()))?;
-        let endpoints: Endpoints = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let mut cache = lock(&self.0.cache);
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
+        let response =
+            request.send().await.map_err(|e| unavailable(format!("the gateway cannot reach the master: {e}")))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| unavailable(format!("the master's answer: {e}")))?;
+        match status.as_u16() {
+            200 => serde_json::from_slice(&body).map_err(|e| unavailable(format!("the master's answer: {e}"))),
+            400..=499 if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::REQUEST_TIMEOUT => {
+                Err(Refused::Master { status, body })
+            }
+            _ => Err(Refused::Unavailable {
+                status: if status == StatusCode::TOO_MANY_REQUESTS { status } else { StatusCode::BAD_GATEWAY },
+                message: format!("the master answered {status}: {}", String::from_utf8_lossy(&body)),
+            }),
         }
-        cache.insert(key, (Instant::now(), endpoints.clone()));
-        Ok(endpoints)
     }
 }
 
@@ -215,7 +276,7 @@ fn encode(segment: &str) -> String {
 fn pass_back(response: reqwest::Response) -> Response {
     let mut builder = Response::builder().status(response.status().as_u16());
     for (name, value) in response.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if passed_on(name.as_str(), response.headers()) {
             builder = builder.header(name.as_str(), value.as_bytes());
         }
     }
@@ -240,9 +301,33 @@ pub fn router(gateway: Gateway) -> Router {
                 .layer(axum::middleware::from_fn_with_state(gateway.clone(), authenticate)),
         )
         .fallback(forward)
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), client_rate))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(squilla_net::access::log))
         .with_state(gateway)
+}
+
+/// The caller's address, as the server saw it.
+fn client_of(request_extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    request_extensions.get::<ClientAddr>().map(|ClientAddr(addr)| addr.ip())
+}
+
+/// Middleware: every request counts against its client address's rate first.
+async fn client_rate(State(gw): State<Gateway>, request: Request, next: Next) -> Response {
+    if let Some(ip) = client_of(request.extensions())
+        && let Err(wait) = gw.0.rates.check(&squilla_net::rate::client_key(ip))
+    {
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("too many requests from this address; retry in {} ms", wait.as_millis().max(1)),
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    next.run(request).await
 }
 
 async fn status(State(gw): State<Gateway>) -> Response {
@@ -276,13 +361,15 @@ impl Drop for Place {
 async fn sink(
     State(gw): State<Gateway>,
     headers: HeaderMap,
+    axum::Extension(ClientAddr(client)): axum::Extension<ClientAddr>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let endpoints = match gw.endpoints(&headers, &id).await {
+    let client = Some(client.ip());
+    let endpoints = match gw.endpoints(&headers, client, &id).await {
         Ok(e) => e,
-        Err(Passed(response)) => return response,
+        Err(refused) => return refused.response(),
     };
     let params = match SinkParams::parse(query.as_deref()) {
         Ok(p) => p,
@@ -323,11 +410,22 @@ async fn sink(
         let (me, credentials, id, first) = (me.clone(), credentials.clone(), id.clone(), first.clone());
         Box::pin(async move {
             let known = lock(&first).take();
-            let e = match known {
-                Some(e) => e,
-                None => me.endpoints(&credentials, &id).await.ok()?,
+            let answer = match known {
+                Some(e) => Ok(e),
+                None => me.endpoints(&credentials, client, &id).await,
             };
-            Some(Located { ended: e.ended, agents: e.sinks, bearer: e.capability })
+            match answer {
+                Ok(e) => Location::Found(Located { ended: e.ended, agents: e.sinks, bearer: e.capability }),
+                Err(Refused::Unavailable { .. }) => Location::Unknown,
+                Err(Refused::Master { status, .. }) => Location::Gone(StreamEnd {
+                    code: match status {
+                        StatusCode::UNAUTHORIZED => "unauthorized",
+                        StatusCode::NOT_FOUND => "not_found",
+                        _ => "forbidden",
+                    },
+                    message: format!("the master no longer lets this stream's credentials read the job ({status})"),
+                }),
+            }
         })
     });
     let follow = Follow {
@@ -339,7 +437,8 @@ async fn sink(
         client: gw.0.http.clone(),
         max_frame: MAX_FRAME_BYTES.min(gw.0.config.subscriber_bytes),
     };
-    gw.0.fanouts.join(Join { follow, member, split: params.client_id.is_some(), budget: budget() });
+    let share = Some(format!("{}\n{params:?}", endpoints.job));
+    gw.0.fanouts.join(Join { share, follow, member, split: params.client_id.is_some(), budget: budget() });
     match upgrade {
         Ok(upgrade) => crate::ws::serve(upgrade, rx, params.ping_interval(), place),
         Err(_) => crate::respond::sse(rx, place),
@@ -348,12 +447,15 @@ async fn sink(
 
 /// Middleware: the master says who may ingest into the job before its body is read.
 async fn authenticate(State(gw): State<Gateway>, Path(id): Path<String>, mut request: Request, next: Next) -> Response {
-    match gw.endpoints(request.headers(), &id).await {
+    let client = client_of(request.extensions());
+    match gw.endpoints(request.headers(), client, &id).await {
         Ok(endpoints) => {
+            let tenant = endpoints.job.split_once('.').map_or(endpoints.job.as_str(), |(t, _)| t);
+            request.extensions_mut().insert(BodyBudget(gw.0.bodies.tenant(tenant)));
             request.extensions_mut().insert(endpoints);
             next.run(request).await
         }
-        Err(Passed(response)) => response,
+        Err(refused) => refused.response(),
     }
 }
 
@@ -395,14 +497,21 @@ async fn ingest(
 
 /// Any other request: passed through to the master, both bodies streamed.
 async fn forward(State(gw): State<Gateway>, request: Request) -> Response {
+    let client = client_of(request.extensions());
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !path.starts_with('/') {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", "the request target must be a path");
+    }
     let url = format!("{}{path}", gw.0.config.master.trim_end_matches('/'));
     let mut out = gw.0.master.request(parts.method.clone(), url);
     for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if passed_on(name.as_str(), &parts.headers) {
             out = out.header(name, value);
         }
+    }
+    if let Some(ip) = client {
+        out = out.header("x-forwarded-for", ip.to_string());
     }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     out = out.body(reqwest::Body::wrap_stream(stream));

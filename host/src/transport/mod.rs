@@ -52,6 +52,21 @@ use crate::pipeline::{Outlet, PipelineHandle};
 pub use self::state::TransportConfig;
 use self::state::{Counters, TransportState, write};
 
+/// How long a data-port connection may be silent before the kernel probes it, how often it
+/// probes, and so (with Linux's 9 probes) within about 55 s a peer that vanished without
+/// closing (a host lost, a cable cut) is noticed on both ends.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets TCP keepalive on a data-port connection (best effort: a socket that refuses it still
+/// works, and a broken connection is still noticed on the next write).
+pub(crate) fn keepalive(conn: &std::net::TcpStream) {
+    let probes = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
+    if let Err(err) = socket2::SockRef::from(conn).set_tcp_keepalive(&probes) {
+        tracing::debug!(error = %err, "cannot set TCP keepalive on a data-port connection");
+    }
+}
+
 /// Counters of the transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {

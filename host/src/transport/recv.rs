@@ -63,6 +63,7 @@ struct Connection {
 impl Connection {
     fn serve(mut conn: TcpStream, inner: Arc<TransportState>) -> std::io::Result<()> {
         conn.set_nodelay(true)?;
+        super::keepalive(&conn);
         if let Some(key) = &inner.config.key
             && let Err(err) = super::handshake::serve(&mut conn, key)
         {

@@ -122,6 +122,7 @@ impl Peer {
 
     fn session(&self, mut conn: TcpStream, inner: &TransportState, config: &TransportConfig) -> std::io::Result<()> {
         conn.set_nodelay(true)?;
+        super::keepalive(&conn);
         if let Some(key) = &config.key
             && let Err(err) = super::handshake::dial(&mut conn, key)
         {

@@ -211,7 +211,7 @@ impl std::fmt::Debug for Puller {
     }
 }
 
-/// Closes a [`Puller`]'s connection from another thread, ending a wait in [`Puller::next`].
+/// Closes a [`Puller`]'s connection from another thread, ending a wait in [`Puller::recv`].
 #[derive(Debug, Clone)]
 pub struct PullerCloser {
     conn: Arc<TcpStream>,
@@ -238,6 +238,7 @@ impl Puller {
     ) -> std::io::Result<Puller> {
         let mut conn = TcpStream::connect_timeout(&peer, Duration::from_secs(2))?;
         conn.set_nodelay(true)?;
+        super::keepalive(&conn);
         if let Some(key) = &inner.config.key
             && let Err(err) = super::handshake::dial(&mut conn, key)
         {
@@ -261,7 +262,7 @@ impl Puller {
 
     /// Waits for the next batch (an invalid one is dropped, counted, and its credit returned)
     /// or the end of the stream. An error means the connection is gone.
-    pub fn next(&mut self) -> std::io::Result<Pulled> {
+    pub fn recv(&mut self) -> std::io::Result<Pulled> {
         let max = self.inner.config.max_frame_bytes;
         loop {
             match frame::read(&mut self.input, max)? {

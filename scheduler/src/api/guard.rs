@@ -50,10 +50,22 @@ fn console_change_without_header(request: &Request) -> Option<Response> {
     })
 }
 
-/// The client address's rate: the 429 that refuses a request over it.
+/// The client address's rate: the 429 that refuses a request over it. A request from a
+/// trusted gateway is rated by the address its `X-Forwarded-For` names (its last entry).
 pub(crate) fn client_rate(state: &AppState, request: &Request) -> Option<Response> {
     let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
-    let key = squilla_net::rate::client_key(addr.ip());
+    let mut ip = addr.ip();
+    if state.limits.trusted_proxies.contains(&ip)
+        && let Some(forwarded) = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        ip = forwarded;
+    }
+    let key = squilla_net::rate::client_key(ip);
     state.rates.per_client.check(&key).err().map(|wait| too_many(wait, "address"))
 }
 

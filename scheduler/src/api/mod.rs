@@ -72,6 +72,10 @@ pub struct ApiLimits {
     /// Sink subscriptions (SSE or WebSocket, and job sources reading a cluster) one tenant may
     /// hold open at once (default 64); past it, 429 `too_many_subscriptions`.
     pub subscriptions_per_tenant: usize,
+    /// Addresses of gateways (default none): a request from one is rated by the client address
+    /// its `X-Forwarded-For` names (the gateway sets it to its own caller's), so that one
+    /// gateway's users do not share one client bucket.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ApiLimits {
@@ -88,6 +92,7 @@ impl Default for ApiLimits {
             tenant_body_bytes: 192 << 20,
             total_body_bytes: 768 << 20,
             subscriptions_per_tenant: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -18,7 +18,6 @@
 //! processes (`squilla gateway`) serve the same URL with the master out of the data path.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
@@ -27,7 +26,7 @@ use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use squilla_gateway::fanout::Join;
-use squilla_gateway::relay::{Follow, Locate, Located, MAX_FRAME_BYTES};
+use squilla_gateway::relay::{Follow, Locate, Located, Location, MAX_FRAME_BYTES};
 use squilla_net::budget::Level;
 use squilla_net::queue;
 
@@ -125,7 +124,7 @@ pub async fn sink(
     state.control.sink_agents(&tenant, &id)?;
     let (params, limit) = check_params(query.as_deref())?;
     let place = subscribe(&state, &tenant)?;
-    let events = join(&state, &tenant, &id, query, limit, params.client_id.is_some(), params.ping_interval());
+    let events = join(&state, &tenant, &id, query, limit, &params);
     Ok(match upgrade {
         Ok(upgrade) => squilla_gateway::ws::serve(upgrade, events, params.ping_interval(), place),
         Err(_) => squilla_gateway::respond::sse(events, place),
@@ -141,20 +140,24 @@ fn join(
     id: &JobId,
     query: Option<String>,
     limit: Option<u64>,
-    split: bool,
-    ping: Duration,
+    params: &SinkParams,
 ) -> queue::Receiver {
+    let share = Some(format!("{tenant}.{id}\n{params:?}"));
+    let (split, ping) = (params.client_id.is_some(), params.ping_interval());
     let budget = || state.streams.tenant(tenant.as_str()).child(Level::Subscriber, state.limits.subscriber_bytes);
     let (member, rx) = queue::channel(budget(), PROXY_EVENTS);
     let (control, bearer) = (state.control.clone(), state.agent_token_plain.clone());
     let (t, i) = (tenant.clone(), id.clone());
     let locate: Locate = std::sync::Arc::new(move || {
-        let located = control.sink_agents(&t, &i).ok().map(|agents| Located {
-            ended: control.job(&t, &i).map(|j| j.state.is_terminal()).unwrap_or(true),
-            agents,
-            bearer: bearer.clone(),
-        });
-        Box::pin(std::future::ready(located))
+        let location = match control.sink_agents(&t, &i) {
+            Ok(agents) => Location::Found(Located {
+                ended: control.job(&t, &i).map(|j| j.state.is_terminal()).unwrap_or(true),
+                agents,
+                bearer: bearer.clone(),
+            }),
+            Err(e) => Location::Gone(squilla_net::queue::StreamEnd { code: "not_found", message: e.to_string() }),
+        };
+        Box::pin(std::future::ready(location))
     });
     let follow = Follow {
         locate,
@@ -167,7 +170,7 @@ fn join(
         // drop an agent that sends one rather than hold it.
         max_frame: MAX_FRAME_BYTES.min(state.limits.subscriber_bytes),
     };
-    state.fanouts.join(Join { follow, member, split, budget: budget() });
+    state.fanouts.join(Join { share, follow, member, split, budget: budget() });
     rx
 }
 

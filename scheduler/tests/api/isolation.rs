@@ -487,3 +487,35 @@ async fn concurrent_submissions_never_pass_the_clusters_sla() {
     }
     assert_eq!(created, 2);
 }
+
+#[tokio::test]
+async fn a_trusted_gateway_is_rated_by_its_callers_address_and_others_by_their_own() {
+    let dir = data_dir("iso-forwarded");
+    let gateway: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+    let limits = ApiLimits {
+        client_rate: Rate { per_second: 0.5, burst: 2.0 },
+        trusted_proxies: vec![gateway],
+        ..ApiLimits::default()
+    };
+    let s = state(&dir, limits);
+    let from = |peer: std::net::IpAddr, forwarded: &str| {
+        let mut request = Request::get("/api/v1/jobs")
+            .header("authorization", format!("Bearer {ACME}"))
+            .header("x-forwarded-for", forwarded)
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(squilla_net::server::ClientAddr(std::net::SocketAddr::new(peer, 4000)));
+        let s = s.clone();
+        async move { router(s).oneshot(request).await.unwrap().status() }
+    };
+    // Through the gateway: each caller has its own bucket.
+    assert_eq!(from(gateway, "192.0.2.1").await, StatusCode::OK);
+    assert_eq!(from(gateway, "192.0.2.1").await, StatusCode::OK);
+    assert_eq!(from(gateway, "192.0.2.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(from(gateway, "192.0.2.2").await, StatusCode::OK, "another caller behind the gateway");
+    // Anyone else's `X-Forwarded-For` is ignored: it is rated by its own address.
+    let other: std::net::IpAddr = "10.0.0.8".parse().unwrap();
+    assert_eq!(from(other, "192.0.2.3").await, StatusCode::OK);
+    assert_eq!(from(other, "192.0.2.4").await, StatusCode::OK);
+    assert_eq!(from(other, "192.0.2.5").await, StatusCode::TOO_MANY_REQUESTS);
+}
