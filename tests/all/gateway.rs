@@ -1,5 +1,6 @@
 //! The gateway as its own process in front of a master and two agents: control requests pass
-//! through it, a thousand subscribers of one job cost each agent one stream, a `clientId`
+//! through it, a thousand subscribers of one job cost each agent one stream (and a second
+//! gateway beside it one more), a `clientId`
 //! group splits the stream, ingest goes to the source's agent; and agents take a capability
 //! only for its job, its verb and its lifetime.
 
@@ -79,6 +80,26 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
     }
     let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
     assert_eq!(status["upstreams"], 2, "{status}");
+    // A second gateway beside the first: its subscribers cost each agent one more stream.
+    let port2 = free_port();
+    let _gw2 = gateway(&master.base, port2, &[]);
+    let via2 = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
+    let mut beside = [
+        Sub::open(&via2, &format!("/api/v1/jobs/{job}/sink")).await,
+        Sub::open(&via2, &format!("/api/v1/jobs/{job}/sink")).await,
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut counts = Vec::new();
+        for agent in &sinks {
+            counts.push(agent_subscribers(&via.http, agent, job_label).await);
+        }
+        if counts.iter().all(|c| *c == Some(3)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "agents' sink subscribers with two gateways: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Ingest through the gateway goes to the source's agent; every subscriber sees every match.
     let (status, body) = via.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), ndjson(0..300)).await;
@@ -88,6 +109,10 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
         let (events, _) = sub.read(Duration::from_secs(30), |e| e.len() >= expected.len()).await;
         assert_eq!(ids(&events), expected, "subscriber {n}");
         assert_eq!(events.len(), expected.len(), "subscriber {n}: no duplicates");
+    }
+    for sub in &mut beside {
+        let (events, _) = sub.read(Duration::from_secs(30), |e| e.len() >= expected.len()).await;
+        assert_eq!(ids(&events), expected, "a subscriber of the second gateway");
     }
     let (a, _) = group[0].read(Duration::from_secs(3), |_| false).await;
     let (b, _) = group[1].read(Duration::from_secs(1), |_| false).await;

@@ -319,3 +319,43 @@ async fn a_chained_job_pulls_typed_batches_across_rescale_and_a_new_upstream_job
     assert!(after(&events, moved_at) >= 20, "events from the new upstream job: {}", events.len());
     assert!(events.iter().all(|e| e["raw-type"] == "bytes"), "{events:?}");
 }
+
+/// A chained job keeps receiving when the agent that runs its upstream is lost: the master
+/// re-places the upstream's worker, and the new plan points the source at its new agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_job_keeps_receiving_when_its_upstreams_agent_is_lost() {
+    let (api, mut procs) = start("streams-chain-loss").await;
+    procs.push(crate::agent("a3", &api.base));
+    let upstream = json!({
+        "name": "beat",
+        "source": {"kind": "synthetic", "generator": "device-logs", "events-per-second": 2000},
+        "stages": [{"name": "pass", "artifact": "filter@0.1.0", "params": {"field": "device-type", "op": "exists"}}]
+    });
+    let downstream = json!({
+        "name": "heard",
+        "source": {"kind": "job", "cluster": "beat", "query": "SELECT * WHERE status >= 500"},
+        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "params": {"field": "status", "op": "exists"}}]
+    });
+    let beat = submit(&api, upstream.to_string().into_bytes(), "beat").await;
+    let heard = submit(&api, downstream.to_string().into_bytes(), "heard").await;
+    let mut sink = Sub::open(&api, &format!("/api/v1/jobs/{heard}/sink")).await;
+    let (events, _) = sink.read(Duration::from_secs(30), |e| e.len() >= 10).await;
+    assert!(events.len() >= 10, "the chained job receives: {events:?}");
+
+    // Lose the upstream's agent (not the one the test reads the downstream through).
+    let lost = api.job_of(&beat).await["stages"][0]["workers"][0]["agent"].as_str().unwrap().to_owned();
+    let index = ["a1", "a2", "a3"].iter().position(|a| *a == lost).unwrap();
+    procs[index + 1].kill();
+    api.until_of(&beat, "upstream re-placed", Duration::from_secs(30), |j| {
+        j["state"] == "running" && j["stages"][0]["workers"][0]["agent"].as_str().is_some_and(|a| a != lost)
+    })
+    .await;
+    api.until_of(&heard, "downstream running", Duration::from_secs(30), |j| j["state"] == "running").await;
+    // The subscription may have ended if the downstream's last stage was on the lost agent:
+    // open it again from here.
+    let mut sink = Sub::open(&api, &format!("/api/v1/jobs/{heard}/sink")).await;
+    let moved_at = now_ms();
+    let (events, _) = sink.read(Duration::from_secs(30), |e| after(e, moved_at) >= 10).await;
+    assert!(after(&events, moved_at) >= 10, "events after the loss: {}", events.len());
+    assert!(events.iter().all(|e| e["status"].as_i64().unwrap() >= 500), "{events:?}");
+}
