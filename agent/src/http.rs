@@ -95,8 +95,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(squilla_net::auth::bearer_text);
     if let Some(text) = presented.filter(|t| t.starts_with(squilla_net::capability::PREFIX)) {
         return match capability_allows(&state, text, &request) {
             Ok(()) => next.run(request).await,
@@ -137,9 +136,19 @@ async fn ingest(
     let Ok(id) = id.parse::<JobKey>() else {
         return error_response(StatusCode::NOT_FOUND, "not_here", "the job does not run here");
     };
+    if !state.jobs.takes_ingest(&id) {
+        return error_response(StatusCode::NOT_FOUND, "not_here", "the job's source does not run here");
+    }
     let batch = match squilla_batch::BatchBytes::validate(body.to_vec()) {
         Ok(b) => b,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_batch", &e.to_string()),
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_batch",
+                "the body is not an archived batch (built with the squilla-batch crate; see docs/contract.md) — \
+                 programs that have JSON events post them to the master's or a gateway's ingest instead",
+            );
+        }
     };
     let Ok(permit) = state.ingests.clone().try_acquire_owned() else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "too many ingests in progress here");

@@ -214,6 +214,11 @@ impl Jobs {
         }
     }
 
+    /// Whether this agent runs `job`'s source now (where its ingest goes).
+    pub fn takes_ingest(&self, job: &JobKey) -> bool {
+        self.cell(job).is_some_and(|cell| cell.takes_ingest())
+    }
+
     /// Feeds an ingested batch to a job's first stage, waiting up to `wait` for room.
     pub fn ingest(&self, job: &JobKey, batch: BatchBytes, wait: Duration) -> Ingested {
         let Some(cell) = self.cell(job) else { return Ingested::NotHere };

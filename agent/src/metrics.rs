@@ -103,73 +103,69 @@ pub(crate) fn render(
         registry.register(name, help, family.clone());
         family
     };
-    let events_in = counter(&mut registry, "worker_events_in", "Events a worker received.");
-    let events_out = counter(&mut registry, "worker_events_out", "Events a worker emitted.");
-    let batches_in = counter(&mut registry, "worker_batches_in", "Batches a worker received.");
-    let batches_out = counter(&mut registry, "worker_batches_out", "Batches a worker emitted.");
-    let bytes_in = counter(&mut registry, "worker_bytes_in", "Bytes of the batches a worker received.");
-    let bytes_out = counter(&mut registry, "worker_bytes_out", "Bytes of the batches a worker emitted.");
+    let events_in = counter(&mut registry, "worker_events_in", "Events a worker received");
+    let events_out = counter(&mut registry, "worker_events_out", "Events a worker emitted");
+    let batches_in = counter(&mut registry, "worker_batches_in", "Batches a worker received");
+    let batches_out = counter(&mut registry, "worker_batches_out", "Batches a worker emitted");
+    let bytes_in = counter(&mut registry, "worker_bytes_in", "Bytes of the batches a worker received");
+    let bytes_out = counter(&mut registry, "worker_bytes_out", "Bytes of the batches a worker emitted");
     let dropped_events = counter(
         &mut registry,
         "worker_dropped_events",
-        "Events in the batches a worker's full input queue dropped (drop-oldest, drop-newest).",
+        "Events in the batches a worker's full input queue dropped (drop-oldest, drop-newest)",
     );
-    let traps = counter(&mut registry, "worker_traps", "Calls that trapped or passed their deadline.");
-    let failed_calls = counter(&mut registry, "worker_failed_calls", "Calls into a worker's stage that failed.");
+    let traps = counter(&mut registry, "worker_traps", "Calls that trapped or passed their deadline");
+    let failed_calls = counter(&mut registry, "worker_failed_calls", "Calls into a worker's stage that failed");
     let guest_cpu = Family::<WorkerLabels, Counter<f64, AtomicU64>>::default();
     registry.register_with_unit(
         "worker_guest_cpu",
-        "Time a worker's tenant code ran (instantiation and calls).",
+        "Time a worker's tenant code ran (instantiation and calls)",
         Unit::Seconds,
         guest_cpu.clone(),
     );
     let calls = Family::<WorkerLabels, CallHistogram>::default();
     registry.register_with_unit(
         "worker_call_duration",
-        "Time per call into a worker's stage (process, tick).",
+        "Time per call into a worker's stage (process, tick)",
         Unit::Seconds,
         calls.clone(),
     );
     let instances =
-        counter(&mut registry, "worker_instances_created", "Instances created for a worker (1 plus one per trap).");
+        counter(&mut registry, "worker_instances_created", "Instances created for a worker (1 plus one per trap)");
     let dropped = Family::<DropLabels, Counter>::default();
-    registry.register(
-        "worker_dropped_batches",
-        "Batches dropped on the way into a worker, by reason.",
-        dropped.clone(),
-    );
+    registry.register("worker_dropped_batches", "Batches dropped on the way into a worker, by reason", dropped.clone());
     let failures = Family::<FailureLabels, Counter>::default();
-    registry.register("worker_failures", "Failed calls into a worker's stage, by kind.", failures.clone());
+    registry.register("worker_failures", "Failed calls into a worker's stage, by kind", failures.clone());
     let queue = Family::<WorkerLabels, Gauge>::default();
-    registry.register("worker_queue_batches", "Batches waiting in a worker's input queue.", queue.clone());
+    registry.register("worker_queue_batches", "Batches waiting in a worker's input queue", queue.clone());
     let memory = Family::<WorkerLabels, Gauge>::default();
-    registry.register("worker_memory_bytes", "Linear memory of a worker's current instance.", memory.clone());
+    registry.register("worker_memory_bytes", "Linear memory of a worker's current instance", memory.clone());
     let sink_dropped = Family::<JobLabels, Counter>::default();
     registry.register(
         "job_sink_dropped_batches",
-        "Batches dropped at a job's sink on this agent.",
+        "Batches dropped at a job's sink on this agent",
         sink_dropped.clone(),
     );
     let remote_dropped = Family::<JobLabels, Counter>::default();
     registry.register(
         "job_remote_dropped_batches",
-        "Batches dropped on the way to or from other agents.",
+        "Batches dropped on the way to or from other agents",
         remote_dropped.clone(),
     );
     let pulls = Family::<JobLabels, Counter>::default();
     registry.register(
         "job_pull_dropped_events",
-        "Events of a job's output here dropped for other jobs' sources that did not keep up.",
+        "Events of a job's output here dropped for other jobs' sources that did not keep up",
         pulls.clone(),
     );
     let subscribers = Family::<JobLabels, Gauge>::default();
     registry.register(
         "job_sink_subscribers",
-        "Streams of a job's output served here (to the master, gateways or programs).",
+        "Streams of a job's output served here (to the master, gateways or programs)",
         subscribers.clone(),
     );
     let pullers = Family::<JobLabels, Gauge>::default();
-    registry.register("job_sink_pullers", "Other jobs' sources pulling a job's output here.", pullers.clone());
+    registry.register("job_sink_pullers", "Other jobs' sources pulling a job's output here", pullers.clone());
     for (key, stats) in sinks {
         let labels = JobLabels { tenant: key.tenant.to_string(), job: key.job.to_string() };
         pulls.get_or_create(&labels).inc_by(stats.pull_dropped);
@@ -177,16 +173,16 @@ pub(crate) fn render(
         pullers.get_or_create(&labels).set(i64::try_from(stats.pullers).unwrap_or(i64::MAX));
     }
     let workers = Gauge::<i64>::default();
-    registry.register("agent_workers", "Workers running on this agent.", workers.clone());
+    registry.register("agent_workers", "Workers running on this agent", workers.clone());
     let cache_hits = Counter::<u64>::default();
     registry.register(
         "agent_compile_cache_hits",
-        "Components answered from the compile cache (memory or disk).",
+        "Components answered from the compile cache (memory or disk)",
         cache_hits.clone(),
     );
     cache_hits.inc_by(cache.hits + cache.loaded);
     let compiled = Counter::<u64>::default();
-    registry.register("agent_compiled", "Components compiled from wasm.", compiled.clone());
+    registry.register("agent_compiled", "Components compiled from wasm", compiled.clone());
     compiled.inc_by(cache.compiled);
 
     let mut count = 0i64;

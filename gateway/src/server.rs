@@ -244,8 +244,10 @@ impl Gateway {
         if let Some(ip) = client {
             request = request.header("x-forwarded-for", ip.to_string());
         }
-        let response =
-            request.send().await.map_err(|e| unavailable(format!("the gateway cannot reach the master: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot reach the master");
+            unavailable("the gateway cannot reach the master; retry shortly".into())
+        })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| unavailable(format!("the master's answer: {e}")))?;
         match status.as_u16() {
@@ -301,6 +303,7 @@ pub fn router(gateway: Gateway) -> Router {
                 .layer(axum::middleware::from_fn_with_state(gateway.clone(), authenticate)),
         )
         .fallback(forward)
+        .method_not_allowed_fallback(squilla_net::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), client_rate))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(squilla_net::access::log))
@@ -360,6 +363,7 @@ impl Drop for Place {
 
 async fn sink(
     State(gw): State<Gateway>,
+    method: axum::http::Method,
     headers: HeaderMap,
     axum::Extension(ClientAddr(client)): axum::Extension<ClientAddr>,
     Path(id): Path<String>,
@@ -384,6 +388,10 @@ async fn sink(
                 return error_response(StatusCode::BAD_REQUEST, "invalid_query", &message);
             }
         }
+    }
+    if method == axum::http::Method::HEAD {
+        // What a GET would answer, without following anything.
+        return ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], ()).into_response();
     }
     let tenant = endpoints.job.split_once('.').map_or(endpoints.job.as_str(), |(t, _)| t).to_owned();
     let place = {
@@ -517,10 +525,13 @@ async fn forward(State(gw): State<Gateway>, request: Request) -> Response {
     out = out.body(reqwest::Body::wrap_stream(stream));
     match out.send().await {
         Ok(response) => pass_back(response),
-        Err(e) => error_response(
-            StatusCode::BAD_GATEWAY,
-            "master_unavailable",
-            &format!("the gateway cannot reach the master: {e}"),
-        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the master");
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "master_unavailable",
+                "the gateway cannot reach the master; retry shortly",
+            )
+        }
     }
 }

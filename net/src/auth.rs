@@ -35,8 +35,15 @@ pub fn bearer(headers: &HeaderMap) -> Option<TokenHash> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_text)
         .map(TokenHash::of)
+}
+
+/// The token of an `Authorization` value `Bearer <token>` (the scheme in any case, as HTTP
+/// says), if it is one.
+pub fn bearer_text(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
@@ -52,5 +59,7 @@ mod tests {
         assert!(!bearer(&headers).unwrap().matches(&TokenHash::of("secret-tokem")));
         headers.insert("authorization", "Basic secret-token".parse().unwrap());
         assert!(bearer(&headers).is_none());
+        headers.insert("authorization", "bearer secret-token".parse().unwrap());
+        assert!(bearer(&headers).unwrap().matches(&TokenHash::of("secret-token")), "the scheme in any case");
     }
 }

@@ -80,6 +80,11 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
     }
     let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
     assert_eq!(status["upstreams"], 2, "{status}");
+    // HEAD answers the headers and follows nothing.
+    let (code, _) = via.call(reqwest::Method::HEAD, &format!("/api/v1/jobs/{job}/sink?query=SELECT%20*"), vec![]).await;
+    assert_eq!(code, 200);
+    let (_, after_head) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
+    assert_eq!(after_head["upstreams-started"], status["upstreams-started"], "{after_head}");
     // A second gateway beside the first: its subscribers cost each agent one more stream.
     let port2 = free_port();
     let _gw2 = gateway(&master.base, port2, &[]);
@@ -190,6 +195,19 @@ async fn agents_take_a_capability_only_for_its_job_verb_and_lifetime() {
     assert_eq!(ids(&events), (2000..2010).collect(), "only the accepted batch reached the job");
     let (late, _) = sink.read(Duration::from_secs(2), |_| false).await;
     assert!(ids(&late).iter().all(|id| !(1000..1010).contains(id)), "{late:?}");
+
+    // A body that is not an archived batch is named as such.
+    let response = http.post(format!("http://{source}/jobs/{key}/ingest")).bearer_auth(capability).body("{}").send();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("archived batch"), "{body}");
+    // An ended job has no agents and no capability.
+    let (status, _) = api.call(reqwest::Method::POST, &format!("/api/v1/jobs/{other}/kill"), vec![]).await;
+    assert_eq!(status, 200);
+    let ended = endpoints(&api, &other).await;
+    assert_eq!((ended["ended"].as_bool(), ended["capability"].is_null()), (Some(true), true), "{ended}");
+    assert_eq!(ended["sinks"].as_array().map(Vec::len), Some(0), "{ended}");
 
     // A program with the capability reads the agent's sink itself.
     let response = http.get(format!("http://{source}/jobs/{key}/sink")).bearer_auth(capability).send().await.unwrap();

@@ -39,7 +39,7 @@ pub struct Endpoints {
     /// Whether the job takes ingest.
     pub ingest: bool,
     /// The bearer token for those agents: `sink` (and `ingest` if the job takes it) on this
-    /// job only. `None` if the master has no agent token.
+    /// job only. `None` once the job has ended, or if the master has no agent token.
     pub capability: Option<String>,
     /// When the capability expires, Unix ms.
     pub expires_at_ms: i64,
@@ -60,8 +60,12 @@ pub async fn endpoints(
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
     let job = state.control.job(&tenant, &id)?;
-    let sinks = state.control.sink_agents(&tenant, &id)?;
-    let (source, _, source_fresh) = state.control.source_agent(&tenant, &id)?;
+    let ended = job.state.is_terminal();
+    // An ended job has nowhere to read or feed: no agents, no capability.
+    let (sinks, (source, _, source_fresh)) = match ended {
+        false => (state.control.sink_agents(&tenant, &id)?, state.control.source_agent(&tenant, &id)?),
+        true => (Vec::new(), (None, job.spec.source.clone(), false)),
+    };
     let ingest = job.spec.source == SourceSpec::Ingest;
     let key = job.key().to_string();
     let expires_at_ms = crate::control::model::now_ms() + DEFAULT_TTL_MS;
@@ -69,14 +73,14 @@ pub async fn endpoints(
     if ingest {
         verbs.push(Verb::Ingest);
     }
-    let capability = state
-        .agent_token_plain
-        .as_deref()
-        .map(|token| Capability { job: key.clone(), verbs, expires_ms: expires_at_ms }.sign(&key_from_token(token)));
+    let capability =
+        state.agent_token_plain.as_deref().filter(|_| !ended).map(|token| {
+            Capability { job: key.clone(), verbs, expires_ms: expires_at_ms }.sign(&key_from_token(token))
+        });
     Ok(Json(Endpoints {
         job: key,
         state: job.state,
-        ended: job.state.is_terminal(),
+        ended,
         sinks,
         source,
         source_fresh,

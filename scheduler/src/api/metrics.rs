@@ -49,18 +49,18 @@ struct WorkerLabels {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut registry = Registry::with_prefix("squilla");
     let jobs = Family::<TenantState, Gauge>::default();
-    registry.register("jobs", "Jobs by tenant and state (ended jobs included).", jobs.clone());
+    registry.register("jobs", "Jobs by tenant and state (ended jobs included)", jobs.clone());
     for ((tenant, job_state), n) in state.control.job_counts() {
         jobs.get_or_create(&TenantState { tenant: tenant.to_string(), state: job_state })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     let agents = Family::<AgentState, Gauge>::default();
-    registry.register("agents", "Agents known to the master, alive or lost.", agents.clone());
+    registry.register("agents", "Agents known to the master, alive or lost", agents.clone());
     for (_, _, lost) in state.control.agents() {
         agents.get_or_create(&AgentState { state: if lost { "lost" } else { "alive" } }).inc();
     }
     let subscriptions = Family::<Tenant, Gauge>::default();
-    registry.register("subscriptions", "Open sink subscriptions through the master, by tenant.", subscriptions.clone());
+    registry.register("subscriptions", "Open sink subscriptions through the master, by tenant", subscriptions.clone());
     let open: Vec<(String, usize)> = state
         .subscriptions
         .lock()
@@ -77,16 +77,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         f
     };
     let events_in =
-        family(&mut registry, "reported_worker_events_in", "Events a worker received, as its agent last reported.");
+        family(&mut registry, "reported_worker_events_in", "Events a worker received, as its agent last reported");
     let events_out =
-        family(&mut registry, "reported_worker_events_out", "Events a worker emitted, as its agent last reported.");
+        family(&mut registry, "reported_worker_events_out", "Events a worker emitted, as its agent last reported");
     let dropped = family(
         &mut registry,
         "reported_worker_dropped_batches",
-        "Batches dropped on the way into a worker, as last reported.",
+        "Batches dropped on the way into a worker, as last reported",
     );
     let failed =
-        family(&mut registry, "reported_worker_failed_calls", "Failed calls into a worker's stage, as last reported.");
+        family(&mut registry, "reported_worker_failed_calls", "Failed calls into a worker's stage, as last reported");
     for job in state.control.live_jobs() {
         for stage in &job.stages {
             for (index, w) in stage.workers.iter().enumerate() {

@@ -22,8 +22,8 @@ use std::convert::Infallible;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use squilla_gateway::fanout::Join;
 use squilla_gateway::relay::{Follow, Locate, Located, Location, MAX_FRAME_BYTES};
@@ -114,6 +114,7 @@ pub(crate) fn check_params(raw: Option<&str>) -> Result<(SinkParams, Option<u64>
     ))]
 pub async fn sink(
     State(state): State<AppState>,
+    method: axum::http::Method,
     headers: HeaderMap,
     PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
@@ -123,6 +124,10 @@ pub async fn sink(
     let id = super::job_id(&id)?;
     state.control.sink_agents(&tenant, &id)?;
     let (params, limit) = check_params(query.as_deref())?;
+    if method == axum::http::Method::HEAD {
+        // What a GET would answer, without subscribing to anything.
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/event-stream")], ()).into_response());
+    }
     let place = subscribe(&state, &tenant)?;
     let events = join(&state, &tenant, &id, query, limit, &params);
     Ok(match upgrade {
