@@ -359,10 +359,11 @@ mod tests {
             call(&jobs, "GET", "/jobs/acme.errors-1/sink?query=SELECT%20nope(", Some(TOKEN), vec![]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains(r#""code":"invalid_query""#) && body.contains(r#""line""#), "{body}");
+        // A job whose source is not here is refused before its body is looked at.
         let (status, body) =
             call(&jobs, "POST", "/jobs/acme.errors-1/ingest", Some(TOKEN), b"not a batch".to_vec()).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("invalid_batch"), "{body}");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("not_here"), "{body}");
         let batch = squilla_batch::synth::DeviceLogs::new(1).batch(3, 0, 1).unwrap().as_bytes().to_vec();
         let (status, body) = call(&jobs, "POST", "/jobs/acme.errors-1/ingest", Some(TOKEN), batch).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
