@@ -7,8 +7,11 @@
 //! - **With `clientId`** the members split the stream: each complete frame goes to the next
 //!   member in turn (the agents see one subscriber of the group; the split happens here).
 //! - **A stream `LIMIT`** is per subscriber: such a subscription is never shared.
-//! - **Memory** is counted per member for the chunks it holds, though members share them: a
-//!   tenant's budget is spent as if each held its own copy (conservative).
+//! - **Memory** is counted as it is held: each chunk handed to members is reserved once in the
+//!   tenant's (and the process's) budget and given back when the last member has read or
+//!   dropped it, however many members hold it; each member's own queue is bounded by the
+//!   per-subscriber cap alone. A chunk the tenant's or process's budget cannot hold ends every
+//!   member's stream (`subscriber_memory`).
 //! - **Slow members** lose chunks at their own bounded queue (counted; told by a `meta` event)
 //!   and never slow the upstream or each other. A member's end (it left) is noticed within a
 //!   second; the upstream ends when its last member has left.
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use squilla_net::budget::Budget;
-use squilla_net::queue::{self, Item, Offered};
+use squilla_net::queue::{self, Item, Offered, StreamEnd};
 
 use crate::relay::{self, Follow};
 
@@ -69,6 +72,45 @@ pub struct Join {
     pub split: bool,
     /// The budget the shared upstream's own queue is held under.
     pub budget: Arc<Budget>,
+    /// The tenant's stream budget, where chunks handed to members are held once. The
+    /// member's queue should be bounded by a per-subscriber [`Budget::root`] of its own.
+    pub hold: Arc<Budget>,
+}
+
+/// A chunk held for members: its bytes stay reserved in the tenant's budget until the last
+/// member's copy of it is gone.
+struct HeldChunk {
+    bytes: Bytes,
+    budget: Arc<Budget>,
+}
+
+impl AsRef<[u8]> for HeldChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for HeldChunk {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes.len());
+    }
+}
+
+/// `bytes` reserved once in `budget` for as long as any copy of the result lives; `Err` with
+/// the stream's end if the budget cannot hold it.
+fn held(bytes: Bytes, budget: &Arc<Budget>) -> Result<Bytes, StreamEnd> {
+    match budget.try_reserve(bytes.len()) {
+        Ok(()) => Ok(Bytes::from_owner(HeldChunk { bytes, budget: budget.clone() })),
+        Err(e) => Err(StreamEnd {
+            code: "subscriber_memory",
+            message: format!(
+                "the stream was ended: its buffered data would pass the {} memory limit of {} bytes for streams; \
+                 read faster, or ask for less (a query, sample=N)",
+                e.level.name(),
+                e.limit
+            ),
+        }),
+    }
 }
 
 impl Fanouts {
@@ -106,8 +148,9 @@ impl Fanouts {
         let (tx, rx) = queue::channel(join.budget, UPSTREAM_EVENTS);
         let follower = relay::follow(join.follow, tx);
         let me = self.clone();
+        let hold = join.hold;
         tokio::spawn(async move {
-            distribute(rx, &members).await;
+            distribute(rx, &members, &hold).await;
             follower.abort();
             let mut upstreams = lock(&me.upstreams);
             lock(&members).closed = true;
@@ -121,7 +164,7 @@ impl Fanouts {
 }
 
 /// Hands the upstream's chunks to the members until it ends or every member has left.
-async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>) {
+async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>, hold: &Arc<Budget>) {
     loop {
         let item = match tokio::time::timeout(PRUNE, rx.recv()).await {
             Err(_) => None,
@@ -154,15 +197,24 @@ async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>) {
             // Drops at the upstream's own queue are not told to members: their queues are
             // larger in sum, so it only overflows when the process is over its budgets.
             Some(Item::Chunk { bytes, .. }) => {
-                if m.split && m.list.len() > 1 {
-                    split(&mut m, &bytes);
+                let dealt = if m.split && m.list.len() > 1 {
+                    split(&mut m, &bytes, hold)
                 } else {
                     let events = frames(&bytes);
-                    for s in &m.list {
-                        // A full member loses this chunk (counted in its queue); a closed one
-                        // is forgotten on the next pass.
-                        let _: Offered = s.offer(bytes.clone(), events);
+                    held(bytes, hold).map(|shared| {
+                        for s in &m.list {
+                            // A full member loses this chunk (counted in its queue); a closed
+                            // one is forgotten on the next pass.
+                            let _: Offered = s.offer(shared.clone(), events);
+                        }
+                    })
+                };
+                if let Err(end) = dealt {
+                    for s in m.list.drain(..) {
+                        s.end(end.clone());
                     }
+                    m.closed = true;
+                    return;
                 }
             }
         }
@@ -170,8 +222,8 @@ async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>) {
 }
 
 /// Deals `chunk`'s data frames out to the members in turn; other frames (`meta`, `ping`) go
-/// to every member.
-fn split(m: &mut Members, chunk: &[u8]) {
+/// to every member. Each member's part is held in `hold`.
+fn split(m: &mut Members, chunk: &[u8], hold: &Arc<Budget>) -> Result<(), StreamEnd> {
     let n = m.list.len();
     let mut parts: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
     let mut rest = chunk;
@@ -193,9 +245,10 @@ fn split(m: &mut Members, chunk: &[u8]) {
     }
     for (member, (text, events)) in m.list.iter().zip(parts) {
         if events > 0 {
-            let _: Offered = member.offer(Bytes::from(text), events);
+            let _: Offered = member.offer(held(Bytes::from(text), hold)?, events);
         }
     }
+    Ok(())
 }
 
 /// Frames in a chunk of complete frames.
@@ -205,25 +258,61 @@ fn frames(chunk: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use squilla_net::budget::{Budgets, Level};
+
     use super::*;
 
-    fn member() -> (queue::Sender, queue::Receiver) {
-        let budgets = squilla_net::budget::Budgets::new(1 << 20, 1 << 20);
-        queue::channel(budgets.tenant("t").child(squilla_net::budget::Level::Subscriber, 1 << 20), 100)
+    fn member(cap: usize) -> (queue::Sender, queue::Receiver) {
+        queue::channel(Budget::root(Level::Subscriber, cap), 100_000)
+    }
+
+    fn text(item: Item) -> String {
+        match item {
+            Item::Chunk { bytes, .. } => String::from_utf8(bytes.to_vec()).unwrap(),
+            Item::End(e) => panic!("{e:?}"),
+        }
     }
 
     #[test]
     fn a_client_id_group_deals_data_frames_in_turn_and_meta_to_all() {
-        let ((a, mut ra), (b, mut rb)) = (member(), member());
+        let budgets = Budgets::new(1 << 20, 1 << 20);
+        let ((a, mut ra), (b, mut rb)) = (member(1 << 20), member(1 << 20));
         let mut m = Members { list: vec![a, b], split: true, ..Members::default() };
-        split(&mut m, b"data: 1\n\ndata: 2\n\nevent: meta\ndata: {}\n\ndata: 3\n\n");
+        split(&mut m, b"data: 1\n\ndata: 2\n\nevent: meta\ndata: {}\n\ndata: 3\n\n", &budgets.tenant("t")).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (ia, ib) = rt.block_on(async { (ra.recv().await.unwrap(), rb.recv().await.unwrap()) });
-        let text = |i: Item| match i {
-            Item::Chunk { bytes, .. } => String::from_utf8(bytes.to_vec()).unwrap(),
-            Item::End(e) => panic!("{e:?}"),
-        };
         assert_eq!(text(ia), "data: 1\n\nevent: meta\ndata: {}\n\ndata: 3\n\n");
         assert_eq!(text(ib), "data: 2\n\nevent: meta\ndata: {}\n\n");
+    }
+
+    #[tokio::test]
+    async fn members_holding_the_same_chunks_cost_their_tenant_one_copy() {
+        let budgets = Budgets::new(64 << 20, 4 << 20);
+        let tenant = budgets.tenant("t");
+        let (tx, rx) = queue::channel(tenant.child(Level::Subscriber, 8 << 20), UPSTREAM_EVENTS);
+        let readers: Vec<_> = (0..200).map(|_| member(2 << 20)).collect();
+        let members = Arc::new(Mutex::new(Members {
+            list: readers.iter().map(|(s, _)| s.clone()).collect(),
+            ..Members::default()
+        }));
+        let (m, hold) = (members.clone(), tenant.clone());
+        let task = tokio::spawn(async move { distribute(rx, &m, &hold).await });
+        // 1 MiB in all, held by 200 members that read nothing: 200 MiB if counted per member.
+        let chunk = Bytes::from(format!("data: {}\n\n", "x".repeat((64 << 10) - 8)));
+        for _ in 0..16 {
+            assert_eq!(tx.offer(chunk.clone(), 1), Offered::Queued);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(readers.iter().all(|(s, _)| !s.is_closed()), "no member was ended");
+        let used = tenant.used();
+        assert!((1 << 20..(1 << 20) + (64 << 10)).contains(&used), "one copy held: {used}");
+        // Members reading and leaving give it back.
+        for (_, mut r) in readers {
+            while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::from_millis(5), r.recv()).await {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert_eq!(tenant.used(), 0);
+        tx.finish();
+        task.await.unwrap();
     }
 }

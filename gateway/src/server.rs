@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use squilla_net::auth::TokenHash;
-use squilla_net::budget::{Budgets, Level};
+use squilla_net::budget::{Budget, Budgets, Level};
 use squilla_net::error::error_response;
 use squilla_net::limits::{BodyBudget, BodyLimit, buffer_body};
 use squilla_net::queue::{self, StreamEnd};
@@ -408,8 +408,9 @@ async fn sink(
         Place { counts: gw.0.subscriptions.clone(), tenant: tenant.clone() }
     };
     gw.0.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let budget = || gw.0.streams.tenant(&tenant).child(Level::Subscriber, gw.0.config.subscriber_bytes);
-    let (member, rx) = queue::channel(budget(), SUBSCRIBER_EVENTS);
+    let hold = gw.0.streams.tenant(&tenant);
+    let upstream = hold.child(Level::Subscriber, gw.0.config.subscriber_bytes);
+    let (member, rx) = queue::channel(Budget::root(Level::Subscriber, gw.0.config.subscriber_bytes), SUBSCRIBER_EVENTS);
     // The upstream follows the job with the credentials of the subscriber that started it
     // (every member is of the same tenant: the key holds the job, and so its tenant).
     let (me, credentials, first) = (gw.clone(), headers.clone(), endpoints.clone());
@@ -446,7 +447,8 @@ async fn sink(
         max_frame: MAX_FRAME_BYTES.min(gw.0.config.subscriber_bytes),
     };
     let share = Some(format!("{}\n{params:?}", endpoints.job));
-    gw.0.fanouts.join(Join { share, follow, member, split: params.client_id.is_some(), budget: budget() });
+    let split = params.client_id.is_some();
+    gw.0.fanouts.join(Join { share, follow, member, split, budget: upstream, hold });
     match upgrade {
         Ok(upgrade) => crate::ws::serve(upgrade, rx, params.ping_interval(), place),
         Err(_) => crate::respond::sse(rx, place),

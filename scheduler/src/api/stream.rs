@@ -138,7 +138,8 @@ pub async fn sink(
 
 /// Joins the shared upstream of `tenant`'s job `id` with this query string
 /// ([`squilla_gateway::fanout`]), found from the master's own state and read with the agent
-/// token; the subscriber's queue is bounded by its share of the tenant's stream memory.
+/// token; the subscriber's queue is bounded by its own share, and what it holds is counted in
+/// the tenant's stream memory once per chunk.
 fn join(
     state: &AppState,
     tenant: &TenantId,
@@ -149,8 +150,14 @@ fn join(
 ) -> queue::Receiver {
     let share = Some(format!("{tenant}.{id}\n{params:?}"));
     let (split, ping) = (params.client_id.is_some(), params.ping_interval());
-    let budget = || state.streams.tenant(tenant.as_str()).child(Level::Subscriber, state.limits.subscriber_bytes);
-    let (member, rx) = queue::channel(budget(), PROXY_EVENTS);
+    let hold = state.streams.tenant(tenant.as_str());
+    let upstream = hold.child(Level::Subscriber, state.limits.subscriber_bytes);
+    // The member's queue is bounded by its own share; what it holds is counted for the tenant
+    // once per chunk however many members hold it (`squilla_gateway::fanout`).
+    let (member, rx) = queue::channel(
+        squilla_net::budget::Budget::root(Level::Subscriber, state.limits.subscriber_bytes),
+        PROXY_EVENTS,
+    );
     let (control, bearer) = (state.control.clone(), state.agent_token_plain.clone());
     let (t, i) = (tenant.clone(), id.clone());
     let locate: Locate = std::sync::Arc::new(move || {
@@ -175,7 +182,7 @@ fn join(
         // drop an agent that sends one rather than hold it.
         max_frame: MAX_FRAME_BYTES.min(state.limits.subscriber_bytes),
     };
-    state.fanouts.join(Join { share, follow, member, split, budget: budget() });
+    state.fanouts.join(Join { share, follow, member, split, budget: upstream, hold });
     rx
 }
 
