@@ -126,6 +126,22 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
     assert!(a.is_disjoint(&b), "a group splits the stream");
     assert_eq!(a.union(&b).copied().collect::<BTreeSet<_>>(), expected, "together they receive all of it");
 
+    // When every subscriber has left, the gateways let go of the agents.
+    drop((subs, group, beside));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
+        let mut counts = Vec::new();
+        for agent in &sinks {
+            counts.push(agent_subscribers(&via.http, agent, job_label).await);
+        }
+        if status["upstreams"] == 0 && status["subscribers"] == 0 && counts.iter().all(|c| *c == Some(0)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left behind: {status} {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Bad ingest is refused whole, at the gateway, as the master would.
     let (status, body) = via
         .call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/ingest"), b"{\"id\": 1}\nnot json\n".to_vec())
