@@ -22,15 +22,8 @@ pub struct GatewayArgs {
     /// `too_many_subscriptions` beyond).
     #[arg(long, env = "SQUILLA_GATEWAY_TENANT_SUBSCRIPTIONS", default_value_t = 1024)]
     pub tenant_subscriptions: usize,
-    /// Bytes one stream subscriber may have waiting at the gateway, MiB.
-    #[arg(long, env = "SQUILLA_STREAM_SUBSCRIBER_MIB", default_value_t = 16)]
-    pub stream_subscriber_mib: usize,
-    /// Bytes all of one tenant's subscribers may have waiting at the gateway, MiB.
-    #[arg(long, env = "SQUILLA_STREAM_TENANT_MIB", default_value_t = 256)]
-    pub stream_tenant_mib: usize,
-    /// Bytes all subscribers may have waiting at the gateway, MiB.
-    #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
-    pub stream_total_mib: usize,
+    #[command(flatten)]
+    pub streams: crate::master::StreamArgs,
     /// Requests per second from one client address (bursts of twice as many); 429
     /// `rate_limited` beyond.
     #[arg(long, env = "SQUILLA_CLIENT_RPS", default_value_t = 500)]
@@ -56,9 +49,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let config = GatewayConfig {
         master: args.master.trim_end_matches('/').to_owned(),
         subscriptions_per_tenant: args.tenant_subscriptions,
-        subscriber_bytes: args.stream_subscriber_mib.max(1) << 20,
-        tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
-        total_stream_bytes: args.stream_total_mib.max(1) << 20,
+        subscriber_bytes: args.streams.bytes().0,
+        tenant_stream_bytes: args.streams.bytes().1,
+        total_stream_bytes: args.streams.bytes().2,
         agent_timeout: Duration::from_secs(10),
         client_rate: squilla_net::rate::Rate {
             per_second: f64::from(args.client_rps),

@@ -51,15 +51,8 @@ pub struct MasterArgs {
     /// Requests per second one client address may make (burst: twice as many).
     #[arg(long, env = "SQUILLA_CLIENT_RPS", default_value_t = 500)]
     pub client_rps: u32,
-    /// Bytes one stream subscriber may have waiting at the master, MiB.
-    #[arg(long, env = "SQUILLA_STREAM_SUBSCRIBER_MIB", default_value_t = 16)]
-    pub stream_subscriber_mib: usize,
-    /// Bytes all of one tenant's stream subscribers may have waiting at the master, MiB.
-    #[arg(long, env = "SQUILLA_STREAM_TENANT_MIB", default_value_t = 256)]
-    pub stream_tenant_mib: usize,
-    /// Bytes all stream subscribers may have waiting at the master, MiB.
-    #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
-    pub stream_total_mib: usize,
+    #[command(flatten)]
+    pub streams: StreamArgs,
     /// Sink subscriptions one tenant may hold open at once (429 `too_many_subscriptions`
     /// beyond).
     #[arg(long, env = "SQUILLA_TENANT_SUBSCRIPTIONS", default_value_t = 64)]
@@ -92,6 +85,28 @@ pub fn tls(
     }
 }
 
+/// What a process that serves sink streams (the master, a gateway) may hold for subscribers.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StreamArgs {
+    /// Bytes one stream subscriber may have waiting here, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_SUBSCRIBER_MIB", default_value_t = 16)]
+    pub stream_subscriber_mib: usize,
+    /// Bytes all of one tenant's stream subscribers may have waiting here, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_TENANT_MIB", default_value_t = 256)]
+    pub stream_tenant_mib: usize,
+    /// Bytes all stream subscribers may have waiting here, MiB.
+    #[arg(long, env = "SQUILLA_STREAM_TOTAL_MIB", default_value_t = 1024)]
+    pub stream_total_mib: usize,
+}
+
+impl StreamArgs {
+    /// `(subscriber, tenant, total)` bytes.
+    pub fn bytes(&self) -> (usize, usize, usize) {
+        let mib = |n: usize| n.max(1) << 20;
+        (mib(self.stream_subscriber_mib), mib(self.stream_tenant_mib), mib(self.stream_total_mib))
+    }
+}
+
 /// A master serving on its own tasks.
 pub struct Running {
     /// Where the API listens.
@@ -116,9 +131,9 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
         artifact_bytes_per_tenant: args.tenant_artifact_mib << 20,
         tenant_rate: Rate { per_second: f64::from(args.tenant_rps), burst: 2.0 * f64::from(args.tenant_rps) },
         client_rate: Rate { per_second: f64::from(args.client_rps), burst: 2.0 * f64::from(args.client_rps) },
-        subscriber_bytes: args.stream_subscriber_mib.max(1) << 20,
-        tenant_stream_bytes: args.stream_tenant_mib.max(1) << 20,
-        total_stream_bytes: args.stream_total_mib.max(1) << 20,
+        subscriber_bytes: args.streams.bytes().0,
+        tenant_stream_bytes: args.streams.bytes().1,
+        total_stream_bytes: args.streams.bytes().2,
         subscriptions_per_tenant: args.tenant_subscriptions,
         trusted_proxies: args.trusted_proxies.clone(),
         ..ApiLimits::default()

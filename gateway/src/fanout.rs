@@ -101,15 +101,7 @@ impl Drop for HeldChunk {
 fn held(bytes: Bytes, budget: &Arc<Budget>) -> Result<Bytes, StreamEnd> {
     match budget.try_reserve(bytes.len()) {
         Ok(()) => Ok(Bytes::from_owner(HeldChunk { bytes, budget: budget.clone() })),
-        Err(e) => Err(StreamEnd {
-            code: "subscriber_memory",
-            message: format!(
-                "the stream was ended: its buffered data would pass the {} memory limit of {} bytes for streams; \
-                 read faster, or ask for less (a query, sample=N)",
-                e.level.name(),
-                e.limit
-            ),
-        }),
+        Err(e) => Err(StreamEnd::memory(e)),
     }
 }
 
@@ -200,7 +192,7 @@ async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>, hold: &Ar
                 let dealt = if m.split && m.list.len() > 1 {
                     split(&mut m, &bytes, hold)
                 } else {
-                    let events = frames(&bytes);
+                    let events = squilla_types::sse::frame_count(&bytes);
                     held(bytes, hold).map(|shared| {
                         for s in &m.list {
                             // A full member loses this chunk (counted in its queue); a closed
@@ -226,11 +218,7 @@ async fn distribute(mut rx: queue::Receiver, members: &Mutex<Members>, hold: &Ar
 fn split(m: &mut Members, chunk: &[u8], hold: &Arc<Budget>) -> Result<(), StreamEnd> {
     let n = m.list.len();
     let mut parts: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
-    let mut rest = chunk;
-    while !rest.is_empty() {
-        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |i| i + 2);
-        let (frame, tail) = rest.split_at(end);
-        rest = tail;
+    for frame in squilla_types::sse::frames(chunk) {
         if frame.starts_with(b"data:") {
             let part = &mut parts[m.next % n];
             part.0.extend_from_slice(frame);
@@ -249,11 +237,6 @@ fn split(m: &mut Members, chunk: &[u8], hold: &Arc<Budget>) -> Result<(), Stream
         }
     }
     Ok(())
-}
-
-/// Frames in a chunk of complete frames.
-fn frames(chunk: &[u8]) -> usize {
-    chunk.windows(2).filter(|w| w == b"\n\n").count().max(1)
 }
 
 #[cfg(test)]

@@ -193,11 +193,6 @@ fn has_error_event(chunk: &[u8]) -> bool {
     chunk.starts_with(b"event: error\n") || chunk.windows(14).any(|w| w == b"\nevent: error\n")
 }
 
-/// Events (frames) in a chunk of complete frames.
-fn frames_in(chunk: &[u8]) -> usize {
-    chunk.windows(2).filter(|w| w == b"\n\n").count().max(1)
-}
-
 /// Keeps of `chunk` (complete frames) the data frames that `remaining` still allows, with
 /// every other frame before the first refused one; returns them, and whether the limit is
 /// now reached.
@@ -205,11 +200,7 @@ fn within_limit(chunk: &[u8], remaining: &std::sync::atomic::AtomicU64) -> (Vec<
     use std::sync::atomic::Ordering;
     let mut kept = Vec::with_capacity(chunk.len());
     let mut reached = false;
-    let mut rest = chunk;
-    while !rest.is_empty() {
-        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |i| i + 2);
-        let (frame, tail) = rest.split_at(end);
-        rest = tail;
+    for frame in squilla_types::sse::frames(chunk) {
         if frame.starts_with(b"data:") {
             let took = remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
             if !took {
@@ -279,7 +270,7 @@ async fn relay(
             None => (whole, false),
         };
         let error = has_error_event(&whole);
-        let events = frames_in(&whole);
+        let events = squilla_types::sse::frame_count(&whole);
         if !whole.is_empty() && tx.offer(whole, events) == Offered::Closed {
             return RelayEnd::Subscriber;
         }

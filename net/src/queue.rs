@@ -25,6 +25,21 @@ pub struct StreamEnd {
     pub message: String,
 }
 
+impl StreamEnd {
+    /// `subscriber_memory`: buffering more would pass `exceeded`'s limit.
+    pub fn memory(exceeded: Exceeded) -> StreamEnd {
+        StreamEnd {
+            code: "subscriber_memory",
+            message: format!(
+                "the stream was ended: its buffered data would pass the {} memory limit of {} bytes for streams; \
+                 read faster, or ask for less (a query, sample=N)",
+                exceeded.level.name(),
+                exceeded.limit
+            ),
+        }
+    }
+}
+
 /// What a subscriber reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
@@ -119,15 +134,7 @@ impl Sender {
             }
             Err(e) => {
                 shared.clear(&mut state);
-                state.end = Some(StreamEnd {
-                    code: "subscriber_memory",
-                    message: format!(
-                        "the stream was ended: its buffered data would pass the {} memory limit of {} bytes for streams; \
-                         read faster, or ask for less (a query, sample=N)",
-                        e.level.name(),
-                        e.limit
-                    ),
-                });
+                state.end = Some(StreamEnd::memory(e));
                 drop(state);
                 shared.notify.notify_one();
                 return Offered::Closed;

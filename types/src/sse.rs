@@ -43,6 +43,26 @@ pub fn complete_from(bytes: &[u8], from: usize) -> usize {
     bytes.get(from..).and_then(|tail| tail.windows(2).rposition(|w| w == b"\n\n")).map_or(0, |i| from + i + 2)
 }
 
+/// The frames of `chunk`, each with its closing blank line (a last one without it, if the
+/// chunk does not end on a frame's end).
+pub fn frames(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = chunk;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |i| i + 2);
+        let (frame, tail) = rest.split_at(end);
+        rest = tail;
+        Some(frame)
+    })
+}
+
+/// How many events a chunk of complete frames counts as (at least 1).
+pub fn frame_count(chunk: &[u8]) -> usize {
+    chunk.windows(2).filter(|w| w == b"\n\n").count().max(1)
+}
+
 /// Longest line (and longest event data) a [`Parser`] keeps; longer ones are skipped whole.
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
 
