@@ -110,6 +110,20 @@ pub struct AgentArgs {
     /// A PEM file of CA certificates to trust for the master's HTTPS (beside the public ones).
     #[arg(long, env = "SQUILLA_CA")]
     pub ca: Option<PathBuf>,
+    /// How the data port admits peers: `tls` (certificates from the master's CA, encrypted)
+    /// or `key` (a handshake proving the agent token, unencrypted). Every agent of a fleet
+    /// must use the same.
+    #[arg(long, env = "SQUILLA_DATA_SECURITY", value_enum, default_value_t = DataSecurityArg::Tls)]
+    pub data_security: DataSecurityArg,
+}
+
+/// `--data-security`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataSecurityArg {
+    /// TLS 1.3 with mutual authentication.
+    Tls,
+    /// The key handshake, frames in the clear.
+    Key,
 }
 
 impl AgentArgs {
@@ -136,6 +150,10 @@ impl AgentArgs {
         }
         config.cache_dir = self.cache_dir.clone();
         config.ca = self.ca.clone();
+        config.data_security = match self.data_security {
+            DataSecurityArg::Tls => squilla_agent::DataSecurity::Tls,
+            DataSecurityArg::Key => squilla_agent::DataSecurity::Key,
+        };
         config.threads = self.threads;
         config.compile = self.compile.config()?;
         config.sinks = squilla_agent::sink::SinkLimits {

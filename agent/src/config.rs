@@ -50,6 +50,20 @@ pub struct AgentConfig {
     /// A PEM file of certificates to trust for the master's HTTPS, beside the public roots
     /// (default none).
     pub ca: Option<PathBuf>,
+    /// How the data port admits peers (default [`DataSecurity::Tls`]).
+    pub data_security: DataSecurity,
+}
+
+/// How an agent's data port admits peers; every agent of a fleet must use the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataSecurity {
+    /// TLS 1.3 with a certificate from the master's CA at both ends: peers authenticated,
+    /// frames encrypted and authenticated.
+    #[default]
+    Tls,
+    /// Both ends prove they hold a key derived from the agent token; frames travel in the
+    /// clear (for networks nobody else can tap).
+    Key,
 }
 
 impl AgentConfig {
@@ -78,6 +92,7 @@ impl AgentConfig {
                 ..ServerLimits::default()
             },
             ca: None,
+            data_security: DataSecurity::Tls,
         }
     }
 }

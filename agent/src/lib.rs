@@ -11,6 +11,7 @@
 //! - an **HTTP server** ([`http`]) for sinks and ingest, with the agent token checked before
 //!   any body is read, and connection, body and memory limits.
 
+mod certificate;
 pub mod chain;
 mod config;
 mod heartbeat;
@@ -27,13 +28,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use squilla_host::transport::{Transport, TransportConfig};
+use squilla_host::transport::{Auth, DataTls, Transport, TransportConfig};
 use squilla_host::{ArtifactCache, Executor, Lease, Runtime, RuntimeConfig};
 use squilla_net::server::ServerStats;
 use squilla_types::control::Heartbeat;
 use squilla_types::ids::AgentId;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, DataSecurity};
 pub use http::INGEST_WAIT;
 pub use master::FETCH_TIMEOUT;
 
@@ -87,12 +88,13 @@ impl Agent {
         .with_compile_config(config.compile.clone());
         let executor = Executor::start(config.threads).map_err(AgentError::Executor)?;
         let lease = Lease::expired();
-        let transport_config = TransportConfig {
-            agent: config.id.to_string(),
-            lease: lease.clone(),
-            key: Some(squilla_host::transport::handshake::key_from_token(&config.token)),
-            ..TransportConfig::default()
+        let data_tls = (config.data_security == DataSecurity::Tls).then(DataTls::new);
+        let auth = match &data_tls {
+            Some(tls) => Auth::Tls(tls.clone()),
+            None => Auth::Key(squilla_host::transport::handshake::key_from_token(&config.token)),
         };
+        let transport_config =
+            TransportConfig { agent: config.id.to_string(), lease: lease.clone(), auth, ..TransportConfig::default() };
         let transport = Transport::bind(config.data_listen, transport_config)
             .map_err(|source| AgentError::Listen { addr: config.data_listen, source })?;
         let listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -146,7 +148,20 @@ impl Agent {
             workers: Vec::new(),
             usage: Default::default(),
         };
-        tasks.push(tokio::spawn(heartbeat::run(config.clone(), client, beat, jobs.clone(), lease)));
+        let heartbeats = heartbeat::run(config.clone(), client.clone(), beat, jobs.clone(), lease);
+        tasks.push(tokio::spawn({
+            let config = config.clone();
+            async move {
+                // An agent takes part in the data plane only once it holds a certificate.
+                match data_tls {
+                    Some(tls) => {
+                        let valid = certificate::obtain(&config, &client, &tls).await;
+                        tokio::join!(heartbeats, certificate::renew(config, client, tls, valid));
+                    }
+                    None => heartbeats.await,
+                }
+            }
+        }));
         let app = http::router(jobs.clone(), &config.token);
         let stats = Arc::new(ServerStats::default());
         tasks.push(tokio::spawn(squilla_net::server::serve(listener, app, config.server.clone(), stats.clone())));

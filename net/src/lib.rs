@@ -18,6 +18,7 @@
 pub mod access;
 pub mod auth;
 pub mod budget;
+pub mod ca;
 pub mod capability;
 pub mod error;
 pub mod extract;

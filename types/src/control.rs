@@ -203,6 +203,32 @@ pub struct Heartbeat {
     pub usage: AgentUsage,
 }
 
+/// Agent → master: a request for a data-port certificate
+/// (`POST /api/v1/agent/certificate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct CertificateRequest {
+    /// The agent's id, which the certificate will name.
+    pub agent: AgentId,
+    /// A PKCS#10 certificate signing request (PEM) for the agent's own key; only its public
+    /// key is used.
+    pub csr: String,
+}
+
+/// Master → agent: a data-port certificate and the CA that issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub struct CertificateAnswer {
+    /// The certificate (PEM).
+    pub certificate: String,
+    /// The CA's certificate (PEM), which every agent trusts.
+    pub ca: String,
+    /// When the certificate stops being valid, ms since the epoch.
+    pub not_after_ms: u64,
+}
+
 /// Where one worker slot runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -27,18 +27,22 @@
 //! **Pulling a job's output** ([`tap`]): a job that reads another job's output pulls it from
 //! the agents that make it, over the same port and frames, on a connection of its own.
 //!
-//! **Who may connect**: with a [`TransportConfig::key`] (agents take it from their agent
-//! token), every connection starts with [`handshake`]: both ends prove they hold the key
-//! before a single frame is read, and a connection that does not is closed and counted
-//! (`refused`). Without a key (in-process tests and benchmarks) the data port trusts its
-//! network.
+//! **Who may connect** ([`TransportConfig::auth`]): agents speak TLS 1.3, each end
+//! presenting a certificate from the master's CA ([`tls`]), or, on a network the operator
+//! trusts not to be tapped, the key handshake ([`handshake`]) in which both ends prove they
+//! hold a key derived from the agent token. Either way a connection that fails is closed
+//! before a single frame is read and counted (`refused`). Under TLS, a peer's `hello` must
+//! name the agent its certificate names. Without either (in-process tests and benchmarks)
+//! the data port trusts its network.
 
+mod conn;
 pub mod frame;
 pub mod handshake;
 mod recv;
 mod send;
 mod state;
 pub mod tap;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -49,7 +53,9 @@ use std::time::Duration;
 
 use crate::pipeline::{Outlet, PipelineHandle};
 
+pub use self::conn::Auth;
 pub use self::state::TransportConfig;
+pub use self::tls::{DataTls, DataTlsError};
 use self::state::{Counters, TransportState, write};
 
 /// How long a data-port connection may be silent before the kernel probes it, how often it

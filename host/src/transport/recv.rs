@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use super::state::{TransportState, read};
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+use super::conn::{Conn, Output};
 use super::frame::{self, Frame};
 use crate::pipeline::Delivery;
 
@@ -30,7 +31,8 @@ pub(super) fn accept(listener: TcpListener, inner: Arc<TransportState>) {
         let inner = inner.clone();
         let started = std::thread::Builder::new().name("squilla-recv".into()).spawn(move || {
             let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(err) = Connection::serve(conn, inner) {
+            let served = super::conn::accepted(conn, &inner).and_then(|conn| Connection::serve(conn, inner));
+            if let Err(err) = served {
                 tracing::debug!(%peer, error = %err, "peer connection ended");
             }
         });
@@ -55,30 +57,26 @@ struct Connection {
     /// The sending agent, as its `hello` named it.
     peer: Mutex<Option<String>>,
     streams: Mutex<HashMap<u32, StreamIn>>,
-    out: Mutex<BufWriter<TcpStream>>,
+    out: Mutex<BufWriter<Output>>,
     waiting: Condvar,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Connection {
-    fn serve(mut conn: TcpStream, inner: Arc<TransportState>) -> std::io::Result<()> {
-        conn.set_nodelay(true)?;
-        super::keepalive(&conn);
-        if let Some(key) = &inner.config.key
-            && let Err(err) = super::handshake::serve(&mut conn, key)
-        {
-            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-            tracing::warn!(peer = ?conn.peer_addr().ok(), error = %err, "data port connection refused");
-            return Err(err);
-        }
+    fn serve(conn: Conn, inner: Arc<TransportState>) -> std::io::Result<()> {
+        let Conn { input, output, socket, peer_agent } = conn;
         let max = inner.config.max_frame_bytes;
-        let mut input = BufReader::with_capacity(256 << 10, conn.try_clone()?);
+        let mut input = BufReader::with_capacity(256 << 10, input);
+        // A connection that pulls a job's output says so in its first frame.
+        let first = frame::read(&mut input, max)?;
+        if let Frame::Subscribe { job, query, .. } = &first {
+            return super::tap::serve(socket, input, output, &inner, job, query);
+        }
         let me = Arc::new(Connection {
             inner,
             peer: Mutex::new(None),
             streams: Mutex::new(HashMap::new()),
-            out: Mutex::new(BufWriter::new(conn.try_clone()?)),
+            out: Mutex::new(BufWriter::new(output)),
             waiting: Condvar::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
@@ -86,15 +84,7 @@ impl Connection {
             let me = me.clone();
             std::thread::Builder::new().name("squilla-retry".into()).spawn(move || me.retry_loop())?
         };
-        // A connection that pulls a job's output says so in its first frame.
-        let mut first = Some(frame::read(&mut input, max)?);
-        if let Some(Frame::Subscribe { job, query, .. }) = &first {
-            let (job, query) = (job.clone(), query.clone());
-            me.closed.store(true, Ordering::SeqCst);
-            me.waiting.notify_all();
-            let _ = retry.join();
-            return super::tap::serve(conn, input, &me.inner, &job, &query);
-        }
+        let mut first = Some(first);
         let result = (|| loop {
             let next = match first.take() {
                 Some(frame) => frame,
@@ -103,6 +93,13 @@ impl Connection {
             match next {
                 Frame::Hello { agent } => {
                     tracing::debug!(%agent, "peer said hello");
+                    // Under TLS the certificate names the agent: a peer may not speak for another.
+                    if peer_agent.as_ref().is_some_and(|named| *named != agent) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("a peer whose certificate names {peer_agent:?} said hello as {agent}"),
+                        ));
+                    }
                     *lock(&me.peer) = Some(agent);
                 }
                 Frame::Open { id, stage, index, job } => {
@@ -122,7 +119,7 @@ impl Connection {
         })();
         me.closed.store(true, Ordering::SeqCst);
         me.waiting.notify_all();
-        let _ = conn.shutdown(std::net::Shutdown::Both);
+        let _ = socket.shutdown(std::net::Shutdown::Both);
         let _ = retry.join();
         result
     }

@@ -1,7 +1,7 @@
 //! The sending side: one thread per peer agent, writing its streams' batches as credit allows.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::Thread;
@@ -12,6 +12,7 @@ use super::state::{TransportConfig, TransportState};
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+use super::conn::Conn;
 use super::frame::{self, Frame};
 use crate::pipeline::Outlet;
 
@@ -90,7 +91,7 @@ impl Peer {
             if inner.stopped.load(Ordering::Relaxed) {
                 return;
             }
-            match TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)) {
+            match super::conn::dial(self.addr, &inner) {
                 Ok(conn) => {
                     backoff = Duration::from_millis(50);
                     inner.counters.connects.fetch_add(1, Ordering::Relaxed);
@@ -120,24 +121,17 @@ impl Peer {
         }
     }
 
-    fn session(&self, mut conn: TcpStream, inner: &TransportState, config: &TransportConfig) -> std::io::Result<()> {
-        conn.set_nodelay(true)?;
-        super::keepalive(&conn);
-        if let Some(key) = &config.key
-            && let Err(err) = super::handshake::dial(&mut conn, key)
-        {
-            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(err);
-        }
+    fn session(&self, conn: Conn, inner: &TransportState, config: &TransportConfig) -> std::io::Result<()> {
+        let Conn { input, output, socket, .. } = conn;
         let broken = Arc::new(AtomicBool::new(false));
         // Credits come back on the same connection.
         let reader = {
-            let (conn, broken) = (conn.try_clone()?, broken.clone());
+            let broken = broken.clone();
             let me = lock(&self.thread).clone();
             let peer_streams = self.streams.clone();
             let max = config.max_frame_bytes;
             std::thread::Builder::new().name(format!("squilla-credit-{}", self.addr)).spawn(move || {
-                let mut input = BufReader::new(conn);
+                let mut input = BufReader::new(input);
                 while let Ok(Frame::Credit { id, batches }) = frame::read(&mut input, max) {
                     if let Some(s) = lock(&peer_streams).iter().find(|s| s.id == id) {
                         s.credit.fetch_add(batches, Ordering::Relaxed);
@@ -155,7 +149,7 @@ impl Peer {
                 }
             })?
         };
-        let mut out = BufWriter::with_capacity(256 << 10, conn.try_clone()?);
+        let mut out = BufWriter::with_capacity(256 << 10, output);
         frame::write(&mut out, &Frame::Hello { agent: config.agent.clone() })?;
         let mut opened: Vec<u32> = Vec::new();
         let result = (|| loop {
@@ -208,7 +202,7 @@ impl Peer {
                 std::thread::park_timeout(IDLE);
             }
         })();
-        let _ = conn.shutdown(std::net::Shutdown::Both);
+        let _ = socket.shutdown(std::net::Shutdown::Both);
         let _ = reader.join();
         result
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use super::conn::Auth;
 use crate::lease::Lease;
 use crate::pipeline::PipelineHandle;
 
@@ -25,9 +26,9 @@ pub struct TransportConfig {
     pub max_backoff: Duration,
     /// The agent's lease: nothing is sent while it has run out (default: never runs out).
     pub lease: Arc<Lease>,
-    /// The fleet's transport key (see [`super::handshake`]); `None` (the default): no
-    /// handshake, for in-process use only.
-    pub key: Option<[u8; 32]>,
+    /// How connections are admitted (default [`Auth::Open`]: no handshake, for in-process
+    /// use only).
+    pub auth: Auth,
 }
 
 impl Default for TransportConfig {
@@ -39,7 +40,7 @@ impl Default for TransportConfig {
             max_frame_bytes: 64 << 20,
             max_backoff: Duration::from_secs(1),
             lease: Lease::unlimited(),
-            key: None,
+            auth: Auth::Open,
         }
     }
 }

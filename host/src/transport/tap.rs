@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use squilla_batch::BatchBytes;
 
+use super::conn::{Conn, Input, Output};
 use super::frame::{self, Frame};
 use super::state::{TransportState, read};
 
@@ -110,13 +111,14 @@ impl Credit {
 
 /// Serves a `subscribe` that opened a connection: the job's output here, as credit allows.
 pub(super) fn serve(
-    conn: TcpStream,
-    mut input: BufReader<TcpStream>,
+    socket: TcpStream,
+    mut input: BufReader<Input>,
+    output: Output,
     inner: &Arc<TransportState>,
     job: &str,
     query: &str,
 ) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(256 << 10, conn.try_clone()?);
+    let mut out = BufWriter::with_capacity(256 << 10, output);
     let open = read(&inner.taps).get(job).cloned();
     let query = Some(query).filter(|q| !q.trim().is_empty());
     let feed = match open.map(|open| open(query)) {
@@ -140,7 +142,7 @@ pub(super) fn serve(
         })?
     };
     let result = pump(&feed, &credit, &mut out, inner);
-    let _ = conn.shutdown(std::net::Shutdown::Both);
+    let _ = socket.shutdown(std::net::Shutdown::Both);
     let _ = reader.join();
     result
 }
@@ -149,7 +151,7 @@ pub(super) fn serve(
 fn pump(
     feed: &TapFeed,
     credit: &Credit,
-    out: &mut BufWriter<TcpStream>,
+    out: &mut BufWriter<Output>,
     inner: &TransportState,
 ) -> std::io::Result<()> {
     let counters = &inner.counters;
@@ -182,7 +184,7 @@ fn pump(
     }
 }
 
-fn end(out: &mut BufWriter<TcpStream>, message: &str) -> std::io::Result<()> {
+fn end(out: &mut BufWriter<Output>, message: &str) -> std::io::Result<()> {
     frame::write(out, &Frame::End { id: STREAM, message: message.to_owned() })?;
     out.flush()
 }
@@ -199,8 +201,8 @@ pub enum Pulled {
 /// The pulling end: a connection to the agent that makes a job's output.
 pub struct Puller {
     conn: TcpStream,
-    input: BufReader<TcpStream>,
-    out: BufWriter<TcpStream>,
+    input: BufReader<Input>,
+    out: BufWriter<Output>,
     inner: Arc<TransportState>,
     closed: Arc<AtomicBool>,
 }
@@ -236,22 +238,14 @@ impl Puller {
         query: Option<&str>,
         credit: u32,
     ) -> std::io::Result<Puller> {
-        let mut conn = TcpStream::connect_timeout(&peer, Duration::from_secs(2))?;
-        conn.set_nodelay(true)?;
-        super::keepalive(&conn);
-        if let Some(key) = &inner.config.key
-            && let Err(err) = super::handshake::dial(&mut conn, key)
-        {
-            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(err);
-        }
+        let Conn { input, output, socket: conn, .. } = super::conn::dial(peer, &inner)?;
         inner.counters.connects.fetch_add(1, Ordering::Relaxed);
-        let mut out = BufWriter::new(conn.try_clone()?);
+        let mut out = BufWriter::new(output);
         let subscribe = Frame::Subscribe { id: STREAM, job: job.to_owned(), query: query.unwrap_or("").to_owned() };
         frame::write(&mut out, &subscribe)?;
         frame::write(&mut out, &Frame::Credit { id: STREAM, batches: credit })?;
         out.flush()?;
-        let input = BufReader::with_capacity(256 << 10, conn.try_clone()?);
+        let input = BufReader::with_capacity(256 << 10, input);
         Ok(Puller { conn, input, out, inner, closed: Arc::new(AtomicBool::new(false)) })
     }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBuilder;
 use squilla_host::pipeline::{Pipeline, PipelineConfig, SlotPlan, StageConfig};
-use squilla_host::transport::{Transport, TransportConfig};
+use squilla_host::transport::{Auth, DataTls, Transport, TransportConfig};
+use squilla_net::ca::Authority;
+use std::sync::Arc;
 use squilla_host::{Executor, Limits};
 use squilla_types::{Backpressure, Routing};
 
@@ -37,8 +39,22 @@ fn stages() -> Vec<StageConfig> {
 }
 
 fn transport(agent: &str) -> Transport {
-    let config = TransportConfig { agent: agent.into(), credit_batches: 2, outlet_batches: 2, ..Default::default() };
+    transport_with(agent, Auth::Open)
+}
+
+fn transport_with(agent: &str, auth: Auth) -> Transport {
+    let config =
+        TransportConfig { agent: agent.into(), credit_batches: 2, outlet_batches: 2, auth, ..Default::default() };
     Transport::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap(), config).unwrap()
+}
+
+/// A data-port identity for `agent`, issued by `ca` as the master does.
+fn identity(ca: &Authority, agent: &str) -> Arc<DataTls> {
+    let (key, csr) = squilla_net::ca::request(agent).unwrap();
+    let issued = ca.issue(&csr, agent, squilla_net::ca::LIFETIME).unwrap();
+    let tls = DataTls::new();
+    tls.install(ca.certificate_pem(), &issued.certificate, &key).unwrap();
+    tls
 }
 
 fn local(n: usize) -> Vec<SlotPlan> {
@@ -51,8 +67,18 @@ fn remote(t: &Transport, peer: &Transport, job: &str, stage: u32, n: u32) -> Vec
 
 #[test]
 fn a_job_split_over_two_agents_gives_the_results_it_gives_on_one() {
+    split_job(transport("a"), transport("b"));
+}
+
+#[test]
+fn a_job_split_over_two_agents_speaking_tls_gives_the_same_results() {
+    let ca = Authority::generate().unwrap();
+    let (a, b) = (transport_with("a", Auth::Tls(identity(&ca, "a"))), transport_with("b", Auth::Tls(identity(&ca, "b"))));
+    split_job(a, b);
+}
+
+fn split_job(a: Transport, b: Transport) {
     let executor = Executor::start(0).expect("executor threads");
-    let (a, b) = (transport("a"), transport("b"));
     let job = "errors-1";
     let config = PipelineConfig::new(job, stages(), Backpressure::Block);
     // Agent A runs `parse`; agent B runs `error-rate`; each sees the other's slots as remote.
@@ -136,4 +162,71 @@ fn a_moved_worker_gets_its_batches_on_its_new_agent() {
     send(2);
     let moved = on_a.recv(Duration::from_secs(10)).expect("output on a after the move");
     assert_eq!(moved.view().events().next().unwrap().int("status"), Some(2));
+}
+
+/// One stage on each side: `a` runs stage 0 and sends to stage 1 on `b`.
+fn across(executor: &Executor, a: &Transport, b: &Transport, job: &str) -> (Pipeline, Pipeline) {
+    let one = StageConfig { workers: 1, routing: Routing::RoundRobin, ..stages().remove(0) };
+    let config = PipelineConfig::new(job, vec![one.clone(), one], Backpressure::Block);
+    let on_a =
+        Pipeline::start_placed(runtime(), executor, config.clone(), vec![local(1), remote(a, b, job, 1, 1)]).unwrap();
+    let on_b = Pipeline::start_placed(runtime(), executor, config, vec![remote(b, a, job, 0, 1), local(1)]).unwrap();
+    b.register(job, on_b.handle());
+    (on_a, on_b)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn only_agents_holding_the_fleets_certificate_under_their_own_name_get_batches_through() {
+    use std::io::{Read, Write};
+    let executor = Executor::start(0).expect("executor threads");
+    let ca = Authority::generate().unwrap();
+    let b = transport_with("b", Auth::Tls(identity(&ca, "b")));
+
+    // A stranger speaking the frame protocol in the clear is closed before any frame is read.
+    let mut raw = std::net::TcpStream::connect(b.local_addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = vec![1u8];
+    hello.extend_from_slice(&7u32.to_be_bytes());
+    hello.extend_from_slice(b"mallory");
+    let _ = raw.write_all(&hello);
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert!(answer.iter().all(|&b| b != 1), "no frame came back: {answer:?}");
+    wait_until("the stranger to be refused", || b.stats().refused == 1);
+
+    // A certificate made by another CA for the same DNS name (the forger trusts the real CA,
+    // so only the receiving agent's check stands between it and the job).
+    let forged = {
+        let other = Authority::generate().unwrap();
+        let (key, csr) = squilla_net::ca::request("a").unwrap();
+        let issued = other.issue(&csr, "a", squilla_net::ca::LIFETIME).unwrap();
+        let tls = DataTls::new();
+        tls.install(ca.certificate_pem(), &issued.certificate, &key).unwrap();
+        tls
+    };
+    // A real certificate, for agent `c`, on an agent that says hello as `a`.
+    let impostor = identity(&ca, "c");
+    let genuine = identity(&ca, "a");
+    for (n, (tls, arrives)) in [(forged, false), (impostor, false), (genuine, true)].into_iter().enumerate() {
+        let job = format!("certified-{n}");
+        let a = transport_with("a", Auth::Tls(tls));
+        let (on_a, mut on_b) = across(&executor, &a, &b, &job);
+        b.allow_senders(&job, vec![vec![], vec!["a".into()]]);
+        let mut builder = BatchBuilder::new();
+        builder.event(n as i64).field("status", 200);
+        assert!(on_a.push(builder.finish().unwrap()));
+        let got = on_b.recv(Duration::from_secs(if arrives { 10 } else { 2 }));
+        assert_eq!(got.is_some(), arrives, "sender {n}: {:?} {:?}", a.stats(), b.stats());
+    }
+    let stats = b.stats();
+    assert!(stats.refused >= 2, "the stranger and the forger were refused: {stats:?}");
+    assert_eq!(stats.batches_received, 1, "only the genuine agent's batch arrived: {stats:?}");
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
-use squilla_types::control::{AgentUsage, Assignments, Capacity, Heartbeat};
+use squilla_types::control::{AgentUsage, Assignments, Capacity, CertificateAnswer, CertificateRequest, Heartbeat};
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
 use squilla_types::ids::Sha256;
@@ -49,6 +49,45 @@ pub async fn heartbeat(
     let control = state.control.clone();
     let answer = tokio::task::spawn_blocking(move || control.heartbeat(beat)).await.map_err(ApiError::internal)??;
     Ok(Json(answer))
+}
+
+/// `POST /api/v1/agent/certificate`: a data-port certificate for an agent's own key, signed
+/// by the master's CA (see `squilla_net::ca`).
+#[utoipa::path(post, path = "/api/v1/agent/certificate", operation_id = "agentCertificate", tag = "agent",
+    security(("agent" = [])),
+    request_body(content = CertificateRequest),
+    responses(
+        (status = 200, description = "The certificate, valid for 24 h, and the CA's.", body = CertificateAnswer),
+        (status = 400, description = "`invalid_certificate_request`.", body = ErrorBody),
+        (status = 503, description = "`no_certificate_authority`: this master issues no certificates.", body = ErrorBody),
+    ))]
+pub async fn certificate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<CertificateAnswer>, ApiError> {
+    agent_auth(&state, &headers)?;
+    let invalid = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_certificate_request", message);
+    let request: CertificateRequest = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    let Some(authority) = state.authority.clone() else {
+        let message = "this master has no certificate authority";
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_certificate_authority", message));
+    };
+    // Signing takes a fraction of a millisecond, but off the executor all the same.
+    let issued = tokio::task::spawn_blocking(move || {
+        authority.issue(&request.csr, request.agent.as_str(), squilla_net::ca::LIFETIME).map(|issued| (issued, authority))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match issued {
+        Ok((issued, authority)) => Ok(Json(CertificateAnswer {
+            certificate: issued.certificate,
+            ca: authority.certificate_pem().to_owned(),
+            not_after_ms: issued.not_after_ms,
+        })),
+        Err(squilla_net::ca::CaError::Request(message)) => Err(invalid(message)),
+        Err(err) => Err(ApiError::internal(err)),
+    }
 }
 
 /// `GET /api/v1/agent/artifacts/{sha256}`: a component's bytes, for an agent to compile (it

@@ -146,6 +146,9 @@ pub struct AppState {
     pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<squilla_types::ids::TenantId, usize>>>,
     /// Jobs' metrics documents, each made at most once a second however many ask.
     pub metrics_views: Arc<telemetry::Views>,
+    /// The CA that issues agents their data-port certificates (none: agents cannot use TLS
+    /// on the data port).
+    pub authority: Option<Arc<squilla_net::ca::Authority>>,
 }
 
 impl AppState {
@@ -171,6 +174,7 @@ impl AppState {
             subscriptions: Arc::default(),
             fanouts: Arc::default(),
             metrics_views: Arc::default(),
+            authority: None,
             limits,
             control,
             agent_token: agent_token.as_deref().map(AgentToken::new).transpose()?,
@@ -291,6 +295,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let mut agent = OpenApiRouter::new()
         .routes(capped(routes!(agents::heartbeat), body_limits::HEARTBEAT))
         .routes(routes!(agents::artifact))
+        .routes(capped(routes!(agents::certificate), body_limits::SMALL))
         .routes(routes!(metrics::metrics))
         .route_layer(from_fn_with_state(state.clone(), guard::agent));
     openapi::agent_guard(&mut agent.get_openapi_mut().paths);
