@@ -32,7 +32,9 @@ fn state_with(dir: &std::path::Path, limits: ApiLimits, config: ControlConfig) -
     let store = Arc::new(Store::open(&dir.join("squilla.redb")).unwrap());
     let control = Arc::new(Control::load(store.clone(), config).unwrap());
     let tenants = Tenants::new([("acme", ACME), ("globex", GLOBEX)]);
-    AppState::new(tenants, store, limits, control, Some(AGENT.into())).unwrap()
+    let mut state = AppState::new(tenants, store, limits, control, Some(AGENT.into())).unwrap();
+    state.authority = Some(Arc::new(squilla_net::ca::Authority::generate().unwrap()));
+    state
 }
 
 async fn call(
@@ -98,7 +100,7 @@ async fn health_and_the_openapi_document_are_served_and_every_operation_is_route
             }
         }
     }
-    assert_eq!(operations, 28, "every operation of docs/api.md");
+    assert_eq!(operations, 29, "every operation of docs/api.md");
     let (status, body, _) = call(&s, "GET", "/api/v1/nothing-here", Some(ACME), vec![]).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }
@@ -338,3 +340,32 @@ mod jobs;
 
 #[path = "api/isolation.rs"]
 mod isolation;
+
+#[tokio::test]
+async fn agents_get_data_port_certificates_for_their_own_keys_and_nobody_else_does() {
+    let dir = data_dir("certificate");
+    let state = state(&dir, ApiLimits::default());
+    let (_key, csr) = squilla_net::ca::request("agent-1").unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "agent": "agent-1", "csr": csr })).unwrap();
+    let uri = "/api/v1/agent/certificate";
+    for token in [None, Some(ACME)] {
+        let (status, json, _) = call(&state, "POST", uri, token, body.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    }
+    let (status, json, _) = call(&state, "POST", uri, Some(AGENT), body).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert!(json["certificate"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(json["ca"].as_str(), Some(state.authority.as_ref().unwrap().certificate_pem()));
+    let day = squilla_net::ca::LIFETIME.as_millis() as u64;
+    let left = json["not-after-ms"].as_u64().unwrap().saturating_sub(squilla_types::time::now_ms() as u64);
+    assert!(left > day - 60_000 && left <= day, "valid for a day: {left} ms");
+    for bad in [
+        serde_json::json!({ "agent": "agent-1", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" }),
+        serde_json::json!({ "agent": "not an id!", "csr": "x" }),
+        serde_json::json!({ "csr": "x" }),
+    ] {
+        let (status, json, _) = call(&state, "POST", uri, Some(AGENT), serde_json::to_vec(&bad).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {json}");
+        assert_eq!(json["code"], "invalid_certificate_request");
+    }
+}

@@ -218,7 +218,7 @@ fn only_agents_holding_the_fleets_certificate_under_their_own_name_get_batches_t
     for (n, (tls, arrives)) in [(forged, false), (impostor, false), (genuine, true)].into_iter().enumerate() {
         let job = format!("certified-{n}");
         let a = transport_with("a", Auth::Tls(tls));
-        let (on_a, mut on_b) = across(&executor, &a, &b, &job);
+        let (on_a, on_b) = across(&executor, &a, &b, &job);
         b.allow_senders(&job, vec![vec![], vec!["a".into()]]);
         let mut builder = BatchBuilder::new();
         builder.event(n as i64).field("status", 200);
