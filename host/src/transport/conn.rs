@@ -44,6 +44,18 @@ impl Read for Input {
     }
 }
 
+impl Output {
+    /// How much a `BufWriter` over this half should gather: in the clear, up to 256 KiB per
+    /// system call; under TLS only small frames, so that a batch goes to be sealed straight
+    /// from where it lies rather than copied into the buffer first.
+    pub fn buffer_bytes(&self) -> usize {
+        match self {
+            Output::Plain(_) => 256 << 10,
+            Output::Tls(_) => 16 << 10,
+        }
+    }
+}
+
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {

@@ -149,7 +149,7 @@ impl Peer {
                 }
             })?
         };
-        let mut out = BufWriter::with_capacity(256 << 10, output);
+        let mut out = BufWriter::with_capacity(output.buffer_bytes(), output);
         frame::write(&mut out, &Frame::Hello { agent: config.agent.clone() })?;
         let mut opened: Vec<u32> = Vec::new();
         let result = (|| loop {

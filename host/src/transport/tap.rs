@@ -118,7 +118,7 @@ pub(super) fn serve(
     job: &str,
     query: &str,
 ) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(256 << 10, output);
+    let mut out = BufWriter::with_capacity(output.buffer_bytes(), output);
     let open = read(&inner.taps).get(job).cloned();
     let query = Some(query).filter(|q| !q.trim().is_empty());
     let feed = match open.map(|open| open(query)) {

@@ -203,6 +203,8 @@ impl Session {
         }
         sock.set_read_timeout(None)?;
         sock.set_write_timeout(None)?;
+        // Each write is sealed and sent whole (the caller bounds it), not in 64 KiB pieces.
+        conn.set_buffer_limit(None);
         Ok(Session { shared: Arc::new(Shared { sock, tls: Mutex::new(conn), write: Mutex::new(()) }) })
     }
 
