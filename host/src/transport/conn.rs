@@ -35,6 +35,18 @@ pub(super) enum Output {
     Tls(TlsWriter),
 }
 
+impl Input {
+    /// How much a `BufReader` over this half should gather: in the clear, 256 KiB per system
+    /// call; under TLS the records are already read in bulk and opened in place, so only
+    /// frame headers are gathered and a batch is copied out once.
+    pub fn buffer_bytes(&self) -> usize {
+        match self {
+            Input::Plain(_) => 256 << 10,
+            Input::Tls(_) => 8 << 10,
+        }
+    }
+}
+
 impl Read for Input {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

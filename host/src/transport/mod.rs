@@ -36,6 +36,7 @@
 //! the data port trusts its network.
 
 mod conn;
+mod record;
 pub mod frame;
 pub mod handshake;
 mod recv;

@@ -66,7 +66,7 @@ impl Connection {
     fn serve(conn: Conn, inner: Arc<TransportState>) -> std::io::Result<()> {
         let Conn { input, output, socket, peer_agent } = conn;
         let max = inner.config.max_frame_bytes;
-        let mut input = BufReader::with_capacity(256 << 10, input);
+        let mut input = BufReader::with_capacity(input.buffer_bytes(), input);
         // A connection that pulls a job's output says so in its first frame.
         let first = frame::read(&mut input, max)?;
         if let Frame::Subscribe { job, query, .. } = &first {

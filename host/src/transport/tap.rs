@@ -245,7 +245,7 @@ impl Puller {
         frame::write(&mut out, &subscribe)?;
         frame::write(&mut out, &Frame::Credit { id: STREAM, batches: credit })?;
         out.flush()?;
-        let input = BufReader::with_capacity(256 << 10, input);
+        let input = BufReader::with_capacity(input.buffer_bytes(), input);
         Ok(Puller { conn, input, out, inner, closed: Arc::new(AtomicBool::new(false)) })
     }
 

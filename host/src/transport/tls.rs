@@ -6,27 +6,26 @@
 //! AES-128-GCM first (the cheapest AEAD on CPUs with AES instructions), no session tickets or
 //! resumption: connections are few and long-lived, and each handshake is a full one.
 //!
-//! The transport's threads are blocking: one reads a connection while others write it (a
-//! receiver writes credit from its reader and retry threads, a sender reads credit while it
-//! writes batches). A rustls connection is one state machine, so a [`Session`] splits it
-//! into a [`TlsReader`] and a [`TlsWriter`] that share it under a mutex which is never held
-//! across socket I/O:
-//!
-//! - the reader reads ciphertext from the socket without the lock, then takes it to decrypt;
-//! - a writer takes the *write* lock, then the state lock to encrypt, releases the state
-//!   lock, and writes the records to the socket under the write lock alone, so that records
-//!   leave in the order they were sealed while the reader keeps decrypting;
-//! - anything rustls must send from the read side (an alert, a key update) goes out the
-//!   same way, the write lock taken first.
+//! The transport's threads are blocking, and one reads a connection while another writes it
+//! (a receiver writes credit from its reader and retry threads, a sender reads credit while
+//! it writes batches). So rustls only makes the handshake (its unbuffered API, driven here on
+//! the blocking socket within [`TIMEOUT`] per read or write) and then hands the traffic keys
+//! over; each half protects its own direction ([`super::record`]) without sharing a lock
+//! with the other.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use super::record::{KEY_UPDATE_RECORDS, Kernel, Opener, Sealer};
 
 /// The DNS name every agent certificate carries and every peer verifies.
 pub const AGENT_NAME: &str = "squilla-agent";
@@ -122,6 +121,7 @@ impl DataTls {
             .map_err(config_error)?;
         server.send_tls13_tickets = 0;
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.enable_secret_extraction = true;
         let mut client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
@@ -129,6 +129,7 @@ impl DataTls {
             .with_client_auth_cert(chain, key)
             .map_err(config_error)?;
         client.resumption = rustls::client::Resumption::disabled();
+        client.enable_secret_extraction = true;
         let configs = Configs { client: Arc::new(client), server: Arc::new(server) };
         *self.configs.write().unwrap_or_else(PoisonError::into_inner) = Some(configs);
         Ok(())
@@ -144,89 +145,154 @@ impl DataTls {
     /// The receiving end's handshake on a connection just accepted.
     pub(super) fn serve(&self, sock: TcpStream) -> io::Result<Session> {
         let (_, server) = self.current()?;
-        let conn = ServerConnection::new(server).map_err(io::Error::other)?;
-        Session::handshake(sock, conn.into())
+        Session::handshake_server(sock, server)
     }
 
     /// The dialling end's handshake on a connection just made.
     pub(super) fn dial(&self, sock: TcpStream) -> io::Result<Session> {
         let (client, _) = self.current()?;
-        let name = ServerName::try_from(AGENT_NAME).map_err(io::Error::other)?;
-        let conn = ClientConnection::new(client, name).map_err(io::Error::other)?;
-        Session::handshake(sock, conn.into())
+        Session::handshake_client(sock, client)
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-struct Shared {
-    sock: TcpStream,
-    tls: Mutex<Connection>,
-    /// Taken before `tls` by whoever writes records to the socket.
-    write: Mutex<()>,
-}
-
-impl Shared {
-    /// Seals whatever rustls has queued and writes it out (the write lock taken first).
-    fn flush_records(&self, plaintext: &[u8], scratch: &mut Vec<u8>) -> io::Result<usize> {
-        let _writing = lock(&self.write);
-        scratch.clear();
-        let accepted = {
-            let mut tls = lock(&self.tls);
-            let accepted = if plaintext.is_empty() { 0 } else { tls.writer().write(plaintext)? };
-            while tls.wants_write() {
-                tls.write_tls(scratch)?;
+/// Drives an unbuffered rustls connection through the handshake on `sock`: returns what came
+/// after it — records the peer sent with its last handshake flight, opened by rustls, and
+/// the bytes of any record not yet complete.
+macro_rules! drive_handshake {
+    ($conn:expr, $sock:expr) => {{
+        let (conn, sock) = ($conn, $sock);
+        let (mut incoming, mut used) = (vec![0u8; 32 << 10], 0usize);
+        let mut outgoing: Vec<u8> = Vec::new();
+        let mut pending = 0usize;
+        let mut early = Vec::new();
+        loop {
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut incoming[..used]);
+            match state.map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))? {
+                ConnectionState::EncodeTlsData(mut data) => loop {
+                    match data.encode(&mut outgoing[pending..]) {
+                        Ok(n) => {
+                            pending += n;
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(size)) => outgoing.resize(pending + size.required_size, 0),
+                        Err(err) => return Err(io::Error::other(err.to_string())),
+                    }
+                },
+                ConnectionState::TransmitTlsData(data) => {
+                    sock.write_all(&outgoing[..pending])?;
+                    pending = 0;
+                    data.done();
+                }
+                ConnectionState::BlockedHandshake => {
+                    if used == incoming.len() {
+                        // rustls bounds handshake messages to 64 KiB.
+                        if incoming.len() >= 128 << 10 {
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, "an oversized handshake"));
+                        }
+                        incoming.resize(incoming.len() * 2, 0);
+                    }
+                    let n = sock.read(&mut incoming[used..])?;
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer left the handshake"));
+                    }
+                    used += n;
+                }
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        early.extend_from_slice(record.payload);
+                        discard += record.discard;
+                    }
+                }
+                ConnectionState::WriteTraffic(_) => {
+                    incoming.copy_within(discard..used, 0);
+                    used -= discard;
+                    break;
+                }
+                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected data during the handshake")),
             }
-            accepted
-        };
-        (&self.sock).write_all(scratch)?;
-        Ok(accepted)
-    }
+            incoming.copy_within(discard..used, 0);
+            used -= discard;
+        }
+        incoming.truncate(used);
+        (early, incoming)
+    }};
 }
 
 /// A connection after a successful handshake, to be split.
 pub(super) struct Session {
-    shared: Arc<Shared>,
+    sock: TcpStream,
+    secrets: rustls::ExtractedSecrets,
+    kernel: Arc<Mutex<Kernel>>,
+    /// What came with the end of the handshake: opened records, and ciphertext.
+    early: (Vec<u8>, Vec<u8>),
+    peer: Option<String>,
 }
 
 impl Session {
-    fn handshake(mut sock: TcpStream, mut conn: Connection) -> io::Result<Session> {
-        sock.set_read_timeout(Some(TIMEOUT))?;
-        sock.set_write_timeout(Some(TIMEOUT))?;
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock)?;
-        }
-        while conn.wants_write() {
-            conn.write_tls(&mut sock)?;
-        }
-        sock.set_read_timeout(None)?;
-        sock.set_write_timeout(None)?;
-        // Each write is sealed and sent whole (the caller bounds it), not in 64 KiB pieces.
-        conn.set_buffer_limit(None);
-        Ok(Session { shared: Arc::new(Shared { sock, tls: Mutex::new(conn), write: Mutex::new(()) }) })
+    fn handshake_server(mut sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<Session> {
+        let mut conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Session::timed(&mut sock, |sock| {
+            let early = drive_handshake!(&mut conn, sock);
+            let peer = peer_of(conn.peer_certificates());
+            let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(io::Error::other)?;
+            Ok((secrets, Kernel::Server(kernel), early, peer))
+        })
+        .map(|(secrets, kernel, early, peer)| Session::new(sock, secrets, kernel, early, peer))
     }
 
-    /// The common name of the peer's certificate (its agent id), if it presented one.
+    fn handshake_client(mut sock: TcpStream, config: Arc<ClientConfig>) -> io::Result<Session> {
+        let name = ServerName::try_from(AGENT_NAME).map_err(io::Error::other)?;
+        let mut conn = UnbufferedClientConnection::new(config, name).map_err(io::Error::other)?;
+        Session::timed(&mut sock, |sock| {
+            let early = drive_handshake!(&mut conn, sock);
+            let peer = peer_of(conn.peer_certificates());
+            let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(io::Error::other)?;
+            Ok((secrets, Kernel::Client(kernel), early, peer))
+        })
+        .map(|(secrets, kernel, early, peer)| Session::new(sock, secrets, kernel, early, peer))
+    }
+
+    /// Runs `handshake` with [`TIMEOUT`] on each read and write.
+    fn timed<T>(sock: &mut TcpStream, handshake: impl FnOnce(&mut TcpStream) -> io::Result<T>) -> io::Result<T> {
+        sock.set_read_timeout(Some(TIMEOUT))?;
+        sock.set_write_timeout(Some(TIMEOUT))?;
+        let done = handshake(sock)?;
+        sock.set_read_timeout(None)?;
+        sock.set_write_timeout(None)?;
+        Ok(done)
+    }
+
+    fn new(
+        sock: TcpStream,
+        secrets: rustls::ExtractedSecrets,
+        kernel: Kernel,
+        early: (Vec<u8>, Vec<u8>),
+        peer: Option<String>,
+    ) -> Session {
+        Session { sock, secrets, kernel: Arc::new(Mutex::new(kernel)), early, peer }
+    }
+
+    /// The common name of the peer's certificate (its agent id).
     pub(super) fn peer_name(&self) -> Option<String> {
-        let tls = lock(&self.shared.tls);
-        let cert = tls.peer_certificates()?.first()?;
-        common_name(cert)
+        self.peer.clone()
     }
 
     /// The reading and the writing half.
     pub(super) fn split(self) -> io::Result<(TlsReader, TlsWriter)> {
-        let reader = TlsReader {
-            shared: self.shared.clone(),
-            sock: self.shared.sock.try_clone()?,
-            raw: vec![0; 64 << 10].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            scratch: Vec::new(),
-        };
-        Ok((reader, TlsWriter { shared: self.shared, scratch: Vec::with_capacity(64 << 10) }))
+        self.split_updating_after(KEY_UPDATE_RECORDS)
     }
+
+    fn split_updating_after(self, records: u64) -> io::Result<(TlsReader, TlsWriter)> {
+        let opener = Opener::new(&self.secrets.rx, self.kernel.clone(), &self.early.0, &self.early.1)?;
+        let sealer = Sealer::new(&self.secrets.tx, self.kernel, records)?;
+        let reader = TlsReader { sock: self.sock.try_clone()?, opener };
+        Ok((reader, TlsWriter { sock: self.sock, sealer, out: Vec::new() }))
+    }
+}
+
+fn peer_of(certificates: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    common_name(certificates?.first()?)
 }
 
 /// The CN of a DER certificate, found without a full X.509 parser: the UTF8String or
@@ -245,13 +311,8 @@ fn common_name(cert: &[u8]) -> Option<String> {
 
 /// The reading half of a [`Session`].
 pub(super) struct TlsReader {
-    shared: Arc<Shared>,
     sock: TcpStream,
-    /// Ciphertext read from the socket and not yet given to rustls: `raw[start..end]`.
-    raw: Box<[u8]>,
-    start: usize,
-    end: usize,
-    scratch: Vec<u8>,
+    opener: Opener,
 }
 
 impl Read for TlsReader {
@@ -259,56 +320,27 @@ impl Read for TlsReader {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            let (processed, must_write) = {
-                let mut tls = lock(&self.shared.tls);
-                match tls.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                // rustls decrypts only as much as its plaintext buffer holds: records may be
-                // waiting in it although the socket has nothing more to give.
-                let mut processed = tls.process_new_packets();
-                let waiting = processed.as_ref().is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
-                if processed.is_ok() && !waiting && self.start < self.end {
-                    let mut pending = &self.raw[self.start..self.end];
-                    self.start += tls.read_tls(&mut pending)?;
-                    processed = tls.process_new_packets();
-                }
-                (processed.map(|state| state.plaintext_bytes_to_read() > 0), tls.wants_write())
-            };
-            let decrypted = match processed {
-                Ok(decrypted) => decrypted,
-                Err(err) => {
-                    // Let the peer know why (an alert), then give up on the connection.
-                    let _ = self.shared.flush_records(&[], &mut self.scratch);
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, err));
-                }
-            };
-            if must_write {
-                self.shared.flush_records(&[], &mut self.scratch)?;
-            }
-            if !decrypted && self.start == self.end {
-                let n = self.sock.read(&mut self.raw)?;
-                if n == 0 {
-                    return Ok(0);
-                }
-                (self.start, self.end) = (0, n);
-            }
-        }
+        self.opener.read(&mut self.sock, buf)
     }
 }
 
 /// The writing half of a [`Session`].
 pub(super) struct TlsWriter {
-    shared: Arc<Shared>,
-    scratch: Vec<u8>,
+    sock: TcpStream,
+    sealer: Sealer,
+    out: Vec<u8>,
 }
 
 impl Write for TlsWriter {
+    /// Seals all of `buf` and sends it in one go.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.shared.flush_records(buf, &mut self.scratch)
+        self.out.clear();
+        self.sealer.seal(buf, &mut self.out)?;
+        self.sock.write_all(&self.out)?;
+        if self.out.capacity() > 4 << 20 {
+            self.out = Vec::new();
+        }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -333,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn both_halves_carry_megabytes_each_way_at_once_and_name_the_peer() {
+    fn both_halves_carry_megabytes_each_way_at_once_across_key_updates_and_name_the_peer() {
         let ca = Authority::generate().unwrap();
         let (server, client) = (identity(&ca, "b"), identity(&ca, "a"));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -346,7 +378,8 @@ mod tests {
                 let (sock, _) = listener.accept().unwrap();
                 let session = server.serve(sock).unwrap();
                 let name = session.peer_name();
-                let (mut reader, mut writer) = session.split().unwrap();
+                // Keys replaced every 7 records: hundreds of updates each way.
+                let (mut reader, mut writer) = session.split_updating_after(7).unwrap();
                 let echo = std::thread::spawn(move || writer.write_all(&data).unwrap());
                 let mut got = vec![0u8; SIZE];
                 reader.read_exact(&mut got).unwrap();
@@ -356,7 +389,7 @@ mod tests {
         });
         let session = client.dial(TcpStream::connect(addr).unwrap()).unwrap();
         assert_eq!(session.peer_name().as_deref(), Some("b"));
-        let (mut reader, mut writer) = session.split().unwrap();
+        let (mut reader, mut writer) = session.split_updating_after(7).unwrap();
         let sending = std::thread::spawn({
             let data = data.clone();
             move || {
