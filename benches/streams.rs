@@ -49,8 +49,13 @@ async fn run() {
     // Worker threads per agent (default 1: the two agents then leave a core's worth of room
     // for the source, the transport and the master on a 2-core machine).
     let threads = std::env::var("SQUILLA_BENCH_THREADS").unwrap_or_else(|_| "1".into());
-    let _a1 = agent_with("a1", &url, &["--label", "role=send", "--threads", &threads]);
-    let _a2 = agent_with("a2", &url, &["--label", "role=recv", "--threads", &threads]);
+    // `SQUILLA_BENCH_DATA_SECURITY=key` runs the agents' data port without TLS (default `tls`).
+    let security = std::env::var("SQUILLA_BENCH_DATA_SECURITY").unwrap_or_else(|_| "tls".into());
+    let agent = |id: &str, role: &str| {
+        let label = format!("role={role}");
+        agent_with(id, &url, &["--label", &label, "--threads", &threads, "--data-security", &security])
+    };
+    let (_a1, _a2) = (agent("a1", "send"), agent("a2", "recv"));
     let api = Api { base: url, http: reqwest::Client::new() };
     let (status, body) = api
         .call(reqwest::Method::POST, "/api/v1/artifacts?name=filter&version=0.1.0", squilla_guests::read("filter"))
