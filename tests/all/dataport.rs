@@ -66,10 +66,12 @@ fn admitted(data: &str, config: Arc<rustls::ClientConfig>, agent: &str) -> bool 
     if tls.write_all(&hello(agent)).and_then(|()| tls.flush()).is_err() {
         return false;
     }
+    // The agent never writes on a batch connection before an `open`: a second of silence
+    // means it is waiting for more; an end or an error means it closed us out.
     let mut byte = [0u8; 1];
-    match tls.read(&mut byte) {
+    match tls.read_exact(&mut byte) {
         Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        Ok(_) => false,
+        Ok(()) => false,
     }
 }
 

@@ -26,13 +26,13 @@ pub enum Auth {
 /// The reading half.
 pub(super) enum Input {
     Plain(TcpStream),
-    Tls(TlsReader),
+    Tls(Box<TlsReader>),
 }
 
 /// The writing half.
 pub(super) enum Output {
     Plain(TcpStream),
-    Tls(TlsWriter),
+    Tls(Box<TlsWriter>),
 }
 
 impl Input {
@@ -128,7 +128,7 @@ fn admit(mut sock: TcpStream, inner: &TransportState, side: Side) -> io::Result<
         Ok(Some(session)) => {
             let peer_agent = session.peer_name();
             let (input, output) = session.split()?;
-            Ok(Conn { input: Input::Tls(input), output: Output::Tls(output), socket, peer_agent })
+            Ok(Conn { input: Input::Tls(Box::new(input)), output: Output::Tls(Box::new(output)), socket, peer_agent })
         }
         Err(err) => {
             inner.counters.refused.fetch_add(1, Ordering::Relaxed);
