@@ -110,7 +110,8 @@ impl Authority {
         if cert_path.exists() || key_path.exists() {
             let certificate = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
             let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-            let damaged = |e: rcgen::Error| CaError::Damaged { path: dir.display().to_string(), message: e.to_string() };
+            let damaged =
+                |e: rcgen::Error| CaError::Damaged { path: dir.display().to_string(), message: e.to_string() };
             let key = KeyPair::from_pem(&key).map_err(damaged)?;
             let issuer = Issuer::from_ca_cert_pem(&certificate, key).map_err(damaged)?;
             return Ok(Authority { certificate, issuer });
@@ -130,7 +131,8 @@ impl Authority {
         name.push(DnType::CommonName, "squilla fleet CA");
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
         params.not_before = offset(now - SKEW);
         params.not_after = offset(now + CA_LIFETIME);
@@ -150,7 +152,8 @@ impl Authority {
         if request.len() > MAX_REQUEST_BYTES {
             return Err(CaError::Request(format!("longer than {MAX_REQUEST_BYTES} bytes")));
         }
-        let request = CertificateSigningRequestParams::from_pem(request).map_err(|e| CaError::Request(e.to_string()))?;
+        let request =
+            CertificateSigningRequestParams::from_pem(request).map_err(|e| CaError::Request(e.to_string()))?;
         let mut params = CertificateParams::new(vec![AGENT_NAME.to_owned()])?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, agent);
@@ -211,7 +214,8 @@ mod tests {
         forged.replace_range(tail..tail + 4, "AAAA");
         assert!(matches!(again.issue(&forged, "agent-1", LIFETIME), Err(CaError::Request(_))));
         assert!(matches!(again.issue("not pem", "agent-1", LIFETIME), Err(CaError::Request(_))));
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("ca.key")).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("ca.key")).unwrap().permissions());
         assert_eq!(mode & 0o077, 0, "the CA key is readable by its owner only");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -124,7 +124,9 @@ fn admit(mut sock: TcpStream, inner: &TransportState, side: Side) -> io::Result<
         (Auth::Tls(tls), Side::Dialled) => tls.dial(sock.try_clone()?).map(Some),
     };
     match admitted {
-        Ok(None) => Ok(Conn { input: Input::Plain(sock.try_clone()?), output: Output::Plain(sock), socket, peer_agent: None }),
+        Ok(None) => {
+            Ok(Conn { input: Input::Plain(sock.try_clone()?), output: Output::Plain(sock), socket, peer_agent: None })
+        }
         Ok(Some(session)) => {
             let peer_agent = session.peer_name();
             let (input, output) = session.split()?;

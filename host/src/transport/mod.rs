@@ -36,9 +36,9 @@
 //! the data port trusts its network.
 
 mod conn;
-mod record;
 pub mod frame;
 pub mod handshake;
+mod record;
 mod recv;
 mod send;
 mod state;
@@ -56,8 +56,8 @@ use crate::pipeline::{Outlet, PipelineHandle};
 
 pub use self::conn::Auth;
 pub use self::state::TransportConfig;
-pub use self::tls::{DataTls, DataTlsError};
 use self::state::{Counters, TransportState, write};
+pub use self::tls::{DataTls, DataTlsError};
 
 /// How long a data-port connection may be silent before the kernel probes it, how often it
 /// probes, and so (with Linux's 9 probes) within about 55 s a peer that vanished without

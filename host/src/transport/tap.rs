@@ -148,12 +148,7 @@ pub(super) fn serve(
 }
 
 /// Writes the feed's batches while credit lasts, until the feed or the connection ends.
-fn pump(
-    feed: &TapFeed,
-    credit: &Credit,
-    out: &mut BufWriter<Output>,
-    inner: &TransportState,
-) -> std::io::Result<()> {
+fn pump(feed: &TapFeed, credit: &Credit, out: &mut BufWriter<Output>, inner: &TransportState) -> std::io::Result<()> {
     let counters = &inner.counters;
     loop {
         if inner.stopped.load(Ordering::Relaxed) {

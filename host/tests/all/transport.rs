@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use squilla_batch::BatchBuilder;
 use squilla_host::pipeline::{Pipeline, PipelineConfig, SlotPlan, StageConfig};
 use squilla_host::transport::{Auth, DataTls, Transport, TransportConfig};
-use squilla_net::ca::Authority;
-use std::sync::Arc;
 use squilla_host::{Executor, Limits};
+use squilla_net::ca::Authority;
 use squilla_types::{Backpressure, Routing};
+use std::sync::Arc;
 
 use crate::{example, runtime};
 
@@ -73,7 +73,8 @@ fn a_job_split_over_two_agents_gives_the_results_it_gives_on_one() {
 #[test]
 fn a_job_split_over_two_agents_speaking_tls_gives_the_same_results() {
     let ca = Authority::generate().unwrap();
-    let (a, b) = (transport_with("a", Auth::Tls(identity(&ca, "a"))), transport_with("b", Auth::Tls(identity(&ca, "b"))));
+    let (a, b) =
+        (transport_with("a", Auth::Tls(identity(&ca, "a"))), transport_with("b", Auth::Tls(identity(&ca, "b"))));
     split_job(a, b);
 }
 

@@ -75,7 +75,9 @@ pub async fn certificate(
     };
     // Signing takes a fraction of a millisecond, but off the executor all the same.
     let issued = tokio::task::spawn_blocking(move || {
-        authority.issue(&request.csr, request.agent.as_str(), squilla_net::ca::LIFETIME).map(|issued| (issued, authority))
+        authority
+            .issue(&request.csr, request.agent.as_str(), squilla_net::ca::LIFETIME)
+            .map(|issued| (issued, authority))
     })
     .await
     .map_err(ApiError::internal)?;
