@@ -175,9 +175,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let agent = Agent::start(config).await?;
         eprintln!(
-            "squilla agent {}: sinks at http://{}, data at {}, master {}",
+            "squilla agent {}: sinks at {}, data at {}, master {}",
             agent.id(),
-            agent.http_addr(),
+            agent.http_url(),
             agent.data_addr(),
             args.master
         );

@@ -91,7 +91,7 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         let token_file = args.master.data_dir.join("dev.token");
         eprintln!("squilla dev: API at {url}/api/v1 — tenant `dev`, token in {}", token_file.display());
         eprintln!("squilla dev: web console at {url}/ (sign in with that token)");
-        eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_addr());
+        eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_url());
         let connection =
             Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone(), ca: None };
         let work = async {

@@ -140,7 +140,7 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     };
     let mut state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;
     let authority = squilla_net::ca::Authority::load_or_create(&args.data_dir.join("ca"))?;
-    state.authority = Some(Arc::new(authority));
+    state.set_authority(Arc::new(authority))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

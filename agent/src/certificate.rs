@@ -65,10 +65,14 @@ pub(crate) async fn obtain(config: &AgentConfig, client: &reqwest::Client, tls: 
     }
 }
 
+/// The shortest wait between renewals (a clock far ahead of the master's sees certificates
+/// already expired: it asks again this often, not in a loop).
+const MIN_RENEWAL: Duration = Duration::from_secs(60);
+
 /// Renews the certificate at two thirds of its lifetime, forever.
 pub(crate) async fn renew(config: AgentConfig, client: reqwest::Client, tls: Arc<DataTls>, mut valid: Duration) {
     loop {
-        tokio::time::sleep(valid * 2 / 3).await;
+        tokio::time::sleep((valid * 2 / 3).max(MIN_RENEWAL)).await;
         valid = obtain(&config, &client, &tls).await;
     }
 }

@@ -65,6 +65,7 @@ pub enum AgentError {
 pub struct Agent {
     id: AgentId,
     http: SocketAddr,
+    http_url: String,
     data: SocketAddr,
     jobs: Arc<Jobs>,
     stats: Arc<ServerStats>,
@@ -138,9 +139,18 @@ impl Agent {
             sink_limits: config.sinks.clone(),
         }));
         let mut tasks = Vec::new();
+        // Under TLS the agent's HTTP server serves HTTPS with the data port's certificate, and
+        // says so in the address it reports.
+        let acceptor = match &data_tls {
+            Some(tls) => Some(squilla_net::tls::TlsAcceptor::from(
+                tls.http_server_config().map_err(|e| AgentError::Runtime(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let http_url = format!("{}://{http}", if acceptor.is_some() { "https" } else { "http" });
         let beat = Heartbeat {
             agent: config.id.clone(),
-            http: http.to_string(),
+            http: http_url.clone(),
             data: data.to_string(),
             capacity: config.capacity,
             zone: config.zone.clone(),
@@ -164,9 +174,10 @@ impl Agent {
         }));
         let app = http::router(jobs.clone(), &config.token);
         let stats = Arc::new(ServerStats::default());
-        tasks.push(tokio::spawn(squilla_net::server::serve(listener, app, config.server.clone(), stats.clone())));
-        tracing::info!(id = %config.id, %http, %data, master = %config.master, "agent started");
-        Ok(Agent { id: config.id, http, data, jobs, stats, tasks })
+        let serving = squilla_net::server::serve_tls(listener, app, config.server.clone(), stats.clone(), acceptor);
+        tasks.push(tokio::spawn(serving));
+        tracing::info!(id = %config.id, http = %http_url, %data, master = %config.master, "agent started");
+        Ok(Agent { id: config.id, http, http_url, data, jobs, stats, tasks })
     }
 
     /// The agent's id.
@@ -177,6 +188,12 @@ impl Agent {
     /// Where its sink server listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// Its sink server's base URL, as it reports it: `https://…` under TLS (its certificate
+    /// from the master's CA), `http://…` otherwise.
+    pub fn http_url(&self) -> &str {
+        &self.http_url
     }
 
     /// Where peers send it batches.

@@ -284,7 +284,8 @@ pub async fn forward(
         message: format!("the job took {fed} of {events} event(s); the agent running its source {why}; retry later"),
     };
     for (batch, n) in batches {
-        let mut request = client.post(format!("http://{agent}/jobs/{job}/ingest")).timeout(timeout).body(batch);
+        let url = format!("{}/jobs/{job}/ingest", squilla_net::tls::agent_base(agent));
+        let mut request = client.post(url).timeout(timeout).body(batch);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }

@@ -160,7 +160,7 @@ pub fn follow(follow: Follow, tx: queue::Sender) -> tokio::task::JoinHandle<()> 
                 if relays.contains_key(&agent) || done.contains(&agent) {
                     continue;
                 }
-                let mut url = format!("http://{agent}/jobs/{}/sink", follow.job);
+                let mut url = format!("{}/jobs/{}/sink", squilla_net::tls::agent_base(&agent), follow.job);
                 if let Some(q) = &follow.query {
                     url.push('?');
                     url.push_str(q);

@@ -105,6 +105,8 @@ struct Endpoints {
     source_fresh: bool,
     ingest: bool,
     capability: Option<String>,
+    #[serde(default)]
+    ca: Option<String>,
 }
 
 /// Why the master's endpoints could not be had.
@@ -135,8 +137,10 @@ struct Inner {
     config: GatewayConfig,
     /// To the master.
     master: reqwest::Client,
-    /// To agents.
+    /// To agents: a client for plain HTTP, and one trusting the fleet CA the master last
+    /// named (rebuilt if it names another).
     http: reqwest::Client,
+    agents_tls: Mutex<Option<(String, reqwest::Client)>>,
     fanouts: Arc<Fanouts>,
     streams: Budgets,
     cache: Mutex<HashMap<(TokenHash, String), Cached>>,
@@ -195,11 +199,41 @@ impl Gateway {
             bodies: Budgets::new(config.total_body_bytes, config.tenant_body_bytes),
             config,
             http,
+            agents_tls: Mutex::default(),
             fanouts: Arc::default(),
             cache: Mutex::default(),
             subscriptions: Arc::default(),
             served: Default::default(),
         })))
+    }
+
+    /// The client for the agents of an endpoints answer: one that trusts the fleet CA when
+    /// the master names one (agents then serve HTTPS), the plain one otherwise.
+    fn agent_client(&self, ca: Option<&str>) -> reqwest::Client {
+        let Some(ca) = ca else { return self.0.http.clone() };
+        let mut cached = lock(&self.0.agents_tls);
+        if let Some((pem, client)) = &*cached
+            && pem == ca
+        {
+            return client.clone();
+        }
+        let built = squilla_net::tls::agent_client_config(ca).map_err(|e| e.to_string()).and_then(|config| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .use_preconfigured_tls(config)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(client) => {
+                *cached = Some((ca.to_owned(), client.clone()));
+                client
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the master's CA cannot be used; calling agents without it");
+                self.0.http.clone()
+            }
+        }
     }
 
     /// The shared upstreams.
@@ -443,7 +477,7 @@ async fn sink(
         query,
         limit,
         ping: params.ping_interval(),
-        client: gw.0.http.clone(),
+        client: gw.agent_client(endpoints.ca.as_deref()),
         max_frame: MAX_FRAME_BYTES.min(gw.0.config.subscriber_bytes),
     };
     let share = Some(format!("{}\n{params:?}", endpoints.job));
@@ -499,7 +533,8 @@ async fn ingest(
         Err(r) => return error_response(r.status, r.code, &r.message),
     };
     let bearer = endpoints.capability.as_deref();
-    match crate::ingest::forward(&gw.0.http, agent, &endpoints.job, bearer, gw.0.config.agent_timeout, archived).await {
+    let client = gw.agent_client(endpoints.ca.as_deref());
+    match crate::ingest::forward(&client, agent, &endpoints.job, bearer, gw.0.config.agent_timeout, archived).await {
         Ok(fed) => axum::Json(serde_json::json!({"events": fed.events, "dropped": fed.dropped})).into_response(),
         Err(r) => error_response(r.status, r.code, &r.message),
     }

@@ -116,10 +116,18 @@ impl Authority {
             let issuer = Issuer::from_ca_cert_pem(&certificate, key).map_err(damaged)?;
             return Ok(Authority { certificate, issuer });
         }
+        // Made beside and renamed into place: a crash leaves either no CA or a whole one.
         let authority = Authority::generate()?;
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        write_private(&key_path, &authority.issuer.key().serialize_pem()).map_err(io(&key_path))?;
-        std::fs::write(&cert_path, &authority.certificate).map_err(io(&cert_path))?;
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let staging = parent.join(format!(".ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir(&staging).map_err(io(&staging))?;
+        let staged_key = staging.join("ca.key");
+        write_private(&staged_key, &authority.issuer.key().serialize_pem()).map_err(io(&staged_key))?;
+        let staged_cert = staging.join("ca.pem");
+        std::fs::write(&staged_cert, &authority.certificate).map_err(io(&staged_cert))?;
+        std::fs::rename(&staging, dir).map_err(io(dir))?;
         Ok(authority)
     }
 

@@ -3,6 +3,10 @@
 //! `ring` provider. Clients verify the server against the roots they are given (`--ca`) or
 //! the public ones.
 //!
+//! Agents serve their HTTP (sinks, ingest, logs, metrics) over HTTPS with the certificate the
+//! master's CA issued them ([`crate::ca`]); [`agent_client_config`] is what their clients
+//! (the master, gateways, programs holding a capability) verify them with.
+//!
 //! The handshake is part of the connection's admission: it must finish within the server's
 //! header timeout, and a client that does not speak TLS is closed without an answer.
 
@@ -55,4 +59,77 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The base URL of an agent's HTTP server from the address it reports: a URL as is
+/// (`https://10.0.0.5:7071`, what agents serving HTTPS report), a bare `host:port` as `http://`.
+pub fn agent_base(addr: &str) -> String {
+    if addr.contains("://") { addr.trim_end_matches('/').to_owned() } else { format!("http://{addr}") }
+}
+
+/// A TLS client configuration for agents' HTTPS servers: it trusts the fleet's CA (`ca`,
+/// PEM, from the master) and checks that the agent's certificate names
+/// [`crate::ca::AGENT_NAME`], whatever address was dialled (agents are reached by the
+/// addresses they report, not by a name in DNS).
+pub fn agent_client_config(ca: &str) -> Result<rustls::ClientConfig, TlsError> {
+    let certificate_error = |message: String| TlsError::Certificate { path: "the fleet CA".into(), message };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.map_err(|e| certificate_error(e.to_string()))?).map_err(TlsError::Config)?;
+    }
+    if roots.is_empty() {
+        return Err(certificate_error("no certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| certificate_error(e.to_string()))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AgentVerifier { inner }))
+        .with_no_client_auth())
+}
+
+/// Verifies an agent's certificate chain against the fleet CA under the agents' one name.
+#[derive(Debug)]
+struct AgentVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AgentVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let name = rustls::pki_types::ServerName::try_from(crate::ca::AGENT_NAME)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

@@ -33,7 +33,7 @@ fn state_with(dir: &std::path::Path, limits: ApiLimits, config: ControlConfig) -
     let control = Arc::new(Control::load(store.clone(), config).unwrap());
     let tenants = Tenants::new([("acme", ACME), ("globex", GLOBEX)]);
     let mut state = AppState::new(tenants, store, limits, control, Some(AGENT.into())).unwrap();
-    state.authority = Some(Arc::new(squilla_net::ca::Authority::generate().unwrap()));
+    state.set_authority(Arc::new(squilla_net::ca::Authority::generate().unwrap())).unwrap();
     state
 }
 

@@ -17,8 +17,7 @@ const SUBSCRIBERS: usize = 1000;
 
 /// `squilla_job_sink_subscribers` of `job` on the agent at `agent` (`host:port`).
 async fn agent_subscribers(http: &reqwest::Client, agent: &str, job: &str) -> Option<u64> {
-    let text =
-        http.get(format!("http://{agent}/metrics")).bearer_auth(AGENT_TOKEN).send().await.ok()?.text().await.ok()?;
+    let text = http.get(format!("{agent}/metrics")).bearer_auth(AGENT_TOKEN).send().await.ok()?.text().await.ok()?;
     text.lines()
         .find(|l| l.starts_with("squilla_job_sink_subscribers{") && l.contains(&format!("job=\"{job}\"")))
         .and_then(|l| l.rsplit(' ').next())
@@ -58,6 +57,8 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
     // Each agent running the last stage serves this gateway two streams: one for the thousand,
     // one for the `clientId` group.
     let key = endpoints(&master, &job).await["job"].as_str().unwrap().to_owned();
+    // Agents serve HTTPS with certificates from the master's CA, which the endpoints name.
+    let agents = crate::agent_client(endpoints(&master, &job).await["ca"].as_str().expect("the fleet CA"));
     let sinks: Vec<String> = endpoints(&master, &job).await["sinks"]
         .as_array()
         .unwrap()
@@ -65,12 +66,13 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
         .map(|s| s.as_str().unwrap().to_owned())
         .collect();
     assert_eq!(sinks.len(), 2, "the last stage runs on both agents");
+    assert!(sinks.iter().all(|s| s.starts_with("https://")), "agents serve HTTPS: {sinks:?}");
     let job_label = key.split_once('.').unwrap().1;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let mut counts = Vec::new();
         for agent in &sinks {
-            counts.push(agent_subscribers(&via.http, agent, job_label).await);
+            counts.push(agent_subscribers(&agents, agent, job_label).await);
         }
         if counts.iter().all(|c| *c == Some(2)) {
             break;
@@ -97,7 +99,7 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
     loop {
         let mut counts = Vec::new();
         for agent in &sinks {
-            counts.push(agent_subscribers(&via.http, agent, job_label).await);
+            counts.push(agent_subscribers(&agents, agent, job_label).await);
         }
         if counts.iter().all(|c| *c == Some(3)) {
             break;
@@ -133,7 +135,7 @@ async fn a_thousand_subscribers_through_a_gateway_cost_each_agent_one_stream() {
         let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
         let mut counts = Vec::new();
         for agent in &sinks {
-            counts.push(agent_subscribers(&via.http, agent, job_label).await);
+            counts.push(agent_subscribers(&agents, agent, job_label).await);
         }
         if status["upstreams"] == 0 && status["subscribers"] == 0 && counts.iter().all(|c| *c == Some(0)) {
             break;
@@ -169,9 +171,10 @@ async fn agents_take_a_capability_only_for_its_job_verb_and_lifetime() {
     assert_eq!(here["sinks"].as_array().unwrap().len(), 1);
     assert!(here["expires-at-ms"].as_i64().unwrap() > 0);
     let other_key = endpoints(&api, &other).await["job"].as_str().unwrap().to_owned();
-    let http = reqwest::Client::new();
+    // Agents serve HTTPS with certificates from the master's CA, which the endpoints name.
+    let http = crate::agent_client(here["ca"].as_str().expect("the fleet CA"));
     let post = |job: &str, bearer: &str, ids: std::ops::Range<i64>| {
-        http.post(format!("http://{source}/jobs/{job}/ingest")).bearer_auth(bearer).body(batch(ids)).send()
+        http.post(format!("{source}/jobs/{job}/ingest")).bearer_auth(bearer).body(batch(ids)).send()
     };
     let mut sink = Sub::open(&api, &format!("/api/v1/jobs/{job}/sink")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // the master connects to the agent
@@ -201,7 +204,7 @@ async fn agents_take_a_capability_only_for_its_job_verb_and_lifetime() {
         }
     }
     // The other job's own capability does not open this job's sink either.
-    let response = http.get(format!("http://{source}/jobs/{other_key}/sink")).bearer_auth(capability).send().await;
+    let response = http.get(format!("{source}/jobs/{other_key}/sink")).bearer_auth(capability).send().await;
     assert_eq!(response.unwrap().status(), 403);
 
     // The job's own capability feeds it directly.
@@ -213,7 +216,7 @@ async fn agents_take_a_capability_only_for_its_job_verb_and_lifetime() {
     assert!(ids(&late).iter().all(|id| !(1000..1010).contains(id)), "{late:?}");
 
     // A body that is not an archived batch is named as such.
-    let response = http.post(format!("http://{source}/jobs/{key}/ingest")).bearer_auth(capability).body("{}").send();
+    let response = http.post(format!("{source}/jobs/{key}/ingest")).bearer_auth(capability).body("{}").send();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
@@ -226,7 +229,7 @@ async fn agents_take_a_capability_only_for_its_job_verb_and_lifetime() {
     assert_eq!(ended["sinks"].as_array().map(Vec::len), Some(0), "{ended}");
 
     // A program with the capability reads the agent's sink itself.
-    let response = http.get(format!("http://{source}/jobs/{key}/sink")).bearer_auth(capability).send().await.unwrap();
+    let response = http.get(format!("{source}/jobs/{key}/sink")).bearer_auth(capability).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
 }

@@ -21,16 +21,8 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn agent_metrics(url: &str) -> String {
-    reqwest::Client::new()
-        .get(format!("{url}/metrics"))
-        .bearer_auth(AGENT_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+async fn agent_metrics(agents: &reqwest::Client, url: &str) -> String {
+    agents.get(format!("{url}/metrics")).bearer_auth(AGENT_TOKEN).send().await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,9 +104,11 @@ async fn a_two_stage_job_on_two_agents_counts_every_event_once() {
         assert_eq!(Some(histogram), t["calls"].as_u64());
     }
 
-    // Each agent's exposition counts its own stage the same.
+    // Each agent's exposition (HTTPS, its certificate from the master's CA) counts its own
+    // stage the same.
+    let agents = crate::agent_client(&crate::fleet_ca(&dir.join("data")));
     for (http, stage, events_in, events_out) in [(&a1_http, "pick", 1000.0, 800.0), (&a2_http, "big", 800.0, 560.0)] {
-        let text = agent_metrics(&format!("http://{http}")).await;
+        let text = agent_metrics(&agents, &format!("https://{http}")).await;
         let labels = [r#"tenant="acme""#, &format!(r#"job="{id}""#), &format!(r#"stage="{stage}""#)];
         let labels: Vec<&str> = labels.iter().map(|s| s.as_ref()).collect();
         assert_eq!(sample(&text, "squilla_worker_events_in_total", &labels), Some(events_in), "{text}");

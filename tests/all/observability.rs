@@ -41,10 +41,20 @@ async fn prometheus_scrapes_the_agents_and_the_master() {
         Proc::spawn("a1", &["agent", "--master", &base, "--agent-token", AGENT_TOKEN, "--id", "a1", "--threads", "2"]);
     let line = agent.wait_for("sinks at", Duration::from_secs(20));
     let agent_url = line.split("sinks at ").nth(1).and_then(|r| r.split(',').next()).unwrap().to_owned();
-    let target = agent_url.trim_start_matches("http://").to_owned();
+    let target = agent_url.strip_prefix("https://").expect("the agent serves HTTPS").to_owned();
+    let ca_file = dir.join("data/ca/ca.pem");
 
     // The agent's metrics take its token, like every route but its health.
-    let response = reqwest::Client::new().get(format!("{agent_url}/metrics")).send().await.unwrap();
+    let agents = crate::agent_client(&crate::fleet_ca(&dir.join("data")));
+    // (It serves HTTPS once the master has certified it, just after it starts.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        match agents.get(format!("{agent_url}/metrics")).send().await {
+            Ok(response) => break response,
+            Err(err) => assert!(std::time::Instant::now() < deadline, "the agent never served HTTPS: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(response.status(), 401);
 
     let job = ingest_job(&base, "observed").await;
@@ -61,10 +71,12 @@ async fn prometheus_scrapes_the_agents_and_the_master() {
         &config,
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: squilla-agents\n    \
-             honor_labels: true\n    authorization:\n      credentials_file: {token}\n    static_configs:\n      - targets: ['{target}']\n  \
+             honor_labels: true\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      server_name: squilla-agent\n    \
+             authorization:\n      credentials_file: {token}\n    static_configs:\n      - targets: ['{target}']\n  \
              - job_name: squilla-master\n    honor_labels: true\n    authorization:\n      credentials_file: {token}\n    \
              static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
-            token = token_file.display()
+            token = token_file.display(),
+            ca = ca_file.display()
         ),
     )
     .unwrap();

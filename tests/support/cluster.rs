@@ -187,6 +187,18 @@ pub fn master_with(port: u16, data: &std::path::Path, tokens: &std::path::Path, 
     m
 }
 
+/// A client for agents' HTTPS servers, trusting the fleet CA `ca` (PEM) as the master and
+/// gateways do.
+pub fn agent_client(ca: &str) -> reqwest::Client {
+    let config = squilla_net::tls::agent_client_config(ca).expect("the fleet CA");
+    reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap()
+}
+
+/// The fleet CA of a master whose data directory is `data`.
+pub fn fleet_ca(data: &std::path::Path) -> String {
+    std::fs::read_to_string(data.join("ca/ca.pem")).expect("the master keeps its CA in its data dir")
+}
+
 /// An agent with one worker thread.
 pub fn agent(id: &str, url: &str) -> Proc {
     agent_with(id, url, &["--threads", "1"])

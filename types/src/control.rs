@@ -184,7 +184,8 @@ impl WorkerReport {
 pub struct Heartbeat {
     /// The agent's id (unique among live agents; a restarted agent takes a new one).
     pub agent: AgentId,
-    /// Where the agent serves sinks (`host:port`).
+    /// Where the agent serves sinks: `host:port` (plain HTTP), or a base URL such as
+    /// `https://10.0.0.5:7071` (HTTPS with its certificate from the master's CA).
     pub http: String,
     /// Where the agent takes batches from peers (`host:port`).
     pub data: String,

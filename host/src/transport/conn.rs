@@ -112,6 +112,14 @@ pub(super) fn dial(peer: SocketAddr, inner: &TransportState) -> io::Result<Conn>
     admit(sock, inner, Side::Dialled)
 }
 
+/// A session whose peer's certificate names an agent (every certificate the CA issues does).
+fn named(session: super::tls::Session) -> io::Result<super::tls::Session> {
+    match session.peer_name() {
+        Some(_) => Ok(session),
+        None => Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer's certificate names no agent")),
+    }
+}
+
 fn admit(mut sock: TcpStream, inner: &TransportState, side: Side) -> io::Result<Conn> {
     sock.set_nodelay(true)?;
     super::keepalive(&sock);
@@ -120,8 +128,8 @@ fn admit(mut sock: TcpStream, inner: &TransportState, side: Side) -> io::Result<
         (Auth::Open, _) => Ok(None),
         (Auth::Key(key), Side::Accepted) => super::handshake::serve(&mut sock, key).map(|()| None),
         (Auth::Key(key), Side::Dialled) => super::handshake::dial(&mut sock, key).map(|()| None),
-        (Auth::Tls(tls), Side::Accepted) => tls.serve(sock.try_clone()?).map(Some),
-        (Auth::Tls(tls), Side::Dialled) => tls.dial(sock.try_clone()?).map(Some),
+        (Auth::Tls(tls), Side::Accepted) => tls.serve(sock.try_clone()?).and_then(named).map(Some),
+        (Auth::Tls(tls), Side::Dialled) => tls.dial(sock.try_clone()?).and_then(named).map(Some),
     };
     match admitted {
         Ok(None) => {

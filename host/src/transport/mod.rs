@@ -122,6 +122,7 @@ impl Transport {
             senders: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             stopped: AtomicBool::new(false),
+            admitting: Default::default(),
         });
         let accept = inner.clone();
         std::thread::Builder::new().name("squilla-accept".into()).spawn(move || recv::accept(listener, accept))?;

@@ -13,6 +13,7 @@
 //! ticket, a record that does not open — ends the connection.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -47,14 +48,31 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    fn next(&mut self, transmit: bool) -> Result<ConnectionTrafficSecrets, rustls::Error> {
-        let next = match (self, transmit) {
+    fn next(&mut self, transmit: bool) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match (self, transmit) {
             (Kernel::Client(k), true) => k.update_tx_secret(),
             (Kernel::Client(k), false) => k.update_rx_secret(),
             (Kernel::Server(k), true) => k.update_tx_secret(),
             (Kernel::Server(k), false) => k.update_rx_secret(),
-        };
-        next.map(|(_, secrets)| secrets)
+        }
+    }
+}
+
+/// What the two halves share: the secrets' next generations, and whether the peer asked for
+/// this side's key to be updated (the reader learns it, the writer does it).
+pub(super) struct Keys {
+    kernel: Mutex<Kernel>,
+    update_requested: AtomicBool,
+}
+
+impl Keys {
+    pub(super) fn new(kernel: Kernel) -> Arc<Keys> {
+        Arc::new(Keys { kernel: Mutex::new(kernel), update_requested: AtomicBool::new(false) })
+    }
+
+    fn next(&self, transmit: bool) -> io::Result<Protection> {
+        let (seq, secrets) = lock(&self.kernel).next(transmit).map_err(|e| invalid(e.to_string()))?;
+        Protection::new(&secrets, seq)
     }
 }
 
@@ -95,22 +113,25 @@ fn lock(kernel: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
 /// The sending direction.
 pub(super) struct Sealer {
     protection: Protection,
-    kernel: Arc<Mutex<Kernel>>,
+    keys: Arc<Keys>,
     update_after: u64,
 }
 
 impl Sealer {
     pub(super) fn new(
         secrets: &(u64, ConnectionTrafficSecrets),
-        kernel: Arc<Mutex<Kernel>>,
+        keys: Arc<Keys>,
         update_after: u64,
     ) -> io::Result<Sealer> {
-        Ok(Sealer { protection: Protection::new(&secrets.1, secrets.0)?, kernel, update_after })
+        Ok(Sealer { protection: Protection::new(&secrets.1, secrets.0)?, keys, update_after })
     }
 
     /// Appends `plaintext` to `out` as records.
     pub(super) fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         out.reserve(plaintext.len() + plaintext.len().div_ceil(MAX_PLAINTEXT) * (HEADER + 1 + TAG));
+        if self.keys.update_requested.swap(false, Ordering::AcqRel) {
+            self.update_key(out)?;
+        }
         for chunk in plaintext.chunks(MAX_PLAINTEXT) {
             self.record(APPLICATION_DATA, chunk, out)?;
             if self.protection.seq >= self.update_after {
@@ -142,8 +163,7 @@ impl Sealer {
     /// own), then uses it.
     fn update_key(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         self.record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
-        let next = lock(&self.kernel).next(true).map_err(|e| invalid(e.to_string()))?;
-        self.protection = Protection::new(&next, 0)?;
+        self.protection = self.keys.next(true)?;
         Ok(())
     }
 }
@@ -151,7 +171,7 @@ impl Sealer {
 /// The receiving direction: records read into `buf`, opened in place.
 pub(super) struct Opener {
     protection: Protection,
-    kernel: Arc<Mutex<Kernel>>,
+    keys: Arc<Keys>,
     buf: Vec<u8>,
     /// Ciphertext not yet opened: `buf[start..end]`.
     start: usize,
@@ -166,7 +186,7 @@ impl Opener {
     /// already opened and the bytes after them.
     pub(super) fn new(
         secrets: &(u64, ConnectionTrafficSecrets),
-        kernel: Arc<Mutex<Kernel>>,
+        keys: Arc<Keys>,
         opened: &[u8],
         sealed: &[u8],
     ) -> io::Result<Opener> {
@@ -176,7 +196,7 @@ impl Opener {
         buf[opened.len()..early].copy_from_slice(sealed);
         Ok(Opener {
             protection: Protection::new(&secrets.1, secrets.0)?,
-            kernel,
+            keys,
             buf,
             start: opened.len(),
             end: early,
@@ -234,12 +254,18 @@ impl Opener {
         let Some(last) = opened.iter().rposition(|&b| b != 0) else {
             return Err(invalid("a record with no content type"));
         };
+        if last > MAX_PLAINTEXT {
+            return Err(invalid("a record over 2^14 bytes of plaintext"));
+        }
         let (kind, content) = (opened[last], body..body + last);
         match kind {
             APPLICATION_DATA => self.plain = (content.start, content.end),
-            HANDSHAKE if self.buf[content.clone()] == [KEY_UPDATE, 0, 0, 1, 0] => {
-                let next = lock(&self.kernel).next(false).map_err(|e| invalid(e.to_string()))?;
-                self.protection = Protection::new(&next, 0)?;
+            HANDSHAKE if matches!(self.buf[content.clone()], [KEY_UPDATE, 0, 0, 1, 0 | 1]) => {
+                // update_requested (1): the peer wants this side's key replaced too (§4.6.3).
+                if self.buf[content.end - 1] == 1 {
+                    self.keys.update_requested.store(true, Ordering::Release);
+                }
+                self.protection = self.keys.next(false)?;
             }
             ALERT if self.buf[content.clone()] == [1, 0] => self.closed = true, // close_notify
             other => return Err(invalid(format!("a protected record of type {other} after the handshake"))),

@@ -22,21 +22,34 @@ use crate::pipeline::Delivery;
 /// How often batches set aside (their worker full under `block`) are offered again.
 const RETRY: Duration = Duration::from_millis(1);
 
+/// Connections being admitted (in their handshake) at once, at most: past it, new ones are
+/// closed at once and counted as refused, so strangers trickling handshakes cannot tie up
+/// threads without end (each handshake has [`super::handshake::TIMEOUT`] in all).
+const MAX_ADMITTING: usize = 64;
+
 pub(super) fn accept(listener: TcpListener, inner: Arc<TransportState>) {
     for conn in listener.incoming() {
         if inner.stopped.load(Ordering::Relaxed) {
             return;
         }
         let Ok(conn) = conn else { continue };
-        let inner = inner.clone();
+        if inner.admitting.fetch_add(1, Ordering::AcqRel) >= MAX_ADMITTING {
+            inner.admitting.fetch_sub(1, Ordering::AcqRel);
+            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = ?conn.peer_addr().ok(), "data port connection refused: too many handshakes at once");
+            continue;
+        }
+        let this = inner.clone();
         let started = std::thread::Builder::new().name("squilla-recv".into()).spawn(move || {
             let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let served = super::conn::accepted(conn, &inner).and_then(|conn| Connection::serve(conn, inner));
-            if let Err(err) = served {
+            let admitted = super::conn::accepted(conn, &this);
+            this.admitting.fetch_sub(1, Ordering::AcqRel);
+            if let Err(err) = admitted.and_then(|conn| Connection::serve(conn, this)) {
                 tracing::debug!(%peer, error = %err, "peer connection ended");
             }
         });
         if let Err(err) = started {
+            inner.admitting.fetch_sub(1, Ordering::AcqRel);
             // The connection went with the closure of the thread that did not start: it is
             // closed, and the peer dials again.
             tracing::warn!(error = %err, "cannot start a thread for a peer connection; closed it");

@@ -3,7 +3,7 @@
 //! and receiving sides depend on it, and not on the [`super::Transport`] that starts them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -68,6 +68,8 @@ pub(super) struct TransportState {
     pub(super) senders: RwLock<HashMap<String, Vec<Vec<String>>>>,
     pub(super) counters: Counters,
     pub(super) stopped: AtomicBool,
+    /// Connections in their handshake now.
+    pub(super) admitting: AtomicUsize,
 }
 
 pub(super) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {

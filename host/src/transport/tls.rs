@@ -15,7 +15,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::pem::PemObject;
@@ -25,7 +25,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::record::{KEY_UPDATE_RECORDS, Kernel, Opener, Sealer};
+use super::record::{KEY_UPDATE_RECORDS, Kernel, Keys, Opener, Sealer};
 
 /// The DNS name every agent certificate carries and every peer verifies.
 pub const AGENT_NAME: &str = "squilla-agent";
@@ -52,6 +52,8 @@ pub enum DataTlsError {
 struct Configs {
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
+    /// The same certificate and key, for the agent's HTTPS server.
+    certified: Arc<rustls::sign::CertifiedKey>,
 }
 
 /// An agent's identity on the data port: its certificate and key, and the CA it trusts.
@@ -110,6 +112,8 @@ impl DataTls {
         }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(pem_error("the key"))?;
         let config_error = |e: rustls::Error| DataTlsError::Config(e.to_string());
+        let signing = provider().key_provider.load_private_key(key.clone_key()).map_err(config_error)?;
+        let certified = Arc::new(rustls::sign::CertifiedKey::new(chain.clone(), signing));
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|e| DataTlsError::Config(e.to_string()))?;
@@ -130,9 +134,21 @@ impl DataTls {
             .map_err(config_error)?;
         client.resumption = rustls::client::Resumption::disabled();
         client.enable_secret_extraction = true;
-        let configs = Configs { client: Arc::new(client), server: Arc::new(server) };
+        let configs = Configs { client: Arc::new(client), server: Arc::new(server), certified };
         *self.configs.write().unwrap_or_else(PoisonError::into_inner) = Some(configs);
         Ok(())
+    }
+
+    /// A TLS configuration for the agent's HTTP server: the installed certificate, whichever
+    /// is current at each handshake (none before the first: handshakes fail), TLS 1.2 and
+    /// 1.3, no client certificates (HTTP clients present a token or a capability).
+    pub fn http_server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, DataTlsError> {
+        let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DataTlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Current(self.clone())));
+        Ok(Arc::new(config))
     }
 
     fn current(&self) -> io::Result<(Arc<ClientConfig>, Arc<ServerConfig>)> {
@@ -166,6 +182,7 @@ macro_rules! drive_handshake {
         let mut pending = 0usize;
         let mut early = Vec::new();
         loop {
+            let mut blocked = false;
             let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut incoming[..used]);
             match state.map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))? {
                 ConnectionState::EncodeTlsData(mut data) => loop {
@@ -183,20 +200,7 @@ macro_rules! drive_handshake {
                     pending = 0;
                     data.done();
                 }
-                ConnectionState::BlockedHandshake => {
-                    if used == incoming.len() {
-                        // rustls bounds handshake messages to 64 KiB.
-                        if incoming.len() >= 128 << 10 {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, "an oversized handshake"));
-                        }
-                        incoming.resize(incoming.len() * 2, 0);
-                    }
-                    let n = sock.read(&mut incoming[used..])?;
-                    if n == 0 {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer left the handshake"));
-                    }
-                    used += n;
-                }
+                ConnectionState::BlockedHandshake => blocked = true,
                 ConnectionState::ReadTraffic(mut records) => {
                     while let Some(record) = records.next_record() {
                         let record = record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -213,17 +217,65 @@ macro_rules! drive_handshake {
             }
             incoming.copy_within(discard..used, 0);
             used -= discard;
+            if blocked {
+                if used == incoming.len() {
+                    // rustls bounds handshake messages to 64 KiB.
+                    if incoming.len() >= 128 << 10 {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "an oversized handshake"));
+                    }
+                    incoming.resize(incoming.len() * 2, 0);
+                }
+                let n = sock.read(&mut incoming[used..])?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer left the handshake"));
+                }
+                used += n;
+            }
         }
         incoming.truncate(used);
         (early, incoming)
     }};
 }
 
+/// A socket whose reads and writes all end by one moment.
+struct Deadline<'a> {
+    sock: &'a mut TcpStream,
+    until: std::time::Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> io::Result<std::time::Duration> {
+        let left = self.until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.left()?))?;
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.left()?))?;
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
 /// A connection after a successful handshake, to be split.
 pub(super) struct Session {
     sock: TcpStream,
     secrets: rustls::ExtractedSecrets,
-    kernel: Arc<Mutex<Kernel>>,
+    keys: Arc<Keys>,
     /// What came with the end of the handshake: opened records, and ciphertext.
     early: (Vec<u8>, Vec<u8>),
     peer: Option<String>,
@@ -253,11 +305,10 @@ impl Session {
         .map(|(secrets, kernel, early, peer)| Session::new(sock, secrets, kernel, early, peer))
     }
 
-    /// Runs `handshake` with [`TIMEOUT`] on each read and write.
-    fn timed<T>(sock: &mut TcpStream, handshake: impl FnOnce(&mut TcpStream) -> io::Result<T>) -> io::Result<T> {
-        sock.set_read_timeout(Some(TIMEOUT))?;
-        sock.set_write_timeout(Some(TIMEOUT))?;
-        let done = handshake(sock)?;
+    /// Runs `handshake`, which must be over within [`TIMEOUT`] in all (however slowly the peer
+    /// trickles its bytes).
+    fn timed<T>(sock: &mut TcpStream, handshake: impl FnOnce(&mut Deadline<'_>) -> io::Result<T>) -> io::Result<T> {
+        let done = handshake(&mut Deadline { sock, until: std::time::Instant::now() + TIMEOUT })?;
         sock.set_read_timeout(None)?;
         sock.set_write_timeout(None)?;
         Ok(done)
@@ -270,7 +321,7 @@ impl Session {
         early: (Vec<u8>, Vec<u8>),
         peer: Option<String>,
     ) -> Session {
-        Session { sock, secrets, kernel: Arc::new(Mutex::new(kernel)), early, peer }
+        Session { sock, secrets, keys: Keys::new(kernel), early, peer }
     }
 
     /// The common name of the peer's certificate (its agent id).
@@ -284,10 +335,20 @@ impl Session {
     }
 
     fn split_updating_after(self, records: u64) -> io::Result<(TlsReader, TlsWriter)> {
-        let opener = Opener::new(&self.secrets.rx, self.kernel.clone(), &self.early.0, &self.early.1)?;
-        let sealer = Sealer::new(&self.secrets.tx, self.kernel, records)?;
+        let opener = Opener::new(&self.secrets.rx, self.keys.clone(), &self.early.0, &self.early.1)?;
+        let sealer = Sealer::new(&self.secrets.tx, self.keys, records)?;
         let reader = TlsReader { sock: self.sock.try_clone()?, opener };
-        Ok((reader, TlsWriter { sock: self.sock, sealer, out: Vec::new() }))
+        Ok((reader, TlsWriter { sock: self.sock, sealer, out: Vec::new(), failed: false }))
+    }
+}
+
+/// The installed certificate, for the HTTPS server.
+#[derive(Debug)]
+struct Current(Arc<DataTls>);
+
+impl rustls::server::ResolvesServerCert for Current {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.configs.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(|c| c.certified.clone())
     }
 }
 
@@ -329,14 +390,22 @@ pub(super) struct TlsWriter {
     sock: TcpStream,
     sealer: Sealer,
     out: Vec<u8>,
+    /// A write failed: records may have been sealed and not sent, so nothing sealed later
+    /// would open at the peer.
+    failed: bool,
 }
 
 impl Write for TlsWriter {
     /// Seals all of `buf` and sends it in one go.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write on this connection failed"));
+        }
         self.out.clear();
+        self.failed = true;
         self.sealer.seal(buf, &mut self.out)?;
         self.sock.write_all(&self.out)?;
+        self.failed = false;
         if self.out.capacity() > 4 << 20 {
             self.out = Vec::new();
         }
@@ -405,5 +474,31 @@ mod tests {
         let (name, theirs) = served.join().unwrap();
         assert_eq!(name.as_deref(), Some("a"));
         assert!(got == data && theirs == data, "the bytes arrived intact both ways");
+    }
+
+    #[test]
+    fn a_handshake_trickled_byte_by_byte_ends_at_its_deadline() {
+        let ca = Authority::generate().unwrap();
+        let server = identity(&ca, "b");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trickler = std::thread::spawn(move || {
+            let mut sock = TcpStream::connect(addr).unwrap();
+            // A plausible start of a ClientHello, one byte a second: every read is well within
+            // the timeout, the handshake as a whole is not.
+            for byte in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x00] {
+                if sock.write_all(&[byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+        let (sock, _) = listener.accept().unwrap();
+        let started = std::time::Instant::now();
+        let refused = server.serve(sock);
+        let took = started.elapsed();
+        assert!(refused.is_err(), "a handshake that never completes is refused");
+        assert!(took < TIMEOUT + std::time::Duration::from_secs(2), "within its deadline: {took:?}");
+        trickler.join().unwrap();
     }
 }

@@ -30,9 +30,10 @@ pub struct Endpoints {
     pub state: crate::control::model::JobState,
     /// Whether the job has ended (nothing more will come out of it).
     pub ended: bool,
-    /// HTTP addresses (`host:port`) of the agents running the job's last stage.
+    /// The agents running the job's last stage, as they report their HTTP servers: base URLs
+    /// (`https://host:port`, certificates from the fleet CA), or `host:port` for plain HTTP.
     pub sinks: Vec<String>,
-    /// HTTP address of the agent running the job's source, while it has one.
+    /// The agent running the job's source, the same way, while it has one.
     pub source: Option<String>,
     /// Whether the source's agent has been heard from within its lease (ingest can go there).
     pub source_fresh: bool,
@@ -43,6 +44,9 @@ pub struct Endpoints {
     pub capability: Option<String>,
     /// When the capability expires, Unix ms.
     pub expires_at_ms: i64,
+    /// The fleet CA's certificate (PEM): agents serving HTTPS present certificates it issued,
+    /// naming `squilla-agent`. `None` if the master has no CA.
+    pub ca: Option<String>,
 }
 
 /// `GET /api/v1/jobs/{id}/endpoints`.
@@ -87,5 +91,6 @@ pub async fn endpoints(
         ingest,
         capability,
         expires_at_ms,
+        ca: state.authority.as_ref().map(|a| a.certificate_pem().to_owned()),
     }))
 }

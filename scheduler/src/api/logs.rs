@@ -82,7 +82,12 @@ fn unavailable(why: String) -> ApiError {
 /// The worker's lines after `after`, from its agent.
 async fn fetch(state: &AppState, place: &WorkerPlace, index: u32, after: Option<u64>) -> Result<WorkerLog, ApiError> {
     let http = place.http.as_ref().ok_or_else(not_running)?;
-    let mut url = format!("http://{http}/jobs/{}/stages/{}/workers/{index}/logs", place.key, place.stage);
+    let mut url = format!(
+        "{}/jobs/{}/stages/{}/workers/{index}/logs",
+        squilla_net::tls::agent_base(http),
+        place.key,
+        place.stage
+    );
     if let Some(after) = after {
         url.push_str(&format!("?after={after}"));
     }

@@ -115,6 +115,9 @@ pub enum StateError {
     /// The HTTP client (to agents) could not be built.
     #[error("the HTTP client to agents: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// The CA's certificate cannot be trusted by a TLS client.
+    #[error("the fleet CA: {0}")]
+    Ca(#[from] squilla_net::tls::TlsError),
 }
 
 /// What every handler shares.
@@ -181,6 +184,18 @@ impl AppState {
             agent_token_plain: agent_token,
             http,
         })
+    }
+}
+
+impl AppState {
+    /// Issues agents their certificates with `authority`, and calls agents serving HTTPS
+    /// trusting only the certificates it issued.
+    pub fn set_authority(&mut self, authority: Arc<squilla_net::ca::Authority>) -> Result<(), StateError> {
+        let tls = squilla_net::tls::agent_client_config(authority.certificate_pem())?;
+        self.http =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).use_preconfigured_tls(tls).build()?;
+        self.authority = Some(authority);
+        Ok(())
     }
 }
 
