@@ -3,6 +3,13 @@
 //! Round-robin and broadcast hand on the same shared bytes (a reference count, no copy).
 //! Key-hash must split a batch by key, so each part is archived anew: one copy per event,
 //! the price of sending every event of a key to the same worker.
+//!
+//! **Key groups.** A key's hash picks one of [`KEY_GROUPS`] key groups, and the groups are
+//! dealt to a stage's `n` workers in contiguous ranges (worker `i` owns groups
+//! `[i·G/n, (i+1)·G/n)`). Rescaling from `n` to `m` workers moves only the groups whose
+//! owner changes, and a group — with whatever a stage keeps for its keys — moves whole. It
+//! bounds a key-hashed stage's useful parallelism at 4,096 workers (a job's stage may have
+//! at most 1,000).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -35,6 +42,21 @@ pub(crate) fn key_hash(event: &EventRef<'_>, fields: &[String]) -> u64 {
     hash
 }
 
+/// How many key groups keys are hashed into: the most workers a key-hashed stage can use.
+pub const KEY_GROUPS: u32 = 4096;
+
+/// The key group of a key hash.
+pub fn key_group(hash: u64) -> u32 {
+    (hash % u64::from(KEY_GROUPS)) as u32
+}
+
+/// The worker (of `workers`, at least 1) that owns key group `group`: contiguous ranges of
+/// groups, as even as they can be (sizes differ by at most one).
+pub fn group_owner(group: u32, workers: usize) -> usize {
+    let workers = workers.max(1) as u64;
+    ((u64::from(group) * workers) / u64::from(KEY_GROUPS)) as usize
+}
+
 /// Where each part of `batch` goes among `workers`.
 pub(crate) fn split(
     routing: &Routing,
@@ -64,7 +86,7 @@ pub(crate) fn split(
             let view = batch.view();
             let mut parts: Vec<Option<BatchBuilder>> = (0..workers.len()).map(|_| None).collect();
             for event in view.events() {
-                let i = (key_hash(&event, fields) % workers.len() as u64) as usize;
+                let i = group_owner(key_group(key_hash(&event, fields)), workers.len());
                 parts[i]
                     .get_or_insert_with(|| {
                         BatchBuilder::new()
@@ -82,5 +104,45 @@ pub(crate) fn split(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn groups_are_dealt_in_even_contiguous_ranges(workers in 1usize..=1000) {
+            let owners: Vec<usize> = (0..KEY_GROUPS).map(|g| group_owner(g, workers)).collect();
+            // Every owner is a worker, owners never go back (ranges), and every worker owns
+            // between floor(G/n) and ceil(G/n) groups.
+            prop_assert!(owners.iter().all(|&o| o < workers));
+            prop_assert!(owners.windows(2).all(|w| w[0] <= w[1]));
+            let mut counts = vec![0u32; workers];
+            for &o in &owners {
+                counts[o] += 1;
+            }
+            let (low, high) = (KEY_GROUPS / workers as u32, KEY_GROUPS.div_ceil(workers as u32));
+            prop_assert!(counts.iter().all(|&c| c >= low && c <= high), "{counts:?}");
+        }
+
+        #[test]
+        fn doubling_splits_each_workers_range_between_two_workers(workers in 1usize..=500, group in 0..KEY_GROUPS) {
+            // Worker i's groups go to 2i and 2i+1: state moves only between those.
+            let before = group_owner(group, workers);
+            let after = group_owner(group, workers * 2);
+            prop_assert!(after == 2 * before || after == 2 * before + 1, "{group}: {before} -> {after}");
+        }
+    }
+
+    #[test]
+    fn growing_by_one_worker_moves_only_part_of_the_groups() {
+        // From 4 to 5 workers: a group keeps its owner unless its range boundary moved.
+        let moved = (0..KEY_GROUPS).filter(|&g| group_owner(g, 4) != group_owner(g, 5)).count();
+        assert!(moved < KEY_GROUPS as usize * 3 / 5, "{moved} of {KEY_GROUPS} groups moved");
+        assert!(moved > 0);
     }
 }
