@@ -10,6 +10,7 @@
 //! - [`api`] is the HTTP face of all of it.
 
 pub mod api;
+pub mod autoscale;
 pub mod control;
 pub mod placement;
 pub mod store;

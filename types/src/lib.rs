@@ -12,6 +12,7 @@ pub mod control;
 pub mod ids;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod scaling;
 pub mod sink;
 mod spec;
 pub mod sse;

@@ -208,6 +208,9 @@ pub struct StageSpec {
     /// Where the stage's workers may go (default: anywhere).
     #[serde(default)]
     pub constraints: Constraints,
+    /// How the stage scales itself (default: it does not; `workers` stays as set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<crate::scaling::ScalingPolicy>,
 }
 
 fn one() -> u32 {
@@ -530,6 +533,12 @@ impl JobSpec {
         }
         if stage.params.len() > limits::PARAMS {
             return Err(err(format!("{path}.params"), format!("at most {} parameters", limits::PARAMS)));
+        }
+        if let Some(policy) = &stage.scaling {
+            policy.validate(&format!("{path}.scaling"))?;
+            if !(policy.min..=policy.max).contains(&stage.workers) {
+                return Err(err(format!("{path}.workers"), "within the scaling policy's `min` and `max`"));
+            }
         }
         for (name, ParamValue(value)) in &stage.params {
             check_value(&format!("{path}.params.{name}"), value)?;
