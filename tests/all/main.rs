@@ -1,6 +1,7 @@
 //! The `squilla` binary's tests: real processes, real HTTP on loopback. One binary, a module
 //! per area.
 
+mod autoscale;
 mod console;
 mod dataport;
 mod dev;

@@ -74,7 +74,7 @@ impl Default for Samples {
 pub enum Reason {
     /// Share of a core spent in the stage's code, 0 to 1.
     Cpu,
-    /// Events dropped, or held back by backpressure, per second.
+    /// Batches dropped per second.
     Drops,
     /// Events in per second.
     Rps,

@@ -17,9 +17,10 @@ impl From<ControlError> for ApiError {
         match err {
             ControlError::NoSuchJob(id) => ApiError::not_found(format!("job `{id}`")),
             ControlError::Params(e) => ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
-            e @ ControlError::InvalidScale { .. } => {
+            e @ (ControlError::InvalidScale { .. } | ControlError::OutsidePolicy { .. }) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_scale", e.to_string())
             }
+            ControlError::InvalidPolicy(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string()),
             // A stage or worker named in the path that the job does not have is missing, as a
             // missing job is.
             e @ ControlError::NoSuchStage { .. } => {
@@ -45,6 +46,12 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let control = state.control.clone();
     Ok(tokio::task::spawn_blocking(move || f(&control)).await.map_err(ApiError::internal)??)
+}
+
+/// A JSON body of the given `shape`, or **400** `bad_request` saying what it should be.
+fn parsed<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is {shape}: {e}")))
 }
 
 fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
@@ -197,10 +204,63 @@ pub async fn scale(
 ) -> Result<Json<Job>, ApiError> {
     let tenant = state.tenants.authenticate(&headers)?.name.clone();
     let id = super::job_id(&id)?;
-    let scale: Scale = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is `{{\"workers\": N}}`: {e}"))
-    })?;
+    let scale: Scale = parsed(&body, "`{\"workers\": N}`")?;
     Ok(Json(blocking(&state, move |c| c.scale(&tenant, &id, &stage, scale.workers)).await?))
+}
+
+/// `PUT /api/v1/jobs/{id}/stages/{stage}/scaling` with a scaling policy, or `null`.
+#[utoipa::path(put, path = "/api/v1/jobs/{id}/stages/{stage}/scaling", operation_id = "setStageScaling", tag = "jobs",
+    params(
+        ("id" = JobId, Path, description = "The job."),
+        ("stage" = String, Path, description = "The stage: its name or 0-based index."),
+    ),
+    request_body(content = Option<squilla_types::scaling::ScalingPolicy>, description = "The stage's new scaling policy (docs/autoscaling.md), or `null` for none."),
+    responses(
+        (status = 200, description = "The job, with the stage's new policy.", body = Job),
+        (status = 400, description = "`bad_request`: not a policy; `invalid_policy`: a rule broken (its path in the message); `invalid_scale`: the stage's workers lie outside the new bounds.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job of the tenant's; `no_such_stage`.", body = ErrorBody),
+        (status = 409, description = "`job_ended`.", body = ErrorBody),
+    ))]
+pub async fn set_scaling(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParams((id, stage)): PathParams<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Job>, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
+    let policy: Option<squilla_types::scaling::ScalingPolicy> = parsed(&body, "a scaling policy or `null`")?;
+    Ok(Json(blocking(&state, move |c| c.set_scaling(&tenant, &id, &stage, policy)).await?))
+}
+
+/// Whether a job's autoscaling is paused.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscaling {
+    /// `true` pauses every stage's scaling policy; `false` resumes them.
+    paused: bool,
+}
+
+/// `POST /api/v1/jobs/{id}/autoscaling` with `{"paused": true|false}`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/autoscaling", operation_id = "setAutoscaling", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job.")),
+    request_body(content = Autoscaling),
+    responses(
+        (status = 200, description = "The job (`autoscale_paused` says which).", body = Job),
+        (status = 400, description = "`bad_request`: the body is not `{\"paused\": bool}`.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+        (status = 409, description = "`job_ended`.", body = ErrorBody),
+    ))]
+pub async fn set_autoscaling(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParams(id): PathParams<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Job>, ApiError> {
+    let tenant = state.tenants.authenticate(&headers)?.name.clone();
+    let id = super::job_id(&id)?;
+    let autoscaling: Autoscaling = parsed(&body, "`{\"paused\": bool}`")?;
+    Ok(Json(blocking(&state, move |c| c.set_autoscaling(&tenant, &id, autoscaling.paused)).await?))
 }
 
 /// `POST /api/v1/jobs/{id}/stages/{stage}/workers/{index}/resubmit`.

@@ -295,6 +295,8 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get))
         .routes(capped(routes!(jobs::kill), body_limits::SMALL))
         .routes(capped(routes!(jobs::scale), body_limits::SMALL))
+        .routes(capped(routes!(jobs::set_scaling), body_limits::SMALL))
+        .routes(capped(routes!(jobs::set_autoscaling), body_limits::SMALL))
         .routes(capped(routes!(jobs::resubmit), body_limits::SMALL))
         .routes(routes!(logs::logs))
         .routes(routes!(telemetry::metrics))

@@ -23,6 +23,7 @@
 //! module on top. None of them refers to the store or the API.
 
 mod agents;
+pub(crate) mod autoscaler;
 mod config;
 pub mod model;
 mod schedule;
@@ -57,6 +58,20 @@ pub enum ControlError {
         /// The most workers a stage may have.
         max: u32,
     },
+    /// A scale request outside the stage's scaling policy, or a policy whose bounds leave
+    /// out the stage's workers.
+    #[error("workers: {workers} is outside the stage's scaling policy ({min} to {max})")]
+    OutsidePolicy {
+        /// The workers asked for, or the stage has.
+        workers: u32,
+        /// The policy's `min`.
+        min: u32,
+        /// The policy's `max`.
+        max: u32,
+    },
+    /// A scaling policy that breaks a rule (the path of the problem in the message).
+    #[error(transparent)]
+    InvalidPolicy(squilla_types::SpecError),
     /// The job has no such stage (by name or 0-based index).
     #[error("job `{job}` has no stage `{stage}`")]
     NoSuchStage {
@@ -241,6 +256,7 @@ impl Control {
                 generation: 1,
                 next_number: 1,
                 submitted_at_ms: model::now_ms(),
+                autoscale_paused: false,
             };
             model::push_history(&mut job.history, JobState::Accepted, None);
             for stage in &spec.stages {
@@ -340,25 +356,7 @@ impl Control {
         let key = JobKey::new(tenant.clone(), id.clone());
         let state = self.lock();
         let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
-        let stages: Vec<(String, Vec<telemetry::WorkerInfo>)> = job
-            .stages
-            .iter()
-            .map(|stage| {
-                let workers = stage
-                    .workers
-                    .iter()
-                    .map(|w| telemetry::WorkerInfo {
-                        number: w.number,
-                        agent: w.agent.as_ref().map(ToString::to_string),
-                        state: serde_json::to_value(w.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
-                    })
-                    .collect();
-                (stage.name.clone(), workers)
-            })
-            .collect();
+        let stages = autoscaler::infos(job);
         Ok(state.telemetry.view(&key, &stages, model::now_ms()))
     }
 
@@ -415,26 +413,48 @@ impl Control {
     /// quota check and the change are one write, so concurrent scales and submissions cannot
     /// pass the quota together.
     pub fn scale(&self, tenant: &TenantId, id: &JobId, stage: &str, workers: u32) -> Result<Job, ControlError> {
+        let key = JobKey::new(tenant.clone(), id.clone());
+        self.rescale(&key, stage, workers, |stage, from, to| {
+            format!("stage `{stage}` scaled from {from} to {to} workers by its tenant")
+        })
+    }
+
+    /// [`Control::scale`] for `key`, writing `note(stage, from, to)` in the job's history and
+    /// starting the stage's autoscaling cooldown.
+    fn rescale(
+        &self,
+        key: &JobKey,
+        stage: &str,
+        workers: u32,
+        note: impl FnOnce(&str, u32, u32) -> String,
+    ) -> Result<Job, ControlError> {
         if !(1..=squilla_types::limits::WORKERS).contains(&workers) {
             return Err(ControlError::InvalidScale { max: squilla_types::limits::WORKERS });
         }
         let _writer = self.writer();
-        let key = JobKey::new(tenant.clone(), id.clone());
+        let id = &key.job;
         self.write(|state| {
-            let job = state.jobs.get(&key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
+            let job = state.jobs.get(key).ok_or_else(|| ControlError::NoSuchJob(id.to_string()))?;
             if job.state.is_terminal() {
                 return Err(ControlError::Ended(id.to_string()));
             }
             let s = stage_index(job, stage)?;
+            if let Some(policy) = &job.spec.stages[s].scaling
+                && !(policy.min..=policy.max).contains(&workers)
+            {
+                return Err(ControlError::OutsidePolicy { workers, min: policy.min, max: policy.max });
+            }
             let current = job.stages[s].workers.len() as u64;
             if u64::from(workers) > current {
                 let more = u64::from(workers) - current;
                 let memory = more * u64::from(job.spec.stages[s].resources.memory_mib);
-                self.check_quota(state, tenant, more, memory)?;
+                self.check_quota(state, &key.tenant, more, memory)?;
             }
-            self.change(state, &key, |job, _| {
+            state.autoscale.scaled(key, s, model::now_ms());
+            self.change(state, key, |job, _| {
                 let list = &mut job.stages[s].workers;
                 let n = workers as usize;
+                let from = list.len() as u32;
                 let mut added = Vec::new();
                 if list.len() > n {
                     list.truncate(n);
@@ -449,9 +469,70 @@ impl Control {
                 }
                 job.spec.stages[s].workers = workers;
                 job.generation += 1;
+                if from != workers {
+                    let line = note(&job.stages[s].name, from, workers);
+                    model::push_history(&mut job.history, job.state, Some(line));
+                }
                 Ok(())
             })
         })
+    }
+
+    /// Pauses or resumes the scaling policies of a job's stages.
+    pub fn set_autoscaling(&self, tenant: &TenantId, id: &JobId, paused: bool) -> Result<Job, ControlError> {
+        self.mutate(tenant, id, |job, _| {
+            if job.autoscale_paused != paused {
+                job.autoscale_paused = paused;
+                let line =
+                    if paused { "autoscaling paused by its tenant" } else { "autoscaling resumed by its tenant" };
+                model::push_history(&mut job.history, job.state, Some(line.to_owned()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces the scaling policy of stage `stage` (none: the stage stops scaling itself);
+    /// the stage's workers must lie within the new policy's bounds.
+    pub fn set_scaling(
+        &self,
+        tenant: &TenantId,
+        id: &JobId,
+        stage: &str,
+        policy: Option<squilla_types::scaling::ScalingPolicy>,
+    ) -> Result<Job, ControlError> {
+        let stage = stage.to_owned();
+        self.mutate(tenant, id, move |job, _| {
+            let s = stage_index(job, &stage)?;
+            let path = format!("stages[{s}].scaling");
+            if let Some(policy) = &policy {
+                policy.validate(&path).map_err(ControlError::InvalidPolicy)?;
+                let workers = job.stages[s].workers.len() as u32;
+                if !(policy.min..=policy.max).contains(&workers) {
+                    return Err(ControlError::OutsidePolicy { workers, min: policy.min, max: policy.max });
+                }
+            }
+            job.spec.stages[s].scaling = policy;
+            let line = format!("stage `{}`'s scaling policy replaced by its tenant", job.stages[s].name);
+            model::push_history(&mut job.history, job.state, Some(line));
+            Ok(())
+        })
+    }
+
+    /// One round of autoscaling (from [`Control::tick`]): each decision applied as a scale.
+    fn autoscale(&self) {
+        let decisions = {
+            let mut state = self.lock();
+            let State { jobs, telemetry, autoscale, .. } = &mut *state;
+            autoscale.round(jobs, telemetry, model::now_ms())
+        };
+        for (key, s, decision) in decisions {
+            let stage = s.to_string();
+            let to = decision.workers;
+            let applied = self.rescale(&key, &stage, to, |stage, from, _| autoscaler::note(stage, from, &decision));
+            if let Err(err) = applied {
+                tracing::warn!(job = %key.job, stage = s, workers = to, error = %err, "autoscaling refused");
+            }
+        }
     }
 
     /// Replaces worker `index` of stage `stage` by a new incarnation, placed anew.
@@ -616,6 +697,7 @@ impl Control {
                 return Err(err);
             }
         }
+        self.autoscale();
         for (tenant, cluster) in clusters {
             let min = cluster.spec.sla.min_jobs;
             if min == 0 {

@@ -215,6 +215,9 @@ pub struct Job {
     pub next_number: u64,
     /// When it was submitted, ms since the Unix epoch.
     pub submitted_at_ms: i64,
+    /// Whether its tenant has paused its stages' scaling policies.
+    #[serde(default)]
+    pub autoscale_paused: bool,
 }
 
 impl Job {

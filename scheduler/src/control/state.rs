@@ -30,4 +30,6 @@ pub(crate) struct State {
     pub unsaved: BTreeSet<JobKey>,
     /// Jobs' metrics from the heartbeats.
     pub telemetry: Telemetry,
+    /// The autoscaler's samples and cooldowns.
+    pub autoscale: super::autoscaler::Tracks,
 }
