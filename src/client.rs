@@ -1,5 +1,5 @@
 //! The client commands: `artifact push|list`, `cluster create|list`,
-//! `job submit|list|get|metrics|kill|scale`, `agent list`, `tail`, `logs`. Each is one or a
+//! `job submit|list|get|metrics|kill|scale|policy|autoscaling`, `agent list`, `tail`, `logs`. Each is one or a
 //! few calls of the master's HTTP API. Lists, summaries and metrics print as tables
 //! (`crate::table`) unless `--output json` asks for the API's documents; other answers print
 //! as JSON; errors as `error: <code>: <message>` with a non-zero exit. Progress of long
@@ -141,6 +141,23 @@ pub enum JobCommand {
         stage: String,
         /// Workers.
         workers: u32,
+    },
+    /// Replace a stage's scaling policy (docs/autoscaling.md), or remove it.
+    Policy {
+        /// The job id.
+        job: String,
+        /// The stage (name or 0-based index).
+        stage: String,
+        /// A JSON file holding the policy (`-` for standard input), or `none`.
+        policy: String,
+    },
+    /// Pause or resume a job's autoscaling.
+    Autoscaling {
+        /// The job id.
+        job: String,
+        /// `pause` or `resume`.
+        #[arg(value_parser = ["pause", "resume"])]
+        action: String,
     },
 }
 
@@ -472,6 +489,22 @@ pub fn job(connection: Connection, command: JobCommand) -> anyhow::Result<()> {
             JobCommand::Scale { job, stage, workers } => {
                 let body = serde_json::json!({ "workers": workers }).to_string().into_bytes();
                 client.call(Method::POST, &format!("/api/v1/jobs/{job}/stages/{stage}/scale"), Some(body)).await?
+            }
+            JobCommand::Policy { job, stage, policy } => {
+                let body = match policy.as_str() {
+                    "none" => b"null".to_vec(),
+                    "-" => {
+                        let mut text = Vec::new();
+                        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text).context("reading the policy")?;
+                        text
+                    }
+                    path => std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
+                };
+                client.call(Method::PUT, &format!("/api/v1/jobs/{job}/stages/{stage}/scaling"), Some(body)).await?
+            }
+            JobCommand::Autoscaling { job, action } => {
+                let body = serde_json::json!({ "paused": action == "pause" }).to_string().into_bytes();
+                client.call(Method::POST, &format!("/api/v1/jobs/{job}/autoscaling"), Some(body)).await?
             }
         };
         print(&json)

@@ -139,4 +139,24 @@ async fn a_stage_grows_with_its_load_and_shrinks_after_it_within_its_bounds() {
     let paused = job(&base, &id).await;
     assert_eq!(workers(&paused), 1, "paused: {paused:#}");
     assert_eq!(autoscaled(&paused).len(), decisions.len());
+
+    // The CLI resumes it, and replaces the policy from a file, then removes it.
+    let cli = |args: &[&str]| {
+        let output = crate::squilla().args(args).args(["--master", &base, "--token", crate::TOKEN]).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap_or(Value::Null)
+    };
+    cli(&["job", "autoscaling", &id, "resume"]);
+    assert_eq!(job(&base, &id).await["autoscale_paused"], false);
+    let file = dir.join("policy.json");
+    std::fs::write(
+        &file,
+        json!({"min": 1, "max": 2, "strategies": [{"reason": "queue", "scale-up-above": 8, "scale-down-below": 1}]})
+            .to_string(),
+    )
+    .unwrap();
+    cli(&["job", "policy", &id, "only", file.to_str().unwrap()]);
+    assert_eq!(job(&base, &id).await["spec"]["stages"][0]["scaling"]["max"], 2);
+    cli(&["job", "policy", &id, "only", "none"]);
+    assert!(job(&base, &id).await["spec"]["stages"][0].get("scaling").is_none());
 }

@@ -14,20 +14,26 @@ use crate::spec::{SpecError, limits};
 pub struct ScalingPolicy {
     /// The fewest workers (default 1).
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub min: u32,
     /// The most workers.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max: u32,
     /// Workers added per scale-up (default 1).
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub increment: u32,
     /// Workers removed per scale-down (default 1).
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub decrement: u32,
     /// Seconds after any scaling of the stage before the next (default 60).
     #[serde(default = "default_cooldown")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 86_400))]
     pub cooldown_secs: u64,
     /// Why to scale: any strategy that votes up scales up; the stage scales down only when
     /// every strategy votes down.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 5))]
     pub strategies: Vec<Strategy>,
 }
 
@@ -42,8 +48,10 @@ pub struct Strategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
     /// Vote up when a sample is above this.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub scale_up_above: f64,
     /// Vote down when a sample is below this (at most `scale-up-above`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub scale_down_below: f64,
     /// How many of the last `of` samples must pass a threshold (default 3 of 5).
     #[serde(default)]
@@ -56,8 +64,10 @@ pub struct Strategy {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Samples {
     /// How many must agree.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub k: u32,
     /// Out of how many of the latest.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub of: u32,
 }
 
