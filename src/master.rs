@@ -71,6 +71,15 @@ pub struct MasterArgs {
     /// The private key of `--tls-cert` (PEM).
     #[arg(long, env = "SQUILLA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Agent-pool advice: idle agents each zone should keep at least.
+    #[arg(long, env = "SQUILLA_POOL_MIN_IDLE", default_value_t = 0)]
+    pub pool_min_idle: u32,
+    /// Agent-pool advice: idle agents beyond which a zone should shrink.
+    #[arg(long, env = "SQUILLA_POOL_MAX_IDLE", default_value_t = 2)]
+    pub pool_max_idle: u32,
+    /// Agent-pool advice: seconds after a zone changed before it is advised again.
+    #[arg(long, env = "SQUILLA_POOL_COOLDOWN_SECS", default_value_t = 300)]
+    pub pool_cooldown_secs: u32,
 }
 
 /// The TLS acceptor of `--tls-cert` and `--tls-key`, if given.
@@ -141,6 +150,11 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     let mut state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;
     let authority = squilla_net::ca::Authority::load_or_create(&args.data_dir.join("ca"))?;
     state.set_authority(Arc::new(authority))?;
+    state.pool = squilla_scheduler::advice::PoolRules {
+        min_idle: args.pool_min_idle,
+        max_idle: args.pool_max_idle.max(args.pool_min_idle),
+        cooldown_ms: i64::from(args.pool_cooldown_secs) * 1000,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -9,6 +9,7 @@
 //! - [`store`] keeps everything durable in one redb file.
 //! - [`api`] is the HTTP face of all of it.
 
+pub mod advice;
 pub mod api;
 pub mod autoscale;
 pub mod control;

@@ -100,7 +100,7 @@ async fn health_and_the_openapi_document_are_served_and_every_operation_is_route
             }
         }
     }
-    assert_eq!(operations, 31, "every operation of docs/api.md");
+    assert_eq!(operations, 32, "every operation of docs/api.md");
     let (status, body, _) = call(&s, "GET", "/api/v1/nothing-here", Some(ACME), vec![]).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }
@@ -368,4 +368,38 @@ async fn agents_get_data_port_certificates_for_their_own_keys_and_nobody_else_do
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {json}");
         assert_eq!(json["code"], "invalid_certificate_request");
     }
+}
+
+#[tokio::test]
+async fn agent_pool_advice_over_hundreds_of_heartbeating_agents() {
+    let dir = data_dir("advice");
+    let mut state = state(&dir, ApiLimits::default());
+    for i in 0..200 {
+        let beat = serde_json::json!({
+            "agent": format!("fake-{i}"), "http": "127.0.0.1:1", "data": "127.0.0.1:2",
+            "capacity": {"cpu-millis": 4000, "memory-mib": 4096, "network-mbps": 1000, "slots": 8},
+            "zone": if i % 2 == 0 { "east" } else { "west" }
+        });
+        let (status, json, _) =
+            call(&state, "POST", "/api/v1/agent/heartbeat", Some(AGENT), serde_json::to_vec(&beat).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+    }
+    // Just joined: the default cooldown (300 s) holds every group.
+    let (status, advice, _) = call(&state, "GET", "/api/v1/agents/advice", Some(ACME), vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{advice}");
+    assert_eq!(advice["groups"].as_array().unwrap().len(), 2);
+    assert!(advice["groups"].as_array().unwrap().iter().all(|g| g["remove"] == 0 && g["agents"] == 100), "{advice}");
+    assert!(advice["groups"][0]["reason"].as_str().unwrap().contains("cooling down"), "{advice}");
+    // Without a cooldown: 100 idle agents per zone against max-idle 3.
+    state.pool = squilla_scheduler::advice::PoolRules { min_idle: 1, max_idle: 3, cooldown_ms: 0 };
+    let (_, advice, _) = call(&state, "GET", "/api/v1/agents/advice", Some(ACME), vec![]).await;
+    for group in advice["groups"].as_array().unwrap() {
+        assert_eq!(
+            (group["idle"].as_u64(), group["add"].as_u64(), group["remove"].as_u64()),
+            (Some(100), Some(0), Some(97))
+        );
+    }
+    assert_eq!((advice["pending-workers"].as_u64(), advice["add-for-pending"].as_u64()), (Some(0), Some(0)));
+    let (status, _, _) = call(&state, "GET", "/api/v1/agents/advice", None, vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

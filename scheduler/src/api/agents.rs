@@ -175,6 +175,17 @@ fn share(used: u64, of: u64) -> f64 {
     if of == 0 { 0.0 } else { used as f64 / of as f64 }
 }
 
+/// `GET /api/v1/agents/advice`: how many agents each group should gain or lose, and why.
+#[utoipa::path(get, path = "/api/v1/agents/advice", operation_id = "agentAdvice", tag = "agents",
+    responses((status = 200, description = "Advice on the agent pool (docs/autoscaling.md).", body = crate::advice::Advice)))]
+pub async fn advice(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<crate::advice::Advice>, ApiError> {
+    state.tenants.authenticate(&headers)?;
+    Ok(Json(state.control.pool_advice(state.pool)))
+}
+
 /// `GET /api/v1/agents`: the agents the master knows (any tenant may look).
 #[utoipa::path(get, path = "/api/v1/agents", operation_id = "listAgents", tag = "agents",
     responses((status = 200, description = "The agents the master knows, with what is placed on them.", body = [AgentView])))]

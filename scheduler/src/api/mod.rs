@@ -149,6 +149,8 @@ pub struct AppState {
     pub subscriptions: Arc<std::sync::Mutex<std::collections::HashMap<squilla_types::ids::TenantId, usize>>>,
     /// Jobs' metrics documents, each made at most once a second however many ask.
     pub metrics_views: Arc<telemetry::Views>,
+    /// The rules of agent-pool advice.
+    pub pool: crate::advice::PoolRules,
     /// The CA that issues agents their data-port certificates (none: agents cannot use TLS
     /// on the data port).
     pub authority: Option<Arc<squilla_net::ca::Authority>>,
@@ -178,6 +180,7 @@ impl AppState {
             fanouts: Arc::default(),
             metrics_views: Arc::default(),
             authority: None,
+            pool: crate::advice::PoolRules::default(),
             limits,
             control,
             agent_token: agent_token.as_deref().map(AgentToken::new).transpose()?,
@@ -306,6 +309,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(endpoints::endpoints))
         .routes(capped(routes!(ingest::ingest), body_limits::INGEST))
         .routes(routes!(agents::list))
+        .routes(routes!(agents::advice))
         .route_layer(from_fn_with_state(state.clone(), guard::tenant));
     openapi::tenant_guard(&mut tenant.get_openapi_mut().paths);
     openapi::optional_body(&mut tenant.get_openapi_mut().paths, "/api/v1/jobs/{id}/ingest");

@@ -25,6 +25,7 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
         Some(entry) => {
             if entry.lost {
                 tracing::info!(agent = %agent, "lost agent is back; it gets only new work");
+                entry.joined = Instant::now();
             }
             entry.lost = false;
             entry.last_seen = Instant::now();
@@ -32,9 +33,10 @@ pub(crate) fn record(state: &mut State, beat: Heartbeat, config: &ControlConfig,
         }
         None => {
             tracing::info!(agent = %agent, data = %beat.data, "agent registered");
-            state
-                .agents
-                .insert(agent.clone(), AgentEntry { beat: beat.clone(), last_seen: Instant::now(), lost: false });
+            state.agents.insert(
+                agent.clone(),
+                AgentEntry { beat: beat.clone(), last_seen: Instant::now(), lost: false, joined: Instant::now() },
+            );
         }
     }
     let mut dirty = Vec::new();

@@ -631,6 +631,37 @@ impl Control {
         self.lock().agents.iter().map(|(id, e)| (id.clone(), e.beat.clone(), e.lost)).collect()
     }
 
+    /// Advice on the agent pool under `rules` ([`crate::advice`]).
+    pub fn pool_advice(&self, rules: crate::advice::PoolRules) -> crate::advice::Advice {
+        let now = model::now_ms();
+        let ago = |at: std::time::Instant| now - i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+        let changed: BTreeMap<AgentId, i64> = {
+            let state = self.lock();
+            state
+                .agents
+                .iter()
+                .map(|(id, e)| (id.clone(), if e.lost { ago(e.last_seen) } else { ago(e.joined) }))
+                .collect()
+        };
+        let pending = {
+            let state = self.lock();
+            let waiting = state.jobs.values().filter(|j| !j.state.is_terminal()).flat_map(|j| j.stages.iter());
+            waiting.flat_map(|s| s.workers.iter()).filter(|w| w.agent.is_none()).count()
+        };
+        let agents: Vec<crate::advice::PoolAgent> = self
+            .agent_loads()
+            .into_iter()
+            .map(|a| crate::advice::PoolAgent {
+                changed_ms: changed.get(&a.id).copied().unwrap_or(now),
+                zone: a.beat.zone,
+                slots: a.beat.capacity.slots,
+                reserved_slots: a.reserved.slots,
+                lost: a.lost,
+            })
+            .collect();
+        crate::advice::advise(&agents, u32::try_from(pending).unwrap_or(u32::MAX), rules, now)
+    }
+
     /// The agents with what the workers assigned to each reserve, and how long ago each was
     /// last heard from.
     pub fn agent_loads(&self) -> Vec<AgentLoad> {

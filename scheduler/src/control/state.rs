@@ -17,6 +17,8 @@ pub(crate) struct AgentEntry {
     pub beat: Heartbeat,
     pub last_seen: Instant,
     pub lost: bool,
+    /// When it joined, or came back after being lost.
+    pub joined: Instant,
 }
 
 /// Everything the control loop holds.
