@@ -256,11 +256,16 @@ impl Running {
                     self.failed.get(&(stage as u32, index as u32)).is_some_and(|f| f.number == slot.number);
                 Ok(match (here && !failed_here, slot.data.as_deref().and_then(|d| d.parse::<SocketAddr>().ok())) {
                     (true, _) => SlotPlan::Local { number: slot.number.0 },
-                    (false, Some(addr)) if !here => SlotPlan::Remote(
-                        ctx.transport
-                            .outlet(addr, &job.to_string(), stage as u32, index as u32)
-                            .map_err(PipelineError::Thread)?,
-                    ),
+                    (false, Some(addr)) if !here => {
+                        if let Some(agent) = &slot.agent {
+                            ctx.transport.expect_agent(addr, agent.as_str());
+                        }
+                        SlotPlan::Remote(
+                            ctx.transport
+                                .outlet(addr, &job.to_string(), stage as u32, index as u32)
+                                .map_err(PipelineError::Thread)?,
+                        )
+                    }
                     _ => SlotPlan::Remote(Outlet::detached(64)),
                 })
             })

@@ -109,7 +109,17 @@ pub(super) fn accepted(sock: TcpStream, inner: &TransportState) -> io::Result<Co
 /// Dials `peer` and admits the connection.
 pub(super) fn dial(peer: SocketAddr, inner: &TransportState) -> io::Result<Conn> {
     let sock = TcpStream::connect_timeout(&peer, Duration::from_secs(2))?;
-    admit(sock, inner, Side::Dialled)
+    let conn = admit(sock, inner, Side::Dialled)?;
+    let expected = super::state::read(&inner.expected).get(&peer).cloned();
+    if let (Some(want), Some(got)) = (expected, conn.peer_agent.as_deref())
+        && want != got
+    {
+        inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+        tracing::warn!(%peer, expected = %want, named = %got, "the agent at a peer's address is not the one planned; refused");
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{peer} is {got}, not {want}")));
+    }
+    Ok(conn)
 }
 
 /// A session whose peer's certificate names an agent (every certificate the CA issues does).

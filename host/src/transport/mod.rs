@@ -123,6 +123,7 @@ impl Transport {
             counters: Counters::default(),
             stopped: AtomicBool::new(false),
             admitting: Default::default(),
+            expected: RwLock::new(HashMap::new()),
         });
         let accept = inner.clone();
         std::thread::Builder::new().name("squilla-accept".into()).spawn(move || recv::accept(listener, accept))?;
@@ -168,6 +169,16 @@ impl Transport {
     /// are dropped and counted as fenced. Without a call, any sender is accepted.
     pub fn allow_senders(&self, job: &str, per_stage: Vec<Vec<String>>) {
         write(&self.inner.senders).insert(job.to_owned(), per_stage);
+    }
+
+    /// Says that the agent at `peer` is `agent`: under TLS, a connection to `peer` whose
+    /// certificate names another agent is refused (counted), so batches meant for `agent` go
+    /// to nobody else, even one of the fleet that took over its address.
+    pub fn expect_agent(&self, peer: SocketAddr, agent: &str) {
+        let mut expected = write(&self.inner.expected);
+        if expected.get(&peer).map(String::as_str) != Some(agent) {
+            expected.insert(peer, agent.to_owned());
+        }
     }
 
     /// An outlet towards worker `index` of stage `stage` of `job` on the agent at `peer`.

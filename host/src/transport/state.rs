@@ -70,6 +70,8 @@ pub(super) struct TransportState {
     pub(super) stopped: AtomicBool,
     /// Connections in their handshake now.
     pub(super) admitting: AtomicUsize,
+    /// The agent the plan says listens at an address (checked against its certificate).
+    pub(super) expected: RwLock<HashMap<std::net::SocketAddr, String>>,
 }
 
 pub(super) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {

@@ -231,3 +231,22 @@ fn only_agents_holding_the_fleets_certificate_under_their_own_name_get_batches_t
     assert!(stats.refused >= 2, "the stranger and the forger were refused: {stats:?}");
     assert_eq!(stats.batches_received, 1, "only the genuine agent's batch arrived: {stats:?}");
 }
+
+#[test]
+fn a_sender_hands_batches_only_to_the_agent_its_plan_names_at_an_address() {
+    let executor = Executor::start(0).expect("executor threads");
+    let ca = Authority::generate().unwrap();
+    // Agent `c`, a member of the fleet, listens where the plan says agent `b` is.
+    let at_bs_address = transport_with("c", Auth::Tls(identity(&ca, "c")));
+    let a = transport_with("a", Auth::Tls(identity(&ca, "a")));
+    a.expect_agent(at_bs_address.local_addr(), "b");
+    let (on_a, on_c) = across(&executor, &a, &at_bs_address, "planned-0");
+    let mut builder = BatchBuilder::new();
+    builder.event(1).field("status", 200);
+    assert!(on_a.push(builder.finish().unwrap()));
+    assert!(on_c.recv(Duration::from_secs(2)).is_none(), "nothing reached the wrong agent");
+    wait_until("the sender to refuse the wrong agent", || a.stats().refused >= 1);
+    // Once the plan names who is there, batches flow.
+    a.expect_agent(at_bs_address.local_addr(), "c");
+    assert!(on_c.recv(Duration::from_secs(10)).is_some(), "the planned agent gets the batch");
+}
