@@ -22,21 +22,9 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 /// now.
 async fn renew_once(config: &AgentConfig, client: &reqwest::Client, tls: &DataTls) -> Result<Duration, String> {
     let (key, csr) = squilla_net::ca::request(config.id.as_str()).map_err(|e| e.to_string())?;
-    let url = format!("{}/api/v1/agent/certificate", config.master.trim_end_matches('/'));
     let request = CertificateRequest { agent: config.id.clone(), csr };
-    let response = client
-        .post(&url)
-        .bearer_auth(&config.token)
-        .timeout(TIMEOUT)
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        let status = response.status();
-        return Err(format!("{status}: {}", response.text().await.unwrap_or_default()));
-    }
-    let answer: CertificateAnswer = response.json().await.map_err(|e| e.to_string())?;
+    let answer: CertificateAnswer =
+        crate::master::post_json(client, config, "/api/v1/agent/certificate", TIMEOUT, &request).await?;
     tls.install(&answer.ca, &answer.certificate, &key).map_err(|e| e.to_string())?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     Ok(Duration::from_millis(answer.not_after_ms.saturating_sub(now_ms)))

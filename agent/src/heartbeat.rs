@@ -29,7 +29,6 @@ pub(crate) async fn run(
     jobs: Arc<Jobs>,
     lease: Arc<Lease>,
 ) {
-    let url = format!("{}/api/v1/agent/heartbeat", config.master.trim_end_matches('/'));
     let mut period = Duration::from_secs(1);
     let mut failing = false;
     loop {
@@ -38,21 +37,13 @@ pub(crate) async fn run(
         beat.workers = jobs.reports();
         beat.usage = jobs.usage(&beat.workers);
         let sent = Instant::now();
-        let answer = async {
-            let response = client
-                .post(&url)
-                .bearer_auth(&config.token)
-                .timeout(HEARTBEAT_TIMEOUT)
-                .json(&beat)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                let status = response.status();
-                return Err(format!("{status}: {}", response.text().await.unwrap_or_default()));
-            }
-            response.json::<Assignments>().await.map_err(|e| e.to_string())
-        };
+        let answer = crate::master::post_json::<Assignments>(
+            &client,
+            &config,
+            "/api/v1/agent/heartbeat",
+            HEARTBEAT_TIMEOUT,
+            &beat,
+        );
         match answer.await {
             Ok(answer) => {
                 if failing {

@@ -88,3 +88,28 @@ impl MasterClient {
             .map_err(|e| ArtifactFailure { message: format!("artifact {sha256}: {e}"), fatal: e.is_permanent() })
     }
 }
+
+/// Posts `body` as JSON to the master's `path` with the agent token, within `timeout`; the
+/// answer parsed, or what went wrong (a refusal with its status and body).
+pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    config: &crate::config::AgentConfig,
+    path: &str,
+    timeout: Duration,
+    body: &impl serde::Serialize,
+) -> Result<T, String> {
+    let url = format!("{}{path}", config.master.trim_end_matches('/'));
+    let response = client
+        .post(&url)
+        .bearer_auth(&config.token)
+        .timeout(timeout)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        let status = response.status();
+        return Err(format!("{status}: {}", response.text().await.unwrap_or_default()));
+    }
+    response.json::<T>().await.map_err(|e| e.to_string())
+}
