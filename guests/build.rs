@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Example crates (`examples/`).
-const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter", "alert"];
+const EXAMPLES: &[&str] = &["device-errors", "top-titles", "sentiment", "filter", "alert", "window-count"];
 /// Test programs (`guests/programs/`).
 const PROGRAMS: &[&str] =
     &["corrupt-output", "spin", "memory-bomb", "deep-recursion", "fs-reader", "slow", "hostile", "typed"];

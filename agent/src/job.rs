@@ -149,8 +149,12 @@ impl JobCell {
         }
         self.wanted.set(local, assignment.source);
         self.upstream.set(assignment.upstream.clone());
-        allow_senders(&self.ctx, &assignment);
         let mut desired = lock(&self.desired);
+        let previous = match &desired.1 {
+            Desired::Run(previous) => Some(&**previous),
+            Desired::Stop => None,
+        };
+        allow_senders(&self.ctx, &assignment, previous);
         if matches!(&desired.1, Desired::Run(a) if **a == assignment) {
             return;
         }
@@ -420,19 +424,27 @@ enum ApplyError {
 }
 
 /// Tells the transport which agents may feed each stage of the job here: the agents of the
-/// stage before's workers, or, for the first stage, the agent that runs the source.
-fn allow_senders(ctx: &Context, assignment: &JobAssignment) {
-    let source = assignment.slots.first().and_then(|s| s.first()).and_then(|w| w.agent.as_ref()).map(|a| a.to_string());
+/// stage before's workers (for the first stage, the agent that runs the source), and those of
+/// the stage's own workers, which pass on input and key-group state to each other when the
+/// stage is rescaled — under this assignment and the one before it, so that workers leaving
+/// in a rescale can still hand their state over.
+fn allow_senders(ctx: &Context, assignment: &JobAssignment, previous: Option<&JobAssignment>) {
+    let agents_of = |a: &JobAssignment, stage: usize| -> Vec<String> {
+        a.slots.get(stage).into_iter().flatten().filter_map(|w| w.agent.as_ref()).map(|a| a.to_string()).collect()
+    };
     let per_stage = (0..assignment.slots.len())
-        .map(|s| match s.checked_sub(1) {
-            None => source.iter().cloned().collect(),
-            Some(before) => {
-                let mut agents: Vec<String> =
-                    assignment.slots[before].iter().filter_map(|w| w.agent.as_ref()).map(|a| a.to_string()).collect();
-                agents.sort();
-                agents.dedup();
-                agents
+        .map(|s| {
+            let mut agents = Vec::new();
+            for a in std::iter::once(assignment).chain(previous) {
+                match s.checked_sub(1) {
+                    None => agents.extend(agents_of(a, 0).into_iter().take(1)),
+                    Some(before) => agents.extend(agents_of(a, before)),
+                }
+                agents.extend(agents_of(a, s));
             }
+            agents.sort();
+            agents.dedup();
+            agents
         })
         .collect();
     ctx.transport.allow_senders(&assignment.job.to_string(), per_stage);

@@ -28,6 +28,7 @@ mod builder;
 mod error;
 #[cfg(feature = "json")]
 pub mod json;
+pub mod keys;
 #[doc(hidden)]
 pub mod live;
 pub mod synth;

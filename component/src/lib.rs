@@ -16,6 +16,9 @@ pub use inspect::{Inspection, inspect};
 pub const RAW_EXPORT: &str = "squilla:stage/raw-handler@0.1.0";
 /// The export that marks a typed-flavour stage.
 pub const TYPED_EXPORT: &str = "squilla:stage/typed-handler@0.1.0";
+/// The optional export of a raw stage whose keyed state moves with its key groups when the
+/// stage is rescaled (world `raw-keyed-stage`).
+pub const KEYED_EXPORT: &str = "squilla:stage/keyed-state@0.1.0";
 
 /// The interfaces a stage may import. A stage gets no capability through them: the WASI
 /// context it runs with has no environment, no arguments, an empty standard input and

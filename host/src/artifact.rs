@@ -4,17 +4,19 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
-use crate::bindings::{raw, typed};
+use crate::bindings::{keyed, raw, typed};
 use crate::engine::Runtime;
 use crate::error::ArtifactError;
 use crate::store_data::StoreData;
 use squilla_component::ComponentError;
 
-pub use squilla_component::{ALLOWED_IMPORTS, Flavour, RAW_EXPORT, TYPED_EXPORT};
+pub use squilla_component::{ALLOWED_IMPORTS, Flavour, KEYED_EXPORT, RAW_EXPORT, TYPED_EXPORT};
 pub use squilla_types::ids::Sha256;
 
 pub(crate) enum Pre {
     Raw(raw::RawStagePre<StoreData>),
+    /// A raw stage that also exports `keyed-state`.
+    Keyed(keyed::RawKeyedStagePre<StoreData>),
     Typed(typed::TypedStagePre<StoreData>),
 }
 
@@ -72,6 +74,7 @@ impl Artifact {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&runtime.engine).map(|(name, _)| name.to_owned()).collect();
         let exports: Vec<String> = ty.exports(&runtime.engine).map(|(name, _)| name.to_owned()).collect();
+        let hands_off = exports.iter().any(|e| e == KEYED_EXPORT);
         let flavour = squilla_component::stage_flavour(&imports, exports)?;
         let instance_pre = runtime.linker.instantiate_pre(&component).map_err(ArtifactError::invalid)?;
         let wrong = |interface: &str, e: wasmtime::Error| {
@@ -81,6 +84,9 @@ impl Artifact {
             })
         };
         let pre = match flavour {
+            Flavour::Raw if hands_off => {
+                Pre::Keyed(keyed::RawKeyedStagePre::new(instance_pre).map_err(|e| wrong(KEYED_EXPORT, e))?)
+            }
             Flavour::Raw => Pre::Raw(raw::RawStagePre::new(instance_pre).map_err(|e| wrong(RAW_EXPORT, e))?),
             Flavour::Typed => Pre::Typed(typed::TypedStagePre::new(instance_pre).map_err(|e| wrong(TYPED_EXPORT, e))?),
         };
@@ -95,6 +101,12 @@ impl Artifact {
     /// Which flavour of the stage contract it implements.
     pub fn flavour(&self) -> Flavour {
         self.inner.flavour
+    }
+
+    /// Whether the stage hands its keyed state over when rescaled (it exports
+    /// [`KEYED_EXPORT`]).
+    pub fn hands_off_state(&self) -> bool {
+        matches!(self.inner.pre, Pre::Keyed(_))
     }
 
     /// Size of the component, in bytes.

@@ -1,5 +1,5 @@
 //! Host bindings generated from `wit/stage.wit`, one module per stage world. The `log`
-//! interface is generated once (in `raw`) and shared by `typed`.
+//! interface is generated once (in `raw`) and shared by `typed` and `keyed`.
 
 #[allow(missing_docs)]
 pub mod raw {
@@ -14,6 +14,18 @@ pub mod typed {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "squilla:stage/typed-stage",
+        with: {
+            "squilla:stage/log": super::raw::squilla::stage::log,
+            "squilla:stage/types": super::raw::squilla::stage::types,
+        },
+    });
+}
+
+#[allow(missing_docs)]
+pub mod keyed {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "squilla:stage/raw-keyed-stage",
         with: {
             "squilla:stage/log": super::raw::squilla::stage::log,
             "squilla:stage/types": super::raw::squilla::stage::types,

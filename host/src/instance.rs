@@ -6,7 +6,7 @@ use squilla_batch::BatchBytes;
 use wasmtime::{Store, Trap, WasmBacktrace};
 
 use crate::artifact::{Artifact, Pre};
-use crate::bindings::{WitStageError, raw, typed};
+use crate::bindings::{WitStageError, keyed, raw, typed};
 use crate::engine::Runtime;
 use crate::error::{CallError, InstantiateError};
 use crate::logs::{LOG_LINES, LogRing};
@@ -36,8 +36,12 @@ impl Default for Limits {
 /// once and calls the export of that flavour.
 enum Handler {
     Raw(raw::RawStage),
+    Keyed(keyed::RawKeyedStage),
     Typed(typed::TypedStage),
 }
+
+/// State of key groups, as a stage's `keyed-state.snapshot` returns it: bytes per group.
+pub type GroupState = Vec<(u32, Vec<u8>)>;
 
 /// A worker's store and the rules of every call into it: the epoch deadline, and poisoning
 /// after a trap.
@@ -109,6 +113,7 @@ impl Artifact {
         let instantiate = |e: wasmtime::Error| InstantiateError::Instantiate { detail: format!("{e:#}") };
         let handler = match self.pre() {
             Pre::Raw(pre) => Handler::Raw(pre.instantiate(&mut store).map_err(instantiate)?),
+            Pre::Keyed(pre) => Handler::Keyed(pre.instantiate(&mut store).map_err(instantiate)?),
             Pre::Typed(pre) => Handler::Typed(pre.instantiate(&mut store).map_err(instantiate)?),
         };
         let mut instance = StageInstance {
@@ -126,6 +131,7 @@ impl Artifact {
         let sandbox = &mut instance.sandbox;
         let result = match &instance.handler {
             Handler::Raw(h) => sandbox.call(|store| h.squilla_stage_raw_handler().call_init(store, &params)),
+            Handler::Keyed(h) => sandbox.call(|store| h.squilla_stage_raw_handler().call_init(store, &params)),
             Handler::Typed(h) => sandbox.call(|store| h.squilla_stage_typed_handler().call_init(store, &params)),
         };
         match result {
@@ -141,17 +147,14 @@ impl StageInstance {
     pub fn process(&mut self, batch: &BatchBytes) -> Result<BatchBytes, CallError> {
         let sandbox = &mut self.sandbox;
         match &self.handler {
-            Handler::Raw(h) => {
-                let out = sandbox
-                    .call(|store| h.squilla_stage_raw_handler().call_process(store, batch.as_bytes()))?
-                    .map_err(stage_error)?;
-                // A stage that passes its input through (a filter keeping everything) returns
-                // the same bytes: share the input instead of validating a copy.
-                if out.as_slice() == batch.as_bytes() {
-                    return Ok(batch.clone());
-                }
-                Ok(BatchBytes::validate(out)?)
-            }
+            Handler::Raw(h) => raw_output(
+                batch,
+                sandbox.call(|store| h.squilla_stage_raw_handler().call_process(store, batch.as_bytes()))?,
+            ),
+            Handler::Keyed(h) => raw_output(
+                batch,
+                sandbox.call(|store| h.squilla_stage_raw_handler().call_process(store, batch.as_bytes()))?,
+            ),
             Handler::Typed(h) => {
                 let events = convert::to_wit(batch.view());
                 let out = sandbox.call(|store| h.squilla_stage_typed_handler().call_process(store, &events))?;
@@ -168,10 +171,42 @@ impl StageInstance {
                 let out = sandbox.call(|store| h.squilla_stage_raw_handler().call_tick(store, now_ms))?;
                 Ok(BatchBytes::validate(out.map_err(stage_error)?)?)
             }
+            Handler::Keyed(h) => {
+                let out = sandbox.call(|store| h.squilla_stage_raw_handler().call_tick(store, now_ms))?;
+                Ok(BatchBytes::validate(out.map_err(stage_error)?)?)
+            }
             Handler::Typed(h) => {
                 let out = sandbox.call(|store| h.squilla_stage_typed_handler().call_tick(store, now_ms))?;
                 Ok(convert::from_wit(&out.map_err(stage_error)?)?)
             }
+        }
+    }
+
+    /// Whether the stage hands its keyed state over (exports `keyed-state`).
+    pub fn hands_off_state(&self) -> bool {
+        matches!(self.handler, Handler::Keyed(_))
+    }
+
+    /// Takes the state of key groups `groups` out of the stage (`keyed-state.snapshot`).
+    /// A stage without `keyed-state` has none to give.
+    pub fn snapshot(&mut self, groups: &[u32]) -> Result<GroupState, CallError> {
+        match &self.handler {
+            Handler::Keyed(h) => {
+                let out = self.sandbox.call(|store| h.squilla_stage_keyed_state().call_snapshot(store, groups))?;
+                out.map_err(stage_error)
+            }
+            Handler::Raw(_) | Handler::Typed(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Merges state another worker's `snapshot` took into the stage (`keyed-state.restore`).
+    pub fn restore(&mut self, state: &[(u32, Vec<u8>)]) -> Result<(), CallError> {
+        match &self.handler {
+            Handler::Keyed(h) => {
+                let out = self.sandbox.call(|store| h.squilla_stage_keyed_state().call_restore(store, state))?;
+                out.map_err(stage_error)
+            }
+            Handler::Raw(_) | Handler::Typed(_) => Ok(()),
         }
     }
 
@@ -216,6 +251,16 @@ fn trap_message(err: &wasmtime::Error) -> String {
         }
     }
     message
+}
+
+/// A raw stage's output, validated — or the input itself when the stage returned the same
+/// bytes (a filter that kept everything), which is then shared instead of validated again.
+fn raw_output(input: &BatchBytes, out: Result<Vec<u8>, WitStageError>) -> Result<BatchBytes, CallError> {
+    let out = out.map_err(stage_error)?;
+    if out.as_slice() == input.as_bytes() {
+        return Ok(input.clone());
+    }
+    Ok(BatchBytes::validate(out)?)
 }
 
 fn stage_error(err: WitStageError) -> CallError {

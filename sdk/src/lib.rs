@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+pub mod handoff;
 mod log_impl;
 mod params;
 mod stage;
 pub mod window;
 
+pub use handoff::{HandOff, KeyGroups, StateCodec, key_group};
 pub use params::Params;
 pub use squilla_batch::{BatchBuilder, BatchError, BatchView, Event, EventBuilder, EventRef, Value, ValueRef};
 pub use squilla_sdk_macros::stage;
@@ -20,6 +22,7 @@ pub mod log {
 
 /// Everything a stage module needs, in one import: `use squilla_sdk::prelude::*;`.
 pub mod prelude {
+    pub use crate::handoff::HandOff;
     pub use crate::window::{KeyedState, RollingWindow, TumblingWindows};
     pub use crate::{BatchBuilder, BatchView, EventRef, Params, Stage, StageError, ValueRef, stage};
 }

@@ -3,6 +3,7 @@
 use squilla_batch::{BatchBuilder, BatchError, BatchView};
 
 use crate::Params;
+use crate::handoff::HandOff;
 
 /// A stage: the state of one worker and what it does with batches.
 ///
@@ -24,6 +25,13 @@ pub trait Stage: Sized + 'static {
     fn tick(&mut self, now_ms: i64, output: &mut BatchBuilder) -> Result<(), StageError> {
         let _ = (now_ms, output);
         Ok(())
+    }
+
+    /// The worker's keyed state, if it should move with its key groups when the stage is
+    /// rescaled (see [`crate::handoff`]). Defining this method makes `#[stage]` export the
+    /// `keyed-state` interface; a stage that does not keeps its state where it is.
+    fn state(&mut self) -> Option<&mut dyn HandOff> {
+        None
     }
 }
 

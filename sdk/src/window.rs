@@ -100,6 +100,16 @@ impl<V> KeyedState<V> {
         all
     }
 
+    /// Sets the value of `key`, returning the one it replaces.
+    pub fn insert(&mut self, key: String, value: V) -> Option<V> {
+        self.map.insert(key, value)
+    }
+
+    /// Removes and returns the entries whose key `take` picks.
+    pub fn take_where(&mut self, mut take: impl FnMut(&str) -> bool) -> Vec<(String, V)> {
+        self.map.extract_if(|k, _| take(k)).collect()
+    }
+
     /// Keeps only the entries for which `keep` returns true.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut V) -> bool) {
         self.map.retain(|k, v| keep(k, v));
@@ -121,6 +131,14 @@ macro_rules! merge_by_add {
     )*};
 }
 merge_by_add!(u64, i64, f64, u32, usize);
+
+impl<V: Merge> Merge for KeyedState<V> {
+    fn merge(&mut self, other: &Self) {
+        for (key, value) in other.iter() {
+            self.get_or_default(key).merge(value);
+        }
+    }
+}
 
 /// Counts of matching events among all events: an error rate, a hit ratio.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -236,6 +254,21 @@ impl<A: Merge> RollingWindow<A> {
     pub fn late(&self) -> u64 {
         self.late
     }
+
+    pub(crate) fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    pub(crate) fn keys_mut(&mut self) -> &mut KeyedState<VecDeque<(i64, A)>> {
+        &mut self.keys
+    }
+
+    /// Merges buckets of `key` handed over from another worker, whose watermark was
+    /// `watermark`.
+    pub(crate) fn merge_buckets(&mut self, watermark: i64, key: &str, incoming: Vec<(i64, A)>) {
+        self.watermark = self.watermark.max(watermark);
+        crate::handoff::merge_sorted(self.keys.get_or_default(key), incoming);
+    }
 }
 
 /// Consecutive fixed windows of `size_ms`, each with an aggregate `A` per key.
@@ -288,6 +321,20 @@ impl<A: Default> TumblingWindows<A> {
     /// How many events arrived after their window closed.
     pub fn late(&self) -> u64 {
         self.late
+    }
+
+    pub(crate) fn open_mut(&mut self) -> impl Iterator<Item = (i64, &mut KeyedState<A>)> {
+        self.open.iter_mut().map(|(start, keys)| (*start, keys))
+    }
+
+    pub(crate) fn forget_empty(&mut self) {
+        self.open.retain(|_, keys| !keys.is_empty());
+    }
+
+    /// The open window that starts at `start_ms` (state handed over from another worker joins
+    /// it even if this worker has closed windows past it: it is emitted at the next close).
+    pub(crate) fn window_at(&mut self, start_ms: i64) -> &mut KeyedState<A> {
+        self.open.entry(start_ms).or_default()
     }
 }
 

@@ -7,6 +7,7 @@ mod dataport;
 mod dev;
 mod e2e;
 mod gateway;
+mod handoff;
 mod isolation;
 mod metrics;
 mod observability;

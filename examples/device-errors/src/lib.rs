@@ -8,6 +8,9 @@
 //! `device-type` (text), `requests` (int), `errors` (int), `error-rate` (float, 0 to 1) and
 //! `window-ms` (int).
 //!
+//! The window moves with its key groups when the stage is rescaled (`Stage::state`), so a
+//! device type is reported by one worker, with its whole count, before and after.
+//!
 //! Parameters: `window-ms` (default 30000), `bucket-ms` (default 1000, the window's
 //! granularity), `key` (default `device-type`, the field to group by), `error-status`
 //! (default 500: a status at or above it is an error).
@@ -99,5 +102,9 @@ impl Stage for DeviceErrors {
             self.late_reported = late;
         }
         Ok(())
+    }
+
+    fn state(&mut self) -> Option<&mut dyn HandOff> {
+        Some(&mut self.window)
     }
 }

@@ -10,6 +10,7 @@ use squilla_batch::BatchBytes;
 use squilla_types::Backpressure;
 
 use super::config::StageConfig;
+use super::handoff::StateParcel;
 use super::inbox::Offer;
 use super::metrics::PipelineMetrics;
 use super::outlet::Outlet;
@@ -35,6 +36,12 @@ impl Stage {
     /// The stage's slots, read-locked.
     pub(super) fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Slot>> {
         self.slots.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the stage's keyed state moves with its key groups when it is rescaled: it is
+    /// routed by key and its artifact exports `keyed-state`.
+    pub(super) fn hands_off(&self) -> bool {
+        matches!(self.config.routing, squilla_types::Routing::KeyHash { .. }) && self.config.artifact.hands_off_state()
     }
 
     /// The workers of the stage that run here.
@@ -242,6 +249,39 @@ impl Downstream for Dataflow {
         match self.stages.get(stage) {
             None => matches!(slot, Slot::Outlet(o) if Arc::ptr_eq(o, &self.sink)),
             Some(s) => s.slots().iter().any(|current| current.same(slot)),
+        }
+    }
+
+    fn workers(&self, stage: usize) -> usize {
+        self.stages.get(stage).map_or(0, |s| s.slots().len())
+    }
+
+    fn send_state(&self, stage: usize, owner: usize, parcel: StateParcel) {
+        let Some(s) = self.stages.get(stage) else { return };
+        let slot = s.slots().get(owner).cloned();
+        let parcel = match slot {
+            Some(Slot::Local(worker)) => match worker.give_parcel(parcel, &self.exec) {
+                Ok(()) => return,
+                // Retired since the slot was read: send it by the current slots.
+                Err(parcel) => parcel,
+            },
+            Some(Slot::Outlet(outlet)) => return outlet.send_state(parcel),
+            None => parcel,
+        };
+        let workers = self.workers(stage);
+        if workers == 0 {
+            return;
+        }
+        for (owner, part) in parcel.split_by_owner(workers) {
+            match s.slots().get(owner).cloned() {
+                Some(Slot::Local(worker)) => {
+                    if worker.give_parcel(part, &self.exec).is_err() {
+                        tracing::warn!(job = %self.name, stage, owner, "key-group state lost: its worker retired twice while it travelled");
+                    }
+                }
+                Some(Slot::Outlet(outlet)) => outlet.send_state(part),
+                None => {}
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use squilla_batch::BatchBytes;
 
 use super::dataflow::{Dataflow, Pushed};
+use super::handoff::StateParcel;
 use super::metrics::PipelineMetrics;
 use super::worker::{Downstream, Slot};
 
@@ -78,19 +79,57 @@ impl PipelineHandle {
         self.0.upgrade().is_some_and(|s| !s.stopped.load(Ordering::Relaxed))
     }
 
-    /// Offers a batch that arrived for worker `index` of stage `stage`.
+    /// Offers a batch that arrived for worker `index` of stage `stage`. For a stage whose
+    /// state moves with its key groups, a batch for a worker no longer here (its sender had
+    /// not applied a rescale yet) is routed to the owners of its keys instead.
     pub fn deliver(&self, stage: usize, index: usize, batch: BatchBytes) -> Delivery {
         let Some(flow) = self.0.upgrade() else { return Delivery::NotHere };
-        let worker = flow.stages.get(stage).and_then(|s| s.slots().get(index).and_then(Slot::local).cloned());
+        let Some(s) = flow.stages.get(stage) else { return Delivery::NotHere };
+        let worker = s.slots().get(index).and_then(Slot::local).cloned();
+        if flow.stopped.load(Ordering::Relaxed) {
+            flow.misrouted.fetch_add(1, Ordering::Relaxed);
+            return Delivery::NotHere;
+        }
         match worker {
-            Some(worker) if !flow.stopped.load(Ordering::Relaxed) => match flow.offer(&Slot::Local(worker), batch) {
+            Some(worker) => match flow.offer(&Slot::Local(worker), batch) {
                 None => Delivery::Accepted,
                 Some(batch) => Delivery::Full(batch),
             },
-            _ => {
+            None if s.hands_off() => {
+                let mut parts = Vec::new();
+                flow.route(stage, batch, &mut |slot, b| parts.push((slot, b)));
+                let full: Vec<BatchBytes> = parts.into_iter().filter_map(|(slot, b)| flow.offer(&slot, b)).collect();
+                match rejoin(full) {
+                    None => Delivery::Accepted,
+                    Some(batch) => Delivery::Full(batch),
+                }
+            }
+            None => {
                 flow.misrouted.fetch_add(1, Ordering::Relaxed);
                 Delivery::NotHere
             }
         }
     }
+
+    /// Takes key-group state that arrived for worker `index` of stage `stage` (see
+    /// [`super::handoff`]); state for groups whose owner is elsewhere goes on to it.
+    pub fn deliver_state(&self, stage: usize, index: usize, parcel: StateParcel) {
+        let Some(flow) = self.0.upgrade() else { return };
+        flow.send_state(stage, index, parcel);
+    }
+}
+
+/// The parts of a batch that did not fit, as one batch to offer again (re-split then).
+fn rejoin(parts: Vec<BatchBytes>) -> Option<BatchBytes> {
+    if parts.len() <= 1 {
+        return parts.into_iter().next();
+    }
+    let mut builder = squilla_batch::BatchBuilder::new();
+    for part in &parts {
+        for event in part.view().events() {
+            builder.push_ref(event);
+        }
+    }
+    // Archiving events of valid batches cannot fail short of the 2 GiB limit.
+    builder.finish().ok()
 }

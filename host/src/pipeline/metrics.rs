@@ -70,6 +70,14 @@ pub(crate) struct Counters {
     pub memory_bytes: AtomicU64,
     pub histogram: [AtomicU64; HISTOGRAM_BUCKETS],
     pub call_nanos: AtomicU64,
+    pub held_events: AtomicU64,
+    pub forwarded_events: AtomicU64,
+    pub handoff_groups_out: AtomicU64,
+    pub handoff_bytes_out: AtomicU64,
+    pub handoff_groups_in: AtomicU64,
+    pub handoff_bytes_in: AtomicU64,
+    pub handoff_timeouts: AtomicU64,
+    pub handoff_pause_micros: AtomicU64,
 }
 
 impl Counters {
@@ -146,6 +154,30 @@ pub struct WorkerMetrics {
     pub call_nanos: u64,
     /// Why the worker failed, if it did.
     pub failed: Option<String>,
+    /// What moving key groups' state (see `pipeline::handoff`) did at this worker.
+    pub handoff: HandOffMetrics,
+}
+
+/// What state hand-off did at one worker (zero for stages that do not hand state over).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandOffMetrics {
+    /// Events held while their key group's state was on its way here.
+    pub held_events: u64,
+    /// Events passed on to the worker that owns their key group (sent here by a sender that had
+    /// not applied the latest rescale yet).
+    pub forwarded_events: u64,
+    /// Key groups handed to other workers, and bytes of their state.
+    pub groups_out: u64,
+    /// Bytes of state handed to other workers.
+    pub bytes_out: u64,
+    /// Key groups received from other workers.
+    pub groups_in: u64,
+    /// Bytes of state received.
+    pub bytes_in: u64,
+    /// Key groups given up on after waiting [`crate::pipeline::HOLD_LIMIT`] for their state.
+    pub timeouts: u64,
+    /// How long the last hand-off into this worker held its groups' input, µs.
+    pub last_pause_micros: u64,
 }
 
 impl WorkerMetrics {
@@ -216,6 +248,16 @@ pub(crate) fn snapshot(counters: &Counters) -> WorkerMetrics {
         memory_bytes: get(&counters.memory_bytes),
         call_micros_log2: counters.histogram.iter().map(get).collect(),
         call_nanos: get(&counters.call_nanos),
+        handoff: HandOffMetrics {
+            held_events: get(&counters.held_events),
+            forwarded_events: get(&counters.forwarded_events),
+            groups_out: get(&counters.handoff_groups_out),
+            bytes_out: get(&counters.handoff_bytes_out),
+            groups_in: get(&counters.handoff_groups_in),
+            bytes_in: get(&counters.handoff_bytes_in),
+            timeouts: get(&counters.handoff_timeouts),
+            last_pause_micros: get(&counters.handoff_pause_micros),
+        },
         ..WorkerMetrics::default()
     }
 }

@@ -29,6 +29,7 @@
 mod config;
 mod dataflow;
 mod handle;
+pub mod handoff;
 mod inbox;
 pub mod metrics;
 mod outlet;
@@ -54,7 +55,8 @@ use crate::logs::LogLine;
 pub use config::{PipelineConfig, PipelineError, StageConfig};
 pub use dataflow::Pushed;
 pub use handle::{Delivery, PipelineHandle};
-pub use metrics::{FailureKind, PipelineMetrics, WorkerMetrics};
+pub use handoff::{HOLD_LIMIT, StateParcel};
+pub use metrics::{FailureKind, HandOffMetrics, PipelineMetrics, WorkerMetrics};
 pub use outlet::Outlet;
 pub use source::SyntheticSource;
 pub use wanted::Wanted;
@@ -208,7 +210,9 @@ impl Pipeline {
 
     /// Sets stage `stage` to `workers` workers here (at least 1). New workers start with
     /// `init`; removed ones stop ticking, and what they had queued is routed to the remaining
-    /// ones. Key-hash routing then maps keys over the new count: keyed state does not move.
+    /// ones. Key-hash routing then maps keys over the new count; the keyed state of a stage
+    /// that exports `keyed-state` moves with its key groups (see [`handoff`]), any other
+    /// stage's stays where it is.
     pub fn scale(&self, stage: usize, workers: usize) -> Result<(), PipelineError> {
         let s = self.flow.stages.get(stage).ok_or(PipelineError::NoSuchStage(stage))?;
         let mut plan: Vec<SlotPlan> = s
@@ -230,6 +234,9 @@ impl Pipeline {
     pub fn set_slots(&self, stage: usize, plan: Vec<SlotPlan>) -> Result<(), PipelineError> {
         let s = self.flow.stages.get(stage).ok_or(PipelineError::NoSuchStage(stage))?;
         let current: Vec<Slot> = s.slots().clone();
+        let (from, to) = (current.len(), plan.len());
+        // Key groups move only when the count changes (a replaced worker starts afresh).
+        let handoff = s.hands_off() && from > 0 && from != to;
         let mut next = Vec::with_capacity(plan.len());
         for (index, slot) in plan.into_iter().enumerate() {
             next.push(match (slot, current.get(index)) {
@@ -241,6 +248,12 @@ impl Pipeline {
                 (SlotPlan::Remote(outlet), _) => Slot::Outlet(outlet),
             });
         }
+        if handoff {
+            // Before any input can reach them under the new count, workers hold what they gain.
+            for worker in next.iter().filter_map(Slot::local) {
+                worker.expect_groups(handoff::gained(worker.index, from, to));
+            }
+        }
         let kept: Vec<*const Worker> = next.iter().filter_map(Slot::local).map(Arc::as_ptr).collect();
         let old = std::mem::replace(&mut *s.slots.write().unwrap_or_else(PoisonError::into_inner), next);
         // Workers of the stage before may wait on a slot that just moved: let them re-route.
@@ -249,9 +262,21 @@ impl Pipeline {
                 worker.unblock();
             }
         }
+        if handoff {
+            for worker in old.iter().filter_map(Slot::local) {
+                worker.hand_over(&*self.flow, &handoff::lost(worker.index, from, to));
+            }
+        }
         for worker in old.iter().filter_map(Slot::local).filter(|w| !kept.contains(&Arc::as_ptr(w))) {
             worker.retire();
-            while let Some(batch) = worker.inbox.pop() {
+            let (parcels, held) = worker.take_keyed_leftovers();
+            for parcel in parcels {
+                for (owner, part) in parcel.split_by_owner(to) {
+                    self.flow.send_state(stage, owner, part);
+                }
+            }
+            let queued = std::iter::from_fn(|| worker.inbox.pop());
+            for batch in held.into_iter().chain(queued) {
                 let mut parts = Vec::new();
                 self.flow.route(stage, batch, &mut |slot, b| parts.push((slot, b)));
                 for (slot, batch) in parts {
@@ -299,14 +324,15 @@ impl Pipeline {
         self.flow.stages.len()
     }
 
-    /// Waits until every queue inside the pipeline is empty (the sink excepted), up to
+    /// Waits until every queue inside the pipeline is empty (the sink excepted) and no worker
+    /// holds input for a key group whose state is on its way, up to
     /// `timeout`; returns whether it got there.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let idle = self.flow.stages.iter().all(|s| {
                 s.slots().iter().all(|slot| match slot {
-                    Slot::Local(w) => w.inbox.is_empty() && !w.has_pending(),
+                    Slot::Local(w) => w.inbox.is_empty() && !w.has_pending() && w.holds_nothing(),
                     Slot::Outlet(o) => o.is_empty(),
                 })
             });

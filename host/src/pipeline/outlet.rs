@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use squilla_batch::BatchBytes;
 use squilla_types::Backpressure;
 
+use super::handoff::StateParcel;
 use super::inbox::{Inbox, Offer};
 use super::metrics::Counters;
 
@@ -21,6 +22,9 @@ use super::metrics::Counters;
 pub struct Outlet {
     pub(crate) inbox: Inbox,
     pub(crate) counters: Counters,
+    /// Key-group state on its way to the worker (see `pipeline::handoff`): sent ahead of
+    /// batches, outside the credit that paces them.
+    states: std::sync::Mutex<std::collections::VecDeque<StateParcel>>,
     notify: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -34,13 +38,29 @@ impl Outlet {
     /// An outlet holding up to `capacity` batches; `notify` is called after every offer (the
     /// transport uses it to wake its sender, the sink to wake its reader).
     pub fn new(capacity: usize, notify: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Outlet { inbox: Inbox::new(capacity), counters: Counters::default(), notify: Box::new(notify) })
+        Arc::new(Outlet {
+            inbox: Inbox::new(capacity),
+            counters: Counters::default(),
+            states: Default::default(),
+            notify: Box::new(notify),
+        })
     }
 
     /// An outlet nobody drains: the slot of a worker that waits for a place. Under `block` the
     /// stage before waits for it; under `drop-*` what it would get is dropped, counted.
     pub fn detached(capacity: usize) -> Arc<Self> {
         Self::new(capacity, || {})
+    }
+
+    /// Queues key-group state for the worker behind the outlet.
+    pub fn send_state(&self, parcel: StateParcel) {
+        self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(parcel);
+        (self.notify)();
+    }
+
+    /// Takes the oldest key-group state waiting to be sent.
+    pub fn take_state(&self) -> Option<StateParcel> {
+        self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front()
     }
 
     /// Takes the oldest batch, waking producers that wait for room.

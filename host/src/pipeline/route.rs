@@ -4,7 +4,7 @@
 //! Key-hash must split a batch by key, so each part is archived anew: one copy per event,
 //! the price of sending every event of a key to the same worker.
 //!
-//! **Key groups.** A key's hash picks one of [`KEY_GROUPS`] key groups, and the groups are
+//! **Key groups.** A key's hash picks one of [`squilla_batch::keys::KEY_GROUPS`] (4,096) key groups, and the groups are
 //! dealt to a stage's `n` workers in contiguous ranges (worker `i` owns groups
 //! `[i·G/n, (i+1)·G/n)`). Rescaling from `n` to `m` workers moves only the groups whose
 //! owner changes, and a group — with whatever a stage keeps for its keys — moves whole. It
@@ -13,49 +13,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use squilla_batch::{BatchBuilder, BatchBytes, EventRef, ValueRef};
+use squilla_batch::{BatchBuilder, BatchBytes};
 use squilla_types::Routing;
 
 use super::worker::Slot;
 
-/// FNV-1a over the key fields' values: deterministic across processes and runs, so that a
-/// key maps to the same worker index everywhere.
-pub(crate) fn key_hash(event: &EventRef<'_>, fields: &[String]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for field in fields {
-        match event.get(field) {
-            None | Some(ValueRef::Null) => eat(&[0]),
-            Some(ValueRef::Bool(b)) => eat(&[1, b as u8]),
-            Some(ValueRef::Int(i)) => eat(&i.to_le_bytes()),
-            Some(ValueRef::Float(f)) => eat(&f.to_bits().to_le_bytes()),
-            Some(ValueRef::Text(t)) => eat(t.as_bytes()),
-            Some(ValueRef::Bytes(b)) => eat(b),
-        }
-        eat(&[0xff]);
-    }
-    hash
-}
-
-/// How many key groups keys are hashed into: the most workers a key-hashed stage can use.
-pub const KEY_GROUPS: u32 = 4096;
-
-/// The key group of a key hash.
-pub fn key_group(hash: u64) -> u32 {
-    (hash % u64::from(KEY_GROUPS)) as u32
-}
-
-/// The worker (of `workers`, at least 1) that owns key group `group`: contiguous ranges of
-/// groups, as even as they can be (sizes differ by at most one).
-pub fn group_owner(group: u32, workers: usize) -> usize {
-    let workers = workers.max(1) as u64;
-    ((u64::from(group) * workers) / u64::from(KEY_GROUPS)) as usize
-}
+pub use squilla_batch::keys::{group_owner, key_group, key_hash};
 
 /// Where each part of `batch` goes among `workers`.
 pub(crate) fn split(
@@ -110,6 +73,7 @@ pub(crate) fn split(
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use squilla_batch::keys::KEY_GROUPS;
 
     use super::*;
 

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
 
-use squilla_types::Backpressure;
 use squilla_types::time::now_ms;
+use squilla_types::{Backpressure, Routing};
 
 use super::config::StageConfig;
+use super::handoff::{self, Holding, StateParcel};
 use super::inbox::{Inbox, Offer, Waiter};
 use super::metrics::{self, Counters, FailureKind, WorkerMetrics};
 use super::outlet::Outlet;
@@ -99,10 +100,17 @@ pub(crate) trait Downstream: Send + Sync + 'static {
     fn offer(&self, slot: &Slot, batch: BatchBytes) -> Option<BatchBytes>;
     /// Whether `slot` is still one of stage `stage`'s slots (the master may have moved it).
     fn is_current(&self, stage: usize, slot: &Slot) -> bool;
+    /// How many worker slots stage `stage` has now.
+    fn workers(&self, stage: usize) -> usize;
+    /// Sends state of key groups of stage `stage` to its worker slot `owner` (see
+    /// [`super::handoff`]).
+    fn send_state(&self, stage: usize, owner: usize, parcel: StateParcel);
 }
 
-/// Output that could not be delivered yet, and where it goes.
+/// Output that could not be delivered yet, and where it goes: a slot of stage `stage` (the
+/// next stage, or the worker's own for input it forwards to the owner of its key groups).
 pub(crate) struct Pending {
+    pub stage: usize,
     pub slot: Slot,
     pub batch: BatchBytes,
 }
@@ -138,6 +146,15 @@ pub(crate) struct Worker {
     tick_due: AtomicI64,
     state: Mutex<State>,
     status: Mutex<Status>,
+    /// The stage's key fields, if its state moves with its key groups (see [`handoff`]).
+    keyed: Option<Vec<String>>,
+    holding: Mutex<Holding>,
+    /// State parcels that arrived for this worker; `true` once it is retired (none is taken).
+    parcels: Mutex<(bool, VecDeque<StateParcel>)>,
+    /// Input forwarded to the owners of its key groups on other agents that did not fit yet.
+    /// The worker does not wait for it (two workers forwarding to each other would wait on
+    /// each other): it is retried on every turn, and the worker is woken when there is room.
+    outgoing: Mutex<VecDeque<Pending>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -155,6 +172,10 @@ impl Worker {
     ) -> Result<Arc<Self>, InstantiateError> {
         let instance = config.artifact.instantiate(pipeline.runtime(), &config.limits, &config.params)?;
         let downstream: Weak<dyn Downstream> = Arc::downgrade(pipeline) as Weak<D>;
+        let keyed = match &config.routing {
+            Routing::KeyHash { fields } if config.artifact.hands_off_state() => Some(fields.clone()),
+            _ => None,
+        };
         let worker = Arc::new(Worker {
             stage,
             index,
@@ -175,6 +196,10 @@ impl Worker {
                 log: LogRing::with_capacity(config.limits.log_lines),
             }),
             config,
+            keyed,
+            holding: Mutex::new(Holding::default()),
+            parcels: Mutex::new((false, VecDeque::new())),
+            outgoing: Mutex::new(VecDeque::new()),
         });
         Counters::add(&worker.counters.instances, 1);
         worker.counters.memory_bytes.store(instance.memory_bytes() as u64, Ordering::Relaxed);
@@ -220,7 +245,10 @@ impl Worker {
     fn has_work(&self) -> bool {
         !self.blocked.load(Ordering::SeqCst)
             && (self.has_pending()
-                || (!self.is_retired() && (!self.inbox.is_empty() || self.tick_due.load(Ordering::Relaxed) != 0)))
+                || (!self.is_retired()
+                    && (!self.inbox.is_empty()
+                        || self.tick_due.load(Ordering::Relaxed) != 0
+                        || (self.keyed.is_some() && self.has_keyed_work()))))
     }
 
     /// One turn: deliver held output, a due tick, then input batches until [`QUANTUM`]
@@ -243,6 +271,10 @@ impl Worker {
         if !self.flush(state, pipeline) || self.is_retired() {
             return;
         }
+        if self.keyed.is_some() {
+            self.receive_parcels(state, pipeline);
+            self.flush_forwards(pipeline);
+        }
         let started = Instant::now();
         let now = self.tick_due.swap(0, Ordering::Relaxed);
         if now != 0 {
@@ -255,14 +287,22 @@ impl Worker {
             if self.is_retired() || started.elapsed() >= TURN_BUDGET {
                 return;
             }
-            let Some(batch) = self.inbox.pop() else { return };
-            Counters::add(&self.counters.batches_in, 1);
-            Counters::add(&self.counters.events_in, batch.len() as u64);
-            Counters::add(&self.counters.bytes_in, batch.as_bytes().len() as u64);
+            let released = self.keyed.as_ref().and_then(|_| lock(&self.holding).ready.pop_front());
+            let batch = match released {
+                Some(batch) => batch,
+                None => {
+                    let Some(batch) = self.inbox.pop() else { return };
+                    Counters::add(&self.counters.batches_in, 1);
+                    Counters::add(&self.counters.events_in, batch.len() as u64);
+                    Counters::add(&self.counters.bytes_in, batch.as_bytes().len() as u64);
+                    batch
+                }
+            };
             if self.failed.load(Ordering::Relaxed) {
                 Counters::add(&self.counters.dropped_failed, 1);
                 continue;
             }
+            let Some(batch) = self.admit(pipeline, batch) else { continue };
             self.call(state, pipeline, true, |instance| instance.process(&batch));
             if !self.flush(state, pipeline) {
                 return;
@@ -280,28 +320,8 @@ impl Worker {
         process: bool,
         f: impl FnOnce(&mut StageInstance) -> Result<BatchBytes, CallError>,
     ) {
-        if self.failed.load(Ordering::Relaxed) {
+        if self.failed.load(Ordering::Relaxed) || !self.ensure_instance(state, pipeline) {
             return;
-        }
-        if state.instance.is_none() {
-            let started = Instant::now();
-            let instance =
-                self.config.artifact.instantiate(pipeline.runtime(), &self.config.limits, &self.config.params);
-            Counters::add(&self.counters.call_nanos, u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-            match instance {
-                Ok(instance) => {
-                    Counters::add(&self.counters.instances, 1);
-                    state.instance = Some(instance);
-                }
-                Err(err) => {
-                    let kind = match err {
-                        InstantiateError::Trap(CallError::Deadline { .. }) => FailureKind::Deadline,
-                        InstantiateError::Trap(_) => FailureKind::Trap,
-                        _ => FailureKind::Init,
-                    };
-                    return self.failure(state, pipeline, kind, err.to_string());
-                }
-            }
         }
         let Some(instance) = state.instance.as_mut() else { return };
         let result = if pipeline.time_calls() {
@@ -323,8 +343,9 @@ impl Worker {
                     Counters::add(&self.counters.batches_out, 1);
                     Counters::add(&self.counters.events_out, output.len() as u64);
                     Counters::add(&self.counters.bytes_out, output.as_bytes().len() as u64);
-                    pipeline.route(self.stage + 1, output, &mut |slot, batch| {
-                        state.pending.push_back(Pending { slot, batch })
+                    let stage = self.stage + 1;
+                    pipeline.route(stage, output, &mut |slot, batch| {
+                        state.pending.push_back(Pending { stage, slot, batch })
                     });
                 }
             }
@@ -341,6 +362,257 @@ impl Worker {
                 self.failure(state, pipeline, kind, err.to_string());
             }
         }
+    }
+
+    /// Makes a fresh instance if the last one was discarded; false (the failure counted) if
+    /// none can be made.
+    fn ensure_instance(&self, state: &mut State, pipeline: &dyn Downstream) -> bool {
+        if state.instance.is_some() {
+            return true;
+        }
+        let started = Instant::now();
+        let instance = self.config.artifact.instantiate(pipeline.runtime(), &self.config.limits, &self.config.params);
+        Counters::add(&self.counters.call_nanos, u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        match instance {
+            Ok(instance) => {
+                Counters::add(&self.counters.instances, 1);
+                state.instance = Some(instance);
+                true
+            }
+            Err(err) => {
+                let kind = match err {
+                    InstantiateError::Trap(CallError::Deadline { .. }) => FailureKind::Deadline,
+                    InstantiateError::Trap(_) => FailureKind::Trap,
+                    _ => FailureKind::Init,
+                };
+                self.failure(state, pipeline, kind, err.to_string());
+                false
+            }
+        }
+    }
+
+    /// Counts a failed call of the hand-off (`snapshot`, `restore`), discarding the instance
+    /// if it trapped.
+    fn handoff_failure(&self, state: &mut State, pipeline: &dyn Downstream, err: CallError) {
+        let kind = match &err {
+            CallError::Deadline { .. } => FailureKind::Deadline,
+            CallError::Stage { .. } => FailureKind::StageError,
+            _ => FailureKind::Trap,
+        };
+        if err.is_fatal() {
+            state.instance = None;
+        }
+        self.failure(state, pipeline, kind, format!("state hand-off: {err}"));
+    }
+
+    /// Whether the worker holds no input and no state parcel (it has nothing left to do once
+    /// its inbox is empty and its output delivered).
+    pub fn holds_nothing(&self) -> bool {
+        self.keyed.is_none()
+            || (lock(&self.parcels).1.is_empty() && lock(&self.outgoing).is_empty() && {
+                let holding = lock(&self.holding);
+                holding.held.is_empty() && holding.ready.is_empty()
+            })
+    }
+
+    /// Whether parcels or released input wait (hand-off stages only).
+    fn has_keyed_work(&self) -> bool {
+        !lock(&self.parcels).1.is_empty() || {
+            let holding = lock(&self.holding);
+            !holding.ready.is_empty() || holding.timed_out()
+        }
+    }
+
+    /// Marks the key groups this worker gains in a rescale as pending: their input is held
+    /// until their state arrives.
+    pub fn expect_groups(&self, groups: impl Iterator<Item = u32>) {
+        if self.keyed.is_some() {
+            lock(&self.holding).expect(groups);
+        }
+    }
+
+    /// Takes a state parcel for this worker; hands it back once the worker is retired.
+    pub fn give_parcel(self: &Arc<Self>, parcel: StateParcel, exec: &RunQueue) -> Result<(), StateParcel> {
+        let mut parcels = lock(&self.parcels);
+        if parcels.0 {
+            return Err(parcel);
+        }
+        parcels.1.push_back(parcel);
+        drop(parcels);
+        exec.schedule(self);
+        Ok(())
+    }
+
+    /// Sorts an input batch by key group (hand-off stages only): what this worker owns and
+    /// holds is returned to process; what it owns but waits for is held; the rest goes on to
+    /// its owner.
+    fn admit(self: &Arc<Self>, pipeline: &dyn Downstream, batch: BatchBytes) -> Option<BatchBytes> {
+        let Some(fields) = &self.keyed else { return Some(batch) };
+        let workers = pipeline.workers(self.stage);
+        let mut holding = lock(&self.holding);
+        let sorted = handoff::sort(batch, fields, self.index, workers, &holding.pending);
+        if let Some(hold) = sorted.hold {
+            Counters::add(&self.counters.held_events, hold.len() as u64);
+            holding.held.push_back(hold);
+        }
+        drop(holding);
+        if let Some(forward) = sorted.forward {
+            Counters::add(&self.counters.forwarded_events, forward.len() as u64);
+            self.forward(pipeline, forward);
+        }
+        sorted.now
+    }
+
+    /// Passes input on to the owners of its key groups: straight to the released input of a
+    /// worker here (never refused, so that workers forwarding to each other never wait on
+    /// each other), through [`Worker::flush_forwards`] to one elsewhere.
+    fn forward(self: &Arc<Self>, pipeline: &dyn Downstream, batch: BatchBytes) {
+        let stage = self.stage;
+        let mut outgoing = Vec::new();
+        pipeline.route(stage, batch, &mut |slot, batch| match &slot {
+            Slot::Local(worker) => {
+                if let Err(batch) = worker.give_forward(batch, pipeline.run_queue()) {
+                    outgoing.push(Pending { stage, slot, batch });
+                }
+            }
+            Slot::Outlet(_) => outgoing.push(Pending { stage, slot, batch }),
+        });
+        lock(&self.outgoing).extend(outgoing);
+        self.flush_forwards(pipeline);
+    }
+
+    /// Takes input another worker of the stage forwards (its key group is this worker's now)
+    /// ahead of the inbox; hands it back once the worker is retired.
+    fn give_forward(self: &Arc<Self>, batch: BatchBytes, exec: &RunQueue) -> Result<(), BatchBytes> {
+        let parcels = lock(&self.parcels);
+        if parcels.0 {
+            return Err(batch);
+        }
+        lock(&self.holding).ready.push_back(batch);
+        drop(parcels);
+        exec.schedule(self);
+        Ok(())
+    }
+
+    /// Offers forwarded input that waits for room elsewhere, in order, without waiting: what
+    /// does not fit stays, and the worker is woken when its slot has room.
+    fn flush_forwards(self: &Arc<Self>, pipeline: &dyn Downstream) {
+        let mut outgoing = lock(&self.outgoing);
+        while let Some(Pending { stage, slot, batch }) = outgoing.pop_front() {
+            if !pipeline.is_current(stage, &slot) {
+                // The slot moved or its worker retired: route the batch anew.
+                drop(outgoing);
+                self.forward(pipeline, batch);
+                return;
+            }
+            let Some(batch) = pipeline.offer(&slot, batch) else { continue };
+            slot.inbox().wait(self);
+            match pipeline.offer(&slot, batch) {
+                None => continue,
+                Some(batch) => {
+                    outgoing.push_front(Pending { stage, slot, batch });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Restores the state parcels that arrived for groups this worker owns, forwards the rest,
+    /// and releases the input held for groups whose state has arrived — or that waited past
+    /// [`handoff::HOLD_LIMIT`].
+    fn receive_parcels(&self, state: &mut State, pipeline: &dyn Downstream) {
+        let parcels: Vec<StateParcel> = lock(&self.parcels).1.drain(..).collect();
+        let workers = pipeline.workers(self.stage);
+        let mut released = false;
+        for parcel in parcels {
+            for (owner, part) in parcel.split_by_owner(workers) {
+                if owner != self.index {
+                    pipeline.send_state(self.stage, owner, part);
+                    continue;
+                }
+                Counters::add(&self.counters.handoff_groups_in, part.groups.len() as u64);
+                Counters::add(&self.counters.handoff_bytes_in, part.state_bytes() as u64);
+                if !part.parts.is_empty() && self.ensure_instance(state, pipeline) {
+                    let restored = state.instance.as_mut().map(|i| i.restore(&part.parts));
+                    if let Some(Err(err)) = restored {
+                        self.handoff_failure(state, pipeline, err);
+                    }
+                }
+                let mut holding = lock(&self.holding);
+                let since = holding.since;
+                for group in &part.groups {
+                    released |= holding.arrived(*group);
+                }
+                if let (Some(since), true) = (since, holding.pending.is_empty()) {
+                    let pause = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.counters.handoff_pause_micros.store(pause, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut holding = lock(&self.holding);
+        if holding.timed_out() {
+            let groups = holding.release_all();
+            Counters::add(&self.counters.handoff_timeouts, groups as u64);
+            tracing::warn!(
+                stage = %self.config.name,
+                worker = self.index,
+                groups,
+                "the state of {groups} key group(s) did not arrive within {:?}; processing their input without it",
+                handoff::HOLD_LIMIT
+            );
+            released = true;
+        }
+        if released {
+            let held: Vec<BatchBytes> = holding.held.drain(..).collect();
+            holding.ready.extend(held);
+        }
+    }
+
+    /// Hands the state of key groups `groups` (which this worker no longer owns) to their
+    /// owners, between two of its calls. Groups whose own state has not reached this worker
+    /// yet are left out: their parcel is forwarded when it arrives.
+    pub fn hand_over(&self, pipeline: &dyn Downstream, groups: &[u32]) {
+        if self.keyed.is_none() || groups.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        let groups: Vec<u32> = {
+            let holding = lock(&self.holding);
+            groups.iter().copied().filter(|g| !holding.pending.contains(*g)).collect()
+        };
+        let mut parts = Vec::new();
+        if !self.failed.load(Ordering::Relaxed) && self.ensure_instance(&mut state, pipeline) {
+            let taken = state.instance.as_mut().map(|i| i.snapshot(&groups));
+            match taken {
+                Some(Ok(taken)) => parts = taken,
+                Some(Err(err)) => self.handoff_failure(&mut state, pipeline, err),
+                None => {}
+            }
+        }
+        // Only groups asked for leave, whatever the stage returned.
+        parts.retain(|(g, _)| groups.contains(g));
+        let parcel = StateParcel { groups, parts };
+        Counters::add(&self.counters.handoff_groups_out, parcel.groups.len() as u64);
+        Counters::add(&self.counters.handoff_bytes_out, parcel.state_bytes() as u64);
+        for (owner, part) in parcel.split_by_owner(pipeline.workers(self.stage)) {
+            pipeline.send_state(self.stage, owner, part);
+        }
+    }
+
+    /// Retires a hand-off worker's inputs: takes its parcels, held and released input away (for
+    /// the owner to send on) and refuses parcels from now on.
+    pub fn take_keyed_leftovers(&self) -> (Vec<StateParcel>, Vec<BatchBytes>) {
+        let parcels: Vec<StateParcel> = {
+            let mut parcels = lock(&self.parcels);
+            parcels.0 = true;
+            parcels.1.drain(..).collect()
+        };
+        let mut holding = lock(&self.holding);
+        let mut batches: Vec<BatchBytes> = holding.ready.drain(..).collect();
+        batches.extend(holding.held.drain(..));
+        holding.release_all();
+        batches.extend(lock(&self.outgoing).drain(..).map(|p| p.batch));
+        (parcels, batches)
     }
 
     /// Counts a failed call and fails the worker once the policy says so. A stage error is
@@ -383,15 +655,15 @@ impl Worker {
             self.drop_pending(state);
             return true;
         }
-        while let Some(Pending { slot, batch }) = state.pending.pop_front() {
+        while let Some(Pending { stage, slot, batch }) = state.pending.pop_front() {
             let batch = match pipeline.offer(&slot, batch) {
                 None => continue,
                 Some(batch) => batch,
             };
-            if !pipeline.is_current(self.stage + 1, &slot) {
+            if !pipeline.is_current(stage, &slot) {
                 // The slot moved (the master re-placed its worker): route the batch anew.
                 pipeline
-                    .route(self.stage + 1, batch, &mut |slot, batch| state.pending.push_front(Pending { slot, batch }));
+                    .route(stage, batch, &mut |slot, batch| state.pending.push_front(Pending { stage, slot, batch }));
                 continue;
             }
             // Register before retrying once, so that room made in between is not missed.
@@ -400,7 +672,7 @@ impl Worker {
             match pipeline.offer(&slot, batch) {
                 None => self.blocked.store(false, Ordering::SeqCst),
                 Some(batch) => {
-                    state.pending.push_front(Pending { slot, batch });
+                    state.pending.push_front(Pending { stage, slot, batch });
                     return false;
                 }
             }

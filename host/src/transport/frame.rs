@@ -12,13 +12,19 @@
 //! | 4 `credit` | stream id u32, batches u32 |
 //! | 5 `subscribe` | stream id u32, job id length u32, job id (UTF-8), query (UTF-8, may be empty) |
 //! | 6 `end` | stream id u32, why (UTF-8) |
+//! | 7 `state` | stream id u32, groups u32, group u32 × groups, parts u32, (group u32, length u32, bytes) × parts |
 //!
 //! A connection that carries a job's workers' input starts with `hello` and sends `open` and
 //! `data`, and the receiver answers `credit`. A connection that pulls a job's output
 //! ([`super::tap`]) starts with `subscribe` instead: the dialer sends `credit`, and the agent
-//! it dialled answers `data` and, when the output ends there, `end`.
+//! it dialled answers `data` and, when the output ends there, `end`. `state` carries key-group
+//! state to the worker of a stream (see `pipeline::handoff`) outside the credit that paces
+//! `data`; a parcel larger than a frame is cut into several, the groups it hands over listed
+//! in the last.
 
 use std::io::{self, Read, Write};
+
+use crate::pipeline::StateParcel;
 
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +67,13 @@ pub enum Frame {
         job: String,
         /// A query (`squilla_query`) applied before anything is sent; empty: none.
         query: String,
+    },
+    /// Key-group state for the worker of a stream.
+    State {
+        /// The stream.
+        id: u32,
+        /// The state.
+        parcel: StateParcel,
     },
     /// The stream has ended, and why.
     End {
@@ -126,6 +139,21 @@ pub fn write(out: &mut impl Write, frame: &Frame) -> io::Result<()> {
             body.extend_from_slice(job.as_bytes());
             body.extend_from_slice(query.as_bytes());
         }
+        Frame::State { id, parcel } => {
+            body.push(7);
+            body.extend_from_slice(&id.to_le_bytes());
+            let count = |n: usize| u32::try_from(n).map_err(|_| invalid("state parcel too large"));
+            body.extend_from_slice(&count(parcel.groups.len())?.to_le_bytes());
+            for g in &parcel.groups {
+                body.extend_from_slice(&g.to_le_bytes());
+            }
+            body.extend_from_slice(&count(parcel.parts.len())?.to_le_bytes());
+            for (g, bytes) in &parcel.parts {
+                body.extend_from_slice(&g.to_le_bytes());
+                body.extend_from_slice(&count(bytes.len())?.to_le_bytes());
+                body.extend_from_slice(bytes);
+            }
+        }
         Frame::End { id, message } => {
             body.push(6);
             body.extend_from_slice(&id.to_le_bytes());
@@ -170,8 +198,61 @@ pub fn read(input: &mut impl Read, max_bytes: usize) -> io::Result<Frame> {
             Ok(Frame::Subscribe { id, job: text(job)?, query: text(&body[8 + len..])? })
         }
         6 => Ok(Frame::End { id: u32_at(&body, 0)?, message: text(&body[4..])? }),
+        7 => read_state(&body),
         other => Err(invalid(format!("unknown frame kind {other}"))),
     }
+}
+
+fn read_state(body: &[u8]) -> io::Result<Frame> {
+    let id = u32_at(body, 0)?;
+    let groups = u32_at(body, 4)? as usize;
+    let mut at = 8;
+    // Never trust a count for an allocation: every entry takes at least 4 bytes of the body.
+    let mut parcel = StateParcel { groups: Vec::with_capacity(groups.min(body.len() / 4)), parts: Vec::new() };
+    for _ in 0..groups {
+        parcel.groups.push(u32_at(body, at)?);
+        at += 4;
+    }
+    let parts = u32_at(body, at)? as usize;
+    at += 4;
+    for _ in 0..parts.min(body.len() / 8 + 1) {
+        let group = u32_at(body, at)?;
+        let len = u32_at(body, at + 4)? as usize;
+        at += 8;
+        let bytes = body.get(at..at.saturating_add(len)).ok_or_else(|| invalid("frame too short"))?;
+        parcel.parts.push((group, bytes.to_vec()));
+        at += len;
+    }
+    if parcel.parts.len() != parts || at != body.len() {
+        return Err(invalid("state frame does not add up"));
+    }
+    Ok(Frame::State { id, parcel })
+}
+
+/// Writes `parcel` for stream `id` in frames of at most about `max_bytes`: parts go in order,
+/// as many per frame as fit, and the last frame lists the groups handed over. A single part
+/// larger than a frame cannot travel: it is left out and counted in the result.
+pub fn write_state(out: &mut impl Write, id: u32, parcel: StateParcel, max_bytes: usize) -> io::Result<usize> {
+    let budget = max_bytes.saturating_sub(64 + parcel.groups.len() * 4).max(1);
+    let StateParcel { groups, parts } = parcel;
+    let mut too_large = 0;
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for (group, bytes) in parts {
+        if bytes.len() + 8 > budget {
+            too_large += 1;
+            continue;
+        }
+        if size + bytes.len() + 8 > budget {
+            let parcel = StateParcel { groups: Vec::new(), parts: std::mem::take(&mut chunk) };
+            write(out, &Frame::State { id, parcel })?;
+            size = 0;
+        }
+        size += bytes.len() + 8;
+        chunk.push((group, bytes));
+    }
+    write(out, &Frame::State { id, parcel: StateParcel { groups, parts: chunk } })?;
+    Ok(too_large)
 }
 
 #[cfg(test)]
@@ -188,6 +269,8 @@ mod tests {
             Frame::Subscribe { id: 1, job: "errors-1".into(), query: "SELECT * WHERE status >= 500".into() },
             Frame::Subscribe { id: 2, job: "errors-1".into(), query: String::new() },
             Frame::End { id: 1, message: "the job stopped here".into() },
+            Frame::State { id: 3, parcel: StateParcel { groups: vec![1, 4095], parts: vec![(1, vec![9, 8, 7])] } },
+            Frame::State { id: 3, parcel: StateParcel::default() },
         ];
         let mut wire = Vec::new();
         for f in &frames {
@@ -212,5 +295,41 @@ mod tests {
         let mut lying = vec![13u8, 0, 0, 0, 5, 1, 0, 0, 0, 200, 0, 0, 0];
         lying.extend_from_slice(b"abcd");
         assert!(read(&mut lying.as_slice(), 50).unwrap_err().to_string().contains("too short"));
+        // A state frame whose part length points past its end, or that counts more parts than
+        // it has.
+        let mut wire = Vec::new();
+        let parcel = StateParcel { groups: vec![2], parts: vec![(2, vec![1, 2, 3])] };
+        write(&mut wire, &Frame::State { id: 1, parcel }).unwrap();
+        let mut cut = wire.clone();
+        cut.truncate(wire.len() - 1);
+        let len = (cut.len() - 4) as u32;
+        cut[..4].copy_from_slice(&len.to_le_bytes());
+        assert!(read(&mut cut.as_slice(), 1 << 20).is_err());
+        let mut more = wire.clone();
+        more[17] = 200; // the parts count
+        assert!(read(&mut more.as_slice(), 1 << 20).unwrap_err().to_string().contains("add up"));
+    }
+
+    #[test]
+    fn a_large_parcel_travels_in_several_frames_with_its_groups_in_the_last() {
+        let parts: Vec<(u32, Vec<u8>)> = (0..10).map(|g| (g, vec![g as u8; 400])).collect();
+        let parcel = StateParcel { groups: (0..12).collect(), parts: parts.clone() };
+        let mut wire = Vec::new();
+        assert_eq!(write_state(&mut wire, 5, parcel, 1_000).unwrap(), 0);
+        let mut input = wire.as_slice();
+        let mut frames = Vec::new();
+        while !input.is_empty() {
+            match read(&mut input, 1_000).unwrap() {
+                Frame::State { id: 5, parcel } => frames.push(parcel),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(frames.len() > 2);
+        assert!(frames[..frames.len() - 1].iter().all(|p| p.groups.is_empty()));
+        assert_eq!(frames.last().unwrap().groups, (0..12).collect::<Vec<_>>());
+        assert_eq!(frames.into_iter().flat_map(|p| p.parts).collect::<Vec<_>>(), parts);
+        // A part larger than a frame is left out, and said so.
+        let parcel = StateParcel { groups: vec![1], parts: vec![(1, vec![0; 5_000])] };
+        assert_eq!(write_state(&mut Vec::new(), 5, parcel, 1_000).unwrap(), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use squilla_batch::BatchBytes;
 
@@ -17,7 +17,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 use super::conn::{Conn, Output};
 use super::frame::{self, Frame};
-use crate::pipeline::Delivery;
+use crate::pipeline::{Delivery, StateParcel};
 
 /// How often batches set aside (their worker full under `block`) are offered again.
 const RETRY: Duration = Duration::from_millis(1);
@@ -61,8 +61,25 @@ struct StreamIn {
     job: String,
     stage: usize,
     index: usize,
-    /// Batches received but not yet queued (the worker was full), oldest first.
+    /// Batches received but not yet queued (the worker was full, or its job was still
+    /// starting here), oldest first.
     waiting: VecDeque<BatchBytes>,
+    /// Key-group state received while the job was still starting here.
+    parcels: VecDeque<StateParcel>,
+    /// Since when the stream's job, assigned here, has not run yet.
+    starting_since: Option<Instant>,
+}
+
+/// How long input for a job that is assigned here but not running yet (its artifacts are
+/// being fetched and compiled) waits for it before it is dropped as misrouted.
+pub const STARTING_WAIT: Duration = Duration::from_secs(30);
+
+/// What to do with input for a stream whose job does not run here.
+enum Absent {
+    /// The job is assigned here and starting: keep the input a while.
+    Wait,
+    /// Drop it, counted as misrouted.
+    Drop,
 }
 
 struct Connection {
@@ -116,11 +133,18 @@ impl Connection {
                     *lock(&me.peer) = Some(agent);
                 }
                 Frame::Open { id, stage, index, job } => {
-                    let stream =
-                        StreamIn { job, stage: stage as usize, index: index as usize, waiting: VecDeque::new() };
+                    let stream = StreamIn {
+                        job,
+                        stage: stage as usize,
+                        index: index as usize,
+                        waiting: VecDeque::new(),
+                        parcels: VecDeque::new(),
+                        starting_since: None,
+                    };
                     me.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, stream);
                 }
                 Frame::Data { id, bytes } => me.receive(id, bytes)?,
+                Frame::State { id, parcel } => me.receive_state(id, parcel)?,
                 Frame::Credit { .. } => {}
                 other @ (Frame::Subscribe { .. } | Frame::End { .. }) => {
                     return Err(std::io::Error::new(
@@ -167,6 +191,40 @@ impl Connection {
         }
     }
 
+    fn receive_state(&self, id: u32, parcel: StateParcel) -> std::io::Result<()> {
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(stream) = streams.get_mut(&id) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("state on unopened stream {id}")));
+        };
+        if !self.allowed(stream) {
+            self.inner.counters.fenced.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let handle = read(&self.inner.jobs).get(&stream.job).cloned();
+        match handle {
+            Some(handle) => handle.deliver_state(stream.stage, stream.index, parcel),
+            None => match self.absent(stream) {
+                Absent::Wait => {
+                    stream.parcels.push_back(parcel);
+                    self.waiting.notify_all();
+                }
+                Absent::Drop => {
+                    tracing::warn!(job = %stream.job, "key-group state for a job that does not run here dropped");
+                    self.inner.counters.misrouted.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Whether input for `stream`, whose job does not run here, should wait for it: while the
+    /// job is assigned here (it is starting) for up to [`STARTING_WAIT`].
+    fn absent(&self, stream: &mut StreamIn) -> Absent {
+        let assigned = read(&self.inner.senders).contains_key(&stream.job);
+        let since = *stream.starting_since.get_or_insert_with(Instant::now);
+        if assigned && since.elapsed() < STARTING_WAIT { Absent::Wait } else { Absent::Drop }
+    }
+
     /// Whether this connection's agent may feed `stream`'s stage (see
     /// [`super::Transport::allow_senders`]).
     fn allowed(&self, stream: &StreamIn) -> bool {
@@ -177,7 +235,7 @@ impl Connection {
     }
 
     /// Offers a batch to its worker; hands it back if the worker is full.
-    fn deliver(&self, stream: &StreamIn, batch: BatchBytes) -> Option<BatchBytes> {
+    fn deliver(&self, stream: &mut StreamIn, batch: BatchBytes) -> Option<BatchBytes> {
         let counters = &self.inner.counters;
         if !self.allowed(stream) {
             counters.fenced.fetch_add(1, Ordering::Relaxed);
@@ -185,8 +243,14 @@ impl Connection {
         }
         let handle = read(&self.inner.jobs).get(&stream.job).cloned();
         let delivery = match handle {
-            Some(handle) => handle.deliver(stream.stage, stream.index, batch),
-            None => Delivery::NotHere,
+            Some(handle) => {
+                stream.starting_since = None;
+                handle.deliver(stream.stage, stream.index, batch)
+            }
+            None => match self.absent(stream) {
+                Absent::Wait => return Some(batch),
+                Absent::Drop => Delivery::NotHere,
+            },
         };
         match delivery {
             Delivery::Accepted => {
@@ -212,6 +276,20 @@ impl Connection {
         let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while !self.closed.load(Ordering::SeqCst) {
             let mut credits = Vec::new();
+            for stream in streams.values_mut().filter(|s| !s.parcels.is_empty()) {
+                let handle = read(&self.inner.jobs).get(&stream.job).cloned();
+                match handle {
+                    Some(handle) => {
+                        stream.parcels.drain(..).for_each(|p| handle.deliver_state(stream.stage, stream.index, p))
+                    }
+                    None => {
+                        if let Absent::Drop = self.absent(stream) {
+                            tracing::warn!(job = %stream.job, "key-group state for a job that never started here dropped");
+                            stream.parcels.clear();
+                        }
+                    }
+                }
+            }
             for (id, stream) in streams.iter_mut() {
                 let mut queued = 0;
                 while let Some(batch) = stream.waiting.pop_front() {
@@ -227,7 +305,7 @@ impl Connection {
                     credits.push((*id, queued));
                 }
             }
-            let any_waiting = streams.values().any(|s| !s.waiting.is_empty());
+            let any_waiting = streams.values().any(|s| !s.waiting.is_empty() || !s.parcels.is_empty());
             for (id, n) in credits {
                 if self.credit(id, n).is_err() {
                     return;

@@ -178,6 +178,18 @@ impl Peer {
                     opened.push(stream.id);
                     stream.credit.store(config.credit_batches, Ordering::Relaxed);
                 }
+                while let Some(parcel) = outlet.take_state() {
+                    if !config.lease.is_valid() {
+                        config.lease.count_fenced(1);
+                        inner.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let lost = frame::write_state(&mut out, stream.id, parcel, config.max_frame_bytes)?;
+                    if lost > 0 {
+                        tracing::warn!(job = %stream.job, lost, "key-group state larger than a frame was not sent");
+                    }
+                    sent = true;
+                }
                 while stream.credit.load(Ordering::Relaxed) > 0 {
                     let Some(batch) = outlet.take() else { break };
                     if !config.lease.is_valid() {

@@ -4,6 +4,7 @@
 mod cache;
 mod contract;
 mod examples;
+mod handoff;
 mod isolation;
 mod languages;
 mod newcomer;

@@ -15,7 +15,7 @@ use squilla_types::{Backpressure, Routing};
 use crate::{batch, example, runtime};
 
 /// One executor for the test binary, sized to the cores, as an agent has.
-fn executor() -> &'static Arc<Executor> {
+pub(crate) fn executor() -> &'static Arc<Executor> {
     static EXECUTOR: OnceLock<Arc<Executor>> = OnceLock::new();
     EXECUTOR.get_or_init(|| Executor::start(0).expect("executor threads"))
 }
@@ -24,7 +24,13 @@ fn program(name: &str) -> Artifact {
     Artifact::compile(runtime(), &squilla_guests::read(name)).unwrap()
 }
 
-fn stage(name: &str, artifact: Artifact, params: &[(&str, &str)], workers: usize, routing: Routing) -> StageConfig {
+pub(crate) fn stage(
+    name: &str,
+    artifact: Artifact,
+    params: &[(&str, &str)],
+    workers: usize,
+    routing: Routing,
+) -> StageConfig {
     StageConfig {
         name: name.into(),
         artifact,
@@ -36,7 +42,7 @@ fn stage(name: &str, artifact: Artifact, params: &[(&str, &str)], workers: usize
     }
 }
 
-fn start(stages: Vec<StageConfig>, backpressure: Backpressure) -> Pipeline {
+pub(crate) fn start(stages: Vec<StageConfig>, backpressure: Backpressure) -> Pipeline {
     Pipeline::start(runtime(), executor(), PipelineConfig::new("test", stages, backpressure)).unwrap()
 }
 

@@ -133,14 +133,18 @@ fn upstream_of(state: &State, job: &super::model::Job) -> Option<UpstreamSinks> 
     Some(UpstreamSinks { job: upstream.key(), data })
 }
 
-/// Every active job with a worker on `agent`, with where all of its slots run.
+/// Every active job with a worker on `agent` (or that a scale-down is taking away from it:
+/// [`State::leaving`]), with where all of its slots run.
 pub(crate) fn assignments(state: &State, agent: &AgentId, config: &ControlConfig) -> Assignments {
     let data = |id: &AgentId| state.agents.get(id).filter(|e| !e.lost).map(|e| e.beat.data.clone());
     let jobs = state
         .jobs
         .values()
         .filter(|j| !j.state.is_terminal())
-        .filter(|j| j.workers().any(|(_, w)| w.agent.as_ref() == Some(agent)))
+        .filter(|j| {
+            j.workers().any(|(_, w)| w.agent.as_ref() == Some(agent))
+                || state.leaving.get(&(j.key(), agent.clone())).is_some_and(|until| *until > std::time::Instant::now())
+        })
         .map(|job| {
             let source =
                 job.stages.first().and_then(|s| s.workers.first()).is_some_and(|w| w.agent.as_ref() == Some(agent));

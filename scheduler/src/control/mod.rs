@@ -451,6 +451,28 @@ impl Control {
                 self.check_quota(state, &key.tenant, more, memory)?;
             }
             state.autoscale.scaled(key, s, model::now_ms());
+            // Agents whose last workers of the job a scale-down removes keep the job's
+            // assignment a while, so that those workers hand their keyed state over.
+            let n = workers as usize;
+            let removed: std::collections::BTreeSet<&AgentId> =
+                job.stages[s].workers.iter().skip(n).filter_map(|w| w.agent.as_ref()).collect();
+            let leaving: Vec<AgentId> = removed
+                .into_iter()
+                .filter(|agent| {
+                    !job.stages.iter().enumerate().any(|(i, st)| {
+                        st.workers
+                            .iter()
+                            .take(if i == s { n } else { usize::MAX })
+                            .any(|w| w.agent.as_ref() == Some(*agent))
+                    })
+                })
+                .cloned()
+                .collect();
+            let until = std::time::Instant::now() + state::LEAVING_FOR;
+            state.leaving.retain(|_, t| *t > std::time::Instant::now());
+            for agent in leaving {
+                state.leaving.insert((key.clone(), agent), until);
+            }
             self.change(state, key, |job, _| {
                 let list = &mut job.stages[s].workers;
                 let n = workers as usize;

@@ -34,4 +34,12 @@ pub(crate) struct State {
     pub telemetry: Telemetry,
     /// The autoscaler's samples and cooldowns.
     pub autoscale: super::autoscaler::Tracks,
+    /// Agents a scale-down left without a worker of a job, and until when they still get the
+    /// job's assignment (with no slot of their own), so that their workers hand the state of
+    /// their key groups over before the job stops there. In memory only.
+    pub leaving: BTreeMap<(JobKey, AgentId), Instant>,
 }
+
+/// How long an agent a scale-down left without a worker of a job keeps its assignment: time
+/// for a few heartbeats to carry the new plan and for the state hand-off to finish.
+pub(crate) const LEAVING_FOR: std::time::Duration = std::time::Duration::from_secs(10);

@@ -45,6 +45,37 @@ fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn
         ));
     }
     let ty = &block.self_ty;
+    // A stage that defines `state` hands its keyed state over: it exports `keyed-state` too.
+    let keyed = block.items.iter().any(|item| matches!(item, syn::ImplItem::Fn(f) if f.sig.ident == "state"));
+    let (guest, error, export, extra) = if keyed {
+        (
+            quote!(::squilla_sdk::__private::KeyedGuest),
+            quote!(::squilla_sdk::__private::KeyedWitStageError),
+            quote!(::squilla_sdk::__private::export_keyed!(__SquillaExport with_types_in ::squilla_sdk::__private::keyed_bindings);),
+            quote! {
+                impl ::squilla_sdk::__private::KeyedStateGuest for __SquillaExport {
+                    fn snapshot(groups: ::std::vec::Vec<u32>)
+                        -> ::core::result::Result<::std::vec::Vec<(u32, ::std::vec::Vec<u8>)>, ::squilla_sdk::__private::KeyedWitStageError>
+                    {
+                        ::squilla_sdk::__private::snapshot(&__SQUILLA_STAGE, groups).map_err(::core::convert::Into::into)
+                    }
+
+                    fn restore(state: ::std::vec::Vec<(u32, ::std::vec::Vec<u8>)>)
+                        -> ::core::result::Result<(), ::squilla_sdk::__private::KeyedWitStageError>
+                    {
+                        ::squilla_sdk::__private::restore(&__SQUILLA_STAGE, state).map_err(::core::convert::Into::into)
+                    }
+                }
+            },
+        )
+    } else {
+        (
+            quote!(::squilla_sdk::__private::Guest),
+            quote!(::squilla_sdk::__private::WitStageError),
+            quote!(::squilla_sdk::__private::export!(__SquillaExport with_types_in ::squilla_sdk::__private::bindings);),
+            quote!(),
+        )
+    };
     Ok(quote! {
         #block
 
@@ -57,27 +88,25 @@ fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn
 
             struct __SquillaExport;
 
-            impl ::squilla_sdk::__private::Guest for __SquillaExport {
+            impl #guest for __SquillaExport {
                 fn init(params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
                     -> ::core::result::Result<(), ::std::string::String>
                 {
                     ::squilla_sdk::__private::init(&__SQUILLA_STAGE, params)
                 }
 
-                fn process(batch: ::std::vec::Vec<u8>)
-                    -> ::core::result::Result<::std::vec::Vec<u8>, ::squilla_sdk::__private::WitStageError>
-                {
-                    ::squilla_sdk::__private::process(&__SQUILLA_STAGE, batch)
+                fn process(batch: ::std::vec::Vec<u8>) -> ::core::result::Result<::std::vec::Vec<u8>, #error> {
+                    ::squilla_sdk::__private::process(&__SQUILLA_STAGE, batch).map_err(::core::convert::Into::into)
                 }
 
-                fn tick(now_ms: i64)
-                    -> ::core::result::Result<::std::vec::Vec<u8>, ::squilla_sdk::__private::WitStageError>
-                {
-                    ::squilla_sdk::__private::tick(&__SQUILLA_STAGE, now_ms)
+                fn tick(now_ms: i64) -> ::core::result::Result<::std::vec::Vec<u8>, #error> {
+                    ::squilla_sdk::__private::tick(&__SQUILLA_STAGE, now_ms).map_err(::core::convert::Into::into)
                 }
             }
 
-            ::squilla_sdk::__private::export!(__SquillaExport with_types_in ::squilla_sdk::__private::bindings);
+            #extra
+
+            #export
         };
     })
 }
@@ -124,5 +153,14 @@ mod tests {
         assert!(out.starts_with("impl squilla_sdk :: Stage for S { }"), "{out}");
         assert!(out.contains("# [cfg (target_family = \"wasm\")]"), "{out}");
         assert!(out.contains("__private :: export !"), "{out}");
+        assert!(!out.contains("KeyedStateGuest"), "{out}");
+    }
+
+    #[test]
+    fn a_stage_that_defines_state_also_exports_keyed_state() {
+        let item = quote!(impl Stage for S { fn state(&mut self) -> Option<&mut dyn HandOff> { None } });
+        let out = super::expand(quote!(), item).unwrap().to_string();
+        assert!(out.contains("KeyedStateGuest for __SquillaExport"), "{out}");
+        assert!(out.contains("export_keyed !"), "{out}");
     }
 }

@@ -1,0 +1,116 @@
+//! Keyed state follows its key groups when a stage is rescaled: exact windowed counts across
+//! rescales, on the real `window-count` example stage.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use squilla_batch::{BatchBuilder, ValueRef};
+use squilla_host::pipeline::{HandOffMetrics, Pipeline};
+use squilla_types::{Backpressure, Routing};
+
+use crate::example;
+use crate::pipeline::{stage, start};
+
+const KEYS: usize = 300;
+const WINDOW_MS: i64 = 1_000;
+
+/// Pushes `batches` batches of 100 events: keys in turn, event times spread over 8 windows.
+fn feed(pipeline: &Pipeline, from: usize, batches: usize, expected: &mut BTreeMap<(i64, String), i64>) {
+    for b in from..from + batches {
+        let mut builder = BatchBuilder::new();
+        for i in 0..100 {
+            let n = b * 100 + i;
+            let key = format!("key-{}", (n * 7) % KEYS);
+            let ts = (n as i64 * 13) % (8 * WINDOW_MS);
+            builder.event(ts).field("key", key.as_str());
+            *expected.entry((ts / WINDOW_MS * WINDOW_MS, key)).or_default() += 1;
+        }
+        assert!(pipeline.push(builder.finish().unwrap()));
+    }
+}
+
+/// Every `(window start, key) -> count` the stage emitted, failing on a window reported twice.
+fn emitted(pipeline: &Pipeline) -> BTreeMap<(i64, String), i64> {
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let Some(batch) = pipeline.recv(Duration::from_millis(100)) else { continue };
+        for event in batch.view().events() {
+            let (Some(ValueRef::Text(key)), Some(start), Some(count)) =
+                (event.get("key"), event.int("window-start-ms"), event.int("count"))
+            else {
+                panic!("unexpected output event");
+            };
+            let before = seen.insert((start, key.to_owned()), count);
+            assert!(before.is_none(), "window {start} of {key} reported twice: {before:?} and {count}");
+        }
+    }
+    seen
+}
+
+fn handoff_totals(pipeline: &Pipeline) -> HandOffMetrics {
+    let mut total = HandOffMetrics::default();
+    for w in pipeline.metrics().stages.iter().flatten() {
+        total.groups_out += w.handoff.groups_out;
+        total.groups_in += w.handoff.groups_in;
+        total.bytes_out += w.handoff.bytes_out;
+        total.timeouts += w.handoff.timeouts;
+        total.forwarded_events += w.handoff.forwarded_events;
+    }
+    total
+}
+
+#[test]
+fn windowed_counts_are_exact_across_a_rescale_from_2_to_5_to_3() {
+    // Windows close only when told (grace of a day), so every count is emitted once, at the end.
+    let count = stage(
+        "count",
+        example("window-count"),
+        &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
+        2,
+        Routing::KeyHash { fields: vec!["key".into()] },
+    );
+    let mut pipeline = start(vec![count], Backpressure::Block);
+    let mut expected = BTreeMap::new();
+    feed(&pipeline, 0, 40, &mut expected);
+    pipeline.scale(0, 5).unwrap();
+    feed(&pipeline, 40, 40, &mut expected);
+    pipeline.scale(0, 3).unwrap();
+    feed(&pipeline, 80, 40, &mut expected);
+    assert!(pipeline.drain(Duration::from_secs(10)), "the pipeline did not drain");
+    pipeline.tick_stage(0, i64::MAX / 2);
+    let seen = emitted(&pipeline);
+    assert_eq!(seen.len(), expected.len(), "windows reported");
+    assert_eq!(seen, expected);
+    let moved = handoff_totals(&pipeline);
+    // 2 -> 5 moves the groups of workers 2..5 and part of 0 and 1's; 5 -> 3 moves some back.
+    assert!(moved.groups_out > 2_000, "{moved:?}");
+    assert_eq!(moved.groups_out, moved.groups_in, "{moved:?}");
+    assert!(moved.bytes_out > 0);
+    assert_eq!(moved.timeouts, 0);
+    pipeline.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn a_stage_without_keyed_state_keeps_its_state_where_it_is() {
+    // top-titles does not export `keyed-state`: a rescale moves no state, and (as documented)
+    // a key's window is then reported by two workers.
+    let top = stage(
+        "top",
+        example("top-titles"),
+        &[("n", "1"), ("window-ms", "1000")],
+        2,
+        Routing::KeyHash { fields: vec!["country".into()] },
+    );
+    let mut pipeline = start(vec![top], Backpressure::Block);
+    let mut plays = BatchBuilder::new();
+    for i in 0..500 {
+        plays.event(i).field("country", squilla_batch::synth::COUNTRIES[i as usize % 5]).field("title", "Dark");
+    }
+    pipeline.push(plays.finish().unwrap());
+    pipeline.scale(0, 3).unwrap();
+    assert!(pipeline.drain(Duration::from_secs(5)));
+    let moved = handoff_totals(&pipeline);
+    assert_eq!((moved.groups_out, moved.groups_in, moved.forwarded_events), (0, 0, 0));
+    pipeline.stop(Duration::from_secs(1));
+}
