@@ -74,6 +74,10 @@ struct StreamIn {
 /// being fetched and compiled) waits for it before it is dropped as misrouted.
 pub const STARTING_WAIT: Duration = Duration::from_secs(30);
 
+/// How long input for a job not assigned here waits for its assignment (a peer may have had
+/// the new plan a heartbeat earlier) before it is dropped as misrouted.
+pub const UNASSIGNED_WAIT: Duration = Duration::from_secs(5);
+
 /// What to do with input for a stream whose job does not run here.
 enum Absent {
     /// The job is assigned here and starting: keep the input a while.
@@ -217,12 +221,13 @@ impl Connection {
         Ok(())
     }
 
-    /// Whether input for `stream`, whose job does not run here, should wait for it: while the
-    /// job is assigned here (it is starting) for up to [`STARTING_WAIT`].
+    /// Whether input for `stream`, whose job does not run here, should wait for it: up to
+    /// [`STARTING_WAIT`] while the job is assigned here (it is starting), up to
+    /// [`UNASSIGNED_WAIT`] for its assignment.
     fn absent(&self, stream: &mut StreamIn) -> Absent {
         let assigned = read(&self.inner.senders).contains_key(&stream.job);
-        let since = *stream.starting_since.get_or_insert_with(Instant::now);
-        if assigned && since.elapsed() < STARTING_WAIT { Absent::Wait } else { Absent::Drop }
+        let waited = stream.starting_since.get_or_insert_with(Instant::now).elapsed();
+        if waited < if assigned { STARTING_WAIT } else { UNASSIGNED_WAIT } { Absent::Wait } else { Absent::Drop }
     }
 
     /// Whether this connection's agent may feed `stream`'s stage (see
