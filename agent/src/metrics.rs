@@ -132,6 +132,24 @@ pub(crate) fn render(
     );
     let instances =
         counter(&mut registry, "worker_instances_created", "Instances created for a worker (1 plus one per trap)");
+    let handoff_groups = counter(
+        &mut registry,
+        "worker_handoff_groups_out",
+        "Key groups a worker handed to other workers when its stage was rescaled",
+    );
+    let handoff_bytes =
+        counter(&mut registry, "worker_handoff_state_bytes_out", "Bytes of key-group state a worker handed over");
+    let held = counter(&mut registry, "worker_held_events", "Events held while their key group's state travelled");
+    let forwarded = counter(
+        &mut registry,
+        "worker_forwarded_events",
+        "Events a worker passed on to the owner of their key group (sent by a sender behind a rescale)",
+    );
+    let handoff_timeouts = counter(
+        &mut registry,
+        "worker_handoff_timeouts",
+        "Key groups a worker stopped waiting for after the hold limit (their state was lost)",
+    );
     let dropped = Family::<DropLabels, Counter>::default();
     registry.register("worker_dropped_batches", "Batches dropped on the way into a worker, by reason", dropped.clone());
     let failures = Family::<FailureLabels, Counter>::default();
@@ -213,6 +231,11 @@ pub(crate) fn render(
             instances.get_or_create(&labels).inc_by(w.instances);
             queue.get_or_create(&labels).set(i64::try_from(w.queue_depth).unwrap_or(i64::MAX));
             memory.get_or_create(&labels).set(i64::try_from(w.memory_bytes).unwrap_or(i64::MAX));
+            handoff_groups.get_or_create(&labels).inc_by(w.handoff.groups_out);
+            handoff_bytes.get_or_create(&labels).inc_by(w.handoff.bytes_out);
+            held.get_or_create(&labels).inc_by(w.handoff.held_events);
+            forwarded.get_or_create(&labels).inc_by(w.handoff.forwarded_events);
+            handoff_timeouts.get_or_create(&labels).inc_by(w.handoff.timeouts);
             for (reason, n) in [
                 ("oldest", w.dropped_oldest),
                 ("newest", w.dropped_newest),
