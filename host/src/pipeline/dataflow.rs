@@ -273,14 +273,16 @@ impl Downstream for Dataflow {
             return;
         }
         for (owner, part) in parcel.split_by_owner(workers) {
-            match s.slots().get(owner).cloned() {
-                Some(Slot::Local(worker)) => {
-                    if worker.give_parcel(part, &self.exec).is_err() {
-                        tracing::warn!(job = %self.name, stage, owner, "key-group state lost: its worker retired twice while it travelled");
-                    }
+            let lost = match s.slots().get(owner).cloned() {
+                Some(Slot::Local(worker)) => worker.give_parcel(part, &self.exec).is_err(),
+                Some(Slot::Outlet(outlet)) => {
+                    outlet.send_state(part);
+                    false
                 }
-                Some(Slot::Outlet(outlet)) => outlet.send_state(part),
-                None => {}
+                None => false,
+            };
+            if lost {
+                tracing::warn!(job = %self.name, stage, owner, "key-group state lost: its worker retired twice while it travelled");
             }
         }
     }
