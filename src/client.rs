@@ -181,6 +181,13 @@ pub enum AgentCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// How many agents each zone should gain or lose, and why (GET /api/v1/agents/advice).
+    Advice {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 /// A client of the master's API.
@@ -568,6 +575,29 @@ pub fn agent(command: AgentCommand) -> anyhow::Result<()> {
                     return print(&agents);
                 }
                 print!("{}", crate::table::agents(agents.as_array().map(Vec::as_slice).unwrap_or_default()));
+                Ok(())
+            })
+        }
+        AgentCommand::Advice { output, connection } => {
+            let client = Client::new(connection)?;
+            block_on(async {
+                let advice = client.call(reqwest::Method::GET, "/api/v1/agents/advice", None).await?;
+                if output == Output::Json {
+                    return print(&advice);
+                }
+                println!("{:<16} {:>6} {:>5} {:>4} {:>6}  REASON", "ZONE", "AGENTS", "IDLE", "ADD", "REMOVE");
+                for group in advice["groups"].as_array().into_iter().flatten() {
+                    let n = |k: &str| group[k].as_u64().unwrap_or(0);
+                    println!(
+                        "{:<16} {:>6} {:>5} {:>4} {:>6}  {}",
+                        group["zone"].as_str().unwrap_or("-"),
+                        n("agents"),
+                        n("idle"),
+                        n("add"),
+                        n("remove"),
+                        group["reason"].as_str().unwrap_or("")
+                    );
+                }
                 Ok(())
             })
         }

@@ -276,5 +276,6 @@ fn counters(w: &WorkerMetrics) -> WorkerCounters {
         queue_depth: w.queue_depth as u64,
         guest_nanos: w.call_nanos,
         call_micros_log2: histogram,
+        user: w.user.iter().cloned().collect(),
     }
 }

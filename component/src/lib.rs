@@ -27,6 +27,7 @@ pub const KEYED_EXPORT: &str = "squilla:stage/keyed-state@0.1.0";
 /// random numbers are real. Anything else — files, sockets, HTTP — is refused.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "squilla:stage/log@",
+    "squilla:stage/metrics@",
     "squilla:stage/types@",
     "wasi:io/",
     "wasi:clocks/",

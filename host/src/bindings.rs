@@ -1,5 +1,5 @@
-//! Host bindings generated from `wit/stage.wit`, one module per stage world. The `log`
-//! interface is generated once (in `raw`) and shared by `typed` and `keyed`.
+//! Host bindings generated from `wit/stage.wit`, one module per stage world. The `log` and
+//! `metrics` interfaces are generated once (in `raw`) and shared by `typed` and `keyed`.
 
 #[allow(missing_docs)]
 pub mod raw {
@@ -16,6 +16,7 @@ pub mod typed {
         world: "squilla:stage/typed-stage",
         with: {
             "squilla:stage/log": super::raw::squilla::stage::log,
+            "squilla:stage/metrics": super::raw::squilla::stage::metrics,
             "squilla:stage/types": super::raw::squilla::stage::types,
         },
     });
@@ -28,6 +29,7 @@ pub mod keyed {
         world: "squilla:stage/raw-keyed-stage",
         with: {
             "squilla:stage/log": super::raw::squilla::stage::log,
+            "squilla:stage/metrics": super::raw::squilla::stage::metrics,
             "squilla:stage/types": super::raw::squilla::stage::types,
         },
     });

@@ -97,6 +97,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(ArtifactError::engine)?;
+        bindings::raw::squilla::stage::metrics::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
+            .map_err(ArtifactError::engine)?;
         bindings::raw::squilla::stage::log::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
             .map_err(ArtifactError::engine)?;
 

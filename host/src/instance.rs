@@ -221,6 +221,11 @@ impl StageInstance {
         into.absorb(&mut self.sandbox.store.data_mut().log);
     }
 
+    /// The gauges the stage reported (`metrics.gauge`), latest value per name.
+    pub fn gauges(&self) -> &[(String, f64)] {
+        &self.sandbox.store.data().gauges
+    }
+
     /// Linear memory the instance holds, in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.sandbox.store.data().limiter.used

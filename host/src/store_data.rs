@@ -1,5 +1,5 @@
 //! What a worker's wasmtime `Store` holds: WASI with no capabilities, the memory limiter, and
-//! the guest's log, with the host side of the `log` import.
+//! the guest's log and gauges, with the host side of the `log` and `metrics` imports.
 //!
 //! Its own module because three others need the type and nothing above it: the engine's
 //! linker ([`crate::engine`]), the pre-linked artifacts ([`crate::artifact`]) and the
@@ -44,7 +44,12 @@ pub struct StoreData {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: LogRing,
+    /// The gauges the stage reported (`metrics.gauge`), at most [`USER_METRICS`].
+    pub(crate) gauges: Vec<(String, f64)>,
 }
+
+/// The most gauges one worker keeps (`metrics.gauge` with a 17th name is ignored).
+pub const USER_METRICS: usize = 16;
 
 impl StoreData {
     /// Data for a store whose memories may hold `memory_bytes` in all and whose log keeps
@@ -57,6 +62,7 @@ impl StoreData {
             table: ResourceTable::new(),
             limiter: MemoryLimiter { cap: memory_bytes, used: 0 },
             log: LogRing::with_capacity(log_lines),
+            gauges: Vec::new(),
         }
     }
 }
@@ -81,3 +87,17 @@ impl raw::squilla::stage::log::Host for StoreData {
 }
 
 impl raw::squilla::stage::types::Host for StoreData {}
+
+impl raw::squilla::stage::metrics::Host for StoreData {
+    fn gauge(&mut self, name: String, value: f64) {
+        if !value.is_finite() || !squilla_types::ids::is_name(&name) {
+            return;
+        }
+        let full = self.gauges.len() >= USER_METRICS;
+        match self.gauges.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v = value,
+            None if !full => self.gauges.push((name, value)),
+            None => {}
+        }
+    }
+}

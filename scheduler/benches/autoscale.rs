@@ -43,6 +43,7 @@ fn policy() -> ScalingPolicy {
             scale_down_below: 0.4 * CAPACITY,
             samples: Samples { k: 3, of: 5 },
         }],
+        set_point: None,
     }
 }
 

@@ -198,6 +198,7 @@ mod tests {
                 scale_down_below: 200.0,
                 samples: Samples { k, of },
             }],
+            set_point: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod handoff;
 mod log_impl;
+pub mod metrics;
 mod params;
 mod stage;
 pub mod window;

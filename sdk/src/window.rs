@@ -323,6 +323,11 @@ impl<A: Default> TumblingWindows<A> {
         self.late
     }
 
+    /// Keys in the open windows (a key open in two windows counts twice): the state held.
+    pub fn open_keys(&self) -> usize {
+        self.open.values().map(KeyedState::len).sum()
+    }
+
     pub(crate) fn open_mut(&mut self) -> impl Iterator<Item = (i64, &mut KeyedState<A>)> {
         self.open.iter_mut().map(|(start, keys)| (*start, keys))
     }

@@ -160,3 +160,62 @@ async fn a_stage_grows_with_its_load_and_shrinks_after_it_within_its_bounds() {
     cli(&["job", "policy", &id, "only", "none"]);
     assert!(job(&base, &id).await["spec"]["stages"][0].get("scaling").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_point_on_a_gauge_the_stage_reports_sizes_the_stage_in_one_step() {
+    let dir = temp_dir("set-point");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _m = master(&dir, port);
+    let _a1 = crate::agent_with("a1", &base, &["--threads", "1"]);
+    let (status, body) =
+        call(&base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("window-count")).await;
+    assert!(status == 200 || status == 201, "{status}: {body}");
+    let sha = body["sha256"].as_str().unwrap();
+    // window-count reports `open-keys`, the keys in its open windows: aim at 150 per worker.
+    let policy = json!({"min": 1, "max": 4, "cooldown-secs": 60,
+        "set-point": {"reason": "user", "metric": "open-keys", "target": 150, "samples": 2}});
+    let spec = json!({
+        "name": "sized", "source": {"kind": "ingest"},
+        "stages": [{"name": "only", "artifact": format!("sha256:{sha}"),
+                    "routing": {"kind": "key-hash", "fields": ["key"]},
+                    "params": {"window-ms": 60000, "grace-ms": 1000, "key": "key"},
+                    "tick-ms": 200, "scaling": policy}]
+    });
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/clusters", spec.to_string().into_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(&base, reqwest::Method::POST, "/api/v1/clusters/sized/jobs", vec![]).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    // 500 keys now, in one window: 500 per worker against a target of 150 wants 4 workers.
+    let now = squilla_types::time::now_ms();
+    let events: Vec<Value> = (0..500).map(|i| json!({"timestamp-ms": now, "key": format!("k{i}")})).collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let scaled = loop {
+        feed(&base, &id, &events).await;
+        let now = job(&base, &id).await;
+        if workers(&now) > 1 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the stage was never sized: {now:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(workers(&scaled), 4, "one step to the set-point: {scaled:#}");
+    let decisions = autoscaled(&scaled);
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.contains("from 1 to 4") && d.contains("user:open-keys averaged") && d.contains("target 150")),
+        "{decisions:#?}"
+    );
+    // The gauge is in the job's metrics; its keys moved with their groups, none was lost.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = call(&base, reqwest::Method::GET, &format!("/api/v1/jobs/{id}/metrics"), vec![]).await.1;
+        if metrics["stages"][0]["user"]["open-keys"].as_f64() == Some(500.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -42,7 +42,7 @@ pub enum ReportedState {
 }
 
 /// One worker in a heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct WorkerReport {
@@ -93,7 +93,7 @@ pub struct WorkerReport {
 /// the incarnation since it started (gauges where said), not deltas: a lost heartbeat loses
 /// nothing, and the master turns consecutive totals into rates. Zeros are left out of the
 /// JSON, so an idle worker costs a few bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct WorkerCounters {
@@ -132,6 +132,10 @@ pub struct WorkerCounters {
     /// entry counts the rest). Trailing zeros are left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub call_micros_log2: Vec<u64>,
+    /// The gauges the stage reports about itself (`metrics.gauge` in the WIT), latest values
+    /// by name (at most 16).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, f64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -178,7 +182,7 @@ impl WorkerReport {
 }
 
 /// Agent → master, every heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub struct Heartbeat {

@@ -32,9 +32,60 @@ pub struct ScalingPolicy {
     #[cfg_attr(feature = "openapi", schema(maximum = 86_400))]
     pub cooldown_secs: u64,
     /// Why to scale: any strategy that votes up scales up; the stage scales down only when
-    /// every strategy votes down.
-    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 5))]
+    /// every strategy votes down. Required (1 to 5) unless `set-point` is given.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 5))]
     pub strategies: Vec<Strategy>,
+    /// Instead of the strategies' thresholds, size the stage so that a signal's mean per
+    /// worker lands on a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_point: Option<SetPoint>,
+}
+
+/// A target for one signal per worker: the stage is sized in one step so that the mean of the
+/// signal's last `samples` samples lands on `target` (`workers × mean / target`, rounded up),
+/// unless the mean is within `tolerance` (a fraction of the target) of it already.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SetPoint {
+    /// What is measured.
+    pub reason: Reason,
+    /// For `user`: the name of the metric the stage emits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// The wanted mean per worker (above 0; at most 1 for `cpu`).
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0))]
+    pub target: f64,
+    /// How far from the target the mean may be before the stage is resized, as a fraction of
+    /// the target (default 0.15).
+    #[serde(default = "default_tolerance")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
+    pub tolerance: f64,
+    /// How many of the latest samples are averaged (default 5).
+    #[serde(default = "default_window")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    pub samples: u32,
+}
+
+fn default_tolerance() -> f64 {
+    0.15
+}
+
+fn default_window() -> u32 {
+    5
+}
+
+/// Checks a strategy's or set-point's `reason` and `metric` at `path`.
+fn check_metric(path: &str, reason: Reason, metric: &Option<String>) -> Result<(), SpecError> {
+    match (reason, metric) {
+        (Reason::User, None) => Err(err(&format!("{path}.metric"), "a user signal names its metric")),
+        (Reason::User, Some(m)) if !crate::ids::is_name(m) => {
+            Err(err(&format!("{path}.metric"), "1 to 63 of a-z, 0-9 and '-', starting with a letter"))
+        }
+        (Reason::User, Some(_)) | (_, None) => Ok(()),
+        (_, Some(_)) => Err(err(&format!("{path}.metric"), "only a user signal names a metric")),
+    }
 }
 
 /// One reason to scale, with its thresholds.
@@ -127,23 +178,28 @@ impl ScalingPolicy {
         if self.cooldown_secs > MAX_COOLDOWN_SECS {
             return Err(err(&format!("{path}.cooldown-secs"), format!("at most {MAX_COOLDOWN_SECS}")));
         }
-        if self.strategies.is_empty() || self.strategies.len() > 5 {
-            return Err(err(&format!("{path}.strategies"), "1 to 5 strategies"));
+        if (self.strategies.is_empty() && self.set_point.is_none()) || self.strategies.len() > 5 {
+            return Err(err(&format!("{path}.strategies"), "1 to 5 strategies (or a `set-point`)"));
+        }
+        if let Some(sp) = &self.set_point {
+            let path = format!("{path}.set-point");
+            check_metric(&path, sp.reason, &sp.metric)?;
+            if !sp.target.is_finite() || sp.target <= 0.0 || (sp.reason == Reason::Cpu && sp.target > 1.0) {
+                return Err(err(&format!("{path}.target"), "above 0 (and at most 1 for cpu)"));
+            }
+            if !(0.0..=1.0).contains(&sp.tolerance) {
+                return Err(err(&format!("{path}.tolerance"), "0 to 1"));
+            }
+            if sp.samples == 0 || sp.samples > MAX_SAMPLES {
+                return Err(err(&format!("{path}.samples"), format!("1 to {MAX_SAMPLES}")));
+            }
         }
         for (i, s) in self.strategies.iter().enumerate() {
             let path = format!("{path}.strategies[{i}]");
             if self.strategies[..i].iter().any(|t| t.reason == s.reason && t.metric == s.metric) {
                 return Err(err(&format!("{path}.reason"), "each reason (and user metric) once"));
             }
-            match (&s.reason, &s.metric) {
-                (Reason::User, None) => return Err(err(&format!("{path}.metric"), "a user strategy names its metric")),
-                (Reason::User, Some(m)) if !crate::ids::is_name(m) => {
-                    return Err(err(&format!("{path}.metric"), "1 to 63 of a-z, 0-9 and '-', starting with a letter"));
-                }
-                (Reason::User, Some(_)) => {}
-                (_, Some(_)) => return Err(err(&format!("{path}.metric"), "only a user strategy names a metric")),
-                (_, None) => {}
-            }
+            check_metric(&path, s.reason, &s.metric)?;
             if !s.scale_up_above.is_finite() || !s.scale_down_below.is_finite() || s.scale_down_below < 0.0 {
                 return Err(err(&format!("{path}.scale-up-above"), "thresholds are finite and not negative"));
             }
@@ -179,10 +235,23 @@ mod tests {
                 .unwrap();
         assert_eq!((p.min, p.increment, p.decrement, p.cooldown_secs), (1, 1, 1, 60));
         assert_eq!(p.strategies[0].samples, Samples { k: 3, of: 5 });
+        let p = policy(r#"{"max": 8, "set-point": {"reason": "cpu", "target": 0.6}}"#).unwrap();
+        let sp = p.set_point.unwrap();
+        assert_eq!((sp.tolerance, sp.samples, p.strategies.len()), (0.15, 5, 0));
         for (json, problem) in [
             (r#"{"min": 5, "max": 4, "strategies": []}"#, "stages[0].scaling.min"),
             (r#"{"max": 5000, "strategies": []}"#, "stages[0].scaling.max"),
             (r#"{"max": 4, "strategies": []}"#, "stages[0].scaling.strategies"),
+            (r#"{"max": 4, "set-point": {"reason": "cpu", "target": 1.5}}"#, "stages[0].scaling.set-point.target"),
+            (r#"{"max": 4, "set-point": {"reason": "user", "target": 10}}"#, "stages[0].scaling.set-point.metric"),
+            (
+                r#"{"max": 4, "set-point": {"reason": "rps", "target": 10, "tolerance": 2}}"#,
+                "stages[0].scaling.set-point.tolerance",
+            ),
+            (
+                r#"{"max": 4, "set-point": {"reason": "rps", "target": 10, "samples": 0}}"#,
+                "stages[0].scaling.set-point.samples",
+            ),
             (
                 r#"{"max": 4, "strategies": [{"reason": "user", "scale-up-above": 1, "scale-down-below": 0}]}"#,
                 "stages[0].scaling.strategies[0].metric",

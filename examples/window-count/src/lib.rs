@@ -12,6 +12,9 @@
 //! `key-hash` by the same field, and every window's count for a key is emitted once, whole,
 //! however many times the stage scales while it is open.
 //!
+//! On every tick it reports the gauge `open-keys`: keys held in its open windows (a key open
+//! in two windows counts twice), which a scaling policy can aim at (`user` signal).
+//!
 //! Parameters: `window-ms` (default 10000), `grace-ms` (default 2000), `key` (default `key`).
 
 use squilla_sdk::prelude::*;
@@ -64,6 +67,7 @@ impl Stage for WindowCount {
                     .field("count", *count as i64);
             }
         }
+        squilla_sdk::metrics::gauge("open-keys", self.windows.open_keys() as f64);
         if self.skipped > 0 {
             squilla_sdk::log::warn(format!("skipped {} events without a text `{}`", self.skipped, self.key));
             self.skipped = 0;

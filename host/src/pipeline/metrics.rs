@@ -103,7 +103,7 @@ impl Counters {
 }
 
 /// A snapshot of one worker's metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkerMetrics {
     /// The worker's stage.
     pub stage: String,
@@ -156,6 +156,8 @@ pub struct WorkerMetrics {
     pub failed: Option<String>,
     /// What moving key groups' state (see `pipeline::handoff`) did at this worker.
     pub handoff: HandOffMetrics,
+    /// The gauges the stage reports about itself (`metrics.gauge` in the WIT), by name.
+    pub user: Vec<(String, f64)>,
 }
 
 /// What state hand-off did at one worker (zero for stages that do not hand state over).

@@ -127,6 +127,8 @@ struct Status {
     failed: Option<String>,
     last_failure: Option<(FailureKind, String)>,
     log: LogRing,
+    /// The stage's own gauges, as its latest instance reported them.
+    gauges: Vec<(String, f64)>,
 }
 
 pub(crate) struct Worker {
@@ -194,6 +196,7 @@ impl Worker {
                 failed: None,
                 last_failure: None,
                 log: LogRing::with_capacity(config.limits.log_lines),
+                gauges: Vec::new(),
             }),
             config,
             keyed,
@@ -332,7 +335,13 @@ impl Worker {
         } else {
             f(instance)
         };
-        instance.take_log(&mut lock(&self.status).log);
+        {
+            let mut status = lock(&self.status);
+            instance.take_log(&mut status.log);
+            if !instance.gauges().is_empty() && status.gauges.as_slice() != instance.gauges() {
+                status.gauges = instance.gauges().to_vec();
+            }
+        }
         self.counters.memory_bytes.store(instance.memory_bytes() as u64, Ordering::Relaxed);
         match result {
             Ok(output) => {
@@ -689,6 +698,7 @@ impl Worker {
         let status = lock(&self.status);
         m.failed = status.failed.clone();
         m.last_failure = status.last_failure.clone();
+        m.user = status.gauges.clone();
         m
     }
 

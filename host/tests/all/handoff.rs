@@ -114,3 +114,33 @@ fn a_stage_without_keyed_state_keeps_its_state_where_it_is() {
     assert_eq!((moved.groups_out, moved.groups_in, moved.forwarded_events), (0, 0, 0));
     pipeline.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn a_stage_reports_its_own_gauges_with_its_metrics() {
+    // window-count reports `open-keys` on every tick: keys held in its open windows.
+    let count = stage(
+        "count",
+        example("window-count"),
+        &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
+        2,
+        Routing::KeyHash { fields: vec!["key".into()] },
+    );
+    let mut pipeline = start(vec![count], Backpressure::Block);
+    let mut expected = BTreeMap::new();
+    feed(&pipeline, 0, 10, &mut expected);
+    assert!(pipeline.drain(Duration::from_secs(10)));
+    pipeline.tick_stage(0, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reported = loop {
+        let workers = pipeline.metrics().stages[0].clone();
+        let gauges: Vec<f64> =
+            workers.iter().filter_map(|w| w.user.iter().find(|(n, _)| n == "open-keys").map(|(_, v)| *v)).collect();
+        if gauges.len() == 2 || Instant::now() > deadline {
+            break gauges;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Every (window, key) pair sent is open on exactly one of the two workers.
+    assert_eq!(reported.iter().sum::<f64>(), expected.len() as f64, "{reported:?}");
+    pipeline.stop(Duration::from_secs(1));
+}

@@ -78,7 +78,15 @@ impl Tracks {
                         (Reason::Cpu, rates.guest_cpu / per),
                         (Reason::Queue, metrics.queue_depth as f64 / per),
                     ];
-                    let values = values.into_iter().map(|(reason, v)| (Signal { reason, metric: None }, v)).collect();
+                    let user = metrics
+                        .user
+                        .iter()
+                        .map(|(name, sum)| (Signal { reason: Reason::User, metric: Some(name.clone()) }, sum / per));
+                    let values = values
+                        .into_iter()
+                        .map(|(reason, v)| (Signal { reason, metric: None }, v))
+                        .chain(user)
+                        .collect();
                     track.samples.push_back(Sample { at_ms: now_ms, values });
                     if track.samples.len() > KEPT {
                         track.samples.pop_front();
@@ -86,7 +94,15 @@ impl Tracks {
                 }
                 let history: Vec<Sample> = track.samples.iter().cloned().collect();
                 let now = Now { workers, last_scaled_ms: track.last_scaled_ms, at_ms: now_ms };
-                if let Some(decision) = crate::autoscale::decide(policy, &history, now) {
+                let decision = match &policy.set_point {
+                    Some(sp) => {
+                        let signal = Signal { reason: sp.reason, metric: sp.metric.clone() };
+                        let aim = (sp.target, sp.tolerance, sp.samples as usize);
+                        crate::autoscale::decide_set_point(policy, &history, &signal, aim, now)
+                    }
+                    None => crate::autoscale::decide(policy, &history, now),
+                };
+                if let Some(decision) = decision {
                     decisions.push((key.clone(), s, decision));
                 }
             }

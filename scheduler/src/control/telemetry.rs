@@ -209,6 +209,7 @@ struct Slot {
     last_histogram: Vec<u64>,
     queue_depth: u64,
     memory_bytes: u64,
+    user: BTreeMap<String, f64>,
     latest: Option<Sample>,
     fine: VecDeque<Sample>,
     coarse: VecDeque<Sample>,
@@ -239,6 +240,7 @@ impl Slot {
         self.last_histogram.truncate(BUCKETS);
         self.queue_depth = report.counters.queue_depth;
         self.memory_bytes = report.memory_bytes;
+        self.user.clone_from(&report.counters.user);
         let sample = Sample { at_ms: now_ms, totals: self.totals };
         self.latest = Some(sample);
         push(&mut self.fine, sample, FINE_EVERY_MS, FINE);
@@ -353,6 +355,7 @@ impl Telemetry {
                     call_micros: Quantiles::default(),
                     queue_depth: 0,
                     memory_bytes: 0,
+                    user: BTreeMap::new(),
                     workers: Vec::new(),
                 };
                 let mut histogram = vec![0u64; BUCKETS];
@@ -372,6 +375,9 @@ impl Telemetry {
                     }
                     stage.queue_depth = stage.queue_depth.saturating_add(slot.queue_depth);
                     stage.memory_bytes = stage.memory_bytes.saturating_add(slot.memory_bytes);
+                    for (name, value) in &slot.user {
+                        *stage.user.entry(name.clone()).or_default() += value;
+                    }
                     stage.workers.push(WorkerMetrics {
                         index: i as u32,
                         number: info.number.0,
@@ -383,6 +389,7 @@ impl Telemetry {
                         call_micros_log2: slot.histogram.clone(),
                         queue_depth: slot.queue_depth,
                         memory_bytes: slot.memory_bytes,
+                        user: slot.user.clone(),
                     });
                 }
                 for r in stage.rates.values_mut() {
@@ -459,6 +466,9 @@ pub struct StageMetrics {
     pub queue_depth: u64,
     /// Linear memory of the workers' instances, bytes.
     pub memory_bytes: u64,
+    /// Sums of the workers' own gauges (`metrics.gauge` in the WIT), by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, f64>,
     /// Per worker slot.
     pub workers: Vec<WorkerMetrics>,
 }
@@ -488,6 +498,9 @@ pub struct WorkerMetrics {
     pub queue_depth: u64,
     /// Linear memory of its instance, bytes.
     pub memory_bytes: u64,
+    /// The gauges its stage reports about itself (`metrics.gauge` in the WIT), latest values.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, f64>,
 }
 
 #[cfg(test)]
