@@ -305,9 +305,13 @@ mod tests {
         let len = (cut.len() - 4) as u32;
         cut[..4].copy_from_slice(&len.to_le_bytes());
         assert!(read(&mut cut.as_slice(), 1 << 20).is_err());
+        // Header: length 0..4, kind 4, id 5..9, groups 9..13, group 13..17, parts 17..21.
         let mut more = wire.clone();
-        more[17] = 200; // the parts count
-        assert!(read(&mut more.as_slice(), 1 << 20).unwrap_err().to_string().contains("add up"));
+        more[17] = 2;
+        assert!(read(&mut more.as_slice(), 1 << 20).unwrap_err().to_string().contains("too short"));
+        let mut fewer = wire.clone();
+        fewer[17] = 0;
+        assert!(read(&mut fewer.as_slice(), 1 << 20).unwrap_err().to_string().contains("add up"));
     }
 
     #[test]
