@@ -49,6 +49,30 @@ fn build(c: &mut Criterion) {
         let view = bytes.view();
         b.iter(|| black_box(view.events().filter(|e| e.int("status") == Some(500)).count()))
     });
+    #[cfg(feature = "json")]
+    {
+        // The same events as JSON lines (what HTTP ingest and `squilla run` read).
+        let lines: Vec<String> = bytes
+            .view()
+            .events()
+            .map(|e| {
+                let mut out = Vec::new();
+                squilla_batch::json::write_json(&e, &mut out);
+                String::from_utf8(out).unwrap()
+            })
+            .collect();
+        let size = lines.iter().map(String::len).sum::<usize>() / lines.len();
+        println!("JSON lines of {size} bytes on average, e.g. {}", lines[0]);
+        group.bench_function("json-lines-to-batch-1024", |b| {
+            b.iter(|| {
+                let mut batcher = squilla_batch::json::JsonBatcher::new("bench", EVENTS, usize::MAX);
+                for line in &lines {
+                    black_box(batcher.push(line, 0).unwrap());
+                }
+                black_box(batcher.take().unwrap())
+            })
+        });
+    }
     group.finish();
 }
 

@@ -250,6 +250,34 @@ fn flatten_value<'a>(
 /// the line has no `timestamp-ms`. Nested objects and arrays become dotted field names
 /// (`a.b`, `a.0`). On error nothing is appended.
 pub fn push_json_line(builder: &mut BatchBuilder, line: &str, default_ts: i64) -> Result<(), JsonError> {
+    if let Some(flat) = crate::json_in::read(line)? {
+        let mut event = builder.event(flat.timestamp.unwrap_or(default_ts));
+        for (name, value) in &flat.fields {
+            use crate::json_in::Scalar;
+            match value {
+                Scalar::Null => event.null(name),
+                Scalar::Bool(b) => event.field(name, *b),
+                Scalar::Int(i) => event.field(name, *i),
+                Scalar::Float(f) => event.field(name, *f),
+                Scalar::Text(t) => event.field(name, &**t),
+            };
+        }
+        return Ok(());
+    }
+    push_json_value(builder, line, default_ts)
+}
+
+#[cfg(test)]
+pub(crate) fn push_json_value_for_tests(
+    builder: &mut BatchBuilder,
+    line: &str,
+    default_ts: i64,
+) -> Result<(), JsonError> {
+    push_json_value(builder, line, default_ts)
+}
+
+/// [`push_json_line`] through a `serde_json::Value`: for lines that repeat a top-level key.
+fn push_json_value(builder: &mut BatchBuilder, line: &str, default_ts: i64) -> Result<(), JsonError> {
     let Json::Object(map) = serde_json::from_str::<Json>(line).map_err(|e| JsonError::Syntax(e.to_string()))? else {
         return Err(JsonError::NotAnObject);
     };

@@ -28,6 +28,8 @@ mod builder;
 mod error;
 #[cfg(feature = "json")]
 pub mod json;
+#[cfg(feature = "json")]
+mod json_in;
 pub mod keys;
 #[doc(hidden)]
 pub mod live;
