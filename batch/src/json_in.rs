@@ -111,7 +111,11 @@ impl<'de> Visitor<'de> for Top<'_, 'de> {
             let k = key.as_bytes();
             flat.repeated |= flat.fields.iter().any(|(n, _)| {
                 let n = n.as_bytes();
-                n.starts_with(k) && (n.len() == k.len() || n[k.len()] == b'.')
+                // Length and first byte first: they tell most keys apart without a `memcmp`.
+                n.len() >= k.len()
+                    && n.first() == k.first()
+                    && n.starts_with(k)
+                    && (n.len() == k.len() || n[k.len()] == b'.')
             });
             map.next_value_seed(Field { name: key, depth: 0, flat: &mut *flat })?;
         }
