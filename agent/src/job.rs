@@ -147,7 +147,8 @@ impl JobCell {
                 }
             }
         }
-        self.wanted.set(local, assignment.source);
+        let counts = assignment.slots.iter().map(Vec::len).collect();
+        self.wanted.set(local, counts, assignment.source);
         self.upstream.set(assignment.upstream.clone());
         let mut desired = lock(&self.desired);
         let previous = match &desired.1 {

@@ -145,6 +145,18 @@ impl Holding {
         }
     }
 
+    /// Stops waiting for the groups worker `index` of `workers` does not own.
+    pub fn keep_owned(&mut self, index: usize, workers: usize) {
+        for group in 0..KEY_GROUPS {
+            if self.pending.contains(group) && group_owner(group, workers) != index {
+                self.pending.remove(group);
+            }
+        }
+        if self.pending.is_empty() {
+            self.since = None;
+        }
+    }
+
     /// Stops waiting for `group`; true if it was pending.
     pub fn arrived(&mut self, group: u32) -> bool {
         let had = self.pending.remove(group);

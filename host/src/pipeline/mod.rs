@@ -251,7 +251,7 @@ impl Pipeline {
         if handoff {
             // Before any input can reach them under the new count, workers hold what they gain.
             for worker in next.iter().filter_map(Slot::local) {
-                worker.expect_groups(handoff::gained(worker.index, from, to));
+                worker.expect_groups(handoff::gained(worker.index, from, to), to);
             }
         }
         let kept: Vec<*const Worker> = next.iter().filter_map(Slot::local).map(Arc::as_ptr).collect();
@@ -276,6 +276,14 @@ impl Pipeline {
                 }
             }
             let queued = std::iter::from_fn(|| worker.inbox.pop());
+            if worker.is_keyed() {
+                // Passed on, never refused nor dropped: to workers here directly, to others
+                // through the retired worker's own retried buffer.
+                for batch in held.into_iter().chain(queued) {
+                    worker.forward(&*self.flow, batch);
+                }
+                continue;
+            }
             for batch in held.into_iter().chain(queued) {
                 let mut parts = Vec::new();
                 self.flow.route(stage, batch, &mut |slot, b| parts.push((slot, b)));
@@ -324,15 +332,15 @@ impl Pipeline {
         self.flow.stages.len()
     }
 
-    /// Waits until every queue inside the pipeline is empty (the sink excepted) and no worker
-    /// holds input for a key group whose state is on its way, up to
+    /// Waits until every queue inside the pipeline is empty (the sink excepted), no worker is
+    /// in a turn, and none holds input for a key group whose state is on its way, up to
     /// `timeout`; returns whether it got there.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let idle = self.flow.stages.iter().all(|s| {
                 s.slots().iter().all(|slot| match slot {
-                    Slot::Local(w) => w.inbox.is_empty() && !w.has_pending() && w.holds_nothing(),
+                    Slot::Local(w) => w.inbox.is_empty() && !w.has_pending() && w.holds_nothing() && !w.is_busy(),
                     Slot::Outlet(o) => o.is_empty(),
                 })
             });

@@ -14,11 +14,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
 
+/// The plan's verdict on workers: the wanted number of each local `(stage, index)`, and how
+/// many slots each stage has.
+type Plan = (HashMap<(usize, usize), u64>, Vec<usize>);
+
 /// The incarnations, source and liveness a pipeline's owner still wants; see the module docs.
 #[derive(Debug)]
 pub struct Wanted {
-    /// `None`: every worker; else the wanted number of each local `(stage, index)`.
-    slots: RwLock<Option<HashMap<(usize, usize), u64>>>,
+    /// `None`: every worker; else the wanted number of each local `(stage, index)`, and how
+    /// many slots each stage has in the plan.
+    slots: RwLock<Option<Plan>>,
     source: AtomicBool,
     stopped: AtomicBool,
 }
@@ -29,10 +34,12 @@ impl Wanted {
         Wanted { slots: RwLock::new(None), source: AtomicBool::new(true), stopped: AtomicBool::new(false) }
     }
 
-    /// Wants exactly these local incarnations (`(stage, index) -> number`) and, if `source`,
-    /// the source.
-    pub fn set(&self, slots: HashMap<(usize, usize), u64>, source: bool) {
-        *self.slots.write().unwrap_or_else(PoisonError::into_inner) = Some(slots);
+    /// Wants exactly these local incarnations (`(stage, index) -> number`) of the plan's
+    /// slots (`counts[stage]` per stage) and, if `source`, the source. A worker whose slot is
+    /// past its stage's count was removed by a scale-down, not replaced: what it made before it
+    /// stops may still go (its keyed state moved on; its last windows did not).
+    pub fn set(&self, slots: HashMap<(usize, usize), u64>, counts: Vec<usize>, source: bool) {
+        *self.slots.write().unwrap_or_else(PoisonError::into_inner) = Some((slots, counts));
         self.source.store(source, Ordering::SeqCst);
     }
 
@@ -53,7 +60,9 @@ impl Wanted {
         }
         match &*self.slots.read().unwrap_or_else(PoisonError::into_inner) {
             None => true,
-            Some(slots) => slots.get(&(stage, index)) == Some(&number),
+            Some((slots, counts)) => {
+                slots.get(&(stage, index)) == Some(&number) || counts.get(stage).is_some_and(|n| index >= *n)
+            }
         }
     }
 

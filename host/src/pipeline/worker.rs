@@ -241,6 +241,11 @@ impl Worker {
         self.retired.load(Ordering::SeqCst)
     }
 
+    /// Whether a turn is queued or running (a batch it popped may still be on its way).
+    pub fn is_busy(&self) -> bool {
+        self.scheduled.load(Ordering::SeqCst)
+    }
+
     pub fn has_pending(&self) -> bool {
         self.has_pending.load(Ordering::SeqCst)
     }
@@ -271,12 +276,15 @@ impl Worker {
             self.tick_due.store(0, Ordering::Relaxed);
             return;
         }
+        if self.keyed.is_some() {
+            // Also once retired: what it passes on to its groups' owners must still leave.
+            self.flush_forwards(pipeline);
+        }
         if !self.flush(state, pipeline) || self.is_retired() {
             return;
         }
         if self.keyed.is_some() {
             self.receive_parcels(state, pipeline);
-            self.flush_forwards(pipeline);
         }
         let started = Instant::now();
         let now = self.tick_due.swap(0, Ordering::Relaxed);
@@ -432,11 +440,19 @@ impl Worker {
         }
     }
 
-    /// Marks the key groups this worker gains in a rescale as pending: their input is held
-    /// until their state arrives.
-    pub fn expect_groups(&self, groups: impl Iterator<Item = u32>) {
+    /// Whether the worker's stage hands its keyed state over (see [`handoff`]).
+    pub fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    /// Marks the key groups this worker gains when its stage goes to `workers` workers as
+    /// pending (their input is held until their state arrives), and stops waiting for groups it
+    /// no longer owns (their state, when it arrives, goes on to their owner).
+    pub fn expect_groups(&self, groups: impl Iterator<Item = u32>, workers: usize) {
         if self.keyed.is_some() {
-            lock(&self.holding).expect(groups);
+            let mut holding = lock(&self.holding);
+            holding.keep_owned(self.index, workers);
+            holding.expect(groups);
         }
     }
 
@@ -475,7 +491,7 @@ impl Worker {
     /// Passes input on to the owners of its key groups: straight to the released input of a
     /// worker here (never refused, so that workers forwarding to each other never wait on
     /// each other), through [`Worker::flush_forwards`] to one elsewhere.
-    fn forward(self: &Arc<Self>, pipeline: &dyn Downstream, batch: BatchBytes) {
+    pub(crate) fn forward(self: &Arc<Self>, pipeline: &dyn Downstream, batch: BatchBytes) {
         let stage = self.stage;
         let mut outgoing = Vec::new();
         pipeline.route(stage, batch, &mut |slot, batch| match &slot {

@@ -343,9 +343,13 @@ fn an_incarnation_no_longer_wanted_emits_nothing_not_even_its_running_call() {
     pipeline.push(batch(&[Event::new(2).with("device-type", "tv")]));
     // The call is running (300 ms) when the owner learns that the master replaced the worker.
     std::thread::sleep(Duration::from_millis(100));
-    wanted.set(HashMap::new(), true);
+    wanted.set(HashMap::new(), vec![1], true);
     assert!(pipeline.recv(Duration::from_secs(1)).is_none(), "output of the replaced incarnation was emitted");
     assert!(pipeline.metrics().stages[0][0].dropped_retired >= 1);
+    // A slot past its stage's count (a scale-down removed it) may still deliver what it made.
+    wanted.set(HashMap::new(), vec![0], true);
+    assert!(wanted.worker(0, 0, 1));
+    wanted.set(HashMap::new(), vec![1], true);
     // A stopped pipeline takes nothing from its source either.
     wanted.stop();
     assert!(!pipeline.push(batch(&[Event::new(3)])));
