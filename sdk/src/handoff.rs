@@ -12,7 +12,7 @@
 //! is keyed by that field's text. State keyed otherwise would be handed to the wrong worker:
 //! implement [`HandOff`] yourself with [`squilla_batch::keys::key_hash`] for such a stage.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::StageError;
 use crate::window::{KeyedState, Merge, Ratio, RollingWindow, TumblingWindows};
@@ -178,20 +178,37 @@ impl<V: StateCodec> StateCodec for KeyedState<V> {
 }
 
 /// Appends `entry` to its group's bytes.
-fn append(by_group: &mut BTreeMap<u32, Vec<u8>>, group: u32, entry: impl FnOnce(&mut Vec<u8>)) {
-    entry(by_group.entry(group).or_default());
+/// Each group's encoded state, indexed by group.
+struct ByGroup(Vec<Vec<u8>>);
+
+impl ByGroup {
+    fn new() -> Self {
+        ByGroup((0..KEY_GROUPS).map(|_| Vec::new()).collect())
+    }
+
+    /// Appends an entry to `group`'s bytes.
+    fn append(&mut self, group: u32, entry: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(bytes) = self.0.get_mut(group as usize) {
+            entry(bytes);
+        }
+    }
+
+    /// The groups that got any bytes, in order.
+    fn into_parts(self) -> Vec<(u32, Vec<u8>)> {
+        (0u32..).zip(self.0).filter(|(_, b)| !b.is_empty()).collect()
+    }
 }
 
 impl<V: StateCodec + Merge> HandOff for KeyedState<V> {
     fn take_groups(&mut self, groups: &KeyGroups) -> Vec<(u32, Vec<u8>)> {
-        let mut by_group = BTreeMap::new();
+        let mut by_group = ByGroup::new();
         for (key, value) in self.take_where(|key| groups.holds_key(key)) {
-            append(&mut by_group, key_group(&key), |out| {
+            by_group.append(key_group(&key), |out| {
                 key.encode(out);
                 value.encode(out);
             });
         }
-        by_group.into_iter().collect()
+        by_group.into_parts()
     }
 
     fn restore_group(&mut self, _group: u32, mut bytes: &[u8]) -> Result<(), StageError> {
@@ -206,10 +223,10 @@ impl<V: StateCodec + Merge> HandOff for KeyedState<V> {
 
 impl<A: StateCodec + Merge> HandOff for TumblingWindows<A> {
     fn take_groups(&mut self, groups: &KeyGroups) -> Vec<(u32, Vec<u8>)> {
-        let mut by_group = BTreeMap::new();
+        let mut by_group = ByGroup::new();
         for (start, keys) in self.open_mut() {
             for (key, value) in keys.take_where(|key| groups.holds_key(key)) {
-                append(&mut by_group, key_group(&key), |out| {
+                by_group.append(key_group(&key), |out| {
                     start.encode(out);
                     key.encode(out);
                     value.encode(out);
@@ -217,7 +234,7 @@ impl<A: StateCodec + Merge> HandOff for TumblingWindows<A> {
             }
         }
         self.forget_empty();
-        by_group.into_iter().collect()
+        by_group.into_parts()
     }
 
     fn restore_group(&mut self, _group: u32, mut bytes: &[u8]) -> Result<(), StageError> {
@@ -233,10 +250,10 @@ impl<A: StateCodec + Merge> HandOff for TumblingWindows<A> {
 
 impl<A: StateCodec + Merge> HandOff for RollingWindow<A> {
     fn take_groups(&mut self, groups: &KeyGroups) -> Vec<(u32, Vec<u8>)> {
-        let mut by_group = BTreeMap::new();
+        let mut by_group = ByGroup::new();
         let watermark = self.watermark();
         for (key, buckets) in self.keys_mut().take_where(|key| groups.holds_key(key)) {
-            append(&mut by_group, key_group(&key), |out| {
+            by_group.append(key_group(&key), |out| {
                 watermark.encode(out);
                 key.encode(out);
                 buckets.len().encode(out);
@@ -246,7 +263,7 @@ impl<A: StateCodec + Merge> HandOff for RollingWindow<A> {
                 }
             });
         }
-        by_group.into_iter().collect()
+        by_group.into_parts()
     }
 
     fn restore_group(&mut self, _group: u32, mut bytes: &[u8]) -> Result<(), StageError> {
