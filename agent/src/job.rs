@@ -345,6 +345,7 @@ impl Running {
         config.name = id.to_string();
         config.lease = ctx.lease.clone();
         config.wanted = self.wanted.clone();
+        config.rescaled_from = assignment.rescaled_from.iter().map(|n| *n as usize).collect();
         let plan = |me: &Self| -> Result<Vec<Vec<SlotPlan>>, PipelineError> {
             assignment.slots.iter().enumerate().map(|(s, slots)| me.plan_of(ctx, id, s, slots)).collect()
         };

@@ -107,6 +107,7 @@ mod tests {
             slots,
             source,
             upstream: None,
+            rescaled_from: Vec::new(),
         }
     }
 

@@ -271,6 +271,12 @@ pub struct JobAssignment {
     /// agents, and while the upstream cluster has no active job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSinks>,
+    /// Per stage, the worker count before a rescale of the last few seconds (0: none). An
+    /// agent that starts the job meanwhile holds the input of the key groups its workers gain
+    /// until their state arrives, as the agents that applied the rescale do. Empty when no
+    /// stage was rescaled lately.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rescaled_from: Vec<u32>,
 }
 
 /// Where the output of an upstream job is made: the data ports of the agents that run its

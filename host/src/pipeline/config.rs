@@ -56,6 +56,10 @@ pub struct PipelineConfig {
     /// Whether each call into a stage is timed, for the call-time histogram and the guest
     /// time (default: yes; the agent bench turns it off to measure what it costs).
     pub time_calls: bool,
+    /// Per stage, the worker count it had just before this pipeline starts, when the stage was
+    /// rescaled moments ago elsewhere (0 or missing: none). Workers of a stage that hands its
+    /// keyed state over then hold the input of the groups they gain until it arrives.
+    pub rescaled_from: Vec<usize>,
 }
 
 /// Why a job spec could not be turned into a pipeline.
@@ -98,6 +102,7 @@ impl PipelineConfig {
             lease: Lease::unlimited(),
             wanted: Arc::new(Wanted::everything()),
             time_calls: true,
+            rescaled_from: Vec::new(),
         }
     }
 

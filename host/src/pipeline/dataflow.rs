@@ -61,6 +61,8 @@ pub(crate) struct Dataflow {
     pub(super) lease: Arc<Lease>,
     pub(super) queue_batches: usize,
     pub(super) time_calls: bool,
+    /// See [`super::PipelineConfig::rescaled_from`].
+    pub(super) rescaled_from: Vec<usize>,
     pub(super) stages: Vec<Stage>,
     /// Where the last stage's output goes: an outlet that [`Dataflow::recv`] drains.
     pub(super) sink: Arc<Outlet>,

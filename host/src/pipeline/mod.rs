@@ -119,6 +119,7 @@ impl Pipeline {
             lease: config.lease.clone(),
             queue_batches: config.queue_batches,
             time_calls: config.time_calls,
+            rescaled_from: config.rescaled_from.clone(),
             stages: config.stages.into_iter().map(Stage::new).collect(),
             sink,
             sink_ready,
@@ -234,7 +235,13 @@ impl Pipeline {
     pub fn set_slots(&self, stage: usize, plan: Vec<SlotPlan>) -> Result<(), PipelineError> {
         let s = self.flow.stages.get(stage).ok_or(PipelineError::NoSuchStage(stage))?;
         let current: Vec<Slot> = s.slots().clone();
-        let (from, to) = (current.len(), plan.len());
+        // A pipeline starting just after its stage was rescaled elsewhere starts from the count
+        // before, so that its workers wait for the state of the groups they gain.
+        let from = match current.len() {
+            0 => self.flow.rescaled_from.get(stage).copied().unwrap_or(0),
+            n => n,
+        };
+        let to = plan.len();
         // Key groups move only when the count changes (a replaced worker starts afresh).
         let handoff = s.hands_off() && from > 0 && from != to;
         let mut next = Vec::with_capacity(plan.len());

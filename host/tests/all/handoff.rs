@@ -169,3 +169,63 @@ fn a_stage_reports_its_own_gauges_with_its_metrics() {
     assert_eq!(reported.iter().sum::<f64>(), expected.len() as f64, "{reported:?}");
     pipeline.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn counts_stay_exact_when_the_new_workers_start_on_another_agent() {
+    use squilla_host::pipeline::{PipelineConfig, SlotPlan};
+    use squilla_host::transport::{Auth, Transport, TransportConfig};
+
+    let config = |rescaled_from: Vec<usize>| PipelineConfig {
+        rescaled_from,
+        ..PipelineConfig::new(
+            "moved",
+            vec![stage(
+                "count",
+                example("window-count"),
+                &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
+                2,
+                Routing::KeyHash { fields: vec!["key".into()] },
+            )],
+            Backpressure::Block,
+        )
+    };
+    let transport = |agent: &str| {
+        let config = TransportConfig { agent: agent.into(), auth: Auth::Open, ..Default::default() };
+        Transport::bind("127.0.0.1:0".parse().unwrap(), config).unwrap()
+    };
+    let (a, b) = (transport("a"), transport("b"));
+    let local = |n: u64| SlotPlan::Local { number: n };
+    let runtime = crate::runtime();
+    let executor = crate::pipeline::executor();
+    let on_a = Pipeline::start_placed(runtime, executor, config(Vec::new()), vec![vec![local(1), local(2)]]).unwrap();
+    a.register("moved", on_a.handle());
+    let mut expected = BTreeMap::new();
+    feed(&on_a, 0, 40, &mut expected);
+    // The stage goes from 2 to 5 workers, the three new ones on agent B, which starts the job
+    // as the rescale happens (told the count before) while A keeps being fed.
+    let to_a = |i: u32| SlotPlan::Remote(b.outlet(a.local_addr(), "moved", 0, i).unwrap());
+    let plan_b = vec![vec![to_a(0), to_a(1), local(3), local(4), local(5)]];
+    let on_b = Pipeline::start_placed(runtime, executor, config(vec![2]), plan_b).unwrap();
+    b.register("moved", on_b.handle());
+    let to_b = |i: u32| SlotPlan::Remote(a.outlet(b.local_addr(), "moved", 0, i).unwrap());
+    on_a.set_slots(0, vec![local(1), local(2), to_b(2), to_b(3), to_b(4)]).unwrap();
+    feed(&on_a, 40, 40, &mut expected);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(on_a.drain(Duration::from_millis(100)) && on_b.drain(Duration::from_millis(100))) {
+        assert!(Instant::now() < deadline, "the pipelines did not drain");
+    }
+    on_a.tick_stage(0, i64::MAX / 2);
+    on_b.tick_stage(0, i64::MAX / 2);
+    let mut seen = emitted(&on_a, 0);
+    for (k, v) in emitted(&on_b, expected.len() - seen.len()) {
+        assert!(seen.insert(k.clone(), v).is_none(), "{k:?} reported on both agents");
+    }
+    assert_eq!(seen, expected);
+    // Every group B's workers own came with its state from A (none timed out).
+    let b_groups =
+        (0..squilla_batch::keys::KEY_GROUPS).filter(|&g| squilla_batch::keys::group_owner(g, 5) >= 2).count();
+    let m = on_b.metrics();
+    let received: u64 = m.stages[0].iter().map(|w| w.handoff.groups_in).sum();
+    assert_eq!(received, b_groups as u64);
+    assert!(m.stages[0].iter().all(|w| w.handoff.timeouts == 0));
+}

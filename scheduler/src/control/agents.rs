@@ -133,6 +133,17 @@ fn upstream_of(state: &State, job: &super::model::Job) -> Option<UpstreamSinks> 
     Some(UpstreamSinks { job: upstream.key(), data })
 }
 
+/// Per stage of `job`, its worker count before a rescale still in [`State::rescaled`]'s
+/// window (0: none); empty if none is.
+fn rescaled_from(state: &State, job: &super::model::Job) -> Vec<u32> {
+    let now = std::time::Instant::now();
+    let key = job.key();
+    let from: Vec<u32> = (0..job.stages.len())
+        .map(|s| state.rescaled.get(&(key.clone(), s)).filter(|(_, until)| *until > now).map_or(0, |(n, _)| *n))
+        .collect();
+    if from.iter().all(|n| *n == 0) { Vec::new() } else { from }
+}
+
 /// Every active job with a worker on `agent` (or that a scale-down is taking away from it:
 /// [`State::leaving`]), with where all of its slots run.
 pub(crate) fn assignments(state: &State, agent: &AgentId, config: &ControlConfig) -> Assignments {
@@ -170,6 +181,7 @@ pub(crate) fn assignments(state: &State, agent: &AgentId, config: &ControlConfig
                     .collect(),
                 upstream: if source { upstream_of(state, job) } else { None },
                 source,
+                rescaled_from: rescaled_from(state, job),
             }
         })
         .collect();

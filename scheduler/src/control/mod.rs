@@ -470,6 +470,11 @@ impl Control {
                 .collect();
             let until = std::time::Instant::now() + state::LEAVING_FOR;
             state.leaving.retain(|_, t| *t > std::time::Instant::now());
+            state.rescaled.retain(|_, (_, t)| *t > std::time::Instant::now());
+            let before = job.stages[s].workers.len() as u32;
+            if before != workers {
+                state.rescaled.insert((key.clone(), s), (before, until));
+            }
             for agent in leaving {
                 state.leaving.insert((key.clone(), agent), until);
             }

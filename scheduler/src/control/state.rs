@@ -38,6 +38,9 @@ pub(crate) struct State {
     /// job's assignment (with no slot of their own), so that their workers hand the state of
     /// their key groups over before the job stops there. In memory only.
     pub leaving: BTreeMap<(JobKey, AgentId), Instant>,
+    /// Stages rescaled lately: their count before, and until when agents that start the job
+    /// are told it (`JobAssignment::rescaled_from`). In memory only.
+    pub rescaled: BTreeMap<(JobKey, usize), (u32, Instant)>,
 }
 
 /// How long an agent a scale-down left without a worker of a job keeps its assignment: time
