@@ -172,9 +172,10 @@ async fn a_set_point_on_a_gauge_the_stage_reports_sizes_the_stage_in_one_step() 
         call(&base, reqwest::Method::POST, "/api/v1/artifacts", squilla_guests::read("window-count")).await;
     assert!(status == 200 || status == 201, "{status}: {body}");
     let sha = body["sha256"].as_str().unwrap();
-    // window-count reports `open-keys`, the keys in its open windows: aim at 150 per worker.
+    // window-count reports `open-keys`, the keys in its open windows: aim at 150 per worker,
+    // on the latest sample (the gauge is 0 until the first events arrive).
     let policy = json!({"min": 1, "max": 4, "cooldown-secs": 60,
-        "set-point": {"reason": "user", "metric": "open-keys", "target": 150, "samples": 2}});
+        "set-point": {"reason": "user", "metric": "open-keys", "target": 150, "samples": 1}});
     let spec = json!({
         "name": "sized", "source": {"kind": "ingest"},
         "stages": [{"name": "only", "artifact": format!("sha256:{sha}"),
