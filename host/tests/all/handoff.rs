@@ -51,6 +51,18 @@ fn emitted(pipeline: &Pipeline, expected: usize) -> BTreeMap<(i64, String), i64>
     seen
 }
 
+/// The `window-count` stage on 2 key-hashed workers, 1 s windows that close only when told
+/// (a day's grace), so that every count is emitted once, at the end.
+fn window_count() -> squilla_host::pipeline::StageConfig {
+    stage(
+        "count",
+        example("window-count"),
+        &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
+        2,
+        Routing::KeyHash { fields: vec!["key".into()] },
+    )
+}
+
 fn handoff_totals(pipeline: &Pipeline) -> HandOffMetrics {
     let mut total = HandOffMetrics::default();
     for w in pipeline.metrics().stages.iter().flatten() {
@@ -67,13 +79,7 @@ fn handoff_totals(pipeline: &Pipeline) -> HandOffMetrics {
 #[test]
 fn windowed_counts_are_exact_across_a_rescale_from_2_to_5_to_3() {
     // Windows close only when told (grace of a day), so every count is emitted once, at the end.
-    let count = stage(
-        "count",
-        example("window-count"),
-        &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
-        2,
-        Routing::KeyHash { fields: vec!["key".into()] },
-    );
+    let count = window_count();
     let mut pipeline = start(vec![count], Backpressure::Block);
     let mut expected = BTreeMap::new();
     feed(&pipeline, 0, 40, &mut expected);
@@ -143,13 +149,7 @@ fn a_stage_without_keyed_state_keeps_its_state_where_it_is() {
 #[test]
 fn a_stage_reports_its_own_gauges_with_its_metrics() {
     // window-count reports `open-keys` on every tick: keys held in its open windows.
-    let count = stage(
-        "count",
-        example("window-count"),
-        &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
-        2,
-        Routing::KeyHash { fields: vec!["key".into()] },
-    );
+    let count = window_count();
     let mut pipeline = start(vec![count], Backpressure::Block);
     let mut expected = BTreeMap::new();
     feed(&pipeline, 0, 10, &mut expected);
@@ -177,17 +177,7 @@ fn counts_stay_exact_when_the_new_workers_start_on_another_agent() {
 
     let config = |rescaled_from: Vec<usize>| PipelineConfig {
         rescaled_from,
-        ..PipelineConfig::new(
-            "moved",
-            vec![stage(
-                "count",
-                example("window-count"),
-                &[("window-ms", "1000"), ("grace-ms", "86400000"), ("key", "key")],
-                2,
-                Routing::KeyHash { fields: vec!["key".into()] },
-            )],
-            Backpressure::Block,
-        )
+        ..PipelineConfig::new("moved", vec![window_count()], Backpressure::Block)
     };
     let transport = |agent: &str| {
         let config = TransportConfig { agent: agent.into(), auth: Auth::Open, ..Default::default() };
