@@ -57,6 +57,13 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        ApiError::internal(err)
+        match err {
+            crate::store::StoreError::NotLeader => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                "this master is no longer the leader; nothing was changed, retry at the leader",
+            ),
+            err => ApiError::internal(err),
+        }
     }
 }

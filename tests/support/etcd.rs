@@ -1,0 +1,124 @@
+//! Real etcd clusters for tests: `etcd` from Debian's `etcd-server`, on loopback ports, in a
+//! fresh data directory each, killed when dropped.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One member's process and where it listens.
+pub struct Member {
+    /// Its name in the cluster.
+    pub name: String,
+    /// Its client URL (`http://127.0.0.1:port`).
+    pub client_url: String,
+    peer_url: String,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+/// An etcd cluster of one or more members.
+pub struct EtcdCluster {
+    /// The members, in the order of `initial-cluster`.
+    pub members: Vec<Member>,
+    initial: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers writes.
+    pub fn start(n: usize, tag: &str) -> EtcdCluster {
+        let members: Vec<Member> = (0..n)
+            .map(|i| {
+                let data = std::env::temp_dir().join(format!("squilla-etcd-{tag}-{}-{i}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&data);
+                Member {
+                    name: format!("m{i}"),
+                    client_url: format!("http://127.0.0.1:{}", free_port()),
+                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    data,
+                    child: None,
+                }
+            })
+            .collect();
+        let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let mut cluster = EtcdCluster { members, initial };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready(Duration::from_secs(30));
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.data)
+            .args(["--listen-client-urls", &m.client_url, "--advertise-client-urls", &m.client_url])
+            .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster", &self.initial, "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "squilla-test", "--log-level", "error"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server) must be installed: .ci/run installs it");
+        m.child = Some(child);
+    }
+
+    /// Waits until a write through every member succeeds.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for m in &self.members {
+            loop {
+                let ok = Command::new("etcdctl")
+                    .args(["--endpoints", &m.client_url, "--command-timeout=2s", "put", "squilla-test/ready", "1"])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "etcd member {} did not become ready", m.name);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The store URL of the cluster (`etcd://h:p,h:p/prefix`).
+    pub fn url(&self, prefix: &str) -> String {
+        let hosts: Vec<&str> =
+            self.members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect();
+        format!("etcd://{}/{prefix}", hosts.join(","))
+    }
+
+    /// The client URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+            let _ = std::fs::remove_dir_all(&self.members[i].data);
+        }
+    }
+}
