@@ -181,3 +181,44 @@ fn a_leader_that_cannot_renew_steps_down_within_its_lease() {
     let refused = store.next_job_number(&acme, &errors);
     assert!(matches!(refused, Err(StoreError::NotLeader | StoreError::Etcd(_))), "{refused:?}");
 }
+
+#[test]
+fn a_redb_file_of_the_older_layout_opens_with_everything_in_it() {
+    use redb::TableDefinition;
+    let dir = std::env::temp_dir().join(format!("squilla-store-old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("squilla.redb");
+    let a = b"component a".to_vec();
+    let sha = Sha256::of(&a).to_string();
+    {
+        // One table per kind, as files written before the `kv` table held them.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let json = serde_json::to_vec(&meta(&a, Some(("f", "1")))).unwrap();
+        txn.open_table(TableDefinition::<&str, &[u8]>::new("artifacts"))
+            .unwrap()
+            .insert(format!("acme/{sha}").as_str(), json.as_slice())
+            .unwrap();
+        txn.open_table(TableDefinition::<&str, &[u8]>::new("blobs")).unwrap().insert(sha.as_str(), a.as_slice()).unwrap();
+        txn.open_table(TableDefinition::<&str, &str>::new("tags")).unwrap().insert("acme/f@1", sha.as_str()).unwrap();
+        txn.open_table(TableDefinition::<&str, u64>::new("job-seq")).unwrap().insert("acme/errors", 4).unwrap();
+        let mut jobs = txn.open_table(TableDefinition::<&str, &[u8]>::new("jobs")).unwrap();
+        jobs.insert("acme/errors-3", b"{\"old\":true}".as_slice()).unwrap();
+        jobs.insert("acme.errors-4", b"{}".as_slice()).unwrap();
+        drop(jobs);
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let acme = tenant("acme");
+    assert_eq!(store.artifacts(&acme).unwrap().len(), 1);
+    assert_eq!(store.artifact_bytes(&acme, &Sha256::of(&a)).unwrap(), Some(a));
+    assert_eq!(store.tag(&acme, "f", "1").unwrap(), Some(Sha256::of(b"component a")));
+    assert_eq!(store.next_job_number(&acme, &"errors".parse().unwrap()).unwrap(), 5);
+    let jobs: Vec<String> = store.all_jobs().unwrap().iter().map(|r| r.key.to_string()).collect();
+    assert_eq!(jobs, ["acme.errors-3", "acme.errors-4"]);
+    drop(store);
+    // Opened again, nothing moves twice.
+    assert_eq!(Store::open(&path).unwrap().all_jobs().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

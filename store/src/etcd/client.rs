@@ -18,6 +18,11 @@ use crate::kv::StoreError;
 /// How long one request to one endpoint may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long one call may take over all its attempts: long enough to ride out an etcd
+/// leader election (about one election timeout, 1 s by default), short enough that a
+/// control path never waits without bound.
+pub const CALL_BUDGET: Duration = Duration::from_secs(5);
+
 /// How to reach an etcd cluster.
 #[derive(Debug, Clone, Default)]
 pub struct EtcdConfig {
@@ -124,16 +129,48 @@ impl Client {
         })
     }
 
-    /// `POST {endpoint}{path}` with `body`, at the endpoint in use and then at each other
-    /// once, until one answers; the answer's JSON.
+    /// `POST {endpoint}{path}` with `body`, at the endpoint in use and then at the others,
+    /// in rounds, until one answers or [`CALL_BUDGET`] is spent; the answer's JSON. (Every
+    /// request the store sends may be repeated: puts of the same values, fenced
+    /// transactions, reads, leases.)
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, StoreError> {
+        let deadline = tokio::time::Instant::now() + CALL_BUDGET;
+        loop {
+            match self.round(path, body, deadline).await {
+                Ok(answer) => return Ok(answer),
+                Err(Ok(fatal)) => return Err(fatal),
+                Err(Err(last)) if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline => {
+                    return Err(StoreError::Etcd(format!("no member answered in {CALL_BUDGET:?}; last: {last}")));
+                }
+                Err(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// One attempt at each endpoint: the answer, a refusal (`Err(Ok)`), or none answered
+    /// (`Err(Err)`, with the last failure).
+    async fn round(
+        &self,
+        path: &str,
+        body: &Value,
+        deadline: tokio::time::Instant,
+    ) -> Result<Value, Result<StoreError, String>> {
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed);
         let mut last = String::from("no endpoint");
         for i in 0..n {
             let at = (first + i) % n;
             let url = format!("{}{path}", self.endpoints[at]);
-            let request = self.http.post(&url).header("content-type", "application/json").body(body.to_string());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let request = self
+                .http
+                .post(&url)
+                .timeout(left.min(REQUEST_TIMEOUT))
+                .header("content-type", "application/json")
+                .body(body.to_string());
             match request.send().await {
                 Ok(response) => {
                     let status = response.status();
@@ -157,13 +194,14 @@ impl Client {
                     let code = int(&answer["code"]);
                     last = format!("{url}: {status} {}", answer["error"].as_str().unwrap_or_default());
                     if code != 14 && code != 4 && !status.is_server_error() {
-                        return Err(StoreError::Etcd(last));
+                        return Err(Ok(StoreError::Etcd(last)));
                     }
                 }
                 Err(e) => last = format!("{url}: {e}"),
             }
+            tracing::debug!(%last, "etcd: trying the next member");
         }
-        Err(StoreError::Etcd(last))
+        Err(Err(last))
     }
 
     /// The `kvs` of a range over `[key, range_end)` (`range_end` empty: `key` alone).
