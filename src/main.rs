@@ -20,6 +20,7 @@ mod client;
 mod config;
 mod dev;
 mod examples;
+mod fleet;
 mod gateway;
 mod master;
 mod run;

@@ -80,6 +80,35 @@ pub struct MasterArgs {
     /// Agent-pool advice: seconds after a zone changed before it is advised again.
     #[arg(long, env = "SQUILLA_POOL_COOLDOWN_SECS", default_value_t = 300)]
     pub pool_cooldown_secs: u32,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Where the state lives, and how masters sharing it elect their leader.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// The store: none for the embedded file in `--data-dir`, or an etcd cluster,
+    /// `etcd://h1:2379,h2:2379,h3:2379[/prefix]` (`etcds://` for TLS), shared by every
+    /// master of the fleet; one of them is elected to lead.
+    #[arg(long, env = "SQUILLA_STORE")]
+    pub store: Option<String>,
+    /// PEM CA certificates to trust for an `etcds://` store.
+    #[arg(long, env = "SQUILLA_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd members that require one; needs `--etcd-key`.
+    #[arg(long, env = "SQUILLA_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of `--etcd-cert` (PEM).
+    #[arg(long, env = "SQUILLA_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The URL other masters send clients to when this master leads (default: the scheme
+    /// and `--listen` address).
+    #[arg(long, env = "SQUILLA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// The leader's lease, seconds (at least 2): a leader that cannot renew it for this long
+    /// steps down, and another takes over.
+    #[arg(long, env = "SQUILLA_LEADER_LEASE_SECS", default_value_t = 3)]
+    pub leader_lease_secs: u64,
 }
 
 /// The TLS acceptor of `--tls-cert` and `--tls-key`, if given.
@@ -124,10 +153,43 @@ pub struct Running {
     pub scheme: &'static str,
 }
 
-/// Opens the store, loads the jobs, and serves the API on the current runtime.
+/// Opens the store, loads the jobs, and serves the API on the current runtime. With an etcd
+/// store, stands for leadership: serves the whole API while leading, and sends clients to
+/// the leader while standing by.
 pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let store = Arc::new(Store::open(&args.data_dir.join("squilla.redb"))?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(squilla_net::server::ServerStats::default());
+    let server = ServerLimits { max_connections_per_ip: args.max_connections_per_ip, ..ServerLimits::default() };
+    let acceptor = tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let app = match &args.fleet.store {
+        None => {
+            let store = Arc::new(Store::open(&args.data_dir.join("squilla.redb"))?);
+            let authority = squilla_net::ca::Authority::load_or_create(&args.data_dir.join("ca"))?;
+            let (state, control) = leader_state(args, tenants, store, authority)?;
+            spawn_control_loop(control);
+            router(state)
+        }
+        Some(url) => {
+            let me = args.fleet.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+            crate::fleet::lead_or_stand_by(args.clone(), tenants, url, me).await?
+        }
+    };
+    tokio::spawn(squilla_net::server::serve_tls(listener, app, server, stats, acceptor));
+    Ok(Running { addr, scheme })
+}
+
+/// The API's state, and the control over `store`'s jobs, of a master that leads.
+pub(crate) fn leader_state(
+    args: &MasterArgs,
+    tenants: Tenants,
+    store: Arc<Store>,
+    authority: squilla_net::ca::Authority,
+) -> anyhow::Result<(AppState, Arc<Control>)> {
     let config = ControlConfig {
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(10)),
         agent_timeout: Duration::from_millis(args.agent_timeout_ms.max(20)),
@@ -148,24 +210,13 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
         ..ApiLimits::default()
     };
     let mut state = AppState::new(tenants, store, limits, control.clone(), args.agent_token.clone())?;
-    let authority = squilla_net::ca::Authority::load_or_create(&args.data_dir.join("ca"))?;
     state.set_authority(Arc::new(authority))?;
     state.pool = squilla_scheduler::advice::PoolRules {
         min_idle: args.pool_min_idle,
         max_idle: args.pool_max_idle.max(args.pool_min_idle),
         cooldown_ms: i64::from(args.pool_cooldown_secs) * 1000,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    spawn_control_loop(control);
-    let stats = Arc::new(squilla_net::server::ServerStats::default());
-    let server = ServerLimits { max_connections_per_ip: args.max_connections_per_ip, ..ServerLimits::default() };
-    let acceptor = tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    tokio::spawn(squilla_net::server::serve_tls(listener, router(state), server, stats, acceptor));
-    Ok(Running { addr, scheme })
+    Ok((state, control))
 }
 
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
@@ -177,7 +228,10 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let running = start(&args, tenants).await?;
         let (addr, scheme) = (running.addr, running.scheme);
-        eprintln!("squilla master: API at {scheme}://{addr}/api/v1 (data in {})", args.data_dir.display());
+        match &args.fleet.store {
+            None => eprintln!("squilla master: API at {scheme}://{addr}/api/v1 (data in {})", args.data_dir.display()),
+            Some(store) => eprintln!("squilla master: API at {scheme}://{addr}/api/v1 (store {store})"),
+        }
         eprintln!("squilla master: web console at {scheme}://{addr}/");
         if args.agent_token.is_none() {
             eprintln!("squilla master: no --agent-token given, so no agent can join");

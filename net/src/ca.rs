@@ -131,6 +131,20 @@ impl Authority {
         Ok(authority)
     }
 
+    /// The CA of a certificate and its key (both PEM), as [`Authority::pems`] gives them:
+    /// how masters that share a store share one CA.
+    pub fn from_pems(certificate: &str, key: &str) -> Result<Authority, CaError> {
+        let damaged = |e: rcgen::Error| CaError::Damaged { path: "the store".into(), message: e.to_string() };
+        let key = KeyPair::from_pem(key).map_err(damaged)?;
+        let issuer = Issuer::from_ca_cert_pem(certificate, key).map_err(damaged)?;
+        Ok(Authority { certificate: certificate.to_owned(), issuer })
+    }
+
+    /// The CA's certificate and private key, PEM.
+    pub fn pems(&self) -> (String, String) {
+        (self.certificate.clone(), self.issuer.key().serialize_pem())
+    }
+
     /// A new CA held only in memory.
     pub fn generate() -> Result<Authority, CaError> {
         let key = KeyPair::generate()?;

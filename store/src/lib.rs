@@ -17,7 +17,9 @@
 //!   [`ClusterVersion`] as JSON;
 //! - `jobs/tenant.job-id` (a `JobKey`) → the job as JSON (the control layer reads and
 //!   writes it; the store only keeps it);
-//! - `job-seq/tenant/cluster` → the last job number given out for that cluster, in decimal.
+//! - `job-seq/tenant/cluster` → the last job number given out for that cluster, in decimal;
+//! - `fleet/ca` → the fleet CA's certificate and key (PEM, JSON), when masters share a store
+//!   (one machine keeps its CA in files instead).
 
 pub mod etcd;
 pub mod kv;
@@ -364,6 +366,22 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The fleet CA's certificate and key (PEM), if one was stored.
+    pub fn fleet_ca(&self) -> Result<Option<(String, String)>, StoreError> {
+        self.kv.get("fleet/ca")?.map(|v| parse("fleet/ca", &v)).transpose()
+    }
+
+    /// The fleet CA: the one stored, or `make`'s, stored for every master after this one.
+    pub fn fleet_ca_or(&self, make: impl FnOnce() -> (String, String)) -> Result<(String, String), StoreError> {
+        let _writer = self.writer();
+        if let Some(ca) = self.fleet_ca()? {
+            return Ok(ca);
+        }
+        let ca = make();
+        self.kv.apply(vec![Op::Put("fleet/ca".into(), json(&ca)?)])?;
+        Ok(ca)
     }
 
     /// The bytes stored under `sha256`, whoever uploaded them (for agents).

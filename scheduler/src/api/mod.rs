@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod openapi;
 pub mod session;
+pub mod standby;
 mod stream;
 mod telemetry;
 

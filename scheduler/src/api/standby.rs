@@ -1,0 +1,39 @@
+//! What a standby master answers: where the leader is.
+//!
+//! With masters sharing an etcd store, one leads (see `squilla_store::etcd::election`) and
+//! serves the whole API; the others stand by. A standby answers every API request with
+//! **307** `not_leader` and a `Location` at the same path on the leader (clients that know
+//! the list of masters go there), or **503** `no_leader` while no leader is known (during
+//! an election). `GET /healthz` answers 200 with `status: standby`: the process is alive and
+//! ready to lead.
+
+use axum::Router;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+/// The router of a standby master that knows `leader` (its advertised URL) or none.
+pub fn router(leader: Option<String>) -> Router {
+    let health = leader.clone();
+    Router::new()
+        .route("/healthz", get(move || async move { axum::Json(serde_json::json!({"status": "standby", "leader": health})) }))
+        .fallback(move |uri: Uri| async move { answer(leader.as_deref(), &uri) })
+}
+
+fn answer(leader: Option<&str>, uri: &Uri) -> Response {
+    let Some(leader) = leader else {
+        let body = serde_json::json!({
+            "code": "no_leader",
+            "message": "no master leads right now (an election is under way); retry in a second",
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], axum::Json(body)).into_response();
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("{}{path}", leader.trim_end_matches('/'));
+    let body = serde_json::json!({
+        "code": "not_leader",
+        "message": format!("this master stands by; the leader is {leader}"),
+        "leader": leader,
+    });
+    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)], axum::Json(body)).into_response()
+}

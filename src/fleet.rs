@@ -1,0 +1,93 @@
+//! `squilla master --store etcd://…`: masters that share an etcd store, one leading.
+//!
+//! Each master stands for leadership (`squilla_store::etcd::election`). While it leads, it
+//! serves the whole API and runs the control loop over the jobs it loaded from the store
+//! when it was elected — the plan the previous leader left, adopted as a restarted master
+//! adopts its own. While it stands by, it answers every request with where the leader is
+//! (`squilla_scheduler::api::standby`), and runs nothing. The switch is one router swapped
+//! behind the listener, so connections are never refused during a change.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use squilla_scheduler::api::{Tenants, router, spawn_control_loop, standby};
+use squilla_scheduler::store::Store;
+use squilla_scheduler::store::etcd::election::Role;
+use squilla_scheduler::store::etcd::{Etcd, EtcdConfig};
+use tower::ServiceExt;
+
+use crate::master::{MasterArgs, leader_state};
+
+/// Connects to the etcd store at `url`, stands for leadership as `me`, and returns the
+/// router to serve: the leader's API while leading, the standby's answers otherwise.
+pub async fn lead_or_stand_by(args: MasterArgs, tenants: Tenants, url: &str, me: String) -> anyhow::Result<Router> {
+    let mut config = EtcdConfig::from_url(url)?;
+    config.ca = args.fleet.etcd_ca.clone();
+    config.identity = args.fleet.etcd_cert.clone().zip(args.fleet.etcd_key.clone());
+    let etcd = Etcd::connect(&config)?;
+    let store = Arc::new(Store::new(etcd.clone()));
+    let mut role = etcd.campaign(me.clone(), Duration::from_secs(args.fleet.leader_lease_secs));
+    let current = Arc::new(RwLock::new(standby::router(None)));
+    let switch = current.clone();
+    tokio::spawn(async move {
+        let mut control_loop: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let now = role.borrow_and_update().clone();
+            match now {
+                Role::Leader if control_loop.is_none() => {
+                    let (a, t, s) = (args.clone(), tenants.clone(), store.clone());
+                    match tokio::task::spawn_blocking(move || take_over(&a, t, s)).await {
+                        Ok(Ok(app)) => {
+                            let (state, control) = app;
+                            control_loop = Some(spawn_control_loop(control));
+                            set(&switch, router(state));
+                            eprintln!("squilla master: leading as {me}");
+                        }
+                        Ok(Err(err)) => {
+                            tracing::error!(error = %err, "cannot take over as leader; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        Err(err) => tracing::error!(error = %err, "taking over panicked"),
+                    }
+                }
+                Role::Leader => {}
+                Role::Standby { leader } => {
+                    if let Some(running) = control_loop.take() {
+                        running.abort();
+                    }
+                    // Our own URL is a lease of a previous run of this master, expiring.
+                    let leader = leader.filter(|l| *l != me);
+                    eprintln!("squilla master: standing by; leader: {}", leader.as_deref().unwrap_or("none yet"));
+                    set(&switch, standby::router(leader));
+                }
+            }
+            if role.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Router::new().fallback(move |request: Request| {
+        let app = current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        async move { app.oneshot(request).await.into_response() }
+    }))
+}
+
+fn set(switch: &RwLock<Router>, app: Router) {
+    *switch.write().unwrap_or_else(std::sync::PoisonError::into_inner) = app;
+}
+
+/// The leader's state: the fleet's CA (shared through the store), the jobs as stored.
+fn take_over(
+    args: &MasterArgs,
+    tenants: Tenants,
+    store: Arc<Store>,
+) -> anyhow::Result<(squilla_scheduler::api::AppState, Arc<squilla_scheduler::control::Control>)> {
+    let fresh = squilla_net::ca::Authority::generate()?.pems();
+    let (cert, key) = store.fleet_ca_or(|| fresh)?;
+    let authority = squilla_net::ca::Authority::from_pems(&cert, &key)?;
+    leader_state(args, tenants, store, authority)
+}
