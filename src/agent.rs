@@ -51,7 +51,7 @@ impl CompileArgs {
 pub struct AgentArgs {
     #[command(subcommand)]
     pub command: Option<crate::client::AgentCommand>,
-    /// The master's URL.
+    /// The master's URL, or every master's, comma-separated (the agent follows the leader).
     #[arg(long, env = "SQUILLA_MASTER", default_value = "http://127.0.0.1:7070")]
     pub master: String,
     /// The agent token the master expects.

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 /// Where the master is and who we are.
 #[derive(clap::Args, Clone)]
 pub struct Connection {
-    /// The master's URL.
+    /// The master's URL, or every master's, comma-separated (the CLI follows the leader).
     #[arg(long, env = "SQUILLA_MASTER", default_value = "http://127.0.0.1:7070", global = true)]
     pub master: String,
     /// Your tenant token (default: the one `squilla dev` wrote to `<data dir>/dev.token`).
@@ -32,7 +32,9 @@ pub struct Connection {
 
 /// An HTTP client that trusts the public roots and those in `ca` (PEM), if given.
 pub fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
+    // Redirects are the masters' leadership answers, which `Masters` follows itself (reqwest
+    // would drop the token on the way).
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
         for root in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("--ca {}", ca.display()))? {
@@ -53,9 +55,6 @@ impl Connection {
             .with_context(|| format!("no --token / SQUILLA_TOKEN, and no {} to fall back on", path.display()))
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.master.trim_end_matches('/'))
-    }
 }
 
 /// `squilla artifact …`
@@ -193,6 +192,7 @@ pub enum AgentCommand {
 /// A client of the master's API.
 pub struct Client {
     connection: Connection,
+    masters: squilla_net::masters::Masters,
     token: String,
     http: reqwest::Client,
 }
@@ -201,7 +201,8 @@ impl Client {
     pub fn new(connection: Connection) -> anyhow::Result<Self> {
         let token = connection.token()?;
         let http = http_client(connection.ca.as_deref())?;
-        Ok(Client { connection, token, http })
+        let masters = squilla_net::masters::Masters::new(&connection.master);
+        Ok(Client { connection, masters, token, http })
     }
 
     /// Calls the API; the answer's JSON, or the API's error as an error.
@@ -211,11 +212,14 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<serde_json::Value> {
-        let mut request = self.http.request(method, self.connection.url(path)).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        self.answer(request).await
+        let request = |base: &str| {
+            let request = self.http.request(method.clone(), format!("{base}{path}")).bearer_auth(&self.token);
+            match &body {
+                Some(body) => request.body(body.clone()),
+                None => request,
+            }
+        };
+        self.answer(self.masters.send(request).await).await
     }
 
     pub async fn push(
@@ -234,27 +238,31 @@ impl Client {
         let started = std::time::Instant::now();
         let progress = if show_progress { Progress::new() } else { Progress::hidden() };
         // The body goes in chunks, each reported as sent; the server answers after the last.
-        let chunks: Vec<Vec<u8>> = bytes.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
-        let mut sent = 0usize;
-        let progress_in_body = progress.clone();
-        let name = file_name(file);
-        let body = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
-            sent += chunk.len();
-            progress_in_body.show(&format!(
-                "uploading {name}: {} of {} ({}%)",
-                crate::table::bytes(sent as u64),
-                crate::table::bytes(total as u64),
-                sent * 100 / total.max(1)
-            ));
-            Ok::<_, std::io::Error>(chunk)
-        }));
-        let request = self
-            .http
-            .post(self.connection.url(&path))
-            .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_LENGTH, total)
-            .body(reqwest::Body::wrap_stream(body));
-        let answer = self.answer(request).await;
+        // (Made again if the upload is sent again, to the leader a standby named.)
+        let body = || {
+            let chunks: Vec<Vec<u8>> = bytes.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
+            let mut sent = 0usize;
+            let progress_in_body = progress.clone();
+            let name = file_name(file);
+            futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+                sent += chunk.len();
+                progress_in_body.show(&format!(
+                    "uploading {name}: {} of {} ({}%)",
+                    crate::table::bytes(sent as u64),
+                    crate::table::bytes(total as u64),
+                    sent * 100 / total.max(1)
+                ));
+                Ok::<_, std::io::Error>(chunk)
+            }))
+        };
+        let request = |base: &str| {
+            self.http
+                .post(format!("{base}{path}"))
+                .bearer_auth(&self.token)
+                .header(reqwest::header::CONTENT_LENGTH, total)
+                .body(reqwest::Body::wrap_stream(body()))
+        };
+        let answer = self.answer(self.masters.send(request).await).await;
         progress.done(&format!(
             "uploaded {} ({}) in {:.1}s",
             file_name(file),
@@ -264,10 +272,12 @@ impl Client {
         answer
     }
 
-    /// Sends `request`; the answer's JSON, or the API's error as an error.
-    async fn answer(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let response =
-            request.send().await.with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
+    /// The answer's JSON, or the API's error as an error.
+    async fn answer(
+        &self,
+        response: Result<reqwest::Response, squilla_net::masters::Failover>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = response.with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
         if !response.status().is_success() {
             return Err(api_error(response).await);
         }
@@ -283,11 +293,8 @@ impl Client {
         mut each: impl FnMut(squilla_types::sse::Event) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let response = self
-            .http
-            .get(self.connection.url(path))
-            .query(query)
-            .bearer_auth(&self.token)
-            .send()
+            .masters
+            .send(|base| self.http.get(format!("{base}{path}")).query(query).bearer_auth(&self.token))
             .await
             .with_context(|| format!("cannot reach the master at {}", self.connection.master))?;
         if !response.status().is_success() {

@@ -15,7 +15,7 @@ pub struct GatewayArgs {
     /// Where the gateway listens.
     #[arg(long, env = "SQUILLA_GATEWAY_LISTEN", default_value = "127.0.0.1:7080")]
     pub listen: SocketAddr,
-    /// The master's URL.
+    /// The master's URL, or every master's, comma-separated (the gateway follows the leader).
     #[arg(long, env = "SQUILLA_MASTER", default_value = "http://127.0.0.1:7070")]
     pub master: String,
     /// Sink subscriptions one tenant may hold open at this gateway (429
@@ -47,7 +47,7 @@ pub struct GatewayArgs {
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let config = GatewayConfig {
-        master: args.master.trim_end_matches('/').to_owned(),
+        master: squilla_net::masters::Masters::new(&args.master),
         subscriptions_per_tenant: args.tenant_subscriptions,
         subscriber_bytes: args.streams.bytes().0,
         tenant_stream_bytes: args.streams.bytes().1,

@@ -14,8 +14,9 @@ use crate::sink::SinkLimits;
 /// How an agent is set up. `AgentConfig::new` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The master's base URL, e.g. `http://127.0.0.1:7070`.
-    pub master: String,
+    /// The masters' base URLs, e.g. `http://127.0.0.1:7070`, or several, comma-separated,
+    /// for a fleet of masters: the agent follows the one that leads.
+    pub master: squilla_net::masters::Masters,
     /// The agent token (shared with the master).
     pub token: String,
     /// This agent's id (default `agent-<pid>-<random>`): unique among live agents.
@@ -72,7 +73,7 @@ impl AgentConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         AgentConfig {
-            master: master.into(),
+            master: squilla_net::masters::Masters::new(&master.into()),
             token: token.into(),
             id: AgentId::numbered(std::process::id(), nonce & 0xffff),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -303,7 +303,7 @@ mod tests {
         )
         .unwrap();
         let master = crate::master::MasterClient {
-            url: "http://127.0.0.1:9".into(),
+            url: squilla_net::masters::Masters::new("http://127.0.0.1:9"),
             token: TOKEN.into(),
             client: reqwest::Client::new(),
             cache: Arc::new(cache),

@@ -112,7 +112,11 @@ impl Agent {
         let http =
             advertise(listener.local_addr().map_err(|source| AgentError::Listen { addr: config.http_listen, source })?);
         let data = advertise(transport.local_addr());
-        let mut client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        // Redirects are the masters' leadership answers, which `Masters` follows itself
+        // (reqwest would drop the token on the way).
+        let mut client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca {
             let pem = std::fs::read(ca).map_err(|e| AgentError::Runtime(format!("--ca {}: {e}", ca.display())))?;
             let roots = reqwest::Certificate::from_pem_bundle(&pem)

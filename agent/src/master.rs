@@ -20,8 +20,8 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// artifact cache that what it fetches is compiled into.
 #[derive(Clone)]
 pub struct MasterClient {
-    /// The master's base URL.
-    pub(crate) url: String,
+    /// The masters.
+    pub(crate) url: squilla_net::masters::Masters,
     pub(crate) token: String,
     pub(crate) client: reqwest::Client,
     pub(crate) cache: Arc<ArtifactCache>,
@@ -50,15 +50,12 @@ impl MasterClient {
         if let Some(err) = self.cache.failure(&key) {
             return Err(ArtifactFailure { message: format!("artifact {sha256}: {err}"), fatal: true });
         }
-        let url = format!("{}/api/v1/agent/artifacts/{sha256}", self.url.trim_end_matches('/'));
+        let path = format!("/api/v1/agent/artifacts/{sha256}");
         let limit = self.cache.max_component_bytes();
         let bytes = self.runtime.block_on(async {
             let response = self
-                .client
-                .get(&url)
-                .bearer_auth(&self.token)
-                .timeout(FETCH_TIMEOUT)
-                .send()
+                .url
+                .send(|base| self.client.get(format!("{base}{path}")).bearer_auth(&self.token).timeout(FETCH_TIMEOUT))
                 .await
                 .map_err(|e| retry(format!("artifact {sha256}: cannot fetch it from the master: {e}")))?;
             if !response.status().is_success() {
@@ -98,13 +95,17 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
     timeout: Duration,
     body: &impl serde::Serialize,
 ) -> Result<T, String> {
-    let url = format!("{}{path}", config.master.trim_end_matches('/'));
-    let response = client
-        .post(&url)
-        .bearer_auth(&config.token)
-        .timeout(timeout)
-        .json(body)
-        .send()
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let response = config
+        .master
+        .send(|base| {
+            client
+                .post(format!("{base}{path}"))
+                .bearer_auth(&config.token)
+                .timeout(timeout)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
         .await
         .map_err(|e| e.to_string())?;
     if !response.status().is_success() {

@@ -55,8 +55,9 @@ const MAX_CACHED: usize = 65_536;
 /// Settings of a gateway. `Default` gives the documented values.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// The master's base URL (`http://host:port`).
-    pub master: String,
+    /// The masters' base URLs (`http://host:port`, several for a fleet of masters: the
+    /// gateway follows the one that leads).
+    pub master: squilla_net::masters::Masters,
     /// Sink subscriptions one tenant may hold open at this gateway (default 1,024).
     pub subscriptions_per_tenant: usize,
     /// Bytes one subscriber may have waiting (default 16 MiB).
@@ -80,7 +81,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            master: "http://127.0.0.1:7070".into(),
+            master: squilla_net::masters::Masters::new("http://127.0.0.1:7070"),
             subscriptions_per_tenant: 1024,
             subscriber_bytes: 16 << 20,
             tenant_stream_bytes: 256 << 20,
@@ -268,17 +269,20 @@ impl Gateway {
 
     async fn ask_endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
         let unavailable = |message: String| Refused::Unavailable { status: StatusCode::BAD_GATEWAY, message };
-        let url = format!("{}/api/v1/jobs/{}/endpoints", self.0.config.master.trim_end_matches('/'), encode(id));
-        let mut request = self.0.master.get(url).timeout(Duration::from_secs(5));
-        for name in CREDENTIALS.iter().chain(&["host"]) {
-            if let Some(value) = headers.get(*name) {
-                request = request.header(*name, value);
+        let path = format!("/api/v1/jobs/{}/endpoints", encode(id));
+        let build = |base: &str| {
+            let mut request = self.0.master.get(format!("{base}{path}")).timeout(Duration::from_secs(5));
+            for name in CREDENTIALS.iter().chain(&["host"]) {
+                if let Some(value) = headers.get(*name) {
+                    request = request.header(*name, value);
+                }
             }
-        }
-        if let Some(ip) = client {
-            request = request.header("x-forwarded-for", ip.to_string());
-        }
-        let response = request.send().await.map_err(|e| {
+            if let Some(ip) = client {
+                request = request.header("x-forwarded-for", ip.to_string());
+            }
+            request
+        };
+        let response = self.0.config.master.send(build).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot reach the master");
             unavailable("the gateway cannot reach the master; retry shortly".into())
         })?;
@@ -540,6 +544,35 @@ async fn ingest(
     }
 }
 
+/// A master's 307 or 503 to a request the gateway cannot send again: if it is about
+/// leadership, the gateway follows it for the next request and tells the client to retry;
+/// otherwise it is the master's own answer, passed back.
+async fn leadership_answer(masters: &squilla_net::masters::Masters, base: &str, response: reqwest::Response) -> Response {
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body = response.bytes().await.unwrap_or_default();
+    match squilla_net::masters::Masters::leadership(status, &body) {
+        Some(leader) => {
+            match leader {
+                Some(leader) => masters.follow(&leader),
+                None => masters.skip(base),
+            }
+            let mut answer = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                "the master the gateway called no longer leads; nothing was applied, retry",
+            );
+            answer.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            answer
+        }
+        None => {
+            let mut rebuilt = axum::http::Response::new(body);
+            *rebuilt.status_mut() = status;
+            *rebuilt.headers_mut() = headers;
+            pass_back(reqwest::Response::from(rebuilt))
+        }
+    }
+}
+
 /// Any other request: passed through to the master, both bodies streamed.
 async fn forward(State(gw): State<Gateway>, request: Request) -> Response {
     let client = client_of(request.extensions());
@@ -548,19 +581,45 @@ async fn forward(State(gw): State<Gateway>, request: Request) -> Response {
     if !path.starts_with('/') {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", "the request target must be a path");
     }
-    let url = format!("{}{path}", gw.0.config.master.trim_end_matches('/'));
-    let mut out = gw.0.master.request(parts.method.clone(), url);
-    for (name, value) in &parts.headers {
-        if passed_on(name.as_str(), &parts.headers) {
-            out = out.header(name, value);
+    let masters = &gw.0.config.master;
+    let build = |base: &str| {
+        let mut out = gw.0.master.request(parts.method.clone(), format!("{base}{path}"));
+        for (name, value) in &parts.headers {
+            if passed_on(name.as_str(), &parts.headers) {
+                out = out.header(name, value);
+            }
         }
-    }
-    if let Some(ip) = client {
-        out = out.header("x-forwarded-for", ip.to_string());
-    }
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    out = out.body(reqwest::Body::wrap_stream(stream));
-    match out.send().await {
+        if let Some(ip) = client {
+            out = out.header("x-forwarded-for", ip.to_string());
+        }
+        out
+    };
+    // A request without a body may be sent again, at the leader a standby names; one with
+    // a body is streamed through once (the gateway keeps no copy) and, if it met a master
+    // that does not lead, answered with where to retry — the gateway goes to the leader
+    // next time.
+    let bodiless = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD)
+        && !parts.headers.contains_key(axum::http::header::CONTENT_LENGTH)
+        && !parts.headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+    let sent = if bodiless {
+        masters.send(build).await
+    } else {
+        let base = masters.current();
+        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        match build(&base).body(reqwest::Body::wrap_stream(stream)).send().await {
+            Err(e) => {
+                masters.skip(&base);
+                Err(squilla_net::masters::Failover::Request(e))
+            }
+            Ok(response) => match response.status() {
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::SERVICE_UNAVAILABLE => {
+                    return leadership_answer(masters, &base, response).await;
+                }
+                _ => Ok(response),
+            },
+        }
+    };
+    match sent {
         Ok(response) => pass_back(response),
         Err(e) => {
             tracing::warn!(error = %e, "cannot reach the master");

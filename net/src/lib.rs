@@ -23,6 +23,7 @@ pub mod capability;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod masters;
 pub mod queue;
 pub mod rate;
 pub mod server;
