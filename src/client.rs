@@ -54,7 +54,6 @@ impl Connection {
             .map(|t| t.trim().to_owned())
             .with_context(|| format!("no --token / SQUILLA_TOKEN, and no {} to fall back on", path.display()))
     }
-
 }
 
 /// `squilla artifact …`

@@ -547,7 +547,11 @@ async fn ingest(
 /// A master's 307 or 503 to a request the gateway cannot send again: if it is about
 /// leadership, the gateway follows it for the next request and tells the client to retry;
 /// otherwise it is the master's own answer, passed back.
-async fn leadership_answer(masters: &squilla_net::masters::Masters, base: &str, response: reqwest::Response) -> Response {
+async fn leadership_answer(
+    masters: &squilla_net::masters::Masters,
+    base: &str,
+    response: reqwest::Response,
+) -> Response {
     let (status, headers) = (response.status(), response.headers().clone());
     let body = response.bytes().await.unwrap_or_default();
     match squilla_net::masters::Masters::leadership(status, &body) {

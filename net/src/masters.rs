@@ -112,10 +112,7 @@ impl Masters {
     /// Sends the request `build` makes for a master's base URL, following the leader (see
     /// the module's documentation). The answer of the leader — or of the only master —
     /// whatever its status.
-    pub async fn send(
-        &self,
-        build: impl Fn(&str) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, Failover> {
+    pub async fn send(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, Failover> {
         let attempts = 3 * self.urls.len() + 4;
         let mut last = String::new();
         let mut leaderless = false;

@@ -200,7 +200,10 @@ fn a_redb_file_of_the_older_layout_opens_with_everything_in_it() {
             .unwrap()
             .insert(format!("acme/{sha}").as_str(), json.as_slice())
             .unwrap();
-        txn.open_table(TableDefinition::<&str, &[u8]>::new("blobs")).unwrap().insert(sha.as_str(), a.as_slice()).unwrap();
+        txn.open_table(TableDefinition::<&str, &[u8]>::new("blobs"))
+            .unwrap()
+            .insert(sha.as_str(), a.as_slice())
+            .unwrap();
         txn.open_table(TableDefinition::<&str, &str>::new("tags")).unwrap().insert("acme/f@1", sha.as_str()).unwrap();
         txn.open_table(TableDefinition::<&str, u64>::new("job-seq")).unwrap().insert("acme/errors", 4).unwrap();
         let mut jobs = txn.open_table(TableDefinition::<&str, &[u8]>::new("jobs")).unwrap();

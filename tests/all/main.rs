@@ -7,6 +7,7 @@ mod dataport;
 mod dev;
 mod e2e;
 mod gateway;
+mod ha;
 mod handoff;
 mod isolation;
 mod metrics;
@@ -20,5 +21,7 @@ mod websocket;
 #[path = "../support/cluster.rs"]
 mod cluster;
 pub use cluster::*;
+#[path = "../support/etcd.rs"]
+mod etcd;
 #[path = "../support/webdriver.rs"]
 mod webdriver;

@@ -95,8 +95,7 @@ impl EtcdCluster {
 
     /// The store URL of the cluster (`etcd://h:p,h:p/prefix`).
     pub fn url(&self, prefix: &str) -> String {
-        let hosts: Vec<&str> =
-            self.members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect();
+        let hosts: Vec<&str> = self.members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect();
         format!("etcd://{}/{prefix}", hosts.join(","))
     }
 

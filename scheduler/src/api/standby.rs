@@ -16,7 +16,10 @@ use axum::routing::get;
 pub fn router(leader: Option<String>) -> Router {
     let health = leader.clone();
     Router::new()
-        .route("/healthz", get(move || async move { axum::Json(serde_json::json!({"status": "standby", "leader": health})) }))
+        .route(
+            "/healthz",
+            get(move || async move { axum::Json(serde_json::json!({"status": "standby", "leader": health})) }),
+        )
         .fallback(move |uri: Uri| async move { answer(leader.as_deref(), &uri) })
 }
 

@@ -119,8 +119,7 @@ impl Client {
         if let Some((cert, key)) = &config.identity {
             let mut pem = std::fs::read(cert).map_err(|e| StoreError::Etcd(format!("{}: {e}", cert.display())))?;
             pem.extend(std::fs::read(key).map_err(|e| StoreError::Etcd(format!("{}: {e}", key.display())))?);
-            builder =
-                builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| StoreError::Etcd(e.to_string()))?);
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| StoreError::Etcd(e.to_string()))?);
         }
         Ok(Client {
             endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_owned()).collect(),

@@ -152,8 +152,8 @@ impl Kv for Etcd {
             kvs.iter()
                 .map(|kv| {
                     let key = unb64(&kv["key"])?;
-                    let key = String::from_utf8(key.get(strip..).unwrap_or_default().to_vec())
-                        .map_err(StoreError::decode)?;
+                    let key =
+                        String::from_utf8(key.get(strip..).unwrap_or_default().to_vec()).map_err(StoreError::decode)?;
                     Ok((key, unb64(&kv["value"])?))
                 })
                 .collect()
