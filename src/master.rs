@@ -175,6 +175,17 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
             router(state)
         }
         Some(url) => {
+            // Agents keep their workers for 0.9 × the agent timeout without an answer: a
+            // failover (the lease, then a heartbeat) shorter than that stops no worker.
+            let failover_ms = args.fleet.leader_lease_secs.max(2) * 1000 + args.heartbeat_ms;
+            if args.agent_timeout_ms * 9 / 10 <= failover_ms {
+                tracing::warn!(
+                    agent_timeout_ms = args.agent_timeout_ms,
+                    leader_lease_secs = args.fleet.leader_lease_secs,
+                    "agents' leases (0.9 × the agent timeout) are shorter than a failover (the leader lease plus a \
+                     heartbeat): workers will pause while masters fail over"
+                );
+            }
             let me = args.fleet.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
             crate::fleet::lead_or_stand_by(args.clone(), tenants, url, me).await?
         }

@@ -12,6 +12,7 @@ mod handoff;
 mod isolation;
 mod metrics;
 mod observability;
+mod partition;
 mod queries;
 mod run;
 mod streams;
@@ -23,5 +24,7 @@ mod cluster;
 pub use cluster::*;
 #[path = "../support/etcd.rs"]
 mod etcd;
+#[path = "../support/netns.rs"]
+mod netns;
 #[path = "../support/webdriver.rs"]
 mod webdriver;

@@ -14,7 +14,20 @@ use serde_json::Value;
 
 /// `squilla`, run from the repository's root.
 pub fn squilla() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squilla"));
+    squilla_in(None)
+}
+
+/// `squilla`, run from the repository's root, in network namespace `netns` if given (with
+/// `ip netns exec`, which becomes the program: its pid is squilla's).
+pub fn squilla_in(netns: Option<&str>) -> Command {
+    let mut cmd = match netns {
+        None => Command::new(env!("CARGO_BIN_EXE_squilla")),
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_squilla")]);
+            cmd
+        }
+    };
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd.env_remove("SQUILLA_CONFIG");
     // The stages the test build made (`squilla dev` and `run` look there first).
@@ -47,7 +60,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `squilla ARGS`, named `name` in the test's output.
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut child = squilla()
+        Self::spawn_in(None, name, args)
+    }
+
+    /// [`Proc::spawn`] in network namespace `netns`, if given.
+    pub fn spawn_in(netns: Option<&str>, name: &str, args: &[&str]) -> Proc {
+        let mut child = squilla_in(netns)
             .args(args)
             .env("SQUILLA_LOG", std::env::var("TEST_SQUILLA_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())

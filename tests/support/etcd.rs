@@ -15,6 +15,7 @@ pub struct Member {
     /// Its client URL (`http://127.0.0.1:port`).
     pub client_url: String,
     peer_url: String,
+    netns: Option<String>,
     data: PathBuf,
     child: Option<Child>,
 }
@@ -26,21 +27,51 @@ pub struct EtcdCluster {
     initial: String,
 }
 
+/// `program`, in network namespace `netns` if given.
+fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, program]);
+            cmd
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until the cluster answers writes.
+    /// Starts `n` members on loopback and waits until the cluster answers writes.
     pub fn start(n: usize, tag: &str) -> EtcdCluster {
-        let members: Vec<Member> = (0..n)
-            .map(|i| {
+        let hosts: Vec<(Option<String>, String, u16, u16)> =
+            (0..n).map(|_| (None, "127.0.0.1".to_owned(), free_port(), free_port())).collect();
+        Self::start_on(&hosts, tag)
+    }
+
+    /// Starts a member on each of `hosts` — `(network namespace, address)`, listening on
+    /// 2379 and 2380 there — and waits until the cluster answers writes.
+    pub fn start_in(hosts: &[(&str, &str)], tag: &str) -> EtcdCluster {
+        let hosts: Vec<(Option<String>, String, u16, u16)> =
+            hosts.iter().map(|(ns, ip)| (Some((*ns).to_owned()), (*ip).to_owned(), 2379, 2380)).collect();
+        Self::start_on(&hosts, tag)
+    }
+
+    fn start_on(hosts: &[(Option<String>, String, u16, u16)], tag: &str) -> EtcdCluster {
+        let n = hosts.len();
+        let members: Vec<Member> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (netns, ip, client, peer))| {
                 let data = std::env::temp_dir().join(format!("squilla-etcd-{tag}-{}-{i}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&data);
                 Member {
                     name: format!("m{i}"),
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
-                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    client_url: format!("http://{ip}:{client}"),
+                    peer_url: format!("http://{ip}:{peer}"),
+                    netns: netns.clone(),
                     data,
                     child: None,
                 }
@@ -57,7 +88,7 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
-        let child = Command::new("etcd")
+        let child = in_netns(m.netns.as_deref(), "etcd")
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data)
             .args(["--listen-client-urls", &m.client_url, "--advertise-client-urls", &m.client_url])
@@ -77,7 +108,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + timeout;
         for m in &self.members {
             loop {
-                let ok = Command::new("etcdctl")
+                let ok = in_netns(m.netns.as_deref(), "etcdctl")
                     .args(["--endpoints", &m.client_url, "--command-timeout=2s", "put", "squilla-test/ready", "1"])
                     .env("ETCDCTL_API", "3")
                     .stdout(Stdio::null())
