@@ -21,17 +21,28 @@ use tower::ServiceExt;
 
 use crate::master::{MasterArgs, leader_state};
 
+/// Asks a fleet master to resign; answered once it has (or could not within 2 s).
+pub type Resign = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
+
 /// Connects to the etcd store at `url`, stands for leadership as `me`, and returns the
-/// router to serve: the leader's API while leading, the standby's answers otherwise.
-pub async fn lead_or_stand_by(args: MasterArgs, tenants: Tenants, url: &str, me: String) -> anyhow::Result<Router> {
+/// router to serve (the leader's API while leading, the standby's answers otherwise) and
+/// the way to resign when the master stops.
+pub async fn lead_or_stand_by(
+    args: MasterArgs,
+    tenants: Tenants,
+    url: &str,
+    me: String,
+) -> anyhow::Result<(Router, Resign)> {
     let mut config = EtcdConfig::from_url(url)?;
     config.ca = args.fleet.etcd_ca.clone();
     config.identity = args.fleet.etcd_cert.clone().zip(args.fleet.etcd_key.clone());
     let etcd = Etcd::connect(&config)?;
     let store = Arc::new(Store::new(etcd.clone()));
-    let mut role = etcd.campaign(me.clone(), Duration::from_secs(args.fleet.leader_lease_secs));
+    let candidacy = etcd.campaign(me.clone(), Duration::from_secs(args.fleet.leader_lease_secs));
+    let mut role = candidacy.role.clone();
     let current = Arc::new(RwLock::new(standby::router(None)));
     let switch = current.clone();
+    let (resign, mut resigning) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     tokio::spawn(async move {
         let mut control_loop: Option<tokio::task::JoinHandle<()>> = None;
         loop {
@@ -65,15 +76,26 @@ pub async fn lead_or_stand_by(args: MasterArgs, tenants: Tenants, url: &str, me:
                     set(&switch, standby::router(leader));
                 }
             }
-            if role.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { break },
+                Some(done) = resigning.recv() => {
+                    if let Some(running) = control_loop.take() {
+                        running.abort();
+                    }
+                    set(&switch, standby::router(None));
+                    drop(role);
+                    candidacy.resign().await;
+                    let _ = done.send(());
+                    break;
+                }
             }
         }
     });
-    Ok(Router::new().fallback(move |request: Request| {
+    let app = Router::new().fallback(move |request: Request| {
         let app = current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         async move { app.oneshot(request).await.into_response() }
-    }))
+    });
+    Ok((app, resign))
 }
 
 fn set(switch: &RwLock<Router>, app: Router) {

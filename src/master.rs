@@ -151,6 +151,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// `https` or `http`.
     pub scheme: &'static str,
+    /// How a master of a fleet resigns its leadership when it stops.
+    pub resign: Option<crate::fleet::Resign>,
 }
 
 /// Opens the store, loads the jobs, and serves the API on the current runtime. With an etcd
@@ -166,6 +168,7 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
     let server = ServerLimits { max_connections_per_ip: args.max_connections_per_ip, ..ServerLimits::default() };
     let acceptor = tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let mut resign = None;
     let app = match &args.fleet.store {
         None => {
             let store = Arc::new(Store::open(&args.data_dir.join("squilla.redb"))?);
@@ -187,11 +190,13 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
                 );
             }
             let me = args.fleet.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
-            crate::fleet::lead_or_stand_by(args.clone(), tenants, url, me).await?
+            let (app, resigner) = crate::fleet::lead_or_stand_by(args.clone(), tenants, url, me).await?;
+            resign = Some(resigner);
+            app
         }
     };
     tokio::spawn(squilla_net::server::serve_tls(listener, app, server, stats, acceptor));
-    Ok(Running { addr, scheme })
+    Ok(Running { addr, scheme, resign })
 }
 
 /// The API's state, and the control over `store`'s jobs, of a master that leads.
@@ -247,7 +252,19 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         if args.agent_token.is_none() {
             eprintln!("squilla master: no --agent-token given, so no agent can join");
         }
-        let _ = tokio::signal::ctrl_c().await;
+        // Ctrl-C, or SIGTERM as service managers and Kubernetes stop a process.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        if let Some(resign) = running.resign {
+            // Another master takes over at once instead of after the lease.
+            let (done, resigned) = tokio::sync::oneshot::channel();
+            if resign.send(done).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(3), resigned).await;
+            }
+        }
         anyhow::Ok(())
     })
 }

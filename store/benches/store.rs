@@ -79,7 +79,7 @@ fn run(name: &str, store: &Store, rows: &mut Vec<serde_json::Value>) {
 
 fn etcd_store(cluster: &etcd_cluster::EtcdCluster) -> (Store, tokio::sync::watch::Receiver<Role>) {
     let etcd = Etcd::connect(&EtcdConfig::from_url(&cluster.url("bench")).unwrap()).unwrap();
-    let role = etcd.campaign("http://bench".into(), Duration::from_secs(3));
+    let role = etcd.campaign("http://bench".into(), Duration::from_secs(3)).role;
     let deadline = Instant::now() + Duration::from_secs(10);
     while *role.borrow() != Role::Leader {
         assert!(Instant::now() < deadline, "not elected");

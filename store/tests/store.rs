@@ -118,7 +118,7 @@ fn redb_passes_the_suite() {
 /// A client of `cluster` under `prefix`, leading (its writes are fenced on that).
 fn leading(cluster: &EtcdCluster, prefix: &str, me: &str) -> (Etcd, tokio::sync::watch::Receiver<Role>) {
     let etcd = Etcd::connect(&EtcdConfig::from_url(&cluster.url(prefix)).unwrap()).unwrap();
-    let role = etcd.campaign(me.into(), Duration::from_secs(2));
+    let role = etcd.campaign(me.into(), Duration::from_secs(2)).role;
     wait_role(&role, &Role::Leader, Duration::from_secs(10));
     (etcd, role)
 }
@@ -141,7 +141,7 @@ fn etcd_passes_the_suite_and_fences_writes_on_leadership() {
 
     // A second master sees the same state, stands by, and cannot write.
     let standby = Etcd::connect(&EtcdConfig::from_url(&cluster.url("suite")).unwrap()).unwrap();
-    let standby_role = standby.campaign("http://m2".into(), Duration::from_secs(2));
+    let standby_role = standby.campaign("http://m2".into(), Duration::from_secs(2)).role;
     wait_role(&standby_role, &Role::Standby { leader: Some("http://m1".into()) }, Duration::from_secs(5));
     let second = Store::new(standby.clone());
     assert_eq!(second.all_jobs().unwrap().len(), 250);

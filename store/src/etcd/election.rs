@@ -42,14 +42,30 @@ pub enum Role {
     },
 }
 
+/// A master's candidacy: its role as it changes, until it resigns.
+pub struct Candidacy {
+    /// This master's role.
+    pub role: watch::Receiver<Role>,
+    ended: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Candidacy {
+    /// Gives up: stops acting as leader at once, and revokes the lease (within about a
+    /// second), so that another master takes over without waiting for it to expire.
+    pub async fn resign(self) {
+        drop(self.role);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ended).await;
+    }
+}
+
 impl Etcd {
     /// Stands for leadership as `me` (the URL clients should be sent to) with leases of
-    /// `ttl` (at least 2 s). Returns this master's role as it changes. The campaign lasts
-    /// while a receiver is held; when the last is dropped the leadership is given up (the
-    /// lease revoked), so that another master takes over at once.
-    pub fn campaign(&self, me: String, ttl: Duration) -> watch::Receiver<Role> {
+    /// `ttl` (at least 2 s). The candidacy lasts while its `role` receiver (or a clone) is
+    /// held; when the last is dropped the leadership is given up and the lease revoked.
+    pub fn campaign(&self, me: String, ttl: Duration) -> Candidacy {
         let ttl = ttl.max(Duration::from_secs(2));
         let (tx, rx) = watch::channel(Role::Standby { leader: None });
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
         let inner = self.inner.clone();
         self.handle().spawn(async move {
             while !tx.is_closed() {
@@ -61,8 +77,9 @@ impl Etcd {
                     tokio::time::sleep(POLL).await;
                 }
             }
+            let _ = ended_tx.send(());
         });
-        rx
+        Candidacy { role: rx, ended }
     }
 }
 
