@@ -17,13 +17,14 @@ use std::time::Duration;
 /// Why no master answered.
 #[derive(Debug, thiserror::Error)]
 pub enum Failover {
-    /// None of the masters could be reached (the last error).
-    #[error("cannot reach any master ({masters}): {last}")]
+    /// None of the masters could be reached (the last error is the source).
+    #[error("cannot reach any master ({masters})")]
     Unreachable {
         /// The list tried.
         masters: String,
         /// The last failure.
-        last: String,
+        #[source]
+        last: reqwest::Error,
     },
     /// The masters answered, but none leads (an election did not end in time).
     #[error("no master leads right now ({masters}); retry shortly")]
@@ -33,8 +34,8 @@ pub enum Failover {
     },
     /// The request failed after it was sent (a timeout, a reset): it is not repeated,
     /// as it may have been applied.
-    #[error("{0}")]
-    Request(reqwest::Error),
+    #[error("the request failed after it was sent, and may or may not have been applied")]
+    Request(#[source] reqwest::Error),
 }
 
 /// The masters' URLs and the one believed to lead; clones share what they learn.
@@ -114,18 +115,30 @@ impl Masters {
     /// whatever its status.
     pub async fn send(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, Failover> {
         let attempts = 3 * self.urls.len() + 4;
-        let mut last = String::new();
+        let mut unreachable: Vec<String> = Vec::new();
+        let mut last = None;
         let mut leaderless = false;
         for _ in 0..attempts {
             let base = self.current();
             let response = match build(&base).send().await {
                 Ok(response) => response,
                 Err(e) if e.is_connect() => {
-                    last = e.to_string();
                     self.skip(&base);
+                    if !unreachable.contains(&base) {
+                        unreachable.push(base);
+                    }
+                    last = Some(e);
+                    if self.urls.iter().all(|u| unreachable.contains(u)) {
+                        break;
+                    }
                     continue;
                 }
-                Err(e) => return Err(Failover::Request(e)),
+                Err(e) => {
+                    // Not sent again (it may have been applied); the next request starts
+                    // at another master.
+                    self.skip(&base);
+                    return Err(Failover::Request(e));
+                }
             };
             let status = response.status();
             if status != reqwest::StatusCode::TEMPORARY_REDIRECT && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
@@ -135,7 +148,14 @@ impl Masters {
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(Failover::Request)?;
             match Self::leadership(status, &body) {
-                Some(Some(leader)) if leader.trim_end_matches('/') != base => self.follow(&leader),
+                // A standby may still name a leader that has just died: followed only if
+                // it was not found unreachable already.
+                Some(Some(leader))
+                    if leader.trim_end_matches('/') != base
+                        && !unreachable.iter().any(|u| u == leader.trim_end_matches('/')) =>
+                {
+                    self.follow(&leader)
+                }
                 Some(_) => {
                     leaderless = true;
                     self.skip(&base);
@@ -149,10 +169,11 @@ impl Masters {
                 }
             }
         }
-        if leaderless || last.is_empty() {
-            Err(Failover::NoLeader { masters: self.to_string() })
-        } else {
-            Err(Failover::Unreachable { masters: self.to_string(), last })
+        match last {
+            Some(last) if !leaderless || unreachable.len() == self.urls.len() => {
+                Err(Failover::Unreachable { masters: self.to_string(), last })
+            }
+            _ => Err(Failover::NoLeader { masters: self.to_string() }),
         }
     }
 }

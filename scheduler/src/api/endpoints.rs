@@ -55,6 +55,7 @@ pub struct Endpoints {
     responses(
         (status = 200, description = "Where the job's sink and source run, and a capability for them (docs/api.md).", body = Endpoints),
         (status = 404, description = "`not_found`: no such job of the tenant's.", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: the master has just started (or taken over) and not yet heard from the agents running the job's last stage; retry in a second.", body = ErrorBody),
     ))]
 pub async fn endpoints(
     State(state): State<AppState>,
@@ -65,6 +66,13 @@ pub async fn endpoints(
     let id = super::job_id(&id)?;
     let job = state.control.job(&tenant, &id)?;
     let ended = job.state.is_terminal();
+    if !ended && state.control.sinks_unknown(&tenant, &id) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "agent_unavailable",
+            "this master has just started and not yet heard from the agents running the job; retry in a second",
+        ));
+    }
     // An ended job has nowhere to read or feed: no agents, no capability.
     let (sinks, (source, _, source_fresh)) = match ended {
         false => (state.control.sink_agents(&tenant, &id)?, state.control.source_agent(&tenant, &id)?),

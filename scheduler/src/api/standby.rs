@@ -7,10 +7,22 @@
 //! an election). `GET /healthz` answers 200 with `status: standby`: the process is alive and
 //! ready to lead.
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::extract::Request;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
+
+/// Most bytes of a request body a standby reads (and drops) before answering: a client
+/// still sending a body it is not read would stall or see its connection reset instead of
+/// the answer. Past it — or after [`DRAIN_TIMEOUT`] — the answer closes the connection.
+const DRAIN_BYTES: usize = 64 << 20;
+
+/// How long a standby reads a request body before answering.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The router of a standby master that knows `leader` (its advertised URL) or none.
 pub fn router(leader: Option<String>) -> Router {
@@ -20,7 +32,32 @@ pub fn router(leader: Option<String>) -> Router {
             "/healthz",
             get(move || async move { axum::Json(serde_json::json!({"status": "standby", "leader": health})) }),
         )
-        .fallback(move |uri: Uri| async move { answer(leader.as_deref(), &uri) })
+        .fallback(move |request: Request| async move {
+            let uri = request.uri().clone();
+            let drained = drain(request).await;
+            let mut response = answer(leader.as_deref(), &uri);
+            if !drained {
+                response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            }
+            response
+        })
+}
+
+/// Reads `request`'s body to its end, within the limits; whether it got there.
+async fn drain(request: Request) -> bool {
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0usize;
+    let all = async {
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { return false };
+            read += chunk.len();
+            if read > DRAIN_BYTES {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, all).await.unwrap_or(false)
 }
 
 fn answer(leader: Option<&str>, uri: &Uri) -> Response {

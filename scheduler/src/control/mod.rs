@@ -601,6 +601,26 @@ impl Control {
         Ok(out)
     }
 
+    /// Whether a job's last stage runs on an agent this master has not heard from since it
+    /// started, while it still waits for such agents (one agent timeout after a restart or a
+    /// failover): where the job's output is cannot be told yet, and saying "nowhere" would
+    /// make gateways drop streams that are flowing.
+    pub fn sinks_unknown(&self, tenant: &TenantId, id: &JobId) -> bool {
+        if self.started.elapsed() >= self.config.agent_timeout {
+            return false;
+        }
+        let state = self.lock();
+        let key = JobKey::new(tenant.clone(), id.clone());
+        state.jobs.get(&key).is_some_and(|job| {
+            job.stages
+                .last()
+                .into_iter()
+                .flat_map(|s| s.workers.iter())
+                .filter_map(|w| w.agent.as_ref())
+                .any(|a| !state.agents.contains_key(a))
+        })
+    }
+
     /// The sink server of the agent that runs a job's source (stage 0's slot 0), the job's
     /// source spec, and whether that agent's lease still holds (it was heard from within nine
     /// tenths of the agent timeout: an agent whose lease ran out emits nothing).
