@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_cluster::EtcdCluster;
 use squilla_store::etcd::election::Role;
+use squilla_store::etcd::watch::Change;
 use squilla_store::etcd::{CHUNK, Etcd, EtcdConfig};
 use squilla_store::{ArtifactMeta, Delete, JobRecord, Put, Store, StoreError};
 use squilla_types::ids::{Sha256, TenantId};
@@ -148,6 +149,16 @@ fn etcd_passes_the_suite_and_fences_writes_on_leadership() {
     let acme = tenant("acme");
     let errors = "errors".parse().unwrap();
     assert!(matches!(second.next_job_number(&acme, &errors), Err(StoreError::NotLeader)));
+
+    // A standby follows what the leader writes: everything at first, then each change.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let mut jobs = standby.follow("jobs/");
+    let mut next =
+        || runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), jobs.recv()).await }).unwrap().unwrap();
+    assert!(matches!(next(), Change::Reset(all) if all.len() == 250));
+    let changed = JobRecord { key: "acme.errors-7".parse().unwrap(), json: b"{\"n\":77}".to_vec() };
+    store.put_job_records(&[changed]).unwrap();
+    assert_eq!(next(), Change::Put("acme.errors-7".into(), b"{\"n\":77}".to_vec()));
 
     // The leader gives up (its receiver dropped): the standby leads within the poll, and
     // the old handle's writes are refused and change nothing.

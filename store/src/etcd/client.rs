@@ -101,15 +101,30 @@ pub struct Client {
     endpoints: Vec<String>,
     current: AtomicUsize,
     http: reqwest::Client,
+    /// For watches: streams without an overall timeout (their liveness is checked by the
+    /// watcher, see [`super::watch`]).
+    streams: reqwest::Client,
 }
 
 impl Client {
     /// A client of `config`'s endpoints.
     pub fn new(config: &EtcdConfig) -> Result<Self, StoreError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(1))
-            .redirect(reqwest::redirect::Policy::none());
+        let http = Self::builder(config)?.timeout(REQUEST_TIMEOUT).build().map_err(|e| StoreError::Etcd(e.to_string()))?;
+        let streams = Self::builder(config)?
+            .tcp_keepalive(Duration::from_secs(5))
+            .build()
+            .map_err(|e| StoreError::Etcd(e.to_string()))?;
+        Ok(Client {
+            endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_owned()).collect(),
+            current: AtomicUsize::new(0),
+            http,
+            streams,
+        })
+    }
+
+    fn builder(config: &EtcdConfig) -> Result<reqwest::ClientBuilder, StoreError> {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca {
             let pem = std::fs::read(ca).map_err(|e| StoreError::Etcd(format!("{}: {e}", ca.display())))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| StoreError::Etcd(e.to_string()))? {
@@ -121,11 +136,26 @@ impl Client {
             pem.extend(std::fs::read(key).map_err(|e| StoreError::Etcd(format!("{}: {e}", key.display())))?);
             builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| StoreError::Etcd(e.to_string()))?);
         }
-        Ok(Client {
-            endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_owned()).collect(),
-            current: AtomicUsize::new(0),
-            http: builder.build().map_err(|e| StoreError::Etcd(e.to_string()))?,
-        })
+        Ok(builder)
+    }
+
+    /// Opens a streaming `POST {endpoint}{path}` (a watch) at the endpoint in use, moving on
+    /// to the next one for the next attempt if it fails.
+    pub async fn stream(&self, path: &str, body: &Value) -> Result<reqwest::Response, StoreError> {
+        let at = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+        let url = format!("{}{path}", self.endpoints[at]);
+        let sent = self.streams.post(&url).header("content-type", "application/json").body(body.to_string()).send();
+        match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
+            Ok(Ok(response)) if response.status().is_success() => Ok(response),
+            failed => {
+                self.current.store((at + 1) % self.endpoints.len(), Ordering::Relaxed);
+                Err(StoreError::Etcd(match failed {
+                    Ok(Ok(response)) => format!("{url}: {}", response.status()),
+                    Ok(Err(e)) => format!("{url}: {e}"),
+                    Err(_) => format!("{url}: no answer in {REQUEST_TIMEOUT:?}"),
+                }))
+            }
+        }
     }
 
     /// `POST {endpoint}{path}` with `body`, at the endpoint in use and then at the others,
@@ -205,11 +235,16 @@ impl Client {
 
     /// The `kvs` of a range over `[key, range_end)` (`range_end` empty: `key` alone).
     pub async fn range(&self, key: &[u8], range_end: &[u8], limit: i64) -> Result<Vec<Value>, StoreError> {
+        Ok(self.range_at(key, range_end, limit).await?.0)
+    }
+
+    /// [`Client::range`] with the store's revision it was read at.
+    pub async fn range_at(&self, key: &[u8], range_end: &[u8], limit: i64) -> Result<(Vec<Value>, i64), StoreError> {
         let mut body = json!({ "key": b64(key), "limit": limit });
         if !range_end.is_empty() {
             body["range_end"] = json!(b64(range_end));
         }
         let answer = self.call("/v3/kv/range", &body).await?;
-        Ok(answer["kvs"].as_array().cloned().unwrap_or_default())
+        Ok((answer["kvs"].as_array().cloned().unwrap_or_default(), int(&answer["header"]["revision"])))
     }
 }

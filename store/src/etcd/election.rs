@@ -4,8 +4,9 @@
 //! The recipe is etcd's own: each candidate holds a lease of `ttl`; the leader is whoever
 //! created the `leader` key (with its URL as value, attached to its lease) — a transaction
 //! that creates the key only if it does not exist. The leader renews its lease every third
-//! of `ttl`; if it dies, is cut off or paused, the lease expires and the key with it, and a
-//! standby's next attempt (every [`POLL`]) creates it.
+//! of `ttl`; if it dies, is cut off or paused, the lease expires and the key with it. Each
+//! standby watches the key (`super::watch`) and tries to create it as soon as it is gone
+//! (and every [`POLL`] in any case).
 //!
 //! Safety does not rest on timing: every write of the leader is conditioned on the key's
 //! create revision (its *fence*, see [`super::Etcd`]), so a master that lost the key cannot
@@ -27,8 +28,10 @@ use super::client::{b64, int, unb64};
 use super::{Etcd, Inner};
 use crate::kv::StoreError;
 
-/// How often a standby tries to take an empty leadership (and reads who leads).
-pub const POLL: Duration = Duration::from_millis(250);
+/// How long a candidate waits between attempts: it watches the `leader` key and tries again
+/// at once when it changes (when the leader's lease expires, or it resigns), and after this
+/// long without a change anyway.
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// What this master is in its fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +77,7 @@ impl Etcd {
                 }
                 step_down(&inner, &tx);
                 if !tx.is_closed() {
-                    tokio::time::sleep(POLL).await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
             let _ = ended_tx.send(());
@@ -88,6 +91,8 @@ async fn stand(inner: &Arc<Inner>, me: &str, ttl: Duration, role: &watch::Sender
     let mut renewed = Instant::now();
     let granted = inner.client.call("/v3/lease/grant", &json!({ "TTL": ttl.as_secs() })).await?;
     let lease = int(&granted["ID"]);
+    let (mut changes, follow) = super::watch::follower(inner.clone(), format!("{}leader", inner.prefix).into_bytes(), 0);
+    let following = tokio::spawn(follow);
     let key = b64(format!("{}leader", inner.prefix));
     let result = async {
         loop {
@@ -112,13 +117,15 @@ async fn stand(inner: &Arc<Inner>, me: &str, ttl: Duration, role: &watch::Sender
             if role.is_closed() {
                 return Ok(());
             }
-            tokio::time::sleep(POLL).await;
+            // Until the key changes (or a renewal is due).
+            let _ = tokio::time::timeout(POLL.min(ttl / 3), changes.recv()).await;
             if renewed.elapsed() >= ttl / 3 {
                 renewed = renew(inner, lease, Instant::now()).await?.ok_or_else(|| lost("the lease expired"))?;
             }
         }
     }
     .await;
+    following.abort();
     step_down(inner, role);
     // Best effort, and bounded: a revoked lease frees the leadership at once instead of
     // after `ttl` (without quorum it cannot be revoked, and expires by itself).

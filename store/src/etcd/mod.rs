@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod election;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -42,7 +43,7 @@ pub struct Etcd {
 }
 
 /// What the client's calls and its election share.
-struct Inner {
+pub(crate) struct Inner {
     client: Client,
     prefix: String,
     /// The create revision of the `leader` key while this process holds it; 0 otherwise.
