@@ -3,9 +3,11 @@
 //! Each master stands for leadership (`squilla_store::etcd::election`). While it leads, it
 //! serves the whole API and runs the control loop over the jobs it loaded from the store
 //! when it was elected — the plan the previous leader left, adopted as a restarted master
-//! adopts its own. While it stands by, it answers every request with where the leader is
-//! (`squilla_scheduler::api::standby`), and runs nothing. The switch is one router swapped
-//! behind the listener, so connections are never refused during a change.
+//! adopts its own. While it stands by, it runs nothing: it answers reads of artifacts,
+//! clusters and jobs itself, from the store and from a copy of the jobs that follows the
+//! leader's writes through an etcd watch, and every other request with where the leader is
+//! (`squilla_scheduler::api::standby`). The switch is one router swapped behind the
+//! listener, so connections are never refused during a change.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,9 +16,10 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::IntoResponse;
 use squilla_scheduler::api::{Tenants, router, spawn_control_loop, standby};
-use squilla_scheduler::store::Store;
 use squilla_scheduler::store::etcd::election::Role;
+use squilla_scheduler::store::etcd::watch::Change;
 use squilla_scheduler::store::etcd::{Etcd, EtcdConfig};
+use squilla_scheduler::store::{JobRecord, Store};
 use tower::ServiceExt;
 
 use crate::master::{MasterArgs, leader_state};
@@ -40,15 +43,21 @@ pub async fn lead_or_stand_by(
     let store = Arc::new(Store::new(etcd.clone()));
     let candidacy = etcd.campaign(me.clone(), Duration::from_secs(args.fleet.leader_lease_secs));
     let mut role = candidacy.role.clone();
+    let follow = etcd.clone();
     let current = Arc::new(RwLock::new(standby::router(None)));
     let switch = current.clone();
     let (resign, mut resigning) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     tokio::spawn(async move {
         let mut control_loop: Option<tokio::task::JoinHandle<()>> = None;
+        // A standby's read-only API and the task that keeps its jobs as the leader writes them.
+        let mut reads: Option<(Router, tokio::task::JoinHandle<()>)> = None;
         loop {
             let now = role.borrow_and_update().clone();
             match now {
                 Role::Leader if control_loop.is_none() => {
+                    if let Some((_, following)) = reads.take() {
+                        following.abort();
+                    }
                     let (a, t, s) = (args.clone(), tenants.clone(), store.clone());
                     match tokio::task::spawn_blocking(move || take_over(&a, t, s)).await {
                         Ok(Ok(app)) => {
@@ -70,10 +79,28 @@ pub async fn lead_or_stand_by(
                     if let Some(running) = control_loop.take() {
                         running.abort();
                     }
+                    if reads.is_none() {
+                        let (a, t, s) = (args.clone(), tenants.clone(), store.clone());
+                        match tokio::task::spawn_blocking(move || read_only(&a, t, s)).await {
+                            Ok(Ok((state, control))) => {
+                                reads = Some((router(state), tokio::spawn(keep(control, follow.follow("jobs/")))));
+                            }
+                            Ok(Err(err)) => {
+                                tracing::warn!(error = %err, "cannot serve reads as a standby; redirecting them")
+                            }
+                            Err(err) => tracing::error!(error = %err, "making the standby's reads panicked"),
+                        }
+                    }
                     // Our own URL is a lease of a previous run of this master, expiring.
                     let leader = leader.filter(|l| *l != me);
                     eprintln!("squilla master: standing by; leader: {}", leader.as_deref().unwrap_or("none yet"));
-                    set(&switch, standby::router(leader));
+                    set(
+                        &switch,
+                        match &reads {
+                            Some((reads, _)) => standby::with_reads(leader, reads.clone()),
+                            None => standby::router(leader),
+                        },
+                    );
                 }
             }
             tokio::select! {
@@ -100,6 +127,41 @@ pub async fn lead_or_stand_by(
 
 fn set(switch: &RwLock<Router>, app: Router) {
     *switch.write().unwrap_or_else(std::sync::PoisonError::into_inner) = app;
+}
+
+/// A standby's state, for reads only: the jobs as stored (kept up to date by [`keep`]); the
+/// fleet's CA if the store has one (a standby issues no certificates).
+fn read_only(
+    args: &MasterArgs,
+    tenants: Tenants,
+    store: Arc<Store>,
+) -> anyhow::Result<(squilla_scheduler::api::AppState, Arc<squilla_scheduler::control::Control>)> {
+    let authority = match store.fleet_ca()? {
+        Some((cert, key)) => squilla_net::ca::Authority::from_pems(&cert, &key)?,
+        None => squilla_net::ca::Authority::generate()?,
+    };
+    leader_state(args, tenants, store, authority)
+}
+
+/// Keeps a standby's jobs as the leader writes them.
+async fn keep(control: Arc<squilla_scheduler::control::Control>, mut changes: tokio::sync::mpsc::Receiver<Change>) {
+    while let Some(change) = changes.recv().await {
+        match change {
+            Change::Reset(all) => control.replace_stored_jobs(
+                all.into_iter().filter_map(|(key, json)| Some(JobRecord { key: key.parse().ok()?, json })).collect(),
+            ),
+            Change::Put(key, json) => {
+                if let Ok(key) = key.parse() {
+                    control.put_stored_job(key, Some(&json));
+                }
+            }
+            Change::Delete(key) => {
+                if let Ok(key) = key.parse() {
+                    control.put_stored_job(key, None);
+                }
+            }
+        }
+    }
 }
 
 /// The leader's state: the fleet's CA (shared through the store), the jobs as stored.

@@ -153,8 +153,9 @@ fn etcd_passes_the_suite_and_fences_writes_on_leadership() {
     // A standby follows what the leader writes: everything at first, then each change.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let mut jobs = standby.follow("jobs/");
-    let mut next =
-        || runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), jobs.recv()).await }).unwrap().unwrap();
+    let mut next = || {
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), jobs.recv()).await }).unwrap().unwrap()
+    };
     assert!(matches!(next(), Change::Reset(all) if all.len() == 250));
     let changed = JobRecord { key: "acme.errors-7".parse().unwrap(), json: b"{\"n\":77}".to_vec() };
     store.put_job_records(&[changed]).unwrap();

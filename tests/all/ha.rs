@@ -125,14 +125,14 @@ async fn the_leader_is_killed_and_nothing_acknowledged_is_lost_nor_any_output_st
     let standby = urls[(leader + 1) % 3].clone();
     let deadline = Instant::now() + Duration::from_secs(5);
     let redirected = loop {
-        let answer = http.get(format!("{standby}/api/v1/jobs")).bearer_auth(TOKEN).send().await.unwrap();
+        let answer = http.post(format!("{standby}/api/v1/clusters")).bearer_auth(TOKEN).send().await.unwrap();
         if answer.status() != 503 || Instant::now() > deadline {
             break answer; // 503 `no_leader` until the standby has read who leads
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(redirected.status(), 307);
-    assert_eq!(redirected.headers()["location"].to_str().unwrap(), format!("{}/api/v1/jobs", urls[leader]));
+    assert_eq!(redirected.headers()["location"].to_str().unwrap(), format!("{}/api/v1/clusters", urls[leader]));
 
     let _agent = agent_with("a1", &list, &["--threads", "2"]);
     let gateway_port = free_port();
@@ -151,6 +151,26 @@ async fn the_leader_is_killed_and_nothing_acknowledged_is_lost_nor_any_output_st
     let steady = job["id"].as_str().expect("submitted").to_owned();
     let running = |job: &Value| job["state"] == "running";
     let before = until(&fleet, &steady, running).await;
+    // Standbys answer reads themselves, from the jobs the leader wrote (followed through a
+    // watch), marked as theirs.
+    for url in urls.iter().filter(|u| **u != urls[leader]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = http.get(format!("{url}/api/v1/jobs/{steady}")).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(answer.status(), 200, "a standby reads");
+            assert_eq!(answer.headers()["x-squilla-standby"], "true");
+            let job: Value = answer.json().await.unwrap();
+            let placed = |job: &Value| {
+                let workers = job["stages"][0]["workers"].as_array().cloned().unwrap_or_default();
+                workers.iter().map(|w| (w["number"].clone(), w["agent"].clone())).collect::<Vec<_>>()
+            };
+            if job["state"] == before["state"] && placed(&job) == placed(&before) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the standby's copy does not follow: {job} against {before}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let via = Api { base: format!("http://127.0.0.1:{gateway_port}"), http: reqwest::Client::new() };
     let mut sink = Sub::open(&via, &format!("/api/v1/jobs/{steady}/sink")).await;
     let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();

@@ -1,11 +1,13 @@
-//! What a standby master answers: where the leader is.
+//! What a standby master answers: reads of what the store holds, and where the leader is.
 //!
 //! With masters sharing an etcd store, one leads (see `squilla_store::etcd::election`) and
-//! serves the whole API; the others stand by. A standby answers every API request with
-//! **307** `not_leader` and a `Location` at the same path on the leader (clients that know
-//! the list of masters go there), or **503** `no_leader` while no leader is known (during
-//! an election). `GET /healthz` answers 200 with `status: standby`: the process is alive and
-//! ready to lead.
+//! serves the whole API; the others stand by. A standby answers reads of stored objects
+//! itself ([`is_read`]: artifacts, clusters, jobs), from the store and from a copy of the
+//! jobs that follows the leader's writes, marked `X-Squilla-Standby: true`. Every other
+//! request gets **307** `not_leader` and a `Location` at the same path on the leader (clients
+//! that know the list of masters go there), or **503** `no_leader` while no leader is known
+//! (during an election). `GET /healthz` answers 200 with `status: standby`: the process is
+//! alive and ready to lead.
 
 use std::time::Duration;
 
@@ -23,6 +25,48 @@ const DRAIN_BYTES: usize = 64 << 20;
 
 /// How long a standby reads a request body before answering.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether a request is a read a standby answers itself: `GET` or `HEAD` of the artifacts,
+/// clusters and jobs of a tenant, which the store holds. (Metrics, logs, sinks, endpoints
+/// and agents come from agents' heartbeats and connections, which only the leader has.)
+pub fn is_read(method: &axum::http::Method, path: &str) -> bool {
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        return false;
+    }
+    let Some(rest) = path.strip_prefix("/api/v1/") else { return false };
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["artifacts"]
+            | ["artifacts", _]
+            | ["artifacts", _, "wasm"]
+            | ["clusters"]
+            | ["clusters", _]
+            | ["clusters", _, "versions", _]
+            | ["jobs"]
+            | ["jobs", _]
+            | ["openapi.json"]
+    )
+}
+
+/// The router of a standby that answers reads with `reads` (the API's router over the
+/// standby's own state) and everything else as [`router`] does.
+pub fn with_reads(leader: Option<String>, reads: Router) -> Router {
+    let elsewhere = router(leader);
+    Router::new().fallback(move |request: Request| {
+        let read = is_read(request.method(), request.uri().path());
+        let (reads, elsewhere) = (reads.clone(), elsewhere.clone());
+        async move {
+            use tower::ServiceExt;
+            if !read {
+                return elsewhere.oneshot(request).await.into_response();
+            }
+            let mut response = reads.oneshot(request).await.into_response();
+            response.headers_mut().insert("x-squilla-standby", header::HeaderValue::from_static("true"));
+            response
+        }
+    })
+}
 
 /// The router of a standby master that knows `leader` (its advertised URL) or none.
 pub fn router(leader: Option<String>) -> Router {
@@ -76,4 +120,42 @@ fn answer(leader: Option<&str>, uri: &Uri) -> Response {
         "leader": leader,
     });
     (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)], axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::is_read;
+
+    #[test]
+    fn a_standby_reads_stored_objects_only() {
+        for path in [
+            "/api/v1/artifacts",
+            "/api/v1/artifacts/abc",
+            "/api/v1/artifacts/abc/wasm",
+            "/api/v1/clusters/",
+            "/api/v1/clusters/errors",
+            "/api/v1/clusters/errors/versions/2",
+            "/api/v1/jobs",
+            "/api/v1/jobs/errors-1",
+        ] {
+            assert!(is_read(&Method::GET, path), "{path}");
+            assert!(is_read(&Method::HEAD, path), "{path}");
+            assert!(!is_read(&Method::POST, path), "{path}");
+            assert!(!is_read(&Method::DELETE, path), "{path}");
+        }
+        for path in [
+            "/api/v1/jobs/errors-1/metrics",
+            "/api/v1/jobs/errors-1/sink",
+            "/api/v1/jobs/errors-1/endpoints",
+            "/api/v1/agents",
+            "/api/v1/agent/artifacts/abc",
+            "/healthz",
+            "/",
+            "/api/v2/jobs",
+        ] {
+            assert!(!is_read(&Method::GET, path), "{path}");
+        }
+    }
 }

@@ -130,6 +130,13 @@ pub enum ControlError {
     Store(#[from] StoreError),
 }
 
+/// A stored job, or `None` (logged) if its record does not decode.
+fn decode_stored(record: &JobRecord) -> Option<Job> {
+    serde_json::from_slice(&record.json)
+        .map_err(|e| tracing::error!(key = %record.key, error = %e, "a stored job does not decode; skipped"))
+        .ok()
+}
+
 /// The master's live state and the operations on it.
 pub struct Control {
     store: Arc<Store>,
@@ -169,6 +176,27 @@ impl Control {
             started: Instant::now(),
             changed: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// A standby's copy: replaces every job with `records`, as the store holds them (a
+    /// standby master answers reads from the jobs the leader wrote; it runs nothing).
+    /// Records that do not decode are skipped, and logged.
+    pub fn replace_stored_jobs(&self, records: Vec<JobRecord>) {
+        let jobs = records.into_iter().filter_map(|r| decode_stored(&r).map(|job| (r.key, job))).collect();
+        let mut state = self.lock();
+        state.jobs = jobs;
+        self.notify(&mut state);
+    }
+
+    /// A standby's copy: one job as the leader just wrote it (`None`: removed).
+    pub fn put_stored_job(&self, key: JobKey, json: Option<&[u8]>) {
+        let job = json.and_then(|json| decode_stored(&JobRecord { key: key.clone(), json: json.to_vec() }));
+        let mut state = self.lock();
+        match job {
+            Some(job) => state.jobs.insert(key, job),
+            None => state.jobs.remove(&key),
+        };
+        self.notify(&mut state);
     }
 
     /// The settings in force.

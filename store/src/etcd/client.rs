@@ -109,7 +109,8 @@ pub struct Client {
 impl Client {
     /// A client of `config`'s endpoints.
     pub fn new(config: &EtcdConfig) -> Result<Self, StoreError> {
-        let http = Self::builder(config)?.timeout(REQUEST_TIMEOUT).build().map_err(|e| StoreError::Etcd(e.to_string()))?;
+        let http =
+            Self::builder(config)?.timeout(REQUEST_TIMEOUT).build().map_err(|e| StoreError::Etcd(e.to_string()))?;
         let streams = Self::builder(config)?
             .tcp_keepalive(Duration::from_secs(5))
             .build()
@@ -123,8 +124,9 @@ impl Client {
     }
 
     fn builder(config: &EtcdConfig) -> Result<reqwest::ClientBuilder, StoreError> {
-        let mut builder =
-            reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).redirect(reqwest::redirect::Policy::none());
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca {
             let pem = std::fs::read(ca).map_err(|e| StoreError::Etcd(format!("{}: {e}", ca.display())))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| StoreError::Etcd(e.to_string()))? {

@@ -91,7 +91,8 @@ async fn stand(inner: &Arc<Inner>, me: &str, ttl: Duration, role: &watch::Sender
     let mut renewed = Instant::now();
     let granted = inner.client.call("/v3/lease/grant", &json!({ "TTL": ttl.as_secs() })).await?;
     let lease = int(&granted["ID"]);
-    let (mut changes, follow) = super::watch::follower(inner.clone(), format!("{}leader", inner.prefix).into_bytes(), 0);
+    let (mut changes, follow) =
+        super::watch::follower(inner.clone(), format!("{}leader", inner.prefix).into_bytes(), 0);
     let following = tokio::spawn(follow);
     let key = b64(format!("{}leader", inner.prefix));
     let result = async {

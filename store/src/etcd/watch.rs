@@ -70,7 +70,12 @@ fn name(key: &[u8], strip: usize) -> String {
 }
 
 /// One reset and the watch after it, until the watch ends.
-async fn follow_once(inner: &Arc<Inner>, start: &[u8], strip: usize, tx: &mpsc::Sender<Change>) -> Result<(), StoreError> {
+async fn follow_once(
+    inner: &Arc<Inner>,
+    start: &[u8],
+    strip: usize,
+    tx: &mpsc::Sender<Change>,
+) -> Result<(), StoreError> {
     let end = prefix_end(start);
     let (kvs, revision) = inner.client.range_at(start, &end, 0).await?;
     let all = kvs
