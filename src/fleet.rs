@@ -49,14 +49,20 @@ pub async fn lead_or_stand_by(
     let (resign, mut resigning) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     tokio::spawn(async move {
         let mut control_loop: Option<tokio::task::JoinHandle<()>> = None;
-        // A standby's read-only API and the task that keeps its jobs as the leader writes them.
+        // A standby's read-only API and the task that keeps its jobs as the leader writes
+        // them; made in the background (it needs the store, which may be out of reach).
         let mut reads: Option<(Router, tokio::task::JoinHandle<()>)> = None;
+        let mut making: Option<tokio::task::JoinHandle<()>> = None;
+        let (made_tx, mut made) = tokio::sync::mpsc::channel::<ReadState>(1);
         loop {
             let now = role.borrow_and_update().clone();
             match now {
                 Role::Leader if control_loop.is_none() => {
                     if let Some((_, following)) = reads.take() {
                         following.abort();
+                    }
+                    if let Some(task) = making.take() {
+                        task.abort();
                     }
                     let (a, t, s) = (args.clone(), tenants.clone(), store.clone());
                     match tokio::task::spawn_blocking(move || take_over(&a, t, s)).await {
@@ -79,32 +85,31 @@ pub async fn lead_or_stand_by(
                     if let Some(running) = control_loop.take() {
                         running.abort();
                     }
-                    if reads.is_none() {
-                        let (a, t, s) = (args.clone(), tenants.clone(), store.clone());
-                        match tokio::task::spawn_blocking(move || read_only(&a, t, s)).await {
-                            Ok(Ok((state, control))) => {
-                                reads = Some((router(state), tokio::spawn(keep(control, follow.follow("jobs/")))));
-                            }
-                            Ok(Err(err)) => {
-                                tracing::warn!(error = %err, "cannot serve reads as a standby; redirecting them")
-                            }
-                            Err(err) => tracing::error!(error = %err, "making the standby's reads panicked"),
-                        }
-                    }
                     // Our own URL is a lease of a previous run of this master, expiring.
                     let leader = leader.filter(|l| *l != me);
-                    eprintln!("squilla master: standing by; leader: {}", leader.as_deref().unwrap_or("none yet"));
+                    // At once: a master that stood down answers nothing as a leader any more.
                     set(
                         &switch,
                         match &reads {
-                            Some((reads, _)) => standby::with_reads(leader, reads.clone()),
-                            None => standby::router(leader),
+                            Some((reads, _)) => standby::with_reads(leader.clone(), reads.clone()),
+                            None => standby::router(leader.clone()),
                         },
                     );
+                    eprintln!("squilla master: standing by; leader: {}", leader.as_deref().unwrap_or("none yet"));
+                    if reads.is_none() && making.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                        let (a, t, s, tx) = (args.clone(), tenants.clone(), store.clone(), made_tx.clone());
+                        making = Some(tokio::spawn(make_reads(a, t, s, tx)));
+                    }
                 }
             }
             tokio::select! {
                 changed = role.changed() => if changed.is_err() { break },
+                Some((state, control)) = made.recv() => {
+                    // Applied by the next turn, if this master still stands by.
+                    if control_loop.is_none() {
+                        reads = Some((router(state), tokio::spawn(keep(control, follow.follow("jobs/")))));
+                    }
+                }
                 Some(done) = resigning.recv() => {
                     if let Some(running) = control_loop.take() {
                         running.abort();
@@ -129,13 +134,28 @@ fn set(switch: &RwLock<Router>, app: Router) {
     *switch.write().unwrap_or_else(std::sync::PoisonError::into_inner) = app;
 }
 
+/// A standby's API state and its jobs.
+type ReadState = (squilla_scheduler::api::AppState, Arc<squilla_scheduler::control::Control>);
+
+/// Makes a standby's read state, trying again every 2 s while the store is out of reach.
+async fn make_reads(args: MasterArgs, tenants: Tenants, store: Arc<Store>, made: tokio::sync::mpsc::Sender<ReadState>) {
+    loop {
+        let (a, t, s) = (args.clone(), tenants.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || read_only(&a, t, s)).await {
+            Ok(Ok(state)) => {
+                let _ = made.send(state).await;
+                return;
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "cannot serve reads as a standby yet; redirecting them"),
+            Err(err) => tracing::error!(error = %err, "making the standby's reads panicked"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// A standby's state, for reads only: the jobs as stored (kept up to date by [`keep`]); the
 /// fleet's CA if the store has one (a standby issues no certificates).
-fn read_only(
-    args: &MasterArgs,
-    tenants: Tenants,
-    store: Arc<Store>,
-) -> anyhow::Result<(squilla_scheduler::api::AppState, Arc<squilla_scheduler::control::Control>)> {
+fn read_only(args: &MasterArgs, tenants: Tenants, store: Arc<Store>) -> anyhow::Result<ReadState> {
     let authority = match store.fleet_ca()? {
         Some((cert, key)) => squilla_net::ca::Authority::from_pems(&cert, &key)?,
         None => squilla_net::ca::Authority::generate()?,

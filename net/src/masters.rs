@@ -9,7 +9,9 @@
 //! within a bounded number of attempts. A single URL (one master) works as before.
 //!
 //! Requests are repeated only when the previous attempt cannot have been applied: the
-//! connection was refused, or a master answered that it does not lead.
+//! connection was refused, or a master answered that it does not lead. A standby answers
+//! reads itself (as of the store), naming the leader in `X-Squilla-Leader`: that answer is
+//! returned, and the next request goes to the leader.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,6 +144,13 @@ impl Masters {
             };
             let status = response.status();
             if status != reqwest::StatusCode::TEMPORARY_REDIRECT && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                // A standby's read, as of the store: the next request goes to the leader it
+                // names, for live answers.
+                if let Some(leader) = response.headers().get("x-squilla-leader").and_then(|l| l.to_str().ok())
+                    && !unreachable.iter().any(|u| u == leader.trim_end_matches('/'))
+                {
+                    self.follow(leader);
+                }
                 return Ok(response);
             }
             // Small answers: read, looked at, and rebuilt if they are the master's own.

@@ -50,12 +50,14 @@ pub fn is_read(method: &axum::http::Method, path: &str) -> bool {
 }
 
 /// The router of a standby that answers reads with `reads` (the API's router over the
-/// standby's own state) and everything else as [`router`] does.
+/// standby's own state) and everything else as [`router`] does. Its reads name the leader
+/// (`X-Squilla-Leader`), where clients of the fleet go next for fresher answers.
 pub fn with_reads(leader: Option<String>, reads: Router) -> Router {
+    let named = leader.as_deref().and_then(|l| header::HeaderValue::from_str(l).ok());
     let elsewhere = router(leader);
     Router::new().fallback(move |request: Request| {
         let read = is_read(request.method(), request.uri().path());
-        let (reads, elsewhere) = (reads.clone(), elsewhere.clone());
+        let (reads, elsewhere, named) = (reads.clone(), elsewhere.clone(), named.clone());
         async move {
             use tower::ServiceExt;
             if !read {
@@ -63,6 +65,9 @@ pub fn with_reads(leader: Option<String>, reads: Router) -> Router {
             }
             let mut response = reads.oneshot(request).await.into_response();
             response.headers_mut().insert("x-squilla-standby", header::HeaderValue::from_static("true"));
+            if let Some(leader) = named {
+                response.headers_mut().insert("x-squilla-leader", leader);
+            }
             response
         }
     })
