@@ -7,7 +7,7 @@ mod etcd_cluster;
 
 use std::time::{Duration, Instant};
 
-use etcd_cluster::EtcdCluster;
+use etcd_cluster::{EtcdCluster, Tls};
 use squilla_store::etcd::election::Role;
 use squilla_store::etcd::watch::Change;
 use squilla_store::etcd::{CHUNK, Etcd, EtcdConfig};
@@ -235,5 +235,80 @@ fn a_redb_file_of_the_older_layout_opens_with_everything_in_it() {
     drop(store);
     // Opened again, nothing moves twice.
     assert_eq!(Store::open(&path).unwrap().all_jobs().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA and, signed by it, a certificate for `127.0.0.1` and one for a client (openssl).
+fn certificates(dir: &std::path::Path) -> Tls {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=etcd test CA"],
+    ]
+    .concat());
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, pem, extfile) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        run(&[&["req"], &ec[..], &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ]);
+    }
+    Tls {
+        ca: dir.join("ca.pem"),
+        server: (dir.join("server.pem"), dir.join("server.key")),
+        client: (dir.join("client.pem"), dir.join("client.key")),
+    }
+}
+
+#[test]
+fn etcd_over_tls_takes_the_fleets_ca_and_a_client_certificate() {
+    let dir = std::env::temp_dir().join(format!("squilla-store-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tls = certificates(&dir);
+    let cluster = EtcdCluster::start_tls("tls", tls.clone());
+    let url = cluster.url("tls");
+    assert!(url.starts_with("etcds://"), "{url}");
+    let config = EtcdConfig {
+        ca: Some(tls.ca.clone()),
+        identity: Some(tls.client.clone()),
+        ..EtcdConfig::from_url(&url).unwrap()
+    };
+    let etcd = Etcd::connect(&config).unwrap();
+    let role = etcd.campaign("http://tls".into(), Duration::from_secs(2)).role;
+    wait_role(&role, &Role::Leader, Duration::from_secs(10));
+    let store = Store::new(etcd);
+    let acme = tenant("acme");
+    assert_eq!(store.next_job_number(&acme, &"errors".parse().unwrap()).unwrap(), 1);
+    // Without the client certificate, or without the CA, nothing is read.
+    let bare = EtcdConfig { identity: None, ..config.clone() };
+    assert!(Store::new(Etcd::connect(&bare).unwrap()).clusters(&acme).is_err());
+    let stranger = EtcdConfig { ca: None, ..config };
+    assert!(Store::new(Etcd::connect(&stranger).unwrap()).clusters(&acme).is_err());
+    drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }

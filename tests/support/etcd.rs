@@ -25,6 +25,20 @@ pub struct EtcdCluster {
     /// The members, in the order of `initial-cluster`.
     pub members: Vec<Member>,
     initial: String,
+    tls: Option<Tls>,
+}
+
+/// TLS for clients of a cluster: the CA that signed the members' and clients' certificates,
+/// the members' certificate and key (for `127.0.0.1`), and a client's certificate and key,
+/// which members require.
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA (PEM).
+    pub ca: PathBuf,
+    /// The members' certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client's certificate and key.
+    pub client: (PathBuf, PathBuf),
 }
 
 /// `program`, in network namespace `netns` if given.
@@ -48,7 +62,13 @@ impl EtcdCluster {
     pub fn start(n: usize, tag: &str) -> EtcdCluster {
         let hosts: Vec<(Option<String>, String, u16, u16)> =
             (0..n).map(|_| (None, "127.0.0.1".to_owned(), free_port(), free_port())).collect();
-        Self::start_on(&hosts, tag)
+        Self::start_on(&hosts, tag, None)
+    }
+
+    /// One member on loopback serving clients over TLS only, with client certificates
+    /// required.
+    pub fn start_tls(tag: &str, tls: Tls) -> EtcdCluster {
+        Self::start_on(&[(None, "127.0.0.1".to_owned(), free_port(), free_port())], tag, Some(tls))
     }
 
     /// Starts a member on each of `hosts` — `(network namespace, address)`, listening on
@@ -56,10 +76,11 @@ impl EtcdCluster {
     pub fn start_in(hosts: &[(&str, &str)], tag: &str) -> EtcdCluster {
         let hosts: Vec<(Option<String>, String, u16, u16)> =
             hosts.iter().map(|(ns, ip)| (Some((*ns).to_owned()), (*ip).to_owned(), 2379, 2380)).collect();
-        Self::start_on(&hosts, tag)
+        Self::start_on(&hosts, tag, None)
     }
 
-    fn start_on(hosts: &[(Option<String>, String, u16, u16)], tag: &str) -> EtcdCluster {
+    fn start_on(hosts: &[(Option<String>, String, u16, u16)], tag: &str, tls: Option<Tls>) -> EtcdCluster {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let n = hosts.len();
         let members: Vec<Member> = hosts
             .iter()
@@ -69,7 +90,7 @@ impl EtcdCluster {
                 let _ = std::fs::remove_dir_all(&data);
                 Member {
                     name: format!("m{i}"),
-                    client_url: format!("http://{ip}:{client}"),
+                    client_url: format!("{scheme}://{ip}:{client}"),
                     peer_url: format!("http://{ip}:{peer}"),
                     netns: netns.clone(),
                     data,
@@ -78,7 +99,7 @@ impl EtcdCluster {
             })
             .collect();
         let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        let mut cluster = EtcdCluster { members, initial };
+        let mut cluster = EtcdCluster { members, initial, tls };
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -88,7 +109,12 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
-        let child = in_netns(m.netns.as_deref(), "etcd")
+        let mut cmd = in_netns(m.netns.as_deref(), "etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.server.0).arg("--key-file").arg(&tls.server.1);
+            cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.ca);
+        }
+        let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data)
             .args(["--listen-client-urls", &m.client_url, "--advertise-client-urls", &m.client_url])
@@ -108,7 +134,11 @@ impl EtcdCluster {
         let deadline = Instant::now() + timeout;
         for m in &self.members {
             loop {
-                let ok = in_netns(m.netns.as_deref(), "etcdctl")
+                let mut cmd = in_netns(m.netns.as_deref(), "etcdctl");
+                if let Some(tls) = &self.tls {
+                    cmd.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client.0).arg("--key").arg(&tls.client.1);
+                }
+                let ok = cmd
                     .args(["--endpoints", &m.client_url, "--command-timeout=2s", "put", "squilla-test/ready", "1"])
                     .env("ETCDCTL_API", "3")
                     .stdout(Stdio::null())
@@ -126,8 +156,10 @@ impl EtcdCluster {
 
     /// The store URL of the cluster (`etcd://h:p,h:p/prefix`).
     pub fn url(&self, prefix: &str) -> String {
-        let hosts: Vec<&str> = self.members.iter().map(|m| m.client_url.trim_start_matches("http://")).collect();
-        format!("etcd://{}/{prefix}", hosts.join(","))
+        let hosts: Vec<&str> =
+            self.members.iter().map(|m| m.client_url.split_once("://").map_or("", |(_, h)| h)).collect();
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}/{prefix}", hosts.join(","))
     }
 
     /// The client URLs.
