@@ -178,19 +178,9 @@ async fn the_leader_is_killed_and_nothing_acknowledged_is_lost_nor_any_output_st
         }
     }
     let via = Api { base: format!("http://127.0.0.1:{gateway_port}"), http: reqwest::Client::new() };
-    let mut sink = Sub::open(&via, &format!("/api/v1/jobs/{steady}/sink")).await;
-    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let sink = Sub::open(&via, &format!("/api/v1/jobs/{steady}/sink")).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (arrivals, stop) = (arrivals.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let (events, _) = sink.read(Duration::from_millis(100), |e| !e.is_empty()).await;
-                let now = Instant::now();
-                arrivals.lock().unwrap().extend(events.iter().map(|_| now));
-            }
-        })
-    };
+    let (arrivals, reader) = sink.arrivals(stop.clone());
     // A job the writer scales back and forth.
     let (outcome, _) = fleet
         .call(reqwest::Method::POST, "/api/v1/clusters", stage_spec("scaled", "0", 1, json!({"kind": "ingest"})))

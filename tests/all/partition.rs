@@ -154,19 +154,9 @@ async fn scenario(net: &Net) {
 
     // Its output, read through the gateway (which holds the stream from the agent).
     let via = Api { base: "http://10.231.0.2:7080".into(), http: reqwest::Client::new() };
-    let mut sink = Sub::open(&via, &format!("/api/v1/jobs/{steady}/sink")).await;
-    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let sink = Sub::open(&via, &format!("/api/v1/jobs/{steady}/sink")).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (arrivals, stop) = (arrivals.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let (events, _) = sink.read(Duration::from_millis(100), |e| !e.is_empty()).await;
-                let now = Instant::now();
-                arrivals.lock().unwrap().extend(events.iter().map(|_| now));
-            }
-        })
-    };
+    let (arrivals, reader) = sink.arrivals(stop.clone());
 
     // The writer: a new version of cluster `p`, at each master in turn, directly.
     let writes: Arc<Mutex<Vec<Write>>> = Arc::default();

@@ -52,6 +52,26 @@ impl Sub {
     }
 }
 
+impl Sub {
+    /// Reads in the background until `stop`: when each event arrived (one instant per read
+    /// chunk's events), for tests that look for gaps in a job's output.
+    pub(crate) fn arrivals(
+        mut self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> (std::sync::Arc<std::sync::Mutex<Vec<Instant>>>, tokio::task::JoinHandle<()>) {
+        let arrivals: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> = std::sync::Arc::default();
+        let seen = arrivals.clone();
+        let reader = tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (events, _) = self.read(Duration::from_millis(100), |e| !e.is_empty()).await;
+                let now = Instant::now();
+                seen.lock().unwrap().extend(events.iter().map(|_| now));
+            }
+        });
+        (arrivals, reader)
+    }
+}
+
 pub(crate) fn ids(events: &[Value]) -> BTreeSet<i64> {
     events.iter().map(|e| e["id"].as_i64().unwrap()).collect()
 }
