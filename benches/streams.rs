@@ -7,6 +7,9 @@
 //!   it in place. Events/s is the growth of the receiving worker's `events_in` (reported by
 //!   heartbeats) over the measured span. Backpressure `block`: nothing is dropped, the sender
 //!   slows to what the receiver takes.
+//! - **Ingest.** JSON lines (~160 bytes each, 10,000 per request) posted one request after
+//!   another over one connection to the gateway's ingest of a job whose keep-nothing `filter`
+//!   runs on a2: events/s taken (the answers' `events`), and what the stage processed.
 //! - **Chained hop.** Job `up` (synthetic source and a keep-all `filter` on a1) and job
 //!   `down`, whose source reads `up`'s output (`source.kind = "job"`) and whose keep-nothing
 //!   `filter` runs on a2: a2 pulls a1's output batches straight over the data port. Events/s
@@ -68,16 +71,21 @@ async fn run() {
     let via = Api { base: format!("http://127.0.0.1:{gateway_port}"), http: reqwest::Client::new() };
     let pids = [("master", master.pid()), ("gateway", gateway.pid())];
 
-    // `SQUILLA_BENCH=hop`, `=chain`, `=sse` or `=gateway` runs one part only.
+    // `SQUILLA_BENCH=hop`, `=ingest`, `=chain`, `=sse` or `=gateway` runs one part only (a
+    // comma-separated list runs those).
     let part = std::env::var("SQUILLA_BENCH").unwrap_or_default();
+    let wants = |name: &str| part.is_empty() || part.split(',').any(|p| p.trim() == name);
     let mut report = json!({});
-    if part.is_empty() || part == "hop" {
+    if wants("hop") {
         report["tcp_hop"] = tcp_hop(&api).await;
     }
-    if part.is_empty() || part == "chain" {
+    if wants("ingest") {
+        report["ingest"] = ingest(&api, &via).await;
+    }
+    if wants("chain") {
         report["chained_hop"] = chained_hop(&api, master.pid()).await;
     }
-    if part.is_empty() || part == "sse" {
+    if wants("sse") {
         let mut runs = Vec::new();
         // Saturating rates show what is delivered at most; 100 × 20,000 events/s what a
         // sustained fan-out loses.
@@ -86,7 +94,7 @@ async fn run() {
         }
         report["sse"] = json!(runs);
     }
-    if part.is_empty() || part == "gateway" {
+    if wants("gateway") {
         let mut runs = Vec::new();
         // 1 M events/s to one subscriber and a chained job; then the same 2 M events/s in all
         // shared out to 100 and to 1,000 subscribers.
@@ -157,6 +165,65 @@ async fn tcp_hop(api: &Api) -> Value {
         "mb_per_second": (per_second * event_bytes / 1e6).round(),
         "event_bytes": event_bytes.round(),
         "sent_per_second": ((sent1 - sent0) as f64 / seconds).round(),
+        "seconds": seconds,
+    })
+}
+
+/// JSON lines posted to a gateway's ingest over one keep-alive connection, one request after
+/// another, each of `INGEST_EVENTS` lines, into a job whose keep-nothing `filter` runs on a2.
+async fn ingest(api: &Api, via: &Api) -> Value {
+    const INGEST_EVENTS: usize = 10_000;
+    let id = submit(
+        api,
+        json!({
+            "name": "ingest",
+            "source": {"kind": "ingest"},
+            "backpressure": "block",
+            "stages": [{"name": "recv", "artifact": "filter@0.1.0", "constraints": pinned("recv"),
+                        "params": {"field": "no-such-field", "op": "exists"}}]
+        }),
+    )
+    .await;
+    let mut generator = squilla_batch::synth::DeviceLogs::new(3);
+    let mut body = Vec::new();
+    while body.iter().filter(|&&b| b == b'\n').count() < INGEST_EVENTS {
+        let batch = generator.batch(1024, 0, 1).unwrap();
+        for event in batch.view().events().take(INGEST_EVENTS - body.iter().filter(|&&b| b == b'\n').count()) {
+            squilla_batch::json::write_json(&event, &mut body);
+            body.push(b'\n');
+        }
+    }
+    let path = format!("/api/v1/jobs/{id}/ingest");
+    let post = |body: Vec<u8>| via.call(reqwest::Method::POST, &path, body);
+    let warm_up = Instant::now() + WARM_UP;
+    while Instant::now() < warm_up {
+        let (status, answer) = post(body.clone()).await;
+        assert!(status == 200 || status == 503, "{status} {answer}");
+    }
+    eprintln!("bench: ingest measuring");
+    let (t0, received0) = (Instant::now(), events_in(api, &id, 0).await);
+    let (mut taken, mut requests, mut refused) = (0u64, 0u64, 0u64);
+    while t0.elapsed() < MEASURE {
+        let (status, answer) = post(body.clone()).await;
+        requests += 1;
+        match status {
+            200 => taken += answer["events"].as_u64().unwrap_or(0),
+            _ => refused += 1,
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    // What the stage has processed once the last answer is in (heartbeats lag by up to 1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let received1 = events_in(api, &id, 0).await;
+    kill(api, &id).await;
+    json!({
+        "events_per_second": (taken as f64 / seconds).round(),
+        "mb_per_second": (taken as f64 * body.len() as f64 / INGEST_EVENTS as f64 / seconds / 1e6).round(),
+        "line_bytes": body.len() / INGEST_EVENTS,
+        "events_per_request": INGEST_EVENTS,
+        "requests": requests,
+        "refused": refused,
+        "processed_by_stage": received1 - received0,
         "seconds": seconds,
     })
 }

@@ -7,16 +7,17 @@
 //! - `latency`: source→sink p50/p99 through three pass-through stages at 10 % and 50 % of
 //!   the measured pass-through rate;
 //! - `instantiate`: p50/p99 of creating a worker (instance + `init`) from a cached artifact;
-//! - `idle_memory`: resident memory per idle worker with 1,000 workers of 100 jobs;
+//! - `idle_memory`: memory (PSS) per idle worker with 10,000 workers of 1,000 jobs;
 //! - `metrics`: the 3-stage job with per-call timing and frequent metric reads, against neither,
-//!   in alternating rounds (`SQUILLA_BENCH=metrics` runs only this);
+//!   in alternating rounds (`SQUILLA_BENCH=metrics` runs only this, `=idle` only `idle_memory`,
+//!   `=report` all but `latency` and `metrics`);
 //! - `epoch`: single-thread Wasm throughput with epoch interruption on and off.
 //!
 //! Run: `cargo bench --workspace --bench agent` (about a minute). Every loop is bounded.
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use squilla_batch::synth::DeviceLogs;
 use squilla_batch::{BatchBuilder, BatchBytes};
 use squilla_host::pipeline::{Pipeline, PipelineConfig, StageConfig};
@@ -263,17 +264,28 @@ fn instantiate(runtime: &Runtime) -> serde_json::Value {
     json!({ "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99), "pooling": runtime.is_pooling() })
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4096
+/// Resident and proportional set sizes of this process, in bytes. Idle workers are counted by
+/// PSS: each maps its stage's copy-on-write image, whose shared pages RSS would count again for
+/// every worker (16 KiB a worker for `filter`) though they are in memory once.
+fn memory_bytes() -> (u64, u64) {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        let line = rollup.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0) * 1024
+    };
+    (field("Rss:"), field("Pss:"))
 }
 
+/// Jobs of 10 workers each started for `idle_memory` (10,000 workers).
+const IDLE_JOBS: usize = 1_000;
+
 fn idle_memory(executor: &Executor) -> serde_json::Value {
-    let runtime = Runtime::new(RuntimeConfig { max_instances: 1100, ..Default::default() }).unwrap();
+    let max_instances = (IDLE_JOBS * 10 + 100) as u32;
+    let runtime = Runtime::new(RuntimeConfig { max_instances, ..Default::default() }).unwrap();
     let artifact = Artifact::compile(&runtime, &squilla_guests::read("filter")).unwrap();
-    let before = rss_bytes();
-    let jobs: Vec<Pipeline> = (0..100)
+    let (rss_before, before) = memory_bytes();
+    let started = Instant::now();
+    let jobs: Vec<Pipeline> = (0..IDLE_JOBS)
         .map(|t| {
             let stage = StageConfig {
                 name: format!("tenant-{t}"),
@@ -292,12 +304,16 @@ fn idle_memory(executor: &Executor) -> serde_json::Value {
             .unwrap()
         })
         .collect();
-    let after = rss_bytes();
+    let start_seconds = started.elapsed().as_secs_f64();
+    let (rss_after, after) = memory_bytes();
     let workers: usize = jobs.iter().map(|j| j.workers(0)).sum();
-    let per_worker = (after.saturating_sub(before)) / workers as u64;
+    let per_worker = after.saturating_sub(before) / workers as u64;
+    let rss_per_worker = rss_after.saturating_sub(rss_before) / workers as u64;
     drop(jobs);
-    json!({ "workers": workers, "jobs": 100, "rss_delta_bytes": after - before, "per_worker_bytes": per_worker,
-            "per_worker_kib": per_worker as f64 / 1024.0, "pooling": runtime.is_pooling() })
+    json!({ "workers": workers, "jobs": IDLE_JOBS, "pss_delta_bytes": after.saturating_sub(before),
+            "per_worker_bytes": per_worker, "per_worker_kib": per_worker as f64 / 1024.0,
+            "rss_per_worker_kib": rss_per_worker as f64 / 1024.0,
+            "pooling": runtime.is_pooling(), "start_seconds": start_seconds })
 }
 
 /// Throughput with metrics on (calls timed, metrics read often) against off (neither), in
@@ -320,6 +336,11 @@ fn main() {
     let executor = Executor::start(0).expect("executor threads");
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let input = batches(2000);
+    if std::env::var("SQUILLA_BENCH").as_deref() == Ok("idle") {
+        let report = json!({ "idle_memory": idle_memory(&executor) });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        return;
+    }
 
     let native = native_direct(&input);
     let wasm = wasm_direct(&runtime, &input);
@@ -332,6 +353,8 @@ fn main() {
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
         return;
     }
+    // `SQUILLA_BENCH=report` leaves out what `--bench report` does not show (latency, metrics).
+    let full = std::env::var("SQUILLA_BENCH").as_deref() != Ok("report");
     let report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "pool_threads": executor.threads() },
         "event_bytes": input[0].as_bytes().len() / BATCH,
@@ -341,10 +364,10 @@ fn main() {
             "direct_3_stage_native_one_thread_events_per_s": native.round(),
             "native_over_wasm": native / wasm,
         },
-        "latency": latency(&runtime, &executor, &[0.1, 0.5]),
+        "latency": if full { latency(&runtime, &executor, &[0.1, 0.5]) } else { Value::Null },
         "instantiate": instantiate(&runtime),
         "idle_memory": idle_memory(&executor),
-        "metrics": metrics_cost(&runtime, &executor, &input),
+        "metrics": if full { metrics_cost(&runtime, &executor, &input) } else { Value::Null },
         "epoch": {
             "on_events_per_s": wasm.round(),
             "off_events_per_s": wasm_no_epoch.round(),

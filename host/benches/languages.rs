@@ -6,6 +6,9 @@
 //! - `filter`: Rust (raw) against JavaScript (componentize-js, typed), on batches of 1,024
 //!   synthetic device-log events, keeping status ≥ 500.
 //!
+//! - `cold_start_ms`: Python and JavaScript from nothing to the first batch processed, as an
+//!   agent with an empty compiled-code cache does it (compile, instantiate, `init`, `process`).
+//!
 //! Run: `cargo bench --workspace --bench languages` (about a minute once the Python and
 //! JavaScript components are compiled; compiled code is cached on disk beside the guests).
 
@@ -48,6 +51,18 @@ fn measure(runtime: &Runtime, artifact: &Artifact, p: &[(String, String)], input
         "instantiate_p99_us": times[times.len() * 99 / 100].as_secs_f64() * 1e6,
         "instance_memory_mib": memory as f64 / (1 << 20) as f64,
     })
+}
+
+/// A cold start as an agent with an empty cache makes it: compile the component, instantiate
+/// and `init` it, and process the first batch. Milliseconds.
+fn cold_start_ms(runtime: &Runtime, path: &str, p: &[(String, String)], first: &BatchBytes) -> f64 {
+    let bytes = std::fs::read(path).unwrap();
+    let limits = Limits { memory_bytes: 512 << 20, call_deadline: Duration::from_secs(10), ..Limits::default() };
+    let started = Instant::now();
+    let artifact = Artifact::compile(runtime, &bytes).unwrap();
+    let mut stage = artifact.instantiate(runtime, &limits, p).unwrap();
+    stage.process(first).unwrap();
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 fn main() {
@@ -95,6 +110,10 @@ fn main() {
             "python": python_load.as_secs_f64() * 1e3,
             "javascript": js_load.as_secs_f64() * 1e3,
             "cache": format!("{:?}", cache.stats()),
+        },
+        "cold_start_ms": {
+            "python": cold_start_ms(&runtime, squilla_guests::SENTIMENT_PY, &sentiment, &texts[0]),
+            "javascript": cold_start_ms(&runtime, squilla_guests::FILTER_JS, &filter, &logs[0]),
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
