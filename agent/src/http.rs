@@ -26,6 +26,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use squilla_batch::{BatchBytes, frames};
 use squilla_net::auth::{TokenHash, bearer};
 use squilla_net::error::error_response;
 use squilla_net::extract::PathParams;
@@ -127,10 +128,15 @@ fn capability_allows(state: &HttpState, text: &str, request: &Request) -> Result
     cap.allows(job, verb).map_err(|e| e.to_string())
 }
 
-/// `POST /jobs/{id}/ingest` (from the master): one archived batch for the job's first stage.
+/// `POST /jobs/{id}/ingest` (from the master or a gateway): one archived batch for the job's
+/// first stage, or several in one body of [`frames`] (content type [`frames::CONTENT_TYPE`]).
+/// Every batch is validated before any is fed; they are fed in order, all within
+/// [`INGEST_WAIT`]. The answer counts what was fed (`batches`, `events`, `dropped`), also when
+/// it is a 404 or 503 partway.
 async fn ingest(
     State(state): State<HttpState>,
     PathParams(id): PathParams<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let Ok(id) = id.parse::<JobKey>() else {
@@ -139,16 +145,17 @@ async fn ingest(
     if !state.jobs.takes_ingest(&id) {
         return error_response(StatusCode::NOT_FOUND, "not_here", "the job's source does not run here");
     }
-    let batch = match squilla_batch::BatchBytes::validate(body.to_vec()) {
-        Ok(b) => b,
-        Err(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_batch",
-                "the body is not an archived batch (built with the squilla-batch crate; see docs/contract.md) — \
-                 programs that have JSON events post them to the master's or a gateway's ingest instead",
-            );
-        }
+    let framed = headers.get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t == frames::CONTENT_TYPE);
+    let parts = if framed { frames::split(&body) } else { Some(vec![&body[..]]) };
+    let batches: Option<Vec<BatchBytes>> =
+        parts.and_then(|parts| parts.into_iter().map(|p| BatchBytes::validate(p.to_vec()).ok()).collect());
+    let Some(batches) = batches else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_batch",
+            "the body is not an archived batch (built with the squilla-batch crate; see docs/contract.md) — \
+             programs that have JSON events post them to the master's or a gateway's ingest instead",
+        );
     };
     let Ok(permit) = state.ingests.clone().try_acquire_owned() else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "too many ingests in progress here");
@@ -156,18 +163,45 @@ async fn ingest(
     let jobs = state.jobs.clone();
     let fed = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        jobs.ingest(&id, batch, INGEST_WAIT)
+        let deadline = std::time::Instant::now() + INGEST_WAIT;
+        let mut fed = Fed::default();
+        for batch in batches {
+            let events = batch.len() as u64;
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match jobs.ingest(&id, batch, wait) {
+                Ingested::Taken { dropped_events } => {
+                    fed.batches += 1;
+                    fed.events += events;
+                    fed.dropped += dropped_events;
+                }
+                stopped => return (stopped, fed),
+            }
+        }
+        (Ingested::Taken { dropped_events: fed.dropped }, fed)
     })
     .await;
-    match fed {
-        Ok(Ingested::Taken { dropped_events }) => {
-            axum::Json(serde_json::json!({"fed": true, "dropped": dropped_events})).into_response()
+    let (outcome, fed) = fed.unwrap_or((Ingested::Full, Fed::default()));
+    let mut body = serde_json::json!({"batches": fed.batches, "events": fed.events, "dropped": fed.dropped});
+    let (status, code, message) = match outcome {
+        Ingested::Taken { .. } => {
+            body["fed"] = true.into();
+            return axum::Json(body).into_response();
         }
-        Ok(Ingested::NotHere) => error_response(StatusCode::NOT_FOUND, "not_here", "the job does not run here"),
-        Ok(Ingested::Full) | Err(_) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "backpressure", "the job had no room in time")
-        }
-    }
+        Ingested::NotHere => (StatusCode::NOT_FOUND, "not_here", "the job does not run here"),
+        Ingested::Full => (StatusCode::SERVICE_UNAVAILABLE, "backpressure", "the job had no room in time"),
+    };
+    // The error's code and message, with the counts of what was fed before it.
+    body["code"] = code.into();
+    body["message"] = message.into();
+    (status, axum::Json(body)).into_response()
+}
+
+/// What one ingest request fed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fed {
+    batches: u64,
+    events: u64,
+    dropped: u64,
 }
 
 /// `GET /jobs/{key}/stages/{stage}/workers/{index}/logs`: a local worker's log lines,

@@ -63,9 +63,10 @@ fn build(c: &mut Criterion) {
             .collect();
         let size = lines.iter().map(String::len).sum::<usize>() / lines.len();
         println!("JSON lines of {size} bytes on average, e.g. {}", lines[0]);
+        // One batcher making batch after batch, as `squilla run` and an ingest request do.
         group.bench_function("json-lines-to-batch-1024", |b| {
+            let mut batcher = squilla_batch::json::JsonBatcher::new("bench", EVENTS, usize::MAX);
             b.iter(|| {
-                let mut batcher = squilla_batch::json::JsonBatcher::new("bench", EVENTS, usize::MAX);
                 for line in &lines {
                     black_box(batcher.push(line, 0).unwrap());
                 }

@@ -206,6 +206,28 @@ impl BatchBuilder {
     /// Archives the batch into bytes ready for any reader.
     pub fn into_vec(mut self) -> Result<Vec<u8>, BatchError> {
         self.materialize();
+        self.archive()
+    }
+
+    /// Archives the batch built so far and empties the builder for the next one, keeping its
+    /// metadata and the room its buffers have grown to: a producer that makes batch after
+    /// batch then allocates only the archives.
+    pub fn take(&mut self) -> Result<BatchBytes, BatchError> {
+        self.materialize();
+        let bytes = self.archive()?;
+        let b = &mut self.batch;
+        b.events.clear();
+        b.fields.clear();
+        b.data.clear();
+        b.names.clear();
+        self.index.clear();
+        self.remap_from = 0;
+        self.remap.clear();
+        self.next_name = 0;
+        Ok(BatchBytes::from_trusted(bytes))
+    }
+
+    fn archive(&self) -> Result<Vec<u8>, BatchError> {
         let b = &self.batch;
         let estimate = 128 + b.events.len() * 16 + b.fields.len() * 24 + b.data.len() + b.names.len() * 16;
         rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&self.batch, Vec::with_capacity(estimate))

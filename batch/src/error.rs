@@ -39,6 +39,14 @@ pub enum BatchError {
         /// How many names the batch has.
         names: usize,
     },
+    /// The name table holds a name twice (every name is written once, and fields refer to it).
+    #[error("name {index} ({name:?}) is in the batch's name table twice")]
+    DuplicateName {
+        /// The position of its second entry.
+        index: usize,
+        /// The name.
+        name: String,
+    },
     /// A text or bytes value lies outside the batch's data area.
     #[error("field {field}: value bytes {offset}..+{len} run past the {data}-byte data area")]
     DataRange {

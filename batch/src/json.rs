@@ -315,7 +315,6 @@ fn push_json_value(builder: &mut BatchBuilder, line: &str, default_ts: i64) -> R
 /// leaves the batch as it was, for the caller to decide (name it, skip it, stop).
 #[derive(Debug)]
 pub struct JsonBatcher {
-    source: &'static str,
     max_events: usize,
     max_bytes: usize,
     builder: BatchBuilder,
@@ -326,13 +325,7 @@ impl JsonBatcher {
     /// Batches of at most `max_events` events and `max_bytes` bytes of JSON, whose metadata
     /// names `source`.
     pub fn new(source: &'static str, max_events: usize, max_bytes: usize) -> Self {
-        JsonBatcher {
-            source,
-            max_events: max_events.max(1),
-            max_bytes,
-            builder: BatchBuilder::new().source(source),
-            bytes: 0,
-        }
+        JsonBatcher { max_events: max_events.max(1), max_bytes, builder: BatchBuilder::new().source(source), bytes: 0 }
     }
 
     /// Adds one event from its JSON `text` (`default_ts`: its time if it has no
@@ -361,9 +354,8 @@ impl JsonBatcher {
         if self.builder.is_empty() {
             return Ok(None);
         }
-        let full = std::mem::replace(&mut self.builder, BatchBuilder::new().source(self.source));
         self.bytes = 0;
-        full.finish().map(Some)
+        self.builder.take().map(Some)
     }
 }
 

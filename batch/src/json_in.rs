@@ -1,4 +1,5 @@
-//! One JSON line into one event, in a single pass: the line is read by `serde_json`'s
+//! One JSON line into one event, in a single pass (the common flat lines are scanned by
+//! [`crate::json_scan`] first; this reads the rest): the line is read by `serde_json`'s
 //! streaming deserializer straight into a flat list of fields that borrow from the line (no
 //! `serde_json::Value`, no string copied unless it has escapes), which then goes into the batch
 //! builder. Ingest and `squilla run` spend most of their time here.
@@ -38,10 +39,20 @@ pub(crate) struct Flat<'de> {
     pub repeated: bool,
 }
 
+impl Flat<'_> {
+    /// No fields yet, room for `n`.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Flat { fields: Vec::with_capacity(n), ..Flat::default() }
+    }
+}
+
 /// Reads `line`: `Ok(None)` when it repeats a top-level key (the caller takes the general
 /// path), the rule it broke otherwise.
 pub(crate) fn read(line: &str) -> Result<Option<Flat<'_>>, JsonError> {
-    let mut flat = Flat { fields: Vec::with_capacity(16), ..Flat::default() };
+    if let Some(flat) = crate::json_scan::read(line) {
+        return Ok((!flat.repeated).then_some(flat));
+    }
+    let mut flat = Flat::with_capacity(16);
     let mut de = serde_json::Deserializer::from_str(line);
     let parsed = Top(&mut flat).deserialize(&mut de).and_then(|()| de.end());
     if let Err(e) = parsed {
@@ -367,6 +378,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Flat lines of the kinds `json_scan` reads itself, numbers written in many ways.
+        #[test]
+        fn flat_lines_read_as_on_the_general_path(
+            fields in proptest::collection::vec(("[a-c]{1,2}|timestamp-ms", prop_flat_value()), 0..8),
+            space in "[ \t]{0,2}",
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\"{space}:{space}{v}")).collect();
+            let line = format!("{space}{{{}}}{space}", body.join(","));
+            let (f, g) = (fast(&line), general(&line));
+            match (&f, &g) {
+                (Err(JsonError::Syntax(_)), Err(JsonError::Syntax(_))) => {}
+                _ => proptest::prop_assert_eq!(f, g, "{}", line),
+            }
+        }
+    }
+
+    fn prop_flat_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            (-1_000_000_000i64..1_000_000_000, 0u32..1_000_000, 0usize..7)
+                .prop_map(|(i, f, w)| format!("{i}.{f:0w$}", w = w.max(1))),
+            any::<f64>().prop_map(|x| x.to_string()),
+            "-?[0-9]{1,20}(\\.[0-9]{0,20})?".prop_map(|n| n),
+            "[a-zé ✓-]{0,12}".prop_map(|t| format!("\"{t}\"")),
+        ]
+    }
+
     #[test]
     fn the_single_pass_reads_every_line_as_the_general_path_does() {
         let deep = format!("{{\"a\": {}1{}}}", "[".repeat(8), "]".repeat(8));
@@ -394,6 +436,35 @@ mod tests {
             &deep,
             &long,
             r#"{"a": [[[[[[[{}]]]]]]]}"#,
+            // Lines the scanner reads itself, and the edges where it hands over.
+            r#"{"a":"x","b":-12,"c":0.25,"d":true,"e":false,"f":null,"timestamp-ms":-3}"#,
+            " \t{ \"a\" : 1 ,\r\n\"b\":\"\" } \n",
+            r#"{"n": -0, "m": 0}"#,
+            r#"{"n": -0.0}"#,
+            r#"{"n": 1e5, "m": 2E-3, "o": 1.5e300, "p": 1e400}"#,
+            r#"{"n": 00}"#,
+            r#"{"n": 01.5}"#,
+            r#"{"n": 1.}"#,
+            r#"{"n": .5}"#,
+            r#"{"n": -}"#,
+            r#"{"n": +1}"#,
+            r#"{"n": 999999999999999999, "m": -999999999999999999}"#,
+            r#"{"n": 9223372036854775807, "m": -9223372036854775808, "o": 9223372036854775808}"#,
+            r#"{"n": 123456789012345678901234567890}"#,
+            r#"{"n": 0.1, "m": 3.141592653589793, "o": 2.2250738585072014e-308, "p": 0.30000000000000004}"#,
+            r#"{"n": 12abc}"#,
+            r#"{"n": tru}"#,
+            r#"{"n": nulls}"#,
+            "{\"tab\": \"a\tb\"}",
+            r#"{"a": "é✓"}"#,
+            r#"{"a": 1,}"#,
+            r#"{,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a": 1}}"#,
+            r#"{"timestamp-ms": 9223372036854775807}"#,
+            r#"{"timestamp-ms": -0}"#,
+            r#"{"timestamp-ms": true}"#,
+            r#"{"x": 1, "timestamp-ms": 2, "timestamp-ms": 2}"#,
         ];
         for line in lines {
             let (f, g) = (fast(line), general(line));

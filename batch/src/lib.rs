@@ -26,13 +26,17 @@
 
 mod builder;
 mod error;
+pub mod frames;
 #[cfg(feature = "json")]
 pub mod json;
 #[cfg(feature = "json")]
 mod json_in;
+#[cfg(feature = "json")]
+mod json_scan;
 pub mod keys;
 #[doc(hidden)]
 pub mod live;
+mod resolved;
 pub mod synth;
 mod value;
 mod view;
@@ -43,7 +47,7 @@ pub mod wire;
 pub use builder::{BatchBuilder, EventBuilder};
 pub use error::BatchError;
 pub use value::{Event, Value, ValueRef};
-pub use view::{BatchBytes, BatchMeta, BatchView, EventRef, Fields};
+pub use view::{BatchBytes, BatchMeta, BatchView, EventRef, Fields, NameIndex};
 
 #[cfg(test)]
 mod tests;

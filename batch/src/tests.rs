@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use crate::{BatchBuilder, BatchBytes, BatchError, BatchView, Event, Value};
+use crate::{BatchBuilder, BatchBytes, BatchError, BatchView, Event, Value, ValueRef};
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -302,4 +302,56 @@ fn copying_from_a_batch_at_a_reused_address_maps_its_own_names() {
         drop(batch);
     }
     assert_eq!(out.finish().unwrap().view().to_events(), expected);
+}
+
+/// The first field called `name`, by comparing every field's name: what `get` must find.
+fn scanned<'a>(event: &crate::EventRef<'a>, name: &str) -> Option<ValueRef<'a>> {
+    event.fields().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
+#[test]
+fn field_lookups_stay_right_across_batches_at_a_reused_address() {
+    // Batches with the same names in other orders and subsets, each built in the last one's
+    // freed memory as often as the allocator allows, read by the same name strings.
+    let names = ["a", "bb", "status", "device-type", "x.y"];
+    for round in 0..200usize {
+        let mut b = BatchBuilder::new();
+        for e in 0..4i64 {
+            let mut event = b.event(e);
+            for k in 0..names.len() {
+                let name = names[(round + k * (e as usize + 1)) % names.len()];
+                if (round + k) % 3 != 0 {
+                    event.field(name, (round * 10 + k) as i64);
+                }
+            }
+        }
+        let batch = BatchBytes::validate(b.into_vec().unwrap()).unwrap();
+        let view = batch.view();
+        for event in view.events() {
+            for name in names.iter().chain(&["missing"]) {
+                assert_eq!(event.get(name), scanned(&event, name), "round {round}, {name}");
+                let at = view.name_index(name).and_then(|i| event.get_at(i));
+                assert_eq!(at, scanned(&event, name), "round {round}, {name} by index");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_name_table_that_repeats_a_name_is_refused() {
+    use crate::wire;
+    let batch = wire::Batch {
+        names: vec!["a".into(), "b".into(), "a".into()],
+        events: vec![wire::Event { timestamp_ms: 0, first_field: 0, field_count: 0 }],
+        ..wire::Batch::default()
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap();
+    let err = BatchView::validate(&bytes).unwrap_err();
+    assert!(matches!(&err, BatchError::DuplicateName { index: 2, name } if name == "a"), "{err}");
+    // Past the pairwise limit, through the set.
+    let mut names: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    names.push("n7".into());
+    let batch = wire::Batch { names, ..wire::Batch::default() };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap();
+    assert!(matches!(BatchView::validate(&bytes), Err(BatchError::DuplicateName { index: 40, .. })));
 }

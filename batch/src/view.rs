@@ -27,6 +27,9 @@ impl<'a> BatchView<'a> {
     pub fn validate(bytes: &'a [u8]) -> Result<Self, BatchError> {
         let batch = rkyv::access::<wire::ArchivedBatch, rkyv::rancor::Error>(bytes)
             .map_err(|e| BatchError::Malformed { len: bytes.len(), detail: e.to_string() })?;
+        if let Some((index, name)) = duplicate_name(&batch.names) {
+            return Err(BatchError::DuplicateName { index, name: name.to_owned() });
+        }
         let (names, fields, data) = (batch.names.len(), batch.fields.len(), batch.data.as_slice());
         // Any slice of ASCII is UTF-8: one fast pass over the data area usually spares
         // checking each text value on its own.
@@ -92,6 +95,14 @@ impl<'a> BatchView<'a> {
     /// The distinct field names used in the batch.
     pub fn names(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
         self.batch.names.iter().map(|n| n.as_str())
+    }
+
+    /// `name` resolved against this batch's name table, for reading it from many events with
+    /// [`EventRef::get_at`]: one string comparison per name in the table here instead of one
+    /// per field of every event. `None` when no event of the batch has a field called `name`.
+    pub fn name_index(&self, name: &str) -> Option<NameIndex> {
+        let index = self.batch.names.iter().position(|n| same_name(n.as_str(), name))?;
+        Some(NameIndex { index: index as u32, names: &self.batch.names as *const _ as usize })
     }
 
     /// The events, in order.
@@ -162,6 +173,41 @@ impl std::fmt::Debug for EventRef<'_> {
     }
 }
 
+/// The first name `names` holds a second time, with its position. A handful of names are
+/// compared pairwise, more through a set.
+fn duplicate_name(names: &ArchivedVec<ArchivedString>) -> Option<(usize, &str)> {
+    if names.len() <= 32 {
+        let repeated = |i: usize| names[..i].iter().any(|n| same_name(n, &names[i]));
+        return (1..names.len()).find(|&i| repeated(i)).map(|i| (i, names[i].as_str()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    names.iter().enumerate().find(|(_, n)| !seen.insert(n.as_str())).map(|(i, n)| (i, n.as_str()))
+}
+
+/// A field name resolved against one batch's name table ([`BatchView::name_index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameIndex {
+    index: u32,
+    /// The address of the name table it indexes.
+    names: usize,
+}
+
+/// Whether two field names are equal: lengths first, then eight bytes at a time, which beats a
+/// call to `memcmp` for names of a few words (in a Wasm guest, `memcmp` goes byte by byte).
+#[inline]
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or_default());
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    if (&mut x).zip(&mut y).any(|(p, q)| word(p) != word(q)) {
+        return false;
+    }
+    x.remainder().iter().zip(y.remainder()).all(|(p, q)| p == q)
+}
+
 impl<'a> EventRef<'a> {
     /// Event time in ms since the Unix epoch.
     pub fn timestamp_ms(&self) -> i64 {
@@ -204,12 +250,31 @@ impl<'a> EventRef<'a> {
     }
 
     /// The first field called `name`.
+    ///
+    /// The name is looked up in the batch's name table once per batch (and thread) and the
+    /// event's fields are then compared by index: reading a few fields from every event of a
+    /// batch compares strings once per batch, not once per field.
     pub fn get(&self, name: &str) -> Option<ValueRef<'a>> {
-        // Names are compared first; only the match's value is read.
-        let names = &self.batch.names;
-        let field = self.field_slice().iter().find(|f| {
-            names.get(f.name.to_native() as usize).is_some_and(|n| n.len() == name.len() && n.as_str() == name)
-        })?;
+        let fields = self.field_slice();
+        let field = match crate::resolved::index(&self.batch.names, name) {
+            Some(index) => fields.iter().find(|f| f.name.to_native() == index),
+            None => {
+                let names = &self.batch.names;
+                fields.iter().find(|f| names.get(f.name.to_native() as usize).is_some_and(|n| same_name(n, name)))
+            }
+        }?;
+        Some(value_ref(&field.value, self.batch.data.as_slice()))
+    }
+
+    /// The first field whose name is `name`, resolved with [`BatchView::name_index`] on this
+    /// event's batch (`None` for an index of another batch). The same field as
+    /// [`EventRef::get`] finds wherever the batch's name table holds each name once, as every
+    /// batch a [`crate::BatchBuilder`] writes does.
+    pub fn get_at(&self, name: NameIndex) -> Option<ValueRef<'a>> {
+        if name.names != &self.batch.names as *const _ as usize {
+            return None;
+        }
+        let field = self.field_slice().iter().find(|f| f.name.to_native() == name.index)?;
         Some(value_ref(&field.value, self.batch.data.as_slice()))
     }
 

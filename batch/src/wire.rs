@@ -8,8 +8,9 @@
 //!
 //! Code reads these through [`crate::BatchView`] and writes them through
 //! [`crate::BatchBuilder`], which keep the invariants [`crate::BatchView::validate`] checks:
-//! every event's field range lies within `fields`, every field's `name` indexes `names`,
-//! and every value's byte range lies within `data`, UTF-8 for text.
+//! the names in `names` are distinct, every event's field range lies within `fields`, every
+//! field's `name` indexes `names`, and every value's byte range lies within `data`, UTF-8 for
+//! text.
 
 use rkyv::{Archive, Deserialize, Serialize};
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use squilla_batch::json::{JsonBatcher, JsonPushError};
 
+/// Most bytes of framed batches forwarded to an agent in one request (agents take 16 MiB).
+pub const FORWARD_BYTES: usize = 8 << 20;
 /// Largest ingest body, bytes.
 pub const MAX_INGEST_BYTES: usize = 16 << 20;
 /// Events per batch handed to the agent.
@@ -74,7 +76,7 @@ impl Batcher {
     fn keep(&mut self, batch: Option<squilla_batch::BatchBytes>) {
         if let Some(batch) = batch {
             let n = batch.len();
-            self.out.push((batch.as_bytes().to_vec(), n));
+            self.out.push((batch.into_vec(), n));
         }
     }
 
@@ -265,7 +267,8 @@ pub struct Fed {
 }
 
 /// Posts `archived`'s batches in order to job `job`'s source on the agent at `agent`
-/// (`host:port`), presenting `bearer` (the agent token, or a capability), each within
+/// (`host:port`), presenting `bearer` (the agent token, or a capability): framed together
+/// ([`squilla_batch::frames`]) in bodies of at most [`FORWARD_BYTES`], each request within
 /// `timeout`. Stops at the first refusal: batches already fed stay fed, and the refusal says
 /// how many events were.
 pub async fn forward(
@@ -283,9 +286,23 @@ pub async fn forward(
         code: "agent_unavailable",
         message: format!("the job took {fed} of {events} event(s); the agent running its source {why}; retry later"),
     };
-    for (batch, n) in batches {
+    let mut batches = batches.into_iter().peekable();
+    while batches.peek().is_some() {
+        // As many batches as fit one body, framed: one round trip to the agent.
+        let mut body = Vec::new();
+        let mut n = 0;
+        while let Some((batch, events)) =
+            batches.next_if(|(b, _)| body.is_empty() || body.len() + 4 + b.len() <= FORWARD_BYTES)
+        {
+            squilla_batch::frames::push(&mut body, &batch).map_err(|e| unavailable(fed.events, e.to_string()))?;
+            n += events;
+        }
         let url = format!("{}/jobs/{job}/ingest", squilla_net::tls::agent_base(agent));
-        let mut request = client.post(url).timeout(timeout).body(batch);
+        let mut request = client
+            .post(url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, squilla_batch::frames::CONTENT_TYPE)
+            .body(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
@@ -303,11 +320,15 @@ pub async fn forward(
             .and_then(Result::ok)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // The agent counts what it fed, also when it stopped partway (404, 503).
+        let taken = answer["events"].as_u64();
+        fed.dropped += answer["dropped"].as_u64().unwrap_or(0);
+        fed.events += match status.as_u16() {
+            200 => taken.unwrap_or(n as u64),
+            _ => taken.unwrap_or(0),
+        };
         match status.as_u16() {
-            200 => {
-                fed.events += n as u64;
-                fed.dropped += answer["dropped"].as_u64().unwrap_or(0);
-            }
+            200 => {}
             404 => {
                 return Err(Refusal {
                     status: StatusCode::SERVICE_UNAVAILABLE,

@@ -10,6 +10,7 @@
 //! - `idle_memory`: memory (PSS) per idle worker with 10,000 workers of 1,000 jobs;
 //! - `metrics`: the 3-stage job with per-call timing and frequent metric reads, against neither,
 //!   in alternating rounds (`SQUILLA_BENCH=metrics` runs only this, `=idle` only `idle_memory`,
+//!   `=instantiate` only `instantiate`,
 //!   `=report` all but `latency` and `metrics`);
 //! - `epoch`: single-thread Wasm throughput with epoch interruption on and off.
 //!
@@ -336,8 +337,11 @@ fn main() {
     let executor = Executor::start(0).expect("executor threads");
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let input = batches(2000);
-    if std::env::var("SQUILLA_BENCH").as_deref() == Ok("idle") {
-        let report = json!({ "idle_memory": idle_memory(&executor) });
+    if let Ok(part @ ("idle" | "instantiate")) = std::env::var("SQUILLA_BENCH").as_deref() {
+        let report = match part {
+            "idle" => json!({ "idle_memory": idle_memory(&executor) }),
+            _ => json!({ "instantiate": instantiate(&runtime) }),
+        };
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
         return;
     }

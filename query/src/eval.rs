@@ -13,8 +13,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hashbrown::hash_map::EntryRef;
 use hashbrown::{DefaultHashBuilder, HashMap};
 use serde_json::{Map, Value as Json};
+use smallvec::SmallVec;
 use squilla_batch::EventRef;
 
 use crate::acc::{Acc, next_random};
@@ -472,18 +474,22 @@ impl State {
             (Group { firsts, accs, all }, cost)
         };
         let group = if plan.grouped {
-            let values: Vec<V<'_>> = plan.keys.iter().map(|k| eval(k, event, rng)).collect();
-            if !window.groups.contains_key(&Parts(&values)) {
-                let (group, cost) = new_group(rng, &values);
-                if *state_bytes + cost > *max_state_bytes {
-                    return Err(full(window));
+            // The key's values on the stack (no allocation per event), hashed once.
+            let values: SmallVec<[V<'_>; 4]> = plan.keys.iter().map(|k| eval(k, event, rng)).collect();
+            let parts = Parts(&values);
+            let limit = full(window);
+            match window.groups.entry_ref(&parts) {
+                EntryRef::Occupied(group) => group.into_mut(),
+                EntryRef::Vacant(slot) => {
+                    let (group, cost) = new_group(rng, &values);
+                    if *state_bytes + cost > *max_state_bytes {
+                        return Err(limit);
+                    }
+                    *state_bytes += cost;
+                    window.bytes += cost;
+                    slot.insert_with_key(GroupKey(values.iter().map(Key::of).collect()), group)
                 }
-                *state_bytes += cost;
-                window.bytes += cost;
-                window.groups.insert(GroupKey(values.iter().map(Key::of).collect()), group);
             }
-            let Some(group) = window.groups.get_mut(&Parts(&values)) else { return Ok(()) };
-            group
         } else {
             if plan.limit.is_some_and(|n| plan.order.is_empty() && window.rows.len() as u64 >= n) {
                 // The first n rows are the result: later ones need not be kept.

@@ -9,7 +9,9 @@ pub mod window;
 
 pub use handoff::{HandOff, KeyGroups, StateCodec, key_group};
 pub use params::Params;
-pub use squilla_batch::{BatchBuilder, BatchError, BatchView, Event, EventBuilder, EventRef, Value, ValueRef};
+pub use squilla_batch::{
+    BatchBuilder, BatchError, BatchView, Event, EventBuilder, EventRef, NameIndex, Value, ValueRef,
+};
 pub use squilla_sdk_macros::stage;
 pub use stage::{Stage, StageError};
 pub use window::{KeyedState, RollingWindow, TumblingWindows};

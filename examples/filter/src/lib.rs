@@ -40,9 +40,11 @@ pub struct Filter {
 impl Filter {
     /// Whether `event` passes the predicate.
     pub fn matches(&self, event: &EventRef<'_>) -> bool {
-        let Some(actual) = event.get(&self.field) else {
-            return false;
-        };
+        event.get(&self.field).is_some_and(|actual| self.holds(actual))
+    }
+
+    /// Whether the field's value `actual` passes the predicate.
+    fn holds(&self, actual: ValueRef<'_>) -> bool {
         match self.op {
             Op::Exists => true,
             Op::Contains => actual.as_str().is_some_and(|t| t.contains(self.value.as_str())),
@@ -103,7 +105,11 @@ impl Stage for Filter {
     }
 
     fn process(&mut self, input: BatchView<'_>, out: &mut BatchBuilder) -> Result<(), StageError> {
-        for event in input.events().filter(|e| self.matches(e)) {
+        // The field's name is looked up once per batch; no event has it if the batch does not.
+        let Some(field) = input.name_index(&self.field) else {
+            return Ok(());
+        };
+        for event in input.events().filter(|e| e.get_at(field).is_some_and(|v| self.holds(v))) {
             out.push_ref(event);
         }
         Ok(())
