@@ -22,6 +22,12 @@ fn build(c: &mut Criterion) {
         })
     });
 
+    // What a job's synthetic source does: batch after batch from one generator.
+    group.bench_function("synthetic-1024", |b| {
+        let mut generator = DeviceLogs::new(7);
+        b.iter(|| black_box(generator.batch(EVENTS, 0, 1).unwrap()))
+    });
+
     let bytes = DeviceLogs::new(7).batch(EVENTS, 0, 1).unwrap();
     let raw = bytes.as_bytes().to_vec();
     println!("batch of {EVENTS} events: {} bytes ({} per event)", raw.len(), raw.len() / EVENTS);

@@ -118,6 +118,7 @@ impl BatchBuilder {
 
     /// Appends a copy of an event read from another batch. Copying many events from one
     /// batch maps each of its field names once.
+    #[inline]
     pub fn push_ref(&mut self, event: EventRef<'_>) {
         let (batch, index) = event.position();
         // Events of the stage call's input, in order from its first: only counted for now.

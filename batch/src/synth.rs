@@ -28,12 +28,14 @@ pub const TITLES: [&str; 8] =
 pub struct DeviceLogs {
     state: u64,
     sequence: u64,
+    /// Reused batch after batch, so that only each batch's archive is allocated.
+    builder: BatchBuilder,
 }
 
 impl DeviceLogs {
     /// A generator whose output is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
-        DeviceLogs { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, sequence: 0 }
+        DeviceLogs { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, sequence: 0, builder: BatchBuilder::new() }
     }
 
     /// xorshift64*: fast, good enough for shaping test data, no dependency.
@@ -84,12 +86,14 @@ impl DeviceLogs {
 
     /// One batch of `count` events, the first at `start_ms`, each `step_ms` apart.
     pub fn batch(&mut self, count: usize, start_ms: i64, step_ms: i64) -> Result<BatchBytes, BatchError> {
-        let mut builder = BatchBuilder::with_capacity(count)
+        let mut builder = std::mem::take(&mut self.builder)
             .source("synthetic:device-logs")
             .sequence(self.sequence)
             .created_at_ms(start_ms);
         self.sequence += 1;
         self.fill(&mut builder, count, start_ms, step_ms);
-        builder.finish()
+        let batch = builder.take();
+        self.builder = builder;
+        batch
     }
 }

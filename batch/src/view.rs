@@ -106,6 +106,7 @@ impl<'a> BatchView<'a> {
     }
 
     /// The events, in order.
+    #[inline]
     pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'a>> + 'a {
         let batch = self.batch;
         batch.events.iter().map(move |event| EventRef { batch, event })
@@ -215,12 +216,14 @@ impl<'a> EventRef<'a> {
     }
 
     /// How many fields the event has.
+    #[inline]
     pub fn field_count(&self) -> usize {
         self.event.field_count.to_native() as usize
     }
 
     /// The event's slice of the batch's fields (empty if out of range, which validation
     /// rules out).
+    #[inline]
     fn field_slice(&self) -> &'a [wire::ArchivedField] {
         let first = self.event.first_field.to_native() as usize;
         self.batch.fields.get(first..first + self.field_count()).unwrap_or_default()
@@ -238,6 +241,7 @@ impl<'a> EventRef<'a> {
     }
 
     /// The address of its batch (an identity while the batch lives) and its index there.
+    #[inline]
     pub(crate) fn position(&self) -> (usize, usize) {
         let base = self.batch.events.as_ptr() as usize;
         let index = (self.event as *const wire::ArchivedEvent as usize - base) / size_of::<wire::ArchivedEvent>();
@@ -270,6 +274,7 @@ impl<'a> EventRef<'a> {
     /// event's batch (`None` for an index of another batch). The same field as
     /// [`EventRef::get`] finds wherever the batch's name table holds each name once, as every
     /// batch a [`crate::BatchBuilder`] writes does.
+    #[inline]
     pub fn get_at(&self, name: NameIndex) -> Option<ValueRef<'a>> {
         if name.names != &self.batch.names as *const _ as usize {
             return None;
@@ -327,6 +332,7 @@ impl<'a> Iterator for Fields<'a> {
 impl ExactSizeIterator for Fields<'_> {}
 
 /// Reads a value; text and bytes are sliced from the batch's data area.
+#[inline]
 fn value_ref<'a>(value: &wire::ArchivedValue, data: &'a [u8]) -> ValueRef<'a> {
     let slice = |offset: &rkyv::Archived<u32>, len: &rkyv::Archived<u32>| {
         let start = offset.to_native() as usize;

@@ -44,6 +44,7 @@ impl Filter {
     }
 
     /// Whether the field's value `actual` passes the predicate.
+    #[inline]
     fn holds(&self, actual: ValueRef<'_>) -> bool {
         match self.op {
             Op::Exists => true,
