@@ -18,16 +18,17 @@ use crate::view::same_name;
 /// Names remembered per table, at most; more start the memory afresh.
 const NAMES: usize = 16;
 
-#[derive(Default)]
 struct Resolved {
     /// Address of the name table the entries index.
     table: usize,
-    /// (address of the name asked for, its length, its index in the table).
-    entries: Vec<(usize, usize, u32)>,
+    /// (address of the name asked for, its length, its index in the table), `len` of them.
+    entries: [(usize, usize, u32); NAMES],
+    len: usize,
 }
 
 thread_local! {
-    static RESOLVED: RefCell<Resolved> = RefCell::new(Resolved::default());
+    // Constant and without a destructor: reaching it is a plain thread-local load.
+    static RESOLVED: RefCell<Resolved> = const { RefCell::new(Resolved { table: 0, entries: [(0, 0, 0); NAMES], len: 0 }) };
 }
 
 /// The index of `name` in `names`; `None` when the table does not hold it, or when this
@@ -40,21 +41,24 @@ pub(crate) fn index(names: &ArchivedVec<ArchivedString>, name: &str) -> Option<u
             let table = names as *const _ as usize;
             if r.table != table {
                 r.table = table;
-                r.entries.clear();
+                r.len = 0;
             }
             let key = (name.as_ptr() as usize, name.len());
-            if let Some(&(_, _, i)) = r.entries.iter().find(|(p, l, _)| (*p, *l) == key) {
+            let len = r.len;
+            if let Some(&(_, _, i)) = r.entries[..len].iter().find(|(p, l, _)| (*p, *l) == key) {
                 if names.get(i as usize).is_some_and(|n| same_name(n, name)) {
                     return Some(i);
                 }
                 // Another table at the same address: start afresh.
-                r.entries.clear();
+                r.len = 0;
             }
             let i = names.iter().position(|n| same_name(n, name))? as u32;
-            if r.entries.len() == NAMES {
-                r.entries.clear();
+            if r.len == NAMES {
+                r.len = 0;
             }
-            r.entries.push((key.0, key.1, i));
+            let at = r.len;
+            r.entries[at] = (key.0, key.1, i);
+            r.len += 1;
             Some(i)
         })
         .ok()
