@@ -12,9 +12,11 @@
 //!   `data` frames, `meta` frames (events lost by a slow reader), `ping` frames after `ping`
 //!   seconds of silence, and an `error` frame (`{"code", "message"}`) when a limit ended the
 //!   stream.
-//! - `POST /jobs/{id}/ingest`: one archived batch for the job's first stage; answers
-//!   `{"fed": true, "dropped": N}`, 404 `not_here` when the job does not run here (it ended or
-//!   moved), 503 `backpressure` when it had no room in [`INGEST_WAIT`].
+//! - `POST /jobs/{id}/ingest`: one archived batch for the job's first stage, or several framed
+//!   in one body ([`squilla_batch::frames`]), all validated before any is fed; answers
+//!   `{"fed": true, "batches", "events", "dropped"}`, 404 `not_here` when the job does not run
+//!   here (it ended or moved), 503 `backpressure` when it had no room in [`INGEST_WAIT`] (both
+//!   with the counts of what was fed before).
 //! - `GET /healthz`.
 
 use std::sync::Arc;

@@ -132,7 +132,10 @@ pub async fn read_capped(
     budget: Option<&BodyBudget>,
 ) -> Result<(Vec<u8>, Held), BodyError> {
     let mut body = body;
-    let mut bytes = Vec::new();
+    // Room for what the body says it holds (within the cap), so that it is not copied as the
+    // buffer grows.
+    let declared = axum::body::HttpBody::size_hint(&body).exact().unwrap_or(0);
+    let mut bytes = Vec::with_capacity((declared as usize).min(limit.max_bytes));
     let mut held = Held { budget: budget.map(|b| b.0.clone()), bytes: 0 };
     loop {
         let frame = match tokio::time::timeout(limit.read_timeout, body.frame()).await {
