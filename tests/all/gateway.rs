@@ -215,6 +215,34 @@ async fn agents_take_a_capability_only_for_its_job_verb_and_lifetime() {
     let (late, _) = sink.read(Duration::from_secs(2), |_| false).await;
     assert!(ids(&late).iter().all(|id| !(1000..1010).contains(id)), "{late:?}");
 
+    // Several batches framed in one body are fed in order, all or none: one bad frame, or a
+    // body whose frames do not add up, feeds nothing.
+    let framed = |parts: &[Vec<u8>]| {
+        let mut body = Vec::new();
+        for part in parts {
+            squilla_batch::frames::push(&mut body, part).unwrap();
+        }
+        http.post(format!("{source}/jobs/{key}/ingest"))
+            .bearer_auth(capability)
+            .header("content-type", squilla_batch::frames::CONTENT_TYPE)
+            .body(body)
+            .send()
+    };
+    let response = framed(&[batch(3000..3005), b"not a batch".to_vec()]).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let mut cut = Vec::new();
+    squilla_batch::frames::push(&mut cut, &batch(3005..3010)).unwrap();
+    cut.pop();
+    let response = http.post(format!("{source}/jobs/{key}/ingest")).bearer_auth(capability);
+    let response = response.header("content-type", squilla_batch::frames::CONTENT_TYPE).body(cut).send().await;
+    assert_eq!(response.unwrap().status(), 400);
+    let response = framed(&[batch(4000..4004), batch(4004..4010)]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!((answer["batches"].as_u64(), answer["events"].as_u64()), (Some(2), Some(10)), "{answer}");
+    let (events, _) = sink.read(Duration::from_secs(15), |e| e.len() >= 10).await;
+    assert_eq!(ids(&events), (4000..4010).collect(), "the framed batches in order, and nothing of the refused ones");
+
     // A body that is not an archived batch is named as such.
     let response = http.post(format!("{source}/jobs/{key}/ingest")).bearer_auth(capability).body("{}").send();
     let response = response.await.unwrap();
