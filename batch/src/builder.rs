@@ -316,7 +316,7 @@ impl EventBuilder<'_> {
             }
         };
         let batch = &mut self.builder.batch;
-        batch.fields.push(wire::Field { name, value });
+        batch.fields.push(wire::PackedField::new(name, value));
         if let Some(event) = batch.events.last_mut() {
             event.field_count += 1;
         }

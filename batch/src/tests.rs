@@ -107,7 +107,7 @@ fn wire_batch(fields: Vec<crate::wire::Field>, events: Vec<crate::wire::Event>, 
         meta: Default::default(),
         names: vec!["only".into()],
         events,
-        fields,
+        fields: fields.into_iter().map(Into::into).collect(),
         data: data.to_vec(),
     };
     rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap().to_vec()
@@ -354,4 +354,26 @@ fn a_name_table_that_repeats_a_name_is_refused() {
     let batch = wire::Batch { names, ..wire::Batch::default() };
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&batch).unwrap();
     assert!(matches!(BatchView::validate(&bytes), Err(BatchError::DuplicateName { index: 40, .. })));
+}
+
+#[test]
+fn a_packed_field_is_the_bytes_rkyv_archives_a_field_to() {
+    use crate::wire::{Field, PackedField, Value};
+    for value in [
+        Value::Null,
+        Value::Bool(false),
+        Value::Bool(true),
+        Value::Int(-2),
+        Value::Int(i64::MAX),
+        Value::Float(-0.5),
+        Value::Float(f64::NAN),
+        Value::Text { offset: 7, len: 300 },
+        Value::Bytes { offset: u32::MAX, len: 1 },
+    ] {
+        let field = Field { name: 0x0102_0304, value };
+        let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&field).unwrap();
+        let packed = rkyv::to_bytes::<rkyv::rancor::Error>(&vec![PackedField::from(field)]).unwrap();
+        // A one-element vector: its element first, then the vector's own pointer and length.
+        assert_eq!(&packed[..crate::wire::FIELD_BYTES], &archived[..], "{value:?}");
+    }
 }
