@@ -184,14 +184,11 @@ async fn ingest(api: &Api, via: &Api) -> Value {
         }),
     )
     .await;
-    let mut generator = squilla_batch::synth::DeviceLogs::new(3);
+    let events = squilla_batch::synth::DeviceLogs::new(3).batch(INGEST_EVENTS, 0, 1).unwrap();
     let mut body = Vec::new();
-    while body.iter().filter(|&&b| b == b'\n').count() < INGEST_EVENTS {
-        let batch = generator.batch(1024, 0, 1).unwrap();
-        for event in batch.view().events().take(INGEST_EVENTS - body.iter().filter(|&&b| b == b'\n').count()) {
-            squilla_batch::json::write_json(&event, &mut body);
-            body.push(b'\n');
-        }
+    for event in events.view().events() {
+        squilla_batch::json::write_json(&event, &mut body);
+        body.push(b'\n');
     }
     let path = format!("/api/v1/jobs/{id}/ingest");
     let post = |body: Vec<u8>| via.call(reqwest::Method::POST, &path, body);

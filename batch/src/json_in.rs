@@ -44,6 +44,21 @@ impl Flat<'_> {
     pub(crate) fn with_capacity(n: usize) -> Self {
         Flat { fields: Vec::with_capacity(n), ..Flat::default() }
     }
+
+    /// Whether top-level `key` was given before: a field of that name, or `key.…` of an
+    /// object or array.
+    #[inline]
+    pub(crate) fn has_key(&self, key: &str) -> bool {
+        let k = key.as_bytes();
+        self.fields.iter().any(|(n, _)| {
+            let n = n.as_bytes();
+            // Length and first byte first: they tell most keys apart without a `memcmp`.
+            n.len() >= k.len()
+                && n.first() == k.first()
+                && n.starts_with(k)
+                && (n.len() == k.len() || n[k.len()] == b'.')
+        })
+    }
 }
 
 /// Reads `line`: `Ok(None)` when it repeats a top-level key (the caller takes the general
@@ -118,16 +133,7 @@ impl<'de> Visitor<'de> for Top<'_, 'de> {
                 }
                 continue;
             }
-            // The key's fields so far: itself, or `key.…` for an object or array.
-            let k = key.as_bytes();
-            flat.repeated |= flat.fields.iter().any(|(n, _)| {
-                let n = n.as_bytes();
-                // Length and first byte first: they tell most keys apart without a `memcmp`.
-                n.len() >= k.len()
-                    && n.first() == k.first()
-                    && n.starts_with(k)
-                    && (n.len() == k.len() || n[k.len()] == b'.')
-            });
+            flat.repeated |= flat.has_key(&key);
             map.next_value_seed(Field { name: key, depth: 0, flat: &mut *flat })?;
         }
         Ok(())

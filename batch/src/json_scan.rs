@@ -32,15 +32,7 @@ pub(crate) fn read(line: &str) -> Option<Flat<'_>> {
             let Scalar::Int(ts) = s.value(line)? else { return None };
             flat.repeated |= flat.timestamp.replace(ts).is_some();
         } else {
-            let k = key.as_bytes();
-            // As `json_in` checks it: the key given before (itself, or `key.…` of a nested one).
-            flat.repeated |= flat.fields.iter().any(|(n, _)| {
-                let n = n.as_bytes();
-                n.len() >= k.len()
-                    && n.first() == k.first()
-                    && n.starts_with(k)
-                    && (n.len() == k.len() || n[k.len()] == b'.')
-            });
+            flat.repeated |= flat.has_key(key);
             let value = s.value(line)?;
             flat.fields.push((Cow::Borrowed(key), value));
         }
