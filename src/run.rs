@@ -108,6 +108,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         SourceSpec::Job { cluster, .. } => {
             bail!("`squilla run` cannot subscribe to another job (`{cluster}`); that needs the master")
         }
+        SourceSpec::App { stream, .. } => {
+            bail!("`squilla run` cannot subscribe to application stream `{stream}`; that needs a gateway")
+        }
     }
     pipeline.stop(Duration::from_secs(1));
     for (stage, workers) in pipeline.metrics().stages.iter().enumerate() {

@@ -462,8 +462,9 @@ fn attach_source(
         SourceSpec::Synthetic { events_per_second, .. } => {
             pipeline.start_synthetic(SyntheticSource::at_rate(*events_per_second))
         }
-        // Ingested batches arrive through `Jobs::ingest`.
-        SourceSpec::Ingest => Ok(()),
+        // Ingested batches (and an application stream's, sent by gateways) arrive through
+        // `Jobs::ingest`.
+        SourceSpec::Ingest | SourceSpec::App { .. } => Ok(()),
         SourceSpec::Job { query, .. } => {
             let upstream = Arc::new(crate::chain::Upstream {
                 transport: ctx.transport.clone(),

@@ -46,7 +46,7 @@ pub struct StateLimit {
 }
 
 /// Where an expression reads its values: an event, or one of a window's results.
-trait Source<'x> {
+pub(crate) trait Source<'x> {
     fn field(&self, name: &str) -> V<'x>;
     fn any(&self, prefix: &str, suffix: &str) -> V<'x>;
     fn slot(&self, slot: Slot) -> V<'x>;
@@ -59,7 +59,7 @@ impl<'x, 'a: 'x> Source<'x> for EventRef<'a> {
     }
 
     fn any(&self, prefix: &str, suffix: &str) -> V<'x> {
-        crate::value::any(self, prefix, suffix)
+        crate::value::any(self.fields(), prefix, suffix)
     }
 
     fn slot(&self, _: Slot) -> V<'x> {
@@ -147,7 +147,7 @@ fn literal(l: &Lit) -> V<'_> {
 
 /// Whether `e` is true.
 #[inline(always)]
-fn test<'x, S: Source<'x>>(e: &'x Expr, src: &S, rng: &mut u64) -> bool {
+pub(crate) fn test<'x, S: Source<'x>>(e: &'x Expr, src: &S, rng: &mut u64) -> bool {
     let v = eval(e, src, rng);
     let holds = v.truthy();
     release(v);

@@ -33,6 +33,7 @@ mod acc;
 mod compile;
 mod eval;
 mod lower;
+mod prefilter;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -42,6 +43,7 @@ mod value;
 pub use acc::{HLL_PRECISION, LIST_MAX, PERCENTILE_SAMPLES};
 pub use compile::{COUNT_WINDOW, DEFAULT_WINDOW_MS, LIMIT_MAX, MAX_QUERY_BYTES, WINDOW_LIMIT_MAX, WINDOW_MS};
 pub use eval::{DEFAULT_STATE_BYTES, Runner, StateLimit};
+pub use prefilter::{FieldSlice, Prefilter};
 
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -89,7 +89,7 @@ pub(crate) fn field<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
     }
     match event.get(name) {
         Some(v) => from_ref(v),
-        None => prefix(event, name),
+        None => prefix(event.fields(), name),
     }
 }
 
@@ -105,12 +105,12 @@ pub(crate) fn field_json(event: &EventRef<'_>, name: &str) -> Json {
         Some(ValueRef::Float(f)) => Number::from_f64(f).map_or(Json::Null, Json::Number),
         Some(ValueRef::Text(t)) => Json::String(t.to_owned()),
         Some(bytes @ ValueRef::Bytes(_)) => Json::String(bytes.to_string()),
-        None => prefix(event, name).json(),
+        None => prefix(event.fields(), name).json(),
     }
 }
 
 #[inline]
-fn from_ref(v: ValueRef<'_>) -> V<'_> {
+pub(crate) fn from_ref(v: ValueRef<'_>) -> V<'_> {
     match v {
         ValueRef::Null => V::Null,
         ValueRef::Bool(b) => V::Bool(b),
@@ -125,9 +125,9 @@ fn from_ref(v: ValueRef<'_>) -> V<'_> {
 /// none.
 #[cold]
 #[inline(never)]
-fn prefix<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
+pub(crate) fn prefix<'a>(fields: impl Iterator<Item = (&'a str, ValueRef<'a>)>, name: &str) -> V<'a> {
     let mut found = false;
-    let nested = squilla_batch::json::nest(event.fields().filter_map(|(field, value)| {
+    let nested = squilla_batch::json::nest(fields.filter_map(|(field, value)| {
         let rest = field.strip_prefix(name)?.strip_prefix('.')?;
         found = true;
         Some((rest, from_ref(value).json()))
@@ -138,10 +138,10 @@ fn prefix<'a>(event: &EventRef<'a>, name: &str) -> V<'a> {
 /// The values of the fields `prefix.N` + `suffix` (`a[*].latency`: prefix `a`, suffix
 /// `.latency`), for every index `N`, as an array; `null` if none.
 #[inline(never)]
-pub(crate) fn any<'a>(event: &EventRef<'a>, prefix: &str, suffix: &str) -> V<'a> {
+pub(crate) fn any<'a>(fields: impl Iterator<Item = (&'a str, ValueRef<'a>)>, prefix: &str, suffix: &str) -> V<'a> {
     let mut items = Vec::new();
     let mut objects: Vec<(usize, Vec<(&str, Json)>)> = Vec::new();
-    for (field, value) in event.fields() {
+    for (field, value) in fields {
         let Some(rest) = field.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else { continue };
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         let Ok(index) = rest[..digits].parse::<usize>() else { continue };

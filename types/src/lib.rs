@@ -21,5 +21,5 @@ pub mod time;
 pub use spec::{
     ArtifactRef, ArtifactRefError, Backpressure, Constraints, Fitness, JobSpec, LabelConstraint, ParamError, ParamType,
     ParamValue, ParameterSpec, Resources, Routing, SinkSpec, Sla, SourceSpec, SpecError, StageSpec, Strength,
-    is_tag_version, limits,
+    is_tag_version, limits, valid_stream,
 };

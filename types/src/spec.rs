@@ -82,6 +82,21 @@ pub enum SourceSpec {
         #[serde(default)]
         query: Option<String>,
     },
+    /// An application stream (`app/stream`) of the job's tenant: the events its publishers
+    /// (`squilla-publish`) send, optionally filtered by a query (`SELECT * WHERE …`).
+    App {
+        /// The stream: `<app>/<stream>`, each part a name (a-z, 0-9, '-', from a letter).
+        #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9-]{0,62}/[a-z][a-z0-9-]{0,62}$"))]
+        stream: String,
+        /// A filter the gateway and the publishers apply before sending.
+        #[serde(default)]
+        query: Option<String>,
+    },
+}
+
+/// Whether `text` names an application stream: `<app>/<stream>`, each part a valid name.
+pub fn valid_stream(text: &str) -> bool {
+    text.split_once('/').is_some_and(|(app, stream)| valid_name(app) && valid_name(stream))
 }
 
 /// Where a job's output goes.
@@ -439,6 +454,14 @@ pub fn is_tag_version(version: &str) -> bool {
         && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'))
 }
 
+impl SourceSpec {
+    /// Whether events reach the job through its ingest endpoint (posted, or sent by a gateway
+    /// from an application stream).
+    pub fn takes_ingest(&self) -> bool {
+        matches!(self, SourceSpec::Ingest | SourceSpec::App { .. })
+    }
+}
+
 impl JobSpec {
     /// Parses and validates a spec from JSON.
     pub fn parse(json: &str) -> Result<Self, SpecError> {
@@ -465,6 +488,11 @@ impl JobSpec {
             && !valid_name(cluster)
         {
             return Err(err("source.cluster", "not a valid cluster name"));
+        }
+        if let SourceSpec::App { stream, .. } = &self.source
+            && !valid_stream(stream)
+        {
+            return Err(err("source.stream", "`<app>/<stream>`, each 1 to 63 of a-z, 0-9 and '-', starting with a letter"));
         }
         if self.sla.max_jobs != 0 && self.sla.min_jobs > self.sla.max_jobs {
             return Err(err("sla.min-jobs", "must not exceed sla.max-jobs"));

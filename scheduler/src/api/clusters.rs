@@ -50,13 +50,20 @@ pub async fn create(
 /// `source.query` and the position of the problem. A stream's `LIMIT` is refused: a job source
 /// reads without end (it would read the first results again at every reconnection).
 fn check_source_query(spec: &JobSpec) -> Result<(), ApiError> {
-    let squilla_types::SourceSpec::Job { query: Some(text), .. } = &spec.source else { return Ok(()) };
+    let (text, app) = match &spec.source {
+        squilla_types::SourceSpec::Job { query: Some(text), .. } => (text, false),
+        squilla_types::SourceSpec::App { query: Some(text), .. } => (text, true),
+        _ => return Ok(()),
+    };
     let bad =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", format!("source.query: {message}"));
     let query = squilla_query::Query::parse(text)
         .map_err(|e| bad(format!("{} (line {}, column {})", e.message, e.line, e.column)))?;
     if query.stream_limit().is_some() {
         return Err(bad("a job source reads without end: LIMIT is for subscriptions".into()));
+    }
+    if app && !query.selects_events() {
+        return Err(bad("an application stream's source query only filters: `SELECT * WHERE …`".into()));
     }
     Ok(())
 }

@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::Serialize;
 use squilla_net::capability::{Capability, DEFAULT_TTL_MS, Verb, key_from_token};
-use squilla_types::SourceSpec;
 use squilla_types::ids::JobId;
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
@@ -78,7 +77,7 @@ pub async fn endpoints(
         false => (state.control.sink_agents(&tenant, &id)?, state.control.source_agent(&tenant, &id)?),
         true => (Vec::new(), (None, job.spec.source.clone(), false)),
     };
-    let ingest = job.spec.source == SourceSpec::Ingest;
+    let ingest = job.spec.source.takes_ingest();
     let key = job.key().to_string();
     let expires_at_ms = crate::control::model::now_ms() + DEFAULT_TTL_MS;
     let mut verbs = vec![Verb::Sink];

@@ -18,7 +18,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use squilla_gateway::ingest::{Archived, Refusal, Target, batches};
-use squilla_types::SourceSpec;
 
 use super::{ApiError, AppState, ErrorBody, PathParams};
 use squilla_types::ids::JobId;
@@ -71,7 +70,7 @@ pub async fn ingest(
     let target = Target {
         state: &state_name,
         ended: job.state.is_terminal(),
-        ingest: job.spec.source == SourceSpec::Ingest,
+        ingest: job.spec.source.takes_ingest(),
         source: source.as_deref(),
         fresh,
     };

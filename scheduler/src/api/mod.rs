@@ -11,6 +11,7 @@ mod auth;
 mod clusters;
 mod console;
 mod endpoints;
+mod streams;
 mod error;
 pub mod guard;
 pub mod ingest;
@@ -308,6 +309,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(stream::status))
         .routes(routes!(stream::sink))
         .routes(routes!(endpoints::endpoints))
+        .routes(routes!(streams::get))
         .routes(capped(routes!(ingest::ingest), body_limits::INGEST))
         .routes(routes!(agents::list))
         .routes(routes!(agents::advice))

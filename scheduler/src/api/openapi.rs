@@ -32,6 +32,7 @@ use super::error::ErrorBody;
         (name = "artifacts", description = "Wasm components tenants upload."),
         (name = "clusters", description = "Job clusters: versioned job specs."),
         (name = "jobs", description = "Jobs: submit, inspect, scale, stream, ingest."),
+        (name = "streams", description = "Application streams: published by applications, served by gateways."),
         (name = "agents", description = "The agents the master knows."),
         (name = "agent", description = "What agents call (agent token)."),
         (name = "meta", description = "Health and this document."),
