@@ -4,6 +4,8 @@
 //! - [`fanout`]: one upstream per job and query string, shared by all its subscribers.
 //! - [`respond`] and [`ws`]: a followed stream as server-sent events or a WebSocket.
 //! - [`ingest`]: JSON events archived into batches and posted to the source's agent.
+//! - [`apps`]: application streams: publishers (`squilla-publish`) and subscribers meet at the
+//!   gateway, and jobs reading a stream get its events as ingest.
 //! - [`server`]: the standalone gateway process (`squilla gateway`): it authenticates each
 //!   request with the master (`GET /api/v1/jobs/{id}/endpoints`, which also says where the
 //!   job runs and hands out a capability for its agents), serves sinks and ingest itself, and
@@ -13,6 +15,7 @@
 //! own `/sink` and `/ingest` (a gateway built in), so a request answers the same wherever it
 //! is sent.
 
+pub mod apps;
 pub mod fanout;
 pub mod ingest;
 pub mod relay;

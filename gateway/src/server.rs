@@ -76,6 +76,12 @@ pub struct GatewayConfig {
     pub tenant_body_bytes: usize,
     /// See `tenant_body_bytes`.
     pub total_body_bytes: usize,
+    /// Publishers (control connections) one tenant may have at this gateway (default 1,024);
+    /// 429 `too_many_publishers` beyond.
+    pub publishers_per_tenant: usize,
+    /// Events one tenant's publishers may send to this gateway (default 1,000,000/s, bursts of
+    /// 2,000,000); 429 `rate_limited` beyond, the whole request refused.
+    pub publish_rate: squilla_net::rate::Rate,
 }
 
 impl Default for GatewayConfig {
@@ -90,6 +96,8 @@ impl Default for GatewayConfig {
             client_rate: squilla_net::rate::Rate { per_second: 500.0, burst: 1000.0 },
             tenant_body_bytes: 192 << 20,
             total_body_bytes: 768 << 20,
+            publishers_per_tenant: 1024,
+            publish_rate: squilla_net::rate::Rate { per_second: 1_000_000.0, burst: 2_000_000.0 },
         }
     }
 }
@@ -97,22 +105,22 @@ impl Default for GatewayConfig {
 /// What the master says about a job for the caller ( `GET /api/v1/jobs/{id}/endpoints`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-struct Endpoints {
-    job: String,
-    state: String,
-    ended: bool,
-    sinks: Vec<String>,
-    source: Option<String>,
-    source_fresh: bool,
-    ingest: bool,
-    capability: Option<String>,
+pub(crate) struct Endpoints {
+    pub(crate) job: String,
+    pub(crate) state: String,
+    pub(crate) ended: bool,
+    pub(crate) sinks: Vec<String>,
+    pub(crate) source: Option<String>,
+    pub(crate) source_fresh: bool,
+    pub(crate) ingest: bool,
+    pub(crate) capability: Option<String>,
     #[serde(default)]
-    ca: Option<String>,
+    pub(crate) ca: Option<String>,
 }
 
 /// Why the master's endpoints could not be had.
 #[derive(Clone)]
-enum Refused {
+pub(crate) enum Refused {
     /// The master refused these credentials for this job (its status and body, passed on as
     /// they came, and cached like an answer).
     Master { status: StatusCode, body: axum::body::Bytes },
@@ -121,7 +129,7 @@ enum Refused {
 }
 
 impl Refused {
-    fn response(&self) -> Response {
+    pub(crate) fn response(&self) -> Response {
         match self {
             Refused::Master { status, body } => {
                 (*status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
@@ -134,33 +142,45 @@ impl Refused {
 /// An answer of the master's endpoints, and when it came.
 type Cached = (Instant, Result<Endpoints, Refused>);
 
-struct Inner {
-    config: GatewayConfig,
+pub(crate) struct Inner {
+    pub(crate) config: GatewayConfig,
     /// To the master.
     master: reqwest::Client,
     /// To agents: a client for plain HTTP, and one trusting the fleet CA the master last
     /// named (rebuilt if it names another).
     http: reqwest::Client,
     agents_tls: Mutex<Option<(String, reqwest::Client)>>,
-    fanouts: Arc<Fanouts>,
-    streams: Budgets,
+    pub(crate) fanouts: Arc<Fanouts>,
+    pub(crate) streams: Budgets,
     cache: Mutex<HashMap<(TokenHash, String), Cached>>,
     rates: squilla_net::rate::RateLimiter,
-    bodies: Budgets,
-    subscriptions: Arc<Mutex<HashMap<String, usize>>>,
-    served: std::sync::atomic::AtomicU64,
+    pub(crate) bodies: Budgets,
+    pub(crate) subscriptions: Arc<Mutex<HashMap<String, usize>>>,
+    pub(crate) served: std::sync::atomic::AtomicU64,
+    /// Application streams served here.
+    pub(crate) apps: crate::apps::Apps,
 }
 
 /// A gateway's state.
 #[derive(Clone)]
-pub struct Gateway(Arc<Inner>);
+pub struct Gateway(pub(crate) Arc<Inner>);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The request headers that carry who is asking, sent with the endpoints request.
-const CREDENTIALS: [&str; 5] = ["authorization", "cookie", "origin", "sec-fetch-site", "x-squilla-console"];
+pub(crate) const CREDENTIALS: [&str; 5] = ["authorization", "cookie", "origin", "sec-fetch-site", "x-squilla-console"];
+
+/// Who is asking, as a cache key: a hash of the request's credential headers.
+pub(crate) fn who(headers: &HeaderMap) -> TokenHash {
+    let who = CREDENTIALS
+        .iter()
+        .map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    TokenHash::of(&who)
+}
 
 /// Headers that belong to one connection and are not passed through.
 const HOP_BY_HOP: [&str; 10] = [
@@ -205,12 +225,13 @@ impl Gateway {
             cache: Mutex::default(),
             subscriptions: Arc::default(),
             served: Default::default(),
+            apps: crate::apps::Apps::default(),
         })))
     }
 
     /// The client for the agents of an endpoints answer: one that trusts the fleet CA when
     /// the master names one (agents then serve HTTPS), the plain one otherwise.
-    fn agent_client(&self, ca: Option<&str>) -> reqwest::Client {
+    pub(crate) fn agent_client(&self, ca: Option<&str>) -> reqwest::Client {
         let Some(ca) = ca else { return self.0.http.clone() };
         let mut cached = lock(&self.0.agents_tls);
         if let Some((pem, client)) = &*cached
@@ -244,13 +265,8 @@ impl Gateway {
 
     /// What the master says of job `id` to these credentials, for the caller at `client`
     /// (cached for [`ENDPOINTS_TTL`], refusals too).
-    async fn endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
-        let who = CREDENTIALS
-            .iter()
-            .map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let key = (TokenHash::of(&who), id.to_owned());
+    pub(crate) async fn endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
+        let key = (who(headers), id.to_owned());
         if let Some((at, answer)) = lock(&self.0.cache).get(&key)
             && at.elapsed() < ENDPOINTS_TTL
         {
@@ -268,8 +284,17 @@ impl Gateway {
     }
 
     async fn ask_endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
+        self.ask(headers, client, &format!("/api/v1/jobs/{}/endpoints", encode(id))).await
+    }
+
+    /// `GET path` of the master with the caller's credentials: its answer, or why not.
+    pub(crate) async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        path: &str,
+    ) -> Result<T, Refused> {
         let unavailable = |message: String| Refused::Unavailable { status: StatusCode::BAD_GATEWAY, message };
-        let path = format!("/api/v1/jobs/{}/endpoints", encode(id));
         let build = |base: &str| {
             let mut request = self.0.master.get(format!("{base}{path}")).timeout(Duration::from_secs(5));
             for name in CREDENTIALS.iter().chain(&["host"]) {
@@ -302,7 +327,7 @@ impl Gateway {
 }
 
 /// A path segment, percent-encoded where it must be.
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
@@ -340,6 +365,7 @@ pub fn router(gateway: Gateway) -> Router {
                 ))
                 .layer(axum::middleware::from_fn_with_state(gateway.clone(), authenticate)),
         )
+        .merge(crate::apps::routes(gateway.clone()))
         .fallback(forward)
         .method_not_allowed_fallback(squilla_net::extract::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), client_rate))
@@ -349,7 +375,7 @@ pub fn router(gateway: Gateway) -> Router {
 }
 
 /// The caller's address, as the server saw it.
-fn client_of(request_extensions: &axum::http::Extensions) -> Option<IpAddr> {
+pub(crate) fn client_of(request_extensions: &axum::http::Extensions) -> Option<IpAddr> {
     request_extensions.get::<ClientAddr>().map(|ClientAddr(addr)| addr.ip())
 }
 
@@ -377,14 +403,15 @@ async fn status(State(gw): State<Gateway>) -> Response {
         "upstreams-started": gw.0.fanouts.started(),
         "subscribers-served": gw.0.served.load(std::sync::atomic::Ordering::Relaxed),
         "subscribers": lock(&gw.0.subscriptions).values().sum::<usize>(),
+        "streams": crate::apps::status(&gw),
     }))
     .into_response()
 }
 
 /// A subscriber's place among its tenant's subscriptions at this gateway.
-struct Place {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    tenant: String,
+pub(crate) struct Place {
+    pub(crate) counts: Arc<Mutex<HashMap<String, usize>>>,
+    pub(crate) tenant: String,
 }
 
 impl Drop for Place {

@@ -50,6 +50,12 @@ impl RateLimiter {
 
     /// Takes one request for `key`: `Ok`, or `Err(wait)` with how long until one is allowed.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
+        self.take(key, 1.0)
+    }
+
+    /// Takes `n` tokens for `key` (events, bytes…), all or none: `Ok`, or `Err(wait)` with how
+    /// long until `n` are there (`n` above the burst never is: the wait is for the burst).
+    pub fn take(&self, key: &str, n: f64) -> Result<(), Duration> {
         if self.rate.per_second <= 0.0 {
             return Ok(());
         }
@@ -71,11 +77,11 @@ impl RateLimiter {
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.rate.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate.per_second).min(self.rate.burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= n {
+            *tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate.per_second))
+            Err(Duration::from_secs_f64((n.min(self.rate.burst) - *tokens).max(0.0) / self.rate.per_second))
         }
     }
 }

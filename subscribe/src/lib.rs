@@ -84,6 +84,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The queue this subscriber reads, for a server that streams it itself.
+    pub fn into_receiver(self) -> queue::Receiver {
+        self.chunks
+    }
+
     /// The next chunk (with how many events were lost before it), or the error that ended the
     /// stream; `None` once the hub has ended.
     pub async fn recv(&mut self) -> Option<Item> {
