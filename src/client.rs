@@ -45,7 +45,7 @@ pub fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Clie
 }
 
 impl Connection {
-    fn token(&self) -> anyhow::Result<String> {
+    pub(crate) fn token(&self) -> anyhow::Result<String> {
         if let Some(token) = &self.token {
             return Ok(token.clone());
         }

@@ -23,6 +23,7 @@ mod examples;
 mod fleet;
 mod gateway;
 mod master;
+mod publish;
 mod run;
 mod table;
 
@@ -110,6 +111,9 @@ enum Command {
     },
     /// Run a job spec in this process (no master) and print its output as JSON lines.
     Run(run::RunArgs),
+    /// Publish JSON lines from standard input to an application stream, through a gateway:
+    /// only what some subscription wants is sent.
+    Publish(publish::PublishArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -152,5 +156,6 @@ fn run() -> anyhow::Result<()> {
             client::logs(connection, &job, &stage, index, json, follow)
         }
         Command::Run(args) => run::run(args),
+        Command::Publish(args) => publish::run(args),
     }
 }

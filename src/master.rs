@@ -175,7 +175,18 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
             let authority = squilla_net::ca::Authority::load_or_create(&args.data_dir.join("ca"))?;
             let (state, control) = leader_state(args, tenants, store, authority)?;
             spawn_control_loop(control);
-            router(state)
+            match &acceptor {
+                // Application streams built in, asking this master who callers are.
+                None => {
+                    let config = squilla_gateway::server::GatewayConfig {
+                        master: squilla_net::masters::Masters::new(&format!("http://{addr}")),
+                        ..Default::default()
+                    };
+                    let gateway = squilla_gateway::server::Gateway::new(config, reqwest::Client::new())?;
+                    router(state).merge(squilla_gateway::apps::router(gateway))
+                }
+                Some(_) => router(state),
+            }
         }
         Some(url) => {
             // Agents keep their workers for 0.9 × the agent timeout without an answer: a

@@ -81,6 +81,15 @@ impl Apps {
     }
 }
 
+/// Application streams alone, for a process that serves them beside its own API (a master
+/// serving plain HTTP has them built in, asking itself who callers are).
+pub fn router(gateway: Gateway) -> axum::Router {
+    routes(gateway.clone())
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(squilla_net::access::log))
+        .with_state(gateway)
+}
+
 /// Routes of application streams.
 pub(crate) fn routes(gateway: Gateway) -> axum::Router<Gateway> {
     use axum::routing::{get, post};

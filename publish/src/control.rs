@@ -1,0 +1,126 @@
+//! The control connection: `GET {gateway}/api/v1/streams/{app}/{stream}/subscriptions`, one
+//! JSON line per change of what is subscribed (and a repeat every 10 s). Each line becomes
+//! the publisher's [`Prefilter`]. A connection silent for [`SILENT`] is taken for dead; while
+//! there is none, nothing is matched (the subscriptions it served are gone with it), and it is
+//! tried again after a pause that doubles from 100 ms to [`MAX_PAUSE`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use squilla_query::{Prefilter, Query};
+
+use crate::{Config, Shared};
+
+/// How long the control connection may stay silent before it is taken for dead (three of the
+/// gateway's keep-alive repeats).
+pub const SILENT: Duration = Duration::from_secs(30);
+/// The longest pause between attempts to connect.
+pub const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Longest line of the control connection, bytes.
+const MAX_LINE: usize = 1 << 20;
+
+#[derive(Deserialize)]
+struct Interest {
+    subscriptions: Vec<Wanted>,
+}
+
+#[derive(Deserialize)]
+struct Wanted {
+    query: Option<String>,
+}
+
+/// Follows the gateway's subscriptions until the publisher stops.
+pub(crate) async fn run(client: reqwest::Client, config: Config, shared: Arc<Shared>) {
+    let (app, stream) = config.stream.split_once('/').unwrap_or((&config.stream, ""));
+    let url = format!("{}/api/v1/streams/{app}/{stream}/subscriptions", config.gateway);
+    let mut pause = Duration::from_millis(100);
+    while !shared.stop.load(Ordering::Relaxed) {
+        match follow(&client, &url, config.token.as_deref(), &shared).await {
+            Ok(()) => pause = Duration::from_millis(100),
+            Err(why) => tracing::debug!(%why, "the control connection to the gateway failed"),
+        }
+        shared.connected.store(false, Ordering::Relaxed);
+        shared.set_filter(Prefilter::default(), 0);
+        sleep_unless_stopped(&shared, pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Sleeps `pause`, waking early if the publisher stops.
+async fn sleep_unless_stopped(shared: &Shared, pause: Duration) {
+    let until = tokio::time::Instant::now() + pause;
+    while tokio::time::Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20).min(pause)).await;
+    }
+}
+
+/// One control connection, until it ends or falls silent.
+async fn follow(client: &reqwest::Client, url: &str, token: Option<&str>, shared: &Shared) -> Result<(), String> {
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    shared.last_line.store(crate::now_ms(), Ordering::Relaxed);
+    let response = tokio::time::timeout(SILENT, request.send())
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = tokio::time::timeout(Duration::from_secs(2), response.text()).await.ok().and_then(Result::ok);
+        return Err(format!("the gateway answered {status}: {}", body.unwrap_or_default()));
+    }
+    let mut body = response.bytes_stream();
+    let mut line = Vec::new();
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let chunk = match tokio::time::timeout(Duration::from_millis(200), body.next()).await {
+            Err(_) => {
+                if line_age(shared) >= SILENT {
+                    return Err("the gateway fell silent".into());
+                }
+                continue;
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
+        };
+        for &b in chunk.iter() {
+            if b != b'\n' {
+                line.push(b);
+                if line.len() > MAX_LINE {
+                    return Err("a control line is too long".into());
+                }
+                continue;
+            }
+            apply(&line, shared)?;
+            line.clear();
+        }
+    }
+}
+
+/// How long since the last control line (the time is kept by [`apply`]).
+fn line_age(shared: &Shared) -> Duration {
+    let last = shared.last_line.load(Ordering::Relaxed);
+    Duration::from_millis((crate::now_ms() - last).max(0) as u64)
+}
+
+/// Applies one control line.
+fn apply(line: &[u8], shared: &Shared) -> Result<(), String> {
+    shared.last_line.store(crate::now_ms(), Ordering::Relaxed);
+    let interest: Interest = serde_json::from_slice(line).map_err(|e| format!("a control line: {e}"))?;
+    let n = interest.subscriptions.len();
+    let queries = interest.subscriptions.into_iter().map(|w| match w.query {
+        None => None,
+        // A query the gateway accepted parses here too (same crate); one that does not (a newer
+        // gateway's) becomes `None`: every event goes, and the gateway filters.
+        Some(text) => Query::parse(&text).ok().map(Arc::new),
+    });
+    shared.set_filter(Prefilter::new(queries), n);
+    shared.connected.store(true, Ordering::Relaxed);
+    Ok(())
+}
