@@ -13,6 +13,7 @@ mod isolation;
 mod metrics;
 mod observability;
 mod partition;
+mod publish;
 mod queries;
 mod run;
 mod streams;

@@ -1,0 +1,290 @@
+//! Application streams end to end: three `squilla publish` processes publish one stream
+//! through a gateway process; two subscribers with different queries each receive exactly
+//! the events their query selects, a job reading the stream gets its filter's events, and the
+//! publishers send only what some query wants. Then a publisher whose network to the gateway
+//! is cut keeps publishing without blocking, counts what it drops, and reports it once the
+//! network is back.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use squilla_publish::ValueRef;
+
+use crate::streams::{Sub, ids, start, submit};
+use crate::{Api, TOKEN, free_port, gateway};
+
+const PER_PUBLISHER: i64 = 3000;
+const PATHS: [&str; 3] = ["/cart", "/home", "/search"];
+
+/// The `n`-th event of publisher `p`.
+fn event(p: i64, n: i64) -> Value {
+    json!({
+        "id": p * 1_000_000 + n,
+        "path": PATHS[(n % 3) as usize],
+        "status": if n % 10 == 0 { 503 } else { 200 },
+        "ms": ((n * 37) % 100) as f64 + 0.5,
+        "user": {"id": n % 17},
+    })
+}
+
+fn expected(keep: impl Fn(&Value) -> bool) -> BTreeSet<i64> {
+    (0..3).flat_map(|p| (0..PER_PUBLISHER).map(move |n| event(p, n))).filter(|e| keep(e)).map(|e| e["id"].as_i64().unwrap()).collect()
+}
+
+fn encode(query: &str) -> String {
+    query.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// The gateway's figures for stream `shop/requests`.
+async fn stream_status(via: &Api) -> Value {
+    let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
+    status["streams"].as_array().and_then(|s| s.iter().find(|s| s["stream"] == "shop/requests").cloned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
+    let (master, _procs) = start("publish-e2e").await;
+    let port = free_port();
+    let _gw = gateway(&master.base, port, &[]);
+    let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+
+    // A job reads the stream's server errors.
+    let spec = json!({
+        "name": "shop-errors",
+        "source": {"kind": "app", "stream": "shop/requests", "query": "SELECT * WHERE status >= 500"},
+        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": "status", "op": "exists"}}]
+    });
+    let job = submit(&via, spec.to_string().into_bytes(), "shop-errors").await;
+    // Its source query only filters.
+    let bad = json!({"name": "bad", "source": {"kind": "app", "stream": "shop/requests", "query": "SELECT count(*) AS n"},
+        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "params": {"field": "status", "op": "exists"}}]});
+    let (status, body) = via.call(reqwest::Method::POST, "/api/v1/clusters", bad.to_string().into_bytes()).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_spec")), "{body}");
+
+    let (status, body) = via.call(reqwest::Method::GET, "/api/v1/streams/shop/requests/sink?query=SELECT", vec![]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "{body}");
+    let refused = via.http.get(format!("{}/api/v1/streams/shop/requests/sink", via.base)).bearer_auth("wrong").send().await;
+    assert_eq!(refused.unwrap().status(), 401);
+
+    let cart = "SELECT * WHERE path = '/cart'";
+    let slow = "SELECT id, ms WHERE ms > 90 AND user.id < 9";
+    let mut by_path = Sub::open(&via, &format!("/api/v1/streams/shop/requests/sink?query={}", encode(cart))).await;
+    let mut by_time = Sub::open(&via, &format!("/api/v1/streams/shop/requests/sink?query={}", encode(slow))).await;
+    let mut of_job = Sub::open(&via, &format!("/api/v1/jobs/{job}/sink")).await;
+
+    // Three publisher processes, connected before they have anything to say.
+    let mut publishers: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            crate::squilla()
+                .args(["publish", "shop/requests", "--gateway", &via.base, "--token", TOKEN])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("squilla publish starts")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = stream_status(&via).await;
+        if s["publishers"] == 3 && s["subscribers"] == 2 && s["consumers"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishers, subscribers and the reading job at the gateway: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The publishers learn of the job's filter within a control message; give it one tick.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (p, child) in publishers.iter_mut().enumerate() {
+        let mut stdin = child.stdin.take().unwrap();
+        let lines: String = (0..PER_PUBLISHER).map(|n| event(p as i64, n).to_string() + "\n").collect();
+        stdin.write_all(lines.as_bytes()).unwrap();
+    }
+
+    let want_path = expected(|e| e["path"] == "/cart");
+    let want_time = expected(|e| e["ms"].as_f64().unwrap() > 90.0 && e["user"]["id"].as_i64().unwrap() < 9);
+    let want_job = expected(|e| e["status"].as_i64().unwrap() >= 500);
+    let (got, _) = by_path.read(Duration::from_secs(30), |e| e.len() >= want_path.len()).await;
+    assert_eq!((ids(&got), got.len()), (want_path.clone(), want_path.len()), "the /cart subscriber");
+    assert!(got.iter().all(|e| e["user"]["id"].is_i64()), "whole events, nested again: {}", got[0]);
+    let (got, _) = by_time.read(Duration::from_secs(30), |e| e.len() >= want_time.len()).await;
+    assert_eq!((ids(&got), got.len()), (want_time.clone(), want_time.len()), "the slow-requests subscriber");
+    assert!(got.iter().all(|e| e.as_object().unwrap().keys().all(|k| ["id", "ms", "timestamp-ms"].contains(&k.as_str()))), "its projection: {}", got[0]);
+    let (got, _) = of_job.read(Duration::from_secs(30), |e| e.len() >= want_job.len()).await;
+    assert_eq!((ids(&got), got.len()), (want_job.clone(), want_job.len()), "the job reading the stream");
+
+    // Each publisher sent only the events some query wanted, and lost none.
+    let wanted_by_any = |p: i64| {
+        (0..PER_PUBLISHER)
+            .map(|n| event(p, n))
+            .filter(|e| {
+                e["path"] == "/cart"
+                    || (e["ms"].as_f64().unwrap() > 90.0 && e["user"]["id"].as_i64().unwrap() < 9)
+                    || e["status"].as_i64().unwrap() >= 500
+            })
+            .count() as u64
+    };
+    for (p, child) in publishers.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stats: Value = serde_json::from_str(stderr.lines().last().unwrap_or("")).unwrap_or_default();
+        let want = wanted_by_any(p as i64);
+        assert!(want < PER_PUBLISHER as u64 / 2, "the queries select a minority: {want}");
+        assert_eq!((stats["matched"].as_u64(), stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(want), Some(want), Some(0)), "{stderr}");
+    }
+    let s = stream_status(&via).await;
+    assert_eq!(s["publisher-dropped"], 0, "{s}");
+    assert_eq!(s["consumer-dropped"], 0, "{s}");
+}
+
+/// A TCP proxy to `to` whose traffic can be cut (connections stay open, nothing passes) and
+/// healed (the cut connections are closed; new ones pass).
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Copies `r` to `w` while the network is not cut, until either closes or the proxy heals.
+async fn pass(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if generation.load(Ordering::Relaxed) != born {
+            return;
+        }
+        if cut.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_millis(50), r.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                if w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Proxy {
+    async fn start(to: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, g) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (cut, generation) = (c.clone(), g.clone());
+                tokio::spawn(async move {
+                    let born = generation.load(Ordering::Relaxed);
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { return };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(
+                        pass(ri, wo, cut.clone(), generation.clone(), born),
+                        pass(ro, wi, cut, generation, born)
+                    );
+                });
+            }
+        });
+        Proxy { port, cut, generation }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    fn heal(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
+    let (master, _procs) = start("publish-cut").await;
+    let port = free_port();
+    let _gw = gateway(&master.base, port, &[]);
+    let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    let proxy = Proxy::start(port).await;
+
+    let mut config =
+        squilla_publish::Config::new(format!("http://127.0.0.1:{}", proxy.port), "shop/requests").token(TOKEN);
+    config.buffer_events = 500;
+    config.request_timeout = Duration::from_secs(1);
+    let publisher = Arc::new(squilla_publish::Publisher::start(config).unwrap());
+    // Nobody subscribes: nothing is wanted, nothing is sent.
+    assert!(publisher.wait_connected(Duration::from_secs(20)), "{:?}", publisher.stats());
+    let path = ValueRef::Text("/cart");
+    for n in 0..10_000 {
+        publisher.publish(&[("id", ValueRef::Int(n)), ("path", path)]);
+    }
+    assert!(!publisher.wanted());
+    let idle = publisher.stats();
+    assert_eq!((idle.matched, idle.requests, idle.bytes_sent), (0, 0, 0), "{idle:?}");
+
+    let mut sub = Sub::open(&via, "/api/v1/streams/shop/requests/sink").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !publisher.wanted() {
+        assert!(Instant::now() < deadline, "the publisher never learned of the subscription");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publisher.publish(&[("id", ValueRef::Int(1)), ("path", path)]);
+    let (got, _) = sub.read(Duration::from_secs(10), |e| !e.is_empty()).await;
+    assert_eq!(ids(&got), BTreeSet::from([1]));
+
+    // The network is cut: publishing goes on at full speed, the buffer stays bounded, and
+    // what cannot be sent is counted.
+    proxy.cut();
+    let p = publisher.clone();
+    let slowest = tokio::task::spawn_blocking(move || {
+        let mut slowest = Duration::ZERO;
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut n = 100;
+        while Instant::now() < until {
+            let started = Instant::now();
+            p.publish(&[("id", ValueRef::Int(n)), ("path", ValueRef::Text("/cart"))]);
+            slowest = slowest.max(started.elapsed());
+            n += 1;
+            if n % 1000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        slowest
+    })
+    .await
+    .unwrap();
+    assert!(slowest < Duration::from_millis(200), "one publish call took {slowest:?} while the network was cut");
+    let during = publisher.stats();
+    assert!(during.dropped > 0, "{during:?}");
+
+    // Healed: the publisher connects again, and the gateway learns what it dropped.
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        publisher.publish(&[("id", ValueRef::Int(2)), ("path", path)]);
+        let s = stream_status(&via).await;
+        if s["publisher-dropped"].as_u64().unwrap_or(0) > 0 {
+            assert!(s["publisher-dropped"].as_u64().unwrap() <= publisher.stats().dropped, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never heard of the drops: {s} {:?}", publisher.stats());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(sub);
+}
