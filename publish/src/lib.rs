@@ -230,7 +230,7 @@ impl Publisher {
         if !self.wanted() {
             return;
         }
-        self.publish_slow(now_ms(), fields);
+        self.publish_slow(None, fields);
     }
 
     /// Publishes an event of `timestamp_ms` (ms since the Unix epoch) with `fields` (dotted
@@ -241,16 +241,21 @@ impl Publisher {
         if !self.wanted() {
             return;
         }
-        self.publish_slow(timestamp_ms, fields);
+        self.publish_slow(Some(timestamp_ms), fields);
     }
 
     #[inline(never)]
-    fn publish_slow(&self, timestamp_ms: i64, fields: &[(&str, ValueRef<'_>)]) {
+    fn publish_slow(&self, at: Option<i64>, fields: &[(&str, ValueRef<'_>)]) {
         let shared = &*self.shared;
-        let event = FieldSlice { timestamp_ms, fields };
-        if !shared.filter.read().unwrap_or_else(PoisonError::into_inner).matches(&event) {
-            return;
-        }
+        let timestamp_ms = {
+            let filter = shared.filter.read().unwrap_or_else(PoisonError::into_inner);
+            // The clock is read only for an event that matched, unless a filter needs it.
+            let time = at.or_else(|| filter.reads_time().then(now_ms));
+            if !filter.matches(&FieldSlice { timestamp_ms: time.unwrap_or(0), fields }) {
+                return;
+            }
+            time.unwrap_or_else(now_ms)
+        };
         shared.matched.fetch_add(1, Ordering::Relaxed);
         let mut pending = shared.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= shared.buffer_events {

@@ -54,6 +54,8 @@ pub struct Prefilter {
     filters: Vec<Arc<Query>>,
     /// Some query wants every event.
     all: bool,
+    /// Some filter reads `timestamp-ms`.
+    time: bool,
 }
 
 impl Prefilter {
@@ -71,7 +73,8 @@ impl Prefilter {
         if all {
             filters.clear();
         }
-        Prefilter { filters, all }
+        let time = filters.iter().any(|q| q.filter.as_ref().is_some_and(reads_time));
+        Prefilter { filters, all, time }
     }
 
     /// Whether no event passes (no queries at all).
@@ -84,6 +87,12 @@ impl Prefilter {
         self.all
     }
 
+    /// Whether some filter reads the event's time (`timestamp-ms`): if not, a caller may test
+    /// an event before reading the clock for it.
+    pub fn reads_time(&self) -> bool {
+        self.time
+    }
+
     /// Whether some query could want `event`.
     #[inline]
     pub fn matches(&self, event: &FieldSlice<'_>) -> bool {
@@ -93,6 +102,19 @@ impl Prefilter {
         // No filter here holds `sample`, so the random state is never read.
         let mut rng = 1;
         self.filters.iter().any(|q| q.filter.as_ref().is_some_and(|f| test(f, event, &mut rng)))
+    }
+}
+
+/// Whether `e` reads the event's time anywhere.
+fn reads_time(e: &Expr) -> bool {
+    match e {
+        Expr::Field(name) | Expr::FieldCmp(_, name, _) => {
+            name == squilla_batch::json::TIMESTAMP || squilla_batch::json::TIMESTAMP.starts_with(&format!("{name}."))
+        }
+        Expr::Any(prefix, _) => squilla_batch::json::TIMESTAMP.starts_with(prefix.as_str()),
+        Expr::Cmp(_, a, b) | Expr::Arith(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => reads_time(a) || reads_time(b),
+        Expr::Not(a) | Expr::IsNull(a, _) | Expr::Regex(a, _) => reads_time(a),
+        Expr::Lit(_) | Expr::Sample(_) | Expr::Slot(_) => false,
     }
 }
 
@@ -133,6 +155,8 @@ mod tests {
     #[test]
     fn reads_nested_fields_and_time() {
         let p = prefilter(&[Some("SELECT * WHERE user.id = 7 AND \"timestamp-ms\" < 2000")]);
+        assert!(p.reads_time());
+        assert!(!prefilter(&[Some("SELECT * WHERE user.id = 7")]).reads_time());
         assert!(p.matches(&event(&[("user.id", ValueRef::Int(7))])));
         assert!(!p.matches(&event(&[("user.id", ValueRef::Int(8))])));
         let p = prefilter(&[Some("SELECT * WHERE user IS NOT NULL")]);

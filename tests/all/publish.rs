@@ -288,3 +288,43 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
     }
     drop(sub);
 }
+
+/// The Python client (`clients/python`), run by `python3` against a gateway process: nothing
+/// is sent before anyone subscribes; then the subscriber's query selects from what it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_publishes_through_a_gateway() {
+    let (master, _procs) = start("publish-python").await;
+    let port = free_port();
+    let _gw = gateway(&master.base, port, &[]);
+    let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    let mut sub = Sub::open(&via, &format!("/api/v1/streams/py/requests/sink?query={}", encode("SELECT * WHERE n % 4 = 0"))).await;
+    let script = r#"
+import sys, json
+from squilla_publish import Publisher
+p = Publisher(sys.argv[1], "py/requests", token=sys.argv[2])
+assert p.wait_connected(20), "not connected"
+assert p.wanted(), "a subscription exists"
+for n in range(200):
+    p.publish({"n": n, "user": {"name": "u%d" % n}})
+assert p.flush(20)
+print(json.dumps({"sent": p.sent, "dropped": p.dropped}))
+"#;
+    let base = via.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script, &base, TOKEN])
+            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python"))
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(200), Some(0)), "{stats}");
+    let want: BTreeSet<i64> = (0..200).filter(|n| n % 4 == 0).collect();
+    let (got, _) = sub.read(Duration::from_secs(20), |e| e.len() >= want.len()).await;
+    let got_n: BTreeSet<i64> = got.iter().map(|e| e["n"].as_i64().unwrap()).collect();
+    assert_eq!((got_n, got.len()), (want.clone(), want.len()));
+    assert_eq!(got[1]["user"]["name"], "u4", "nested fields arrive nested");
+}
