@@ -30,7 +30,9 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let token = args.connection.token()?;
     let publisher = Publisher::start(Config::new(&args.gateway, &args.stream).token(token))?;
     if !publisher.wait_connected(Duration::from_secs(args.wait)) {
-        eprintln!("squilla publish: the gateway has not answered yet; publishing anyway (nothing leaves until it does)");
+        eprintln!(
+            "squilla publish: the gateway has not answered yet; publishing anyway (nothing leaves until it does)"
+        );
     }
     let mut fields: Vec<(String, Json)> = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
@@ -38,11 +40,12 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let object: serde_json::Map<String, Json> =
-            serde_json::from_str(&line).with_context(|| format!("standard input, line {}: not a JSON object", n + 1))?;
+        let object: serde_json::Map<String, Json> = serde_json::from_str(&line)
+            .with_context(|| format!("standard input, line {}: not a JSON object", n + 1))?;
         fields.clear();
         flatten("", object, &mut fields);
-        let texts: Vec<String> = fields.iter().map(|(_, v)| if v.is_array() { v.to_string() } else { String::new() }).collect();
+        let texts: Vec<String> =
+            fields.iter().map(|(_, v)| if v.is_array() { v.to_string() } else { String::new() }).collect();
         let borrowed: Vec<(&str, ValueRef<'_>)> =
             fields.iter().zip(&texts).map(|((name, value), text)| (name.as_str(), value_ref(value, text))).collect();
         publisher.publish(&borrowed);

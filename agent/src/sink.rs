@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use squilla_host::pipeline::PipelineHandle;
 use squilla_net::budget::{Budget, Budgets};
-pub use squilla_subscribe::{Chunk, Item, Options, QUERY_BATCH_BUDGET, QUERY_BATCH_MAX, QUERY_SLOW_BATCHES, Subscription};
+pub use squilla_subscribe::{
+    Chunk, Item, Options, QUERY_BATCH_BUDGET, QUERY_BATCH_MAX, QUERY_SLOW_BATCHES, Subscription,
+};
 use squilla_subscribe::{Groups, Limits};
 use squilla_types::time::now_ms;
 

@@ -265,7 +265,12 @@ impl Gateway {
 
     /// What the master says of job `id` to these credentials, for the caller at `client`
     /// (cached for [`ENDPOINTS_TTL`], refusals too).
-    pub(crate) async fn endpoints(&self, headers: &HeaderMap, client: Option<IpAddr>, id: &str) -> Result<Endpoints, Refused> {
+    pub(crate) async fn endpoints(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        id: &str,
+    ) -> Result<Endpoints, Refused> {
         let key = (who(headers), id.to_owned());
         if let Some((at, answer)) = lock(&self.0.cache).get(&key)
             && at.elapsed() < ENDPOINTS_TTL

@@ -347,7 +347,6 @@ impl Drop for Group {
     }
 }
 
-
 /// Every subscriber of one stream, in their groups.
 pub struct Groups {
     limits: Limits,

@@ -32,17 +32,27 @@ fn event(p: i64, n: i64) -> Value {
 }
 
 fn expected(keep: impl Fn(&Value) -> bool) -> BTreeSet<i64> {
-    (0..3).flat_map(|p| (0..PER_PUBLISHER).map(move |n| event(p, n))).filter(|e| keep(e)).map(|e| e["id"].as_i64().unwrap()).collect()
+    (0..3)
+        .flat_map(|p| (0..PER_PUBLISHER).map(move |n| event(p, n)))
+        .filter(|e| keep(e))
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect()
 }
 
 fn encode(query: &str) -> String {
-    query.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    query
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 /// The gateway's figures for stream `shop/requests`.
 async fn stream_status(via: &Api) -> Value {
     let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
-    status["streams"].as_array().and_then(|s| s.iter().find(|s| s["stream"] == "shop/requests").cloned()).unwrap_or_default()
+    status["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stream"] == "shop/requests").cloned())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +75,11 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     let (status, body) = via.call(reqwest::Method::POST, "/api/v1/clusters", bad.to_string().into_bytes()).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_spec")), "{body}");
 
-    let (status, body) = via.call(reqwest::Method::GET, "/api/v1/streams/shop/requests/sink?query=SELECT", vec![]).await;
+    let (status, body) =
+        via.call(reqwest::Method::GET, "/api/v1/streams/shop/requests/sink?query=SELECT", vec![]).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "{body}");
-    let refused = via.http.get(format!("{}/api/v1/streams/shop/requests/sink", via.base)).bearer_auth("wrong").send().await;
+    let refused =
+        via.http.get(format!("{}/api/v1/streams/shop/requests/sink", via.base)).bearer_auth("wrong").send().await;
     assert_eq!(refused.unwrap().status(), 401);
 
     let cart = "SELECT * WHERE path = '/cart'";
@@ -113,7 +125,11 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     assert!(got.iter().all(|e| e["user"]["id"].is_i64()), "whole events, nested again: {}", got[0]);
     let (got, _) = by_time.read(Duration::from_secs(30), |e| e.len() >= want_time.len()).await;
     assert_eq!((ids(&got), got.len()), (want_time.clone(), want_time.len()), "the slow-requests subscriber");
-    assert!(got.iter().all(|e| e.as_object().unwrap().keys().all(|k| ["id", "ms", "timestamp-ms"].contains(&k.as_str()))), "its projection: {}", got[0]);
+    assert!(
+        got.iter().all(|e| e.as_object().unwrap().keys().all(|k| ["id", "ms", "timestamp-ms"].contains(&k.as_str()))),
+        "its projection: {}",
+        got[0]
+    );
     let (got, _) = of_job.read(Duration::from_secs(30), |e| e.len() >= want_job.len()).await;
     assert_eq!((ids(&got), got.len()), (want_job.clone(), want_job.len()), "the job reading the stream");
 
@@ -135,7 +151,11 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
         let stats: Value = serde_json::from_str(stderr.lines().last().unwrap_or("")).unwrap_or_default();
         let want = wanted_by_any(p as i64);
         assert!(want < PER_PUBLISHER as u64 / 2, "the queries select a minority: {want}");
-        assert_eq!((stats["matched"].as_u64(), stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(want), Some(want), Some(0)), "{stderr}");
+        assert_eq!(
+            (stats["matched"].as_u64(), stats["sent"].as_u64(), stats["dropped"].as_u64()),
+            (Some(want), Some(want), Some(0)),
+            "{stderr}"
+        );
     }
     let s = stream_status(&via).await;
     assert_eq!(s["publisher-dropped"], 0, "{s}");
@@ -297,7 +317,9 @@ async fn the_python_client_publishes_through_a_gateway() {
     let port = free_port();
     let _gw = gateway(&master.base, port, &[]);
     let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    let mut sub = Sub::open(&via, &format!("/api/v1/streams/py/requests/sink?query={}", encode("SELECT * WHERE n % 4 = 0"))).await;
+    let mut sub =
+        Sub::open(&via, &format!("/api/v1/streams/py/requests/sink?query={}", encode("SELECT * WHERE n % 4 = 0")))
+            .await;
     let script = r#"
 import sys, json
 from squilla_publish import Publisher

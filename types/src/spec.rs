@@ -492,7 +492,10 @@ impl JobSpec {
         if let SourceSpec::App { stream, .. } = &self.source
             && !valid_stream(stream)
         {
-            return Err(err("source.stream", "`<app>/<stream>`, each 1 to 63 of a-z, 0-9 and '-', starting with a letter"));
+            return Err(err(
+                "source.stream",
+                "`<app>/<stream>`, each 1 to 63 of a-z, 0-9 and '-', starting with a letter",
+            ));
         }
         if self.sla.max_jobs != 0 && self.sla.min_jobs > self.sla.max_jobs {
             return Err(err("sla.min-jobs", "must not exceed sla.max-jobs"));

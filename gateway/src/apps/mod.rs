@@ -36,9 +36,10 @@ use squilla_net::server::ClientAddr;
 use squilla_subscribe::{Groups, Limits, Options};
 use squilla_types::sink::SinkParams;
 
-pub use hub::{CONSUMER_QUEUE, CONSUMERS_EVERY, Hub, Interest, Wanted};
 use hub::StreamInfo;
+pub use hub::{CONSUMER_QUEUE, CONSUMERS_EVERY, Hub, Interest, Wanted};
 
+use crate::ingest::Refusal;
 use crate::server::{Gateway, Place, Refused, lock};
 
 /// Largest publish body, bytes.
@@ -52,6 +53,9 @@ const SUBSCRIBER_EVENTS: usize = 16_384;
 /// Bytes one subscription's query state may hold.
 const QUERY_STATE_BYTES: usize = 64 << 20;
 
+/// An answer of the master's about a stream, and when it came.
+type CachedInfo = (Instant, Result<StreamInfo, Refused>);
+
 /// The streams of this gateway.
 #[derive(Default)]
 pub struct Apps {
@@ -59,7 +63,7 @@ pub struct Apps {
     /// Control connections per tenant.
     publishers: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// The master's answers about streams, per credentials and stream.
-    cache: std::sync::Mutex<HashMap<(squilla_net::auth::TokenHash, String), (Instant, Result<StreamInfo, Refused>)>>,
+    cache: std::sync::Mutex<HashMap<(squilla_net::auth::TokenHash, String), CachedInfo>>,
     rates: std::sync::OnceLock<squilla_net::rate::RateLimiter>,
 }
 
@@ -213,9 +217,8 @@ async fn subscriptions(
     let stream = futures_util::stream::unfold((interest, place, true), |(mut rx, place, first)| async move {
         if !first {
             // A change, or the same again as a keep-alive; the hub gone ends the stream.
-            match tokio::time::timeout(INTEREST_REPEAT, rx.changed()).await {
-                Ok(Err(_)) => return None,
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(_)) = tokio::time::timeout(INTEREST_REPEAT, rx.changed()).await {
+                return None;
             }
         }
         let mut line = serde_json::to_vec(&**rx.borrow_and_update()).unwrap_or_default();
@@ -248,30 +251,29 @@ async fn authenticate(
 }
 
 /// A publish body as validated batches.
-fn batches(headers: &HeaderMap, body: &[u8]) -> Result<Vec<BatchBytes>, Response> {
+fn batches(headers: &HeaderMap, body: &[u8]) -> Result<Vec<BatchBytes>, Refusal> {
     let framed =
         headers.get(axum::http::header::CONTENT_TYPE).is_some_and(|t| t == squilla_batch::frames::CONTENT_TYPE);
     if framed {
-        let invalid = || {
-            error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_batch",
-                "the body is not framed archived batches (application/vnd.squilla.batches; see docs/publish.md)",
-            )
+        let invalid = || Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_batch",
+            message: "the body is not framed archived batches (application/vnd.squilla.batches; see docs/publish.md)"
+                .into(),
         };
         let parts = squilla_batch::frames::split(body).ok_or_else(invalid)?;
         return parts.into_iter().map(|p| BatchBytes::validate(p.to_vec()).map_err(|_| invalid())).collect();
     }
-    let archived = crate::ingest::batches(body, squilla_types::time::now_ms()).map_err(|e| {
-        let r = e.refusal();
-        error_response(r.status, r.code, &r.message)
-    })?;
+    let archived = crate::ingest::batches(body, squilla_types::time::now_ms()).map_err(|e| e.refusal())?;
     archived
         .batches
         .into_iter()
         .map(|(b, _)| {
-            BatchBytes::validate(b)
-                .map_err(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()))
+            BatchBytes::validate(b).map_err(|e| Refusal {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: e.to_string(),
+            })
         })
         .collect()
 }
@@ -289,7 +291,7 @@ async fn events(
     .await;
     let batches = match parsed {
         Ok(Ok(b)) => b,
-        Ok(Err(response)) => return response,
+        Ok(Err(r)) => return error_response(r.status, r.code, &r.message),
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
     };
     let events: usize = batches.iter().map(BatchBytes::len).sum();
@@ -307,11 +309,8 @@ async fn events(
     }
     let hub = gw.hub(&info);
     hub.touch(&headers);
-    let reported = headers
-        .get("x-squilla-dropped")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let reported =
+        headers.get("x-squilla-dropped").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     hub.counters.publisher_dropped.fetch_add(reported, Ordering::Relaxed);
     hub.counters.events.fetch_add(events as u64, Ordering::Relaxed);
     let fed = hub.clone();
@@ -356,7 +355,10 @@ async fn sink(
             return error_response(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_subscriptions",
-                &format!("tenant `{}` has {n} subscriptions open at this gateway, its limit; close one first", info.tenant),
+                &format!(
+                    "tenant `{}` has {n} subscriptions open at this gateway, its limit; close one first",
+                    info.tenant
+                ),
             );
         }
         *n += 1;
@@ -377,25 +379,24 @@ async fn sink(
 
 /// Each stream's figures, for `/gateway/status`.
 pub(crate) fn status(gw: &Gateway) -> serde_json::Value {
-    let streams: Vec<serde_json::Value> = gw
-        .0
-        .apps
-        .hubs()
-        .iter()
-        .map(|hub| {
-            let c = &hub.counters;
-            serde_json::json!({
-                "tenant": hub.tenant,
-                "stream": hub.stream,
-                "publishers": hub.publishers.load(Ordering::Relaxed),
-                "subscribers": hub.subscribers(),
-                "consumers": hub.consumers(),
-                "events": c.events.load(Ordering::Relaxed),
-                "publisher-dropped": c.publisher_dropped.load(Ordering::Relaxed),
-                "forwarded": c.forwarded.load(Ordering::Relaxed),
-                "consumer-dropped": c.consumer_dropped.load(Ordering::Relaxed),
+    let streams: Vec<serde_json::Value> =
+        gw.0.apps
+            .hubs()
+            .iter()
+            .map(|hub| {
+                let c = &hub.counters;
+                serde_json::json!({
+                    "tenant": hub.tenant,
+                    "stream": hub.stream,
+                    "publishers": hub.publishers.load(Ordering::Relaxed),
+                    "subscribers": hub.subscribers(),
+                    "consumers": hub.consumers(),
+                    "events": c.events.load(Ordering::Relaxed),
+                    "publisher-dropped": c.publisher_dropped.load(Ordering::Relaxed),
+                    "forwarded": c.forwarded.load(Ordering::Relaxed),
+                    "consumer-dropped": c.consumer_dropped.load(Ordering::Relaxed),
+                })
             })
-        })
-        .collect();
+            .collect();
     serde_json::Value::Array(streams)
 }

@@ -11,7 +11,6 @@ mod auth;
 mod clusters;
 mod console;
 mod endpoints;
-mod streams;
 mod error;
 pub mod guard;
 pub mod ingest;
@@ -22,6 +21,7 @@ mod openapi;
 pub mod session;
 pub mod standby;
 mod stream;
+mod streams;
 mod telemetry;
 
 use std::sync::Arc;
