@@ -100,7 +100,7 @@ async fn health_and_the_openapi_document_are_served_and_every_operation_is_route
             }
         }
     }
-    assert_eq!(operations, 32, "every operation of docs/api.md");
+    assert_eq!(operations, 33, "every operation of docs/api.md");
     let (status, body, _) = call(&s, "GET", "/api/v1/nothing-here", Some(ACME), vec![]).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }
