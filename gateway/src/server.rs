@@ -415,8 +415,52 @@ async fn status(State(gw): State<Gateway>) -> Response {
 
 /// A subscriber's place among its tenant's subscriptions at this gateway.
 pub(crate) struct Place {
-    pub(crate) counts: Arc<Mutex<HashMap<String, usize>>>,
-    pub(crate) tenant: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Place {
+    /// A place for `tenant` among `counts`, if it holds fewer than `limit`; else how many it
+    /// holds.
+    pub(crate) fn take(
+        counts: &Arc<Mutex<HashMap<String, usize>>>,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Place, usize> {
+        let mut held = lock(counts);
+        let n = held.entry(tenant.to_owned()).or_default();
+        if *n >= limit {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(Place { counts: counts.clone(), tenant: tenant.to_owned() })
+    }
+}
+
+impl Gateway {
+    /// A subscriber's place among its tenant's subscriptions here, or the 429 that refuses it.
+    pub(crate) fn subscription_place(&self, tenant: &str) -> Result<Place, Box<Response>> {
+        Place::take(&self.0.subscriptions, tenant, self.0.config.subscriptions_per_tenant).map_err(|n| {
+            Box::new(error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_subscriptions",
+                &format!("tenant `{tenant}` has {n} subscriptions open at this gateway, its limit; close one first"),
+            ))
+        })
+    }
+}
+
+impl Endpoints {
+    /// The job as ingest sees it.
+    pub(crate) fn target(&self) -> crate::ingest::Target<'_> {
+        crate::ingest::Target {
+            state: &self.state,
+            ended: self.ended,
+            ingest: self.ingest,
+            source: self.source.as_deref(),
+            fresh: self.source_fresh,
+        }
+    }
 }
 
 impl Drop for Place {
@@ -464,18 +508,9 @@ async fn sink(
         return ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], ()).into_response();
     }
     let tenant = endpoints.job.split_once('.').map_or(endpoints.job.as_str(), |(t, _)| t).to_owned();
-    let place = {
-        let mut counts = lock(&gw.0.subscriptions);
-        let n = counts.entry(tenant.clone()).or_default();
-        if *n >= gw.0.config.subscriptions_per_tenant {
-            return error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_subscriptions",
-                &format!("tenant `{tenant}` has {n} subscriptions open at this gateway, its limit; close one first"),
-            );
-        }
-        *n += 1;
-        Place { counts: gw.0.subscriptions.clone(), tenant: tenant.clone() }
+    let place = match gw.subscription_place(&tenant) {
+        Ok(place) => place,
+        Err(refused) => return *refused,
     };
     gw.0.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let hold = gw.0.streams.tenant(&tenant);
@@ -545,13 +580,7 @@ async fn ingest(
     axum::Extension(endpoints): axum::Extension<Endpoints>,
     body: axum::body::Bytes,
 ) -> Response {
-    let target = crate::ingest::Target {
-        state: &endpoints.state,
-        ended: endpoints.ended,
-        ingest: endpoints.ingest,
-        source: endpoints.source.as_deref(),
-        fresh: endpoints.source_fresh,
-    };
+    let target = endpoints.target();
     if let Err(r) = crate::ingest::takes_events(&id, &target) {
         return error_response(r.status, r.code, &r.message);
     }

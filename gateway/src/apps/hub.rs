@@ -256,13 +256,7 @@ async fn forward(gw: Gateway, hub: Arc<Hub>, id: String, mut rx: mpsc::Receiver<
         let Some(credentials) = lock(&hub.credentials).clone() else { continue };
         let sent = async {
             let endpoints = gw.endpoints(&credentials, None, &id).await.map_err(|_| "the master refused or is away")?;
-            let target = crate::ingest::Target {
-                state: &endpoints.state,
-                ended: endpoints.ended,
-                ingest: endpoints.ingest,
-                source: endpoints.source.as_deref(),
-                fresh: endpoints.source_fresh,
-            };
+            let target = endpoints.target();
             let agent = crate::ingest::source(&id, &target).map_err(|_| "the job's source is not running")?;
             let archived = crate::ingest::Archived {
                 batches: batches

@@ -168,21 +168,13 @@ impl Gateway {
 
 /// A publisher's place among its tenant's control connections; it also counts on its hub.
 struct Publisher {
-    counts: Arc<std::sync::Mutex<HashMap<String, usize>>>,
-    tenant: String,
+    _place: Place,
     hub: Arc<Hub>,
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.hub.publishers.fetch_sub(1, Ordering::Relaxed);
-        let mut counts = lock(&self.counts);
-        if let Some(n) = counts.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.tenant);
-            }
-        }
     }
 }
 
@@ -197,19 +189,18 @@ async fn subscriptions(
         Err(refused) => return refused.response(),
     };
     let hub = gw.hub(&info);
-    let place = {
-        let mut counts = lock(&gw.0.apps.publishers);
-        let n = counts.entry(info.tenant.clone()).or_default();
-        if *n >= gw.0.config.publishers_per_tenant {
+    let place = match Place::take(&gw.0.apps.publishers, &info.tenant, gw.0.config.publishers_per_tenant) {
+        Ok(place) => {
+            hub.publishers.fetch_add(1, Ordering::Relaxed);
+            Publisher { _place: place, hub: hub.clone() }
+        }
+        Err(n) => {
             return error_response(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_publishers",
                 &format!("tenant `{}` has {n} publishers connected to this gateway, its limit", info.tenant),
             );
         }
-        *n += 1;
-        hub.publishers.fetch_add(1, Ordering::Relaxed);
-        Publisher { counts: gw.0.apps.publishers.clone(), tenant: info.tenant.clone(), hub: hub.clone() }
     };
     hub.touch(&headers);
     hub.refresh();
@@ -348,21 +339,9 @@ async fn sink(
     if method == axum::http::Method::HEAD {
         return ([(axum::http::header::CONTENT_TYPE, "text/event-stream")], ()).into_response();
     }
-    let place = {
-        let mut counts = lock(&gw.0.subscriptions);
-        let n = counts.entry(info.tenant.clone()).or_default();
-        if *n >= gw.0.config.subscriptions_per_tenant {
-            return error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_subscriptions",
-                &format!(
-                    "tenant `{}` has {n} subscriptions open at this gateway, its limit; close one first",
-                    info.tenant
-                ),
-            );
-        }
-        *n += 1;
-        Place { counts: gw.0.subscriptions.clone(), tenant: info.tenant.clone() }
+    let place = match gw.subscription_place(&info.tenant) {
+        Ok(place) => place,
+        Err(refused) => return *refused,
     };
     gw.0.served.fetch_add(1, Ordering::Relaxed);
     let hub = gw.hub(&info);
