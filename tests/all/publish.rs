@@ -309,17 +309,38 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
     drop(sub);
 }
 
-/// The Python client (`clients/python`), run by `python3` against a gateway process: nothing
-/// is sent before anyone subscribes; then the subscriber's query selects from what it sends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_client_publishes_through_a_gateway() {
-    let (master, _procs) = start("publish-python").await;
+/// A client in another language, run as `program args… <gateway> <token>` against a gateway
+/// process, publishes 200 events `{"n": n, "user": {"name": "u<n>"}}` to `<app>/requests` once
+/// it has seen a subscription, and two events that are not JSON objects, and prints its counts as
+/// JSON: those two are dropped, the rest sent; the subscriber's query selects from what it sends.
+async fn client_publishes(app: &str, program: &str, args: &[&str], env: (&str, &str)) {
+    let (master, _procs) = start(&format!("publish-{app}")).await;
     let port = free_port();
     let _gw = gateway(&master.base, port, &[]);
     let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    let mut sub =
-        Sub::open(&via, &format!("/api/v1/streams/py/requests/sink?query={}", encode("SELECT * WHERE n % 4 = 0")))
-            .await;
+    let mut sub = Sub::open(
+        &via,
+        &format!("/api/v1/streams/{app}/requests/sink?query={}", encode("SELECT * WHERE n % 4 = 0")),
+    )
+    .await;
+    let mut command = std::process::Command::new(program);
+    command.args(args).args([&via.base, TOKEN]).env(env.0, env.1);
+    let out = tokio::task::spawn_blocking(move || command.output().expect("the client's runtime runs"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(200), Some(2)), "{stats}");
+    let want: BTreeSet<i64> = (0..200).filter(|n| n % 4 == 0).collect();
+    let (got, _) = sub.read(Duration::from_secs(20), |e| e.len() >= want.len()).await;
+    let got_n: BTreeSet<i64> = got.iter().map(|e| e["n"].as_i64().unwrap()).collect();
+    assert_eq!((got_n, got.len()), (want.clone(), want.len()));
+    assert_eq!(got[1]["user"]["name"], "u4", "nested fields arrive nested");
+}
+
+/// The Python client (`clients/python`), run by `python3`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_publishes_through_a_gateway() {
     let script = r#"
 import sys, json
 from squilla_publish import Publisher
@@ -328,25 +349,36 @@ assert p.wait_connected(20), "not connected"
 assert p.wanted(), "a subscription exists"
 for n in range(200):
     p.publish({"n": n, "user": {"name": "u%d" % n}})
+    if n == 100:
+        p.publish({"n": {1, 2}})
+        p.publish([n])
 assert p.flush(20)
 print(json.dumps({"sent": p.sent, "dropped": p.dropped}))
 "#;
-    let base = via.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(["-c", script, &base, TOKEN])
-            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python"))
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(200), Some(0)), "{stats}");
-    let want: BTreeSet<i64> = (0..200).filter(|n| n % 4 == 0).collect();
-    let (got, _) = sub.read(Duration::from_secs(20), |e| e.len() >= want.len()).await;
-    let got_n: BTreeSet<i64> = got.iter().map(|e| e["n"].as_i64().unwrap()).collect();
-    assert_eq!((got_n, got.len()), (want.clone(), want.len()));
-    assert_eq!(got[1]["user"]["name"], "u4", "nested fields arrive nested");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
+    client_publishes("py", "python3", &["-c", script], ("PYTHONPATH", path)).await;
+}
+
+/// The JavaScript client (`clients/js`), run by `node` as an ES module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_client_publishes_through_a_gateway() {
+    let script = r#"
+import assert from "node:assert";
+const { Publisher } = await import(process.env.SQUILLA_PUBLISH_JS);
+const [gateway, token] = process.argv.slice(-2);
+const p = new Publisher({ gateway, stream: "js/requests", token });
+assert(await p.waitConnected(20_000), "not connected");
+assert(p.wanted(), "a subscription exists");
+for (let n = 0; n < 200; n++) {
+  p.publish({ n, user: { name: `u${n}` } });
+  if (n === 100) p.publish({ n: 10n }), p.publish("n");
+}
+assert(await p.flush(20_000));
+const { sent, dropped } = p.stats();
+await p.close();
+console.log(JSON.stringify({ sent, dropped }));
+"#;
+    let module = concat!("file://", env!("CARGO_MANIFEST_DIR"), "/clients/js/index.js");
+    client_publishes("js", "node", &["--input-type=module", "-e", script, "--"], ("SQUILLA_PUBLISH_JS", module))
+        .await;
 }

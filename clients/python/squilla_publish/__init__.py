@@ -131,7 +131,15 @@ class Publisher:
                 self._sending = bool(batch)
             if not batch and not reported:
                 continue
-            body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in batch).encode()
+            lines, unencodable = [], 0
+            for e in batch:
+                try:
+                    if not isinstance(e, dict):
+                        raise TypeError("an event is a dict")
+                    lines.append(json.dumps(e, separators=(",", ":")) + "\n")
+                except (TypeError, ValueError):
+                    unencodable += 1
+            body = "".join(lines).encode()
             headers = self._headers()
             headers["Content-Type"] = "application/x-ndjson"
             headers["x-squilla-dropped"] = str(reported)
@@ -143,9 +151,12 @@ class Publisher:
             except (OSError, urllib.error.URLError):
                 ok = False
             with self._lock:
+                # An event that is not JSON is dropped (and reported with the next send).
+                self.dropped += unencodable
+                self._unreported += unencodable
                 if ok:
-                    self.sent += len(batch)
+                    self.sent += len(lines)
                 else:
-                    self.dropped += len(batch)
-                    self._unreported += reported + len(batch)
+                    self.dropped += len(lines)
+                    self._unreported += reported + len(lines)
                 self._sending = False
