@@ -24,6 +24,8 @@ pub struct GatewayArgs {
     pub tenant_subscriptions: usize,
     #[command(flatten)]
     pub streams: crate::master::StreamArgs,
+    #[command(flatten)]
+    pub publish: crate::master::PublishArgs,
     /// Requests per second from one client address (bursts of twice as many); 429
     /// `rate_limited` beyond.
     #[arg(long, env = "SQUILLA_CLIENT_RPS", default_value_t = 500)]
@@ -46,7 +48,7 @@ pub struct GatewayArgs {
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let config = GatewayConfig {
+    let config = args.publish.apply(GatewayConfig {
         master: squilla_net::masters::Masters::new(&args.master),
         subscriptions_per_tenant: args.tenant_subscriptions,
         subscriber_bytes: args.streams.bytes().0,
@@ -58,7 +60,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             burst: 2.0 * f64::from(args.client_rps),
         },
         ..GatewayConfig::default()
-    };
+    });
     let gateway = Gateway::new(config, crate::client::http_client(args.ca.as_deref())?)?;
     let acceptor = crate::master::tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };

@@ -53,6 +53,8 @@ pub struct MasterArgs {
     pub client_rps: u32,
     #[command(flatten)]
     pub streams: StreamArgs,
+    #[command(flatten)]
+    pub publish: PublishArgs,
     /// Sink subscriptions one tenant may hold open at once (429 `too_many_subscriptions`
     /// beyond).
     #[arg(long, env = "SQUILLA_TENANT_SUBSCRIPTIONS", default_value_t = 64)]
@@ -145,6 +147,32 @@ impl StreamArgs {
     }
 }
 
+/// Limits on application publishers, for a gateway and for the streams a plain-HTTP master
+/// serves itself (docs/publish.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PublishArgs {
+    /// Publishers (control connections) one tenant may hold open here (429
+    /// `too_many_publishers` beyond).
+    #[arg(long, env = "SQUILLA_TENANT_PUBLISHERS", default_value_t = 1024)]
+    pub tenant_publishers: usize,
+    /// Events per second one tenant may publish here, bursts of twice as many (429
+    /// `rate_limited` beyond; a refused request takes none of its events).
+    #[arg(long, env = "SQUILLA_TENANT_PUBLISH_RATE", default_value_t = 1_000_000)]
+    pub tenant_publish_rate: u32,
+}
+
+impl PublishArgs {
+    /// `config` with these limits.
+    pub fn apply(&self, config: squilla_gateway::server::GatewayConfig) -> squilla_gateway::server::GatewayConfig {
+        let rate = f64::from(self.tenant_publish_rate.max(1));
+        squilla_gateway::server::GatewayConfig {
+            publishers_per_tenant: self.tenant_publishers,
+            publish_rate: squilla_net::rate::Rate { per_second: rate, burst: 2.0 * rate },
+            ..config
+        }
+    }
+}
+
 /// A master serving on its own tasks.
 pub struct Running {
     /// Where the API listens.
@@ -178,10 +206,10 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
             match &acceptor {
                 // Application streams built in, asking this master who callers are.
                 None => {
-                    let config = squilla_gateway::server::GatewayConfig {
+                    let config = args.publish.apply(squilla_gateway::server::GatewayConfig {
                         master: squilla_net::masters::Masters::new(&format!("http://{addr}")),
                         ..Default::default()
-                    };
+                    });
                     let gateway = squilla_gateway::server::Gateway::new(config, reqwest::Client::new())?;
                     router(state).merge(squilla_gateway::apps::router(gateway))
                 }

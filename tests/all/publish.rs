@@ -382,3 +382,67 @@ console.log(JSON.stringify({ sent, dropped }));
     client_publishes("js", "node", &["--input-type=module", "-e", script, "--"], ("SQUILLA_PUBLISH_JS", module))
         .await;
 }
+
+/// Tenant `beta`'s token, for the limits below.
+const BETA: &str = "beta-token-0123456789";
+
+/// A gateway and a master (which serves streams itself over plain HTTP), each started with
+/// `--tenant-publishers 2 --tenant-publish-rate 100`: a tenant's third control connection and
+/// the request that goes past its rate are refused with their codes while another tenant
+/// publishes freely, and a closed control connection gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_publish_limits_is_refused_and_another_is_not() {
+    let dir = crate::temp_dir("publish-limits");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("acme {TOKEN}\nbeta {BETA}\n")).unwrap();
+    let limits = ["--tenant-publishers", "2", "--tenant-publish-rate", "100"];
+    let master_port = free_port();
+    let _master = crate::master_with(master_port, &dir.join("data"), &tokens, &limits);
+    let master = format!("http://127.0.0.1:{master_port}");
+    let port = free_port();
+    let _gw = gateway(&master, port, &limits);
+    for server in [format!("http://127.0.0.1:{port}"), master] {
+        publish_limits_hold(&format!("{server}/api/v1/streams/shop/requests")).await;
+    }
+}
+
+async fn publish_limits_hold(stream: &str) {
+    let http = reqwest::Client::new();
+    let control = |token: &'static str| http.get(format!("{stream}/subscriptions")).bearer_auth(token).send();
+    let events = |token: &'static str, n: usize| {
+        let body: String = (0..n).map(|i| format!("{{\"n\": {i}}}\n")).collect();
+        http.post(format!("{stream}/events")).bearer_auth(token).body(body).send()
+    };
+    let refused = |response: reqwest::Response, code: &'static str| async move {
+        assert_eq!(response.status(), 429, "{stream}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{body}");
+    };
+
+    let first = control(TOKEN).await.unwrap();
+    let second = control(TOKEN).await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200), "{stream}");
+    refused(control(TOKEN).await.unwrap(), "too_many_publishers").await;
+    let other = control(BETA).await.unwrap();
+    assert_eq!(other.status(), 200, "another tenant's publisher has its own places");
+
+    // 100 events/s, bursts of 200: 150 pass, the next 100 are refused whole.
+    let taken = events(TOKEN, 150).await.unwrap();
+    assert_eq!(taken.status(), 200, "{stream}");
+    assert_eq!(taken.json::<Value>().await.unwrap()["events"], 150);
+    refused(events(TOKEN, 100).await.unwrap(), "rate_limited").await;
+    assert_eq!(events(BETA, 150).await.unwrap().status(), 200, "another tenant's rate is its own");
+
+    // A closed control connection gives its place back.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        let response = control(TOKEN).await.unwrap();
+        if response.status() == 200 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the closed connection's place was never given back: {stream}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop((second, again, other));
+}
