@@ -15,7 +15,8 @@ use squilla_publish::{Config, Publisher, ValueRef};
 pub struct PublishArgs {
     /// The stream: `<app>/<stream>`.
     pub stream: String,
-    /// The gateway's URL.
+    /// The gateway's URL, or several, comma-separated: the publisher connects to every one,
+    /// so that subscribers at any of them see its events.
     #[arg(long, env = "SQUILLA_GATEWAY", default_value = "http://127.0.0.1:7070")]
     pub gateway: String,
     /// How long to wait for the gateway to say what is subscribed before reading input, s.
@@ -28,7 +29,10 @@ pub struct PublishArgs {
 /// Runs `squilla publish`.
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let token = args.connection.token()?;
-    let publisher = Publisher::start(Config::new(&args.gateway, &args.stream).token(token))?;
+    let mut gateways = args.gateway.split(',').map(str::trim).filter(|g| !g.is_empty());
+    let first = gateways.next().context("--gateway names no gateway")?;
+    let config = gateways.fold(Config::new(first, &args.stream), Config::gateway);
+    let publisher = Publisher::start(config.token(token))?;
     if !publisher.wait_connected(Duration::from_secs(args.wait)) {
         eprintln!(
             "squilla publish: the gateway has not answered yet; publishing anyway (nothing leaves until it does)"

@@ -1,12 +1,12 @@
 /** Options of a {@link Publisher}; see docs/publish.md. */
 export interface PublisherOptions {
-  /** Base URL of a gateway, e.g. `http://127.0.0.1:8080`. */
-  gateway: string;
+  /** Base URL of a gateway (`http://127.0.0.1:8080`), a comma-separated list, or an array (at most 16). */
+  gateway: string | string[];
   /** `<app>/<stream>`. */
   stream: string;
   /** The tenant's bearer token. */
   token?: string;
-  /** Events kept between sends; past it they are dropped. Default 65,536. */
+  /** Events kept per gateway between sends; past it they are dropped. Default 65,536. */
   bufferEvents?: number;
   /** Time between sends. Default 50 ms. */
   flushIntervalMs?: number;
@@ -16,12 +16,13 @@ export interface PublisherOptions {
 
 export interface PublisherStats {
   connected: boolean;
+  gatewaysConnected: number;
   subscriptions: number;
   sent: number;
   dropped: number;
 }
 
-/** Publishes one stream's events through a gateway. */
+/** Publishes one stream's events through one gateway or several. */
 export class Publisher {
   constructor(options: PublisherOptions);
   wanted(): boolean;

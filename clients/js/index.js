@@ -12,12 +12,19 @@
 // - a full buffer or a failed send drops events, counted in `stats().dropped` and reported to
 //   the gateway (`x-squilla-dropped`) with the next send. Nothing makes the caller wait on
 //   the network, and the publisher's timers do not keep a process alive.
+//
+// With several gateways, each gets the events while its own subscribers want any, and one of
+// them, the *primary* (the first connected in an order rotated per publisher), also while jobs
+// read the stream; the others are told `x-squilla-jobs: false`, so that a job gets each event
+// once. Counts are then of copies: an event sent to two gateways counts twice.
 
 /** A control connection silent this long (it repeats itself every 10 s) counts as lost. */
 const SILENT_MS = 30_000;
 /** Pauses between reconnections double from the first to the last. */
 const PAUSE_FIRST_MS = 100;
 const PAUSE_LAST_MS = 5_000;
+/** The most gateways one publisher connects to. */
+const MAX_GATEWAYS = 16;
 
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
@@ -32,14 +39,32 @@ const sleep = (ms, signal) =>
     signal.addEventListener("abort", done, { once: true });
   });
 
-/** Publishes one stream's events through a gateway. */
+/** One gateway: what is subscribed there, and the events waiting for it. */
+class Link {
+  constructor(base, app, name) {
+    const path = `/api/v1/streams/${encodeURIComponent(app)}/${encodeURIComponent(name)}`;
+    this.control = `${base}${path}/subscriptions`;
+    this.events = `${base}${path}/events`;
+    this.connected = false;
+    this.subscribers = 0;
+    this.jobs = 0;
+    this.primary = false;
+    this.wants = false;
+    this.pending = [];
+    this.sending = false;
+    this.unreported = 0;
+  }
+}
+
+/** Publishes one stream's events through one gateway or several. */
 export class Publisher {
   /**
    * @param {object} options
-   * @param {string} options.gateway base URL of a gateway, e.g. `http://127.0.0.1:8080`
+   * @param {string | string[]} options.gateway base URL of a gateway (`http://127.0.0.1:8080`),
+   *   a comma-separated list of them, or an array
    * @param {string} options.stream `<app>/<stream>`
    * @param {string} [options.token] the tenant's bearer token
-   * @param {number} [options.bufferEvents=65536] events kept between sends; past it they are dropped
+   * @param {number} [options.bufferEvents=65536] events kept per gateway between sends; past it they are dropped
    * @param {number} [options.flushIntervalMs=50] time between sends
    * @param {number} [options.timeoutMs=5000] one send's limit; a failed send drops its events
    */
@@ -48,24 +73,23 @@ export class Publisher {
     if (!app || !name || rest.length > 0) {
       throw new TypeError(`${JSON.stringify(stream)} is not a stream name: <app>/<stream>`);
     }
-    const base = String(gateway).replace(/\/+$/, "");
-    this._control = `${base}/api/v1/streams/${encodeURIComponent(app)}/${encodeURIComponent(name)}/subscriptions`;
-    this._events = `${base}/api/v1/streams/${encodeURIComponent(app)}/${encodeURIComponent(name)}/events`;
+    const listed = Array.isArray(gateway) ? gateway : String(gateway).split(",");
+    const bases = [...new Set(listed.map((g) => String(g).trim().replace(/\/+$/, "")).filter(Boolean))];
+    if (bases.length < 1 || bases.length > MAX_GATEWAYS) {
+      throw new TypeError(`${bases.length} gateways; a publisher connects to 1 to ${MAX_GATEWAYS}`);
+    }
+    this._links = bases.map((base) => new Link(base, app, name));
+    const first = Math.floor(Math.random() * bases.length);
+    this._order = bases.map((_, i) => this._links[(first + i) % bases.length]);
     this._token = token;
     this._bufferEvents = bufferEvents;
-    this._flushIntervalMs = flushIntervalMs;
     this._timeoutMs = timeoutMs;
-    this._pending = [];
-    this._sending = false;
     this._wanted = false;
-    this._connected = false;
-    this._subscriptions = 0;
     this._sent = 0;
     this._dropped = 0;
-    this._unreported = 0;
     this._stop = new AbortController();
-    this._follow();
-    this._timer = setInterval(() => this._send(), flushIntervalMs);
+    for (const link of this._links) this._follow(link);
+    this._timer = setInterval(() => this._links.forEach((link) => this._send(link)), flushIntervalMs);
     this._timer.unref?.();
   }
 
@@ -77,32 +101,37 @@ export class Publisher {
   /** Publishes one event (an object of JSON values); does nothing while nobody subscribes. */
   publish(event) {
     if (!this._wanted) return;
-    if (this._pending.length >= this._bufferEvents) {
-      this._dropped += 1;
-      this._unreported += 1;
-      return;
+    for (const link of this._links) {
+      if (!link.wants) continue;
+      if (link.pending.length >= this._bufferEvents) {
+        this._dropped += 1;
+        link.unreported += 1;
+        continue;
+      }
+      link.pending.push(event);
     }
-    this._pending.push(event);
   }
 
-  /** The counts so far: `{connected, subscriptions, sent, dropped}`. */
+  /** The counts so far: `{connected, gatewaysConnected, subscriptions, sent, dropped}`. */
   stats() {
+    const connected = this._links.filter((l) => l.connected).length;
     return {
-      connected: this._connected,
-      subscriptions: this._subscriptions,
+      connected: connected > 0,
+      gatewaysConnected: connected,
+      subscriptions: this._links.reduce((n, l) => n + l.subscribers + (l.primary ? l.jobs : 0), 0),
       sent: this._sent,
       dropped: this._dropped,
     };
   }
 
-  /** Resolves whether the gateway has said what is subscribed within `timeoutMs`. */
+  /** Resolves whether every gateway has said what is subscribed there within `timeoutMs`. */
   async waitConnected(timeoutMs) {
-    return this._until(() => this._connected, timeoutMs);
+    return this._until(() => this._links.every((l) => l.connected), timeoutMs);
   }
 
   /** Resolves whether every event kept so far was sent or dropped within `timeoutMs`. */
   async flush(timeoutMs = 10_000) {
-    return this._until(() => this._pending.length === 0 && !this._sending, timeoutMs);
+    return this._until(() => this._links.every((l) => l.pending.length === 0 && !l.sending), timeoutMs);
   }
 
   /** Sends what waits (up to `timeoutMs`) and stops. */
@@ -110,8 +139,8 @@ export class Publisher {
     await this.flush(timeoutMs);
     clearInterval(this._timer);
     this._stop.abort();
-    this._wanted = false;
-    this._connected = false;
+    for (const link of this._links) link.connected = false;
+    this._changed();
   }
 
   async _until(done, timeoutMs) {
@@ -127,7 +156,17 @@ export class Publisher {
     return this._token ? { authorization: `Bearer ${this._token}` } : {};
   }
 
-  async _follow() {
+  /** Chooses the primary (the first connected gateway in this publisher's order) and what each gateway wants. */
+  _changed() {
+    const primary = this._order.find((l) => l.connected);
+    for (const link of this._links) {
+      link.primary = link === primary;
+      link.wants = link.connected && (link.subscribers > 0 || (link.primary && link.jobs > 0));
+    }
+    this._wanted = this._links.some((l) => l.wants);
+  }
+
+  async _follow(link) {
     const stop = this._stop.signal;
     let pause = PAUSE_FIRST_MS;
     while (!stop.aborted) {
@@ -136,7 +175,7 @@ export class Publisher {
       stop.addEventListener("abort", abort, { once: true });
       let silent = setTimeout(abort, SILENT_MS);
       try {
-        const response = await fetch(this._control, { headers: this._headers(), signal: connection.signal });
+        const response = await fetch(link.control, { headers: this._headers(), signal: connection.signal });
         if (response.ok && response.body) {
           pause = PAUSE_FIRST_MS;
           const decoder = new TextDecoder();
@@ -149,7 +188,7 @@ export class Publisher {
             while ((end = text.indexOf("\n")) >= 0) {
               const line = text.slice(0, end).trim();
               text = text.slice(end + 1);
-              if (line) this._learn(JSON.parse(line));
+              if (line) this._learn(link, JSON.parse(line));
             }
           }
         } else {
@@ -163,28 +202,29 @@ export class Publisher {
         connection.abort();
       }
       // The connection is gone, and the subscriptions it served with it.
-      this._wanted = false;
-      this._connected = false;
-      this._subscriptions = 0;
+      link.connected = false;
+      link.subscribers = link.jobs = 0;
+      this._changed();
       await sleep(pause, stop);
       pause = Math.min(pause * 2, PAUSE_LAST_MS);
     }
   }
 
-  _learn(interest) {
-    const subscriptions = Array.isArray(interest.subscriptions) ? interest.subscriptions.length : 0;
-    this._subscriptions = subscriptions;
-    this._wanted = subscriptions > 0;
-    this._connected = true;
+  _learn(link, interest) {
+    const wanted = Array.isArray(interest.subscriptions) ? interest.subscriptions : [];
+    link.jobs = wanted.filter((w) => w && w.job === true).length;
+    link.subscribers = wanted.length - link.jobs;
+    link.connected = true;
+    this._changed();
   }
 
-  async _send() {
-    if (this._sending || (this._pending.length === 0 && this._unreported === 0)) return;
-    const batch = this._pending;
-    const reported = this._unreported;
-    this._pending = [];
-    this._unreported = 0;
-    this._sending = true;
+  async _send(link) {
+    if (link.sending || (link.pending.length === 0 && link.unreported === 0)) return;
+    const batch = link.pending;
+    const reported = link.unreported;
+    link.pending = [];
+    link.unreported = 0;
+    link.sending = true;
     let ok = false;
     let body = "";
     let lines = 0;
@@ -194,16 +234,19 @@ export class Publisher {
         body += JSON.stringify(event) + "\n";
         lines += 1;
       } catch {
-        // Not JSON (a BigInt, a cycle): dropped, as is what is not an object, and reported with the next send.
+        // Not JSON (a BigInt, a cycle): dropped, as is what is not an object, and reported
+        // with the next send.
       }
     }
     const unencodable = batch.length - lines;
     this._dropped += unencodable;
-    this._unreported += unencodable;
+    link.unreported += unencodable;
+    const headers = { ...this._headers(), "content-type": "application/x-ndjson", "x-squilla-dropped": String(reported) };
+    if (!link.primary) headers["x-squilla-jobs"] = "false";
     try {
-      const response = await fetch(this._events, {
+      const response = await fetch(link.events, {
         method: "POST",
-        headers: { ...this._headers(), "content-type": "application/x-ndjson", "x-squilla-dropped": String(reported) },
+        headers,
         body,
         signal: AbortSignal.timeout(this._timeoutMs),
       });
@@ -216,8 +259,8 @@ export class Publisher {
       this._sent += lines;
     } else {
       this._dropped += lines;
-      this._unreported += reported + lines;
+      link.unreported += reported + lines;
     }
-    this._sending = false;
+    link.sending = false;
   }
 }

@@ -1,8 +1,9 @@
-//! The control connection: `GET {gateway}/api/v1/streams/{app}/{stream}/subscriptions`, one
-//! JSON line per change of what is subscribed (and a repeat every 10 s). Each line becomes
-//! the publisher's [`Prefilter`]. A connection silent for [`SILENT`] is taken for dead; while
-//! there is none, nothing is matched (the subscriptions it served are gone with it), and it is
-//! tried again after a pause that doubles from 100 ms to [`MAX_PAUSE`].
+//! The control connection to one gateway: `GET {gateway}/api/v1/streams/{app}/{stream}/subscriptions`,
+//! one JSON line per change of what is subscribed there (and a repeat every 10 s). Each line
+//! becomes the gateway's [`Prefilter`] (with the jobs' filters if it is the primary: see the
+//! `link` module). A connection silent for [`SILENT`] is taken for dead; while there is none,
+//! nothing is matched for that gateway (the subscriptions it served are gone with it), and it
+//! is tried again after a pause that doubles from 100 ms to [`MAX_PAUSE`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
-use squilla_query::{Prefilter, Query};
+use squilla_query::Query;
 
+use crate::link::Link;
 use crate::{Config, Shared};
 
 /// How long the control connection may stay silent before it is taken for dead (three of the
@@ -30,20 +32,25 @@ struct Interest {
 #[derive(Deserialize)]
 struct Wanted {
     query: Option<String>,
+    /// A job's source filter rather than a subscriber's query.
+    #[serde(default)]
+    job: bool,
 }
 
-/// Follows the gateway's subscriptions until the publisher stops.
-pub(crate) async fn run(client: reqwest::Client, config: Config, shared: Arc<Shared>) {
+/// Follows gateway `index`'s subscriptions until the publisher stops.
+pub(crate) async fn run(client: reqwest::Client, config: Config, shared: Arc<Shared>, index: usize) {
+    let link = &shared.links[index];
     let (app, stream) = config.stream.split_once('/').unwrap_or((&config.stream, ""));
-    let url = format!("{}/api/v1/streams/{app}/{stream}/subscriptions", config.gateway);
+    let url = format!("{}/api/v1/streams/{app}/{stream}/subscriptions", link.gateway);
     let mut pause = Duration::from_millis(100);
     while !shared.stop.load(Ordering::Relaxed) {
-        match follow(&client, &url, config.token.as_deref(), &shared).await {
+        match follow(&client, &url, config.token.as_deref(), &shared, link).await {
             Ok(()) => pause = Duration::from_millis(100),
-            Err(why) => tracing::debug!(%why, "the control connection to the gateway failed"),
+            Err(why) => tracing::debug!(gateway = %link.gateway, %why, "the control connection to a gateway failed"),
         }
-        shared.connected.store(false, Ordering::Relaxed);
-        shared.set_filter(Prefilter::default(), 0);
+        link.connected.store(false, Ordering::Relaxed);
+        link.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        shared.changed();
         sleep_unless_stopped(&shared, pause).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
@@ -58,12 +65,18 @@ async fn sleep_unless_stopped(shared: &Shared, pause: Duration) {
 }
 
 /// One control connection, until it ends or falls silent.
-async fn follow(client: &reqwest::Client, url: &str, token: Option<&str>, shared: &Shared) -> Result<(), String> {
+async fn follow(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    shared: &Shared,
+    link: &Link,
+) -> Result<(), String> {
     let mut request = client.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    shared.last_line.store(crate::now_ms(), Ordering::Relaxed);
+    link.last_line.store(crate::now_ms(), Ordering::Relaxed);
     let response = tokio::time::timeout(SILENT, request.send())
         .await
         .map_err(|_| "no answer".to_owned())?
@@ -81,7 +94,7 @@ async fn follow(client: &reqwest::Client, url: &str, token: Option<&str>, shared
         }
         let chunk = match tokio::time::timeout(Duration::from_millis(200), body.next()).await {
             Err(_) => {
-                if line_age(shared) >= SILENT {
+                if line_age(link) >= SILENT {
                     return Err("the gateway fell silent".into());
                 }
                 continue;
@@ -97,30 +110,33 @@ async fn follow(client: &reqwest::Client, url: &str, token: Option<&str>, shared
                 }
                 continue;
             }
-            apply(&line, shared)?;
+            apply(&line, shared, link)?;
             line.clear();
         }
     }
 }
 
 /// How long since the last control line (the time is kept by [`apply`]).
-fn line_age(shared: &Shared) -> Duration {
-    let last = shared.last_line.load(Ordering::Relaxed);
+fn line_age(link: &Link) -> Duration {
+    let last = link.last_line.load(Ordering::Relaxed);
     Duration::from_millis((crate::now_ms() - last).max(0) as u64)
 }
 
 /// Applies one control line.
-fn apply(line: &[u8], shared: &Shared) -> Result<(), String> {
-    shared.last_line.store(crate::now_ms(), Ordering::Relaxed);
+fn apply(line: &[u8], shared: &Shared, link: &Link) -> Result<(), String> {
+    link.last_line.store(crate::now_ms(), Ordering::Relaxed);
     let interest: Interest = serde_json::from_slice(line).map_err(|e| format!("a control line: {e}"))?;
-    let n = interest.subscriptions.len();
-    let queries = interest.subscriptions.into_iter().map(|w| match w.query {
-        None => None,
-        // A query the gateway accepted parses here too (same crate); one that does not (a newer
-        // gateway's) becomes `None`: every event goes, and the gateway filters.
-        Some(text) => Query::parse(&text).ok().map(Arc::new),
+    let wanted = interest.subscriptions.into_iter().map(|w| crate::link::Wanted {
+        query: match w.query {
+            None => None,
+            // A query the gateway accepted parses here too (same crate); one that does not (a
+            // newer gateway's) becomes `None`: every event goes, and the gateway filters.
+            Some(text) => Query::parse(&text).ok().map(Arc::new),
+        },
+        job: w.job,
     });
-    shared.set_filter(Prefilter::new(queries), n);
-    shared.connected.store(true, Ordering::Relaxed);
+    *link.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = wanted.collect();
+    link.connected.store(true, Ordering::Relaxed);
+    shared.changed();
     Ok(())
 }

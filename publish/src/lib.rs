@@ -15,11 +15,13 @@
 //! - **No subscriber, no work.** [`Publisher::publish`] first reads one atomic flag; while no
 //!   subscription (and no job) reads the stream it returns there: no allocation, no lock, no
 //!   clock read, nothing sent.
-//! - **Only what matches leaves.** A background thread holds a long-lived connection to a
-//!   gateway, which tells it the queries subscribed to the stream as they change. `publish`
-//!   tests the event against them in place ([`squilla_query::Prefilter`], compiled once per
-//!   change) and copies only a matching event into the next batch; the gateway runs the full
-//!   queries on what arrives.
+//! - **Only what matches leaves.** A background thread holds a long-lived connection to each
+//!   gateway, which tells it the queries subscribed there as they change. `publish` tests the
+//!   event against them in place ([`squilla_query::Prefilter`], compiled once per change) and
+//!   copies only a matching event into the gateway's next batch; the gateway runs the full
+//!   queries on what arrives. With several gateways ([`Config::gateway`]), each gets what its
+//!   own subscribers want, and one of them also what the jobs reading the stream want (see
+//!   the `link` module).
 //! - **Never blocks, never grows.** Matching events wait in a buffer of at most
 //!   [`Config::buffer_events`]; the thread sends them as one archived batch every
 //!   [`Config::flush_interval`]. A full buffer or a failed send drops events and counts them
@@ -27,15 +29,17 @@
 //!   control connection (a gateway restart, a network cut) stops the matching until it is back.
 
 mod control;
+mod link;
 mod send;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use squilla_batch::BatchBuilder;
 pub use squilla_batch::ValueRef;
-use squilla_query::{FieldSlice, Prefilter};
+use squilla_query::FieldSlice;
+
+use crate::link::Link;
 
 /// Why a publisher cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +47,25 @@ pub enum Error {
     /// The stream's name is not `<app>/<stream>`.
     #[error("`{0}` is not a stream name: `<app>/<stream>`, each 1 to 63 of a-z, 0-9 and '-', starting with a letter")]
     Stream(String),
-    /// The gateway's address is not an `http://` or `https://` URL.
+    /// A gateway's address is not an `http://` or `https://` URL.
     #[error("`{0}` is not a gateway address (`http://host:port` or `https://host:port`)")]
     Gateway(String),
+    /// More gateways than [`MAX_GATEWAYS`].
+    #[error("{0} gateways; a publisher connects to at most {MAX_GATEWAYS}")]
+    Gateways(usize),
     /// The background thread or its HTTP client could not be made.
     #[error("cannot start the publisher: {0}")]
     Start(String),
 }
 
+/// The most gateways one publisher connects to.
+pub const MAX_GATEWAYS: usize = 16;
+
 /// A publisher's settings. [`Config::new`] gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The gateway's base URL.
-    pub gateway: String,
+    /// The gateways' base URLs (at least one; at most [`MAX_GATEWAYS`]).
+    pub gateways: Vec<String>,
     /// `<app>/<stream>`.
     pub stream: String,
     /// The tenant's API token (sent as a bearer token).
@@ -72,13 +82,23 @@ impl Config {
     /// Settings for publishing `stream` through the gateway at `gateway`, with the defaults.
     pub fn new(gateway: impl Into<String>, stream: impl Into<String>) -> Config {
         Config {
-            gateway: gateway.into().trim_end_matches('/').to_owned(),
+            gateways: vec![gateway.into().trim_end_matches('/').to_owned()],
             stream: stream.into(),
             token: None,
             buffer_events: 65_536,
             flush_interval: Duration::from_millis(50),
             request_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Adds another gateway: the publisher connects to every one, so that subscribers at any
+    /// of them see its events.
+    pub fn gateway(mut self, gateway: impl Into<String>) -> Config {
+        let gateway = gateway.into().trim_end_matches('/').to_owned();
+        if !self.gateways.contains(&gateway) {
+            self.gateways.push(gateway);
+        }
+        self
     }
 
     /// Sets the tenant's API token.
@@ -88,15 +108,18 @@ impl Config {
     }
 }
 
-/// What a publisher has done so far.
+/// What a publisher has done so far. With several gateways, event counts are of copies: an
+/// event two gateways want counts twice.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Stats {
-    /// Whether the control connection to the gateway is up.
+    /// Whether a control connection to a gateway is up.
     pub connected: bool,
-    /// Distinct queries subscribed now.
+    /// Gateways whose control connection is up.
+    pub gateways_connected: usize,
+    /// Distinct queries subscribed now, summed over the gateways.
     pub subscriptions: usize,
-    /// Events some query wanted (taken into the buffer, or dropped at a full one).
+    /// Events some query wanted (taken into a buffer, or dropped at a full one).
     pub matched: u64,
     /// Events the gateway took.
     pub sent: u64,
@@ -110,43 +133,46 @@ pub struct Stats {
 
 /// What the application's threads and the background thread share.
 pub(crate) struct Shared {
-    /// Whether any query reads the stream: the one thing `publish` reads while none does.
+    /// Whether any gateway wants any event: the one thing `publish` reads while none does.
     active: AtomicBool,
-    filter: RwLock<Prefilter>,
-    pending: Mutex<BatchBuilder>,
+    /// One per gateway, in [`Config::gateways`]' order.
+    pub(crate) links: Vec<Link>,
+    /// The order in which gateways are tried as the primary (rotated per publisher).
+    order: Vec<usize>,
+    /// Held while the primary is chosen and the filters rebuilt.
+    elect: Mutex<()>,
     buffer_events: usize,
-    pub(crate) connected: AtomicBool,
-    pub(crate) subscriptions: AtomicU64,
     pub(crate) matched: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) stop: AtomicBool,
-    /// When the control connection last said something, Unix ms.
-    pub(crate) last_line: AtomicI64,
-    /// Drops not yet reported to the gateway.
-    pub(crate) unreported: AtomicU64,
 }
 
 impl Shared {
-    /// Sets what the subscribed queries want (empty: nothing).
-    pub(crate) fn set_filter(&self, filter: Prefilter, subscriptions: usize) {
-        let active = !filter.is_empty();
-        *self.filter.write().unwrap_or_else(PoisonError::into_inner) = filter;
-        self.subscriptions.store(subscriptions as u64, Ordering::Relaxed);
+    /// After a gateway connected, left or announced a change: chooses the primary (the first
+    /// connected gateway in this publisher's order), and rebuilds every filter.
+    pub(crate) fn changed(&self) {
+        let _elect = self.elect.lock().unwrap_or_else(PoisonError::into_inner);
+        let primary = self.order.iter().copied().find(|&i| self.links[i].connected.load(Ordering::Relaxed));
+        let mut active = false;
+        for (i, link) in self.links.iter().enumerate() {
+            link.primary.store(primary == Some(i), Ordering::Relaxed);
+            active |= link.rebuild();
+        }
         self.active.store(active, Ordering::Release);
     }
 
-    /// Counts `n` events lost (reported to the gateway with the next send).
-    pub(crate) fn drop_events(&self, n: u64) {
+    /// Counts `n` events lost on the way to gateway `link` (reported to it with the next send).
+    pub(crate) fn drop_events(&self, link: &Link, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
-        self.unreported.fetch_add(n, Ordering::Relaxed);
+        link.unreported.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The events waiting, as one batch (`None` if there are none).
-    pub(crate) fn take(&self) -> Option<squilla_batch::BatchBytes> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The events waiting for gateway `link`, as one batch (`None` if there are none).
+    pub(crate) fn take(&self, link: &Link) -> Option<squilla_batch::BatchBytes> {
+        let mut pending = link.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.is_empty() {
             return None;
         }
@@ -155,7 +181,7 @@ impl Shared {
             Ok(batch) => Some(batch),
             Err(e) => {
                 tracing::warn!(error = %e, "events cannot be archived; dropped");
-                self.drop_events(events);
+                self.drop_events(link, events);
                 None
             }
         }
@@ -176,24 +202,28 @@ impl Publisher {
         if !squilla_types::valid_stream(&config.stream) {
             return Err(Error::Stream(config.stream));
         }
-        if !(config.gateway.starts_with("http://") || config.gateway.starts_with("https://")) {
-            return Err(Error::Gateway(config.gateway));
+        if let Some(bad) = config.gateways.iter().find(|g| !(g.starts_with("http://") || g.starts_with("https://"))) {
+            return Err(Error::Gateway(bad.clone()));
         }
+        if config.gateways.is_empty() || config.gateways.len() > MAX_GATEWAYS {
+            return Err(Error::Gateways(config.gateways.len()));
+        }
+        let n = config.gateways.len();
+        // Publishers of one stream start their order at different gateways, so that their
+        // primaries (and the jobs' traffic) spread over the gateways.
+        let first = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ()) as usize % n;
         let shared = Arc::new(Shared {
             active: AtomicBool::new(false),
-            filter: RwLock::new(Prefilter::default()),
-            pending: Mutex::new(BatchBuilder::new().source(format!("publish:{}", config.stream))),
+            links: config.gateways.iter().map(|g| Link::new(g.clone(), &config.stream)).collect(),
+            order: (0..n).map(|i| (first + i) % n).collect(),
+            elect: Mutex::new(()),
             buffer_events: config.buffer_events.max(1),
-            connected: AtomicBool::new(false),
-            subscriptions: AtomicU64::new(0),
             matched: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            last_line: AtomicI64::new(0),
-            unreported: AtomicU64::new(0),
         });
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -208,9 +238,12 @@ impl Publisher {
             .name("squilla-publish".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let control = control::run(client.clone(), config.clone(), background.clone());
-                    let send = send::run(client, config, background);
-                    tokio::join!(control, send);
+                    let tasks = (0..background.links.len()).flat_map(|i| {
+                        let control = control::run(client.clone(), config.clone(), background.clone(), i);
+                        let send = send::run(client.clone(), config.clone(), background.clone(), i);
+                        [futures_util::future::Either::Left(control), futures_util::future::Either::Right(send)]
+                    });
+                    futures_util::future::join_all(tasks).await;
                 })
             })
             .map_err(|e| Error::Start(e.to_string()))?;
@@ -247,34 +280,44 @@ impl Publisher {
     #[inline(never)]
     fn publish_slow(&self, at: Option<i64>, fields: &[(&str, ValueRef<'_>)]) {
         let shared = &*self.shared;
-        let timestamp_ms = {
-            let filter = shared.filter.read().unwrap_or_else(PoisonError::into_inner);
-            // The clock is read only for an event that matched, unless a filter needs it.
-            let time = at.or_else(|| filter.reads_time().then(now_ms));
-            if !filter.matches(&FieldSlice { timestamp_ms: time.unwrap_or(0), fields }) {
-                return;
+        let mut time = at;
+        for link in &shared.links {
+            if !link.active.load(Ordering::Relaxed) {
+                continue;
             }
-            time.unwrap_or_else(now_ms)
-        };
-        shared.matched.fetch_add(1, Ordering::Relaxed);
-        let mut pending = shared.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.len() >= shared.buffer_events {
-            drop(pending);
-            shared.drop_events(1);
-            return;
-        }
-        let mut out = pending.event(timestamp_ms);
-        for (name, value) in fields {
-            out.field(name, *value);
+            {
+                let filter = link.filter.read().unwrap_or_else(PoisonError::into_inner);
+                // The clock is read only for an event that matched, unless a filter needs it.
+                if time.is_none() && filter.reads_time() {
+                    time = Some(now_ms());
+                }
+                if !filter.matches(&FieldSlice { timestamp_ms: time.unwrap_or(0), fields }) {
+                    continue;
+                }
+            }
+            let timestamp_ms = *time.get_or_insert_with(now_ms);
+            shared.matched.fetch_add(1, Ordering::Relaxed);
+            let mut pending = link.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.len() >= shared.buffer_events {
+                drop(pending);
+                shared.drop_events(link, 1);
+                continue;
+            }
+            let mut out = pending.event(timestamp_ms);
+            for (name, value) in fields {
+                out.field(name, *value);
+            }
         }
     }
 
     /// What it has done so far.
     pub fn stats(&self) -> Stats {
         let s = &*self.shared;
+        let connected = s.links.iter().filter(|l| l.connected.load(Ordering::Relaxed)).count();
         Stats {
-            connected: s.connected.load(Ordering::Relaxed),
-            subscriptions: s.subscriptions.load(Ordering::Relaxed) as usize,
+            connected: connected > 0,
+            gateways_connected: connected,
+            subscriptions: s.links.iter().map(|l| l.subscriptions.load(Ordering::Relaxed) as usize).sum(),
             matched: s.matched.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
@@ -283,11 +326,11 @@ impl Publisher {
         }
     }
 
-    /// Waits until the control connection has told what is subscribed, for at most `timeout`;
-    /// whether it has.
+    /// Waits until every gateway's control connection has told what is subscribed there, for
+    /// at most `timeout`; whether they have.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
         let until = std::time::Instant::now() + timeout;
-        while !self.shared.connected.load(Ordering::Relaxed) {
+        while !self.shared.links.iter().all(|l| l.connected.load(Ordering::Relaxed)) {
             if std::time::Instant::now() >= until {
                 return false;
             }
@@ -301,7 +344,8 @@ impl Publisher {
         let until = std::time::Instant::now() + timeout;
         loop {
             let s = self.stats();
-            let waiting = self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner).len();
+            let waiting: usize =
+                self.shared.links.iter().map(|l| l.pending.lock().unwrap_or_else(PoisonError::into_inner).len()).sum();
             if waiting == 0 && s.sent + s.dropped >= s.matched {
                 return true;
             }

@@ -162,6 +162,113 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     assert_eq!(s["consumer-dropped"], 0, "{s}");
 }
 
+/// Reads `sub` until it has as many events as `want` holds and then 1 s more: exactly `want`,
+/// each once.
+async fn exactly(sub: &mut Sub, want: &BTreeSet<i64>, what: &str) {
+    let (got, _) = sub.read(Duration::from_secs(30), |e| e.len() >= want.len()).await;
+    assert_eq!((ids(&got), got.len()), (want.clone(), want.len()), "{what}");
+    let (more, _) = sub.read(Duration::from_secs(1), |e| !e.is_empty()).await;
+    assert!(more.is_empty(), "{what}: {} more, such as {}", more.len(), more[0]);
+}
+
+/// `squilla publish` processes, each connected to every gateway in `gateways`.
+fn publishers(n: usize, gateways: &str) -> Vec<std::process::Child> {
+    (0..n)
+        .map(|_| {
+            crate::squilla()
+                .args(["publish", "shop/requests", "--gateway", gateways, "--token", TOKEN])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("squilla publish starts")
+        })
+        .collect()
+}
+
+/// Writes events `range` of each publisher to its standard input.
+fn write_events(publishers: &mut [std::process::Child], range: std::ops::Range<i64>) {
+    for (p, child) in publishers.iter_mut().enumerate() {
+        let lines: String = range.clone().map(|n| event(p as i64, n).to_string() + "\n").collect();
+        child.stdin.as_mut().unwrap().write_all(lines.as_bytes()).unwrap();
+    }
+}
+
+/// Two gateways, and two publishers connected to both: a subscriber at either gateway gets
+/// its query's events from every publisher, and the job reading the stream gets each of its
+/// events once, not once per gateway. With one gateway gone, the other feeds the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_of_two_gateways_serve_both_and_the_reading_job_once() {
+    let (master, _procs) = start("publish-gateways").await;
+    let (port1, port2) = (free_port(), free_port());
+    let gw1 = gateway(&master.base, port1, &[]);
+    let _gw2 = gateway(&master.base, port2, &[]);
+    let one = Api { base: format!("http://127.0.0.1:{port1}"), http: reqwest::Client::new() };
+    let two = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
+    let spec = json!({
+        "name": "shop-errors",
+        "source": {"kind": "app", "stream": "shop/requests", "query": "SELECT * WHERE status >= 500"},
+        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": "status", "op": "exists"}}]
+    });
+    let job = submit(&master, spec.to_string().into_bytes(), "shop-errors").await;
+    let mut at_one = Sub::open(
+        &one,
+        &format!("/api/v1/streams/shop/requests/sink?query={}", encode("SELECT * WHERE path = '/cart'")),
+    )
+    .await;
+    let mut at_two =
+        Sub::open(&two, &format!("/api/v1/streams/shop/requests/sink?query={}", encode("SELECT * WHERE user.id = 3")))
+            .await;
+    let mut of_job = Sub::open(&master, &format!("/api/v1/jobs/{job}/sink")).await;
+
+    let mut children = publishers(2, &format!("{},{}", one.base, two.base));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s1, s2) = (stream_status(&one).await, stream_status(&two).await);
+        let ready = |s: &Value| s["publishers"] == 2 && s["subscribers"] == 1 && s["consumers"] == 1;
+        if ready(&s1) && ready(&s2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishers, subscribers and the job at both gateways: {s1} {s2}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let of = |range: std::ops::Range<i64>, keep: &dyn Fn(&Value) -> bool| -> BTreeSet<i64> {
+        (0..2)
+            .flat_map(|p| range.clone().map(move |n| event(p, n)))
+            .filter(|e| keep(e))
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect()
+    };
+    let cart = |e: &Value| e["path"] == "/cart";
+    let user3 = |e: &Value| e["user"]["id"] == 3;
+    let errors = |e: &Value| e["status"].as_i64().unwrap() >= 500;
+    write_events(&mut children, 0..1000);
+    exactly(&mut at_one, &of(0..1000, &cart), "the subscriber at the first gateway").await;
+    exactly(&mut at_two, &of(0..1000, &user3), "the subscriber at the second gateway").await;
+    exactly(&mut of_job, &of(0..1000, &errors), "the job reading the stream").await;
+
+    // The first gateway goes: the second feeds the job, and its subscriber carries on.
+    drop(gw1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    write_events(&mut children, 1000..2000);
+    exactly(&mut at_two, &of(1000..2000, &user3), "the subscriber at the second gateway, alone").await;
+    exactly(&mut of_job, &of(1000..2000, &errors), "the job, fed by the second gateway").await;
+
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let stats: Value = serde_json::from_str(stderr.lines().last().unwrap_or("")).unwrap_or_default();
+        assert_eq!(stats["dropped"], 0, "{stderr}");
+        assert_eq!(stats["sent"], stats["matched"], "{stderr}");
+        assert_eq!(stats["gateways-connected"], 1, "{stderr}");
+    }
+    let s = stream_status(&two).await;
+    assert_eq!((s["publisher-dropped"].as_u64(), s["consumer-dropped"].as_u64()), (Some(0), Some(0)), "{s}");
+}
+
 /// A TCP proxy to `to` whose traffic can be cut (connections stay open, nothing passes) and
 /// healed (the cut connections are closed; new ones pass).
 struct Proxy {
@@ -309,44 +416,59 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
     drop(sub);
 }
 
-/// A client in another language, run as `program args… <gateway> <token>` against a gateway
-/// process, publishes 200 events `{"n": n, "user": {"name": "u<n>"}}` to `<app>/requests` once
-/// it has seen a subscription, and two events that are not JSON objects, and prints its counts as
-/// JSON: those two are dropped, the rest sent; the subscriber's query selects from what it sends.
+/// A client in another language, run as `program args… <gateways> <token>` against two gateway
+/// processes (`<gateways>`: both, comma-separated), publishes 200 events
+/// `{"n": n, "user": {"name": "u<n>"}}` to `<app>/requests`, and two that are not JSON objects,
+/// once it knows of both subscriptions and the reading job (3 subscriptions), and prints its
+/// counts as JSON. Each subscriber's query selects from what its gateway got, and the job gets
+/// its events once; counts are of copies, one per gateway.
 async fn client_publishes(app: &str, program: &str, args: &[&str], env: (&str, &str)) {
     let (master, _procs) = start(&format!("publish-{app}")).await;
-    let port = free_port();
-    let _gw = gateway(&master.base, port, &[]);
-    let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    let mut sub = Sub::open(
-        &via,
-        &format!("/api/v1/streams/{app}/requests/sink?query={}", encode("SELECT * WHERE n % 4 = 0")),
-    )
-    .await;
+    let (port1, port2) = (free_port(), free_port());
+    let _gw1 = gateway(&master.base, port1, &[]);
+    let _gw2 = gateway(&master.base, port2, &[]);
+    let one = Api { base: format!("http://127.0.0.1:{port1}"), http: reqwest::Client::new() };
+    let two = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
+    let spec = json!({
+        "name": format!("{app}-tens"),
+        "source": {"kind": "app", "stream": format!("{app}/requests"), "query": "SELECT * WHERE n % 10 = 0"},
+        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": "n", "op": "exists"}}]
+    });
+    let job = submit(&master, spec.to_string().into_bytes(), &format!("{app}-tens")).await;
+    let sink = |query: &str| format!("/api/v1/streams/{app}/requests/sink?query={}", encode(query));
+    let mut fours = Sub::open(&one, &sink("SELECT * WHERE n % 4 = 0")).await;
+    let mut fives = Sub::open(&two, &sink("SELECT * WHERE n % 5 = 0")).await;
+    let mut tens = Sub::open(&master, &format!("/api/v1/jobs/{job}/sink")).await;
     let mut command = std::process::Command::new(program);
-    command.args(args).args([&via.base, TOKEN]).env(env.0, env.1);
-    let out = tokio::task::spawn_blocking(move || command.output().expect("the client's runtime runs"))
-        .await
-        .unwrap();
+    command.args(args).args([&format!("{},{}", one.base, two.base), TOKEN]).env(env.0, env.1);
+    let out = tokio::task::spawn_blocking(move || command.output().expect("the client's runtime runs")).await.unwrap();
     assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(200), Some(2)), "{stats}");
-    let want: BTreeSet<i64> = (0..200).filter(|n| n % 4 == 0).collect();
-    let (got, _) = sub.read(Duration::from_secs(20), |e| e.len() >= want.len()).await;
-    let got_n: BTreeSet<i64> = got.iter().map(|e| e["n"].as_i64().unwrap()).collect();
-    assert_eq!((got_n, got.len()), (want.clone(), want.len()));
-    assert_eq!(got[1]["user"]["name"], "u4", "nested fields arrive nested");
+    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(400), Some(4)), "{stats}");
+    let every = |k: i64| -> BTreeSet<i64> { (0..200).filter(|n| n % k == 0).collect() };
+    let n_of = |got: &[Value]| -> BTreeSet<i64> { got.iter().map(|e| e["n"].as_i64().unwrap()).collect() };
+    for (sub, k) in [(&mut fours, 4), (&mut fives, 5), (&mut tens, 10)] {
+        let want = every(k);
+        let (got, _) = sub.read(Duration::from_secs(20), |e| e.len() >= want.len()).await;
+        assert_eq!((n_of(&got), got.len()), (want.clone(), want.len()), "n % {k} = 0");
+        assert_eq!(got[1]["user"]["name"], format!("u{k}"), "nested fields arrive nested");
+        let (more, _) = sub.read(Duration::from_secs(1), |e| !e.is_empty()).await;
+        assert!(more.is_empty(), "n % {k} = 0: {} more, such as {}", more.len(), more[0]);
+    }
 }
 
 /// The Python client (`clients/python`), run by `python3`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_client_publishes_through_a_gateway() {
+async fn the_python_client_publishes_through_two_gateways() {
     let script = r#"
-import sys, json
+import sys, json, time
 from squilla_publish import Publisher
 p = Publisher(sys.argv[1], "py/requests", token=sys.argv[2])
 assert p.wait_connected(20), "not connected"
-assert p.wanted(), "a subscription exists"
+until = time.monotonic() + 20
+while p.subscriptions < 3 and time.monotonic() < until:
+    time.sleep(0.05)
+assert p.subscriptions == 3, p.subscriptions
 for n in range(200):
     p.publish({"n": n, "user": {"name": "u%d" % n}})
     if n == 100:
@@ -361,14 +483,17 @@ print(json.dumps({"sent": p.sent, "dropped": p.dropped}))
 
 /// The JavaScript client (`clients/js`), run by `node` as an ES module.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_javascript_client_publishes_through_a_gateway() {
+async fn the_javascript_client_publishes_through_two_gateways() {
     let script = r#"
 import assert from "node:assert";
+import { setTimeout as sleep } from "node:timers/promises";
 const { Publisher } = await import(process.env.SQUILLA_PUBLISH_JS);
 const [gateway, token] = process.argv.slice(-2);
 const p = new Publisher({ gateway, stream: "js/requests", token });
 assert(await p.waitConnected(20_000), "not connected");
-assert(p.wanted(), "a subscription exists");
+const until = Date.now() + 20_000;
+while (p.stats().subscriptions < 3 && Date.now() < until) await sleep(50);
+assert.equal(p.stats().subscriptions, 3);
 for (let n = 0; n < 200; n++) {
   p.publish({ n, user: { name: `u${n}` } });
   if (n === 100) p.publish({ n: 10n }), p.publish("n");
@@ -379,8 +504,7 @@ await p.close();
 console.log(JSON.stringify({ sent, dropped }));
 "#;
     let module = concat!("file://", env!("CARGO_MANIFEST_DIR"), "/clients/js/index.js");
-    client_publishes("js", "node", &["--input-type=module", "-e", script, "--"], ("SQUILLA_PUBLISH_JS", module))
-        .await;
+    client_publishes("js", "node", &["--input-type=module", "-e", script, "--"], ("SQUILLA_PUBLISH_JS", module)).await;
 }
 
 /// Tenant `beta`'s token, for the limits below.

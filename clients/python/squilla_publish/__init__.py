@@ -1,9 +1,9 @@
 """Publish an application's events to a Squilla application stream (docs/publish.md).
 
-The protocol is HTTP and JSON only (standard library, no dependencies):
+The protocol is HTTP and JSON only (standard library, no dependencies). For each gateway:
 
 - a background thread holds ``GET {gateway}/api/v1/streams/{app}/{stream}/subscriptions``
-  open: one JSON line per change of what is subscribed (and a repeat every 10 s);
+  open: one JSON line per change of what is subscribed there (and a repeat every 10 s);
 - while no subscription reads the stream, :meth:`Publisher.publish` returns at once: nothing
   is kept or sent;
 - while one does, events wait in a bounded buffer and are sent every ``flush_interval`` as
@@ -12,9 +12,15 @@ The protocol is HTTP and JSON only (standard library, no dependencies):
 - a full buffer or a failed send drops events, counted in :attr:`Publisher.dropped` and
   reported to the gateway (``x-squilla-dropped``) with the next send. Nothing blocks the
   caller on the network.
+
+With several gateways, each gets the events while its own subscribers want any, and one of
+them, the *primary* (the first connected in an order rotated per publisher), also while jobs
+read the stream; the others are told ``x-squilla-jobs: false``, so that a job gets each event
+once. Counts are then of copies: an event sent to two gateways counts twice.
 """
 
 import json
+import random
 import threading
 import time
 import urllib.error
@@ -23,37 +29,71 @@ import urllib.request
 __all__ = ["Publisher"]
 
 SILENT_SECONDS = 30.0
+MAX_GATEWAYS = 16
+
+
+class _Link:
+    """One gateway: what is subscribed there, and the events waiting for it."""
+
+    def __init__(self, base, app, name):
+        self.control = f"{base}/api/v1/streams/{app}/{name}/subscriptions"
+        self.events = f"{base}/api/v1/streams/{app}/{name}/events"
+        self.connected = False
+        self.subscribers = 0
+        self.jobs = 0
+        self.primary = False
+        self.wants = False
+        self.pending = []
+        self.sending = False
+        self.unreported = 0
 
 
 class Publisher:
-    """Publishes one stream's events through a gateway."""
+    """Publishes one stream's events through one gateway or several.
+
+    ``gateway`` is a base URL, a comma-separated list of them, or a list.
+    """
 
     def __init__(self, gateway, stream, token=None, buffer_events=65536, flush_interval=0.05, timeout=5.0):
         app, sep, name = stream.partition("/")
-        if not sep or not app or not name:
+        if not sep or not app or not name or "/" in name:
             raise ValueError(f"{stream!r} is not a stream name: <app>/<stream>")
-        base = gateway.rstrip("/")
-        self._control = f"{base}/api/v1/streams/{app}/{name}/subscriptions"
-        self._events = f"{base}/api/v1/streams/{app}/{name}/events"
+        gateways = gateway.split(",") if isinstance(gateway, str) else list(gateway)
+        bases = []
+        for g in gateways:
+            base = g.strip().rstrip("/")
+            if base and base not in bases:
+                bases.append(base)
+        if not 1 <= len(bases) <= MAX_GATEWAYS:
+            raise ValueError(f"{len(bases)} gateways; a publisher connects to 1 to {MAX_GATEWAYS}")
+        self._links = [_Link(base, app, name) for base in bases]
+        first = random.randrange(len(bases))
+        self._order = [self._links[(first + i) % len(bases)] for i in range(len(bases))]
         self._token = token
         self._buffer_events = buffer_events
         self._flush_interval = flush_interval
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._pending = []
         self._wanted = False
         self._stop = threading.Event()
-        self.connected = False
-        self.subscriptions = 0
         self.sent = 0
         self.dropped = 0
-        self._unreported = 0
-        self._threads = [
-            threading.Thread(target=self._follow, name="squilla-control", daemon=True),
-            threading.Thread(target=self._send_loop, name="squilla-send", daemon=True),
-        ]
+        self._threads = []
+        for link in self._links:
+            self._threads.append(threading.Thread(target=self._follow, args=(link,), name="squilla-control", daemon=True))
+            self._threads.append(threading.Thread(target=self._send_loop, args=(link,), name="squilla-send", daemon=True))
         for t in self._threads:
             t.start()
+
+    @property
+    def connected(self):
+        """Whether some gateway has said what is subscribed there."""
+        return any(link.connected for link in self._links)
+
+    @property
+    def subscriptions(self):
+        """Distinct queries subscribed now, summed over the gateways."""
+        return sum(link.subscribers + (link.jobs if link.primary else 0) for link in self._links)
 
     def wanted(self):
         """Whether some subscription reads the stream now."""
@@ -64,25 +104,28 @@ class Publisher:
         if not self._wanted:
             return
         with self._lock:
-            if len(self._pending) >= self._buffer_events:
-                self.dropped += 1
-                self._unreported += 1
-                return
-            self._pending.append(event)
+            for link in self._links:
+                if not link.wants:
+                    continue
+                if len(link.pending) >= self._buffer_events:
+                    self.dropped += 1
+                    link.unreported += 1
+                    continue
+                link.pending.append(event)
 
     def wait_connected(self, timeout):
-        """Waits until the gateway has said what is subscribed; whether it has."""
+        """Waits until every gateway has said what is subscribed there; whether they have."""
         until = time.monotonic() + timeout
-        while not self.connected and time.monotonic() < until:
+        while not all(link.connected for link in self._links) and time.monotonic() < until:
             time.sleep(0.01)
-        return self.connected
+        return all(link.connected for link in self._links)
 
     def flush(self, timeout=10.0):
         """Waits until every event kept so far is sent or dropped."""
         until = time.monotonic() + timeout
         while time.monotonic() < until:
             with self._lock:
-                if not self._pending and not self._sending:
+                if not any(link.pending or link.sending for link in self._links):
                     return True
             time.sleep(0.01)
         return False
@@ -92,43 +135,56 @@ class Publisher:
         self.flush()
         self._stop.set()
 
-    _sending = False
-
     def _headers(self):
         headers = {}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
-    def _follow(self):
+    def _changed(self):
+        """Chooses the primary (the first connected gateway in this publisher's order) and
+        what each gateway wants. Called with the lock held."""
+        primary = next((link for link in self._order if link.connected), None)
+        for link in self._links:
+            link.primary = link is primary
+            link.wants = link.connected and (link.subscribers > 0 or (link.primary and link.jobs > 0))
+        self._wanted = any(link.wants for link in self._links)
+
+    def _follow(self, link):
         pause = 0.1
         while not self._stop.is_set():
             try:
-                request = urllib.request.Request(self._control, headers=self._headers())
+                request = urllib.request.Request(link.control, headers=self._headers())
                 with urllib.request.urlopen(request, timeout=SILENT_SECONDS) as response:
                     pause = 0.1
                     for line in response:
                         if self._stop.is_set():
                             return
-                        interest = json.loads(line)
-                        self.subscriptions = len(interest.get("subscriptions", []))
-                        self._wanted = self.subscriptions > 0
-                        self.connected = True
-            except (OSError, ValueError, urllib.error.URLError):
+                        wanted = json.loads(line).get("subscriptions", [])
+                        jobs = sum(1 for w in wanted if isinstance(w, dict) and w.get("job"))
+                        with self._lock:
+                            link.subscribers = len(wanted) - jobs
+                            link.jobs = jobs
+                            link.connected = True
+                            self._changed()
+            except (OSError, ValueError, AttributeError, urllib.error.URLError):
                 pass
             # The connection is gone, and the subscriptions it served with it.
-            self._wanted = False
-            self.connected = False
+            with self._lock:
+                link.connected = False
+                link.subscribers = link.jobs = 0
+                self._changed()
             self._stop.wait(pause)
             pause = min(pause * 2, 5.0)
 
-    def _send_loop(self):
+    def _send_loop(self, link):
         while not self._stop.is_set():
             self._stop.wait(self._flush_interval)
             with self._lock:
-                batch, self._pending = self._pending, []
-                reported, self._unreported = self._unreported, 0
-                self._sending = bool(batch)
+                batch, link.pending = link.pending, []
+                reported, link.unreported = link.unreported, 0
+                link.sending = bool(batch)
+                primary = link.primary
             if not batch and not reported:
                 continue
             lines, unencodable = [], 0
@@ -143,8 +199,10 @@ class Publisher:
             headers = self._headers()
             headers["Content-Type"] = "application/x-ndjson"
             headers["x-squilla-dropped"] = str(reported)
+            if not primary:
+                headers["x-squilla-jobs"] = "false"
             try:
-                request = urllib.request.Request(self._events, data=body, headers=headers, method="POST")
+                request = urllib.request.Request(link.events, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self._timeout) as response:
                     response.read()
                 ok = True
@@ -153,10 +211,10 @@ class Publisher:
             with self._lock:
                 # An event that is not JSON is dropped (and reported with the next send).
                 self.dropped += unencodable
-                self._unreported += unencodable
+                link.unreported += unencodable
                 if ok:
                     self.sent += len(lines)
                 else:
                     self.dropped += len(lines)
-                    self._unreported += reported + len(lines)
-                self._sending = False
+                    link.unreported += reported + len(lines)
+                link.sending = False

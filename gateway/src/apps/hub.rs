@@ -41,6 +41,10 @@ pub struct Interest {
 pub struct Wanted {
     /// The query's text (`None`: every event).
     pub query: Option<String>,
+    /// A reading job's filter, not a subscriber's query: a publisher connected to several
+    /// gateways sends what it selects to one of them only (docs/publish.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub job: bool,
 }
 
 /// A job reading the stream, as the master names it.
@@ -152,9 +156,9 @@ impl Hub {
         let mut wanted: Vec<Wanted> = {
             let mut groups = lock(&self.groups);
             groups.prune();
-            groups.queries().map(|q| Wanted { query: q.map(|q| q.text().to_owned()) }).collect()
+            groups.queries().map(|q| Wanted { query: q.map(|q| q.text().to_owned()), job: false }).collect()
         };
-        wanted.extend(lock(&self.consumers).values().map(|c| Wanted { query: c.query.clone() }));
+        wanted.extend(lock(&self.consumers).values().map(|c| Wanted { query: c.query.clone(), job: true }));
         wanted.sort();
         wanted.dedup();
         self.interest.send_if_modified(|now| {
@@ -166,14 +170,17 @@ impl Hub {
         });
     }
 
-    /// Serves published `batches` to subscribers and reading jobs (blocking: call it off the
-    /// runtime's threads).
-    pub(crate) fn feed(&self, batches: &[BatchBytes]) {
+    /// Serves published `batches` to subscribers, and to reading jobs if `jobs` (blocking:
+    /// call it off the runtime's threads).
+    pub(crate) fn feed(&self, batches: &[BatchBytes], jobs: bool) {
         {
             let mut groups = lock(&self.groups);
             for batch in batches {
                 groups.serve(batch);
             }
+        }
+        if !jobs {
+            return;
         }
         let mut consumers = lock(&self.consumers);
         for consumer in consumers.values_mut() {

@@ -304,8 +304,10 @@ async fn events(
         headers.get("x-squilla-dropped").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     hub.counters.publisher_dropped.fetch_add(reported, Ordering::Relaxed);
     hub.counters.events.fetch_add(events as u64, Ordering::Relaxed);
+    // A publisher connected to several gateways feeds reading jobs through one of them.
+    let jobs = headers.get("x-squilla-jobs").is_none_or(|v| v != "false");
     let fed = hub.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || fed.feed(&batches)).await {
+    if let Err(e) = tokio::task::spawn_blocking(move || fed.feed(&batches, jobs)).await {
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string());
     }
     axum::Json(serde_json::json!({"events": events, "subscribers": hub.subscribers(), "consumers": hub.consumers()}))
