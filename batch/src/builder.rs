@@ -107,6 +107,13 @@ impl BatchBuilder {
         self.len() == 0
     }
 
+    /// About how many bytes the archived batch will take, from the events built so far (not
+    /// counting deferred copies): what `take` reserves for the archive.
+    pub fn estimated_bytes(&self) -> usize {
+        let b = &self.batch;
+        128 + b.events.len() * 16 + b.fields.len() * 24 + b.data.len() + b.names.len() * 16
+    }
+
     /// Starts a new event at `timestamp_ms`; add its fields through the returned builder.
     pub fn event(&mut self, timestamp_ms: i64) -> EventBuilder<'_> {
         self.materialize();
@@ -229,8 +236,7 @@ impl BatchBuilder {
     }
 
     fn archive(&self) -> Result<Vec<u8>, BatchError> {
-        let b = &self.batch;
-        let estimate = 128 + b.events.len() * 16 + b.fields.len() * 24 + b.data.len() + b.names.len() * 16;
+        let estimate = self.estimated_bytes();
         rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&self.batch, Vec::with_capacity(estimate))
             .map_err(|e| BatchError::Encode { detail: e.to_string() })
     }

@@ -8,6 +8,8 @@ export interface PublisherOptions {
   token?: string;
   /** Events kept per gateway between sends; past it they are dropped. Default 65,536. */
   bufferEvents?: number;
+  /** Bytes of JSON kept per gateway between sends (at most 7 MiB). Default 4 MiB. */
+  bufferBytes?: number;
   /** Time between sends. Default 50 ms. */
   flushIntervalMs?: number;
   /** One send's limit; a failed send drops its events. Default 5,000 ms. */

@@ -6,12 +6,14 @@
 // - a background loop holds `GET {gateway}/api/v1/streams/{app}/{stream}/subscriptions` open:
 //   one JSON line per change of what is subscribed (and a repeat every 10 s);
 // - while no subscription reads the stream, `publish` returns at once: nothing is kept or sent;
-// - while one does, events wait in a bounded buffer and are sent every `flushIntervalMs` as
-//   JSON lines to `POST {gateway}/api/v1/streams/{app}/{stream}/events`, where the gateway
-//   applies each subscription's query (this client does not evaluate queries itself);
+// - while one does, each event is encoded as JSON at once (what does not encode as a JSON
+//   object is dropped and counted), waits in a bounded buffer (`bufferEvents` events and
+//   `bufferBytes` bytes per gateway), and is sent every `flushIntervalMs` as JSON lines to
+//   `POST {gateway}/api/v1/streams/{app}/{stream}/events`, where the gateway applies each
+//   subscription's query (this client does not evaluate queries itself);
 // - a full buffer or a failed send drops events, counted in `stats().dropped` and reported to
 //   the gateway (`x-squilla-dropped`) with the next send. Nothing makes the caller wait on
-//   the network, and the publisher's timers do not keep a process alive.
+//   the network. The open control connections keep a Node process running until `close()`.
 //
 // With several gateways, each gets the events while its own subscribers want any, and one of
 // them, the *primary* (the first connected in an order rotated per publisher), also while jobs
@@ -25,6 +27,10 @@ const PAUSE_FIRST_MS = 100;
 const PAUSE_LAST_MS = 5_000;
 /** The most gateways one publisher connects to. */
 const MAX_GATEWAYS = 16;
+/** A control line longer than this ends the connection. */
+const MAX_LINE = 1 << 20;
+/** The largest `bufferBytes`: one send stays under the gateway's 8 MiB body limit. */
+const MAX_BUFFER_BYTES = 7 << 20;
 
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
@@ -39,6 +45,17 @@ const sleep = (ms, signal) =>
     signal.addEventListener("abort", done, { once: true });
   });
 
+/** The bytes of `text` in UTF-8 (as sent), without encoding it. */
+function utf8Length(text) {
+  let n = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    // Two bytes below U+0800; three above; a surrogate pair (two units) four.
+    if (c >= 0x80) n += c < 0x800 || (c >= 0xd800 && c < 0xe000) ? 1 : 2;
+  }
+  return n;
+}
+
 /** One gateway: what is subscribed there, and the events waiting for it. */
 class Link {
   constructor(base, app, name) {
@@ -51,6 +68,7 @@ class Link {
     this.primary = false;
     this.wants = false;
     this.pending = [];
+    this.pendingBytes = 0;
     this.sending = false;
     this.unreported = 0;
   }
@@ -65,10 +83,19 @@ export class Publisher {
    * @param {string} options.stream `<app>/<stream>`
    * @param {string} [options.token] the tenant's bearer token
    * @param {number} [options.bufferEvents=65536] events kept per gateway between sends; past it they are dropped
+   * @param {number} [options.bufferBytes=4194304] bytes of JSON kept per gateway between sends (at most 7 MiB)
    * @param {number} [options.flushIntervalMs=50] time between sends
    * @param {number} [options.timeoutMs=5000] one send's limit; a failed send drops its events
    */
-  constructor({ gateway, stream, token, bufferEvents = 65536, flushIntervalMs = 50, timeoutMs = 5000 }) {
+  constructor({
+    gateway,
+    stream,
+    token,
+    bufferEvents = 65536,
+    bufferBytes = 4 << 20,
+    flushIntervalMs = 50,
+    timeoutMs = 5000,
+  }) {
     const [app, name, ...rest] = String(stream).split("/");
     if (!app || !name || rest.length > 0) {
       throw new TypeError(`${JSON.stringify(stream)} is not a stream name: <app>/<stream>`);
@@ -82,7 +109,8 @@ export class Publisher {
     const first = Math.floor(Math.random() * bases.length);
     this._order = bases.map((_, i) => this._links[(first + i) % bases.length]);
     this._token = token;
-    this._bufferEvents = bufferEvents;
+    this._bufferEvents = Math.max(1, bufferEvents);
+    this._bufferBytes = Math.min(Math.max(1, bufferBytes), MAX_BUFFER_BYTES);
     this._timeoutMs = timeoutMs;
     this._wanted = false;
     this._sent = 0;
@@ -98,17 +126,30 @@ export class Publisher {
     return this._wanted;
   }
 
-  /** Publishes one event (an object of JSON values); does nothing while nobody subscribes. */
+  /**
+   * Publishes one event (an object of JSON values); does nothing while nobody subscribes. The
+   * event is encoded at once: later changes to it are not sent. One that does not encode as a
+   * JSON object (a BigInt, a cycle, a Date, not an object) is dropped and counted. Never throws.
+   */
   publish(event) {
     if (!this._wanted) return;
+    let line;
+    try {
+      line = JSON.stringify(event);
+    } catch {
+      line = undefined;
+    }
+    const ok = typeof line === "string" && line.startsWith("{");
+    const bytes = ok ? utf8Length(line) + 1 : 0;
     for (const link of this._links) {
       if (!link.wants) continue;
-      if (link.pending.length >= this._bufferEvents) {
+      if (!ok || link.pending.length >= this._bufferEvents || link.pendingBytes + bytes > this._bufferBytes) {
         this._dropped += 1;
         link.unreported += 1;
         continue;
       }
-      link.pending.push(event);
+      link.pending.push(line);
+      link.pendingBytes += bytes;
     }
   }
 
@@ -173,23 +214,32 @@ export class Publisher {
       const connection = new AbortController();
       const abort = () => connection.abort();
       stop.addEventListener("abort", abort, { once: true });
-      let silent = setTimeout(abort, SILENT_MS);
+      const silence = () => {
+        const timer = setTimeout(abort, SILENT_MS);
+        timer.unref?.();
+        return timer;
+      };
+      let silent = silence();
       try {
         const response = await fetch(link.control, { headers: this._headers(), signal: connection.signal });
         if (response.ok && response.body) {
-          pause = PAUSE_FIRST_MS;
           const decoder = new TextDecoder();
           let text = "";
           for await (const chunk of response.body) {
             clearTimeout(silent);
-            silent = setTimeout(abort, SILENT_MS);
+            silent = silence();
             text += decoder.decode(chunk, { stream: true });
             let end;
             while ((end = text.indexOf("\n")) >= 0) {
               const line = text.slice(0, end).trim();
               text = text.slice(end + 1);
-              if (line) this._learn(link, JSON.parse(line));
+              if (line) {
+                this._learn(link, JSON.parse(line));
+                // Pauses start again only after a connection that said something.
+                pause = PAUSE_FIRST_MS;
+              }
             }
+            if (text.length > MAX_LINE) throw new Error("a control line is too long");
           }
         } else {
           await response.body?.cancel();
@@ -211,7 +261,8 @@ export class Publisher {
   }
 
   _learn(link, interest) {
-    const wanted = Array.isArray(interest.subscriptions) ? interest.subscriptions : [];
+    const wanted = interest?.subscriptions;
+    if (!Array.isArray(wanted)) throw new Error("subscriptions is not a list");
     link.jobs = wanted.filter((w) => w && w.job === true).length;
     link.subscribers = wanted.length - link.jobs;
     link.connected = true;
@@ -219,31 +270,20 @@ export class Publisher {
   }
 
   async _send(link) {
-    if (link.sending || (link.pending.length === 0 && link.unreported === 0)) return;
+    if (link.sending) return;
+    // Drops are reported with events, or alone while the gateway is there.
+    const reported = link.pending.length > 0 || link.connected ? link.unreported : 0;
+    if (link.pending.length === 0 && reported === 0) return;
     const batch = link.pending;
-    const reported = link.unreported;
     link.pending = [];
-    link.unreported = 0;
+    link.pendingBytes = 0;
+    link.unreported -= reported;
     link.sending = true;
     let ok = false;
-    let body = "";
-    let lines = 0;
-    for (const event of batch) {
-      try {
-        if (typeof event !== "object" || event === null || Array.isArray(event)) continue;
-        body += JSON.stringify(event) + "\n";
-        lines += 1;
-      } catch {
-        // Not JSON (a BigInt, a cycle): dropped, as is what is not an object, and reported
-        // with the next send.
-      }
-    }
-    const unencodable = batch.length - lines;
-    this._dropped += unencodable;
-    link.unreported += unencodable;
-    const headers = { ...this._headers(), "content-type": "application/x-ndjson", "x-squilla-dropped": String(reported) };
-    if (!link.primary) headers["x-squilla-jobs"] = "false";
     try {
+      const headers = { ...this._headers(), "content-type": "application/x-ndjson", "x-squilla-dropped": String(reported) };
+      if (!link.primary) headers["x-squilla-jobs"] = "false";
+      const body = batch.length > 0 ? batch.join("\n") + "\n" : "";
       const response = await fetch(link.events, {
         method: "POST",
         headers,
@@ -253,14 +293,15 @@ export class Publisher {
       await response.arrayBuffer();
       ok = response.ok;
     } catch {
-      // A refused, failed or timed-out send: its events are lost.
+      // Refused, failed, cut or timed out: the events are lost (nothing is retried).
+    } finally {
+      if (ok) {
+        this._sent += batch.length;
+      } else {
+        this._dropped += batch.length;
+        link.unreported += reported + batch.length;
+      }
+      link.sending = false;
     }
-    if (ok) {
-      this._sent += lines;
-    } else {
-      this._dropped += lines;
-      link.unreported += reported + lines;
-    }
-    link.sending = false;
   }
 }

@@ -44,9 +44,18 @@ pub(crate) async fn run(client: reqwest::Client, config: Config, shared: Arc<Sha
     let url = format!("{}/api/v1/streams/{app}/{stream}/subscriptions", link.gateway);
     let mut pause = Duration::from_millis(100);
     while !shared.stop.load(Ordering::Relaxed) {
-        match follow(&client, &url, config.token.as_deref(), &shared, link).await {
-            Ok(()) => pause = Duration::from_millis(100),
-            Err(why) => tracing::debug!(gateway = %link.gateway, %why, "the control connection to a gateway failed"),
+        // Stopping ends a connection at once, even one still being made.
+        let outcome = tokio::select! {
+            outcome = follow(&client, &url, config.token.as_deref(), &shared, link) => outcome,
+            () = stopped(&shared) => Ok(()),
+        };
+        if let Err(why) = outcome {
+            tracing::debug!(gateway = %link.gateway, %why, "the control connection to a gateway failed");
+        }
+        // Pauses start again only after a connection that said something: a gateway that
+        // answers and hangs up at once is not asked again and again.
+        if link.connected.load(Ordering::Relaxed) {
+            pause = Duration::from_millis(100);
         }
         link.connected.store(false, Ordering::Relaxed);
         link.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
@@ -61,6 +70,13 @@ async fn sleep_unless_stopped(shared: &Shared, pause: Duration) {
     let until = tokio::time::Instant::now() + pause;
     while tokio::time::Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20).min(pause)).await;
+    }
+}
+
+/// Returns once the publisher stops.
+async fn stopped(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -60,6 +60,8 @@ pub enum Error {
 
 /// The most gateways one publisher connects to.
 pub const MAX_GATEWAYS: usize = 16;
+/// The largest [`Config::buffer_bytes`]: one send stays under the gateway's 8 MiB body limit.
+pub const MAX_BUFFER_BYTES: usize = 7 << 20;
 
 /// A publisher's settings. [`Config::new`] gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -70,8 +72,13 @@ pub struct Config {
     pub stream: String,
     /// The tenant's API token (sent as a bearer token).
     pub token: Option<String>,
-    /// Matching events that may wait to be sent (default 65,536); past it they are dropped.
+    /// Matching events that may wait to be sent to one gateway (default 65,536); past it they
+    /// are dropped.
     pub buffer_events: usize,
+    /// Bytes of matching events (archived, estimated) that may wait to be sent to one gateway
+    /// (default 4 MiB, at most [`MAX_BUFFER_BYTES`]); past it they are dropped. What waits
+    /// leaves as one request, which must fit the gateway's body limit.
+    pub buffer_bytes: usize,
     /// How often waiting events are sent (default 50 ms).
     pub flush_interval: Duration,
     /// How long one send may take (default 5 s); then its events count as dropped.
@@ -86,6 +93,7 @@ impl Config {
             stream: stream.into(),
             token: None,
             buffer_events: 65_536,
+            buffer_bytes: 4 << 20,
             flush_interval: Duration::from_millis(50),
             request_timeout: Duration::from_secs(5),
         }
@@ -142,6 +150,7 @@ pub(crate) struct Shared {
     /// Held while the primary is chosen and the filters rebuilt.
     elect: Mutex<()>,
     buffer_events: usize,
+    buffer_bytes: usize,
     pub(crate) matched: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
@@ -170,14 +179,19 @@ impl Shared {
         link.unreported.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The events waiting for gateway `link`, as one batch (`None` if there are none).
+    /// The events waiting for gateway `link`, as one batch (`None` if there are none). The
+    /// builder is swapped out under the lock and archived outside it, so `publish` never waits
+    /// for an archive.
     pub(crate) fn take(&self, link: &Link) -> Option<squilla_batch::BatchBytes> {
-        let mut pending = link.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.is_empty() {
-            return None;
-        }
-        let events = pending.len() as u64;
-        match pending.take() {
+        let full = {
+            let mut pending = link.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.is_empty() {
+                return None;
+            }
+            std::mem::replace(&mut *pending, link.builder())
+        };
+        let events = full.len() as u64;
+        match full.finish() {
             Ok(batch) => Some(batch),
             Err(e) => {
                 tracing::warn!(error = %e, "events cannot be archived; dropped");
@@ -208,6 +222,14 @@ impl Publisher {
         if config.gateways.is_empty() || config.gateways.len() > MAX_GATEWAYS {
             return Err(Error::Gateways(config.gateways.len()));
         }
+        let mut gateways: Vec<String> = Vec::with_capacity(config.gateways.len());
+        for g in &config.gateways {
+            let g = g.trim_end_matches('/');
+            if !gateways.iter().any(|known| known == g) {
+                gateways.push(g.to_owned());
+            }
+        }
+        let config = Config { gateways, ..config };
         let n = config.gateways.len();
         // Publishers of one stream start their order at different gateways, so that their
         // primaries (and the jobs' traffic) spread over the gateways.
@@ -218,6 +240,7 @@ impl Publisher {
             order: (0..n).map(|i| (first + i) % n).collect(),
             elect: Mutex::new(()),
             buffer_events: config.buffer_events.max(1),
+            buffer_bytes: config.buffer_bytes.clamp(1, MAX_BUFFER_BYTES),
             matched: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -298,7 +321,7 @@ impl Publisher {
             let timestamp_ms = *time.get_or_insert_with(now_ms);
             shared.matched.fetch_add(1, Ordering::Relaxed);
             let mut pending = link.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if pending.len() >= shared.buffer_events {
+            if pending.len() >= shared.buffer_events || pending.estimated_bytes() >= shared.buffer_bytes {
                 drop(pending);
                 shared.drop_events(link, 1);
                 continue;

@@ -30,6 +30,8 @@ pub(crate) struct Wanted {
 pub(crate) struct Link {
     /// The gateway's base URL.
     pub gateway: String,
+    /// The source named in the batches sent.
+    source: String,
     /// Whether this gateway wants any event now.
     pub active: AtomicBool,
     pub filter: RwLock<Prefilter>,
@@ -50,11 +52,13 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn new(gateway: String, stream: &str) -> Link {
+        let source = format!("publish:{stream}");
         Link {
             gateway,
             active: AtomicBool::new(false),
             filter: RwLock::new(Prefilter::default()),
-            pending: Mutex::new(BatchBuilder::new().source(format!("publish:{stream}"))),
+            pending: Mutex::new(BatchBuilder::new().source(source.clone())),
+            source,
             connected: AtomicBool::new(false),
             wanted: Mutex::default(),
             primary: AtomicBool::new(false),
@@ -62,6 +66,11 @@ impl Link {
             last_line: AtomicI64::new(0),
             unreported: AtomicU64::new(0),
         }
+    }
+
+    /// An empty batch for this gateway.
+    pub(crate) fn builder(&self) -> BatchBuilder {
+        BatchBuilder::new().source(self.source.clone())
     }
 
     /// Builds the filter again from what the gateway announced and whether it is the primary;

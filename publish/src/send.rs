@@ -80,7 +80,9 @@ async fn send_body(to: &To<'_>, body: Vec<u8>, events: u64) {
             false
         }
     };
-    shared.requests.fetch_add(1, Ordering::Relaxed);
+    if events > 0 {
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+    }
     if ok {
         shared.sent.fetch_add(events, Ordering::Relaxed);
         shared.bytes_sent.fetch_add(bytes, Ordering::Relaxed);

@@ -418,7 +418,7 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
 
 /// A client in another language, run as `program args… <gateways> <token>` against two gateway
 /// processes (`<gateways>`: both, comma-separated), publishes 200 events
-/// `{"n": n, "user": {"name": "u<n>"}}` to `<app>/requests`, and two that are not JSON objects,
+/// `{"n": n, "user": {"name": "u<n>"}}` to `<app>/requests`, and three that are not JSON objects,
 /// once it knows of both subscriptions and the reading job (3 subscriptions), and prints its
 /// counts as JSON. Each subscriber's query selects from what its gateway got, and the job gets
 /// its events once; counts are of copies, one per gateway.
@@ -444,7 +444,7 @@ async fn client_publishes(app: &str, program: &str, args: &[&str], env: (&str, &
     let out = tokio::task::spawn_blocking(move || command.output().expect("the client's runtime runs")).await.unwrap();
     assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(400), Some(4)), "{stats}");
+    assert_eq!((stats["sent"].as_u64(), stats["dropped"].as_u64()), (Some(400), Some(6)), "{stats}");
     let every = |k: i64| -> BTreeSet<i64> { (0..200).filter(|n| n % k == 0).collect() };
     let n_of = |got: &[Value]| -> BTreeSet<i64> { got.iter().map(|e| e["n"].as_i64().unwrap()).collect() };
     for (sub, k) in [(&mut fours, 4), (&mut fives, 5), (&mut tens, 10)] {
@@ -474,6 +474,7 @@ for n in range(200):
     if n == 100:
         p.publish({"n": {1, 2}})
         p.publish([n])
+        p.publish({"n": float("nan")})
 assert p.flush(20)
 print(json.dumps({"sent": p.sent, "dropped": p.dropped}))
 "#;
@@ -496,7 +497,7 @@ while (p.stats().subscriptions < 3 && Date.now() < until) await sleep(50);
 assert.equal(p.stats().subscriptions, 3);
 for (let n = 0; n < 200; n++) {
   p.publish({ n, user: { name: `u${n}` } });
-  if (n === 100) p.publish({ n: 10n }), p.publish("n");
+  if (n === 100) p.publish({ n: 10n }), p.publish("n"), p.publish(new Date());
 }
 assert(await p.flush(20_000));
 const { sent, dropped } = p.stats();
@@ -505,6 +506,20 @@ console.log(JSON.stringify({ sent, dropped }));
 "#;
     let module = concat!("file://", env!("CARGO_MANIFEST_DIR"), "/clients/js/index.js");
     client_publishes("js", "node", &["--input-type=module", "-e", script, "--"], ("SQUILLA_PUBLISH_JS", module)).await;
+}
+
+/// A publisher whose gateway accepts connections and never answers: dropping it returns at
+/// once, without waiting for the connection attempt to time out.
+#[test]
+fn dropping_a_publisher_never_waits_on_the_network() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let publisher = squilla_publish::Publisher::start(squilla_publish::Config::new(url, "shop/requests")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!publisher.stats().connected);
+    let started = Instant::now();
+    drop(publisher);
+    assert!(started.elapsed() < Duration::from_secs(2), "dropping took {:?}", started.elapsed());
 }
 
 /// Tenant `beta`'s token, for the limits below.

@@ -6,9 +6,11 @@ The protocol is HTTP and JSON only (standard library, no dependencies). For each
   open: one JSON line per change of what is subscribed there (and a repeat every 10 s);
 - while no subscription reads the stream, :meth:`Publisher.publish` returns at once: nothing
   is kept or sent;
-- while one does, events wait in a bounded buffer and are sent every ``flush_interval`` as
-  JSON lines to ``POST {gateway}/api/v1/streams/{app}/{stream}/events``, where the gateway
-  applies each subscription's query (this client does not evaluate queries itself);
+- while one does, each event is encoded as JSON at once (what is not a dict of JSON values is
+  dropped and counted), waits in a bounded buffer (``buffer_events`` events and
+  ``buffer_bytes`` bytes per gateway), and is sent every ``flush_interval`` as JSON lines to
+  ``POST {gateway}/api/v1/streams/{app}/{stream}/events``, where the gateway applies each
+  subscription's query (this client does not evaluate queries itself);
 - a full buffer or a failed send drops events, counted in :attr:`Publisher.dropped` and
   reported to the gateway (``x-squilla-dropped``) with the next send. Nothing blocks the
   caller on the network.
@@ -23,13 +25,16 @@ import json
 import random
 import threading
 import time
-import urllib.error
 import urllib.request
 
 __all__ = ["Publisher"]
 
 SILENT_SECONDS = 30.0
 MAX_GATEWAYS = 16
+# A control line longer than this ends the connection.
+MAX_LINE = 1 << 20
+# The largest buffer_bytes: one send stays under the gateway's 8 MiB body limit.
+MAX_BUFFER_BYTES = 7 << 20
 
 
 class _Link:
@@ -44,6 +49,7 @@ class _Link:
         self.primary = False
         self.wants = False
         self.pending = []
+        self.pending_bytes = 0
         self.sending = False
         self.unreported = 0
 
@@ -54,7 +60,16 @@ class Publisher:
     ``gateway`` is a base URL, a comma-separated list of them, or a list.
     """
 
-    def __init__(self, gateway, stream, token=None, buffer_events=65536, flush_interval=0.05, timeout=5.0):
+    def __init__(
+        self,
+        gateway,
+        stream,
+        token=None,
+        buffer_events=65536,
+        buffer_bytes=4 << 20,
+        flush_interval=0.05,
+        timeout=5.0,
+    ):
         app, sep, name = stream.partition("/")
         if not sep or not app or not name or "/" in name:
             raise ValueError(f"{stream!r} is not a stream name: <app>/<stream>")
@@ -70,7 +85,8 @@ class Publisher:
         first = random.randrange(len(bases))
         self._order = [self._links[(first + i) % len(bases)] for i in range(len(bases))]
         self._token = token
-        self._buffer_events = buffer_events
+        self._buffer_events = max(1, buffer_events)
+        self._buffer_bytes = min(max(1, buffer_bytes), MAX_BUFFER_BYTES)
         self._flush_interval = flush_interval
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -100,18 +116,32 @@ class Publisher:
         return self._wanted
 
     def publish(self, event):
-        """Publishes one event (a dict of JSON values); does nothing while nobody subscribes."""
+        """Publishes one event (a dict of JSON values); does nothing while nobody subscribes.
+
+        The event is encoded at once: later changes to it are not sent. One that cannot be
+        (not a dict, a value JSON lacks, NaN) is dropped and counted. Never raises."""
         if not self._wanted:
             return
+        try:
+            if not isinstance(event, dict):
+                raise TypeError("an event is a dict")
+            line = json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n"
+        except Exception:
+            line = None
         with self._lock:
             for link in self._links:
                 if not link.wants:
                     continue
-                if len(link.pending) >= self._buffer_events:
+                if (
+                    line is None
+                    or len(link.pending) >= self._buffer_events
+                    or link.pending_bytes + len(line) > self._buffer_bytes
+                ):
                     self.dropped += 1
                     link.unreported += 1
                     continue
-                link.pending.append(event)
+                link.pending.append(line)
+                link.pending_bytes += len(line)
 
     def wait_connected(self, timeout):
         """Waits until every gateway has said what is subscribed there; whether they have."""
@@ -156,18 +186,25 @@ class Publisher:
             try:
                 request = urllib.request.Request(link.control, headers=self._headers())
                 with urllib.request.urlopen(request, timeout=SILENT_SECONDS) as response:
-                    pause = 0.1
-                    for line in response:
-                        if self._stop.is_set():
-                            return
-                        wanted = json.loads(line).get("subscriptions", [])
-                        jobs = sum(1 for w in wanted if isinstance(w, dict) and w.get("job"))
+                    while not self._stop.is_set():
+                        line = response.readline(MAX_LINE + 1)
+                        if not line:
+                            break
+                        if len(line) > MAX_LINE:
+                            raise ValueError("a control line is too long")
+                        wanted = json.loads(line)["subscriptions"]
+                        if not isinstance(wanted, list):
+                            raise ValueError("subscriptions is not a list")
+                        jobs = sum(1 for w in wanted if isinstance(w, dict) and w.get("job") is True)
                         with self._lock:
                             link.subscribers = len(wanted) - jobs
                             link.jobs = jobs
                             link.connected = True
                             self._changed()
-            except (OSError, ValueError, AttributeError, urllib.error.URLError):
+                        # Pauses start again only after a connection that said something.
+                        pause = 0.1
+            except Exception:
+                # Refused, cut, silent, or not the protocol: connect again after a pause.
                 pass
             # The connection is gone, and the subscriptions it served with it.
             with self._lock:
@@ -181,40 +218,34 @@ class Publisher:
         while not self._stop.is_set():
             self._stop.wait(self._flush_interval)
             with self._lock:
-                batch, link.pending = link.pending, []
-                reported, link.unreported = link.unreported, 0
+                batch, link.pending, link.pending_bytes = link.pending, [], 0
+                # Drops are reported with events, or alone while the gateway is there.
+                reported = link.unreported if (batch or link.connected) else 0
+                link.unreported -= reported
                 link.sending = bool(batch)
                 primary = link.primary
             if not batch and not reported:
                 continue
-            lines, unencodable = [], 0
-            for e in batch:
-                try:
-                    if not isinstance(e, dict):
-                        raise TypeError("an event is a dict")
-                    lines.append(json.dumps(e, separators=(",", ":")) + "\n")
-                except (TypeError, ValueError):
-                    unencodable += 1
-            body = "".join(lines).encode()
-            headers = self._headers()
-            headers["Content-Type"] = "application/x-ndjson"
-            headers["x-squilla-dropped"] = str(reported)
-            if not primary:
-                headers["x-squilla-jobs"] = "false"
+            ok = False
             try:
+                headers = self._headers()
+                headers["Content-Type"] = "application/x-ndjson"
+                headers["x-squilla-dropped"] = str(reported)
+                if not primary:
+                    headers["x-squilla-jobs"] = "false"
+                body = "".join(batch).encode()
                 request = urllib.request.Request(link.events, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self._timeout) as response:
                     response.read()
                 ok = True
-            except (OSError, urllib.error.URLError):
-                ok = False
-            with self._lock:
-                # An event that is not JSON is dropped (and reported with the next send).
-                self.dropped += unencodable
-                link.unreported += unencodable
-                if ok:
-                    self.sent += len(lines)
-                else:
-                    self.dropped += len(lines)
-                    link.unreported += reported + len(lines)
-                link.sending = False
+            except Exception:
+                # Refused, failed, cut or timed out: the events are lost (nothing is retried).
+                pass
+            finally:
+                with self._lock:
+                    if ok:
+                        self.sent += len(batch)
+                    else:
+                        self.dropped += len(batch)
+                        link.unreported += reported + len(batch)
+                    link.sending = False

@@ -305,7 +305,7 @@ async fn events(
     hub.counters.publisher_dropped.fetch_add(reported, Ordering::Relaxed);
     hub.counters.events.fetch_add(events as u64, Ordering::Relaxed);
     // A publisher connected to several gateways feeds reading jobs through one of them.
-    let jobs = headers.get("x-squilla-jobs").is_none_or(|v| v != "false");
+    let jobs = headers.get("x-squilla-jobs").is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"false"));
     let fed = hub.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || fed.feed(&batches, jobs)).await {
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string());
