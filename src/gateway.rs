@@ -42,12 +42,22 @@ pub struct GatewayArgs {
     /// The private key of `--tls-cert` (PEM).
     #[arg(long, env = "SQUILLA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The operator's token (at least 16 characters): it opens `/gateway/metrics` and the
+    /// application streams of `/gateway/status`, which name tenants. Without it neither is
+    /// served.
+    #[arg(long, env = "SQUILLA_OPERATOR_TOKEN")]
+    pub operator_token: Option<String>,
     /// A PEM file of CA certificates to trust for an `https://` master (beside the public ones).
     #[arg(long, env = "SQUILLA_CA")]
     pub ca: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    if let Some(token) = &args.operator_token
+        && token.len() < 16
+    {
+        anyhow::bail!("--operator-token must be at least 16 characters");
+    }
     let config = args.publish.apply(GatewayConfig {
         master: squilla_net::masters::Masters::new(&args.master),
         subscriptions_per_tenant: args.tenant_subscriptions,
@@ -59,6 +69,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             per_second: f64::from(args.client_rps),
             burst: 2.0 * f64::from(args.client_rps),
         },
+        operator_token: args.operator_token.as_deref().map(squilla_net::auth::TokenHash::of),
         ..GatewayConfig::default()
     });
     let gateway = Gateway::new(config, crate::client::http_client(args.ca.as_deref())?)?;

@@ -208,6 +208,8 @@ pub async fn start(args: &MasterArgs, tenants: Tenants) -> anyhow::Result<Runnin
                 None => {
                     let config = args.publish.apply(squilla_gateway::server::GatewayConfig {
                         master: squilla_net::masters::Masters::new(&format!("http://{addr}")),
+                        // The streams' metrics are the operator's, as the master's own are.
+                        operator_token: args.agent_token.as_deref().map(squilla_net::auth::TokenHash::of),
                         ..Default::default()
                     });
                     let gateway = squilla_gateway::server::Gateway::new(config, reqwest::Client::new())?;

@@ -15,7 +15,8 @@
 //!   gateway can be the one address a fleet's users know. Several gateways can run side by
 //!   side: they hold no state but caches.
 //!
-//! `GET /gateway/status` (no credentials) tells the upstreams running and subscribers served.
+//! `GET /gateway/status` (no credentials) tells the upstreams running and subscribers served;
+//! with the operator token, also each application stream's figures.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -82,6 +83,9 @@ pub struct GatewayConfig {
     /// Events one tenant's publishers may send to this gateway (default 1,000,000/s, bursts of
     /// 2,000,000); 429 `rate_limited` beyond, the whole request refused.
     pub publish_rate: squilla_net::rate::Rate,
+    /// The operator's token: it opens `/gateway/metrics` and the `streams` of
+    /// `/gateway/status`, which name tenants (default none: neither is served).
+    pub operator_token: Option<TokenHash>,
 }
 
 impl Default for GatewayConfig {
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             total_body_bytes: 768 << 20,
             publishers_per_tenant: 1024,
             publish_rate: squilla_net::rate::Rate { per_second: 1_000_000.0, burst: 2_000_000.0 },
+            operator_token: None,
         }
     }
 }
@@ -402,15 +407,18 @@ async fn client_rate(State(gw): State<Gateway>, request: Request, next: Next) ->
     next.run(request).await
 }
 
-async fn status(State(gw): State<Gateway>) -> Response {
-    axum::Json(serde_json::json!({
+async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    let mut status = serde_json::json!({
         "upstreams": gw.0.fanouts.upstreams(),
         "upstreams-started": gw.0.fanouts.started(),
         "subscribers-served": gw.0.served.load(std::sync::atomic::Ordering::Relaxed),
         "subscribers": lock(&gw.0.subscriptions).values().sum::<usize>(),
-        "streams": crate::apps::status(&gw),
-    }))
-    .into_response()
+    });
+    // Streams name tenants: only the operator sees them.
+    if crate::apps::metrics::operator(&gw, &headers) {
+        status["streams"] = crate::apps::metrics::status(&gw);
+    }
+    axum::Json(status).into_response()
 }
 
 /// A subscriber's place among its tenant's subscriptions at this gateway.

@@ -46,9 +46,14 @@ fn encode(query: &str) -> String {
         .collect()
 }
 
-/// The gateway's figures for stream `shop/requests`.
+/// The gateways' operator token.
+const OPERATOR: &str = "operator-token-0123456789";
+const OPERATOR_ARGS: &[&str] = &["--operator-token", OPERATOR];
+
+/// The gateway's figures for stream `shop/requests` (the operator's view).
 async fn stream_status(via: &Api) -> Value {
-    let (_, status) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
+    let response = via.http.get(format!("{}/gateway/status", via.base)).bearer_auth(OPERATOR).send().await.unwrap();
+    let status: Value = response.json().await.unwrap();
     status["streams"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["stream"] == "shop/requests").cloned())
@@ -59,7 +64,7 @@ async fn stream_status(via: &Api) -> Value {
 async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     let (master, _procs) = start("publish-e2e").await;
     let port = free_port();
-    let _gw = gateway(&master.base, port, &[]);
+    let _gw = gateway(&master.base, port, OPERATOR_ARGS);
     let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
 
     // A job reads the stream's server errors.
@@ -201,8 +206,8 @@ fn write_events(publishers: &mut [std::process::Child], range: std::ops::Range<i
 async fn publishers_of_two_gateways_serve_both_and_the_reading_job_once() {
     let (master, _procs) = start("publish-gateways").await;
     let (port1, port2) = (free_port(), free_port());
-    let gw1 = gateway(&master.base, port1, &[]);
-    let _gw2 = gateway(&master.base, port2, &[]);
+    let gw1 = gateway(&master.base, port1, OPERATOR_ARGS);
+    let _gw2 = gateway(&master.base, port2, OPERATOR_ARGS);
     let one = Api { base: format!("http://127.0.0.1:{port1}"), http: reqwest::Client::new() };
     let two = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
     let spec = json!({
@@ -346,7 +351,7 @@ impl Proxy {
 async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
     let (master, _procs) = start("publish-cut").await;
     let port = free_port();
-    let _gw = gateway(&master.base, port, &[]);
+    let _gw = gateway(&master.base, port, OPERATOR_ARGS);
     let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
     let proxy = Proxy::start(port).await;
 
@@ -414,6 +419,21 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(sub);
+
+    // The drops are in the gateway's metrics, for the operator only; tenants' streams are
+    // not in the status anyone sees.
+    let metrics = |token: &'static str| via.http.get(format!("{}/gateway/metrics", via.base)).bearer_auth(token).send();
+    assert_eq!(metrics(TOKEN).await.unwrap().status(), 401, "a tenant's token does not open the metrics");
+    let (_, public) = via.call(reqwest::Method::GET, "/gateway/status", vec![]).await;
+    assert!(public.get("streams").is_none(), "{public}");
+    let text = metrics(OPERATOR).await.unwrap().text().await.unwrap();
+    let series = r#"squilla_gateway_stream_publisher_dropped_total{tenant="acme",stream="shop/requests"} "#;
+    let dropped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in {text}"));
+    assert!(dropped > 0, "{text}");
 }
 
 /// A client in another language, run as `program args… <gateways> <token>` against two gateway
@@ -425,8 +445,8 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
 async fn client_publishes(app: &str, program: &str, args: &[&str], env: (&str, &str)) {
     let (master, _procs) = start(&format!("publish-{app}")).await;
     let (port1, port2) = (free_port(), free_port());
-    let _gw1 = gateway(&master.base, port1, &[]);
-    let _gw2 = gateway(&master.base, port2, &[]);
+    let _gw1 = gateway(&master.base, port1, OPERATOR_ARGS);
+    let _gw2 = gateway(&master.base, port2, OPERATOR_ARGS);
     let one = Api { base: format!("http://127.0.0.1:{port1}"), http: reqwest::Client::new() };
     let two = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
     let spec = json!({
@@ -540,8 +560,17 @@ async fn a_tenant_at_its_publish_limits_is_refused_and_another_is_not() {
     let master = format!("http://127.0.0.1:{master_port}");
     let port = free_port();
     let _gw = gateway(&master, port, &limits);
-    for server in [format!("http://127.0.0.1:{port}"), master] {
+    for server in [format!("http://127.0.0.1:{port}"), master.clone()] {
         publish_limits_hold(&format!("{server}/api/v1/streams/shop/requests")).await;
+    }
+    // A master serving streams itself shows their metrics to its operator (the agent token).
+    let http = reqwest::Client::new();
+    let scrape = |token: &'static str| http.get(format!("{master}/gateway/metrics")).bearer_auth(token).send();
+    assert_eq!(scrape(TOKEN).await.unwrap().status(), 401);
+    let text = scrape(crate::AGENT_TOKEN).await.unwrap().text().await.unwrap();
+    for tenant in ["acme", "beta"] {
+        let series = format!(r#"squilla_gateway_stream_events_total{{tenant="{tenant}",stream="shop/requests"}} 150"#);
+        assert!(text.lines().any(|l| l == series), "{series} in {text}");
     }
 }
 

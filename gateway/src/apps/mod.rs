@@ -11,12 +11,16 @@
 //! - `GET /api/v1/streams/{app}/{stream}/sink`: a subscription, with the same parameters as a
 //!   job's sink (`query`, `clientId`, `sample`, `ping`; server-sent events or a WebSocket).
 //!
+//! - `GET /gateway/metrics`: each stream's figures for Prometheus, with the operator token
+//!   ([`metrics`]).
+//!
 //! Every request is first authenticated with the master (`GET /api/v1/streams/{app}/{stream}`,
 //! cached like a job's endpoints for the same credentials): a stream belongs to the caller's
 //! tenant. Publishers of many processes meet in one [`Hub`] per stream; each subscription's
 //! query runs once, on the union of what they send.
 
 mod hub;
+pub(crate) mod metrics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +103,7 @@ pub(crate) fn routes(gateway: Gateway) -> axum::Router<Gateway> {
     use axum::routing::{get, post};
     use squilla_net::limits::{BodyLimit, buffer_body};
     axum::Router::new()
+        .route("/gateway/metrics", get(metrics::metrics))
         .route("/api/v1/streams/{app}/{stream}/subscriptions", get(subscriptions))
         .route("/api/v1/streams/{app}/{stream}/sink", get(sink))
         .route(
@@ -356,28 +361,4 @@ async fn sink(
         Ok(upgrade) => crate::ws::serve(upgrade, rx, params.ping_interval(), place),
         Err(_) => crate::respond::sse(rx, place),
     }
-}
-
-/// Each stream's figures, for `/gateway/status`.
-pub(crate) fn status(gw: &Gateway) -> serde_json::Value {
-    let streams: Vec<serde_json::Value> =
-        gw.0.apps
-            .hubs()
-            .iter()
-            .map(|hub| {
-                let c = &hub.counters;
-                serde_json::json!({
-                    "tenant": hub.tenant,
-                    "stream": hub.stream,
-                    "publishers": hub.publishers.load(Ordering::Relaxed),
-                    "subscribers": hub.subscribers(),
-                    "consumers": hub.consumers(),
-                    "events": c.events.load(Ordering::Relaxed),
-                    "publisher-dropped": c.publisher_dropped.load(Ordering::Relaxed),
-                    "forwarded": c.forwarded.load(Ordering::Relaxed),
-                    "consumer-dropped": c.consumer_dropped.load(Ordering::Relaxed),
-                })
-            })
-            .collect();
-    serde_json::Value::Array(streams)
 }
