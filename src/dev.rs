@@ -76,8 +76,14 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         );
     }
     let tenants = tenants(&args.master)?;
+    let mut operator_file = None;
     if args.master.agent_token.is_none() {
-        args.master.agent_token = Some(random_hex(16)?);
+        // Also the operator's token (the master's `/metrics`, the streams' `/gateway/metrics`).
+        let token = random_hex(16)?;
+        let path = args.master.data_dir.join("operator.token");
+        std::fs::write(&path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+        operator_file = Some(path);
+        args.master.agent_token = Some(token);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -91,6 +97,9 @@ pub fn run(mut args: DevArgs) -> anyhow::Result<()> {
         let token_file = args.master.data_dir.join("dev.token");
         eprintln!("squilla dev: API at {url}/api/v1 — tenant `dev`, token in {}", token_file.display());
         eprintln!("squilla dev: web console at {url}/ (sign in with that token)");
+        if let Some(path) = &operator_file {
+            eprintln!("squilla dev: operator token (for /metrics and /gateway/metrics) in {}", path.display());
+        }
         eprintln!("squilla dev: agent `{}` joined (sinks at {})", agent.id(), agent.http_url());
         let connection =
             Connection { master: url.clone(), token: None, data_dir: args.master.data_dir.clone(), ca: None };

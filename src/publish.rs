@@ -1,7 +1,9 @@
 //! `squilla publish <app>/<stream>`: publishes JSON lines from standard input to an
 //! application stream through [`squilla_publish`], as an application would: only the events
-//! some subscription wants leave the process. At the end it waits for what was matched to be
-//! sent, and prints its counts (JSON) on standard error.
+//! some subscription wants leave the process. A line that is not a JSON object is skipped,
+//! named on standard error and counted (`invalid-lines`). At the end it waits for what was
+//! matched to be sent, and prints its counts (JSON) on standard error. A gateway that refuses
+//! (a wrong token, a limit) is an error before anything is read.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -33,19 +35,39 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let first = gateways.next().context("--gateway names no gateway")?;
     let config = gateways.fold(Config::new(first, &args.stream), Config::gateway);
     let publisher = Publisher::start(config.token(token))?;
-    if !publisher.wait_connected(Duration::from_secs(args.wait)) {
-        eprintln!(
-            "squilla publish: the gateway has not answered yet; publishing anyway (nothing leaves until it does)"
-        );
+    // Until every gateway has answered, one refuses, or `--wait` has passed.
+    let until = std::time::Instant::now() + Duration::from_secs(args.wait);
+    while !publisher.wait_connected(Duration::from_millis(50))
+        && !publisher.stats().refused
+        && std::time::Instant::now() < until
+    {}
+    if !publisher.wait_connected(Duration::ZERO) {
+        let stats = publisher.stats();
+        match stats.last_error {
+            Some(why) if stats.refused => anyhow::bail!("{why}"),
+            why => eprintln!(
+                "squilla publish: a gateway has not answered yet ({}); publishing anyway (nothing leaves for it until it does)",
+                why.as_deref().unwrap_or("no answer")
+            ),
+        }
     }
     let mut fields: Vec<(String, Json)> = Vec::new();
+    let mut invalid = 0u64;
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("reading standard input")?;
         if line.trim().is_empty() {
             continue;
         }
-        let object: serde_json::Map<String, Json> = serde_json::from_str(&line)
-            .with_context(|| format!("standard input, line {}: not a JSON object", n + 1))?;
+        let object: serde_json::Map<String, Json> = match serde_json::from_str(&line) {
+            Ok(object) => object,
+            Err(e) => {
+                invalid += 1;
+                if invalid <= 10 {
+                    eprintln!("squilla publish: standard input, line {}: not a JSON object ({e}); skipped", n + 1);
+                }
+                continue;
+            }
+        };
         fields.clear();
         flatten("", object, &mut fields);
         let texts: Vec<String> =
@@ -55,7 +77,9 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
         publisher.publish(&borrowed);
     }
     publisher.flush(Duration::from_secs(10));
-    eprintln!("{}", serde_json::to_string(&publisher.stats())?);
+    let mut stats = serde_json::to_value(publisher.stats())?;
+    stats["invalid-lines"] = invalid.into();
+    eprintln!("{stats}");
     Ok(())
 }
 

@@ -22,6 +22,8 @@ export interface PublisherStats {
   subscriptions: number;
   sent: number;
   dropped: number;
+  /** Why a control connection last failed (e.g. `the gateway answered 401 unauthorized: …`); null once every gateway answered. */
+  lastError: string | null;
 }
 
 /** Publishes one stream's events through one gateway or several. */

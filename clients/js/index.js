@@ -32,11 +32,13 @@ const MAX_LINE = 1 << 20;
 /** The largest `bufferBytes`: one send stays under the gateway's 8 MiB body limit. */
 const MAX_BUFFER_BYTES = 7 << 20;
 
-const sleep = (ms, signal) =>
+/** Sleeps `ms` unless `signal` aborts; a background pause (`keepAlive` false) does not keep
+ * Node running, a wait the caller awaits does. */
+const sleep = (ms, signal, keepAlive = false) =>
   new Promise((resolve) => {
     if (signal.aborted) return resolve();
     const timer = setTimeout(done, ms);
-    timer.unref?.();
+    if (!keepAlive) timer.unref?.();
     function done() {
       clearTimeout(timer);
       signal.removeEventListener("abort", done);
@@ -71,6 +73,7 @@ class Link {
     this.pendingBytes = 0;
     this.sending = false;
     this.unreported = 0;
+    this.lastError = null;
   }
 }
 
@@ -153,7 +156,11 @@ export class Publisher {
     }
   }
 
-  /** The counts so far: `{connected, gatewaysConnected, subscriptions, sent, dropped}`. */
+  /**
+   * The counts so far: `{connected, gatewaysConnected, subscriptions, sent, dropped, lastError}`;
+   * `lastError` is why a control connection last failed (a refusal such as `401 unauthorized`,
+   * or a network error), `null` once every gateway has answered.
+   */
   stats() {
     const connected = this._links.filter((l) => l.connected).length;
     return {
@@ -162,6 +169,7 @@ export class Publisher {
       subscriptions: this._links.reduce((n, l) => n + l.subscribers + (l.primary ? l.jobs : 0), 0),
       sent: this._sent,
       dropped: this._dropped,
+      lastError: this._links.map((l) => l.lastError).find((e) => e !== null) ?? null,
     };
   }
 
@@ -188,7 +196,7 @@ export class Publisher {
     const until = Date.now() + timeoutMs;
     while (!done()) {
       if (Date.now() >= until || this._stop.signal.aborted) return done();
-      await sleep(10, this._stop.signal);
+      await sleep(10, this._stop.signal, true);
     }
     return true;
   }
@@ -242,10 +250,18 @@ export class Publisher {
             if (text.length > MAX_LINE) throw new Error("a control line is too long");
           }
         } else {
-          await response.body?.cancel();
+          let refusal = "";
+          try {
+            const body = JSON.parse(await response.text());
+            refusal = ` ${body.code}: ${body.message}`;
+          } catch {
+            // Not the gateway's JSON error: the status says enough.
+          }
+          link.lastError = `the gateway answered ${response.status}${refusal}`;
         }
-      } catch {
+      } catch (e) {
         // A refused or cut connection, a silent one, or a line that is not JSON: try again.
+        if (!stop.aborted) link.lastError = String(e?.cause?.message ?? e?.message ?? e);
       } finally {
         clearTimeout(silent);
         stop.removeEventListener("abort", abort);
@@ -266,6 +282,7 @@ export class Publisher {
     link.jobs = wanted.filter((w) => w && w.job === true).length;
     link.subscribers = wanted.length - link.jobs;
     link.connected = true;
+    link.lastError = null;
     this._changed();
   }
 

@@ -40,7 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = std::env::var("SQUILLA_GATEWAY").unwrap_or_else(|_| "http://127.0.0.1:7070".into());
     let token = match std::env::var("SQUILLA_TOKEN") {
         Ok(token) => token,
-        Err(_) => std::fs::read_to_string("squilla-data/dev.token")?.trim().to_owned(),
+        Err(_) => std::fs::read_to_string("squilla-data/dev.token")
+            .map_err(|e| {
+                format!(
+                    "cannot read squilla-data/dev.token ({e}): run from the directory `squilla dev` runs in, \
+                     or set SQUILLA_TOKEN"
+                )
+            })?
+            .trim()
+            .to_owned(),
     };
     let publisher = Arc::new(Publisher::start(Config::new(gateway, "shop/requests").token(token))?);
     let app =

@@ -49,8 +49,11 @@ pub(crate) async fn run(client: reqwest::Client, config: Config, shared: Arc<Sha
             outcome = follow(&client, &url, config.token.as_deref(), &shared, link) => outcome,
             () = stopped(&shared) => Ok(()),
         };
-        if let Err(why) = outcome {
+        if let Err(Failure { why, refused }) = outcome
+            && !shared.stop.load(Ordering::Relaxed)
+        {
             tracing::debug!(gateway = %link.gateway, %why, "the control connection to a gateway failed");
+            *link.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((why, refused));
         }
         // Pauses start again only after a connection that said something: a gateway that
         // answers and hangs up at once is not asked again and again.
@@ -80,6 +83,25 @@ async fn stopped(shared: &Shared) {
     }
 }
 
+/// Why a control connection ended.
+struct Failure {
+    why: String,
+    /// The gateway answered an error status (it refused), rather than the network failing.
+    refused: bool,
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure { why, refused: false }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Failure {
+        Failure { why: why.to_owned(), refused: false }
+    }
+}
+
 /// One control connection, until it ends or falls silent.
 async fn follow(
     client: &reqwest::Client,
@@ -87,7 +109,7 @@ async fn follow(
     token: Option<&str>,
     shared: &Shared,
     link: &Link,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut request = client.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -100,7 +122,10 @@ async fn follow(
     if !response.status().is_success() {
         let status = response.status();
         let body = tokio::time::timeout(Duration::from_secs(2), response.text()).await.ok().and_then(Result::ok);
-        return Err(format!("the gateway answered {status}: {}", body.unwrap_or_default()));
+        return Err(Failure {
+            why: format!("the gateway answered {status}: {}", body.unwrap_or_default()),
+            refused: true,
+        });
     }
     let mut body = response.bytes_stream();
     let mut line = Vec::new();
@@ -153,6 +178,7 @@ fn apply(line: &[u8], shared: &Shared, link: &Link) -> Result<(), String> {
     });
     *link.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = wanted.collect();
     link.connected.store(true, Ordering::Relaxed);
+    *link.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     shared.changed();
     Ok(())
 }

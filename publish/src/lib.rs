@@ -137,6 +137,11 @@ pub struct Stats {
     pub requests: u64,
     /// Bytes of events sent (bodies, without HTTP headers).
     pub bytes_sent: u64,
+    /// Why a control connection last failed (`None` once every gateway has answered).
+    pub last_error: Option<String>,
+    /// Whether that failure was a gateway refusing (an error status: a wrong token, a stream
+    /// name it does not know, a limit), which waiting will not cure.
+    pub refused: bool,
 }
 
 /// What the application's threads and the background thread share.
@@ -337,6 +342,7 @@ impl Publisher {
     pub fn stats(&self) -> Stats {
         let s = &*self.shared;
         let connected = s.links.iter().filter(|l| l.connected.load(Ordering::Relaxed)).count();
+        let failure = s.links.iter().find_map(|l| l.failure.lock().unwrap_or_else(PoisonError::into_inner).clone());
         Stats {
             connected: connected > 0,
             gateways_connected: connected,
@@ -346,6 +352,8 @@ impl Publisher {
             dropped: s.dropped.load(Ordering::Relaxed),
             requests: s.requests.load(Ordering::Relaxed),
             bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            refused: failure.as_ref().is_some_and(|f| f.1),
+            last_error: failure.map(|f| f.0),
         }
     }
 

@@ -48,6 +48,9 @@ pub(crate) struct Link {
     pub last_line: AtomicI64,
     /// Drops not yet reported to this gateway.
     pub unreported: AtomicU64,
+    /// Why the control connection last failed, and whether the gateway refused (answered an
+    /// error status) rather than the network failing; cleared by the next line.
+    pub failure: Mutex<Option<(String, bool)>>,
 }
 
 impl Link {
@@ -65,6 +68,7 @@ impl Link {
             subscriptions: AtomicU64::new(0),
             last_line: AtomicI64::new(0),
             unreported: AtomicU64::new(0),
+            failure: Mutex::default(),
         }
     }
 

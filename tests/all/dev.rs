@@ -35,6 +35,9 @@ fn squilla_dev_runs_the_device_errors_example_and_prints_its_results() {
     }
     // The dev tenant's token is where the client commands look for it.
     assert_eq!(std::fs::read_to_string(dir.join("data/dev.token")).unwrap().trim().len(), 32);
+    // So is the operator's (the agent token it made), and it says so.
+    assert_eq!(std::fs::read_to_string(dir.join("data/operator.token")).unwrap().trim().len(), 32);
+    assert!(stderr.contains("operator token (for /metrics and /gateway/metrics) in"), "{stderr}");
 }
 
 #[test]

@@ -86,6 +86,20 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     let refused =
         via.http.get(format!("{}/api/v1/streams/shop/requests/sink", via.base)).bearer_auth("wrong").send().await;
     assert_eq!(refused.unwrap().status(), 401);
+    // A publisher with a wrong token fails at once, saying why, rather than publishing into
+    // nothing.
+    let base = via.base.clone();
+    let wrong = tokio::task::spawn_blocking(move || {
+        crate::squilla()
+            .args(["publish", "shop/requests", "--gateway", &base, "--token", "wrong-token-0123456789"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && stderr.contains("401"), "{stderr}");
 
     let cart = "SELECT * WHERE path = '/cart'";
     let slow = "SELECT id, ms WHERE ms > 90 AND user.id < 9";
@@ -118,7 +132,12 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (p, child) in publishers.iter_mut().enumerate() {
         let mut stdin = child.stdin.take().unwrap();
-        let lines: String = (0..PER_PUBLISHER).map(|n| event(p as i64, n).to_string() + "\n").collect();
+        let mut lines: String = (0..PER_PUBLISHER).map(|n| event(p as i64, n).to_string() + "\n").collect();
+        if p == 0 {
+            // A line that is not an event is skipped and counted; the rest go on.
+            let middle = lines[lines.len() / 2..].find('\n').unwrap() + lines.len() / 2 + 1;
+            lines.insert_str(middle, "not an event\n");
+        }
         stdin.write_all(lines.as_bytes()).unwrap();
     }
 
@@ -161,6 +180,7 @@ async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
             (Some(want), Some(want), Some(0)),
             "{stderr}"
         );
+        assert_eq!(stats["invalid-lines"], u64::from(p == 0), "{stderr}");
     }
     let s = stream_status(&via).await;
     assert_eq!(s["publisher-dropped"], 0, "{s}");
@@ -483,8 +503,13 @@ async fn the_python_client_publishes_through_two_gateways() {
     let script = r#"
 import sys, json, time
 from squilla_publish import Publisher
+bad = Publisher(sys.argv[1], "py/requests", token="wrong-token-0123456789")
+assert not bad.wait_connected(1)
+assert "401" in (bad.last_error or ""), bad.last_error
+bad.close()
 p = Publisher(sys.argv[1], "py/requests", token=sys.argv[2])
 assert p.wait_connected(20), "not connected"
+assert p.last_error is None, p.last_error
 until = time.monotonic() + 20
 while p.subscriptions < 3 and time.monotonic() < until:
     time.sleep(0.05)
@@ -510,8 +535,13 @@ import assert from "node:assert";
 import { setTimeout as sleep } from "node:timers/promises";
 const { Publisher } = await import(process.env.SQUILLA_PUBLISH_JS);
 const [gateway, token] = process.argv.slice(-2);
+const bad = new Publisher({ gateway, stream: "js/requests", token: "wrong-token-0123456789" });
+assert.equal(await bad.waitConnected(1000), false);
+assert.match(String(bad.stats().lastError), /401/);
+await bad.close();
 const p = new Publisher({ gateway, stream: "js/requests", token });
 assert(await p.waitConnected(20_000), "not connected");
+assert.equal(p.stats().lastError, null);
 const until = Date.now() + 20_000;
 while (p.stats().subscriptions < 3 && Date.now() < until) await sleep(50);
 assert.equal(p.stats().subscriptions, 3);

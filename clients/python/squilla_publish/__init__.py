@@ -25,6 +25,7 @@ import json
 import random
 import threading
 import time
+import urllib.error
 import urllib.request
 
 __all__ = ["Publisher"]
@@ -52,6 +53,7 @@ class _Link:
         self.pending_bytes = 0
         self.sending = False
         self.unreported = 0
+        self.last_error = None
 
 
 class Publisher:
@@ -110,6 +112,12 @@ class Publisher:
     def subscriptions(self):
         """Distinct queries subscribed now, summed over the gateways."""
         return sum(link.subscribers + (link.jobs if link.primary else 0) for link in self._links)
+
+    @property
+    def last_error(self):
+        """Why a control connection last failed (a refusal such as ``401 unauthorized``, or a
+        network error); ``None`` once every gateway has answered."""
+        return next((link.last_error for link in self._links if link.last_error), None)
 
     def wanted(self):
         """Whether some subscription reads the stream now."""
@@ -200,12 +208,20 @@ class Publisher:
                             link.subscribers = len(wanted) - jobs
                             link.jobs = jobs
                             link.connected = True
+                            link.last_error = None
                             self._changed()
                         # Pauses start again only after a connection that said something.
                         pause = 0.1
-            except Exception:
-                # Refused, cut, silent, or not the protocol: connect again after a pause.
-                pass
+            except urllib.error.HTTPError as refused:
+                try:
+                    body = json.loads(refused.read())
+                    link.last_error = f"the gateway answered {refused.code} {body['code']}: {body['message']}"
+                except Exception:
+                    link.last_error = f"the gateway answered {refused.code}"
+            except Exception as e:
+                # Cut, silent, or not the protocol: connect again after a pause.
+                if not self._stop.is_set():
+                    link.last_error = str(e)
             # The connection is gone, and the subscriptions it served with it.
             with self._lock:
                 link.connected = False

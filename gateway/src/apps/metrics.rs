@@ -83,6 +83,16 @@ pub(crate) async fn metrics(State(gw): State<Gateway>, headers: HeaderMap) -> Re
         .into_response()
 }
 
+/// `GET /gateway/status` of a master serving streams itself: `{"streams": [...]}` for the
+/// operator, `{}` for anyone else.
+pub(crate) async fn streams_status(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    let mut body = serde_json::json!({});
+    if operator(&gw, &headers) {
+        body["streams"] = status(&gw);
+    }
+    axum::Json(body).into_response()
+}
+
 /// Each stream's figures, for `/gateway/status` (only for the operator).
 pub(crate) fn status(gw: &Gateway) -> serde_json::Value {
     let streams: Vec<serde_json::Value> =

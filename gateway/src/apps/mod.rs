@@ -93,6 +93,8 @@ impl Apps {
 /// serving plain HTTP has them built in, asking itself who callers are).
 pub fn router(gateway: Gateway) -> axum::Router {
     routes(gateway.clone())
+        // A gateway's own status holds more; a master serving streams itself tells them only.
+        .route("/gateway/status", axum::routing::get(metrics::streams_status))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(squilla_net::access::log))
         .with_state(gateway)
