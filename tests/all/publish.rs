@@ -60,20 +60,31 @@ async fn stream_status(via: &Api) -> Value {
         .unwrap_or_default()
 }
 
+/// Submits a job named `name` reading application stream `stream` through `query`, its one
+/// stage keeping events that have `field`; its id once running.
+async fn reading_job(api: &Api, name: &str, stream: &str, query: &str, field: &str) -> String {
+    let spec = json!({
+        "name": name,
+        "source": {"kind": "app", "stream": stream, "query": query},
+        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": field, "op": "exists"}}]
+    });
+    submit(api, spec.to_string().into_bytes(), name).await
+}
+
+/// The API as served at `127.0.0.1:port` (a gateway).
+fn at(port: u16) -> Api {
+    Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_publishers_two_queries_and_a_job_reading_the_stream() {
     let (master, _procs) = start("publish-e2e").await;
     let port = free_port();
     let _gw = gateway(&master.base, port, OPERATOR_ARGS);
-    let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    let via = at(port);
 
     // A job reads the stream's server errors.
-    let spec = json!({
-        "name": "shop-errors",
-        "source": {"kind": "app", "stream": "shop/requests", "query": "SELECT * WHERE status >= 500"},
-        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": "status", "op": "exists"}}]
-    });
-    let job = submit(&via, spec.to_string().into_bytes(), "shop-errors").await;
+    let job = reading_job(&via, "shop-errors", "shop/requests", "SELECT * WHERE status >= 500", "status").await;
     // Its source query only filters.
     let bad = json!({"name": "bad", "source": {"kind": "app", "stream": "shop/requests", "query": "SELECT count(*) AS n"},
         "stages": [{"name": "keep", "artifact": "filter@0.1.0", "params": {"field": "status", "op": "exists"}}]});
@@ -228,14 +239,9 @@ async fn publishers_of_two_gateways_serve_both_and_the_reading_job_once() {
     let (port1, port2) = (free_port(), free_port());
     let gw1 = gateway(&master.base, port1, OPERATOR_ARGS);
     let _gw2 = gateway(&master.base, port2, OPERATOR_ARGS);
-    let one = Api { base: format!("http://127.0.0.1:{port1}"), http: reqwest::Client::new() };
-    let two = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
-    let spec = json!({
-        "name": "shop-errors",
-        "source": {"kind": "app", "stream": "shop/requests", "query": "SELECT * WHERE status >= 500"},
-        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": "status", "op": "exists"}}]
-    });
-    let job = submit(&master, spec.to_string().into_bytes(), "shop-errors").await;
+    let one = at(port1);
+    let two = at(port2);
+    let job = reading_job(&master, "shop-errors", "shop/requests", "SELECT * WHERE status >= 500", "status").await;
     let mut at_one = Sub::open(
         &one,
         &format!("/api/v1/streams/shop/requests/sink?query={}", encode("SELECT * WHERE path = '/cart'")),
@@ -372,7 +378,7 @@ async fn a_network_cut_never_blocks_the_publisher_and_its_drops_are_counted() {
     let (master, _procs) = start("publish-cut").await;
     let port = free_port();
     let _gw = gateway(&master.base, port, OPERATOR_ARGS);
-    let via = Api { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    let via = at(port);
     let proxy = Proxy::start(port).await;
 
     let mut config =
@@ -467,14 +473,10 @@ async fn client_publishes(app: &str, program: &str, args: &[&str], env: (&str, &
     let (port1, port2) = (free_port(), free_port());
     let _gw1 = gateway(&master.base, port1, OPERATOR_ARGS);
     let _gw2 = gateway(&master.base, port2, OPERATOR_ARGS);
-    let one = Api { base: format!("http://127.0.0.1:{port1}"), http: reqwest::Client::new() };
-    let two = Api { base: format!("http://127.0.0.1:{port2}"), http: reqwest::Client::new() };
-    let spec = json!({
-        "name": format!("{app}-tens"),
-        "source": {"kind": "app", "stream": format!("{app}/requests"), "query": "SELECT * WHERE n % 10 = 0"},
-        "stages": [{"name": "keep", "artifact": "filter@0.1.0", "workers": 1, "params": {"field": "n", "op": "exists"}}]
-    });
-    let job = submit(&master, spec.to_string().into_bytes(), &format!("{app}-tens")).await;
+    let one = at(port1);
+    let two = at(port2);
+    let (name, stream) = (format!("{app}-tens"), format!("{app}/requests"));
+    let job = reading_job(&master, &name, &stream, "SELECT * WHERE n % 10 = 0", "n").await;
     let sink = |query: &str| format!("/api/v1/streams/{app}/requests/sink?query={}", encode(query));
     let mut fours = Sub::open(&one, &sink("SELECT * WHERE n % 4 = 0")).await;
     let mut fives = Sub::open(&two, &sink("SELECT * WHERE n % 5 = 0")).await;
